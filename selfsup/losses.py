@@ -270,3 +270,100 @@ def info_nce(
     positive_logit = (q * k).sum(dim=1, keepdim=True)
     logits = torch.cat((positive_logit, q @ F.normalize(negatives, dim=1).T), dim=1)
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def clip(image_emb: Tensor, text_emb: Tensor, logit_scale: float | Tensor, *, gather: bool = True) -> Tensor:
+    """CLIP's symmetric InfoNCE over the image-text similarity matrix.
+
+    Radford et al., "Learning Transferable Visual Models From Natural Language
+    Supervision", ICML 2021. With normalised u (images), v (texts) and
+    `S = logit_scale * u v^T`:
+
+        L = ( CE(S, diag) + CE(S^T, diag) ) / 2
+
+    i.e. each image picks its own caption among all texts and each text its
+    own image. With `gather=True` under torch.distributed, each rank's images
+    are scored against every rank's texts and vice versa.
+
+    Args:
+        image_emb: `(N, D)` image embeddings.
+        text_emb: `(N, D)` text embeddings, row i the caption of image i.
+        logit_scale: the multiplier `exp(t)` > 0 (CLIP learns `t`, starting at
+            log(1/0.07), clipped so the scale stays <= 100); pass a tensor to
+            learn it, gradients flow into it.
+        gather: use every rank's pairs as candidates under torch.distributed.
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> images, texts = torch.randn(8, 16), torch.randn(8, 16)
+        >>> clip(images, texts, logit_scale=1 / 0.07).shape
+        torch.Size([])
+    """
+    image_emb, text_emb = _embeddings("image_emb", image_emb), _embeddings("text_emb", text_emb)
+    _same_shape("image_emb", image_emb, "text_emb", text_emb)
+    if isinstance(logit_scale, Tensor) and logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must be a number or a one-element tensor, got shape {tuple(logit_scale.shape)}")
+    _positive("logit_scale", logit_scale)
+    if isinstance(logit_scale, Tensor):
+        logit_scale = logit_scale.reshape(())
+    images, texts = F.normalize(image_emb, dim=1), F.normalize(text_emb, dim=1)
+    # One gather for both modalities, as in nt_xent.
+    pairs = _maybe_gather(torch.stack((images, texts), dim=1), gather)
+    positive = torch.arange(images.shape[0], device=images.device) + _local_offset(gather, images.shape[0])
+    image_to_text = _softmax_cross_entropy(images * logit_scale, pairs[:, 1], positive)
+    text_to_image = _softmax_cross_entropy(texts * logit_scale, pairs[:, 0], positive)
+    return (image_to_text + text_to_image) / 2
+
+
+def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather: bool = True) -> Tensor:
+    """Supervised contrastive loss (the "L_out" form): positives are all other samples of the class.
+
+    Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, eq. 2. With
+    normalised u, `s_ij = u_i · u_j / τ`, positives P(i) = {p ≠ i : y_p = y_i}:
+
+        l_i = -1/|P(i)| Σ_{p ∈ P(i)} s_ip + log Σ_{a ≠ i} exp(s_ia)
+
+    averaged over the anchors that have at least one positive (an anchor alone
+    in its class has no defined loss and is left out; if no anchor has a
+    positive the loss is 0). Unlike the paper's code there is no extra
+    `τ / base_τ` factor. Several views per image: concatenate the views and
+    repeat the labels (`labels.repeat(V)`). With `gather=True` under
+    torch.distributed, positives and negatives come from all ranks.
+
+    Args:
+        features: `(N, D)` embeddings.
+        labels: `(N,)` integer class labels.
+        temperature: τ > 0 (paper: 0.1).
+        gather: use every rank's samples as candidates under torch.distributed.
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> features, labels = torch.randn(8, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> supcon(features, labels).shape
+        torch.Size([])
+    """
+    features = _embeddings("features", features)
+    labels = _labels("labels", labels, features.shape[0], "features")
+    _positive("temperature", temperature)
+    n = features.shape[0]
+    u = F.normalize(features, dim=1)
+    candidates = _maybe_gather(u, gather)
+    candidate_labels = _maybe_gather(labels, gather)
+    self_index = torch.arange(n, device=u.device) + _local_offset(gather, n)
+    # Class sums give Σ_{p ∈ P(i)} u_p in O(N D) instead of an N x N positive mask.
+    classes, class_of = torch.unique(candidate_labels, return_inverse=True)
+    class_sum = candidates.new_zeros(classes.shape[0], u.shape[1]).index_add(0, class_of, candidates)
+    class_size = torch.bincount(class_of, minlength=classes.shape[0])
+    anchor_class = class_of[self_index]
+    positive_count = class_size[anchor_class] - 1
+    positive_sum = class_sum[anchor_class] - candidates[self_index]
+    anchors = u / temperature
+    lse = _BlockLogSumExp.apply(anchors, candidates, self_index[:, None])
+    mean_positive_logit = (anchors * positive_sum).sum(dim=1) / positive_count.clamp(min=1)
+    has_positive = positive_count > 0
+    per_anchor = (lse - mean_positive_logit) * has_positive
+    return per_anchor.sum() / has_positive.sum().clamp(min=1)
