@@ -1,0 +1,348 @@
+"""Tests for selfsup.augment against torchvision.transforms.v2 and the recipes' distributions.
+
+Tolerances: every op is compared on float32 images with torchvision applied
+image by image with the same parameters. The crop, colour blends and flips do
+the same arithmetic in a different order, so they agree to a few float32 ulps
+(<= 1e-5 asserted). Hue goes through a closed form of the HSV sector table
+instead of torchvision's lookup, and blur is separable instead of a 2-D
+convolution: both agree to ~1e-6, asserted at 1e-5.
+"""
+
+import itertools
+import math
+
+import pytest
+import scipy.stats
+import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+
+from selfsup import augment as A
+
+TOL = 1e-5
+
+
+def _images(batch=16, channels=3, height=32, width=32, seed=0):
+    return torch.rand(batch, channels, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------- equivalence
+
+
+@pytest.mark.parametrize("size", [32, 14, 48, (20, 40)])
+def test_resized_crop_matches_torchvision_antialiased_bilinear(size):
+    x = _images(batch=24, height=32, width=40)
+    boxes = A.sample_crop_boxes(24, 32, 40, (0.05, 1.0), generator=_gen(1))
+    flip = torch.rand(24, generator=_gen(2)) < 0.5
+    out = A.resized_crop(x, boxes, size, flip)
+    out_size = [size, size] if isinstance(size, int) else list(size)
+    assert out.shape == (24, 3, *out_size)
+    for i in range(24):
+        top, left, height, width = boxes[i].tolist()
+        expected = TF.resized_crop(x[i], top, left, height, width, out_size, antialias=True)
+        if flip[i]:
+            expected = TF.hflip(expected)
+        torch.testing.assert_close(out[i], expected, atol=TOL, rtol=0)
+
+
+def test_resized_crop_upscale_equals_plain_bilinear():
+    # On upscales antialiasing has no effect: both torchvision modes agree with us.
+    x = _images(batch=4)
+    boxes = torch.tensor([[0, 0, 10, 12], [5, 3, 20, 20], [1, 1, 31, 31], [10, 0, 16, 8]])
+    out = A.resized_crop(x, boxes, 32)
+    for i in range(4):
+        expected = TF.resized_crop(x[i], *boxes[i].tolist(), [32, 32], antialias=False)
+        torch.testing.assert_close(out[i], expected, atol=TOL, rtol=0)
+
+
+def test_uint8_input_is_scaled_float():
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=_gen())
+    boxes = A.sample_crop_boxes(6, 32, 32, generator=_gen(1))
+    torch.testing.assert_close(A.resized_crop(x, boxes, 24), A.resized_crop(x.float() / 255, boxes, 24))
+    assert A.to_float(x).max() <= 1.0 and A.to_float(x).dtype == torch.float32
+
+
+def test_hflip_matches_torchvision():
+    x = _images(batch=6)
+    mask = torch.tensor([True, False, True, True, False, False])
+    out = A.apply_hflip(x, mask)
+    for i in range(6):
+        torch.testing.assert_close(out[i], TF.hflip(x[i]) if mask[i] else x[i], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue"])
+def test_colour_adjustments_match_torchvision(name, channels):
+    x = _images(batch=24, channels=channels)
+    if name == "hue":
+        factors = torch.rand(24, generator=_gen(3)) - 0.5
+    else:
+        factors = torch.rand(24, generator=_gen(3)) * 2.0
+    out = getattr(A, f"adjust_{name}")(x, factors)
+    reference = getattr(TF, f"adjust_{name}")
+    for i in range(24):
+        torch.testing.assert_close(out[i], reference(x[i], factors[i].item()), atol=TOL, rtol=0)
+
+
+def test_hue_on_saturated_and_gray_pixels():
+    # Pure hues and gray pixels exercise the max-channel ties and chroma == 0.
+    pixels = torch.tensor(
+        [[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1], [0.5, 0.5, 0.5], [0, 0, 0], [1, 1, 1]]
+    )
+    x = pixels.T.reshape(1, 3, 1, 9).expand(5, 3, 1, 9).contiguous()
+    factors = torch.tensor([-0.5, -0.2, 0.0, 1 / 6, 0.5])
+    out = A.adjust_hue(x, factors)
+    for i in range(5):
+        torch.testing.assert_close(out[i], TF.adjust_hue(x[i], factors[i].item()), atol=TOL, rtol=0)
+
+
+def test_grayscale_matches_torchvision():
+    x = _images(batch=4)
+    mask = torch.tensor([True, False, True, False])
+    out = A.apply_grayscale(x, mask)
+    for i in range(4):
+        expected = TF.rgb_to_grayscale(x[i], num_output_channels=3) if mask[i] else x[i]
+        torch.testing.assert_close(out[i], expected, atol=TOL, rtol=0)
+    single = _images(batch=2, channels=1)
+    torch.testing.assert_close(A.apply_grayscale(single, torch.tensor([True, True])), single)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7, (5, 3)])
+def test_blur_matches_torchvision(kernel_size):
+    x = _images(batch=12, height=20, width=24)
+    sigma = 0.1 + 1.9 * torch.rand(12, generator=_gen(4))
+    sigma[0] = 0.0  # sigma 0 means "not blurred"
+    out = A.apply_blur(x, sigma, kernel_size)
+    k_h, k_w = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    torch.testing.assert_close(out[0], x[0])
+    for i in range(1, 12):
+        s = sigma[i].item()
+        expected = TF.gaussian_blur(x[i], [k_w, k_h], [s, s])  # torchvision takes (x, y)
+        torch.testing.assert_close(out[i], expected, atol=TOL, rtol=0)
+
+
+def test_solarize_matches_torchvision():
+    x = _images(batch=4)
+    mask = torch.tensor([True, True, False, True])
+    out = A.apply_solarize(x, mask, threshold=0.5)
+    for i in range(4):
+        expected = TF.solarize(x[i], 0.5) if mask[i] else x[i]
+        torch.testing.assert_close(out[i], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_color_jitter_follows_each_samples_order(channels):
+    x = _images(batch=96, channels=channels)
+    params = A.sample_jitter(96, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=_gen(5))
+    # Every one of the 24 orders and every hue position must be exercised.
+    assert len({tuple(o) for o in params.order.tolist()}) >= 20
+    out = A.apply_color_jitter(x, params)
+    steps = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(96):
+        expected = x[i]
+        if params.applied[i]:
+            for op in params.order[i].tolist():
+                expected = steps[op](expected, params.factors[i, op].item())
+        torch.testing.assert_close(out[i], expected, atol=TOL, rtol=0)
+
+
+# ------------------------------------------------------------ distributions
+
+
+def test_crop_boxes_match_torchvision_sampler():
+    n, height, width = 3000, 32, 40
+    torch.manual_seed(0)
+    reference = T.RandomResizedCrop(16)
+    probe = [torch.zeros(3, height, width)]
+    ref = torch.tensor(
+        [[p["top"], p["left"], p["height"], p["width"]] for p in (reference.make_params(probe) for _ in range(n))]
+    ).double()
+    ours = A.sample_crop_boxes(n, height, width, generator=_gen(6)).double()
+    assert (ours[:, 2:] > 0).all() and (ours[:, 0] + ours[:, 2] <= height).all()
+    assert (ours[:, 1] + ours[:, 3] <= width).all() and (ours[:, :2] >= 0).all()
+    statistics = {
+        "area": lambda b: b[:, 2] * b[:, 3],
+        "log_ratio": lambda b: torch.log(b[:, 3] / b[:, 2]),
+        "top": lambda b: b[:, 0] / (height - b[:, 2] + 1),
+        "left": lambda b: b[:, 1] / (width - b[:, 3] + 1),
+    }
+    for name, stat in statistics.items():
+        pvalue = scipy.stats.ks_2samp(stat(ours).numpy(), stat(ref).numpy()).pvalue
+        assert pvalue > 1e-3, f"{name}: KS p = {pvalue}"
+
+
+def test_crop_area_and_log_ratio_are_uniform_when_nothing_is_rejected():
+    # On a large image with small crops no draw is rejected and rounding is
+    # negligible: area fraction ~ U(scale), log(w / h) ~ U(log ratio).
+    scale, ratio = (0.01, 0.05), (3 / 4, 4 / 3)
+    boxes = A.sample_crop_boxes(4000, 2000, 2000, scale, ratio, generator=_gen(7)).double()
+    area = boxes[:, 2] * boxes[:, 3] / 2000**2
+    log_ratio = torch.log(boxes[:, 3] / boxes[:, 2])
+    assert scipy.stats.kstest(area.numpy(), scipy.stats.uniform(0.01, 0.04).cdf).pvalue > 1e-3
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    assert scipy.stats.kstest(log_ratio.numpy(), scipy.stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
+
+
+def test_crop_falls_back_to_central_crop():
+    # A 1x100 strip cannot hold any crop of ratio in [3/4, 4/3]: torchvision's
+    # fallback keeps the height and clamps the width to the largest ratio.
+    boxes = A.sample_crop_boxes(5, 1, 100, generator=_gen())
+    expected_w = round(1 * 4 / 3)
+    assert boxes.tolist() == [[0, (100 - expected_w) // 2, 1, expected_w]] * 5
+
+
+def _rate_ok(rate, p, n):
+    return abs(rate - p) < 5 * math.sqrt(p * (1 - p) / n) + 1e-9
+
+
+def test_flip_rate():
+    n = 4000
+    ramp = torch.linspace(0, 1, 8).view(1, 1, 1, 8).expand(n, 1, 4, 8)
+    out = A.random_resized_crop(ramp, (4, 8), scale=(1.0, 1.0), ratio=(2.0, 2.0), flip_p=0.5, generator=_gen())
+    flipped = out[:, 0, 0, 0] > out[:, 0, 0, -1]
+    assert _rate_ok(flipped.double().mean().item(), 0.5, n)
+    assert _rate_ok(A.horizontal_flip(ramp, 0.3, generator=_gen(1))[:, 0, 0, 0].gt(0.5).double().mean().item(), 0.3, n)
+
+
+def test_jitter_parameter_distributions():
+    n = 4000
+    params = A.sample_jitter(n, 0.4, 0.3, 0.2, 0.1, p=0.8, generator=_gen(8))
+    assert _rate_ok(params.applied.double().mean().item(), 0.8, n)
+    for column, (lo, hi) in enumerate([(0.6, 1.4), (0.7, 1.3), (0.8, 1.2), (-0.1, 0.1)]):
+        pvalue = scipy.stats.kstest(params.factors[:, column].numpy(), scipy.stats.uniform(lo, hi - lo).cdf).pvalue
+        assert pvalue > 1e-3, f"factor {column}: KS p = {pvalue}"
+    # Every sample gets a permutation, and the 24 permutations are equally likely.
+    assert (params.order.sort(dim=1).values == torch.arange(4)).all()
+    index = {perm: i for i, perm in enumerate(itertools.permutations(range(4)))}
+    counts = torch.bincount(torch.tensor([index[tuple(o)] for o in params.order.tolist()]), minlength=24)
+    assert scipy.stats.chisquare(counts.numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize(
+    "op, p",
+    [
+        (lambda x, g: A.color_jitter(x, p=0.8, generator=g), 0.8),
+        (lambda x, g: A.grayscale(x, p=0.2, generator=g), 0.2),
+        (lambda x, g: A.gaussian_blur(x, p=0.5, generator=g), 0.5),
+        (lambda x, g: A.solarize(x, p=0.2, generator=g), 0.2),
+    ],
+)
+def test_application_rates(op, p):
+    n = 3000
+    x = _images(batch=n, height=8, width=8, seed=9)
+    changed = (op(x, _gen(10)) - x).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert _rate_ok(changed.double().mean().item(), p, n)
+
+
+def test_blur_sigma_is_uniform():
+    # The centre tap of a 3-tap Gaussian is 1 / (1 + 2 exp(-1 / (2 sigma^2))):
+    # invert it on a delta image to recover each sample's sigma.
+    n = 3000
+    delta = torch.zeros(n, 1, 5, 5)
+    delta[:, :, 2, 2] = 1.0
+    centre = A.gaussian_blur(delta, 3, sigma=(0.5, 2.0), p=1.0, generator=_gen(11))[:, 0, 2, 2].double()
+    tap = centre.sqrt()  # separable: centre = tap_y * tap_x
+    sigma = torch.sqrt(-1 / (2 * torch.log((1 / tap - 1) / 2)))
+    assert scipy.stats.kstest(sigma.numpy(), scipy.stats.uniform(0.5, 1.5).cdf).pvalue > 1e-3
+
+
+def test_samples_get_independent_parameters():
+    x = _images(batch=1).expand(64, 3, 32, 32)
+    view1, view2 = A.recipe("simclr", 32)(x, generator=_gen(12))
+    distinct = {tuple(v.flatten()[:64].tolist()) for v in view1}
+    assert len(distinct) == 64
+    assert not torch.allclose(view1, view2)
+    boxes = A.sample_crop_boxes(64, 32, 32, generator=_gen(13))
+    assert len({tuple(b) for b in boxes.tolist()}) > 50
+
+
+# ------------------------------------------------------------- the recipes
+
+
+@pytest.mark.parametrize("name, n_views", [("simclr", 2), ("moco_v2", 2), ("byol", 2), ("dino", 8), ("none", 1)])
+@pytest.mark.parametrize("channels, side", [(3, 32), (1, 28)])
+def test_recipe_outputs(name, n_views, channels, side):
+    x = torch.randint(0, 256, (8, channels, side, side), dtype=torch.uint8, generator=_gen())
+    views = A.recipe(name, side)(x, generator=_gen(1))
+    assert isinstance(views, list) and len(views) == n_views
+    local = round(side * 96 / 224)
+    for i, view in enumerate(views):
+        expected_side = side if i < 2 or name != "dino" else local
+        assert view.shape == (8, channels, expected_side, expected_side)
+        assert view.dtype == torch.float32 and view.device == x.device
+        assert view.min() >= 0.0 and view.max() <= 1.0
+
+
+def test_eval_recipe_is_float_image_resized():
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=_gen())
+    (same,) = A.recipe("eval", 32)(x)
+    torch.testing.assert_close(same, x.float() / 255)
+    (small,) = A.recipe("none", (16, 24))(x)
+    for i in range(4):
+        torch.testing.assert_close(small[i], TF.resize(x[i].float() / 255, [16, 24], antialias=True), atol=TOL, rtol=0)
+
+
+def test_recipe_parameters_follow_the_papers():
+    simclr, moco = A.recipe("simclr", 32).views, A.recipe("moco_v2", 32).views
+    assert simclr[0].scale == (0.08, 1.0) and moco[0].scale == (0.2, 1.0)
+    assert simclr[0].jitter == (0.4, 0.4, 0.4, 0.1) and simclr[0].jitter_p == 0.8
+    assert (simclr[0].gray_p, simclr[0].blur_p, simclr[0].flip_p) == (0.2, 0.5, 0.5)
+    first, second = A.recipe("byol", 32).views
+    assert (first.blur_p, second.blur_p, first.solarize_p, second.solarize_p) == (1.0, 0.1, 0.0, 0.2)
+    assert first.jitter == (0.4, 0.4, 0.2, 0.1)
+    dino = A.recipe("dino", 224, n_local=3).views
+    assert len(dino) == 5 and dino[0].scale == (0.4, 1.0) and dino[2].scale == (0.05, 0.4)
+    assert dino[2].size == (96, 96) and (dino[0].blur_p, dino[1].blur_p, dino[1].solarize_p) == (1.0, 0.1, 0.2)
+    assert A.blur_kernel_size(224) == 23 and A.blur_kernel_size(32) == 3
+
+
+def test_generator_makes_views_reproducible():
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=_gen())
+    augment = A.recipe("byol", 32)
+    first = augment(x, generator=_gen(42))
+    again = augment(x, generator=_gen(42))
+    other = augment(x, generator=_gen(43))
+    for a, b, c in zip(first, again, other):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        assert not torch.equal(a, c)
+    torch.manual_seed(3)
+    global1 = augment(x)
+    torch.manual_seed(3)
+    global2 = augment(x)
+    torch.testing.assert_close(global1, global2, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.zeros(3, 32, 32), "B, C, H, W"),
+        (torch.zeros(2, 2, 8, 8), "1 or 3 channels"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.int32), "uint8"),
+    ],
+)
+def test_bad_input_is_rejected(x, match):
+    with pytest.raises(ValueError, match=match):
+        A.recipe("simclr", 8)(x)
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="positive"):
+        A.recipe("simclr", 0)
+    with pytest.raises(ValueError, match="positive"):
+        A.recipe("simclr", (32, -1))
+    with pytest.raises(ValueError, match="simclr.*moco_v2.*byol.*dino"):
+        A.recipe("simclr2", 32)
+    with pytest.raises(ValueError, match="n_local"):
+        A.recipe("simclr", 32, n_local=2)
+    with pytest.raises(ValueError, match="boxes"):
+        A.resized_crop(_images(batch=2), torch.tensor([[0, 0, 40, 8], [0, 0, 8, 8]]), 8)
+    with pytest.raises(ValueError, match="hue"):
+        A.adjust_hue(_images(batch=2), 0.7)
+    with pytest.raises(ValueError, match="kernel_size"):
+        A.apply_blur(_images(batch=2), 1.0, 4)
+    with pytest.raises(ValueError, match="p is a probability"):
+        A.grayscale(_images(batch=2), p=1.5)
