@@ -1,26 +1,4 @@
-"""Self-supervised and metric-learning losses as pure functions on tensors.
-
-Conventions (see DESIGN.md, "Loss contract"):
-
-* Embeddings are `(N, D)` floating tensors. Unless a docstring says otherwise,
-  inputs are L2-normalised, similarities are divided by `temperature`, and the
-  result is the mean over anchors as a 0-d tensor.
-* float16 / bfloat16 inputs are computed in float32 and the loss is float32;
-  float64 stays float64 (so `torch.autograd.gradcheck` works).
-* Bad input (wrong rank or shape, mismatched batch sizes, labels of the wrong
-  length, temperature <= 0, NaN/Inf values) raises ValueError naming the
-  argument.
-
-Distributed semantics of `nt_xent`, `info_nce`, `clip` and `supcon` with
-`gather=True` under torch.distributed (W ranks, N local samples each): each
-rank's loss is the mean over *its own* anchors, scored against the candidates
-of *all* ranks, gathered with `selfsup.distributed.gather`. The gather's
-backward sums the gradients every rank sends back, so each rank's embeddings
-receive W times the gradient of the single-process loss on the concatenated
-`W * N` batch, and DDP's mean over ranks divides the W back out: training under
-DDP follows exactly the single-process gradient, and the mean of the ranks'
-losses equals the single-process loss. On one process `gather` changes nothing.
-"""
+"""Contrastive losses of the InfoNCE family and the mutual-information estimators."""
 
 from __future__ import annotations
 
@@ -28,131 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup import distributed
-
-# Rows of the similarity matrix materialised at once by the blockwise log-sum-exp:
-# 2**21 float32 entries (8 MiB) keeps the block in cache-friendly sizes while the
-# matmuls stay large enough to run at full speed.
-_BLOCK_ELEMENTS = 1 << 21
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _finite(name: str, x: Tensor) -> None:
-    # Skipped under torch.compile: the check is a host sync that would break the graph.
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values; check the inputs (or lower the learning rate)")
-
-
-def _float_tensor(name: str, x: object, ndim: int | tuple[int, ...]) -> Tensor:
-    """Check type, rank and finiteness; upcast half precision to float32."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    dims = (ndim,) if isinstance(ndim, int) else ndim
-    if x.dim() not in dims:
-        want = " or ".join(f"{d}-D" for d in dims)
-        raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() > 0 and x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); the loss needs at least one sample")
-    _finite(name, x)
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _embeddings(name: str, x: object) -> Tensor:
-    return _float_tensor(name, x, 2)
-
-
-def _same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape (N, D), got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-
-
-def _positive(name: str, value: float | Tensor) -> None:
-    as_float = float(value) if not isinstance(value, Tensor) else float(value.detach())
-    if not as_float > 0 or as_float == float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {as_float}")
-
-
-def _labels(name: str, labels: object, n: int, n_name: str) -> Tensor:
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"{name} must be a 1-D integer tensor, got {shape}")
-    if labels.shape[0] != n:
-        raise ValueError(f"{name} must have one label per row of {n_name} ({n}), got {labels.shape[0]}")
-    return labels
-
-
-# ----------------------------------------------------------------------------- blockwise softmax cross-entropy
-
-
-class _BlockLogSumExp(torch.autograd.Function):
-    """`lse_i = log Σ_{j ∉ excluded_i} exp(a_i · c_j)` without holding the (n, M) matrix whole.
-
-    Forward keeps only the (n,) result; backward recomputes each row block of
-    similarities, turns it into the softmax in place and accumulates both
-    gradients. Peak extra memory is one block instead of the full matrix (and
-    instead of the several full-size copies autograd keeps for a plain
-    `cross_entropy`), at the price of one more matmul.
-    """
-
-    @staticmethod
-    def forward(ctx, anchors: Tensor, candidates: Tensor, excluded: Tensor | None) -> Tensor:
-        rows = max(1, _BLOCK_ELEMENTS // candidates.shape[0])
-        lse = anchors.new_empty(anchors.shape[0])
-        for start in range(0, anchors.shape[0], rows):
-            logits = _block_logits(anchors, candidates, excluded, start, rows)
-            lse[start : start + rows] = torch.logsumexp(logits, dim=1)
-        ctx.save_for_backward(anchors, candidates, excluded, lse)
-        return lse
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_lse: Tensor) -> tuple[Tensor, Tensor, None]:
-        anchors, candidates, excluded, lse = ctx.saved_tensors
-        rows = max(1, _BLOCK_ELEMENTS // candidates.shape[0])
-        grad_anchors = torch.empty_like(anchors)
-        grad_candidates = torch.zeros_like(candidates)
-        for start in range(0, anchors.shape[0], rows):
-            stop = start + rows
-            weights = _block_logits(anchors, candidates, excluded, start, rows)
-            weights.sub_(lse[start:stop, None]).exp_().mul_(grad_lse[start:stop, None])
-            torch.mm(weights, candidates, out=grad_anchors[start:stop])
-            grad_candidates.addmm_(weights.T, anchors[start:stop])
-        return grad_anchors, grad_candidates, None
-
-
-def _block_logits(anchors: Tensor, candidates: Tensor, excluded: Tensor | None, start: int, rows: int) -> Tensor:
-    logits = anchors[start : start + rows] @ candidates.T
-    if excluded is not None:
-        logits.scatter_(1, excluded[start : start + rows], float("-inf"))
-    return logits
-
-
-def _softmax_cross_entropy(
-    anchors: Tensor, candidates: Tensor, positive: Tensor, excluded: Tensor | None = None
-) -> Tensor:
-    """Mean over rows i of `-log softmax_j(a_i · c_j)[positive_i]`, columns `excluded_i` left out.
-
-    `anchors` already carry the 1/temperature. Equals `F.cross_entropy` on the
-    masked logit matrix (tested), computed blockwise.
-    """
-    lse = _BlockLogSumExp.apply(anchors, candidates, excluded)
-    positive_logit = (anchors * candidates[positive]).sum(dim=1)
-    return (lse - positive_logit).mean()
-
-
-def _local_offset(gathered: bool, n: int) -> int:
-    """Row of this rank's first sample in a gathered batch."""
-    return distributed.rank() * n if gathered and distributed.is_distributed() else 0
-
-
-def _maybe_gather(x: Tensor, gather: bool) -> Tensor:
-    return distributed.gather(x) if gather else x
+from selfsup.losses._common import (
+    _BlockLogSumExp,
+    _diagonal_cross_entropy,
+    _embeddings,
+    _float_tensor,
+    _labels,
+    _local_offset,
+    _maybe_gather,
+    _positive,
+    _same_shape,
+    _softmax_cross_entropy,
+)
 
 
 # ----------------------------------------------------------------------------- contrastive (InfoNCE family)
@@ -367,3 +232,200 @@ def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather
     has_positive = positive_count > 0
     per_anchor = (lse - mean_positive_logit) * has_positive
     return per_anchor.sum() / has_positive.sum().clamp(min=1)
+
+
+def n_pair(anchor: Tensor, positive: Tensor) -> Tensor:
+    """Sohn's multi-class N-pair loss: each anchor against the positives of all other pairs.
+
+    Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss
+    Objective", NeurIPS 2016, eq. 3 (on raw inner products, not normalised):
+
+        l_i = log(1 + Σ_{j ≠ i} exp(a_i · p_j - a_i · p_i))
+
+    which is the cross-entropy of the logits `a p^T` with targets on the
+    diagonal. The paper keeps embedding norms in check with an L2 penalty
+    (λ = 0.002 on the mean squared norm); add it yourself if you need it.
+
+    Args:
+        anchor: `(N, D)` anchors, N >= 2.
+        positive: `(N, D)` positives, row i from the class of `anchor[i]`, all classes distinct.
+
+    Returns:
+        0-d tensor, mean over the N anchors.
+
+    Example:
+        >>> anchor, positive = torch.randn(8, 16), torch.randn(8, 16)
+        >>> n_pair(anchor, positive).shape
+        torch.Size([])
+    """
+    anchor, positive = _embeddings("anchor", anchor), _embeddings("positive", positive)
+    _same_shape("anchor", anchor, "positive", positive)
+    return _diagonal_cross_entropy(anchor @ positive.T)
+
+
+def cpc(context_pred: Tensor, future_codes: Tensor, temperature: float = 1.0) -> Tensor:
+    """CPC's InfoNCE: each prediction must pick its true future code among the others.
+
+    van den Oord et al., "Representation Learning with Contrastive Predictive
+    Coding", 2018, eq. 4. With predictions `W_k c_t` (rows of `context_pred`)
+    and codes `z_{t+k}` (rows of `future_codes`), scores are the raw
+    (bilinear, not normalised) inner products divided by τ:
+
+        l_i = -log exp(p_i · z_i / τ) / Σ_j exp(p_i · z_j / τ)
+
+    The negatives are the other codes of the same group: pass `(N, D)` for one
+    prediction step, or `(S, N, D)` for S independent groups (e.g. one per step
+    k), each row scored only against the codes of its own group.
+
+    Args:
+        context_pred: `(N, D)` or `(S, N, D)` predicted codes.
+        future_codes: same shape, the true future codes.
+        temperature: τ > 0 (CPC: 1).
+
+    Returns:
+        0-d tensor, mean over all predictions.
+
+    Example:
+        >>> predictions, codes = torch.randn(4, 8, 16), torch.randn(4, 8, 16)
+        >>> cpc(predictions, codes).shape
+        torch.Size([])
+    """
+    context_pred = _float_tensor("context_pred", context_pred, (2, 3))
+    future_codes = _float_tensor("future_codes", future_codes, (2, 3))
+    if context_pred.shape != future_codes.shape:
+        raise ValueError(
+            "context_pred and future_codes must have the same shape, "
+            f"got {tuple(context_pred.shape)} and {tuple(future_codes.shape)}"
+        )
+    _positive("temperature", temperature)
+    return _diagonal_cross_entropy(context_pred @ future_codes.transpose(-1, -2) / temperature)
+
+
+def nce_log_normalizer(scores: Tensor, noise_prob: float, temperature: float = 0.07) -> Tensor:
+    """Monte-Carlo estimate of log Z for InstDisc's NCE, from the noise samples' scores.
+
+    Wu et al. 2018, sec. 3.2: `Z ≈ n E_j[exp(v_j · f_i / τ)] = (n / m) Σ_k exp(v_{j_k} · f_i / τ)`
+    averaged over the batch, with n = 1 / noise_prob the bank size. The paper
+    (and its code) estimates Z once, on the first batch, and keeps it fixed:
+    call this on the first batch, store the result in the method and pass it
+    to `nce(..., log_normalizer=...)`. Returned detached, in log space so that
+    small temperatures do not overflow.
+
+    Args:
+        scores: `(N, 1 + m)` similarities as for `nce` (column 0 is ignored).
+        noise_prob: P_n(i) = 1 / n of the uniform noise distribution.
+        temperature: τ > 0.
+
+    Returns:
+        0-d tensor log Z.
+
+    Example:
+        >>> scores = torch.rand(8, 1 + 16) * 2 - 1
+        >>> nce_log_normalizer(scores, noise_prob=1 / 50_000).shape
+        torch.Size([])
+    """
+    scores = _nce_scores(scores)
+    _nce_noise_prob(noise_prob)
+    _positive("temperature", temperature)
+    noise_logits = scores[:, 1:].detach() / temperature
+    return torch.logsumexp(noise_logits.reshape(-1), dim=0) - torch.log(
+        noise_logits.new_tensor(noise_logits.numel() * noise_prob)
+    )
+
+
+def nce(
+    scores: Tensor,
+    noise_prob: float,
+    temperature: float = 0.07,
+    *,
+    log_normalizer: float | Tensor | None = None,
+) -> Tensor:
+    """InstDisc's noise-contrastive estimation against a memory bank.
+
+    Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance
+    Discrimination", CVPR 2018, eqs. 5-7. The non-parametric softmax
+    `P(i|v) = exp(v_i · f / τ) / Z` is learnt as binary classification of the
+    data sample against m noise samples drawn uniformly (P_n = 1/n) from the
+    bank, with `h(i, v) = P(i|v) / (P(i|v) + m P_n(i))`:
+
+        J = -E_data[log h(i, v)] - m E_noise[log(1 - h(i, v'))]
+          = mean_i [ softplus(c - x_i0) + Σ_{k=1}^{m} softplus(x_ik - c) ],
+
+    where `x = scores / τ - log Z` and `c = log(m P_n)` (computed in that
+    softplus form for stability). Z is treated as a constant: pass the value
+    estimated on the first batch (`nce_log_normalizer`, as the paper does);
+    when `log_normalizer` is None it is estimated from this batch instead.
+
+    Args:
+        scores: `(N, 1 + m)` similarities `v · f` of each feature with its own
+            bank entry (column 0) and m noise entries; cosines for normalised
+            features and bank, not divided by τ.
+        noise_prob: P_n(i) = 1 / n, n the number of bank entries.
+        temperature: τ > 0 (paper: 0.07).
+        log_normalizer: log Z, a float or 0-d tensor (not differentiated).
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> scores = torch.rand(8, 1 + 16) * 2 - 1
+        >>> log_z = nce_log_normalizer(scores, 1 / 50_000)
+        >>> nce(scores, 1 / 50_000, log_normalizer=log_z).shape
+        torch.Size([])
+    """
+    scores = _nce_scores(scores)
+    _nce_noise_prob(noise_prob)
+    _positive("temperature", temperature)
+    if log_normalizer is None:
+        log_normalizer = nce_log_normalizer(scores, noise_prob, temperature)
+    log_normalizer = torch.as_tensor(log_normalizer, dtype=scores.dtype, device=scores.device).detach()
+    if log_normalizer.numel() != 1 or not torch.isfinite(log_normalizer).all():
+        raise ValueError(f"log_normalizer must be one finite number (log Z), got {log_normalizer}")
+    log_model_prob = scores / temperature - log_normalizer
+    log_noise = torch.log(scores.new_tensor((scores.shape[1] - 1) * noise_prob))
+    data_term = F.softplus(log_noise - log_model_prob[:, 0])
+    noise_term = F.softplus(log_model_prob[:, 1:] - log_noise).sum(dim=1)
+    return (data_term + noise_term).mean()
+
+
+def _nce_scores(scores: object) -> Tensor:
+    scores = _float_tensor("scores", scores, 2)
+    if scores.shape[1] < 2:
+        raise ValueError(f"scores must be (N, 1 + m) with m >= 1 noise columns, got {tuple(scores.shape)}")
+    return scores
+
+
+def _nce_noise_prob(noise_prob: float) -> None:
+    if not 0 < noise_prob <= 1:
+        raise ValueError(f"noise_prob must be in (0, 1] (1 / bank size), got {noise_prob}")
+
+
+def jsd_mi(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """Negative Jensen-Shannon mutual-information estimate (Deep InfoMax, Deep Graph Infomax).
+
+    Hjelm et al., "Learning deep representations by mutual information
+    estimation and maximization", ICLR 2019, eq. 4; Veličković et al., "Deep
+    Graph Infomax", ICLR 2019. With discriminator scores T on joint (positive)
+    and product-of-marginals (negative) pairs, the estimator is
+    `Î = E_P[-softplus(-T)] - E_N[softplus(T)]`, and this returns the loss
+
+        -Î = mean(softplus(-pos_scores)) + mean(softplus(neg_scores)),
+
+    which equals `binary_cross_entropy_with_logits(pos, 1) +
+    binary_cross_entropy_with_logits(neg, 0)` (DGI's loss, up to the factor 2
+    of averaging over both sets at once when they have equal size).
+
+    Args:
+        pos_scores: scores of positive pairs, any non-empty shape.
+        neg_scores: scores of negative pairs, any non-empty shape.
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> jsd_mi(torch.randn(8), torch.randn(8, 4)).shape
+        torch.Size([])
+    """
+    pos_scores = _float_tensor("pos_scores", pos_scores, tuple(range(0, 9)))
+    neg_scores = _float_tensor("neg_scores", neg_scores, tuple(range(0, 9)))
+    return F.softplus(-pos_scores).mean() + F.softplus(neg_scores).mean()

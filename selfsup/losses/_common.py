@@ -1,0 +1,140 @@
+"""Input checks and the blockwise softmax cross-entropy shared by the losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup import distributed
+
+# Rows of the similarity matrix materialised at once by the blockwise log-sum-exp:
+# 2**21 float32 entries (8 MiB) keeps the block in cache-friendly sizes while the
+# matmuls stay large enough to run at full speed.
+_BLOCK_ELEMENTS = 1 << 21
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _finite(name: str, x: Tensor) -> None:
+    # Skipped under torch.compile: the check is a host sync that would break the graph.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values; check the inputs (or lower the learning rate)")
+
+
+def _float_tensor(name: str, x: object, ndim: int | tuple[int, ...]) -> Tensor:
+    """Check type, rank and finiteness; upcast half precision to float32."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if x.dim() not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() > 0 and x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); the loss needs at least one sample")
+    _finite(name, x)
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _embeddings(name: str, x: object) -> Tensor:
+    return _float_tensor(name, x, 2)
+
+
+def _same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape (N, D), got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def _positive(name: str, value: float | Tensor) -> None:
+    as_float = float(value) if not isinstance(value, Tensor) else float(value.detach())
+    if not as_float > 0 or as_float == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {as_float}")
+
+
+def _labels(name: str, labels: object, n: int, n_name: str) -> Tensor:
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"{name} must be a 1-D integer tensor, got {shape}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} must have one label per row of {n_name} ({n}), got {labels.shape[0]}")
+    return labels
+
+
+# ----------------------------------------------------------------------------- blockwise softmax cross-entropy
+
+
+class _BlockLogSumExp(torch.autograd.Function):
+    """`lse_i = log Σ_{j ∉ excluded_i} exp(a_i · c_j)` without holding the (n, M) matrix whole.
+
+    Forward keeps only the (n,) result; backward recomputes each row block of
+    similarities, turns it into the softmax in place and accumulates both
+    gradients. Peak extra memory is one block instead of the full matrix (and
+    instead of the several full-size copies autograd keeps for a plain
+    `cross_entropy`), at the price of one more matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors: Tensor, candidates: Tensor, excluded: Tensor | None) -> Tensor:
+        rows = max(1, _BLOCK_ELEMENTS // candidates.shape[0])
+        lse = anchors.new_empty(anchors.shape[0])
+        for start in range(0, anchors.shape[0], rows):
+            logits = _block_logits(anchors, candidates, excluded, start, rows)
+            lse[start : start + rows] = torch.logsumexp(logits, dim=1)
+        ctx.save_for_backward(anchors, candidates, excluded, lse)
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lse: Tensor) -> tuple[Tensor, Tensor, None]:
+        anchors, candidates, excluded, lse = ctx.saved_tensors
+        rows = max(1, _BLOCK_ELEMENTS // candidates.shape[0])
+        grad_anchors = torch.empty_like(anchors)
+        grad_candidates = torch.zeros_like(candidates)
+        for start in range(0, anchors.shape[0], rows):
+            stop = start + rows
+            weights = _block_logits(anchors, candidates, excluded, start, rows)
+            weights.sub_(lse[start:stop, None]).exp_().mul_(grad_lse[start:stop, None])
+            torch.mm(weights, candidates, out=grad_anchors[start:stop])
+            grad_candidates.addmm_(weights.T, anchors[start:stop])
+        return grad_anchors, grad_candidates, None
+
+
+def _block_logits(anchors: Tensor, candidates: Tensor, excluded: Tensor | None, start: int, rows: int) -> Tensor:
+    logits = anchors[start : start + rows] @ candidates.T
+    if excluded is not None:
+        logits.scatter_(1, excluded[start : start + rows], float("-inf"))
+    return logits
+
+
+def _softmax_cross_entropy(
+    anchors: Tensor, candidates: Tensor, positive: Tensor, excluded: Tensor | None = None
+) -> Tensor:
+    """Mean over rows i of `-log softmax_j(a_i · c_j)[positive_i]`, columns `excluded_i` left out.
+
+    `anchors` already carry the 1/temperature. Equals `F.cross_entropy` on the
+    masked logit matrix (tested), computed blockwise.
+    """
+    lse = _BlockLogSumExp.apply(anchors, candidates, excluded)
+    positive_logit = (anchors * candidates[positive]).sum(dim=1)
+    return (lse - positive_logit).mean()
+
+
+def _local_offset(gathered: bool, n: int) -> int:
+    """Row of this rank's first sample in a gathered batch."""
+    return distributed.rank() * n if gathered and distributed.is_distributed() else 0
+
+
+def _maybe_gather(x: Tensor, gather: bool) -> Tensor:
+    return distributed.gather(x) if gather else x
+
+
+def _diagonal_cross_entropy(logits: Tensor) -> Tensor:
+    """Mean cross-entropy of `(..., N, N)` logits whose targets are the diagonal."""
+    n = logits.shape[-1]
+    target = torch.arange(n, device=logits.device).expand(logits.shape[:-1])
+    return F.cross_entropy(logits.reshape(-1, n), target.reshape(-1))

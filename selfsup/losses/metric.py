@@ -1,0 +1,177 @@
+"""Metric-learning losses on unnormalised embeddings: triplet family and prototypical networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup.losses._common import _embeddings, _labels, _same_shape
+
+
+def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0) -> Tensor:
+    """FaceNet's triplet hinge on given triplets, equal to `torch.nn.functional.triplet_margin_loss`.
+
+    Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
+    Clustering", CVPR 2015. On unnormalised embeddings:
+
+        l_i = max(0, ‖a_i - p_i‖ - ‖a_i - n_i‖ + margin)
+
+    with distances computed as torch does (`pairwise_distance`, eps 1e-6
+    added to the difference), mean over the N triplets.
+
+    Args:
+        anchor, positive, negative: `(N, D)` embeddings.
+        margin: hinge margin >= 0 (torch default 1.0; FaceNet used 0.2 on the unit sphere).
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> a, p, n = torch.randn(8, 16), torch.randn(8, 16), torch.randn(8, 16)
+        >>> triplet(a, p, n, margin=1.0).shape
+        torch.Size([])
+    """
+    anchor, positive = _embeddings("anchor", anchor), _embeddings("positive", positive)
+    negative = _embeddings("negative", negative)
+    _same_shape("anchor", anchor, "positive", positive)
+    _same_shape("anchor", anchor, "negative", negative)
+    _margin(margin)
+    gap = F.pairwise_distance(anchor, positive) - F.pairwise_distance(anchor, negative)
+    return F.relu(gap + margin).mean()
+
+
+def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
+    """Batch-hard triplet loss: each anchor with its farthest positive and closest negative.
+
+    Hermans et al., "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017. With Euclidean distances d on unnormalised embeddings:
+
+        l_i = max(0, max_{p: y_p = y_i, p ≠ i} d_ip - min_{n: y_n ≠ y_i} d_in + margin)
+
+    averaged over the anchors that have at least one positive and one negative
+    (0 if none has).
+
+    Args:
+        embeddings: `(N, D)` embeddings.
+        labels: `(N,)` integer labels.
+        margin: hinge margin >= 0.
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> x, y = torch.randn(8, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> batch_hard_triplet(x, y, margin=0.2).shape
+        torch.Size([])
+    """
+    distances, positive_mask, negative_mask = _pair_masks(embeddings, labels, margin)
+    hardest_positive = distances.masked_fill(~positive_mask, float("-inf")).amax(dim=1)
+    hardest_negative = distances.masked_fill(~negative_mask, float("inf")).amin(dim=1)
+    valid = positive_mask.any(dim=1) & negative_mask.any(dim=1)
+    hinge = F.relu(hardest_positive - hardest_negative + margin)
+    return torch.where(valid, hinge, 0.0).sum() / valid.sum().clamp(min=1)
+
+
+def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
+    """Triplet loss over all positive pairs, each with a semi-hard negative.
+
+    Schroff et al., FaceNet, CVPR 2015, sec. 3.2: for each anchor-positive
+    pair (a, p), the negative is the closest one that is still farther than
+    the positive, `argmin_{n: d_an > d_ap} d_an` (semi-hard: it violates the
+    margin without being harder than the positive); when no negative is
+    farther than the positive, the farthest negative is used (the choice of
+    TensorFlow Addons' `triplet_semihard_loss`). Euclidean distances on
+    unnormalised embeddings:
+
+        l_ap = max(0, d_ap - d_an + margin),  mean over pairs a ≠ p, y_a = y_p
+
+    Pairs whose anchor has no negative are left out (0 if no pair remains).
+
+    Args:
+        embeddings: `(N, D)` embeddings.
+        labels: `(N,)` integer labels.
+        margin: hinge margin >= 0.
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> x, y = torch.randn(8, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> semi_hard_triplet(x, y, margin=0.2).shape
+        torch.Size([])
+    """
+    distances, positive_mask, negative_mask = _pair_masks(embeddings, labels, margin)
+    # Sorting each anchor's negative distances turns "closest negative farther
+    # than d_ap" into a binary search: O(N^2 log N) instead of an N^3 mask.
+    negative_sorted, _ = distances.masked_fill(~negative_mask, float("inf")).sort(dim=1)
+    negative_count = negative_mask.sum(dim=1, keepdim=True)
+    first_farther = torch.searchsorted(negative_sorted.detach(), distances.detach(), right=True)
+    chosen = torch.where(first_farther < negative_count, first_farther, negative_count - 1).clamp(min=0)
+    negative_distance = negative_sorted.gather(1, chosen)
+    valid = positive_mask & (negative_count > 0)
+    hinge = F.relu(distances - negative_distance + margin)
+    return torch.where(valid, hinge, 0.0).sum() / valid.sum().clamp(min=1)
+
+
+def _margin(margin: float) -> None:
+    if not float(margin) >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+
+
+def _pair_masks(embeddings: Tensor, labels: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairwise Euclidean distances `(N, N)` and the positive (same label, not self) and negative masks."""
+    embeddings = _embeddings("embeddings", embeddings)
+    labels = _labels("labels", labels, embeddings.shape[0], "embeddings")
+    _margin(margin)
+    same = labels[:, None] == labels[None, :]
+    positive_mask = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return torch.cdist(embeddings, embeddings), positive_mask, ~same
+
+
+def prototypical(support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor) -> Tensor:
+    """Prototypical-network episode loss: classify queries by distance to class-mean prototypes.
+
+    Snell et al., "Prototypical Networks for Few-shot Learning", NeurIPS 2017.
+    With prototypes `c_k = mean{ s_j : y_j = k }` of the support set and
+    squared Euclidean distance on unnormalised embeddings:
+
+        l_q = -log exp(-‖q - c_{y_q}‖²) / Σ_k exp(-‖q - c_k‖²)
+
+    mean over the queries. Labels may be any integers; every query label must
+    occur in the support set.
+
+    Args:
+        support: `(S, D)` support embeddings.
+        support_labels: `(S,)` integer labels.
+        query: `(Q, D)` query embeddings.
+        query_labels: `(Q,)` integer labels, each present in `support_labels`.
+
+    Returns:
+        0-d tensor.
+
+    Example:
+        >>> support, query = torch.randn(10, 16), torch.randn(5, 16)
+        >>> labels = torch.arange(5)
+        >>> prototypical(support, labels.repeat(2), query, labels).shape
+        torch.Size([])
+    """
+    support, query = _embeddings("support", support), _embeddings("query", query)
+    support_labels = _labels("support_labels", support_labels, support.shape[0], "support")
+    query_labels = _labels("query_labels", query_labels, query.shape[0], "query")
+    if support.shape[1] != query.shape[1]:
+        raise ValueError(
+            f"support and query must have the same dimension D, got {tuple(support.shape)} and {tuple(query.shape)}"
+        )
+    classes, class_of = torch.unique(support_labels, return_inverse=True)
+    target = torch.searchsorted(classes, query_labels).clamp(max=len(classes) - 1)
+    missing = classes[target] != query_labels
+    if missing.any():
+        raise ValueError(
+            f"query_labels {sorted(set(query_labels[missing].tolist()))} do not occur in support_labels "
+            f"{classes.tolist()}; every query class needs support samples"
+        )
+    prototypes = support.new_zeros(len(classes), support.shape[1]).index_add(0, class_of, support)
+    prototypes = prototypes / torch.bincount(class_of, minlength=len(classes))[:, None]
+    squared_distance = (query[:, None, :] - prototypes[None, :, :]).pow(2).sum(dim=-1)
+    return F.cross_entropy(-squared_distance, target)
