@@ -1,0 +1,121 @@
+"""Datasets as uint8 image tensors plus labels when known.
+
+``load(name, split)`` returns an :class:`ImageDataset`: uint8 images
+``(N, C, H, W)``, int64 labels ``(N,)`` or ``None``, and class names. Small
+datasets are meant to live whole on the training device (``ds.to("cuda")``).
+
+Names (``DATASETS``):
+
+- ``fashion_mnist``, ``mnist``: IDX files, 1x28x28 (see ``selfsup.data.idx``
+  for where they are looked for and how downloads are checked).
+- ``cifar10``, ``cifar100`` (100 fine classes), ``cifar100_coarse`` (the
+  same images with the 20 superclasses): the python-pickle release, 3x32x32
+  (see ``selfsup.data.cifar``).
+- ``digits``: scikit-learn's 1797 8x8 digits, values 0..16 scaled to 0..255
+  (``round(v * 255 / 16)``), 1x8x8. Split: stratified by class, 20% test,
+  ``sklearn.model_selection.train_test_split(random_state=0)``: 1437 train,
+  360 test.
+- ``folder``: the user's images under ``root`` (see ``selfsup.data.folder``),
+  resized to ``size`` (default 64) and converted to ``channels`` (default 3).
+
+Example:
+    >>> train = load("fashion_mnist", "train", size=32, channels=3).to("cuda")
+    >>> train.images.shape, train.mean()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cifar import CIFAR10, CIFAR100, CIFAR100_COARSE, load_cifar
+from .dataset import ImageDataset, check_channels, check_size
+from .download import ChecksumError, DownloadError
+from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
+from .idx import FASHION_MNIST, MNIST, load_idx
+
+__all__ = ["DATASETS", "ChecksumError", "DownloadError", "ImageDataset", "SkippedImageWarning", "load"]
+
+DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "folder")
+SPLITS = ("train", "test")
+
+_IDX = {"fashion_mnist": FASHION_MNIST, "mnist": MNIST}
+_CIFAR = {"cifar10": CIFAR10, "cifar100": CIFAR100, "cifar100_coarse": CIFAR100_COARSE}
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SEED = 0
+
+
+def _digits(split: str) -> ImageDataset:
+    # Imported here: scikit-learn takes a while to import and only this loader needs it.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
+    train, test = train_test_split(
+        np.arange(len(images)), test_size=DIGITS_TEST_FRACTION, stratify=bunch.target, random_state=DIGITS_SEED
+    )
+    index = np.sort(train if split == "train" else test)
+    return ImageDataset(
+        torch.from_numpy(images[index]),
+        torch.from_numpy(bunch.target[index].astype(np.int64)),
+        [str(digit) for digit in bunch.target_names],
+        "digits",
+    )
+
+
+def load(
+    name: str,
+    split: str = "train",
+    root: str | Path | None = None,
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> ImageDataset:
+    """Load dataset ``name`` (one of ``DATASETS``) as an :class:`ImageDataset`.
+
+    Args:
+        name: dataset name, see ``DATASETS`` and the module docstring.
+        split: ``"train"`` or ``"test"``.
+        root: a folder holding the dataset's files (required for ``"folder"``);
+            ``None`` uses the cache ``$SELFSUP_DATA/<name>`` (default
+            ``~/.cache/selfsup``), downloading into it if ``download``.
+        size: resize to ``size x size`` (shorter side, then center crop);
+            ``None`` keeps the native size (``"folder"``: 64).
+        channels: 1 or 3 to convert gray <-> RGB for a backbone's input;
+            ``None`` keeps the native channels (``"folder"``: 3).
+        download: fetch missing files (checksummed) into the cache.
+        progress: show tqdm bars for downloads and folder decoding.
+
+    Raises:
+        ValueError: unknown name, split, size or channels; a corrupt file.
+        FileNotFoundError: ``root`` or a required file is missing.
+
+    Example:
+        >>> ds = load("cifar10", "test", channels=1)
+        >>> ds.images.shape, ds.classes[ds.labels[0]]
+        (torch.Size([10000, 1, 32, 32]), 'cat')
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_size(size)
+    check_channels(channels)
+    if name == "folder":
+        if root is None:
+            raise ValueError("dataset 'folder' needs root=<folder of images>")
+        return load_folder(root, split, size or DEFAULT_SIZE, channels or 3, progress)
+    if name in _IDX:
+        dataset = load_idx(_IDX[name], split, root, download, progress)
+    elif name in _CIFAR:
+        dataset = load_cifar(_CIFAR[name], split, root, download, progress)
+    else:
+        if root is not None:
+            raise ValueError(f"dataset 'digits' ships with scikit-learn and takes no root, got root={root!r}")
+        dataset = _digits(split)
+    return dataset.convert(size=size, channels=channels)

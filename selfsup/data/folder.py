@@ -1,0 +1,146 @@
+"""A folder of the user's own images, decoded once into a uint8 tensor.
+
+Layout:
+
+- Files are found at any depth; only the extensions in ``IMAGE_EXTENSIONS``
+  count (case-insensitive), other files are ignored, and so are hidden files
+  and folders (names starting with ``.``, e.g. macOS ``._x.jpg``). Symbolic
+  links to folders are not followed.
+- If ``<root>/train`` and ``<root>/test`` both exist, ``split`` picks one of
+  them; otherwise ``split="train"`` is the whole of ``root`` and
+  ``split="test"`` is an error.
+- If every image of the split lies inside a first-level subfolder, the
+  subfolder names (sorted, and shared by train and test) are the classes;
+  otherwise labels are ``None``.
+
+Each image is decoded with PIL (first frame, EXIF orientation applied),
+brought to 8 bits (16-bit gray is scaled by 255/65535; transparent pixels
+are composited over black), converted to ``channels`` (RGB -> gray is ITU-R
+601-2 luma), then its centred square of side ``min(width, height)`` is
+resized to ``size x size`` (bilinear, antialiased): the shorter side goes to
+``size`` and the longer one is center-cropped. Unreadable files are reported
+one warning each (path and reason), skipped, and counted at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from .dataset import ImageDataset
+
+IMAGE_EXTENSIONS = frozenset(
+    {".bmp", ".gif", ".jpeg", ".jpg", ".pbm", ".pgm", ".png", ".pnm", ".ppm", ".tga", ".tif", ".tiff", ".webp"}
+)
+_KINDS = ", ".join(sorted(IMAGE_EXTENSIONS))
+DEFAULT_SIZE = 64
+# Decoding is I/O and C code that releases the GIL; more threads than this rarely help.
+_MAX_THREADS = 8
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class SkippedImageWarning(UserWarning):
+    """An image file in a folder could not be read and was skipped."""
+
+
+def _image_files(base: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(Path(dirpath, name))
+    return files
+
+
+def _class_of(path: Path, base: Path) -> str | None:
+    parts = path.relative_to(base).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Mode L or RGB, whatever the input mode."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64).clip(0, 65535)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        premultiplied = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+        return Image.fromarray(premultiplied.astype(np.uint8), "RGB")
+    return image.convert("L" if image.mode in ("L", "1") else "RGB")
+
+
+def decode(path: Path, size: int, channels: int) -> np.ndarray:
+    """One image file -> uint8 ``(channels, size, size)``, as described in the module docstring."""
+    with Image.open(path) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        image = _to_8bit(image)
+    if channels == 1 and image.mode == "RGB":
+        image = image.convert("L")
+    width, height = image.size
+    side = min(width, height)
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if channels == 3 and image.mode == "L":
+        image = image.convert("RGB")
+    pixels = np.asarray(image)
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _try_decode(path: Path, size: int, channels: int) -> np.ndarray | str:
+    try:
+        return decode(path, size, channels)
+    except Exception as err:  # PIL's decoders raise many types on corrupt data; each one means "skip this file"
+        return f"{type(err).__name__}: {err}"
+
+
+def load_folder(root: str | Path, split: str, size: int, channels: int, progress: bool) -> ImageDataset:
+    """Decode the images under ``root`` (see the module docstring for the layout and decoding rules)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder: {root} is not a folder; expected a folder of image files ({_KINDS})")
+    split_layout = (root / "train").is_dir() and (root / "test").is_dir()
+    if not split_layout and split == "test":
+        raise FileNotFoundError(
+            f"folder: {root} has no train/ and test/ subfolders; "
+            "split='test' needs the layout <root>/train/... and <root>/test/..."
+        )
+    base = root / split if split_layout else root
+    files = _image_files(base)
+    if not files:
+        raise FileNotFoundError(f"folder: no image files ({_KINDS}) under {base}")
+    names = [_class_of(path, base) for path in files]
+    classes = labels = None
+    if None not in names:
+        bases = [root / "train", root / "test"] if split_layout else [base]
+        classes = sorted({_class_of(path, b) for b in bases for path in _image_files(b)} - {None})
+        index = {name: k for k, name in enumerate(classes)}
+        labels = torch.tensor([index[name] for name in names], dtype=torch.int64)
+
+    images = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+    keep = torch.ones(len(files), dtype=torch.bool)
+    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
+        results = pool.map(_try_decode, files, [size] * len(files), [channels] * len(files))
+        bar = tqdm(results, total=len(files), desc=f"decoding {base}", unit="img", disable=not progress)
+        for k, result in enumerate(bar):
+            if isinstance(result, str):
+                warnings.warn(f"skipping {files[k]}: {result}", SkippedImageWarning, stacklevel=3)
+                keep[k] = False
+            else:
+                images[k] = torch.from_numpy(result)
+    skipped = len(files) - int(keep.sum())
+    if skipped == len(files):
+        raise ValueError(f"folder: none of the {len(files)} image files under {base} could be read; see the warnings")
+    if skipped:
+        warnings.warn(f"skipped {skipped} of {len(files)} image files under {base}", SkippedImageWarning, stacklevel=3)
+        images = images[keep]
+        labels = None if labels is None else labels[keep]
+    return ImageDataset(images, labels, classes, "folder")
