@@ -1,0 +1,216 @@
+"""Typed run configuration, filled from a YAML recipe plus ``key=value`` overrides.
+
+OmegaConf checks every key and type against these dataclasses, so a misspelt key or a bad value
+is rejected when the recipe is read, with a one-line message (:class:`ConfigError`), not an
+hour into the run. Method hyperparameters (``method_args``) are checked against the method's
+constructor signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the configuration schema."""
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+    lars = "lars"
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    """A name from ``selfsup.data.DATASETS`` ("folder" for your own images)."""
+    root: str | None = None
+    """Folder holding the files (for "folder": your images). None: the cache, downloading if allowed."""
+    size: int | None = None
+    """Resize images to this side; None keeps the dataset's size (required for "folder")."""
+    channels: int | None = None
+    """Convert to 1 or 3 channels; None keeps the dataset's."""
+    download: bool = True
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "convnet"
+    width: int = 32
+    """Base width of the small ConvNet (ignored by ResNets and ViTs)."""
+
+
+@dataclass
+class OptimConfig:
+    name: Optimizer = Optimizer.sgd
+    lr: float = 0.3
+    """Base learning rate for a batch of 256; the run uses lr * batch_size / 256."""
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    """The cosine schedule ends at lr * min_lr_ratio."""
+    exclude_bias_norm: bool = True
+    """No weight decay (and no LARS adaptation) for biases and normalisation parameters."""
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 10.0
+    batch_size: int = 256
+    """Global batch: split evenly over devices x nodes."""
+    seed: int = 0
+    precision: str = "auto"
+    """"auto" (bf16-mixed where the device supports it, else 32-true) or a Lightning Fabric precision."""
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    checkpoint_every: int = 500
+    """Steps between checkpoints (also written at the end of every epoch and of the run)."""
+    knn_every: int = 1
+    """Epochs between online kNN accuracy checks (0: never)."""
+    knn_train_samples: int = 10000
+    """Training images used by the online kNN monitor (the final evaluation uses all)."""
+    log_every: int = 10
+    progress: bool = True
+    out_dir: str = "runs/${name}"
+
+
+@dataclass
+class EvalConfig:
+    linear: bool = True
+    knn: bool = True
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    plots: bool = True
+    embedding_map: str = "umap"
+    """"umap" (falls back to t-SNE when umap-learn is missing) or "tsne"."""
+    save_embeddings: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    method: str = "simclr"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    augment: str | None = None
+    """Augmentation recipe; None uses the method's own (``method.views``)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _one_line(error: OmegaConfBaseException) -> str:
+    message = str(error).splitlines()[0]
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key and key not in message else message
+
+
+def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML recipe, apply ``key=value`` overrides, validate, and return a :class:`Config`.
+
+    Raises:
+        FileNotFoundError: the recipe does not exist.
+        ConfigError: an unknown key, a value of the wrong type, or a bad method argument.
+
+    Example:
+        >>> cfg = load_config(None, ["train.epochs=2", "method_args.temperature=0.2"])
+        >>> cfg.train.epochs
+        2.0
+    """
+    schema = OmegaConf.structured(Config)
+    layers: list[DictConfig] = []
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} does not exist (recipes ship in the recipes/ folder)")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as error:  # YAML syntax errors come in several types
+            raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(schema, *layers)
+        OmegaConf.resolve(merged)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check values the schema's types cannot: ranges, known names, method arguments."""
+    from selfsup.methods import METHODS  # the config layer is read by the engine and the CLI only
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method: unknown method {cfg.method!r}; choose one of {', '.join(sorted(METHODS))}")
+    check_method_args(METHODS[cfg.method], cfg.method_args, cfg.method)
+    positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
+                "optim.lr": cfg.optim.lr, "train.devices": cfg.train.devices,
+                "train.num_nodes": cfg.train.num_nodes, "train.checkpoint_every": cfg.train.checkpoint_every,
+                "train.log_every": cfg.train.log_every, "backbone.width": cfg.backbone.width}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    for key, value in {"optim.weight_decay": cfg.optim.weight_decay, "optim.warmup_epochs": cfg.optim.warmup_epochs,
+                       "train.knn_every": cfg.train.knn_every}.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}")
+    if cfg.eval.embedding_map not in ("umap", "tsne"):
+        raise ConfigError(f"eval.embedding_map: must be 'umap' or 'tsne', got {cfg.eval.embedding_map!r}")
+
+
+def check_method_args(cls: type, args: dict[str, Any], name: str) -> None:
+    """Reject method arguments that the constructor does not take or whose type is wrong."""
+    params = {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[2:]}
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in args.items():
+        if key not in params:
+            raise ConfigError(f"method_args.{key}: {name} has no argument {key!r}; it takes {', '.join(params)}")
+        expected = hints.get(key)
+        if expected in (int, float, bool, str) and not _fits(value, expected):
+            raise ConfigError(f"method_args.{key}: expected {expected.__name__}, got {value!r}")
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-dict form for checkpoints and logs (enums as strings)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of :func:`to_dict` (e.g. to rebuild the model of a checkpoint)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None

@@ -1,0 +1,77 @@
+"""MoCo v1/v2 (He et al. 2020, "Momentum Contrast"; Chen et al. 2020, "Improved Baselines with MoCo")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup import distributed, losses
+from selfsup.methods.base import Batch, check_views
+from selfsup.nn import Backbone, KeyQueue, frozen_copy, momentum_update, projection_mlp, shuffled_forward
+
+
+class MoCo(nn.Module):
+    """Momentum contrast: a query encoder trained by InfoNCE against a momentum key encoder and a queue.
+
+    Per batch (Algorithm 1 of the MoCo paper)::
+
+        q = normalize(f_q(x_q))                       # (N, D), with gradients
+        k = normalize(f_k(x_k))                       # (N, D), no gradients, shuffle-BN
+        loss = info_nce(q, k, negatives=queue, τ)     # positive q·k, K negatives from the queue
+        enqueue(k of every rank)
+        f_k ← m·f_k + (1 − m)·f_q                     # after the optimiser step
+
+    Defaults are MoCo v2's (MLP head, τ = 0.2, blur in the augmentation). MoCo v1 is
+    ``mlp=False, temperature=0.07`` with the ``moco_v2`` recipe minus blur.
+
+    Args:
+        backbone: encoder producing ``backbone.out_dim`` features.
+        proj_hidden_dim: hidden width of the MLP head (v2: 2048).
+        proj_dim: key/query dimension D (128).
+        queue_size: number of negatives K (65536); any size, not only multiples of the batch.
+        momentum: key-encoder momentum m (0.999).
+        temperature: InfoNCE temperature τ (v2: 0.2; v1: 0.07).
+        mlp: MLP projection head (v2) instead of a linear one (v1).
+        shuffle_bn: shuffle the key batch across ranks / sub-batches before the key encoder.
+        shuffle_splits: sub-batches that emulate devices for shuffle-BN on one process.
+    """
+
+    views = "moco_v2"
+
+    def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 128,
+                 queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
+                 mlp: bool = True, shuffle_bn: bool = True, shuffle_splits: int = 8) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.backbone = backbone
+        self.projector = (projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim) if mlp
+                          else nn.Linear(backbone.out_dim, proj_dim))
+        self.key_encoder = frozen_copy(nn.Sequential(backbone, self.projector))
+        self.queue = KeyQueue(queue_size, proj_dim)
+        self.momentum = momentum
+        self.temperature = temperature
+        self.shuffle_bn = shuffle_bn
+        self.shuffle_splits = shuffle_splits
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        check_views(batch, 2, "MoCo")
+        x_q, x_k = batch.views
+        q = self.projector(self.backbone(x_q))
+        with torch.no_grad():
+            if self.shuffle_bn:
+                k = shuffled_forward(self.key_encoder, x_k, self.shuffle_splits)
+            else:
+                k = self.key_encoder(x_k)
+            k = F.normalize(k.float(), dim=1)
+        loss = losses.info_nce(q, k, negatives=self.queue.keys.clone(), temperature=self.temperature)
+        self.queue.enqueue(distributed.gather(k))
+        return {"loss": loss}
+
+    forward = training_step
+
+    def on_step_end(self, step: int, max_steps: int) -> None:
+        momentum_update(self.key_encoder, (self.backbone, self.projector), self.momentum)

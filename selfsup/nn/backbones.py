@@ -1,0 +1,119 @@
+"""Encoders: a small ConvNet for 28x28 images, torchvision ResNets with a small-image stem, timm ViTs.
+
+Every backbone returned by :func:`build_backbone` is a :class:`Backbone`: it takes float images
+in [0, 1] of shape ``(B, C, H, W)``, normalises them with the dataset's mean and std (stored as
+buffers, so a checkpoint is self-contained), and returns features ``(B, out_dim)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+
+
+class Backbone(nn.Module):
+    """Normalisation + encoder network, with the shape checks a user needs.
+
+    Args:
+        net: maps normalised ``(B, in_channels, H, W)`` images to ``(B, out_dim)`` features.
+        out_dim: feature dimension.
+        in_channels: channels the network was built for.
+        mean, std: per-channel statistics of the training data in [0, 1] units.
+    """
+
+    def __init__(self, net: nn.Module, out_dim: int, in_channels: int,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(f"mean and std need {in_channels} values (one per input channel), "
+                             f"got mean={list(mean)} std={list(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.net = net
+        self.out_dim = out_dim
+        self.in_channels = in_channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(f"backbone expects images of shape (B, {self.in_channels}, H, W), got "
+                             f"{tuple(images.shape)}; load the data with channels={self.in_channels} "
+                             f"or build the backbone with in_channels={images.shape[1] if images.ndim == 4 else '?'}")
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return self.net((images - self.mean) / self.std)
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def convnet(in_channels: int = 1, width: int = 32) -> tuple[nn.Module, int]:
+    """Four conv-BN-ReLU stages (width, 2w, 4w, 8w) with 2x2 max-pooling between them.
+
+    Sized for 28x28 inputs: about 0.4M parameters at width 32, and on a 2-core CPU in bf16
+    it trains at several thousand images/s. Returns the network and its output dimension 8w.
+    """
+    layers = [*_conv_bn_relu(in_channels, width), nn.MaxPool2d(2),
+              *_conv_bn_relu(width, 2 * width), nn.MaxPool2d(2),
+              *_conv_bn_relu(2 * width, 4 * width), nn.MaxPool2d(2),
+              *_conv_bn_relu(4 * width, 8 * width),
+              nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), 8 * width
+
+
+def resnet(name: str, in_channels: int = 3, small_stem: bool = True) -> tuple[nn.Module, int]:
+    """A torchvision ResNet without its classifier.
+
+    With ``small_stem`` (for images of 64 pixels or less, as in SimCLR's CIFAR experiments) the
+    7x7 stride-2 stem and the max-pool are replaced by one 3x3 stride-1 convolution.
+    """
+    net = getattr(torchvision.models, name)(weights=None)
+    out_dim = net.fc.in_features
+    if small_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    net.fc = nn.Identity()
+    return net, out_dim
+
+
+def vit(name: str, in_channels: int = 3, image_size: int = 224, patch_size: int | None = None) -> tuple[nn.Module, int]:
+    """A timm Vision Transformer (``vit_tiny``, ``vit_small``, ``vit_base``) returning the CLS token."""
+    import timm
+
+    patch = patch_size or (4 if image_size <= 64 else 16)
+    net = timm.create_model(f"{name}_patch16_224", pretrained=False, num_classes=0, img_size=image_size,
+                            patch_size=patch, in_chans=in_channels)
+    return net, net.num_features
+
+
+def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, width: int = 32) -> Backbone:
+    """Build a :class:`Backbone` by name (one of :data:`BACKBONES`).
+
+    Example:
+        >>> net = build_backbone("convnet", in_channels=1, image_size=28, mean=[0.29], std=[0.35])
+        >>> net(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 256])
+    """
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if name == "convnet":
+        net, out_dim = convnet(in_channels, width)
+    elif name.startswith("resnet") and name in BACKBONES:
+        net, out_dim = resnet(name, in_channels, small_stem=image_size <= 64)
+    elif name.startswith("vit_") and name in BACKBONES:
+        net, out_dim = vit(name, in_channels, image_size)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    mean = [0.5] * in_channels if mean is None else list(mean)
+    std = [0.5] * in_channels if std is None else list(std)
+    return Backbone(net, out_dim, in_channels, mean, std)

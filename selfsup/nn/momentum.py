@@ -1,0 +1,42 @@
+"""Momentum (EMA) encoders, as in MoCo, BYOL and DINO."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters never receive gradients (the momentum encoder)."""
+    ema = copy.deepcopy(module)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def momentum_update(ema: nn.Module, online: nn.Module | Iterable[nn.Module], momentum: float) -> None:
+    """``θ_ema ← m·θ_ema + (1 − m)·θ_online`` for every parameter (He et al. 2020, eq. 2).
+
+    ``online`` may be several modules (say a backbone and its head) whose parameters, in order,
+    match those of ``ema`` (a :func:`frozen_copy` of ``nn.Sequential(backbone, head)``).
+    Buffers (BatchNorm running statistics) are not averaged: each encoder keeps its own, as in
+    the official MoCo code.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    ema_params = list(ema.parameters())
+    modules = [online] if isinstance(online, nn.Module) else list(online)
+    online_params = [p for module in modules for p in module.parameters()]
+    if len(ema_params) != len(online_params):
+        raise ValueError(f"EMA and online encoders differ: {len(ema_params)} vs {len(online_params)} parameters")
+    torch._foreach_lerp_(ema_params, online_params, 1.0 - momentum)
+
+
+def cosine_momentum(step: int, max_steps: int, base: float, final: float = 1.0) -> float:
+    """BYOL's schedule: ``m = final − (final − base)·(cos(π·step/max_steps) + 1)/2``."""
+    return final - (final - base) * (math.cos(math.pi * min(step, max_steps) / max(max_steps, 1)) + 1) / 2
