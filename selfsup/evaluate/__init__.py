@@ -1,0 +1,17 @@
+"""Honest evaluation of a frozen encoder: features, linear probe, weighted kNN, embeddings, plots.
+
+Everything here takes an encoder and tensors (never a checkpoint path or a config)::
+
+    train_x = extract_features(encoder, train_images)
+    test_x = extract_features(encoder, test_images)
+    linear_probe(train_x, train_y, test_x, test_y).accuracy
+    knn_accuracy(train_x, train_y, test_x, test_y, k=200, temperature=0.1)
+"""
+
+from selfsup.evaluate.features import extract_features, save_embeddings
+from selfsup.evaluate.knn import knn_accuracy, knn_predict
+from selfsup.evaluate.plots import plot_curves, plot_embedding
+from selfsup.evaluate.probe import ProbeResult, linear_probe
+
+__all__ = ["ProbeResult", "extract_features", "knn_accuracy", "knn_predict", "linear_probe",
+           "plot_curves", "plot_embedding", "save_embeddings"]

@@ -1,0 +1,129 @@
+"""Frozen-encoder features: batched extraction and export to ``.npy`` files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from selfsup.evaluate._common import as_features, as_labels, atomic_write
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 1024,
+                     device: torch.device | str | None = None, autocast: bool = False,
+                     progress: bool = False) -> Tensor:
+    """Run a frozen ``encoder`` over ``images`` in batches and return its features.
+
+    The encoder runs in eval mode (BatchNorm uses its running statistics, dropout is off), so the
+    result does not depend on ``batch_size``. Each submodule's train/eval flag is restored
+    afterwards, and so is the encoder's device when ``device`` moved it.
+
+    Args:
+        encoder: maps float images ``(B, C, H, W)`` in [0, 1] to features ``(B, D)``; it applies
+            its own normalisation (as :class:`selfsup.nn.backbones.Backbone` does).
+        images: ``(N, C, H, W)`` uint8 (divided by 255 on the device) or float in [0, 1].
+            They may stay on the CPU; each batch is moved to ``device``.
+        batch_size: images per forward pass.
+        device: where the forward passes run; defaults to the encoder's device.
+        autocast: run the forward passes under bf16 autocast (faster on recent CPUs and GPUs;
+            features then agree with float32 to about 1e-2 relative).
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        float32 features ``(N, D)`` on the CPU.
+
+    Example:
+        >>> encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16))
+        >>> images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+        >>> extract_features(encoder, images, batch_size=4).shape
+        torch.Size([10, 16])
+    """
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}; "
+                         f"add a channel dimension with images.unsqueeze(1) for grayscale")
+    if len(images) == 0:
+        raise ValueError("images is empty (N = 0); pass at least one image")
+    if images.dtype != torch.uint8:
+        if not images.is_floating_point():
+            raise ValueError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
+        low, high = float(images.min()), float(images.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"float images must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
+                             f"pass unnormalised images (the encoder normalises them itself)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+    home = _module_device(encoder)
+    target = torch.device(device) if device is not None else home
+    # Each module's own flag, not just the root's: a caller may keep e.g. frozen BN layers in eval.
+    modes = {module: module.training for module in encoder.modules()}
+    chunks: list[Tensor] = []
+    moved = target != home
+    try:
+        if moved:
+            encoder.to(target)
+        encoder.eval()
+        for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch",
+                          disable=not progress):
+            batch = images[start:start + batch_size].to(target, non_blocking=True)
+            batch = batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
+            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast):
+                features = encoder(batch)
+            if not isinstance(features, Tensor) or features.ndim != 2 or len(features) != len(batch):
+                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                raise ValueError(f"encoder must return features of shape ({len(batch)}, D) for a batch of "
+                                 f"{len(batch)} images, got {shape}; pool and flatten its output")
+            chunks.append(features.float().cpu())
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        if moved:
+            encoder.to(home)
+    return torch.cat(chunks)
+
+
+def save_embeddings(directory: str | os.PathLike, features, labels=None, *,
+                    prefix: str = "embeddings") -> list[Path]:
+    """Write features (and labels) as ``<prefix>.npy`` (float32) and ``<prefix>_labels.npy`` (int64).
+
+    Each file is written to a temporary name and renamed, so an interrupted export never leaves
+    a truncated file behind, and existing files are replaced only once the new one is complete.
+
+    Args:
+        directory: output folder, created if missing.
+        features: ``(N, D)`` tensor or array.
+        labels: optional ``(N,)`` integer class indices.
+        prefix: file-name stem, without a folder or an extension.
+
+    Returns:
+        The paths written, features first.
+
+    Example:
+        >>> import tempfile
+        >>> paths = save_embeddings(tempfile.mkdtemp(), torch.randn(5, 3), torch.arange(5))
+        >>> [path.name for path in paths]
+        ['embeddings.npy', 'embeddings_labels.npy']
+    """
+    if not prefix or prefix != Path(prefix).name or prefix.endswith(".npy"):
+        raise ValueError(f"prefix must be a bare file-name stem like 'embeddings', got {prefix!r}; "
+                         f"put folders in directory and leave out the .npy extension")
+    features = as_features(features, "features")
+    arrays = {f"{prefix}.npy": features.detach().cpu().float().numpy()}
+    if labels is not None:
+        labels = as_labels(labels, "labels", len(features), "features")
+        arrays[f"{prefix}_labels.npy"] = labels.cpu().numpy()
+    directory = Path(directory)
+    return [atomic_write(directory / name, lambda file, array=array: np.save(file, array))
+            for name, array in arrays.items()]
