@@ -1,0 +1,185 @@
+"""``selfsup`` command line: pretrain | evaluate | embed | plot | list.
+
+Errors a user can fix (a missing file, an unknown key, a bad value) are printed as one line
+``selfsup: error: ...`` with exit status 2; set ``SELFSUP_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from selfsup.config import ConfigError
+
+USAGE_ERRORS = (ConfigError, FileNotFoundError, ValueError, NotADirectoryError, PermissionError)
+
+
+def _load_backbone(checkpoint_path: str):
+    import torch
+
+    from selfsup.config import from_dict
+    from selfsup.engine import build_method, load_checkpoint
+
+    state = load_checkpoint(checkpoint_path)
+    cfg = from_dict(state["config"])
+    channels, size = state["data"]["channels"], state["data"]["size"]
+    # mean/std are placeholders: the real statistics are buffers restored by load_state_dict.
+    method = build_method(cfg, in_channels=channels, image_size=size, mean=[0.0] * channels, std=[1.0] * channels)
+    method.load_state_dict(state["model"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg, method.backbone.to(device).eval(), channels, size, device
+
+
+def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
+    from selfsup import data
+
+    if name is None and root is not None and Path(root).is_dir() and cfg.data.name != "folder":
+        name = "folder"
+    name = name or cfg.data.name
+    root = root if root is not None or name != cfg.data.name else cfg.data.root
+    return data.load(name, split, root, size=size, channels=channels)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    if args.resume and args.recipe and Path(args.recipe).suffix in (".ckpt", ".pt"):
+        cfg, resume = load_config(None, args.overrides), Path(args.recipe)
+    else:
+        cfg = load_config(args.recipe, args.overrides)
+        resume = bool(args.resume)
+    result = pretrain(cfg, resume=resume)
+    if result.metrics:
+        print(json.dumps({"run": str(result.out_dir), **{k: round(v, 4) for k, v in result.metrics.items()}}))
+        for key, value in result.metrics.items():
+            print(f"{key.replace('_', ' ')}: {100 * value:.2f}%")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from selfsup import evaluate
+
+    cfg, backbone, channels, size, device = _load_backbone(args.checkpoint)
+    train = _dataset(cfg, args.data, args.root, "train", channels, size)
+    test = _dataset(cfg, args.data, args.root, "test", channels, size)
+    if train.labels is None or test.labels is None:
+        raise ValueError(f"dataset {train.name!r} has no labels; evaluation needs a labelled train and test split")
+    train_x = evaluate.extract_features(backbone, train.images, device=device, progress=True)
+    test_x = evaluate.extract_features(backbone, test.images, device=device)
+    if args.protocol == "linear":
+        result = evaluate.linear_probe(train_x, train.labels, test_x, test.labels)
+        metrics = {"linear_accuracy": result.accuracy, "weight_decay": result.weight_decay}
+    else:
+        metrics = {"knn_accuracy": evaluate.knn_accuracy(train_x, train.labels, test_x, test.labels,
+                                                         k=args.k, temperature=args.temperature)}
+    print(json.dumps({"checkpoint": args.checkpoint, "data": train.name, **metrics}))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from selfsup import evaluate
+
+    cfg, backbone, channels, size, device = _load_backbone(args.checkpoint)
+    dataset = _dataset(cfg, None if Path(args.data).is_dir() else args.data,
+                       args.data if Path(args.data).is_dir() else args.root, args.split, channels, size)
+    features = evaluate.extract_features(backbone, dataset.images, device=device, progress=True)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
+    paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=f"{dataset.name}_{args.split}")
+    print(f"{features.shape[0]} embeddings of dimension {features.shape[1]} -> {', '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from selfsup import evaluate
+
+    run = Path(args.run)
+    metrics = run / "logs" / "metrics.csv"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics} does not exist; is {run} a selfsup run folder?")
+    print(evaluate.plot_curves(metrics, run / "curves.png"))
+    embeddings = run / "test_embeddings.npy"
+    if embeddings.is_file():
+        import numpy as np
+
+        labels = np.load(run / "test_embeddings_labels.npy")
+        print(evaluate.plot_embedding(np.load(embeddings), labels, run / f"{args.method}.png", method=args.method))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from selfsup import augment, data
+    from selfsup.methods import METHODS
+    from selfsup.nn import BACKBONES
+
+    print("methods:")
+    for name, cls in sorted(METHODS.items()):
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<10} {cls.__name__:<10} {summary}")
+    print("backbones:  " + ", ".join(BACKBONES))
+    print("datasets:   " + ", ".join(data.DATASETS))
+    print("augment:    " + ", ".join(augment.RECIPES))
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    if recipes.is_dir():
+        print("recipes:    " + ", ".join(sorted(str(p.relative_to(recipes.parent)) for p in recipes.glob("*.yaml"))))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised representation learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pre = sub.add_parser("pretrain", help="pretrain an encoder from a YAML recipe")
+    pre.add_argument("recipe", nargs="?", help="YAML recipe (recipes/*.yaml), or a checkpoint with --resume")
+    pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 optim.lr=0.5")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue <out_dir>/checkpoints/last.ckpt exactly where it stopped")
+    pre.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("evaluate", help="linear probe or kNN accuracy of a checkpoint's frozen backbone")
+    ev.add_argument("protocol", choices=["linear", "knn"])
+    ev.add_argument("checkpoint")
+    ev.add_argument("--data", help="dataset name (default: the one it was trained on)")
+    ev.add_argument("--root", help="folder holding the dataset's files")
+    ev.add_argument("--k", type=int, default=200)
+    ev.add_argument("--temperature", type=float, default=0.1)
+    ev.set_defaults(func=cmd_evaluate)
+
+    em = sub.add_parser("embed", help="write backbone embeddings (.npy) and labels of a dataset")
+    em.add_argument("checkpoint")
+    em.add_argument("data", help="dataset name or a folder of images")
+    em.add_argument("--split", default="test", choices=["train", "test"])
+    em.add_argument("--root", help="folder holding the dataset's files")
+    em.add_argument("--out", help="output folder (default: <run>/embeddings)")
+    em.set_defaults(func=cmd_embed)
+
+    pl = sub.add_parser("plot", help="redraw a run's curves and embedding map")
+    pl.add_argument("run", help="run folder (train.out_dir)")
+    pl.add_argument("--method", default="umap", choices=["umap", "tsne"])
+    pl.set_defaults(func=cmd_plot)
+
+    ls = sub.add_parser("list", help="list methods, backbones, datasets, augmentations and recipes")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "pretrain" and args.recipe and "=" in args.recipe:
+        args.overrides.insert(0, args.recipe)  # `selfsup pretrain key=value ...` without a recipe
+        args.recipe = None
+    try:
+        return args.func(args)
+    except USAGE_ERRORS as error:
+        if os.environ.get("SELFSUP_DEBUG"):
+            raise
+        print(f"selfsup: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""selfsup.nn: backbones, heads, momentum update, key queue, shuffle-BN."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.nn import (KeyQueue, build_backbone, cosine_momentum, frozen_copy, momentum_update,
+                        projection_mlp, shuffled_forward)
+
+
+@pytest.mark.parametrize("name,channels,size,dim", [("convnet", 1, 28, 256), ("convnet", 3, 32, 256),
+                                                    ("resnet18", 3, 32, 512), ("vit_tiny", 3, 32, 192)])
+def test_backbone_output_shape(name, channels, size, dim):
+    net = build_backbone(name, in_channels=channels, image_size=size)
+    assert net.out_dim == dim
+    assert net(torch.rand(2, channels, size, size)).shape == (2, dim)
+
+
+def test_backbone_normalises_with_its_statistics():
+    torch.manual_seed(0)
+    net = build_backbone("convnet", in_channels=1, image_size=28, mean=[0.3], std=[0.2], width=4).eval()
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(net(x), net.net((x - 0.3) / 0.2), atol=1e-6)
+    # uint8 input is read as x / 255
+    x8 = (x * 255).round().to(torch.uint8)
+    assert torch.allclose(net(x8), net(x8.float() / 255), atol=1e-6)
+
+
+def test_resnet_small_stem_keeps_resolution():
+    net = build_backbone("resnet18", in_channels=3, image_size=32).net
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, nn.Identity)
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    net = build_backbone("convnet", in_channels=1, image_size=28)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\).*\(2, 3, 28, 28\)"):
+        net(torch.rand(2, 3, 28, 28))
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(name="resnet7"), "unknown backbone"),
+                                          (dict(in_channels=2), "in_channels must be 1 or 3"),
+                                          (dict(mean=[0.1, 0.2]), "one per input channel"),
+                                          (dict(std=[0.0]), "std must be positive")])
+def test_bad_backbone_arguments(kwargs, match):
+    args = dict(name="convnet", in_channels=1, image_size=28) | kwargs
+    with pytest.raises(ValueError, match=match):
+        build_backbone(args.pop("name"), **args)
+
+
+def test_projection_mlp_layout():
+    head = projection_mlp(16, 32, 8)
+    kinds = [type(m) for m in head]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert head[0].bias is None  # BN follows: a bias would be redundant
+    three = projection_mlp(16, 32, 8, num_layers=3, last_batch_norm=True)
+    assert sum(isinstance(m, nn.Linear) for m in three) == 3 and isinstance(three[-1], nn.BatchNorm1d)
+
+
+def test_momentum_update_matches_hand_computation_over_steps():
+    torch.manual_seed(0)
+    online = nn.Linear(3, 2)
+    ema = frozen_copy(online)
+    assert all(not p.requires_grad for p in ema.parameters())
+    expected = [p.detach().clone().double() for p in ema.parameters()]
+    m = 0.9
+    for _ in range(4):
+        with torch.no_grad():  # the optimiser moves the online weights
+            for p in online.parameters():
+                p.add_(torch.randn_like(p))
+        momentum_update(ema, online, m)
+        expected = [m * e + (1 - m) * p.detach().double() for e, p in zip(expected, online.parameters())]
+    for e, p in zip(expected, ema.parameters()):
+        assert torch.allclose(p.double(), e, atol=1e-6)
+
+
+def test_momentum_update_over_several_modules_and_bad_momentum():
+    a, b = nn.Linear(2, 2), nn.Linear(2, 1)
+    ema = frozen_copy(nn.Sequential(a, b))
+    with torch.no_grad():
+        b.weight.fill_(1.0)
+    before = ema[1].weight.clone()
+    momentum_update(ema, (a, b), 0.5)
+    assert torch.allclose(ema[1].weight, 0.5 * before + 0.5)
+    with pytest.raises(ValueError, match="momentum"):
+        momentum_update(ema, (a, b), 1.5)
+
+
+def test_cosine_momentum_schedule():
+    assert cosine_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert cosine_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    assert cosine_momentum(50, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 2) + 1) / 2)
+
+
+def test_queue_wraps_when_length_is_not_a_multiple_of_the_batch():
+    queue = KeyQueue(5, 2)
+    keys = [torch.full((2, 2), float(i)) for i in range(3)]  # batches of 2 into 5 slots
+    for k in keys:
+        queue.enqueue(k)
+    # slots 0,1 <- batch 0; 2,3 <- batch 1; 4,0 <- batch 2 (wrapped)
+    expected = torch.tensor([2.0, 0.0, 1.0, 1.0, 2.0])
+    assert torch.equal(queue.keys[:, 0], expected)
+    assert int(queue.ptr) == 1
+
+
+def test_queue_keeps_the_last_keys_of_a_batch_larger_than_itself():
+    queue = KeyQueue(3, 1)
+    queue.enqueue(torch.arange(7.0).view(7, 1))
+    assert sorted(queue.keys.view(-1).tolist()) == [4.0, 5.0, 6.0]
+    with pytest.raises(ValueError, match=r"\(N, 1\)"):
+        queue.enqueue(torch.zeros(2, 4))
+
+
+def test_queue_is_checkpointed_with_the_module():
+    queue = KeyQueue(4, 3)
+    queue.enqueue(torch.ones(3, 3))
+    state = queue.state_dict()
+    other = KeyQueue(4, 3)
+    other.load_state_dict(state)
+    assert torch.equal(other.keys, queue.keys) and int(other.ptr) == 3
+
+
+def test_shuffled_forward_equals_plain_forward_without_batchnorm():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(16, 4)
+    assert torch.allclose(shuffled_forward(net, x, num_splits=4), net(x), atol=1e-6)
+
+
+def test_shuffled_forward_uses_batchnorm_statistics_of_shuffled_sub_batches():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3, affine=False).train()
+    x = torch.randn(8, 3) + torch.arange(8.0).view(8, 1)  # rows differ, so sub-batch stats differ
+    torch.manual_seed(1)
+    out = shuffled_forward(bn, x, num_splits=2)
+    torch.manual_seed(1)
+    perm = torch.randperm(8)
+    expected = torch.empty_like(x)
+    for chunk in perm.chunk(2):  # each sub-batch normalised by its own mean and biased variance
+        rows = x[chunk]
+        expected[chunk] = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + bn.eps)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert not torch.allclose(out, F.batch_norm(x, None, None, training=True), atol=1e-3)
