@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from selfsup.evaluate._common import as_features, as_labels, atomic_write, stratified_sample
 
@@ -112,8 +113,9 @@ def plot_embedding(features, labels, path: str | os.PathLike, *,
 
     figure = Figure(figsize=EMBEDDING_SIZE, dpi=DPI, layout="constrained")
     axes = figure.subplots()
+    size = float(np.clip(5000 / len(rows), 4, 20))  # dots shrink as the map fills up
     if labels is None:
-        axes.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.7, linewidths=0)
+        axes.scatter(coords[:, 0], coords[:, 1], s=size, alpha=0.7, linewidths=0)
     else:
         labels = labels[rows]
         present = np.unique(labels)
@@ -123,12 +125,15 @@ def plot_embedding(features, labels, path: str | os.PathLike, *,
             for position, label in enumerate(present):
                 chosen = labels == label
                 name = classes[label] if classes is not None else str(label)
-                axes.scatter(coords[chosen, 0], coords[chosen, 1], s=4, alpha=0.7, linewidths=0,
+                axes.scatter(coords[chosen, 0], coords[chosen, 1], s=size, alpha=0.7, linewidths=0,
                              color=colours(position), label=name)
-            axes.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5),
-                        markerscale=3, frameon=False)
+            legend = axes.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5),
+                                 frameon=False)
+            for handle in legend.legend_handles:
+                handle.set_sizes([40])
+                handle.set_alpha(1)
         else:
-            points = axes.scatter(coords[:, 0], coords[:, 1], c=labels, cmap="viridis", s=4,
+            points = axes.scatter(coords[:, 0], coords[:, 1], c=labels, cmap="viridis", s=size,
                                   alpha=0.7, linewidths=0)
             figure.colorbar(points, ax=axes, label="class index")
     axes.set_title(f"{method_name} of {len(rows)} embeddings"
@@ -205,6 +210,7 @@ def plot_curves(history: Mapping[str, Sequence[tuple[float, float]]] | str | os.
                   markersize=3, linewidth=1.5)
         axes.set_title(name)
         axes.set_xlabel("step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(name)
         axes.grid(alpha=0.3)
     for axes in panels[len(history):]:
