@@ -346,3 +346,14 @@ def test_bad_arguments_are_rejected():
         A.apply_blur(_images(batch=2), 1.0, 4)
     with pytest.raises(ValueError, match="p is a probability"):
         A.grayscale(_images(batch=2), p=1.5)
+
+
+def test_one_channel_views_ignore_saturation_hue_and_grayscale():
+    # As in torchvision, these three are identities on 1-channel images, so a
+    # view with only them must return the image unchanged.
+    x = _images(batch=32, channels=1)
+    view = A.View(size=(32, 32), scale=None, flip_p=0.0, jitter=(0.0, 0.0, 0.9, 0.5), jitter_p=1.0, gray_p=1.0, blur_p=0.0)
+    torch.testing.assert_close(A.augment_view(x, view, _gen()), x, atol=0, rtol=0)
+    # Brightness and contrast still act.
+    view = A.View(size=(32, 32), scale=None, flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=1.0, gray_p=0.0, blur_p=0.0)
+    assert (A.augment_view(x, view, _gen()) - x).abs().amax(dim=(1, 2, 3)).min() > 1e-3
