@@ -279,7 +279,7 @@ def test_extract_features_autocast_is_close_to_float32():
     encoder = small_encoder().eval()
     images = torch.rand(6, 3, 8, 8)
     exact = extract_features(encoder, images)
-    fast = extract_features(encoder, images, autocast=True)
+    fast = extract_features(encoder, images, autocast=True, progress=True)
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.05)
 
@@ -287,6 +287,7 @@ def test_extract_features_autocast_is_close_to_float32():
 @pytest.mark.parametrize("images, match", [
     (torch.rand(3, 8, 8), "(N, C, H, W)"),
     (torch.rand(2, 3, 8, 8) * 2 - 0.5, r"\[0, 1\]"),
+    (torch.full((2, 3, 8, 8), float("nan")), r"\[0, 1\]"),
     (torch.zeros(2, 3, 8, 8, dtype=torch.int32), "uint8"),
     (torch.zeros(0, 3, 8, 8), "empty"),
 ])

@@ -59,7 +59,7 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         if not images.is_floating_point():
             raise ValueError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
         low, high = float(images.min()), float(images.max())
-        if low < 0 or high > 1:
+        if not 0 <= low <= high <= 1:  # also catches NaN
             raise ValueError(f"float images must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
                              f"pass unnormalised images (the encoder normalises them itself)")
     if batch_size < 1:
