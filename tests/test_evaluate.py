@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from selfsup.evaluate import (extract_features, knn_accuracy, knn_predict, linear_probe, plot_curves,
@@ -22,11 +23,12 @@ from selfsup.evaluate._common import stratified_sample
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    # The tests run many tiny ops; on a shared 2-core machine OpenMP spinning makes them
-    # 100x slower with 2 threads. Restored afterwards so other test files are unaffected.
+    # The tests run many tiny ops; on a shared 2-core machine, OpenMP threads spinning for a
+    # busy core make them up to 100x slower. Restored afterwards for the other test files.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):
+        yield
     torch.set_num_threads(before)
 
 
