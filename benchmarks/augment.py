@@ -13,8 +13,11 @@ random resized crop (scale 0.08-1) -> horizontal flip 0.5 -> colour jitter
   refuses saturation and hue (identities there anyway), so it gets
   brightness and contrast only.
 
-Run: ``.venv/bin/python benchmarks/augment.py`` (about a minute; the ratios
-within one run are what count, the machine's load moves the absolute figures).
+Run: ``.venv/bin/python benchmarks/augment.py`` (about a minute). By default
+everything runs on one thread, a per-core comparison (torchvision would use one
+DataLoader worker per core); ``--threads 2`` lets the batched pipelines use
+both cores. The ratios within one run are what count: the machine's load moves
+the absolute figures.
 """
 
 from __future__ import annotations
@@ -106,10 +109,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--per-sample-images", type=int, default=256, help="images timed for torchvision")
     parser.add_argument("--min-seconds", type=float, default=4.0, help="timing budget per pipeline and shape")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 compares per core (one DataLoader worker per core for torchvision)",
+    )
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, recipe simclr")
     for channels, side in ((3, 32), (1, 28)):
         rates = run(channels, side, args.batch_size, args.per_sample_images, args.min_seconds)

@@ -246,24 +246,33 @@ def sample_crop_boxes(
     return torch.stack((top, left, crop_h, crop_w), dim=1).to(torch.int64)
 
 
-def _interpolation_matrix(start: Tensor, length: Tensor, out_size: int, in_size: int) -> Tensor:
+def _interpolation_matrix(
+    start: Tensor, length: Tensor, out_size: int, in_size: int, flip: Tensor | None = None
+) -> Tensor:
     """(B, out_size, in_size) weights resampling [start, start + length) to out_size.
 
     Antialiased bilinear (triangle) filter as in PyTorch's ``_upsample_bilinear2d_aa``
     with ``align_corners=False``: output pixel ``o`` is centred at
     ``start + scale * (o + 0.5)`` with ``scale = length / out_size``; the
     triangle is widened by ``scale`` when downsampling; weights of pixels inside
-    the crop are normalised to sum to one.
+    the crop are normalised to sum to one. Where ``flip`` is set, output pixel
+    ``o`` takes the weights of ``out_size - 1 - o`` (a mirrored output).
     """
     device = start.device
-    scale = (length.to(torch.float32) / out_size).view(-1, 1, 1)
-    support = scale.clamp(min=1.0)
-    centre = scale * (torch.arange(out_size, device=device, dtype=torch.float32).view(1, -1, 1) + 0.5)
-    offset = torch.arange(in_size, device=device, dtype=torch.float32).view(1, 1, -1) - start.view(-1, 1, 1)
-    weights = (1.0 - ((offset + 0.5 - centre) / support).abs_()).clamp_(min=0.0)
-    inside = (offset >= 0) & (offset < length.view(-1, 1, 1))
-    weights = weights * inside
-    return weights / weights.sum(dim=2, keepdim=True)
+    scale = length.to(torch.float32).div_(out_size).view(-1, 1)
+    index = torch.arange(out_size, device=device, dtype=torch.float32)
+    if flip is not None:
+        index = torch.where(flip.to(device).view(-1, 1), out_size - 1 - index, index)
+    # Filter centres in input pixel coordinates (pixel j has its centre at j + 0.5).
+    centre = (index + 0.5).mul(scale).add_(start.view(-1, 1) - 0.5)
+    pixels = torch.arange(in_size, device=device, dtype=torch.float32).view(1, -1)
+    offset = pixels - start.view(-1, 1)
+    # Pixels outside the crop sit at infinity, so the triangle gives them weight 0.
+    pixels = torch.where((offset >= 0) & (offset < length.view(-1, 1)), pixels, math.inf)
+    inverse_support = scale.clamp(min=1.0).reciprocal_().view(-1, 1, 1)
+    distance = (pixels.unsqueeze(1) - centre.unsqueeze(2)).mul_(inverse_support)
+    weights = distance.abs_().neg_().add_(1.0).clamp_(min=0.0)
+    return weights.div_(weights.sum(dim=2, keepdim=True))
 
 
 def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int], flip: Tensor | None = None) -> Tensor:
@@ -316,9 +325,7 @@ def _crop_matrices(
     """(B, out_h, H) row and (B, out_w, W) column interpolation matrices, mirroring folded in."""
     top, left, box_h, box_w = boxes.unbind(1)
     rows = _interpolation_matrix(top, box_h, size[0], height)
-    cols = _interpolation_matrix(left, box_w, size[1], width)
-    if flip is not None:
-        cols = torch.where(flip.to(cols.device).view(-1, 1, 1), cols.flip(1), cols)
+    cols = _interpolation_matrix(left, box_w, size[1], width, flip)
     return rows, cols
 
 

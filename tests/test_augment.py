@@ -357,3 +357,14 @@ def test_one_channel_views_ignore_saturation_hue_and_grayscale():
     # Brightness and contrast still act.
     view = A.View(size=(32, 32), scale=None, flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=1.0, gray_p=0.0, blur_p=0.0)
     assert (A.augment_view(x, view, _gen()) - x).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+
+
+def test_cpu_chunking_does_not_change_views(monkeypatch):
+    # Parameters are drawn for the whole batch before the chunked image work.
+    x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=_gen())
+    augment = A.recipe("dino", 32, n_local=1)
+    whole = augment(x, generator=_gen(5))
+    monkeypatch.setattr(A, "_CPU_CHUNK_BYTES", 3 * 32 * 32 * 4 * 7)  # chunks of 7 samples
+    chunked = augment(x, generator=_gen(5))
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
