@@ -252,7 +252,8 @@ class Trainer:
                 if accuracy is not None:
                     fabric.log_dict({"knn_accuracy": accuracy}, step=done)
                     self.history["knn"].append((done, accuracy))
-                    bar.write(f"epoch {done // self.steps_per_epoch}: kNN accuracy {accuracy:.4f}")
+                    if self.is_main and t.progress:
+                        bar.write(f"epoch {done // self.steps_per_epoch}: kNN accuracy {accuracy:.4f}")
             if done % t.checkpoint_every == 0 or epoch_end or done == self.max_steps:
                 self.save(done)
         bar.close()
