@@ -734,8 +734,8 @@ def apply_solarize(x: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
     Equals torchvision ``solarize(img, threshold)`` on float images.
 
     Example:
-        >>> apply_solarize(torch.tensor([0.2, 0.7]).view(1, 1, 1, 2), torch.tensor([True])).flatten().tolist()
-        [0.2, 0.30000001192092896]
+        >>> apply_solarize(torch.tensor([0.25, 0.75]).view(1, 1, 1, 2), torch.tensor([True])).flatten().tolist()
+        [0.25, 0.25]
     """
     xf = to_float(x)
     if not 0.0 <= threshold <= 1.0:
