@@ -368,3 +368,18 @@ def test_cpu_chunking_does_not_change_views(monkeypatch):
     chunked = augment(x, generator=_gen(5))
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name, channels", [("simclr", 3), ("simclr", 1), ("byol", 3), ("eval", 3)])
+def test_grouped_cpu_path_equals_masked_path(name, channels, monkeypatch):
+    # The CPU path sorts the samples and runs each step only on the rows it
+    # changes; the masked path runs every step on every row with exact
+    # identities. Same plan, so the views must agree bit for bit, and small
+    # chunks (cut inside jitter groups and blur/gray/solarize runs) change nothing.
+    x = A.to_float(torch.randint(0, 256, (64, channels, 32, 32), dtype=torch.uint8, generator=_gen()))
+    monkeypatch.setattr(A, "_CPU_CHUNK_BYTES", channels * 32 * 32 * 4 * 5)
+    for view in A.recipe(name, (32, 24) if name == "eval" else 32).views:
+        plan = A._plan_view(view, x.shape, x.device, _gen(7))
+        if plan.group is not None:
+            assert set(plan.group.tolist()) == ({0, 4} if channels == 1 else {0, 1, 2, 3, 4})
+        torch.testing.assert_close(A._run_view_grouped(x, view, plan), A._run_view(x, view, plan), atol=0, rtol=0)
