@@ -40,6 +40,8 @@ class DataConfig:
     channels: int | None = None
     """Convert to 1 or 3 channels; None keeps the dataset's."""
     download: bool = True
+    max_samples: int | None = None
+    """Pretrain on a seeded random subset of this many training images (None: all of them)."""
 
 
 @dataclass
@@ -177,6 +179,8 @@ def validate(cfg: Config) -> None:
                        "train.knn_every": cfg.train.knn_every}.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if cfg.data.max_samples is not None and cfg.data.max_samples <= 0:
+        raise ConfigError(f"data.max_samples: must be > 0, got {cfg.data.max_samples}")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}")
     if cfg.eval.embedding_map not in ("umap", "tsne"):

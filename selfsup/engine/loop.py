@@ -61,10 +61,14 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std) -
 
 
 def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.ImageDataset | None]:
-    """Train split, and the labelled test split used for monitoring and evaluation (None if absent)."""
+    """Train split (a seeded subset of ``data.max_samples`` if set), and the labelled test split
+    used for monitoring and evaluation (None if absent)."""
     kwargs = dict(root=cfg.data.root, size=cfg.data.size, channels=cfg.data.channels,
                   download=cfg.data.download, progress=progress)
     train = data.load(cfg.data.name, "train", **kwargs)
+    if cfg.data.max_samples is not None and cfg.data.max_samples < len(train):
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        train = train.subset(torch.randperm(len(train), generator=generator)[: cfg.data.max_samples].sort().values)
     try:
         test = data.load(cfg.data.name, "test", **kwargs)
     except (FileNotFoundError, ValueError):

@@ -1,0 +1,92 @@
+"""SimCLR training-step throughput against the bare backbone's forward+backward, in one process.
+
+The full step is what the engine runs: batched augmentation of a uint8 batch into two views, the
+backbone and projection head on both views, NT-Xent, backward, SGD step. The reference is the bare
+backbone's forward+backward on the same two views (already augmented), under the same autocast and
+memory format. Both are timed interleaved (full, bare, full, bare, ...) and the medians compared.
+
+    .venv/bin/python benchmarks/step.py                       # convnet on 1x28x28 (Fashion-MNIST size)
+    .venv/bin/python benchmarks/step.py --backbone resnet18 --size 32 --channels 3 --batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from selfsup.augment import recipe
+from selfsup.engine import resolve_precision
+from selfsup.methods import Batch, SimCLR
+from selfsup.nn import build_backbone
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="convnet")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--precision", default="auto", help="auto | bf16-mixed | 32-true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device.type)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    torch.manual_seed(0)
+    backbone = build_backbone(args.backbone, in_channels=args.channels, image_size=args.size)
+    method = SimCLR(backbone, proj_hidden_dim=512, proj_dim=128).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
+    augment = recipe("simclr", args.size)
+    images = torch.randint(0, 256, (args.batch, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
+    fixed_views = [v.contiguous(memory_format=torch.channels_last) for v in augment(images)]
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def full_step() -> None:
+        with torch.no_grad():
+            views = [v.contiguous(memory_format=torch.channels_last) for v in augment(images)]
+        with autocast():
+            loss = method.training_step(Batch(views, torch.arange(args.batch, device=device)))["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.on_step_end(0, 1)
+
+    def bare_step() -> None:
+        with autocast():
+            out = backbone(torch.cat(fixed_views))
+        out.float().mean().backward()
+        backbone.zero_grad(set_to_none=True)
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for _ in range(3):
+        full_step()
+        bare_step()
+    full, bare = [], []
+    for _ in range(args.repeats):
+        full.append(timed(full_step))
+        bare.append(timed(bare_step))
+    full_ips, bare_ips = args.batch / statistics.median(full), args.batch / statistics.median(bare)
+    print(f"{args.backbone} {args.channels}x{args.size}x{args.size} batch {args.batch} on {device} ({precision}), "
+          f"threads {torch.get_num_threads()}, median of {args.repeats}:")
+    print(f"  bare backbone forward+backward on 2 views : {bare_ips:9,.0f} images/s")
+    print(f"  SimCLR step (augment+head+loss+optimiser)  : {full_ips:9,.0f} images/s")
+    print(f"  ratio SimCLR / bare                       : {full_ips / bare_ips:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
