@@ -46,23 +46,50 @@ def test_nt_xent_matches_double_loop(decoupled, t):
     assert got.item() == pytest.approx(_nt_xent_loop(z1, z2, t, decoupled), rel=1e-10)
 
 
-def test_nt_xent_matches_cross_entropy_at_scale_with_blocks(monkeypatch):
-    # Small block budget forces many row blocks; compare with the plain full-matrix form.
+def _plain_nt_xent(z1, z2, t, decoupled):
+    """The full-matrix form: masked logits and F.cross_entropy (the positive masked too when decoupled)."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (z @ z.T / t).fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    if not decoupled:
+        return F.cross_entropy(logits, target)
+    rows = torch.arange(2 * n)
+    positive = logits[rows, target]
+    return (torch.logsumexp(logits.index_put((rows, target), torch.tensor(float("-inf"))), dim=1) - positive).mean()
+
+
+# t = 0.2 and 0.05 take the symmetric strip kernel, t = 0.02 (|logit| up to 50) the shifted blockwise one.
+@pytest.mark.parametrize("t", [0.2, 0.05, 0.02])
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("keep_exps", [True, False])
+def test_nt_xent_matches_cross_entropy_at_scale_with_blocks(monkeypatch, t, decoupled, keep_exps):
+    # A small block budget forces many strips (2 rows each), so diagonal and partner entries fall
+    # in different strips; with keep_exps False backward recomputes the strips.
     monkeypatch.setattr(losses._common, "_BLOCK_ELEMENTS", 300)
+    if not keep_exps:
+        monkeypatch.setattr(losses._common, "_KEPT_EXP_ELEMENTS", 0)
     z1 = _rand(70, 16, seed=3, dtype=torch.float32).requires_grad_()
     z2 = _rand(70, 16, seed=4, dtype=torch.float32).requires_grad_()
-    got = losses.nt_xent(z1, z2, 0.2)
+    got = losses.nt_xent(z1, z2, t, decoupled=decoupled)
     got.backward()
     g1, g2 = z1.grad.clone(), z2.grad.clone()
     z1.grad = z2.grad = None
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    logits = (z @ z.T / 0.2).fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(70, 140), torch.arange(70)])
-    ref = F.cross_entropy(logits, target)
+    ref = _plain_nt_xent(z1, z2, t, decoupled)
     ref.backward()
     assert got.item() == pytest.approx(ref.item(), abs=1e-5)
     torch.testing.assert_close(g1, z1.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(g2, z2.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("keep_exps", [True, False])
+def test_nt_xent_gradcheck_over_strips(monkeypatch, decoupled, keep_exps):
+    monkeypatch.setattr(losses._common, "_BLOCK_ELEMENTS", 20)  # 2 rows per strip of the 10 x 10 matrix
+    if not keep_exps:
+        monkeypatch.setattr(losses._common, "_KEPT_EXP_ELEMENTS", 0)
+    z1, z2 = _rand(5, 3, seed=9).requires_grad_(), _rand(5, 3, seed=10).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: losses.nt_xent(a, b, 0.4, decoupled=decoupled), (z1, z2))
 
 
 def test_nt_xent_properties():

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup import distributed
 from selfsup.losses._common import (
     _BlockLogSumExp,
     _diagonal_cross_entropy,
@@ -16,7 +17,9 @@ from selfsup.losses._common import (
     _maybe_gather,
     _positive,
     _same_shape,
+    _SelfLogSumExp,
     _softmax_cross_entropy,
+    _UNSHIFTED_MAX_LOGIT,
 )
 
 
@@ -66,6 +69,10 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
     _positive("temperature", temperature)
     n = z1.shape[0]
     u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    if 1 / temperature <= _UNSHIFTED_MAX_LOGIT and not (gather and distributed.is_distributed()):
+        # Anchors and candidates are the same 2N rows: the symmetric kernel does half the work.
+        lse = _SelfLogSumExp.apply(torch.cat((u1, u2), dim=0), 1 / temperature, n if decoupled else None)
+        return lse.mean() - (u1 * u2).sum(dim=1).mean() / temperature
     # One gather for both views: rows (i, view) of every rank, then views stacked
     # so the candidate layout is [all first views; all second views].
     pairs = _maybe_gather(torch.stack((u1, u2), dim=1), gather)
