@@ -42,9 +42,14 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
     `log Σ_{k ∉ {i, p(i)}} exp(s_ik)`; this is the N-pair form in the CS 330
     notes.
 
-    Computed blockwise with a hand-written backward, so the 2N x 2N similarity
-    matrix never exists whole (see benchmarks/losses.py); exact to the plain
-    `cross_entropy` formulation.
+    Computed in row strips with a hand-written backward, exact to the plain
+    `cross_entropy` formulation. On one process with τ >= 1/32 the similarity
+    matrix is symmetric and its exps need no max shift, so only the strips
+    right of the diagonal are computed (half the work), and kept for backward
+    while they fit in 256 MiB (2N <= ~11k); lower τ, or candidates gathered
+    from other ranks, take the general blockwise log-sum-exp. Either way the
+    2N x 2N matrix never exists whole, nor do the several full-size copies
+    autograd keeps for a plain `cross_entropy` (see benchmarks/losses.py).
 
     Under torch.distributed with `gather=True` the candidates are the views of
     all ranks (see the module docstring for the gradient semantics).
