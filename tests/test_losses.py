@@ -92,6 +92,13 @@ def test_nt_xent_gradcheck_over_strips(monkeypatch, decoupled, keep_exps):
     assert torch.autograd.gradcheck(lambda a, b: losses.nt_xent(a, b, 0.4, decoupled=decoupled), (z1, z2))
 
 
+def test_nt_xent_learnable_temperature_gets_its_gradient():
+    z1, z2 = _rand(4, 3, seed=11).requires_grad_(), _rand(4, 3, seed=12).requires_grad_()
+    t = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    assert losses.nt_xent(z1, z2, t).item() == pytest.approx(_nt_xent_loop(z1.detach(), z2.detach(), 0.5), rel=1e-10)
+    assert torch.autograd.gradcheck(lambda a, b, temp: losses.nt_xent(a, b, temp), (z1, z2, t))
+
+
 def test_nt_xent_properties():
     z1, z2 = _rand(6, 4, seed=5), _rand(6, 4, seed=6)
     base = losses.nt_xent(z1, z2)

@@ -74,7 +74,9 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
     _positive("temperature", temperature)
     n = z1.shape[0]
     u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    if 1 / temperature <= _UNSHIFTED_MAX_LOGIT and not (gather and distributed.is_distributed()):
+    symmetric = not (gather and distributed.is_distributed())
+    # A tensor temperature may be learned: only the general path carries its gradient.
+    if symmetric and isinstance(temperature, (int, float)) and 1 / temperature <= _UNSHIFTED_MAX_LOGIT:
         # Anchors and candidates are the same 2N rows: the symmetric kernel does half the work.
         lse = _SelfLogSumExp.apply(torch.cat((u1, u2), dim=0), 1 / temperature, n if decoupled else None)
         return lse.mean() - (u1 * u2).sum(dim=1).mean() / temperature
