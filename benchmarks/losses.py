@@ -178,8 +178,9 @@ def main() -> None:
             ratios = [r / o for o, r in zip(our_times, ref_times)]
             our_peak, ref_peak = peaks[(name, n, library)]
             speed = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            our_s, ref_s = statistics.median(our_times), statistics.median(ref_times)
             print(
-                f"{name:<19}{n:>6}  {library:<8}{statistics.median(our_times):>8.3f}{statistics.median(ref_times):>8.3f}"
+                f"{name:<19}{n:>6}  {library:<8}{our_s:>8.3f}{ref_s:>8.3f}"
                 f"  {speed:<19}{our_peak:>9.0f}{ref_peak:>9.0f}{our_peak / max(ref_peak, 1):>9.2f}x"
                 f"{loss_diff:>9.1e}{grad_diff:>9.1e}",
                 flush=True,
