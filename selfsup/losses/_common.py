@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -68,6 +70,36 @@ def _labels(name: str, labels: object, n: int, n_name: str) -> Tensor:
 # ----------------------------------------------------------------------------- blockwise softmax cross-entropy
 
 
+def full_precision():
+    """Context in which autocast is off on every device type, so matmuls stay float32."""
+    return _NoAutocast()
+
+
+class _NoAutocast:
+    def __enter__(self):
+        self._contexts = [torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False)]
+        for context in self._contexts:
+            context.__enter__()
+
+    def __exit__(self, *exc):
+        for context in reversed(self._contexts):
+            context.__exit__(*exc)
+
+
+def float32_loss(fn):
+    """Run a loss (or a custom Function's forward/backward) with autocast off, so a loss called
+    inside the engine's bf16/fp16 autocast still does its matmuls and exps in float32 (inputs in
+    half precision are upcast by the input checks). Autograd runs a Function's backward under
+    the forward's autocast state, hence the decorator there too."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with full_precision():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 class _BlockLogSumExp(torch.autograd.Function):
     """`lse_i = log Σ_{j ∉ excluded_i} exp(a_i · c_j)` without holding the (n, M) matrix whole.
 
@@ -79,6 +111,7 @@ class _BlockLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
+    @float32_loss
     def forward(ctx, anchors: Tensor, candidates: Tensor, excluded: Tensor | None) -> Tensor:
         rows = max(1, _BLOCK_ELEMENTS // candidates.shape[0])
         lse = anchors.new_empty(anchors.shape[0])
@@ -90,6 +123,7 @@ class _BlockLogSumExp(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @float32_loss
     def backward(ctx, grad_lse: Tensor) -> tuple[Tensor, Tensor, None]:
         anchors, candidates, excluded, lse = ctx.saved_tensors
         rows = max(1, _BLOCK_ELEMENTS // candidates.shape[0])
@@ -138,6 +172,7 @@ class _SelfLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
+    @float32_loss
     def forward(ctx, units: Tensor, scale: float, pair_offset: int | None) -> Tensor:
         total = units.shape[0]
         keep = total * (total + _strip_rows(total)) // 2 <= _KEPT_EXP_ELEMENTS
@@ -154,6 +189,7 @@ class _SelfLogSumExp(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @float32_loss
     def backward(ctx, grad_lse: Tensor) -> tuple[Tensor, None, None]:
         units, sums = ctx.saved_tensors
         weights = (grad_lse / sums)[:, None]

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from selfsup import distributed
 from selfsup.losses._common import (
+    float32_loss,
     _BlockLogSumExp,
     _diagonal_cross_entropy,
     _embeddings,
@@ -26,6 +27,7 @@ from selfsup.losses._common import (
 # ----------------------------------------------------------------------------- contrastive (InfoNCE family)
 
 
+@float32_loss
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool = False, gather: bool = True) -> Tensor:
     """SimCLR's normalised temperature-scaled cross-entropy (NT-Xent).
 
@@ -93,6 +95,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
     return _softmax_cross_entropy(anchors, candidates, positive, excluded)
 
 
+@float32_loss
 def info_nce(
     query: Tensor,
     key: Tensor,
@@ -151,6 +154,7 @@ def info_nce(
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
+@float32_loss
 def clip(image_emb: Tensor, text_emb: Tensor, logit_scale: float | Tensor, *, gather: bool = True) -> Tensor:
     """CLIP's symmetric InfoNCE over the image-text similarity matrix.
 
@@ -196,6 +200,7 @@ def clip(image_emb: Tensor, text_emb: Tensor, logit_scale: float | Tensor, *, ga
     return (image_to_text + text_to_image) / 2
 
 
+@float32_loss
 def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather: bool = True) -> Tensor:
     """Supervised contrastive loss (the "L_out" form): positives are all other samples of the class.
 
@@ -248,6 +253,7 @@ def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather
     return per_anchor.sum() / has_positive.sum().clamp(min=1)
 
 
+@float32_loss
 def n_pair(anchor: Tensor, positive: Tensor) -> Tensor:
     """Sohn's multi-class N-pair loss: each anchor against the positives of all other pairs.
 
@@ -277,6 +283,7 @@ def n_pair(anchor: Tensor, positive: Tensor) -> Tensor:
     return _diagonal_cross_entropy(anchor @ positive.T)
 
 
+@float32_loss
 def cpc(context_pred: Tensor, future_codes: Tensor, temperature: float = 1.0) -> Tensor:
     """CPC's InfoNCE: each prediction must pick its true future code among the others.
 
@@ -315,6 +322,7 @@ def cpc(context_pred: Tensor, future_codes: Tensor, temperature: float = 1.0) ->
     return _diagonal_cross_entropy(context_pred @ future_codes.transpose(-1, -2) / temperature)
 
 
+@float32_loss
 def nce_log_normalizer(scores: Tensor, noise_prob: float, temperature: float = 0.07) -> Tensor:
     """Monte-Carlo estimate of log Z for InstDisc's NCE, from the noise samples' scores.
 
@@ -347,6 +355,7 @@ def nce_log_normalizer(scores: Tensor, noise_prob: float, temperature: float = 0
     )
 
 
+@float32_loss
 def nce(
     scores: Tensor,
     noise_prob: float,
@@ -414,6 +423,7 @@ def _nce_noise_prob(noise_prob: float) -> None:
         raise ValueError(f"noise_prob must be in (0, 1] (1 / bank size), got {noise_prob}")
 
 
+@float32_loss
 def jsd_mi(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     """Negative Jensen-Shannon mutual-information estimate (Deep InfoMax, Deep Graph Infomax).
 

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup import distributed
-from selfsup.losses._common import _embeddings, _float_tensor, _positive, _same_shape
+from selfsup.losses._common import _embeddings, _float_tensor, _positive, _same_shape, float32_loss
 
 
+@float32_loss
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """BYOL / SimSiam's negative cosine similarity with a stop-gradient on the target.
 
@@ -38,6 +39,7 @@ def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     return -(F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(dim=1).mean()
 
 
+@float32_loss
 def dino(
     student_logits: Tensor,
     teacher_logits: Tensor,

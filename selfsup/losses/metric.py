@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.losses._common import _embeddings, _labels, _same_shape
+from selfsup.losses._common import _embeddings, _labels, _same_shape, float32_loss
 
 
+@float32_loss
 def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0) -> Tensor:
     """FaceNet's triplet hinge on given triplets, equal to `torch.nn.functional.triplet_margin_loss`.
 
@@ -41,6 +42,7 @@ def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 
     return F.relu(gap + margin).mean()
 
 
+@float32_loss
 def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
     """Batch-hard triplet loss: each anchor with its farthest positive and closest negative.
 
@@ -73,6 +75,7 @@ def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) 
     return torch.where(valid, hinge, 0.0).sum() / valid.sum().clamp(min=1)
 
 
+@float32_loss
 def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
     """Triplet loss over all positive pairs, each with a semi-hard negative.
 
@@ -129,6 +132,7 @@ def _pair_masks(embeddings: Tensor, labels: Tensor, margin: float) -> tuple[Tens
     return torch.cdist(embeddings, embeddings), positive_mask, ~same
 
 
+@float32_loss
 def prototypical(support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor) -> Tensor:
     """Prototypical-network episode loss: classify queries by distance to class-mean prototypes.
 
