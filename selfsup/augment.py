@@ -961,9 +961,10 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
         torch.Size([4, 3, 16, 16])
     """
     plan = _plan_view(view, xf.shape, xf.device, generator)
-    if xf.device.type == "cpu":
-        return _run_view_grouped(xf, view, plan)
-    return _run_view(xf, view, plan)
+    out = _run_view_grouped(xf, view, plan) if xf.device.type == "cpu" else _run_view(xf, view, plan)
+    # Interpolation weights sum to 1 only up to rounding, so a saturated pixel can come out as
+    # 1 + 1e-7; clamp so the promised range holds exactly (evaluation refuses values outside it).
+    return out.clamp_(0.0, 1.0)
 
 
 _CPU_CHUNK_BYTES = 1 << 20

@@ -383,3 +383,11 @@ def test_grouped_cpu_path_equals_masked_path(name, channels, monkeypatch):
         if plan.group is not None:
             assert set(plan.group.tolist()) == ({0, 4} if channels == 1 else {0, 1, 2, 3, 4})
         torch.testing.assert_close(A._run_view_grouped(x, view, plan), A._run_view(x, view, plan), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco_v2", "byol", "dino"])
+def test_views_stay_exactly_in_unit_range_for_saturated_images(name):
+    torch.manual_seed(0)
+    images = torch.where(torch.rand(64, 3, 32, 32) < 0.5, 255, 0).to(torch.uint8)
+    for view in A.recipe(name, 32)(images):
+        assert view.min().item() >= 0.0 and view.max().item() <= 1.0
