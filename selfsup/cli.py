@@ -85,8 +85,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup import evaluate
 
     cfg, backbone, channels, size, device = _load_backbone(args.checkpoint)
-    dataset = _dataset(cfg, None if Path(args.data).is_dir() else args.data,
-                       args.data if Path(args.data).is_dir() else args.root, args.split, channels, size)
+    is_folder = Path(args.data).is_dir()
+    dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
+                       args.split, channels, size)
     features = evaluate.extract_features(backbone, dataset.images, device=device, progress=True)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
     paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=f"{dataset.name}_{args.split}")

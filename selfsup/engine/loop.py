@@ -108,9 +108,9 @@ class Trainer:
         self.ckpt_path = self.out_dir / "checkpoints" / "last.ckpt"
         loggers = [CSVLogger(self.out_dir, name="", version="logs"),
                    TensorBoardLogger(self.out_dir, name="", version="tensorboard", default_hp_metric=False)]
+        self.precision = resolve_precision(t.precision, t.accelerator)
         self.fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                             strategy=t.strategy, precision=resolve_precision(t.precision, t.accelerator),
-                             loggers=loggers)
+                             strategy=t.strategy, precision=self.precision, loggers=loggers)
         self.fabric.launch()
         fabric = self.fabric
         self.is_main = fabric.global_rank == 0
@@ -188,7 +188,7 @@ class Trainer:
             n = len(self.train_set)
             subset = torch.randperm(n, generator=generator)[: min(n, self.cfg.train.knn_train_samples)]
             backbone = self.method.backbone
-            autocast = self.fabric.device.type == "cuda" or "bf16" in str(self.fabric._precision.precision)
+            autocast = self.fabric.device.type == "cuda" or "bf16" in self.precision
             kwargs = dict(device=self.fabric.device, autocast=autocast)
             train_x = evaluate.extract_features(backbone, self.images[subset.to(self.images.device)], **kwargs)
             test_x = evaluate.extract_features(backbone, self.test_set.images, **kwargs)

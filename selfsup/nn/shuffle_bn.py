@@ -36,7 +36,7 @@ def shuffled_forward(encoder: nn.Module, images: Tensor, num_splits: int = 8) ->
 
 
 def _shuffled_forward_ddp(encoder: nn.Module, images: Tensor) -> Tensor:
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = distributed.rank(), distributed.world_size()
     local = images.shape[0]
     everything = distributed.gather(images)
     perm = torch.randperm(everything.shape[0], device=images.device)
