@@ -32,6 +32,7 @@ import torchvision.transforms.v2 as T
 from torch import nn
 
 from selfsup.augment import blur_kernel_size, recipe
+from selfsup.engine import tune_allocator
 
 
 def views_per_second(make_views: Callable[[], int], min_seconds: float) -> float:
@@ -115,7 +116,11 @@ def main() -> None:
         default=1,
         help="torch threads; 1 compares per core (one DataLoader worker per core for torchvision)",
     )
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's default mmap/trim thresholds instead of the engine's (see selfsup.engine.allocator)")
     args = parser.parse_args()
+    if not args.glibc_malloc:
+        tune_allocator()  # what the engine does; it applies to all three pipelines in this process
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, recipe simclr")
     for channels, side in ((3, 32), (1, 28)):

@@ -10,6 +10,7 @@ drifts over the run still hits both; the medians of the per-step block means are
 
     .venv/bin/python benchmarks/step.py                       # convnet on 1x28x28 (Fashion-MNIST size)
     .venv/bin/python benchmarks/step.py --backbone resnet18 --size 32 --channels 3 --batch 128
+    .venv/bin/python benchmarks/step.py --glibc-malloc        # without the engine's allocator tuning
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import torch
 
 from selfsup.augment import recipe
-from selfsup.engine import resolve_precision
+from selfsup.engine import resolve_precision, tune_allocator
 from selfsup.methods import Batch, SimCLR
 from selfsup.nn import build_backbone
 
@@ -36,7 +37,11 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=5, help="consecutive steps per block")
     parser.add_argument("--precision", default="auto", help="auto | bf16-mixed | 32-true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's default mmap/trim thresholds (the engine raises them; see "
+                             "selfsup.engine.allocator) to see what the page faults cost both sides")
     args = parser.parse_args()
+    allocator = "glibc defaults" if args.glibc_malloc or not tune_allocator() else "tuned"
 
     device = torch.device(args.device)
     precision = resolve_precision(args.precision, device.type)
@@ -88,7 +93,7 @@ def main() -> None:
         bare.append(timed(bare_step))
     full_ips, bare_ips = args.batch / statistics.median(full), args.batch / statistics.median(bare)
     print(f"{args.backbone} {args.channels}x{args.size}x{args.size} batch {args.batch} on {device} ({precision}), "
-          f"threads {torch.get_num_threads()}, median of {args.repeats} blocks of {args.block} steps:")
+          f"threads {torch.get_num_threads()}, malloc {allocator}, median of {args.repeats} blocks of {args.block} steps:")
     print(f"  bare backbone forward+backward on 2 views : {bare_ips:9,.0f} images/s")
     print(f"  SimCLR step (augment+head+loss+optimiser)  : {full_ips:9,.0f} images/s")
     print(f"  ratio SimCLR / bare                       : {full_ips / bare_ips:9.2f}")

@@ -628,28 +628,29 @@ def apply_color_jitter(x: Tensor, params: JitterParams) -> Tensor:
 def _jitter_plan(
     factors: Tensor, order: Tensor, applied: Tensor, colour: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Each sample's jitter as ``steps`` (B, 3, 3): the blend ``(a, b, c)`` of its
-    three non-hue adjustments in its order; ``hue`` (B,) factors (None when
-    C = 1); ``group`` (B,) int64: 0 where the jitter is skipped, else 1 + the
-    number of steps before the hue rotation (4 for 1-channel images, which
-    have no hue)."""
+    """Each sample's jitter as ``steps`` (B, S, 3): the blend ``(a, b, c)`` of its
+    non-hue adjustments in its order, S = 3 (brightness, contrast, saturation)
+    for colour images and S = 2 for 1-channel images, where saturation and hue
+    are identities and are dropped; ``hue`` (B,) factors (None when C = 1);
+    ``group`` (B,) int64: 0 where the jitter is skipped, else 1 + the number of
+    steps before the hue rotation (S + 1 for 1-channel images)."""
     batch = factors.shape[0]
     hue_position = (order == 3).to(torch.int64).argmax(dim=1)
-    # Each row holds exactly one 3 (hue), so the others keep their order in (B, 3).
-    ops = order[order != 3].view(batch, 3)
+    # Each row holds exactly one 3 (hue) and one 2 (saturation), so the others keep
+    # their order in (B, 3) and (B, 2).
+    ops = order[order != 3 if colour else order < 2].view(batch, -1)
     factor = factors[:, :3].gather(1, ops)
     is_contrast = ops == 1
-    is_saturation = (ops == 2) & colour
-    scaled = (ops == 0) | is_contrast | is_saturation
+    is_saturation = ops == 2
     steps = torch.stack(
         (
-            torch.where(scaled, factor, 1.0),
+            factor,
             torch.where(is_saturation, 1.0 - factor, 0.0),
             torch.where(is_contrast, 1.0 - factor, 0.0),
         ),
         dim=2,
     )
-    group = torch.where(applied, hue_position + 1 if colour else 4, 0)
+    group = torch.where(applied, hue_position + 1 if colour else ops.shape[1] + 1, 0)
     return steps, factors[:, 3] if colour else None, group
 
 
@@ -663,7 +664,7 @@ def _masked_jitter(xf: Tensor, steps: Tensor, hue: Tensor | None, group: Tensor)
     the CPU path groups the samples instead (see ``_run_view_grouped``).
     """
     hue_position = (group - 1).view(-1, 1, 1)
-    slot = torch.arange(3, device=xf.device).view(1, 3, 1)
+    slot = torch.arange(steps.shape[1], device=xf.device).view(1, -1, 1)
     applied = (group > 0).view(-1, 1, 1)
     identity = torch.tensor([1.0, 0.0, 0.0], device=xf.device)
     before = torch.where(applied & (slot < hue_position), steps, identity)
@@ -692,7 +693,7 @@ def _grouped_jitter(xf: Tensor, steps: Tensor, hue: Tensor | None, n_before: int
         xf = _blend_step(xf, steps[:, step])
     if hue is not None:
         xf = _rotate_hue(xf, hue)
-    for step in range(n_before, 3):
+    for step in range(n_before, steps.shape[1]):
         xf = _blend_step(xf, steps[:, step])
     return xf
 
@@ -961,7 +962,12 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
         torch.Size([4, 3, 16, 16])
     """
     plan = _plan_view(view, xf.shape, xf.device, generator)
-    out = _run_view_grouped(xf, view, plan) if xf.device.type == "cpu" else _run_view(xf, view, plan)
+    # On the CPU, grouping pays where it skips the hue rotation (3 channels): 1.3-1.9x faster
+    # than the masked path at one thread. One-channel views have only cheap blend passes, and
+    # there the sort and scatter cost more than they save (the masked path is 10-20% faster at
+    # 28x28). benchmarks/augment.py measures both shapes.
+    grouped = xf.device.type == "cpu" and xf.shape[1] == 3
+    out = _run_view_grouped(xf, view, plan) if grouped else _run_view(xf, view, plan)
     # Interpolation weights sum to 1 only up to rounding, so a saturated pixel can come out as
     # 1 + 1e-7; clamp so the promised range holds exactly (evaluation refuses values outside it).
     return out.clamp_(0.0, 1.0)
@@ -975,7 +981,7 @@ class _ViewPlan(NamedTuple):
 
     boxes: Tensor | None  # (B, 4) crop boxes; None: keep the image
     flip: Tensor | None  # (B,) bool
-    steps: Tensor | None  # (B, 3, 3) jitter blends, see _jitter_plan
+    steps: Tensor | None  # (B, S, 3) jitter blends, see _jitter_plan
     hue: Tensor | None  # (B,) hue factors (3 channels only)
     group: Tensor | None  # (B,) int64 jitter group, see _jitter_plan
     gray: Tensor | None  # (B,) bool (3 channels only)

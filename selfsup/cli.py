@@ -21,8 +21,9 @@ def _load_backbone(checkpoint_path: str):
     import torch
 
     from selfsup.config import from_dict
-    from selfsup.engine import build_method, load_checkpoint
+    from selfsup.engine import build_method, load_checkpoint, tune_allocator
 
+    tune_allocator()  # feature extraction runs the same large buffers every batch
     state = load_checkpoint(checkpoint_path)
     cfg = from_dict(state["config"])
     channels, size = state["data"]["channels"], state["data"]["size"]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from selfsup import augment, data, evaluate
 from selfsup.config import Config, from_dict, to_dict
 from selfsup.engine import checkpoint
+from selfsup.engine.allocator import tune_allocator
 from selfsup.engine.optim import build_optimizer, learning_rate
 from selfsup.methods import METHODS, Batch
 from selfsup.nn import build_backbone
@@ -104,6 +105,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume_state: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
         t = cfg.train
+        tune_allocator()
         self.out_dir = Path(t.out_dir)
         self.ckpt_path = self.out_dir / "checkpoints" / "last.ckpt"
         loggers = [CSVLogger(self.out_dir, name="", version="logs"),
