@@ -17,6 +17,7 @@ import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
+from selfsup import _kernels
 from selfsup import augment as A
 
 TOL = 1e-5
@@ -370,19 +371,88 @@ def test_cpu_chunking_does_not_change_views(monkeypatch):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name, channels", [("simclr", 3), ("simclr", 1), ("byol", 3), ("eval", 3)])
-def test_grouped_cpu_path_equals_masked_path(name, channels, monkeypatch):
-    # The CPU path sorts the samples and runs each step only on the rows it
-    # changes; the masked path runs every step on every row with exact
+@pytest.mark.parametrize("name, channels, path", [
+    ("simclr", 3, "grouped"), ("simclr", 1, "grouped"), ("byol", 3, "grouped"), ("eval", 3, "grouped"),
+    ("simclr", 3, "fused"), ("byol", 3, "fused"), ("eval", 3, "fused")])
+def test_cpu_paths_equal_masked_path(name, channels, path, monkeypatch):
+    # The grouped CPU path sorts the samples and runs each step only on the rows
+    # it changes; the masked path runs every step on every row with exact
     # identities. Same plan, so the views must agree bit for bit, and small
     # chunks (cut inside jitter groups and blur/gray/solarize runs) change nothing.
+    # The fused C kernel (RGB only) runs the same arithmetic in another order of
+    # float operations (the image mean), so it agrees to float rounding.
+    if path == "fused" and not _kernels.available():
+        pytest.skip("no C compiler: the fused kernel is unavailable")
+    run = A._run_view_fused if path == "fused" else A._run_view_grouped
     x = A.to_float(torch.randint(0, 256, (64, channels, 32, 32), dtype=torch.uint8, generator=_gen()))
     monkeypatch.setattr(A, "_CPU_CHUNK_BYTES", channels * 32 * 32 * 4 * 5)
     for view in A.recipe(name, (32, 24) if name == "eval" else 32).views:
         plan = A._plan_view(view, x.shape, x.device, _gen(7))
         if plan.group is not None:
             assert set(plan.group.tolist()) == ({0, 3} if channels == 1 else {0, 1, 2, 3, 4})
-        torch.testing.assert_close(A._run_view_grouped(x, view, plan), A._run_view(x, view, plan), atol=0, rtol=0)
+        tol = 2e-6 if path == "fused" else 0.0
+        torch.testing.assert_close(run(x, view, plan), A._run_view(x, view, plan), atol=tol, rtol=0)
+
+
+def test_fused_kernel_matches_torchvision_ops_in_each_samples_order():
+    if not _kernels.available():
+        pytest.skip("no C compiler: the fused kernel is unavailable")
+    n, k = 96, 5
+    x = _images(batch=n, height=12, width=10)
+    x[:4] = x[:4].round()  # saturated pixels and ties between channels
+    x[4:8] = x[4:8, :1].expand(-1, 3, -1, -1)  # gray pixels: zero chroma
+    params = A.sample_jitter(n, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=_gen(5))
+    gray, blur, solarize = (torch.rand(n, generator=_gen(seed)) < 0.4 for seed in (6, 7, 8))
+    sigma = 0.1 + 1.9 * torch.rand(n, generator=_gen(9))
+    taps = A._blur_taps(sigma, k)
+    steps, hue, group = A._jitter_plan(*params, colour=True)
+    out = torch.empty_like(x)
+    assert _kernels.view(x, out, steps, hue, group - 1, gray, taps, taps, blur, solarize, 0.5)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(n):
+        expected = x[i]
+        if params.applied[i]:
+            for op in params.order[i].tolist():
+                expected = ops[op](expected, params.factors[i, op].item())
+        if gray[i]:
+            expected = TF.rgb_to_grayscale(expected, num_output_channels=3)
+        if blur[i]:
+            expected = TF.gaussian_blur(expected, [k, k], [sigma[i].item()] * 2)
+        if solarize[i]:
+            expected = TF.solarize(expected, 0.5)
+        torch.testing.assert_close(out[i], expected, atol=TOL, rtol=0)
+
+
+def test_fused_kernel_rejects_bad_shapes():
+    if not _kernels.available():
+        pytest.skip("no C compiler: the fused kernel is unavailable")
+    x, off = _images(batch=2), torch.zeros(2, dtype=torch.bool)
+    args = (torch.zeros(2, 3, 3), torch.zeros(2), torch.zeros(2), off, torch.ones(2, 1), torch.ones(2, 1), off, off)
+    with pytest.raises(ValueError, match="steps must have shape"):
+        _kernels.view(x, torch.empty_like(x), torch.zeros(3, 3, 3), *args[1:])
+    with pytest.raises(ValueError, match="out must be"):
+        _kernels.view(x, torch.empty(2, 3, 8, 8), *args)
+    with pytest.raises(ValueError, match=r"\(n, 3, H, W\)"):
+        _kernels.view(x[:, :1], torch.empty_like(x[:, :1]), *args)
+
+
+def test_fused_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path):
+    monkeypatch.setattr(_kernels, "_library", None)
+    monkeypatch.setattr(_kernels, "_failed", False)
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="no-such-compiler"):
+        assert not _kernels.available()
+    # The views still come out, through the grouped torch path.
+    views = A.recipe("simclr", 16)(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
+    assert [tuple(v.shape) for v in views] == [(4, 3, 16, 16)] * 2
+
+
+def test_fused_kernel_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(_kernels, "_library", None)
+    monkeypatch.setattr(_kernels, "_failed", False)
+    monkeypatch.setenv("SELFSUP_KERNELS", "0")
+    assert not _kernels.available()
 
 
 @pytest.mark.parametrize("name", ["simclr", "moco_v2", "byol", "dino"])
