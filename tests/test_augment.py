@@ -10,6 +10,7 @@ convolution: both agree to ~1e-6, asserted at 1e-5.
 
 import itertools
 import math
+import shutil
 
 import pytest
 import scipy.stats
@@ -434,6 +435,16 @@ def test_fused_kernel_rejects_bad_shapes():
         _kernels.view(x, torch.empty(2, 3, 8, 8), *args)
     with pytest.raises(ValueError, match=r"\(n, 3, H, W\)"):
         _kernels.view(x[:, :1], torch.empty_like(x[:, :1]), *args)
+
+
+def test_fused_kernel_builds_into_an_empty_cache(monkeypatch, tmp_path):
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(_kernels, "_library", None)
+    monkeypatch.setattr(_kernels, "_failed", False)
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path))
+    assert _kernels.available()
+    assert [p.suffix for p in (tmp_path / "kernels").iterdir()] == [".so"]  # no temporary left behind
 
 
 def test_fused_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path):
