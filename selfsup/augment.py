@@ -1043,6 +1043,12 @@ def _view_taps(sigma: Tensor, view: View) -> tuple[Tensor, Tensor]:
 _KEYS = 5 * 8
 
 
+def _chunk_rows(shape: torch.Size, view: View) -> int:
+    """Samples per CPU chunk: about ``_CPU_CHUNK_BYTES`` of float32 in the larger of input and view."""
+    _, channels, height, width = shape
+    return max(1, _CPU_CHUNK_BYTES // (4 * channels * max(height * width, view.size[0] * view.size[1])))
+
+
 def _run_view_grouped(xf: Tensor, view: View, plan: _ViewPlan) -> Tensor:
     """The view on the CPU: each step runs only on the samples it changes.
 
@@ -1075,8 +1081,7 @@ def _run_view_grouped(xf: Tensor, view: View, plan: _ViewPlan) -> Tensor:
     taps = None if plan.sigma is None else _view_taps(plan.sigma, view)
     # Per-sample tensors are built once for the sorted batch and sliced per chunk.
     crop = None if plan.boxes is None else _crop_matrices(plan.boxes, view.size, height, width, plan.flip)
-    pixels = channels * max(height * width, view.size[0] * view.size[1])
-    chunk = max(1, _CPU_CHUNK_BYTES // (4 * pixels))
+    chunk = _chunk_rows(xf.shape, view)
     # Chunks are written in sorted order and the batch is put back in order with one row gather
     # at the end: index_select of whole rows runs at memcpy speed, while scattering each chunk
     # with index_put_ took about a quarter of the whole view (3x32x32, one thread).
@@ -1128,7 +1133,7 @@ def _run_view_fused(xf: Tensor, view: View, plan: _ViewPlan) -> Tensor | None:
     solarize = off if plan.solarize is None else plan.solarize
     crop = None if plan.boxes is None else _crop_matrices(plan.boxes, view.size, height, width, plan.flip)
     out = xf.new_empty(batch, channels, *view.size)
-    chunk = max(1, _CPU_CHUNK_BYTES // (4 * channels * max(height * width, view.size[0] * view.size[1])))
+    chunk = _chunk_rows(xf.shape, view)
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
         work = xf[rows] if crop is None else _resample(xf[rows], crop[0][rows], crop[1][rows])

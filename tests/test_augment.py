@@ -28,6 +28,11 @@ def _images(batch=16, channels=3, height=32, width=32, seed=0):
     return torch.rand(batch, channels, height, width, generator=torch.Generator().manual_seed(seed))
 
 
+def _require_kernel():
+    if not _kernels.available():
+        pytest.skip("no C compiler: the fused kernel is unavailable")
+
+
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
@@ -382,8 +387,8 @@ def test_cpu_paths_equal_masked_path(name, channels, path, monkeypatch):
     # chunks (cut inside jitter groups and blur/gray/solarize runs) change nothing.
     # The fused C kernel (RGB only) runs the same arithmetic in another order of
     # float operations (the image mean), so it agrees to float rounding.
-    if path == "fused" and not _kernels.available():
-        pytest.skip("no C compiler: the fused kernel is unavailable")
+    if path == "fused":
+        _require_kernel()
     run = A._run_view_fused if path == "fused" else A._run_view_grouped
     x = A.to_float(torch.randint(0, 256, (64, channels, 32, 32), dtype=torch.uint8, generator=_gen()))
     monkeypatch.setattr(A, "_CPU_CHUNK_BYTES", channels * 32 * 32 * 4 * 5)
@@ -396,8 +401,7 @@ def test_cpu_paths_equal_masked_path(name, channels, path, monkeypatch):
 
 
 def test_fused_kernel_matches_torchvision_ops_in_each_samples_order():
-    if not _kernels.available():
-        pytest.skip("no C compiler: the fused kernel is unavailable")
+    _require_kernel()
     n, k = 96, 5
     x = _images(batch=n, height=12, width=10)
     x[:4] = x[:4].round()  # saturated pixels and ties between channels
@@ -425,8 +429,7 @@ def test_fused_kernel_matches_torchvision_ops_in_each_samples_order():
 
 
 def test_fused_kernel_rejects_bad_shapes():
-    if not _kernels.available():
-        pytest.skip("no C compiler: the fused kernel is unavailable")
+    _require_kernel()
     x, off = _images(batch=2), torch.zeros(2, dtype=torch.bool)
     args = (torch.zeros(2, 3, 3), torch.zeros(2), torch.zeros(2), off, torch.ones(2, 1), torch.ones(2, 1), off, off)
     with pytest.raises(ValueError, match="steps must have shape"):

@@ -43,12 +43,11 @@ def _cache_dir() -> Path:
 def _cpu_fingerprint() -> str:
     """The CPU's feature flags: a library built with -march=native must not move to another CPU."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux: the processor name is the best key there is
+        lines = []
+    flags = [line for line in lines if line.startswith(("flags", "Features"))]
+    return flags[0] if flags else platform.processor() or platform.machine()
 
 
 def _build() -> ctypes.CDLL:
