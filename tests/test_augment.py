@@ -20,6 +20,9 @@ import torchvision.transforms.v2.functional as TF
 
 from selfsup import _kernels
 from selfsup import augment as A
+from selfsup.augment import runner
+from selfsup.augment.blur import _blur_taps
+from selfsup.augment.colour import _jitter_plan
 
 TOL = 1e-5
 
@@ -371,7 +374,7 @@ def test_cpu_chunking_does_not_change_views(monkeypatch):
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=_gen())
     augment = A.recipe("dino", 32, n_local=1)
     whole = augment(x, generator=_gen(5))
-    monkeypatch.setattr(A, "_CPU_CHUNK_BYTES", 3 * 32 * 32 * 4 * 7)  # chunks of 7 samples
+    monkeypatch.setattr(runner, "_CPU_CHUNK_BYTES", 3 * 32 * 32 * 4 * 7)  # chunks of 7 samples
     chunked = augment(x, generator=_gen(5))
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
@@ -389,15 +392,15 @@ def test_cpu_paths_equal_masked_path(name, channels, path, monkeypatch):
     # float operations (the image mean), so it agrees to float rounding.
     if path == "fused":
         _require_kernel()
-    run = A._run_view_fused if path == "fused" else A._run_view_grouped
+    run = runner._run_view_fused if path == "fused" else runner._run_view_grouped
     x = A.to_float(torch.randint(0, 256, (64, channels, 32, 32), dtype=torch.uint8, generator=_gen()))
-    monkeypatch.setattr(A, "_CPU_CHUNK_BYTES", channels * 32 * 32 * 4 * 5)
+    monkeypatch.setattr(runner, "_CPU_CHUNK_BYTES", channels * 32 * 32 * 4 * 5)
     for view in A.recipe(name, (32, 24) if name == "eval" else 32).views:
-        plan = A._plan_view(view, x.shape, x.device, _gen(7))
+        plan = runner._plan_view(view, x.shape, x.device, _gen(7))
         if plan.group is not None:
             assert set(plan.group.tolist()) == ({0, 3} if channels == 1 else {0, 1, 2, 3, 4})
         tol = 2e-6 if path == "fused" else 0.0
-        torch.testing.assert_close(run(x, view, plan), A._run_view(x, view, plan), atol=tol, rtol=0)
+        torch.testing.assert_close(run(x, view, plan), runner._run_view(x, view, plan), atol=tol, rtol=0)
 
 
 def test_fused_kernel_matches_torchvision_ops_in_each_samples_order():
@@ -409,8 +412,8 @@ def test_fused_kernel_matches_torchvision_ops_in_each_samples_order():
     params = A.sample_jitter(n, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=_gen(5))
     gray, blur, solarize = (torch.rand(n, generator=_gen(seed)) < 0.4 for seed in (6, 7, 8))
     sigma = 0.1 + 1.9 * torch.rand(n, generator=_gen(9))
-    taps = A._blur_taps(sigma, k)
-    steps, hue, group = A._jitter_plan(*params, colour=True)
+    taps = _blur_taps(sigma, k)
+    steps, hue, group = _jitter_plan(*params, colour=True)
     out = torch.empty_like(x)
     assert _kernels.view(x, out, steps, hue, group - 1, gray, taps, taps, blur, solarize, 0.5)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
