@@ -1,13 +1,15 @@
-"""selfsup.engine.checkpoint: loading never runs code from the file."""
+"""selfsup.engine.checkpoint (and the atomic writes it shares with selfsup.evaluate): safe loading, modes, durability."""
 
 import builtins
 import os
+import stat
 
 import pytest
 import torch
 
 from selfsup.config import load_config
-from selfsup.engine import load_checkpoint, pretrain
+from selfsup.engine import load_checkpoint, pretrain, save_atomic
+from selfsup.evaluate._common import atomic_write
 
 
 class RunsShell:
@@ -55,3 +57,43 @@ def test_every_checkpoint_the_engine_writes_loads_without_running_code(tmp_path)
     assert state["history"]["knn"], "the kNN monitor ran, so the history holds every kind of entry"
     assert load_checkpoint(result.checkpoint)["step"] == state["step"]
 
+
+WRITERS = {
+    "save_atomic": lambda path: save_atomic({"step": 1}, path),
+    "evaluate.atomic_write": lambda path: atomic_write(path, lambda file: file.write(b"figure")),
+}
+
+
+@pytest.fixture
+def restore_umask():
+    """Put the process umask back after a test that sets its own."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize("writer", WRITERS.values(), ids=WRITERS.keys())
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077], ids=oct)
+def test_atomic_file_gets_the_mode_of_a_plainly_created_file(tmp_path, restore_umask, writer, mask):
+    os.umask(mask)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    writer(tmp_path / "out" / "last.ckpt")
+    mode = stat.S_IMODE(os.stat(tmp_path / "out" / "last.ckpt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(plain).st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("writer", WRITERS.values(), ids=WRITERS.keys())
+def test_atomic_file_fsyncs_its_folder_after_the_rename(tmp_path, monkeypatch, writer):
+    path = tmp_path / "last.ckpt"
+    synced = []  # (is a folder, the final file already exists) per fsync
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append((stat.S_ISDIR(os.fstat(fd).st_mode), path.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    writer(path)
+    assert (False, False) in synced, "the file's own data is synced before the rename"
+    assert (True, True) in synced, "the folder is synced once the new name is in it"

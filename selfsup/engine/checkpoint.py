@@ -1,32 +1,20 @@
-"""Atomic checkpoints: written to a temporary file in the same folder, then renamed; loaded without running code."""
+"""Atomic checkpoints, loaded without running code from the file."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from selfsup._io import atomic_write
+
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` so that a crash at any moment leaves the old file or the new one whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def load(path: str | Path) -> dict[str, Any]:

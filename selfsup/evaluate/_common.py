@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import IO
-
 import numpy as np
 import torch
 from torch import Tensor
+
+from selfsup._io import atomic_write as atomic_write  # the evaluation modules' atomic files, shared with checkpoints
 
 
 def as_features(values, name: str) -> Tensor:
@@ -60,21 +57,3 @@ def stratified_sample(labels: np.ndarray, count: int, rng: np.random.Generator) 
     chosen = [rng.choice(np.flatnonzero(labels == cls), quota, replace=False)
               for cls, quota in zip(classes, quotas)]
     return np.sort(np.concatenate(chosen))
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, then rename it into place.
-
-    A crash or an exception leaves any earlier file at ``path`` untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
