@@ -64,14 +64,6 @@ WRITERS = {
 }
 
 
-@pytest.fixture
-def restore_umask():
-    """Put the process umask back after a test that sets its own."""
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
 @pytest.mark.parametrize("writer", WRITERS.values(), ids=WRITERS.keys())
 @pytest.mark.parametrize("mask", [0o022, 0o002, 0o077], ids=oct)
 def test_atomic_file_gets_the_mode_of_a_plainly_created_file(tmp_path, restore_umask, writer, mask):
