@@ -6,9 +6,13 @@ the image stays in L1 cache through every step and the pixel loops vectorise: ji
 of 512 3x32x32 images take 1.2 ms instead of about 15 ms (grouped torch ops), and the whole SimCLR
 recipe runs 1.5x faster on the CPU (``benchmarks/augment.py``). No torch headers are used, so compiling
 takes about a second; the shared object is cached under ``~/.cache/selfsup/kernels`` (or
-``$SELFSUP_CACHE``), keyed by the source, the compiler and the CPU, and written atomically so that
-DDP ranks may race. Where no compiler works, or ``SELFSUP_KERNELS=0``, :func:`view` returns False
-and callers keep the eager torch path, which computes the same values (tested to 1e-6).
+``$SELFSUP_CACHE/kernels``), keyed by the source, the compiler and the CPU, and written atomically
+so that DDP ranks may race. Whoever can write that folder chooses the code selfsup loads, so it is
+created private (mode 0o700), and a cache folder or library that is not the user's own, or that
+group or others can write, is refused. The compiler is ``$CC`` (a command line, e.g. ``ccache gcc``)
+or the first of cc, gcc and clang, stopped after ``_COMPILE_TIMEOUT_S``. Where no compiler works,
+the cache is refused, or ``SELFSUP_KERNELS=0``, :func:`view` returns False (with a warning naming
+the reason) and callers keep the eager torch path, which computes the same values (tested to 1e-6).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -31,6 +38,9 @@ _SOURCE = Path(__file__).with_name("color.c")
 # contract); -ffp-contract=off keeps a * b + c unfused, as torch computes it.
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffinite-math-only", "-fno-signed-zeros",
           "-ffp-contract=off", "-shared", "-fPIC"]
+# Compiling takes about a second; a compiler that hangs (a stuck network file system, a wrapper
+# waiting for a licence) must not hang the first training step with it.
+_COMPILE_TIMEOUT_S = 120.0
 _library: ctypes.CDLL | None = None
 _failed = False
 
@@ -50,24 +60,70 @@ def _cpu_fingerprint() -> str:
     return flags[0] if flags else platform.processor() or platform.machine()
 
 
-def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
+def _compiler() -> list[str]:
+    command = shlex.split(os.environ.get("CC", ""))  # a command line, as make reads CC: "ccache gcc"
+    if command:
+        return command
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if found is None:
         raise RuntimeError("no C compiler found (cc, gcc or clang)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    return [found]
+
+
+def _run(compiler: list[str], args: list[str]) -> str:
+    """The output of ``compiler`` run with ``args``; stopped, children too, after ``_COMPILE_TIMEOUT_S``."""
+    # A session of its own, so that the timeout can kill the whole group: a compiler driver's
+    # children (gcc's cc1) would otherwise keep the output pipes open and the wait going.
+    with subprocess.Popen([*compiler, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=_COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            if hasattr(os, "killpg"):
+                os.killpg(process.pid, signal.SIGKILL)
+            else:  # Windows: no process groups
+                process.kill()
+            process.communicate()
+            raise RuntimeError(f"{shlex.join(compiler)} did not finish within the timeout of "
+                               f"{_COMPILE_TIMEOUT_S:g} s") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"{shlex.join(compiler)} failed: {stderr.strip()[-500:]}")
+    return stdout
+
+
+def _check_private(path: Path) -> None:
+    """Raise unless only this user can change ``path``: whoever can, chooses the code selfsup loads."""
+    if not hasattr(os, "getuid"):  # Windows: no POSIX owner and mode bits to check
+        return
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"kernel cache {path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}); "
+                           "set SELFSUP_CACHE to a folder of your own")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise RuntimeError(f"kernel cache {path} has mode {mode:#o}: group or others could replace the code "
+                           f"selfsup loads; run `chmod go-w {path}` or set SELFSUP_CACHE to a private folder")
+
+
+def _build() -> ctypes.CDLL:
+    compiler = _compiler()
+    version = _run(compiler, ["--version"])
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(_FLAGS).encode(),
                                      _cpu_fingerprint().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"color-{key}.so"
+    folder = _cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder)
+    target = folder / f"color-{key}.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
             built = Path(tmp) / target.name
-            result = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"{compiler} failed on {_SOURCE}: {result.stderr.strip()[-500:]}")
+            _run(compiler, [*_FLAGS, str(_SOURCE), "-o", str(built), "-lm"])
+            # The linker gives 0o777 less the umask; under a umask of 0o002 that is group-writable,
+            # which the check below would rightly refuse.
+            built.chmod(stat.S_IMODE(built.stat().st_mode) & ~0o022)
             os.replace(built, target)  # atomic: a concurrent rank sees the old state or the whole file
+    _check_private(target)
     library = ctypes.CDLL(str(target))
     library.selfsup_color.restype = None
     library.selfsup_color.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
@@ -144,7 +200,7 @@ def view(x: Tensor, out: Tensor, steps: Tensor, hue: Tensor, hue_position: Tenso
             _checked("hue_position", hue_position, (n,), torch.int64), _checked("gray", gray, (n,), torch.uint8),
             _checked("taps_y", taps_y, (n, ky), torch.float32), _checked("taps_x", taps_x, (n, kx), torch.float32),
             _checked("blur", blur, (n,), torch.uint8), _checked("solarize", solarize, (n,), torch.uint8)]
-    scratch = torch.empty(height * width + width + kx)
+    scratch = torch.empty(height * width + width + kx, dtype=torch.float32)  # the C code's type, whatever the default
     steps, hue, hue_position, gray, taps_y, taps_x, blur, solarize = args
     library.selfsup_view(x.data_ptr(), out.data_ptr(), n, channels, height, width, steps.data_ptr(),
                          hue.data_ptr(), hue_position.data_ptr(), gray.data_ptr(), taps_y.data_ptr(), ky,
