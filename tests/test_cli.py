@@ -86,3 +86,14 @@ def test_pretrain_evaluate_embed_plot_round_trip(tmp_path):
 
     plot = selfsup("plot", str(run), "--method", "tsne")
     assert plot.returncode == 0, plot.stderr[-2000:]
+
+
+def test_python_dash_m_selfsup_is_the_command_line():
+    def python_m_selfsup(*args):
+        return subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=300)
+
+    out = python_m_selfsup("list")
+    assert out.returncode == 0, out.stderr
+    assert "methods:" in out.stdout and "simclr" in out.stdout
+    assert python_m_selfsup("pretrain", "recipes/missing.yaml").returncode == 2  # the usage-error status comes through
