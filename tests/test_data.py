@@ -10,6 +10,8 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -618,3 +620,30 @@ def test_digits_split_is_stratified_disjoint_and_scaled():
     class_counts = np.bincount(bunch.target)
     assert np.abs(torch.bincount(test.labels).numpy() - 0.2 * class_counts).max() <= 1
     assert torch.equal(load("digits", "test").images, test.images)
+
+
+_LOAD_WITH_WARNINGS_AS_ERRORS = """
+import sys, warnings
+import numpy as np
+from selfsup.data import load
+warnings.simplefilter("error")
+for channels in (3, 1):
+    np.save(f"{sys.argv[1]}/images{channels}.npy", load("folder", root=sys.argv[1], size=6, channels=channels,
+                                                        progress=False).images.numpy())
+"""
+
+
+def test_folder_decodes_without_warnings(tmp_path):
+    # PIL hands numpy read-only pixels, and torch.from_numpy warned about them. torch warns once per
+    # process, so a fresh one: in this one an earlier test may have had the warning already.
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (6, 6, 3), dtype=np.uint8) for _ in range(2)]
+    for k, array in enumerate(pixels):
+        save(Image.fromarray(array), tmp_path / f"{k}.png")
+    child = subprocess.run([sys.executable, "-c", _LOAD_WITH_WARNINGS_AS_ERRORS, str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    gray = [np.asarray(Image.fromarray(array).convert("L"))[..., None] for array in pixels]
+    for channels, expected in ((3, pixels), (1, gray)):
+        images = np.load(tmp_path / f"images{channels}.npy")
+        assert np.array_equal(images.transpose(0, 2, 3, 1), np.stack(expected))

@@ -126,6 +126,9 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
         labels = torch.tensor([index[name] for name in names], dtype=torch.int64)
 
     images = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+    # Decoded pixels are copied straight into this numpy view of ``images``: PIL's arrays are
+    # read-only, and torch.from_numpy on them warns (and would cost a copy to make them writable).
+    pixels = images.numpy()
     keep = torch.ones(len(files), dtype=torch.bool)
     with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
         results = pool.map(_try_decode, files, [size] * len(files), [channels] * len(files))
@@ -135,7 +138,7 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
                 warnings.warn(f"skipping {files[k]}: {result}", SkippedImageWarning, stacklevel=3)
                 keep[k] = False
             else:
-                images[k] = torch.from_numpy(result)
+                pixels[k] = result
     skipped = len(files) - int(keep.sum())
     if skipped == len(files):
         raise ValueError(f"folder: none of the {len(files)} image files under {base} could be read; see the warnings")
