@@ -28,19 +28,18 @@ def _system_compiler() -> str:
     return compiler
 
 
-@pytest.fixture
-def fresh_cache(monkeypatch, tmp_path):
-    """An empty kernel cache and a module that has not loaded (or given up on) its library yet."""
-    monkeypatch.setattr(_kernels, "_library", None)
-    monkeypatch.setattr(_kernels, "_failed", False)
-    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("SELFSUP_KERNELS", raising=False)
-    return tmp_path / "cache" / "kernels"
-
-
 def _forget_library(monkeypatch):
     monkeypatch.setattr(_kernels, "_library", None)
     monkeypatch.setattr(_kernels, "_failed", False)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch, tmp_path):
+    """An empty kernel cache and a module that has not loaded (or given up on) its library yet."""
+    _forget_library(monkeypatch)
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SELFSUP_KERNELS", raising=False)
+    return tmp_path / "cache" / "kernels"
 
 
 def _mode(path) -> int:
