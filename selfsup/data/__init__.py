@@ -30,13 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.errors import DataError
+
 from .cifar import CIFAR10, CIFAR100, CIFAR100_COARSE, load_cifar
 from .dataset import ImageDataset, check_channels, check_size
 from .download import ChecksumError, DownloadError
 from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
 from .idx import FASHION_MNIST, MNIST, load_idx
+from .sources import DataSource, ImageBatch, InMemoryImages
 
-__all__ = ["DATASETS", "ChecksumError", "DownloadError", "ImageDataset", "SkippedImageWarning", "load"]
+__all__ = ["DATASETS", "ChecksumError", "DataSource", "DownloadError", "ImageBatch", "ImageDataset", "InMemoryImages",
+           "SkippedImageWarning", "load"]
 
 DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "folder")
 SPLITS = ("train", "test")
@@ -101,14 +105,14 @@ def load(
         (torch.Size([10000, 1, 32, 32]), 'cat')
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
     check_size(size)
     check_channels(channels)
     if name == "folder":
         if root is None:
-            raise ValueError("dataset 'folder' needs root=<folder of images>")
+            raise DataError("dataset 'folder' needs root=<folder of images>")
         return load_folder(root, split, size or DEFAULT_SIZE, channels or 3, progress)
     if name in _IDX:
         dataset = load_idx(_IDX[name], split, root, download, progress)
@@ -116,6 +120,6 @@ def load(
         dataset = load_cifar(_CIFAR[name], split, root, download, progress)
     else:
         if root is not None:
-            raise ValueError(f"dataset 'digits' ships with scikit-learn and takes no root, got root={root!r}")
+            raise DataError(f"dataset 'digits' ships with scikit-learn and takes no root, got root={root!r}")
         dataset = _digits(split)
     return dataset.convert(size=size, channels=channels)

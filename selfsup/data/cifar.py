@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.errors import DataError
+
 from . import download as remote
 from .dataset import ImageDataset
 
@@ -92,9 +94,9 @@ def _unpickle(data: bytes, where: str) -> dict[str, object]:
     try:
         content = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as err:  # a corrupt pickle can raise nearly anything
-        raise ValueError(f"{where}: not a CIFAR python batch ({type(err).__name__}: {err})") from err
+        raise DataError(f"{where}: not a CIFAR python batch ({type(err).__name__}: {err})") from err
     if not isinstance(content, dict):
-        raise ValueError(f"{where}: expected a pickled dict, got {type(content).__name__}")
+        raise DataError(f"{where}: expected a pickled dict, got {type(content).__name__}")
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in content.items()}
 
 
@@ -128,7 +130,7 @@ def _read_archive(archive: Path, folder: str, members: list[str]) -> dict[str, b
                 if info.name in wanted and (stream := tar.extractfile(info)) is not None:
                     found[wanted[info.name]] = stream.read()
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise ValueError(f"{archive}: corrupt or truncated archive ({err}); delete it and fetch it again") from err
+        raise DataError(f"{archive}: corrupt or truncated archive ({err}); delete it and fetch it again") from err
     missing = [name for name, member in wanted.items() if member not in found]
     if missing:
         raise FileNotFoundError(f"{archive} lacks {', '.join(missing)}; is it the right archive?")
@@ -169,13 +171,13 @@ def load_cifar(
         batch = _unpickle(files[member], f"{where}: {member}")
         data, targets = batch.get("data"), batch.get(source.label_key)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(
+            raise DataError(
                 f"{where}: {member}: 'data' must be uint8 (N, 3072), got "
                 f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}"
             )
         if targets is None or len(targets) != len(data):
             count = "no" if targets is None else len(targets)
-            raise ValueError(f"{where}: {member}: {count} '{source.label_key}' for {len(data)} images")
+            raise DataError(f"{where}: {member}: {count} '{source.label_key}' for {len(data)} images")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(targets, dtype=np.int64))
     classes = source.classes
@@ -183,7 +185,7 @@ def load_cifar(
         meta = _unpickle(files["meta"], f"{where}: meta")
         names_key = source.label_key.replace("labels", "label_names")
         if names_key not in meta:
-            raise ValueError(f"{where}: meta has no {names_key!r}")
+            raise DataError(f"{where}: meta has no {names_key!r}")
         classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
     return ImageDataset(
         torch.from_numpy(np.concatenate(images)),

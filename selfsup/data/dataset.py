@@ -8,6 +8,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from selfsup.errors import DataError
+
 # ITU-R 601-2 luma in 16-bit fixed point, rounded: the formula PIL's
 # Image.convert("L") uses, so a tensor conversion equals a PIL conversion.
 _LUMA_WEIGHTS = (19595, 38470, 7471)
@@ -43,26 +45,26 @@ class ImageDataset:
     def __post_init__(self) -> None:
         images = self.images
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
+            raise DataError(
                 f"ImageDataset {self.name!r}: images must be a uint8 tensor (N, C, H, W), got "
                 f"{getattr(images, 'dtype', type(images).__name__)} of shape {tuple(getattr(images, 'shape', ()))}"
             )
         if images.shape[1] not in (1, 3):
-            raise ValueError(
+            raise DataError(
                 f"ImageDataset {self.name!r}: images must have 1 or 3 channels, got shape {tuple(images.shape)}; "
                 "channels go in dim 1 (N, C, H, W)"
             )
         if self.labels is not None:
             labels = self.labels
             if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
-                raise ValueError(
+                raise DataError(
                     f"ImageDataset {self.name!r}: labels must be int64 of shape ({images.shape[0]},), "
                     f"got {labels.dtype} of shape {tuple(labels.shape)}"
                 )
             # Range-checked on the CPU only: elsewhere min/max would force a device sync on every to()/subset().
             checkable = labels.device.type == "cpu" and self.classes is not None and labels.numel() > 0
             if checkable and not 0 <= labels.min() <= labels.max() < len(self.classes):
-                raise ValueError(
+                raise DataError(
                     f"ImageDataset {self.name!r}: labels span {int(labels.min())}..{int(labels.max())} "
                     f"but there are {len(self.classes)} classes"
                 )
@@ -80,7 +82,7 @@ class ImageDataset:
         """Side length of the (square) images; raises ValueError for non-square images."""
         height, width = self.images.shape[-2:]
         if height != width:
-            raise ValueError(
+            raise DataError(
                 f"ImageDataset {self.name!r} holds {height}x{width} images, not square; "
                 "use images.shape[-2:] or convert(size=...) to center-crop them square"
             )
@@ -103,12 +105,12 @@ class ImageDataset:
             >>> ds.subset(ds.labels == 3)  # one class
         """
         if not isinstance(index, Tensor) or index.dim() != 1:
-            raise ValueError(f"subset: index must be a 1-D tensor of positions or a bool mask, got {index!r}")
+            raise DataError(f"subset: index must be a 1-D tensor of positions or a bool mask, got {index!r}")
         if index.dtype == torch.bool:
             if index.numel() != len(self):
-                raise ValueError(f"subset: bool mask has {index.numel()} entries but the dataset has {len(self)}")
+                raise DataError(f"subset: bool mask has {index.numel()} entries but the dataset has {len(self)}")
         elif index.dtype.is_floating_point or index.dtype.is_complex:
-            raise ValueError(f"subset: index must hold integer positions or bools, got {index.dtype}")
+            raise DataError(f"subset: index must hold integer positions or bools, got {index.dtype}")
         index = index.to(self.images.device)
         labels = None if self.labels is None else self.labels[index]
         return ImageDataset(self.images[index], labels, self.classes, self.name)
@@ -128,7 +130,7 @@ class ImageDataset:
 
     def _moments(self) -> tuple[Tensor, Tensor]:
         if len(self) == 0:
-            raise ValueError(f"ImageDataset {self.name!r} is empty: mean and std are undefined")
+            raise DataError(f"ImageDataset {self.name!r} is empty: mean and std are undefined")
         total = torch.zeros(self.channels, dtype=torch.float64, device=self.images.device)
         total_sq = torch.zeros_like(total)
         for start in range(0, len(self), _CHUNK):
@@ -160,13 +162,13 @@ class ImageDataset:
 def check_size(size: int | None) -> None:
     """Raise ValueError unless ``size`` is None or a positive int."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"size must be a positive int (the side of the square images), got {size!r}")
+        raise DataError(f"size must be a positive int (the side of the square images), got {size!r}")
 
 
 def check_channels(channels: int | None) -> None:
     """Raise ValueError unless ``channels`` is None, 1 or 3."""
     if channels is not None and channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
+        raise DataError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
 
 
 def resize_square(images: Tensor, size: int) -> Tensor:

@@ -19,17 +19,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from selfsup.errors import DataError, UsageError
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "SELFSUP_DATA"
 _DEFAULT_CACHE = "~/.cache/selfsup"
 
 
-class DownloadError(OSError):
+class DownloadError(UsageError, OSError):
     """A dataset could not be fetched from any source."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A file's contents do not have the published checksum."""
 
 

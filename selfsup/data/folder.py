@@ -34,6 +34,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from selfsup.errors import DataError
+
 from .dataset import ImageDataset
 
 IMAGE_EXTENSIONS = frozenset(
@@ -141,7 +143,7 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
                 pixels[k] = result
     skipped = len(files) - int(keep.sum())
     if skipped == len(files):
-        raise ValueError(f"folder: none of the {len(files)} image files under {base} could be read; see the warnings")
+        raise DataError(f"folder: none of the {len(files)} image files under {base} could be read; see the warnings")
     if skipped:
         warnings.warn(f"skipped {skipped} of {len(files)} image files under {base}", SkippedImageWarning, stacklevel=3)
         images = images[keep]

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.errors import DataError
+
 from . import download as remote
 from .dataset import ImageDataset
 
@@ -90,23 +92,23 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({err}); delete it and fetch it again") from err
+            raise DataError(f"{path}: corrupt or truncated gzip data ({err}); delete it and fetch it again") from err
     if len(raw) < 4:
-        raise ValueError(f"{path}: {len(raw)} bytes is too short for an IDX header; the file is truncated")
+        raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header; the file is truncated")
     if raw[:2] != b"\x00\x00" or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path}: bad magic number 0x{raw[:4].hex()}; not an IDX file (expected 0x0000080{ndim})")
+        raise DataError(f"{path}: bad magic number 0x{raw[:4].hex()}; not an IDX file (expected 0x0000080{ndim})")
     if raw[2] != 0x08:
-        raise ValueError(f"{path}: holds {_IDX_TYPES[raw[2]]} values; images and labels are unsigned bytes (0x08)")
+        raise DataError(f"{path}: holds {_IDX_TYPES[raw[2]]} values; images and labels are unsigned bytes (0x08)")
     if raw[3] != ndim:
-        raise ValueError(f"{path}: has {raw[3]} dimensions, expected {ndim} (magic 0x0000080{ndim})")
+        raise DataError(f"{path}: has {raw[3]} dimensions, expected {ndim} (magic 0x0000080{ndim})")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: the header is truncated ({len(raw)} of {header} bytes)")
+        raise DataError(f"{path}: the header is truncated ({len(raw)} of {header} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     payload = len(raw) - header
     if payload != prod(shape):
         problem = "truncated" if payload < prod(shape) else "followed by extra bytes"
-        raise ValueError(
+        raise DataError(
             f"{path}: the header promises shape {shape} = {prod(shape)} bytes but {payload} follow; "
             f"the file is {problem}"
         )
@@ -169,9 +171,9 @@ def load_idx(source: IdxSource, split: str, root: str | Path | None, download: b
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if len(images) != len(labels):
-        raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if labels.size and labels.max() >= len(source.classes):
-        raise ValueError(f"{labels_path}: label {labels.max()} is out of range for {len(source.classes)} classes")
+        raise DataError(f"{labels_path}: label {labels.max()} is out of range for {len(source.classes)} classes")
     return ImageDataset(
         torch.from_numpy(images).unsqueeze(1),
         torch.from_numpy(labels).long(),

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from selfsup._io import atomic_write
+from selfsup.errors import DataError
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -33,15 +34,15 @@ def load(path: str | Path) -> dict[str, Any]:
         # weights_only=False; only the global a file asks for tells them apart.
         wanted = re.search(r"GLOBAL ([\w.]+)", str(error))
         if wanted is None:
-            raise ValueError(f"checkpoint {path} could not be read (not a valid pickle); "
+            raise DataError(f"checkpoint {path} could not be read (not a valid pickle); "
                              "is it a complete selfsup checkpoint?") from None
-        raise ValueError(f"checkpoint {path} is not a plain-tensor checkpoint: it asks to call {wanted.group(1)}, "
+        raise DataError(f"checkpoint {path} is not a plain-tensor checkpoint: it asks to call {wanted.group(1)}, "
                          "and selfsup refuses to execute code from a file. A selfsup checkpoint holds only "
                          "tensors, numbers, strings and containers; save state_dict()s and plain values") from None
     except Exception as error:
-        raise ValueError(f"checkpoint {path} could not be read ({type(error).__name__}: {error}); "
+        raise DataError(f"checkpoint {path} could not be read ({type(error).__name__}: {error}); "
                          "is it a complete selfsup checkpoint?") from None
     missing = {"model", "config", "step"} - set(state) if isinstance(state, dict) else {"model"}
     if missing:
-        raise ValueError(f"checkpoint {path} is not a selfsup checkpoint: missing keys {sorted(missing)}")
+        raise DataError(f"checkpoint {path} is not a selfsup checkpoint: missing keys {sorted(missing)}")
     return state

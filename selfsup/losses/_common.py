@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup import distributed
+from selfsup.errors import NonFiniteError
 
 # Rows of the similarity matrix materialised at once by the blockwise log-sum-exp:
 # 2**22 float32 entries (16 MiB) keeps the block small next to the full matrix while the
@@ -22,7 +23,7 @@ _BLOCK_ELEMENTS = 1 << 22
 def _finite(name: str, x: Tensor) -> None:
     # Skipped under torch.compile: the check is a host sync that would break the graph.
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values; check the inputs (or lower the learning rate)")
+        raise NonFiniteError(f"{name} contains NaN or Inf values; check the inputs (or lower the learning rate)")
 
 
 def _float_tensor(name: str, x: object, ndim: int | tuple[int, ...]) -> Tensor:
