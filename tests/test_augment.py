@@ -273,7 +273,7 @@ def test_samples_get_independent_parameters():
 # ------------------------------------------------------------- the recipes
 
 
-@pytest.mark.parametrize("name, n_views", [("simclr", 2), ("moco_v2", 2), ("byol", 2), ("dino", 8), ("none", 1)])
+@pytest.mark.parametrize("name, n_views", [("simclr", 2), ("moco_v2", 2), ("byol", 2), ("dino", 10), ("none", 1)])
 @pytest.mark.parametrize("channels, side", [(3, 32), (1, 28)])
 def test_recipe_outputs(name, n_views, channels, side):
     x = torch.randint(0, 256, (8, channels, side, side), dtype=torch.uint8, generator=_gen())
@@ -296,18 +296,64 @@ def test_eval_recipe_is_float_image_resized():
         torch.testing.assert_close(small[i], TF.resize(x[i].float() / 255, [16, 24], antialias=True), atol=TOL, rtol=0)
 
 
-def test_recipe_parameters_follow_the_papers():
-    simclr, moco = A.recipe("simclr", 32).views, A.recipe("moco_v2", 32).views
-    assert simclr[0].scale == (0.08, 1.0) and moco[0].scale == (0.2, 1.0)
-    assert simclr[0].jitter == (0.4, 0.4, 0.4, 0.1) and simclr[0].jitter_p == 0.8
-    assert (simclr[0].gray_p, simclr[0].blur_p, simclr[0].flip_p) == (0.2, 0.5, 0.5)
+def _simclr_distortion(s: float) -> tuple[float, float, float, float]:
+    # SimCLR appendix A: "color distortion" of strength s is ColorJitter(0.8s, 0.8s, 0.8s, 0.2s).
+    return (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+
+
+def test_simclr_recipe_follows_the_papers_cifar_and_imagenet_settings():
+    # CIFAR-10 (appendix B.9): strength 0.5 and no Gaussian blur; ImageNet: strength 1.0, blur p 0.5.
+    for side, strength, blur_p in ((28, 0.5, 0.0), (32, 0.5, 0.0), (224, 1.0, 0.5)):
+        first, second = A.recipe("simclr", side).views
+        assert first == second
+        assert first.jitter == pytest.approx(_simclr_distortion(strength))
+        assert (first.jitter_p, first.gray_p, first.blur_p, first.flip_p) == (0.8, 0.2, blur_p, 0.5)
+        assert first.scale == (0.08, 1.0) and first.ratio == pytest.approx((3 / 4, 4 / 3))
+    assert A.blur_kernel_size(224) == 23  # "10% of the image height/width", odd
+
+
+def test_other_recipes_follow_the_papers():
+    # MoCo v2 (main_moco.py --aug-plus): crop 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, gray 0.2, blur p 0.5.
+    moco = A.recipe("moco_v2", 32).views[0]
+    assert (moco.scale, moco.jitter, moco.jitter_p, moco.gray_p, moco.blur_p) == (
+        (0.2, 1.0), (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5)
+    # BYOL table 6: blur 1.0 / 0.1, solarize 0.0 / 0.2, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8.
     first, second = A.recipe("byol", 32).views
     assert (first.blur_p, second.blur_p, first.solarize_p, second.solarize_p) == (1.0, 0.1, 0.0, 0.2)
-    assert first.jitter == (0.4, 0.4, 0.2, 0.1)
-    dino = A.recipe("dino", 224, n_local=3).views
-    assert len(dino) == 5 and dino[0].scale == (0.4, 1.0) and dino[2].scale == (0.05, 0.4)
-    assert dino[2].size == (96, 96) and (dino[0].blur_p, dino[1].blur_p, dino[1].solarize_p) == (1.0, 0.1, 0.2)
-    assert A.blur_kernel_size(224) == 23 and A.blur_kernel_size(32) == 3
+    assert first.jitter == (0.4, 0.4, 0.2, 0.1) and first.scale == (0.08, 1.0)
+    # DINO (main_dino.py): global crops 0.4-1 at 224, 8 local crops 0.05-0.4 at 96, blur 0.5 on them.
+    dino = A.recipe("dino", 224)
+    assert len(dino.views) == 2 and dino.n_local == 8 and len(dino.output_views) == 10
+    assert dino.views[0].scale == (0.4, 1.0) and dino.local.scale == (0.05, 0.4)
+    assert dino.local.size == (96, 96) and dino.local.blur_p == 0.5
+    assert (dino.views[0].blur_p, dino.views[1].blur_p, dino.views[1].solarize_p) == (1.0, 0.1, 0.2)
+    assert len(A.recipe("dino", 224, n_local=3).output_views) == 5
+
+
+def test_override_sets_view_parameters_key_by_key():
+    base = A.recipe("dino", 28)
+    changed = A.override(base, view={"jitter": [0.2, 0.2, 0.1, 0.05]}, views=[{"blur_p": 0.3}],
+                         n_local=2, local={"size": 10, "scale": [0.1, 0.3]})
+    assert [v.jitter for v in changed.views] == [(0.2, 0.2, 0.1, 0.05)] * 2
+    assert (changed.views[0].blur_p, changed.views[1].blur_p) == (0.3, base.views[1].blur_p)
+    assert changed.local.size == (10, 10) and changed.local.scale == (0.1, 0.3) and changed.n_local == 2
+    assert changed.local.jitter == base.local.jitter  # `view` applies to the global views only
+    views = changed(torch.rand(3, 1, 28, 28))
+    assert [v.shape[-1] for v in views] == [28, 28, 10, 10]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"view": {"blur_p": 1.5}}, r"view: blur_p is a probability"),
+    ({"views": [{}, {"scale": [0.5, 0.2]}]}, r"views\[1\]: scale"),
+    ({"views": [{}, {}, {}]}, r"views: 3 entries, but this augmentation has 2"),
+    ({"view": {"jitter": [0.4, 0.4]}}, r"view: jitter must be 4 strengths"),
+    ({"view": {"colour": 1}}, r"view: unknown view parameters \['colour'\]"),
+    ({"local": {"size": 8}}, r"local: this augmentation has no local crops"),
+    ({"n_local": 4}, r"n_local: this augmentation has no local crops"),
+])
+def test_override_rejects_bad_keys_and_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        A.override(A.recipe("byol", 32), **kwargs)
 
 
 def test_generator_makes_views_reproducible():
@@ -374,6 +420,7 @@ def test_cpu_chunking_does_not_change_views(monkeypatch):
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=_gen())
     augment = A.recipe("dino", 32, n_local=1)
     whole = augment(x, generator=_gen(5))
+    assert len(whole) == 3
     monkeypatch.setattr(runner, "_CPU_CHUNK_BYTES", 3 * 32 * 32 * 4 * 7)  # chunks of 7 samples
     chunked = augment(x, generator=_gen(5))
     for a, b in zip(whole, chunked):

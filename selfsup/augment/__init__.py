@@ -62,12 +62,13 @@ from selfsup.augment.geometry import (
     resized_crop,
     sample_crop_boxes,
 )
-from selfsup.augment.recipes import RECIPES, recipe
+from selfsup.augment.recipes import RECIPES, override, recipe
 from selfsup.augment.runner import Augmentation, View, augment_view
 
 from selfsup import _kernels
 
 __all__ = [
+    "RECIPES",
     "Augmentation",
     "JitterParams",
     "View",
@@ -86,6 +87,7 @@ __all__ = [
     "gaussian_blur",
     "grayscale",
     "horizontal_flip",
+    "override",
     "random_resized_crop",
     "recipe",
     "resized_crop",

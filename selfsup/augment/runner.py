@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import _kernels
-from selfsup.augment._common import _bernoulli, _gray, to_float
+from selfsup.augment._common import _bernoulli, _check_p, _check_range, _gray, _pair, to_float
 from selfsup.augment.blur import _blur_taps, _draw_sigmas, _separable_blur, blur_kernel_size
 from selfsup.augment.colour import (
     _blend,
@@ -60,6 +60,32 @@ class View:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Checked here, where a recipe's or a YAML override's value enters, so that a bad value
+        # fails when the run is configured rather than at the first batch. Lists (from YAML)
+        # become tuples so that views stay hashable and comparable.
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        put("size", _pair(self.size, "size"))
+        if self.scale is not None:
+            put("scale", _check_range(self.scale, "scale"))
+            if not 0 < self.scale[1] <= 1:
+                raise ValueError(f"scale is a fraction of the image area, (min, max) in (0, 1], got {self.scale!r}")
+        put("ratio", _check_range(self.ratio, "ratio"))
+        if self.ratio[0] <= 0:
+            raise ValueError(f"ratio must be a positive (min, max) range, got {self.ratio!r}")
+        jitter = tuple(float(v) for v in self.jitter)
+        if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+            raise ValueError("jitter must be 4 strengths [brightness, contrast, saturation, hue], each >= 0 and "
+                             f"hue <= 0.5, got {self.jitter!r}")
+        put("jitter", jitter)
+        put("blur_sigma", _check_range(self.blur_sigma, "blur_sigma"))
+        if self.blur_sigma[0] <= 0:
+            raise ValueError(f"blur_sigma must be a positive (min, max) range, got {self.blur_sigma!r}")
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            put(name, _check_p(getattr(self, name), name))
 
 
 def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = None) -> Tensor:
@@ -262,34 +288,52 @@ def _overlaps(ranges: list[tuple[int, int]], start: int, stop: int) -> list[tupl
 
 
 class Augmentation(nn.Module):
-    """A list of views made from one batch; call it as ``augment(images, generator=None)``.
+    """The views made from one batch; call it as ``augment(images, generator=None)``.
 
-    Holds no parameters, so it runs on whatever device the batch is on.
+    Global views come first, in order, then ``n_local`` local crops made with the one ``local``
+    recipe (multi-crop, as in DINO). Holds no parameters, so it runs on whatever device the
+    batch is on.
 
     Args:
-        views: the :class:`View` recipes, in output order.
+        views: the :class:`View` recipes of the global views, in output order.
+        local: the recipe of the local crops, or None.
+        n_local: how many local crops (0 when ``local`` is None).
 
     Example:
-        >>> augment = Augmentation([View(size=(16, 16)), View(size=(8, 8), scale=(0.05, 0.4))])
+        >>> augment = Augmentation([View(size=(16, 16))], local=View(size=(8, 8), scale=(0.05, 0.4)), n_local=2)
         >>> [v.shape[-1] for v in augment(torch.rand(2, 3, 32, 32))]
-        [16, 8]
+        [16, 8, 8]
     """
 
-    def __init__(self, views: list[View]) -> None:
+    def __init__(self, views: list[View], local: View | None = None, n_local: int = 0) -> None:
         super().__init__()
         if not views:
             raise ValueError("an Augmentation needs at least one View")
+        if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
+            raise ValueError(f"n_local must be an int >= 0, got {n_local!r}")
+        if n_local and local is None:
+            raise ValueError(f"n_local={n_local} local crops need a local View")
         self.views = list(views)
+        self.local = local
+        self.n_local = n_local
+
+    @property
+    def output_views(self) -> list[View]:
+        """Every view in output order: the global views, then the local crops."""
+        return self.views + [self.local] * self.n_local if self.local is not None else list(self.views)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Return ``len(self.views)`` float32 views ``(B, C, h_i, w_i)`` in [0, 1] of ``x``.
+        """Return ``len(self.output_views)`` float32 views ``(B, C, h_i, w_i)`` in [0, 1] of ``x``.
 
         Args:
             x: ``(B, C, H, W)`` uint8 (0..255) or float (0..1) batch, C = 1 or 3.
             generator: optional RNG for reproducible views.
         """
         xf = to_float(x)
-        return [augment_view(xf, view, generator) for view in self.views]
+        return [augment_view(xf, view, generator) for view in self.output_views]
 
     def extra_repr(self) -> str:
-        return "\n".join(repr(view) for view in self.views)
+        lines = [repr(view) for view in self.views]
+        if self.local is not None:
+            lines.append(f"{self.n_local} x local {self.local!r}")
+        return "\n".join(lines)
