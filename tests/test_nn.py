@@ -1,14 +1,19 @@
 """selfsup.nn: backbones, heads, momentum update, key queue, shuffle-BN."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.nn import (KeyQueue, build_backbone, cosine_momentum, frozen_copy, momentum_update,
-                        projection_mlp, shuffled_forward)
+from selfsup.nn import (DINOHead, GlobalBatchNorm, KeyQueue, build_backbone, convert_sync_batchnorm, cosine,
+                        frozen_copy, momentum_update, projection_mlp, shuffled_forward, warmup_cosine)
 
 
 @pytest.mark.parametrize("name,channels,size,dim", [("convnet", 1, 28, 256), ("convnet", 3, 32, 256),
@@ -89,10 +94,68 @@ def test_momentum_update_over_several_modules_and_bad_momentum():
         momentum_update(ema, (a, b), 1.5)
 
 
-def test_cosine_momentum_schedule():
-    assert cosine_momentum(0, 100, 0.996) == pytest.approx(0.996)
-    assert cosine_momentum(100, 100, 0.996) == pytest.approx(1.0)
-    assert cosine_momentum(50, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 2) + 1) / 2)
+def test_cosine_is_byols_momentum_schedule():
+    # BYOL section 3.2: tau = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2.
+    for k in (0, 1, 17, 50, 99, 100):
+        assert cosine(k, 100, 0.996, 1.0) == pytest.approx(1 - 0.004 * (math.cos(math.pi * k / 100) + 1) / 2)
+    assert cosine(130, 100, 0.996, 1.0) == 1.0  # held after the end
+
+
+def test_cosine_matches_dinos_numpy_schedule():
+    # DINO's utils.cosine_scheduler: final + 0.5 (base - final) (1 + cos(pi i / len(iters))).
+    steps = np.arange(40)
+    reference = 0.4 + 0.5 * (0.04 - 0.4) * (1 + np.cos(np.pi * steps / 40))
+    assert np.allclose([cosine(int(i), 40, 0.04, 0.4) for i in steps], reference)
+
+
+def test_warmup_cosine_by_hand():
+    base, warmup, total = 0.4, 10, 110
+    assert warmup_cosine(0, total, warmup, base) == pytest.approx(0.04)
+    assert warmup_cosine(9, total, warmup, base) == pytest.approx(0.4)
+    assert warmup_cosine(10, total, warmup, base) == pytest.approx(0.4)
+    assert warmup_cosine(60, total, warmup, base) == pytest.approx(0.2)  # half way through the cosine
+    assert warmup_cosine(110, total, warmup, base, 0.01) == pytest.approx(0.01)
+    assert warmup_cosine(35, total, warmup, base) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_dino_head_fixes_the_last_layers_norm_and_normalises_the_bottleneck():
+    torch.manual_seed(0)
+    head = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8)
+    magnitude = head.last_layer.parametrizations.weight.original0
+    direction = head.last_layer.parametrizations.weight.original1
+    assert torch.equal(magnitude, torch.ones(32, 1)) and not magnitude.requires_grad
+    x = torch.randn(5, 16)
+    # The output is unit-norm rows of the weight dotted with the unit-norm bottleneck, so |logit| <= 1.
+    bottleneck = F.normalize(head.mlp(x), dim=1)
+    expected = bottleneck @ F.normalize(direction, dim=1).T
+    assert torch.allclose(head(x), expected, atol=1e-6)
+    assert head(x).abs().max() <= 1 + 1e-6
+    assert DINOHead(16, 32, 24, 8, norm_last_layer=False).last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_global_batchnorm_is_plain_batchnorm_on_one_process():
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(3)
+    nn.init.normal_(reference.weight)
+    nn.init.normal_(reference.bias)
+    net = convert_sync_batchnorm(nn.Sequential(nn.Identity(), reference), "cpu")
+    assert isinstance(net[1], GlobalBatchNorm) and net[1] is not reference
+    x = torch.randn(6, 3, 4, 4)
+    fresh = nn.BatchNorm2d(3)
+    fresh.load_state_dict(reference.state_dict())
+    assert torch.allclose(net(x), fresh(x), atol=1e-6)
+    assert torch.allclose(net[1].running_var, fresh.running_var)
+
+
+def test_convert_sync_batchnorm_keeps_excluded_modules():
+    model = nn.Module()
+    model.online = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    model.key_encoder = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    convert_sync_batchnorm(model, "cpu", exclude=("key_encoder",))
+    assert isinstance(model.online[1], GlobalBatchNorm)
+    assert type(model.key_encoder[1]) is nn.BatchNorm1d
+    convert_sync_batchnorm(model, "cuda")
+    assert isinstance(model.key_encoder[1], nn.SyncBatchNorm)
 
 
 def test_queue_wraps_when_length_is_not_a_multiple_of_the_batch():
@@ -144,3 +207,36 @@ def test_shuffled_forward_uses_batchnorm_statistics_of_shuffled_sub_batches():
         expected[chunk] = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + bn.eps)
     assert torch.allclose(out, expected, atol=1e-5)
     assert not torch.allclose(out, F.batch_norm(x, None, None, training=True), atol=1e-3)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
+def test_global_batchnorm_on_two_processes_is_batchnorm_of_the_whole_batch(tmp_path):
+    script = Path(__file__).parent / "dist" / "check_batchnorm.py"
+    sys.path.insert(0, str(script.parent))
+    import check_batchnorm
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    # The reference: torch's own BatchNorm on the concatenated batch, loss summed over both halves.
+    x, weights = check_batchnorm.global_batch(2)
+    reference = nn.BatchNorm2d(check_batchnorm.CHANNELS, momentum=0.3)
+    reference.load_state_dict(check_batchnorm.batchnorm().state_dict())
+    whole = x.clone().requires_grad_()
+    out = reference(whole)
+    (out * weights).sum().backward()
+    n = check_batchnorm.N_PER_RANK
+    for r, result in enumerate(ranks):
+        rows = slice(r * n, (r + 1) * n)
+        torch.testing.assert_close(result["out"], out[rows].detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result["grad"], whole.grad[rows], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result["running_mean"], reference.running_mean, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(result["running_var"], reference.running_var, atol=1e-5, rtol=1e-5)
+    # Each rank's loss is its share of the whole sum, so the ranks' weight gradients add up to the whole batch's.
+    torch.testing.assert_close(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], reference.weight.grad,
+                               atol=1e-5, rtol=1e-5)

@@ -86,12 +86,18 @@ def resnet(name: str, in_channels: int = 3, small_stem: bool = True) -> tuple[nn
 
 
 def vit(name: str, in_channels: int = 3, image_size: int = 224, patch_size: int | None = None) -> tuple[nn.Module, int]:
-    """A timm Vision Transformer (``vit_tiny``, ``vit_small``, ``vit_base``) returning the CLS token."""
+    """A timm Vision Transformer (``vit_tiny``, ``vit_small``, ``vit_base``) returning the CLS token.
+
+    Built with ``dynamic_img_size``: the position embedding is interpolated to each input's patch
+    grid, and inputs whose side is not a multiple of the patch are padded (``dynamic_img_pad``),
+    so one network takes DINO's global and local crops.
+    """
     import timm
 
     patch = patch_size or (4 if image_size <= 64 else 16)
     net = timm.create_model(f"{name}_patch16_224", pretrained=False, num_classes=0, img_size=image_size,
-                            patch_size=patch, in_chans=in_channels)
+                            patch_size=patch, in_chans=in_channels, dynamic_img_size=True,
+                            dynamic_img_pad=True)
     return net, net.num_features
 
 

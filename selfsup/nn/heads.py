@@ -1,8 +1,10 @@
-"""Projection and prediction heads."""
+"""Projection and prediction heads: the SimCLR/MoCo/BYOL MLP and DINO's weight-normalised head."""
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def projection_mlp(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2,
@@ -26,3 +28,52 @@ def projection_mlp(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_
     if last_batch_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, section 3.1 and appendix).
+
+    An MLP ``in -> hidden -> hidden -> bottleneck`` with GELU (BatchNorm optional, off in the
+    paper for ViTs), L2 normalisation of the bottleneck, then a weight-normalised linear layer
+    without bias to the K output dimensions. With ``norm_last_layer`` the weight norm's
+    magnitude ``g`` is fixed at 1, so the last layer only chooses directions: the paper's
+    stabiliser for ViT training.
+
+    Args:
+        in_dim: backbone feature dimension.
+        out_dim: K, the number of prototypes (paper: 65536).
+        hidden_dim: MLP width (2048).
+        bottleneck_dim: dimension before the last layer (256).
+        num_layers: MLP layers (3).
+        batch_norm: BatchNorm after each hidden linear layer.
+        norm_last_layer: fix the last layer's weight-norm magnitude at 1.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 num_layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for module in self.mlp.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        magnitude = self.last_layer.parametrizations.weight.original0
+        with torch.no_grad():
+            magnitude.fill_(1.0)
+        magnitude.requires_grad_(not norm_last_layer)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``(B, in_dim)`` features -> ``(B, out_dim)`` logits."""
+        return self.last_layer(F.normalize(self.mlp(features), dim=-1))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable
 
 import torch
@@ -35,8 +34,3 @@ def momentum_update(ema: nn.Module, online: nn.Module | Iterable[nn.Module], mom
     if len(ema_params) != len(online_params):
         raise ValueError(f"EMA and online encoders differ: {len(ema_params)} vs {len(online_params)} parameters")
     torch._foreach_lerp_(ema_params, online_params, 1.0 - momentum)
-
-
-def cosine_momentum(step: int, max_steps: int, base: float, final: float = 1.0) -> float:
-    """BYOL's schedule: ``m = final − (final − base)·(cos(π·step/max_steps) + 1)/2``."""
-    return final - (final - base) * (math.cos(math.pi * min(step, max_steps) / max(max_steps, 1)) + 1) / 2
