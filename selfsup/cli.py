@@ -1,7 +1,13 @@
-"""``selfsup`` command line: pretrain | evaluate | embed | plot | list.
+"""``selfsup`` command line: pretrain | evaluate | embed | plot | list (also ``python -m selfsup``).
 
-Errors a user can fix (a missing file, an unknown key, a bad value) are printed as one line
-``selfsup: error: ...`` with exit status 2; set ``SELFSUP_DEBUG=1`` for the traceback.
+Errors a user can fix (a missing file, an unknown key, a bad value, a corrupt data file) are
+printed as one line ``selfsup: error: ...`` with exit status 2; a run that diverges (NaN/Inf)
+stops with ``selfsup: training diverged: ...`` and exit status 3; set ``SELFSUP_DEBUG=1`` for
+the traceback. Anything else is a bug and keeps its traceback.
+
+Unlike the library, the command line changes one process-wide setting, and says so: it keeps
+freed memory in the process (``selfsup.engine.tune_allocator``), which makes CPU training steps
+up to 1.3x faster; ``SELFSUP_MALLOC=default`` leaves glibc's settings alone.
 """
 
 from __future__ import annotations
@@ -12,18 +18,25 @@ import os
 import sys
 from pathlib import Path
 
-from selfsup.config import ConfigError
+from selfsup.errors import DataError, UsageError
 
-USAGE_ERRORS = (ConfigError, FileNotFoundError, ValueError, NotADirectoryError, PermissionError)
+USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _tune_allocator() -> None:
+    from selfsup.engine import tune_allocator
+
+    if tune_allocator():
+        print("selfsup: keeping freed memory in this process (glibc malloc thresholds raised; "
+              "SELFSUP_MALLOC=default keeps glibc's)", file=sys.stderr)
 
 
 def _load_backbone(checkpoint_path: str):
     import torch
 
     from selfsup.config import from_dict
-    from selfsup.engine import build_method, load_checkpoint, tune_allocator
+    from selfsup.engine import build_method, load_checkpoint
 
-    tune_allocator()  # feature extraction runs the same large buffers every batch
     state = load_checkpoint(checkpoint_path)
     cfg = from_dict(state["config"])
     channels, size = state["data"]["channels"], state["data"]["size"]
@@ -31,7 +44,7 @@ def _load_backbone(checkpoint_path: str):
     method = build_method(cfg, in_channels=channels, image_size=size, mean=[0.0] * channels, std=[1.0] * channels)
     method.load_state_dict(state["model"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg, method.backbone.to(device).eval(), channels, size, device
+    return cfg, method.eval_encoder().to(device).eval(), channels, size, device
 
 
 def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
@@ -49,7 +62,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.engine import pretrain
 
     if args.resume and args.recipe and Path(args.recipe).suffix in (".ckpt", ".pt"):
-        cfg, resume = load_config(None, args.overrides), Path(args.recipe)
+        from selfsup.engine import load_checkpoint
+
+        # The checkpoint's own configuration, with the command line's overrides on top.
+        saved = load_checkpoint(args.recipe)["config"]
+        cfg, resume = load_config(None, args.overrides, base=saved), Path(args.recipe)
     else:
         cfg = load_config(args.recipe, args.overrides)
         resume = bool(args.resume)
@@ -69,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     train = _dataset(cfg, args.data, args.root, "train", channels, size)
     test = _dataset(cfg, args.data, args.root, "test", channels, size)
     if train.labels is None or test.labels is None:
-        raise ValueError(f"dataset {train.name!r} has no labels; evaluation needs a labelled train and test split")
+        raise DataError(f"dataset {train.name!r} has no labels; evaluation needs a labelled train and test split")
     train_x = evaluate.extract_features(backbone, train.images, device=device, progress=True)
     test_x = evaluate.extract_features(backbone, test.images, device=device)
     if args.protocol == "linear":
@@ -121,7 +138,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for name, cls in sorted(METHODS.items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<10} {cls.__name__:<10} {summary}")
+        print(f"  {name:<10} {cls.__name__:<10} [{cls.data_kind}] {summary}")
     print("backbones:  " + ", ".join(BACKBONES))
     print("datasets:   " + ", ".join(data.DATASETS))
     print("augment:    " + ", ".join(augment.RECIPES))
@@ -139,7 +156,8 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("recipe", nargs="?", help="YAML recipe (recipes/*.yaml), or a checkpoint with --resume")
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 optim.lr=0.5")
     pre.add_argument("--resume", action="store_true",
-                     help="continue <out_dir>/checkpoints/last.ckpt exactly where it stopped")
+                     help="continue <out_dir>/checkpoints/last.ckpt exactly where it stopped; overrides may "
+                          "change train.epochs (the schedules are recomputed) and logging/evaluation keys")
     pre.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("evaluate", help="linear probe or kNN accuracy of a checkpoint's frozen backbone")
@@ -174,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pretrain" and args.recipe and "=" in args.recipe:
         args.overrides.insert(0, args.recipe)  # `selfsup pretrain key=value ...` without a recipe
         args.recipe = None
+    from selfsup.engine import NonFiniteLossError
+
+    if args.command in ("pretrain", "evaluate", "embed"):
+        _tune_allocator()
     try:
         return args.func(args)
     except USAGE_ERRORS as error:
@@ -181,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"selfsup: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        if os.environ.get("SELFSUP_DEBUG"):
+            raise
+        print(f"selfsup: training diverged: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

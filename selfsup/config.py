@@ -18,9 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from selfsup.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the configuration schema."""
+__all__ = ["AugmentConfig", "BackboneConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "OptimConfig",
+           "Optimizer", "TrainConfig", "ViewConfig", "check_resume", "from_dict", "load_config", "to_dict"]
 
 
 class Optimizer(str, Enum):
@@ -57,13 +58,15 @@ class OptimConfig:
     lr: float = 0.3
     """Base learning rate for a batch of 256; the run uses lr * batch_size / 256."""
     weight_decay: float = 1e-4
+    weight_decay_end: float | None = None
+    """Weight decay at the last step, reached by a cosine from ``weight_decay`` (DINO: 0.04 -> 0.4); None: constant."""
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     """The cosine schedule ends at lr * min_lr_ratio."""
     exclude_bias_norm: bool = True
-    """No weight decay (and no LARS adaptation) for biases and normalisation parameters."""
+    """No weight decay (and so no LARS adaptation) for biases and normalisation parameters (1-D tensors)."""
     grad_clip: float | None = None
 
 
@@ -74,11 +77,13 @@ class TrainConfig:
     """Global batch: split evenly over devices x nodes."""
     seed: int = 0
     precision: str = "auto"
-    """"auto" (bf16-mixed where the device supports it, else 32-true) or a Lightning Fabric precision."""
+    """"auto" (bf16-mixed where the device runs it natively, else 32-true) or a Lightning Fabric precision."""
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    sync_batchnorm: bool | None = None
+    """Global BatchNorm across devices; None: as the method's paper (SimCLR, BYOL yes; MoCo no)."""
     channels_last: bool = True
     compile: bool = False
     checkpoint_every: int = 500
@@ -105,12 +110,54 @@ class EvalConfig:
 
 
 @dataclass
+class ViewConfig:
+    """Overrides of one augmented view (``selfsup.augment.View``); None keeps the method's value."""
+
+    size: int | None = None
+    scale: list[float] | None = None
+    """Crop area range [min, max] as a fraction of the image."""
+    ratio: list[float] | None = None
+    flip_p: float | None = None
+    jitter: list[float] | None = None
+    """Colour jitter strengths [brightness, contrast, saturation, hue]."""
+    jitter_p: float | None = None
+    gray_p: float | None = None
+    blur_p: float | None = None
+    blur_sigma: list[float] | None = None
+    solarize_p: float | None = None
+
+
+@dataclass
+class AugmentConfig:
+    """The method's augmentation, overridden key by key.
+
+    Example (BYOL's asymmetric views, DINO's local crops)::
+
+        augment:
+          view: {jitter: [0.4, 0.4, 0.2, 0.1]}         # every (global) view
+          views: [{blur_p: 1.0}, {blur_p: 0.1, solarize_p: 0.2}]
+          n_local: 6
+          local: {size: 12, scale: [0.05, 0.4]}
+    """
+
+    recipe: str | None = None
+    """A named recipe (``selfsup list``) instead of the method's own; None: the method's."""
+    view: ViewConfig = field(default_factory=ViewConfig)
+    """Applied to every global view."""
+    views: list[ViewConfig] = field(default_factory=list)
+    """Applied to the global views one by one, after ``view``."""
+    n_local: int | None = None
+    """Number of local crops (multi-crop recipes such as DINO's)."""
+    local: ViewConfig = field(default_factory=ViewConfig)
+    """Applied to the local crops."""
+
+
+@dataclass
 class Config:
     name: str = "run"
     method: str = "simclr"
     method_args: dict[str, Any] = field(default_factory=dict)
-    augment: str | None = None
-    """Augmentation recipe; None uses the method's own (``method.views``)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -124,8 +171,11 @@ def _one_line(error: OmegaConfBaseException) -> str:
     return f"{key}: {message}" if key and key not in message else message
 
 
-def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                base: dict[str, Any] | None = None) -> Config:
     """Read a YAML recipe, apply ``key=value`` overrides, validate, and return a :class:`Config`.
+
+    ``base`` (e.g. the configuration stored in a checkpoint) is applied first, under the recipe.
 
     Raises:
         FileNotFoundError: the recipe does not exist.
@@ -137,7 +187,7 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
         2.0
     """
     schema = OmegaConf.structured(Config)
-    layers: list[DictConfig] = []
+    layers: list[DictConfig] = [] if base is None else [OmegaConf.create(base)]
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
@@ -185,6 +235,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}")
     if cfg.eval.embedding_map not in ("umap", "tsne"):
         raise ConfigError(f"eval.embedding_map: must be 'umap' or 'tsne', got {cfg.eval.embedding_map!r}")
+    if cfg.optim.weight_decay_end is not None and cfg.optim.weight_decay_end < 0:
+        raise ConfigError(f"optim.weight_decay_end: must be >= 0, got {cfg.optim.weight_decay_end}")
+    if cfg.augment.n_local is not None and cfg.augment.n_local < 0:
+        raise ConfigError(f"augment.n_local: must be >= 0, got {cfg.augment.n_local}")
 
 
 def check_method_args(cls: type, args: dict[str, Any], name: str) -> None:
@@ -218,3 +272,31 @@ def from_dict(data: dict[str, Any]) -> Config:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
+
+
+# Keys a resumed run may change: how long it runs, how it logs, and how it is evaluated. Anything
+# else (data, method, optimiser, batch, seed) would make the continuation a different run.
+RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.knn_every", "train.knn_train_samples",
+             "train.log_every", "train.progress", "eval.")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {key: value for name, item in data.items() for key, value in _flatten(item, f"{prefix}{name}.").items()}
+    return {prefix[:-1]: data}
+
+
+def check_resume(saved: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """The settings ``new`` changes from the checkpoint's ``saved`` config, as (key, old, new).
+
+    Raises:
+        ConfigError: a change outside :data:`RESUMABLE`, naming the key and both values.
+    """
+    old, now = _flatten(to_dict(saved)), _flatten(to_dict(new))
+    changes = [(key, old.get(key), now.get(key)) for key in sorted(set(old) | set(now)) if old.get(key) != now.get(key)]
+    for key, before, after in changes:
+        if not key.startswith(RESUMABLE):
+            raise ConfigError(f"{key}: the checkpoint was trained with {before!r}, this run asks for {after!r}; a "
+                              f"resumed run keeps its settings except {', '.join(RESUMABLE)}*; start a new run "
+                              f"(another name= or train.out_dir=) to change it")
+    return changes

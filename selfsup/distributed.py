@@ -89,3 +89,17 @@ def gather(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``flag`` is True on every rank (one all-reduce), so that all ranks decide together.
+
+    Example:
+        >>> all_true(True)  # single process: the flag itself
+        True
+    """
+    if not is_distributed():
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item() > 0)

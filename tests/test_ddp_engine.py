@@ -37,3 +37,54 @@ def test_pretrain_self_launched_by_fabric(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_two_rank_run(tmp_path / "run")
+
+
+def _train_ranks(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).parent / "scripts" / "train_ranks.py"), str(tmp_path), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _ranks(tmp_path: Path) -> list[dict]:
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+
+def test_byol_uses_global_batchnorm_and_the_ranks_keep_equal_statistics(tmp_path):
+    result = _train_ranks(tmp_path, "method=byol", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16",
+                          "method_args.pred_hidden_dim=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = _ranks(tmp_path)
+    assert set(first["norms"].values()) == {"GlobalBatchNorm"}  # backbone, projector, predictor and target
+    # Buffers are never broadcast (broadcast_buffers=False): they agree because global BN computed them
+    # from the same global batches on both ranks.
+    for name, value in first["buffers"].items():
+        torch.testing.assert_close(second["buffers"][name], value, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_moco_keeps_per_device_batchnorm_and_equal_queues(tmp_path):
+    result = _train_ranks(tmp_path, "method=moco", "method_args.queue_size=96", "method_args.proj_hidden_dim=32",
+                          "train.sync_batchnorm=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = _ranks(tmp_path)
+    key_norms = {n: kind for n, kind in first["norms"].items() if n.startswith("key_encoder.")}
+    assert key_norms and set(key_norms.values()) == {"BatchNorm2d"}  # excluded: shuffle-BN instead
+    assert {kind for n, kind in first["norms"].items() if n.startswith("backbone.")} == {"GlobalBatchNorm"}
+    torch.testing.assert_close(first["buffers"]["queue.keys"], second["buffers"]["queue.keys"], atol=0, rtol=0)
+    assert not torch.equal(first["buffers"]["key_encoder.0.net.1.running_mean"],
+                           second["buffers"]["key_encoder.0.net.1.running_mean"])  # each rank's own sub-batches
+
+
+def test_dino_centre_is_equal_on_every_rank(tmp_path):
+    result = _train_ranks(tmp_path, "method=dino", "method_args.out_dim=64", "method_args.hidden_dim=32",
+                          "method_args.bottleneck_dim=16", "augment.n_local=2", "augment.local.size=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = _ranks(tmp_path)
+    torch.testing.assert_close(first["buffers"]["criterion.center"], second["buffers"]["criterion.center"])
+    assert first["buffers"]["criterion.center"].abs().sum() > 0
+
+
+def test_a_divergence_stops_both_ranks_together(tmp_path):
+    result = _train_ranks(tmp_path, "optim.lr=1e8", "optim.warmup_epochs=0", "method_args.proj_hidden_dim=32")
+    assert result.returncode != 0
+    messages = [(tmp_path / f"rank{r}.diverged").read_text() for r in range(2)]
+    assert all(message.startswith("simclr: ") and " at step " in message for message in messages)

@@ -1,4 +1,5 @@
-"""selfsup.engine: schedule, LARS, atomic checkpoints, NaN guard, exact resume after a kill."""
+"""selfsup.engine: schedules and parameter groups, LARS, atomic checkpoints, the NaN guard, exact
+resume after a kill, resume with a longer schedule, precision and allocator choices."""
 
 import math
 import os
@@ -10,55 +11,94 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.fabric.plugins.precision import MixedPrecision
 from torch import nn
 
-from selfsup.config import OptimConfig, Optimizer, load_config
-from selfsup.engine import LARS, NonFiniteLossError, build_optimizer, learning_rate, load_checkpoint, pretrain, save_atomic
+from selfsup.config import ConfigError, OptimConfig, Optimizer, load_config
+from selfsup.engine import (NonFiniteLossError, Schedule, Trainer, allocator, build_optimizer, load_checkpoint,
+                            param_groups, pretrain, resolve_precision, save_atomic)
 from selfsup.methods import METHODS, SimCLR
+from selfsup.nn import warmup_cosine
 
 SCRIPT = Path(__file__).parent / "scripts" / "pretrain_digits.py"
 
 
-def test_learning_rate_warmup_then_cosine():
-    base, warmup, total = 0.4, 10, 110
-    assert learning_rate(0, total, warmup, base) == pytest.approx(0.04)
-    assert learning_rate(9, total, warmup, base) == pytest.approx(0.4)
-    assert learning_rate(10, total, warmup, base) == pytest.approx(0.4)
-    assert learning_rate(60, total, warmup, base) == pytest.approx(0.2)  # half way through the cosine
-    assert learning_rate(110, total, warmup, base, min_lr=0.01) == pytest.approx(0.01)
-    assert learning_rate(35, total, warmup, base) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+class TwoHeads(nn.Module):
+    """A method whose second head has a fixed, halved learning rate and no weight decay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        self.head = nn.Linear(4, 2)
+
+    def param_groups(self):
+        return [{"params": list(self.body.parameters())},
+                {"params": list(self.head.parameters()), "lr_scale": 0.5, "fixed_lr": True, "weight_decay_scale": 0.0}]
 
 
-def test_lars_step_matches_the_formula():
+def test_param_groups_split_off_biases_and_norms_and_keep_the_methods_settings():
+    model = TwoHeads()
+    groups = param_groups(model, OptimConfig(weight_decay=0.1))
+    shapes = [sorted(tuple(p.shape) for p in g["params"]) for g in groups]
+    assert shapes == [[(4, 3)], [(4,), (4,), (4,)], [(2, 4)], [(2,)]]
+    assert [g["weight_decay_scale"] for g in groups] == [1.0, 0.0, 0.0, 0.0]
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 0.5, 0.5]
+    assert [g["fixed_lr"] for g in groups] == [False, False, True, True]
+    assert len(param_groups(model, OptimConfig(exclude_bias_norm=False))) == 2
+
+
+def test_param_groups_refuse_a_forgotten_or_repeated_parameter():
+    model = TwoHeads()
+    model.param_groups = lambda: [{"params": list(model.body.parameters())}]
+    with pytest.raises(ValueError, match="in no param group: head.weight, head.bias"):
+        param_groups(model, OptimConfig())
+    model.param_groups = lambda: [{"params": list(model.parameters())}, {"params": list(model.head.parameters())}]
+    with pytest.raises(ValueError, match="repeats a parameter"):
+        param_groups(model, OptimConfig())
+    model.param_groups = lambda: [{"params": list(model.parameters()), "lr": 0.1}]
+    with pytest.raises(ValueError, match="unknown keys"):
+        param_groups(model, OptimConfig())
+
+
+def test_schedule_sets_each_groups_lr_and_weight_decay_per_step():
+    cfg = OptimConfig(weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=1, min_lr_ratio=0.1)
+    optimizer = build_optimizer(TwoHeads(), cfg, lr=0.8)
+    schedule = Schedule.build(cfg, base_lr=0.8, max_steps=20, steps_per_epoch=4)
+    for step in (0, 3, 4, 11, 19):
+        lr = schedule.apply(optimizer, step)
+        assert lr == pytest.approx(warmup_cosine(step, 20, 4, 0.8, 0.08))
+        wd = 0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * step / 20)) / 2  # DINO's cosine 0.04 -> 0.4
+        body, body_norms, head, head_bias = optimizer.param_groups
+        assert body["lr"] == body_norms["lr"] == pytest.approx(lr)
+        assert head["lr"] == head_bias["lr"] == pytest.approx(0.5 * 0.8)  # fixed, scaled, never decayed
+        assert body["weight_decay"] == pytest.approx(wd)
+        assert body_norms["weight_decay"] == head["weight_decay"] == head_bias["weight_decay"] == 0.0
+
+
+def test_lars_step_is_the_papers_local_lr():
+    # You et al. 2017, Algorithm 1: local LR = eta * |w| / (|g| + beta |w|), applied to (g + beta w);
+    # groups without weight decay (biases, norms) get plain SGD with momentum.
     torch.manual_seed(0)
-    w = nn.Parameter(torch.randn(4, 3))
-    b = nn.Parameter(torch.randn(4))
-    w.grad, b.grad = torch.randn(4, 3), torch.randn(4)
-    w0, g, b0, gb = w.detach().clone(), w.grad.clone(), b.detach().clone(), b.grad.clone()
-    opt = LARS([{"params": [w]}, {"params": [b], "weight_decay": 0.0, "lars_adapt": False}],
-               lr=0.1, momentum=0.9, weight_decay=0.01, trust_coefficient=0.001)
+    model = nn.Linear(3, 4)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    g, gb = torch.randn(4, 3), torch.randn(4)
+    model.weight.grad, model.bias.grad = g.clone(), gb.clone()
+    opt = build_optimizer(model, OptimConfig(name=Optimizer.lars, weight_decay=0.01, momentum=0.9), lr=0.1)
     opt.step()
-    update = g + 0.01 * w0
-    update = update * 0.001 * w0.norm() / update.norm()
-    assert torch.allclose(w.detach(), w0 - 0.1 * update, atol=1e-7)
-    assert torch.allclose(b.detach(), b0 - 0.1 * gb, atol=1e-7)  # no adaptation, no decay
-    w.grad = g.clone()
+    local = 0.001 * w0.norm() / (g.norm() + 0.01 * w0.norm())
+    update = local * (g + 0.01 * w0)
+    assert torch.allclose(model.weight.detach(), w0 - 0.1 * update, atol=1e-7)
+    assert torch.allclose(model.bias.detach(), b0 - 0.1 * gb, atol=1e-7)
+    w1 = w0 - 0.1 * update
+    model.weight.grad, model.bias.grad = g.clone(), gb.clone()
     opt.step()  # second step: the momentum buffer is 0.9 * previous + new
-    update2 = g + 0.01 * (w0 - 0.1 * update)
-    update2 = update2 * 0.001 * (w0 - 0.1 * update).norm() / update2.norm()
-    assert torch.allclose(w.detach(), w0 - 0.1 * update - 0.1 * (0.9 * update + update2), atol=1e-6)
+    update2 = 0.001 * w1.norm() / (g.norm() + 0.01 * w1.norm()) * (g + 0.01 * w1)
+    assert torch.allclose(model.weight.detach(), w1 - 0.1 * (0.9 * update + update2), atol=1e-6)
 
 
-@pytest.mark.parametrize("name,cls", [(Optimizer.sgd, torch.optim.SGD), (Optimizer.adamw, torch.optim.AdamW),
-                                      (Optimizer.lars, LARS)])
-def test_optimizer_excludes_biases_and_norms_from_weight_decay(name, cls):
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2, bias=False))
-    opt = build_optimizer(model, OptimConfig(name=name, weight_decay=0.1), lr=0.1)
-    assert isinstance(opt, cls)
-    decayed, plain = opt.param_groups
-    assert {p.shape for p in decayed["params"]} == {torch.Size([4, 3]), torch.Size([2, 4])}
-    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
-    assert len(plain["params"]) == 3  # first bias, BN weight and BN bias
+@pytest.mark.parametrize("name,cls", [(Optimizer.sgd, torch.optim.SGD), (Optimizer.adamw, torch.optim.AdamW)])
+def test_optimizer_types(name, cls):
+    assert isinstance(build_optimizer(TwoHeads(), OptimConfig(name=name), lr=0.1), cls)
 
 
 def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -90,44 +130,40 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(foreign)
 
 
-class NaNAfter(SimCLR):
-    """SimCLR whose loss turns NaN at a given step, to exercise the guard."""
-
-    def __init__(self, backbone, *, proj_hidden_dim: int = 16, proj_dim: int = 8, bad_step: int = 3) -> None:
-        super().__init__(backbone, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim)
-        self.calls = 0
-        self.bad_step = bad_step
-
-    def training_step(self, batch):
-        out = super().training_step(batch)
-        self.calls += 1
-        if self.calls > self.bad_step:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    forward = training_step
-
-
-def tiny_config(tmp_path, *overrides):
-    base = ["data.name=digits", "data.size=16", "backbone.width=4", "method_args.proj_hidden_dim=16",
-            "method_args.proj_dim=8", "train.batch_size=64", "train.progress=false", "train.knn_every=0",
-            "eval.plots=false", "eval.save_embeddings=false", f"train.out_dir={tmp_path / 'run'}"]
+def tiny_config(tmp_path, *overrides, method_args=("method_args.proj_hidden_dim=16", "method_args.proj_dim=8")):
+    base = ["data.name=digits", "data.size=16", "backbone.width=4", *method_args, "train.batch_size=64",
+            "train.progress=false", "train.knn_every=0", "eval.plots=false", "eval.save_embeddings=false",
+            f"train.out_dir={tmp_path / 'run'}"]
     return load_config(None, base + list(overrides))
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setitem(METHODS, "nan_after", NaNAfter)
-    cfg = tiny_config(tmp_path, "method=nan_after", "method_args.bad_step=5", "train.checkpoint_every=2",
+def test_a_real_divergence_stops_with_the_step_method_and_hint_and_keeps_the_last_good_checkpoint(tmp_path):
+    # A huge learning rate (no warmup) makes the weights overflow within a few SGD steps: the losses refuse
+    # the NaN embeddings, and the engine turns that into a divergence error, not a usage error.
+    cfg = tiny_config(tmp_path, "optim.lr=1e8", "optim.warmup_epochs=0", "train.checkpoint_every=2",
                       "train.precision=32-true")
-    with pytest.raises(NonFiniteLossError, match=r"nan_after: loss is nan at step 5 .*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match=r"^simclr: .*NaN.* at step (\d+)[ ;].*last good checkpoint.*"
+                                                 r"optim\.lr \(now 100000000\.0\)") as info:
         pretrain(cfg)
+    assert not isinstance(info.value, ValueError)
+    failed_at = int(str(info.value).split(" at step ")[1].split()[0].rstrip(";"))
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert state["step"] == 4
+    assert 0 < state["step"] <= failed_at
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_the_cli_reports_a_divergence_in_one_line_with_its_own_exit_status(tmp_path):
+    cmd = [sys.executable, "-m", "selfsup", "pretrain", "data.name=digits", "data.size=16", "backbone.width=4",
+           "method_args.proj_hidden_dim=16", "train.batch_size=64", "train.progress=false", "train.knn_every=0",
+           "optim.lr=1e8", "optim.warmup_epochs=0", f"train.out_dir={tmp_path / 'run'}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("selfsup: training diverged: simclr: ")
+
+
 def test_batch_larger_than_the_dataset_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="fewer than train.batch_size=4096"):
+    with pytest.raises(ConfigError, match="fewer than train.batch_size=4096"):
         pretrain(tiny_config(tmp_path, "train.batch_size=4096"))
 
 
@@ -157,7 +193,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     victim.wait()
     killed_at = load_checkpoint(ckpt)["step"]
     assert 0 < killed_at < 66  # 22 steps per epoch, 3 epochs
-    assert _run(tmp_path / "victim", "--resume").wait(timeout=240) == 0
+    assert _run(tmp_path / "victim", *settings, "--resume").wait(timeout=240) == 0
     assert reference.wait(timeout=240) == 0
     done = load_checkpoint(ckpt)
     expected = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.ckpt")
@@ -177,16 +213,17 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 x = torch.empty(nbytes, dtype=torch.uint8).fill_(1); del x
 before = faults()
-for _ in range(10):
+for _ in range(30):
     x = torch.empty(nbytes, dtype=torch.uint8).fill_(1); del x
-print((faults() - before) / 10)
+print((faults() - before) / 30)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_tuned_allocator_stops_the_page_faults_of_a_reused_buffer(tmp_path):
     # A 48 MB buffer freed and allocated again: with glibc's defaults every allocation is a fresh
-    # mmap, so filling it faults in all of its pages (~12,300 of 4 KiB); tuned, the memory is reused.
+    # mmap, so filling it faults in all of its pages (~12,300 of 4 KiB); tuned, the memory is reused
+    # (measured: one or two of the 30 refills still fault in the buffer once, the rest none).
     def run(env_value: str) -> tuple[str, float]:
         env = {**os.environ, "SELFSUP_MALLOC": env_value}
         out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
@@ -200,4 +237,101 @@ def test_tuned_allocator_stops_the_page_faults_of_a_reused_buffer(tmp_path):
 
     pages = (48 << 20) / resource.getpagesize()
     assert default_faults > 0.5 * pages
-    assert tuned_faults < 0.2 * pages
+    assert tuned_faults < 0.15 * pages
+
+
+def test_resume_with_more_epochs_continues_on_the_recomputed_schedule(tmp_path, capsys):
+    pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false", "eval.knn=false"))
+    first = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert first["step"] == first["max_steps"] == 22  # 1437 digits // 64
+    capsys.readouterr()
+    result = pretrain(tiny_config(tmp_path, "train.epochs=2", "eval.linear=false", "eval.knn=false"), resume=True)
+    err = capsys.readouterr().err
+    assert "resume changes train.epochs: 1.0 -> 2.0" in err and "44 steps instead of 22" in err
+    done = load_checkpoint(result.checkpoint)
+    assert done["step"] == 44 and done["config"]["train"]["epochs"] == 2.0
+    # Steps after the resume follow the two-epoch warmup + cosine schedule (lr 0.3 * 64 / 256, warmup 22).
+    resumed = [(step, lr) for step, lr in done["history"]["lr"] if step > 22]
+    assert resumed and all(lr == pytest.approx(warmup_cosine(step - 1, 44, 22, 0.075)) for step, lr in resumed)
+    assert done["history"]["lr"][: len(first["history"]["lr"])] == first["history"]["lr"]
+    rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    steps = [int(row.split(",")[0]) for row in rows[1:]]
+    assert steps == sorted(steps) and steps[-1] == 44 and len(steps) == len(set(steps))  # kept and appended
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=0.1", "optim.lr: the checkpoint was trained with 0.3, this run asks for 0.1"),
+    ("train.batch_size=32", "train.batch_size: the checkpoint was trained with 64"),
+])
+def test_resume_refuses_to_change_what_would_make_another_run(tmp_path, override, message):
+    pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false", "eval.knn=false"))
+    with pytest.raises(ConfigError, match=message):
+        pretrain(tiny_config(tmp_path, "train.epochs=1", override), resume=True)
+
+
+def test_resume_refuses_an_end_before_the_checkpoint(tmp_path):
+    pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false", "eval.knn=false"))
+    with pytest.raises(ConfigError, match="ends at step 11, before the checkpoint's step 22"):
+        pretrain(tiny_config(tmp_path, "train.epochs=0.5"), resume=True)
+
+
+def test_fp16_gradient_scaler_state_is_saved_and_restored(tmp_path, monkeypatch):
+    # Fabric runs fp16 only on GPUs; the scaler's bookkeeping is the same on the CPU, so put one in place.
+    cfg = tiny_config(tmp_path, "train.epochs=1")
+    trainer = Trainer(cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1234.0)
+    trainer.fabric.strategy.precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    trainer.save(3)
+    state = load_checkpoint(trainer.ckpt_path)
+    assert state["precision"]["scale"] == 1234.0
+    restored = Trainer(cfg)
+    restored.fabric.strategy.precision = MixedPrecision("16-mixed", "cpu")
+    restored.restore(state)
+    assert restored.fabric.strategy.precision.scaler.get_scale() == 1234.0 and restored.start_step == 3
+
+
+def test_precision_auto_says_why():
+    precision, reason = resolve_precision("auto", "cpu")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert precision == ("bf16-mixed" if native else "32-true")
+    assert torch.backends.cpu.get_cpu_capability() in reason
+    assert resolve_precision("bf16-mixed", "cpu") == ("bf16-mixed", "set by train.precision")
+
+
+def test_the_library_leaves_the_allocator_alone(tmp_path, capsys):
+    pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false"))
+    assert allocator._tuned is False  # only the command line changes process-wide malloc settings
+    assert "precision 32-true" in capsys.readouterr().err or "precision bf16" in capsys.readouterr().err
+
+
+class GraphMethod(SimCLR):
+    data_kind = "graph"
+
+
+def test_method_and_data_of_different_kinds_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "graph_method", GraphMethod)
+    with pytest.raises(ConfigError, match="method graph_method learns from graph, but data.name=digits gives images"):
+        pretrain(tiny_config(tmp_path, "method=graph_method"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("augment.views=[{},{blur_p: 2.0}]", r"augment.views\[1\]: blur_p is a probability"),
+    ("augment.n_local=3", r"augment.n_local: this augmentation has no local crops"),
+    ("augment.recipe=simclr3", r"augment.recipe: unknown augmentation recipe 'simclr3'"),
+    ("augment.view.size=4", r"augment: the backbone cannot take 4x4 views"),
+])
+def test_augmentation_overrides_are_validated_like_any_key(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        pretrain(tiny_config(tmp_path, override))
+
+
+def test_augmentation_overrides_reach_the_views(tmp_path):
+    dino_args = ("method_args.out_dim=32", "method_args.hidden_dim=16", "method_args.bottleneck_dim=8")
+    cfg = tiny_config(tmp_path, "method=dino", "augment.n_local=3", "augment.local.size=8",
+                      "augment.view.jitter=[0.1,0.1,0.1,0.0]", "augment.views=[{},{solarize_p: 0.5}]",
+                      method_args=dino_args)
+    trainer = Trainer(cfg)
+    aug = trainer.augment
+    assert aug.n_local == 3 and aug.local.size == (8, 8)
+    assert [v.jitter for v in aug.views] == [(0.1, 0.1, 0.1, 0.0)] * 2 and aug.views[1].solarize_p == 0.5
+    assert [v.shape[-1] for v in trainer.make_batch(0, 0).views] == [16, 16, 8, 8, 8]

@@ -1,14 +1,20 @@
-"""selfsup.methods: SimCLR and MoCo against hand computations of their papers' pseudocode."""
+"""selfsup.methods: SimCLR, MoCo, BYOL and DINO against hand computations of their papers' pseudocode."""
 
 import math
+
+import numpy as np
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods import METHODS, Batch, Method, MoCo, SimCLR
-from selfsup.nn import Backbone
+from selfsup.methods import BYOL, DINO, METHODS, Batch, Method, MoCo, Progress, SimCLR
+from selfsup.nn import Backbone, build_backbone
+
+
+def at(step: int, max_steps: int = 10, steps_per_epoch: int = 5) -> Progress:
+    return Progress(step, max_steps, steps_per_epoch)
 
 
 def linear_backbone(in_dim: int = 12, out_dim: int = 6) -> Backbone:
@@ -24,16 +30,19 @@ def views(n: int, seed: int) -> list[torch.Tensor]:
 
 
 def test_methods_follow_the_protocol_and_are_registered():
-    for cls in (SimCLR, MoCo):
-        method = cls(linear_backbone(), proj_hidden_dim=8, proj_dim=4)
-        assert isinstance(method, Method)
+    for cls, args in ((SimCLR, dict(proj_hidden_dim=8, proj_dim=4)), (MoCo, dict(proj_hidden_dim=8, proj_dim=4)),
+                      (BYOL, dict(proj_hidden_dim=8, proj_dim=4, pred_hidden_dim=8)),
+                      (DINO, dict(out_dim=16, hidden_dim=8, bottleneck_dim=4))):
+        method = cls(linear_backbone(), **args)
+        assert isinstance(method, Method) and method.data_kind == "images"
         assert METHODS[cls.__name__.lower()] is cls
+        assert method.augmentation(28) is not None
 
 
 def test_simclr_loss_is_nt_xent_of_its_projections():
     method = SimCLR(linear_backbone(), proj_hidden_dim=8, proj_dim=4, temperature=0.5).train()
     v1, v2 = views(5, 0)
-    loss = method.training_step(Batch([v1, v2], torch.arange(5)))["loss"]
+    loss = method.training_step(Batch([v1, v2], torch.arange(5)), at(0))["loss"]
     z = F.normalize(method.projector(method.backbone(torch.cat([v1, v2]))).double(), dim=1)
     n = 5
     total = 0.0
@@ -48,7 +57,7 @@ def test_simclr_loss_is_nt_xent_of_its_projections():
 def test_simclr_rejects_the_wrong_number_of_views():
     method = SimCLR(linear_backbone(), proj_hidden_dim=8, proj_dim=4)
     with pytest.raises(ValueError, match="expects 2 views"):
-        method.training_step(Batch(views(3, 0)[:1], torch.arange(3)))
+        method.training_step(Batch(views(3, 0)[:1], torch.arange(3)), at(0))
 
 
 def make_moco(queue_size: int = 5, momentum: float = 0.9) -> MoCo:
@@ -60,7 +69,7 @@ def test_moco_loss_and_queue_after_one_step():
     moco = make_moco()
     queue_before = moco.queue.keys.clone()
     x_q, x_k = views(2, 1)
-    loss = moco.training_step(Batch([x_q, x_k], torch.arange(2)))["loss"]
+    loss = moco.training_step(Batch([x_q, x_k], torch.arange(2)), at(0))["loss"]
     q = F.normalize(moco.projector(moco.backbone(x_q)).double(), dim=1)
     k = F.normalize(moco.key_encoder(x_k).double(), dim=1)
     expected = 0.0
@@ -83,11 +92,11 @@ def test_moco_state_over_several_steps_matches_hand_computation():
         x_q, x_k = views(2, 10 + step)
         with torch.no_grad():  # the keys this step must be made by the key encoder as it stands
             k = F.normalize(moco.key_encoder(x_k), dim=1)
-        loss = moco.training_step(Batch([x_q, x_k], torch.arange(2)))["loss"]
+        loss = moco.training_step(Batch([x_q, x_k], torch.arange(2)), at(step, 3))["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        moco.on_step_end(step, 3)
+        moco.on_step_end(at(step, 3))
         online = [p.detach().double() for p in (*moco.backbone.parameters(), *moco.projector.parameters())]
         key_weights = [0.9 * w + 0.1 * o for w, o in zip(key_weights, online)]
         for row in k:
@@ -111,6 +120,12 @@ def test_moco_key_encoder_starts_as_a_copy_and_is_frozen():
 def test_moco_v1_head_and_bad_hyperparameters():
     v1 = MoCo(linear_backbone(), proj_dim=4, mlp=False, temperature=0.07, queue_size=8)
     assert isinstance(v1.projector, nn.Linear)
+    # MoCo v2's official head (main_moco.py --mlp): Linear(dim_mlp, dim_mlp) - ReLU - Linear, no BatchNorm.
+    v2 = MoCo(linear_backbone(), proj_hidden_dim=8, proj_dim=4, queue_size=8)
+    assert [type(m) for m in v2.projector] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert v2.projector[0].bias is not None
+    with_bn = MoCo(linear_backbone(), proj_hidden_dim=8, proj_dim=4, queue_size=8, head_batch_norm=True)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in with_bn.projector)
     with pytest.raises(ValueError, match="momentum"):
         MoCo(linear_backbone(), momentum=1.5)
     with pytest.raises(ValueError, match="temperature"):
@@ -118,15 +133,164 @@ def test_moco_v1_head_and_bad_hyperparameters():
 
 
 def test_moco_with_shuffle_bn_trains_a_convnet_step():
-    from selfsup.nn import build_backbone
-
     torch.manual_seed(0)
     moco = MoCo(build_backbone("convnet", in_channels=1, image_size=28, width=4), proj_hidden_dim=16,
                 proj_dim=8, queue_size=37, shuffle_splits=4)
     batch = Batch([torch.rand(16, 1, 28, 28), torch.rand(16, 1, 28, 28)], torch.arange(16))
-    loss = moco.training_step(batch)["loss"]
+    loss = moco.training_step(batch, at(0))["loss"]
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(p.grad is not None for p in moco.backbone.parameters())
     assert all(p.grad is None for p in moco.key_encoder.parameters())
     assert int(moco.queue.ptr) == 16
+
+
+# ----------------------------------------------------------------------------------- BYOL
+
+
+def make_byol(base_momentum: float = 0.9) -> BYOL:
+    return BYOL(linear_backbone(), proj_hidden_dim=8, proj_dim=4, pred_hidden_dim=8,
+                base_momentum=base_momentum).train()
+
+
+def test_byol_loss_is_the_papers_symmetric_regression_loss():
+    byol = make_byol()
+    v1, v2 = views(6, 3)
+    loss = byol.training_step(Batch([v1, v2], torch.arange(6)), at(0))["loss"]
+    both = torch.cat([v1, v2])
+    p1, p2 = byol.predictor(byol.projector(byol.backbone(both))).double().chunk(2)
+    t1, t2 = byol.target(both).double().chunk(2)
+
+    def regression(p, t):  # BYOL eq. 2: || p/|p| - t/|t| ||^2, averaged over the batch
+        return ((p / p.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)) ** 2).sum(dim=1).mean()
+
+    assert loss.item() == pytest.approx((regression(p1, t2) + regression(p2, t1)).item(), abs=1e-5)
+
+
+def test_byol_target_gets_no_gradient_even_if_its_weights_could_take_one():
+    byol = make_byol()
+    for p in byol.target.parameters():
+        p.requires_grad_(True)  # the stop-gradient must come from the method, not from the frozen flag
+    byol.training_step(Batch(views(4, 1), torch.arange(4)), at(0))["loss"].backward()
+    assert all(p.grad is None for p in byol.target.parameters())
+    assert all(p.grad is not None for p in byol.predictor.parameters())
+
+
+def test_byol_target_follows_the_cosine_momentum_schedule_by_hand():
+    byol = make_byol(base_momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in byol.parameters() if p.requires_grad], lr=0.3)
+    target = [p.detach().clone().double() for p in byol.target.parameters()]
+    total = 4
+    for step in range(total):
+        loss = byol.training_step(Batch(views(4, 20 + step), torch.arange(4)), at(step, total))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        byol.on_step_end(at(step, total))
+        tau = 1 - (1 - 0.9) * (math.cos(math.pi * step / total) + 1) / 2  # BYOL section 3.2
+        online = [p.detach().double() for p in (*byol.backbone.parameters(), *byol.projector.parameters())]
+        target = [tau * t + (1 - tau) * o for t, o in zip(target, online)]
+    for expected, actual in zip(target, byol.target.parameters()):
+        assert torch.allclose(actual.double(), expected, atol=1e-6)
+    assert byol.eval_encoder() is byol.backbone
+
+
+# ----------------------------------------------------------------------------------- DINO
+
+
+def make_dino(**kwargs) -> DINO:
+    torch.manual_seed(0)
+    return DINO(linear_backbone(), out_dim=16, hidden_dim=8, bottleneck_dim=4, **kwargs).train()
+
+
+def multi_crop(n: int, n_local: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, 1, 2, 6, generator=g) for _ in range(2 + n_local)]
+
+
+def test_dino_teacher_temperature_warms_up_as_np_linspace_by_epoch():
+    dino = make_dino(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30)
+    reference = np.concatenate([np.linspace(0.04, 0.07, 30), np.full(70, 0.07)])  # main_dino.py, 100 epochs
+    assert np.allclose([dino.teacher_temperature(epoch) for epoch in range(100)], reference)
+
+
+def test_dino_loss_pairs_every_teacher_view_with_every_other_student_view():
+    dino = make_dino(student_temp=0.1, teacher_temp=0.04)
+    crops = multi_crop(3, n_local=2, seed=4)
+    loss = dino.training_step(Batch(crops, torch.arange(3)), at(0))["loss"]
+    student = [dino.head(dino.backbone(c)).double() for c in crops]
+    teacher = [dino.teacher(c).double() for c in crops[:2]]
+    total, pairs = 0.0, 0
+    for v in range(2):  # Algorithm 1: teacher views v, student views w != v, centre 0 at the first step
+        target = torch.softmax(teacher[v] / 0.04, dim=1)
+        for w in range(4):
+            if w != v:
+                total += -(target * torch.log_softmax(student[w] / 0.1, dim=1)).sum(dim=1).mean()
+                pairs += 1
+    assert pairs == 6
+    assert loss.item() == pytest.approx(total.item() / pairs, abs=1e-5)
+
+
+def test_dino_centre_is_the_ema_of_teacher_outputs():
+    dino = make_dino(center_momentum=0.9)
+    first, second = multi_crop(3, 1, seed=5), multi_crop(3, 1, seed=6)
+    with torch.no_grad():
+        mean1 = dino.teacher(torch.cat(first[:2])).mean(dim=0)
+    dino.training_step(Batch(first, torch.arange(3)), at(0))
+    assert torch.allclose(dino.criterion.center, 0.1 * mean1, atol=1e-6)
+    with torch.no_grad():
+        mean2 = dino.teacher(torch.cat(second[:2])).mean(dim=0)
+    dino.training_step(Batch(second, torch.arange(3)), at(1))
+    assert torch.allclose(dino.criterion.center, 0.9 * 0.1 * mean1 + 0.1 * mean2, atol=1e-6)
+
+
+def test_dino_teacher_gets_no_gradient_and_follows_the_momentum_schedule():
+    dino = make_dino(base_momentum=0.8, clip_grad=0.0, freeze_last_layer_epochs=0)
+    for p in dino.teacher.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD([p for p in (*dino.backbone.parameters(), *dino.head.parameters())
+                                 if p.requires_grad], lr=0.5)
+    teacher = [p.detach().clone().double() for p in dino.teacher.parameters()]
+    total = 3
+    for step in range(total):
+        loss = dino.training_step(Batch(multi_crop(4, 2, seed=step), torch.arange(4)), at(step, total))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in dino.teacher.parameters())
+        dino.after_backward(at(step, total))
+        optimizer.step()
+        dino.on_step_end(at(step, total))
+        lam = 1 - (1 - 0.8) * (math.cos(math.pi * step / total) + 1) / 2
+        student = [p.detach().double() for p in (*dino.backbone.parameters(), *dino.head.parameters())]
+        teacher = [lam * t + (1 - lam) * s for t, s in zip(teacher, student)]
+    for expected, actual in zip(teacher, dino.teacher.parameters()):
+        assert torch.allclose(actual.double(), expected, atol=1e-6)
+    assert dino.eval_encoder() is dino.teacher[0]
+
+
+def test_dino_freezes_the_last_layer_in_the_first_epoch_and_clips_each_gradient():
+    dino = make_dino(freeze_last_layer_epochs=1, clip_grad=0.01)
+    crops = multi_crop(4, 2, seed=7)
+    for step, frozen in ((4, True), (5, False)):  # 5 steps per epoch: step 4 is in epoch 0, step 5 in epoch 1
+        dino.zero_grad()
+        dino.training_step(Batch(crops, torch.arange(4)), at(step))["loss"].backward()
+        dino.after_backward(at(step))
+        last = list(dino.head.last_layer.parameters())
+        assert all((p.grad is None) == (frozen or not p.requires_grad) for p in last)
+        grads = [p.grad for p in (*dino.backbone.parameters(), *dino.head.parameters()) if p.grad is not None]
+        assert grads and all(g.norm() <= 0.01 * (1 + 1e-5) for g in grads)
+
+
+@pytest.mark.parametrize("name, channels, size", [("convnet", 1, 28), ("resnet18", 3, 32), ("vit_tiny", 3, 32)])
+def test_dino_trains_a_step_with_each_backbone_family(name, channels, size):
+    torch.manual_seed(0)
+    dino = DINO(build_backbone(name, in_channels=channels, image_size=size, width=4), out_dim=32, hidden_dim=16,
+                bottleneck_dim=8)
+    augmentation = dino.augmentation(size)
+    images = torch.randint(0, 256, (4, channels, size, size), dtype=torch.uint8)
+    crops = augmentation(images)
+    assert len(crops) == 10 and crops[2].shape[-1] == round(size * 96 / 224)
+    loss = dino.training_step(Batch(crops, torch.arange(4)), at(0))["loss"]
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert all(p.grad is not None for p in dino.backbone.parameters() if p.requires_grad)

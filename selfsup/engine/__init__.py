@@ -4,8 +4,7 @@ from selfsup.engine.allocator import tune_allocator
 from selfsup.engine.checkpoint import load as load_checkpoint
 from selfsup.engine.checkpoint import save_atomic
 from selfsup.engine.loop import NonFiniteLossError, RunResult, Trainer, build_method, pretrain, resolve_precision
-from selfsup.engine.optim import LARS, build_optimizer, learning_rate
+from selfsup.engine.optim import Schedule, build_optimizer, param_groups
 
-__all__ = ["LARS", "NonFiniteLossError", "RunResult", "Trainer", "build_method", "build_optimizer",
-           "learning_rate", "load_checkpoint", "pretrain", "resolve_precision", "save_atomic",
-           "tune_allocator"]
+__all__ = ["NonFiniteLossError", "RunResult", "Schedule", "Trainer", "build_method", "build_optimizer",
+           "load_checkpoint", "param_groups", "pretrain", "resolve_precision", "save_atomic", "tune_allocator"]

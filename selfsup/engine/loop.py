@@ -1,37 +1,47 @@
 """The pretraining loop, written out plainly on Lightning Fabric.
 
-One step: index a batch of the uint8 dataset that lives on the device, make the views with one
-batched augmentation call, run the method under autocast, step the optimiser, let the method
-update its state. Around it: warmup + cosine LR, atomic checkpoints, exact resume, a NaN/Inf
-guard, an online kNN monitor, CSV/TensorBoard logs, a progress bar, and pictures at the end.
+A :class:`Trainer` is put together in small named steps, read top to bottom:
+:func:`start_fabric` (devices, precision, DDP), :func:`load_data` (the data source and the
+labelled split for monitoring), :func:`build_method`, :func:`prepare_method` (global BN,
+memory format), :func:`build_augmentation` (the method's views with the recipe's overrides),
+the optimiser and its :class:`~selfsup.engine.optim.Schedule`, then :meth:`Trainer.restore`.
+
+One step of :meth:`Trainer.fit`: the data source's batch of (epoch, position, rank), the views
+from one batched augmentation call, ``training_step`` under autocast, a NaN/Inf check that
+every rank takes together, backward, ``after_backward``, optional clipping, the optimiser
+step, ``on_step_end``. Around it: atomic checkpoints, exact resume, an online kNN monitor,
+CSV/TensorBoard logs, a progress bar, and pictures at the end.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric import Fabric
-from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from lightning.fabric.loggers import TensorBoardLogger
+from lightning.fabric.strategies import DDPStrategy
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from selfsup import augment, data, evaluate
-from selfsup.config import Config, from_dict, to_dict
+from selfsup import augment, data, distributed, evaluate
+from selfsup.config import AugmentConfig, Config, TrainConfig, check_resume, from_dict, to_dict
 from selfsup.engine import checkpoint
-from selfsup.engine.allocator import tune_allocator
-from selfsup.engine.optim import build_optimizer, learning_rate
-from selfsup.methods import METHODS, Batch
-from selfsup.nn import build_backbone
+from selfsup.engine.logs import MetricsCSV
+from selfsup.engine.optim import Schedule, build_optimizer
+from selfsup.errors import ConfigError, NonFiniteError
+from selfsup.methods import METHODS, Batch, Progress
+from selfsup.nn import build_backbone, convert_sync_batchnorm
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """Training diverged (a NaN or Inf loss or weights); the last good checkpoint is kept."""
 
 
 @dataclass
@@ -44,21 +54,48 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``"auto"`` -> bf16 autocast where the device runs it natively (measured 1.5-2.7x faster on
-    AVX512-BF16/AMX CPUs for convnets), else full float32."""
+def _say(message: str) -> None:
+    print(f"selfsup: {message}", file=sys.stderr, flush=True)
+
+
+# -- the steps that build a trainer ------------------------------------------------------------
+
+
+def resolve_precision(precision: str, accelerator: str) -> tuple[str, str]:
+    """The Fabric precision for ``train.precision`` and why.
+
+    ``"auto"`` is bf16 autocast where the hardware runs it natively (a CUDA GPU with bf16; a
+    CPU with AVX512-BF16 or AMX, where convnets train 1.5-2.7x faster than in float32), and
+    full float32 elsewhere: on CPUs with only AVX2 or plain AVX512, bf16 is emulated and many
+    times slower.
+    """
     if precision != "auto":
-        return precision
+        return precision, "set by train.precision"
     if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+        if torch.cuda.is_bf16_supported():
+            return "bf16-mixed", f"{torch.cuda.get_device_name()} runs bf16 natively"
+        return "16-mixed", f"{torch.cuda.get_device_name()} has no bf16; fp16 with a gradient scaler"
+    capability = torch.backends.cpu.get_cpu_capability()
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    if native and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16-mixed", f"this CPU runs bf16 natively (AVX512-BF16/AMX; torch kernels: {capability})"
+    return "32-true", (f"this CPU has no native bf16 (torch kernels: {capability}), where bf16 is emulated and "
+                       "slower; set train.precision=bf16-mixed to override")
 
 
-def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std) -> nn.Module:
-    """The method of ``cfg`` around a fresh backbone (used for training and to rebuild checkpoints)."""
-    backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, image_size=image_size,
-                              mean=mean, std=std, width=cfg.backbone.width)
-    return METHODS[cfg.method](backbone, **cfg.method_args)
+def start_fabric(t: TrainConfig, out_dir: Path) -> tuple[Fabric, str, str]:
+    """Fabric on the configured devices, launched; DDP keeps buffers per rank (no broadcast),
+    since queues, banks and centres stay equal by construction."""
+    precision, why = resolve_precision(t.precision, t.accelerator)
+    strategy: Any = t.strategy
+    if t.devices * t.num_nodes > 1 and strategy in ("auto", "ddp"):
+        strategy = DDPStrategy(broadcast_buffers=False)
+    logger = TensorBoardLogger(out_dir, name="", version="tensorboard", default_hp_metric=False)
+    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+                    precision=precision, loggers=[logger])
+    fabric.launch()
+    return fabric, precision, why
 
 
 def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.ImageDataset | None]:
@@ -79,10 +116,89 @@ def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.
     return train, test
 
 
-def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> Tensor:
-    """The data order of ``epoch``: a function of (seed, epoch) only, so a resumed run sees the same."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).to(device)
+def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.InMemoryImages, data.ImageDataset | None]:
+    """The training data source and the labelled test split (rank 0 downloads first)."""
+    t = cfg.train
+    if t.batch_size % fabric.world_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by devices x nodes = "
+                          f"{fabric.world_size}")
+    with fabric.rank_zero_first():
+        train, test = load_datasets(cfg, progress)
+    if len(train) < t.batch_size:
+        raise ConfigError(f"train.batch_size: dataset {cfg.data.name!r} has {len(train)} training images, fewer "
+                          f"than train.batch_size={t.batch_size}; lower the batch size")
+    return data.InMemoryImages(train, t.batch_size, fabric.world_size, t.seed, fabric.device), test
+
+
+def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std) -> nn.Module:
+    """The method of ``cfg`` around a fresh backbone (used for training and to rebuild checkpoints)."""
+    try:
+        backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, image_size=image_size,
+                                  mean=mean, std=std, width=cfg.backbone.width)
+    except ValueError as error:
+        raise ConfigError(f"backbone: {error}") from None
+    try:
+        return METHODS[cfg.method](backbone, **cfg.method_args)
+    except ValueError as error:
+        raise ConfigError(f"method_args: {cfg.method}: {error}") from None
+
+
+def prepare_method(method: nn.Module, t: TrainConfig, fabric: Fabric) -> nn.Module:
+    """Global BatchNorm under DDP where the method's paper uses it (``train.sync_batchnorm``
+    overrides), channels-last memory for convnets, ``torch.compile`` behind a flag."""
+    sync = method.sync_batchnorm if t.sync_batchnorm is None else t.sync_batchnorm
+    if sync and fabric.world_size > 1:
+        convert_sync_batchnorm(method, fabric.device.type, exclude=method.sync_batchnorm_exclude)
+    if t.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if t.compile:
+        method.backbone.net.compile()
+    return method
+
+
+def _overrides(view) -> dict[str, Any]:
+    return {key: value for key, value in asdict(view).items() if value is not None}
+
+
+def build_augmentation(method: nn.Module, cfg: AugmentConfig, image_size: int) -> augment.Augmentation | None:
+    """The method's augmentation (or the named ``augment.recipe``) with the recipe's overrides."""
+    try:
+        views = augment.recipe(cfg.recipe, image_size) if cfg.recipe else method.augmentation(image_size)
+    except ValueError as error:
+        raise ConfigError(f"augment.recipe: {error}") from None
+    changes = dict(view=_overrides(cfg.view), views=[_overrides(v) for v in cfg.views], n_local=cfg.n_local,
+                   local=_overrides(cfg.local))
+    if views is None:
+        if any(changes.values()):
+            raise ConfigError("augment: this method takes no image views, so it has nothing to override")
+        return None
+    try:
+        return augment.override(views, **changes)
+    except ValueError as error:
+        raise ConfigError(f"augment.{error}") from None
+
+
+@torch.no_grad()
+def check_view_sizes(backbone: nn.Module, views: augment.Augmentation | None, channels: int) -> None:
+    """Refuse, before training, a view size the backbone cannot take (a 7x7 local crop through the
+    ConvNet's three poolings, say), with the key to change."""
+    if views is None:
+        return
+    sizes = dict.fromkeys(view.size for view in views.output_views)
+    device = next(backbone.parameters()).device
+    modes = {module: module.training for module in backbone.modules()}
+    backbone.eval()
+    try:
+        for size in sizes:
+            try:
+                backbone(torch.zeros(1, channels, *size, device=device))
+            except RuntimeError as error:
+                raise ConfigError(f"augment: the backbone cannot take {size[0]}x{size[1]} views "
+                                  f"({str(error).splitlines()[0]}); make the views larger (augment.local.size for "
+                                  f"local crops)") from None
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def _rng_state(device: torch.device) -> Tensor:
@@ -99,89 +215,191 @@ def _set_rng_state(state: Tensor, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[cpu_size:].clone(), device)
 
 
+def _finite_state(module: nn.Module) -> bool:
+    # Buffers too: BatchNorm's running variance overflows before any weight does.
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
 class Trainer:
     """Runs one pretraining job described by a :class:`Config`. Use :func:`pretrain`."""
 
     def __init__(self, cfg: Config, resume_state: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
         t = cfg.train
-        tune_allocator()
         self.out_dir = Path(t.out_dir)
         self.ckpt_path = self.out_dir / "checkpoints" / "last.ckpt"
-        loggers = [CSVLogger(self.out_dir, name="", version="logs"),
-                   TensorBoardLogger(self.out_dir, name="", version="tensorboard", default_hp_metric=False)]
-        self.precision = resolve_precision(t.precision, t.accelerator)
-        self.fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                             strategy=t.strategy, precision=self.precision, loggers=loggers)
-        self.fabric.launch()
+        self.fabric, self.precision, precision_reason = start_fabric(t, self.out_dir)
         fabric = self.fabric
         self.is_main = fabric.global_rank == 0
-        world = fabric.world_size
-        if t.batch_size % world:
-            raise ValueError(f"train.batch_size={t.batch_size} must be divisible by devices x nodes = {world}")
-        self.local_batch = t.batch_size // world
+        self.say(f"precision {self.precision}: {precision_reason}")
 
         fabric.seed_everything(t.seed, verbose=False)  # identical initial weights on every rank
-        with fabric.rank_zero_first():  # rank 0 downloads, the others read the cache
-            self.train_set, self.test_set = load_datasets(cfg, progress=t.progress and self.is_main)
-        n = len(self.train_set)
-        self.steps_per_epoch = n // t.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"dataset {cfg.data.name!r} has {n} training images, fewer than "
-                             f"train.batch_size={t.batch_size}; lower the batch size")
+        self.source, self.test_set = load_data(cfg, fabric, progress=t.progress and self.is_main)
+        self.train_set = self.source.dataset
+        self.steps_per_epoch = self.source.steps_per_epoch()
         self.max_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
 
         method = build_method(cfg, in_channels=self.train_set.channels, image_size=self.train_set.size,
                               mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist())
-        if t.channels_last:
-            method = method.to(memory_format=torch.channels_last)
-        if t.compile:
-            method.backbone.net.compile()
-        self.method = method
-        self.base_lr = cfg.optim.lr * t.batch_size / 256
-        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
-        optimizer = build_optimizer(method, cfg.optim, self.base_lr)
-        self.model, self.optimizer = fabric.setup(method, optimizer)
-        self.augment = augment.recipe(cfg.augment or method.views, self.train_set.size)
+        if method.data_kind != self.source.kind:
+            raise ConfigError(f"method {cfg.method} learns from {method.data_kind}, but data.name={cfg.data.name} "
+                              f"gives {self.source.kind}")
+        self.method = prepare_method(method, t, fabric)
+        self.augment = build_augmentation(self.method, cfg.augment, self.train_set.size)
+        check_view_sizes(self.method.backbone, self.augment, self.train_set.channels)
 
-        device = fabric.device
-        self.images = self.train_set.images.to(device)
-        self.labels = None if self.train_set.labels is None else self.train_set.labels.to(device)
+        base_lr = cfg.optim.lr * t.batch_size / 256
+        optimizer = build_optimizer(self.method, cfg.optim, base_lr)
+        self.schedule = Schedule.build(cfg.optim, base_lr, self.max_steps, self.steps_per_epoch)
+        self.model, self.optimizer = fabric.setup(self.method, optimizer)
+
         self.start_step = 0
         self.history: dict[str, list[tuple[int, float]]] = {"loss": [], "knn": [], "lr": []}
         if resume_state is not None:
-            self._restore(resume_state)
+            self.restore(resume_state)
         else:
             torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # different views on every rank
+        self.metrics_log = MetricsCSV(self.out_dir / "logs" / "metrics.csv", self.start_step) if self.is_main else None
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            _say(message)
 
     # -- state -----------------------------------------------------------------------------
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.start_step = int(state["step"])
-        self.history = state["history"]
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimiser, scaler, history and every rank's RNG."""
+        step = int(state["step"])
+        if step > self.max_steps:
+            raise ConfigError(f"train.epochs={self.cfg.train.epochs} ends at step {self.max_steps}, before the "
+                              f"checkpoint's step {step}")
         rng = state["rng"]
         if len(rng) != self.fabric.world_size:
-            raise ValueError(f"checkpoint was written by {len(rng)} processes, this run has "
-                             f"{self.fabric.world_size}; resume with the same devices x nodes")
+            raise ConfigError(f"the checkpoint was written by {len(rng)} processes, this run has "
+                              f"{self.fabric.world_size}; resume with the same devices x nodes")
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.fabric.strategy.precision.load_state_dict(state.get("precision", {}))
+        self.start_step = step
+        self.history = state["history"]
         _set_rng_state(rng[self.fabric.global_rank], self.fabric.device)
+        old_steps = int(state.get("max_steps", self.max_steps))
+        self.say(f"resuming {self.ckpt_path} at step {step} of {self.max_steps} (epoch {step / self.steps_per_epoch:g})")
+        if old_steps != self.max_steps and step < self.max_steps:
+            self.say(f"the run now has {self.max_steps} steps instead of {old_steps}: the warmup + cosine LR "
+                     f"schedule and the method's schedules are recomputed over the new length (as timm does), "
+                     f"so the LR at step {step} is {self.schedule.lr[step]:.4g} where the old schedule ended at "
+                     f"{self.schedule.base_lr * self.cfg.optim.min_lr_ratio:.4g}")
 
     def save(self, step: int) -> None:
         """Atomically write the state after ``step`` steps (all ranks take part, rank 0 writes)."""
+        if not distributed.all_true(_finite_state(self.method), self.fabric.device):
+            raise NonFiniteLossError(f"{self.cfg.method}: the weights or statistics hold NaN/Inf at step {step}; "
+                                     f"{self._kept()}. {self._hint()}")
         rng = self.fabric.all_gather(_rng_state(self.fabric.device))
         rng = [rng] if self.fabric.world_size == 1 else list(rng)
         if self.is_main:
             state = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "step": step, "epoch": step / self.steps_per_epoch, "config": to_dict(self.cfg),
+                     "precision": self.fabric.strategy.precision.state_dict(), "step": step,
+                     "max_steps": self.max_steps, "epoch": step / self.steps_per_epoch, "config": to_dict(self.cfg),
                      "rng": [r.cpu() for r in rng], "history": self.history,
                      "data": {"channels": self.train_set.channels, "size": self.train_set.size,
                               "num_train": len(self.train_set)}}
             checkpoint.save_atomic(state, self.ckpt_path)
         self.fabric.barrier()
 
-    # -- loop ------------------------------------------------------------------------------
+    def _kept(self) -> str:
+        if self.ckpt_path.exists():
+            return f"the last good checkpoint is {self.ckpt_path}"
+        return "no checkpoint was written yet"
+
+    def _hint(self) -> str:
+        hint = (f"Try a lower optim.lr (now {self.cfg.optim.lr}), optim.grad_clip=1.0 or a longer "
+                f"optim.warmup_epochs (now {self.cfg.optim.warmup_epochs})")
+        return hint + ("" if self.precision == "32-true" else ", or train.precision=32-true")
+
+    # -- one step --------------------------------------------------------------------------
+    def make_batch(self, epoch: int, position: int) -> Batch:
+        raw = self.source.batch(epoch, position, self.fabric.global_rank)
+        if self.augment is None:
+            return raw
+        with torch.no_grad():
+            views = self.augment(raw.images)
+        if self.cfg.train.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return Batch(views, raw.index, raw.labels)
+
+    def forward(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        """``training_step`` through the Fabric/DDP wrapper; every rank stops together on NaN/Inf."""
+        try:
+            outputs = self.model(batch, progress)
+            problem = None if bool(torch.isfinite(outputs["loss"].detach())) else f"loss is {outputs['loss'].item()}"
+        except NonFiniteError as error:  # a loss refuses NaN/Inf inputs: the embeddings diverged
+            outputs, problem = {}, str(error)
+        if not distributed.all_true(problem is None, self.fabric.device):
+            where = problem or "another rank's loss is NaN/Inf"
+            raise NonFiniteLossError(f"{self.cfg.method}: {where} at step {progress.step} (epoch "
+                                     f"{progress.epoch:.2f}); {self._kept()}. {self._hint()}")
+        return outputs
+
+    def fit(self) -> None:
+        cfg, t, fabric = self.cfg, self.cfg.train, self.fabric
+        bar = tqdm(total=self.max_steps, initial=self.start_step, desc=f"{cfg.method} {cfg.name}",
+                   unit="step", disable=not (t.progress and self.is_main), dynamic_ncols=True)
+        window_start, window_steps, running = time.perf_counter(), 0, torch.zeros((), device=fabric.device)
+        try:
+            for step in range(self.start_step, self.max_steps):
+                progress = Progress(step, self.max_steps, self.steps_per_epoch)
+                batch = self.make_batch(*divmod(step, self.steps_per_epoch))
+                lr = self.schedule.apply(self.optimizer, step)
+                outputs = self.forward(batch, progress)
+                fabric.backward(outputs["loss"])
+                fabric.strategy.precision.unscale_gradients(self.optimizer.optimizer)  # a no-op without fp16
+                self.method.after_backward(progress)
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.method.on_step_end(progress)
+
+                running += outputs["loss"].detach()
+                window_steps += 1
+                done = step + 1
+                if done % t.log_every == 0 or done == self.max_steps:
+                    mean_loss = float(fabric.all_reduce(running / window_steps, reduce_op="mean"))
+                    images_per_s = window_steps * t.batch_size / (time.perf_counter() - window_start)
+                    metrics = {"loss": mean_loss, "lr": lr, "images_per_s": images_per_s,
+                               "epoch": done / self.steps_per_epoch}
+                    metrics.update({k: float(v) for k, v in outputs.items() if k != "loss"})
+                    self.log(metrics, done)
+                    self.history["loss"].append((done, mean_loss))
+                    self.history["lr"].append((done, lr))
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:,.0f}", lr=f"{lr:.3g}",
+                                    refresh=False)
+                    bar.update(done - bar.n)
+                    window_start, window_steps = time.perf_counter(), 0
+                    running = torch.zeros((), device=fabric.device)
+                epoch_end = done % self.steps_per_epoch == 0
+                if epoch_end and t.knn_every and (done // self.steps_per_epoch) % t.knn_every == 0:
+                    accuracy = self.knn_monitor()
+                    if accuracy is not None:
+                        self.log({"knn_accuracy": accuracy}, done)
+                        self.history["knn"].append((done, accuracy))
+                        if t.progress:
+                            self.say(f"epoch {done // self.steps_per_epoch}: kNN accuracy {accuracy:.4f}")
+                if done % t.checkpoint_every == 0 or epoch_end or done == self.max_steps:
+                    self.save(done)
+        finally:
+            bar.close()
+            for logger in fabric.loggers:
+                logger.finalize("success")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.fabric.log_dict(metrics, step=step)
+        if self.metrics_log is not None:
+            self.metrics_log.log(metrics, step)
+
     def knn_monitor(self) -> float | None:
-        """Weighted kNN accuracy of the current backbone on the test split (rank 0 computes)."""
+        """Weighted kNN accuracy of the current eval encoder on the test split (rank 0 computes)."""
         if self.test_set is None:
             return None
         accuracy = torch.zeros((), device=self.fabric.device)
@@ -189,82 +407,16 @@ class Trainer:
             generator = torch.Generator().manual_seed(self.cfg.train.seed)
             n = len(self.train_set)
             subset = torch.randperm(n, generator=generator)[: min(n, self.cfg.train.knn_train_samples)]
-            backbone = self.method.backbone
+            encoder = self.method.eval_encoder()
             autocast = self.fabric.device.type == "cuda" or "bf16" in self.precision
             kwargs = dict(device=self.fabric.device, autocast=autocast)
-            train_x = evaluate.extract_features(backbone, self.images[subset.to(self.images.device)], **kwargs)
-            test_x = evaluate.extract_features(backbone, self.test_set.images, **kwargs)
+            images = self.source.images
+            train_x = evaluate.extract_features(encoder, images[subset.to(images.device)], **kwargs)
+            test_x = evaluate.extract_features(encoder, self.test_set.images, **kwargs)
             accuracy.fill_(evaluate.knn_accuracy(train_x, self.train_set.labels[subset], test_x,
                                                  self.test_set.labels, k=self.cfg.eval.knn_k,
                                                  temperature=self.cfg.eval.knn_temperature))
         return float(self.fabric.broadcast(accuracy, src=0))
-
-    def fit(self) -> None:
-        cfg, t, fabric = self.cfg, self.cfg.train, self.fabric
-        n, rank = len(self.train_set), fabric.global_rank
-        bar = tqdm(total=self.max_steps, initial=self.start_step, desc=f"{cfg.method} {cfg.name}",
-                   unit="step", disable=not (t.progress and self.is_main), dynamic_ncols=True)
-        order, order_epoch = None, -1
-        window_start, window_steps, running = time.perf_counter(), 0, torch.zeros((), device=fabric.device)
-        for step in range(self.start_step, self.max_steps):
-            epoch, position = divmod(step, self.steps_per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(t.seed, epoch, n, fabric.device), epoch
-            start = position * t.batch_size + rank * self.local_batch
-            index = order[start:start + self.local_batch]
-            with torch.no_grad():
-                views = self.augment(self.images[index])
-            if t.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            batch = Batch(views, index, None if self.labels is None else self.labels[index])
-
-            lr = learning_rate(step, self.max_steps, self.warmup_steps, self.base_lr,
-                               self.base_lr * cfg.optim.min_lr_ratio)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            outputs = self.model(batch)
-            loss = outputs["loss"]
-            if not torch.isfinite(loss.detach()):
-                bar.close()
-                saved = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
-                raise NonFiniteLossError(
-                    f"{cfg.method}: loss is {loss.item()} at step {step} (epoch {epoch}); {saved}. "
-                    f"Try a lower optim.lr (now {cfg.optim.lr}), optim.grad_clip=1.0, a longer "
-                    f"optim.warmup_epochs, or train.precision=32-true")
-            fabric.backward(loss)
-            if cfg.optim.grad_clip:
-                fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.method.on_step_end(step, self.max_steps)
-
-            running += loss.detach()
-            window_steps += 1
-            done = step + 1
-            if done % t.log_every == 0 or done == self.max_steps:
-                mean_loss = float(fabric.all_reduce(running / window_steps, reduce_op="mean"))
-                images_per_s = window_steps * t.batch_size / (time.perf_counter() - window_start)
-                metrics = {"loss": mean_loss, "lr": lr, "images_per_s": images_per_s, "epoch": done / self.steps_per_epoch}
-                metrics.update({k: float(v) for k, v in outputs.items() if k != "loss"})
-                fabric.log_dict(metrics, step=done)
-                self.history["loss"].append((done, mean_loss))
-                self.history["lr"].append((done, lr))
-                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:,.0f}", lr=f"{lr:.3g}", refresh=False)
-                bar.update(done - bar.n)
-                window_start, window_steps, running = time.perf_counter(), 0, torch.zeros((), device=fabric.device)
-            epoch_end = done % self.steps_per_epoch == 0
-            if epoch_end and t.knn_every and (done // self.steps_per_epoch) % t.knn_every == 0:
-                accuracy = self.knn_monitor()
-                if accuracy is not None:
-                    fabric.log_dict({"knn_accuracy": accuracy}, step=done)
-                    self.history["knn"].append((done, accuracy))
-                    if self.is_main and t.progress:
-                        bar.write(f"epoch {done // self.steps_per_epoch}: kNN accuracy {accuracy:.4f}")
-            if done % t.checkpoint_every == 0 or epoch_end or done == self.max_steps:
-                self.save(done)
-        bar.close()
-        for logger in fabric.loggers:
-            logger.finalize("success")
 
 
 def finish(trainer: Trainer) -> dict[str, float]:
@@ -280,11 +432,12 @@ def finish(trainer: Trainer) -> dict[str, float]:
     if test is None:
         return metrics
     device = trainer.fabric.device
-    backbone = trainer.method.backbone
-    train_x = evaluate.extract_features(backbone, trainer.images, device=device, progress=cfg.train.progress)
-    test_x = evaluate.extract_features(backbone, test.images, device=device)
+    encoder = trainer.method.eval_encoder()
+    train_x = evaluate.extract_features(encoder, trainer.source.images, device=device, progress=cfg.train.progress)
+    test_x = evaluate.extract_features(encoder, test.images, device=device)
     if cfg.eval.linear:
-        metrics["linear_accuracy"] = evaluate.linear_probe(train_x, trainer.train_set.labels, test_x, test.labels).accuracy
+        metrics["linear_accuracy"] = evaluate.linear_probe(train_x, trainer.train_set.labels, test_x,
+                                                           test.labels).accuracy
     if cfg.eval.knn:
         metrics["knn_accuracy"] = evaluate.knn_accuracy(train_x, trainer.train_set.labels, test_x, test.labels,
                                                         k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
@@ -303,14 +456,22 @@ def pretrain(cfg: Config, *, resume: str | Path | bool = False) -> RunResult:
     Args:
         cfg: the run configuration (see :mod:`selfsup.config`).
         resume: ``True`` to continue from ``<out_dir>/checkpoints/last.ckpt``, or a checkpoint
-            path; the run then continues exactly as if it had never stopped (same data order,
-            same random views, same weights), using the configuration stored in the checkpoint.
+            path. The run continues exactly as if it had never stopped (same data order, same
+            random views, same weights). ``cfg`` must equal the checkpoint's configuration except
+            for the keys in ``selfsup.config.RESUMABLE`` (``train.epochs`` extends or shortens the
+            run; the schedules are then recomputed over the new length).
+
+    Raises:
+        ConfigError: ``cfg`` changes a setting a resumed run cannot change.
+        NonFiniteLossError: the loss or the weights became NaN/Inf (all ranks stop together).
     """
     state = None
     if resume:
         path = Path(cfg.train.out_dir) / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
         state = checkpoint.load(path)
-        cfg = from_dict(state["config"])
+        for key, before, after in check_resume(from_dict(state["config"]), cfg):
+            if distributed.rank() == 0:
+                _say(f"resume changes {key}: {before!r} -> {after!r}")
     trainer = Trainer(cfg, state)
     trainer.fit()
     metrics = finish(trainer)

@@ -1,91 +1,103 @@
-"""Optimisers (SGD, AdamW, LARS) with the usual parameter groups, and the LR schedule."""
+"""Optimisers (torch's SGD and AdamW, timm's LARS) over a method's parameter groups, and their schedules.
+
+A method's ``param_groups()`` says what each group needs (``lr_scale``, ``fixed_lr``,
+``weight_decay_scale``); here each group is split into decayed weights and undecayed biases and
+norms, and :class:`Schedule` sets every group's LR and weight decay at every step from the
+precomputed warmup + cosine LR and cosine weight-decay schedules.
+"""
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from timm.optim import Lars
+from torch import nn
 
 from selfsup.config import OptimConfig, Optimizer
+from selfsup.nn import cosine, warmup_cosine
+
+GROUP_KEYS = frozenset({"params", "lr_scale", "fixed_lr", "weight_decay_scale", "name"})
 
 
-class LARS(torch.optim.Optimizer):
-    """Layer-wise Adaptive Rate Scaling (You et al. 2017), as used by SimCLR and BYOL.
+def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """The optimiser groups of ``method``: its ``param_groups()`` (or one group of all trainable
+    parameters), each split into weights (decayed) and 1-D tensors, i.e. biases and norm scales
+    (no weight decay, hence no LARS adaptation) when ``cfg.exclude_bias_norm``.
 
-    For each parameter ``w`` with gradient ``g`` in a group with ``lars_adapt=True``::
-
-        g ← g + weight_decay · w
-        g ← g · trust_coefficient · ‖w‖ / ‖g‖        (when both norms are > 0)
-        v ← momentum · v + g;   w ← w − lr · v
-
-    Groups with ``lars_adapt=False`` (biases and normalisation weights) get plain SGD with momentum.
+    Raises:
+        ValueError: a group with an unknown key, a parameter in two groups, or a trainable
+            parameter in none (it would silently never train).
     """
-
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001) -> None:
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, lars_adapt=True)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if group["lars_adapt"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0),
-                                        group["trust_coefficient"] * w_norm / g_norm, torch.ones_like(w_norm))
-                    grad = grad.mul(trust)
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = grad.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
-        return loss
+    declared = method.param_groups() if hasattr(method, "param_groups") else [{"params": list(method.parameters())}]
+    groups, seen = [], set()
+    for index, group in enumerate(declared):
+        unknown = set(group) - GROUP_KEYS
+        if unknown:
+            raise ValueError(f"param group {index} has unknown keys {sorted(unknown)}; allowed: {sorted(GROUP_KEYS)}")
+        params = [p for p in group["params"] if p.requires_grad]
+        if seen & {id(p) for p in params}:
+            raise ValueError(f"param group {index} repeats a parameter of an earlier group")
+        seen |= {id(p) for p in params}
+        meta = {"lr_scale": float(group.get("lr_scale", 1.0)), "fixed_lr": bool(group.get("fixed_lr", False))}
+        scale = float(group.get("weight_decay_scale", 1.0))
+        if cfg.exclude_bias_norm:
+            parts = [([p for p in params if p.ndim > 1], scale), ([p for p in params if p.ndim <= 1], 0.0)]
+        else:
+            parts = [(params, scale)]
+        groups += [{"params": part, "weight_decay_scale": decay, **meta} for part, decay in parts if part]
+    missing = [name for name, p in method.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ValueError(f"trainable parameters in no param group: {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    return groups
 
 
-def _is_bias_or_norm(name: str, param: Tensor) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias")
+def build_optimizer(method: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """The optimiser named by ``cfg.name`` over :func:`param_groups` of ``method``.
 
-
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Trainable parameters split into decayed weights and (optionally) undecayed biases/norms."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not cfg.exclude_bias_norm:
-        return [{"params": [p for _, p in trainable], "weight_decay": cfg.weight_decay}]
-    decay = [p for n, p in trainable if not _is_bias_or_norm(n, p)]
-    no_decay = [p for n, p in trainable if _is_bias_or_norm(n, p)]
-    return [{"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False}]
-
-
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """The optimiser named by ``cfg.name`` over :func:`param_groups` of ``model``."""
-    groups = param_groups(model, cfg)
-    if cfg.name == Optimizer.lars:
-        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    LARS is ``timm.optim.Lars`` (You et al. 2017: local LR ``η‖w‖ / (‖g‖ + β‖w‖)``, trust
+    coefficient η = 0.001), which adapts only groups with non-zero weight decay, so biases and
+    norms get plain SGD with momentum, as in SimCLR and BYOL.
+    """
+    groups = param_groups(method, cfg)
     for group in groups:
-        group.pop("lars_adapt", None)
+        group["weight_decay"] = cfg.weight_decay * group["weight_decay_scale"]
+    if cfg.name == Optimizer.lars:
+        return Lars(groups, lr=lr, momentum=cfg.momentum)
     if cfg.name == Optimizer.sgd:
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
 
 
-def learning_rate(step: int, max_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
-    """Linear warmup from ``base_lr / warmup_steps`` to ``base_lr``, then cosine decay to ``min_lr``."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+@dataclass
+class Schedule:
+    """Per-step learning rate and weight decay, precomputed for the whole run.
+
+    Attributes:
+        base_lr: the peak LR (``optim.lr * batch_size / 256``), also the LR of ``fixed_lr`` groups.
+        lr: ``lr[step]``, linear warmup then cosine to ``base_lr * min_lr_ratio``.
+        weight_decay: ``weight_decay[step]``, cosine from ``optim.weight_decay`` to
+            ``optim.weight_decay_end`` (constant when that is None).
+    """
+
+    base_lr: float
+    lr: list[float]
+    weight_decay: list[float]
+
+    @classmethod
+    def build(cls, cfg: OptimConfig, base_lr: float, max_steps: int, steps_per_epoch: int) -> Schedule:
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        end_lr = base_lr * cfg.min_lr_ratio
+        end_wd = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
+        lr = [warmup_cosine(step, max_steps, warmup, base_lr, end_lr) for step in range(max_steps)]
+        wd = [cosine(step, max_steps, cfg.weight_decay, end_wd) for step in range(max_steps)]
+        return cls(base_lr, lr, wd)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every group's LR and weight decay for ``step``; returns the scheduled LR."""
+        lr = self.lr[step]
+        for group in optimizer.param_groups:
+            group["lr"] = (self.base_lr if group["fixed_lr"] else lr) * group["lr_scale"]
+            group["weight_decay"] = self.weight_decay[step] * group["weight_decay_scale"]
+        return lr

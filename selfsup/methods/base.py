@@ -1,28 +1,65 @@
-"""What every method provides, and the batch it receives.
+"""The method protocol: what every method provides, what it receives, and the defaults.
 
-A method is a plain ``nn.Module`` (no trainer inside) that satisfies :class:`Method`. The engine
-draws a batch of uint8 images, makes the views with ``selfsup.augment.recipe(method.views, size)``
-(batched, on the device), wraps them in a :class:`Batch` and calls the method; after the optimiser
-step it calls ``on_step_end`` so stateful methods (momentum encoders, queues, schedules) update.
+A method is a plain ``nn.Module`` (no trainer inside). Per step the engine asks the data source
+for the batch of (epoch, position, rank), makes the views with ``method.augmentation(size)``
+(batched, on the device), and then::
+
+    outputs = method.training_step(batch, progress)     # {"loss": ..., metrics...}
+    backward(outputs["loss"])
+    method.after_backward(progress)                     # e.g. DINO freezes its last layer
+    optimizer.step()                                    # groups from method.param_groups()
+    method.on_step_end(progress)                        # EMA, queue, bank, schedules
+
+``eval_encoder()`` is what evaluation, ``selfsup embed`` and export use.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor, nn
+
+from selfsup import augment
+
+
+@dataclass
+class Progress:
+    """Where training stands, so that schedules can be written in steps or in epochs.
+
+    (Not a frozen dataclass: Fabric maps the inputs of a module's forward through
+    ``apply_to_collection``, which refuses frozen dataclasses.)
+
+    Attributes:
+        step: optimiser steps done before this one (0-based index of the current step).
+        max_steps: steps of the whole run.
+        steps_per_epoch: steps in one pass over the training set.
+    """
+
+    step: int
+    max_steps: int
+    steps_per_epoch: int
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done, as a float (2.5 is half-way through the third epoch)."""
+        return self.step / self.steps_per_epoch
+
+    @property
+    def fraction(self) -> float:
+        """``step / max_steps`` in [0, 1]."""
+        return min(1.0, self.step / max(1, self.max_steps))
 
 
 @dataclass
 class Batch:
-    """One training batch.
+    """One training batch of images.
 
     Attributes:
         views: augmented views, each float ``(B, C, H, W)`` in [0, 1]; their number and sizes
-            are those of the method's augmentation recipe (2 for SimCLR, 2 + n_local for DINO).
+            are those of the method's augmentation (2 for SimCLR, 2 + n_local for DINO).
         index: ``(B,)`` positions of the images in the dataset (for memory banks).
-        labels: ``(B,)`` class labels when the dataset has them (supervised contrastive), else None.
+        labels: ``(B,)`` class labels when the dataset has them (supervised methods), else None.
     """
 
     views: list[Tensor]
@@ -32,27 +69,84 @@ class Batch:
 
 @runtime_checkable
 class Method(Protocol):
-    """The method protocol.
+    """The method protocol (see the module docstring for when the engine calls what).
 
     Attributes:
-        backbone: the encoder that evaluation and export use.
-        views: name of the augmentation recipe the method expects (``selfsup.augment.recipe``).
+        data_kind: the data it learns from: "images", "image_text", "sequences" or "graph".
+        sync_batchnorm: whether the paper uses BatchNorm statistics of the global batch under DDP.
+        sync_batchnorm_exclude: names of submodules kept out of SyncBN (MoCo's key encoder).
     """
 
-    backbone: nn.Module
-    views: str
+    data_kind: str
+    sync_batchnorm: bool
+    sync_batchnorm_exclude: tuple[str, ...]
 
-    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+    def augmentation(self, image_size: int) -> augment.Augmentation | None:
+        """The views the method wants for images of side ``image_size``; None: no augmentation."""
+        ...
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         """Return a dict with the scalar ``loss`` to minimise and any metrics to log."""
         ...
 
-    def on_step_end(self, step: int, max_steps: int) -> None:
-        """Update state after the optimiser step ``step`` (0-based) of ``max_steps``."""
+    def param_groups(self) -> list[dict]:
+        """Parameter groups: ``{"params": [...], "lr_scale": 1.0, "fixed_lr": False,
+        "weight_decay_scale": 1.0}``; the engine splits off biases and norms and applies the schedules."""
+        ...
+
+    def after_backward(self, progress: Progress) -> None:
+        """Change the gradients after backward, before the optimiser step."""
+        ...
+
+    def on_step_end(self, progress: Progress) -> None:
+        """Update state after the optimiser step (momentum encoders, queues, schedules)."""
+        ...
+
+    def eval_encoder(self) -> nn.Module:
+        """The encoder that evaluation, embedding and export use."""
         ...
 
 
-def check_views(batch: Batch, expected: int, method: str) -> None:
+class MethodBase(nn.Module):
+    """Defaults of the protocol for image methods; a method overrides what its paper changes.
+
+    Subclasses set ``backbone`` and ``augment_recipe`` (a name in ``selfsup.augment.RECIPES``) and
+    write ``training_step``.
+    """
+
+    data_kind: ClassVar[str] = "images"
+    augment_recipe: ClassVar[str] = "simclr"
+    sync_batchnorm: ClassVar[bool] = False
+    sync_batchnorm_exclude: ClassVar[tuple[str, ...]] = ()
+    backbone: nn.Module
+
+    def augmentation(self, image_size: int) -> augment.Augmentation | None:
+        return augment.recipe(self.augment_recipe, image_size)
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        # DDP wraps forward, so the engine calls the method through it.
+        return self.training_step(batch, progress)
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def after_backward(self, progress: Progress) -> None:
+        """Nothing to change by default."""
+
+    def on_step_end(self, progress: Progress) -> None:
+        """No state to update by default."""
+
+    def eval_encoder(self) -> nn.Module:
+        return self.backbone
+
+
+def check_views(batch: Batch, expected: int, method: str, at_least: bool = False) -> None:
     """Raise a clear error when a batch has the wrong number of views for ``method``."""
-    if len(batch.views) != expected:
-        raise ValueError(f"{method} expects {expected} views per batch, got {len(batch.views)}; "
-                         f"use an augmentation recipe that returns {expected} views")
+    count = len(batch.views)
+    if count < expected if at_least else count != expected:
+        need = f"at least {expected}" if at_least else str(expected)
+        raise ValueError(f"{method} expects {need} views per batch, got {count}; "
+                         f"use an augmentation that returns {need} views")

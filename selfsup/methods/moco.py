@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup import distributed, losses
-from selfsup.methods.base import Batch, check_views
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, KeyQueue, frozen_copy, momentum_update, projection_mlp, shuffled_forward
 
 
-class MoCo(nn.Module):
+class MoCo(MethodBase):
     """Momentum contrast: a query encoder trained by InfoNCE against a momentum key encoder and a queue.
 
     Per batch (Algorithm 1 of the MoCo paper)::
@@ -22,8 +22,10 @@ class MoCo(nn.Module):
         enqueue(k of every rank)
         f_k ← m·f_k + (1 − m)·f_q                     # after the optimiser step
 
-    Defaults are MoCo v2's (MLP head, τ = 0.2, blur in the augmentation). MoCo v1 is
-    ``mlp=False, temperature=0.07`` with the ``moco_v2`` recipe minus blur.
+    Defaults are MoCo v2's: the MLP head of the official code (Linear–ReLU–Linear, no BatchNorm),
+    τ = 0.2, blur in the augmentation. MoCo v1 is ``mlp=False, temperature=0.07`` with the
+    ``moco_v1`` augmentation. BatchNorm is per device (never global: the key encoder relies on
+    shuffle-BN so that a query and its key see the statistics of different sub-batches).
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features.
@@ -33,23 +35,26 @@ class MoCo(nn.Module):
         momentum: key-encoder momentum m (0.999).
         temperature: InfoNCE temperature τ (v2: 0.2; v1: 0.07).
         mlp: MLP projection head (v2) instead of a linear one (v1).
+        head_batch_norm: BatchNorm on the head's hidden layer (as SimCLR's head; not in MoCo v2).
         shuffle_bn: shuffle the key batch across ranks / sub-batches before the key encoder.
         shuffle_splits: sub-batches that emulate devices for shuffle-BN on one process.
     """
 
-    views = "moco_v2"
+    augment_recipe = "moco_v2"
+    sync_batchnorm_exclude = ("key_encoder",)
 
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 128,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
-                 mlp: bool = True, shuffle_bn: bool = True, shuffle_splits: int = 8) -> None:
+                 mlp: bool = True, head_batch_norm: bool = False, shuffle_bn: bool = True,
+                 shuffle_splits: int = 8) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.backbone = backbone
-        self.projector = (projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim) if mlp
-                          else nn.Linear(backbone.out_dim, proj_dim))
+        self.projector = (projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, batch_norm=head_batch_norm)
+                          if mlp else nn.Linear(backbone.out_dim, proj_dim))
         self.key_encoder = frozen_copy(nn.Sequential(backbone, self.projector))
         self.queue = KeyQueue(queue_size, proj_dim)
         self.momentum = momentum
@@ -57,7 +62,7 @@ class MoCo(nn.Module):
         self.shuffle_bn = shuffle_bn
         self.shuffle_splits = shuffle_splits
 
-    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, 2, "MoCo")
         x_q, x_k = batch.views
         q = self.projector(self.backbone(x_q))
@@ -71,7 +76,5 @@ class MoCo(nn.Module):
         self.queue.enqueue(distributed.gather(k))
         return {"loss": loss}
 
-    forward = training_step
-
-    def on_step_end(self, step: int, max_steps: int) -> None:
+    def on_step_end(self, progress: Progress) -> None:
         momentum_update(self.key_encoder, (self.backbone, self.projector), self.momentum)
