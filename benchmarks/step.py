@@ -23,7 +23,7 @@ import torch
 
 from selfsup.augment import recipe
 from selfsup.engine import resolve_precision, tune_allocator
-from selfsup.methods import Batch, SimCLR
+from selfsup.methods import Batch, Progress, SimCLR
 from selfsup.nn import build_backbone
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=5, help="consecutive steps per block")
     parser.add_argument("--precision", default="auto", help="auto | bf16-mixed | 32-true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--contiguous", action="store_true", help="NCHW memory instead of channels-last")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (the engine raises them; see "
                              "selfsup.engine.allocator) to see what the page faults cost both sides")
@@ -44,28 +45,30 @@ def main() -> None:
     allocator = "glibc defaults" if args.glibc_malloc or not tune_allocator() else "tuned"
 
     device = torch.device(args.device)
-    precision = resolve_precision(args.precision, device.type)
+    precision, why = resolve_precision(args.precision, device.type)
+    memory = torch.contiguous_format if args.contiguous else torch.channels_last
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
     torch.manual_seed(0)
     backbone = build_backbone(args.backbone, in_channels=args.channels, image_size=args.size)
-    method = SimCLR(backbone, proj_hidden_dim=512, proj_dim=128).to(device).to(memory_format=torch.channels_last)
+    method = SimCLR(backbone, proj_hidden_dim=512, proj_dim=128).to(device).to(memory_format=memory)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
     augment = recipe("simclr", args.size)
     images = torch.randint(0, 256, (args.batch, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
-    fixed_views = [v.contiguous(memory_format=torch.channels_last) for v in augment(images)]
+    fixed_views = [v.contiguous(memory_format=memory) for v in augment(images)]
+    progress = Progress(0, 1, 1)
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     def full_step() -> None:
         with torch.no_grad():
-            views = [v.contiguous(memory_format=torch.channels_last) for v in augment(images)]
+            views = [v.contiguous(memory_format=memory) for v in augment(images)]
         with autocast():
-            loss = method.training_step(Batch(views, torch.arange(args.batch, device=device)))["loss"]
+            loss = method.training_step(Batch(views, torch.arange(args.batch, device=device)), progress)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        method.on_step_end(0, 1)
+        method.on_step_end(progress)
 
     def bare_step() -> None:
         with autocast():
@@ -92,7 +95,8 @@ def main() -> None:
         full.append(timed(full_step))
         bare.append(timed(bare_step))
     full_ips, bare_ips = args.batch / statistics.median(full), args.batch / statistics.median(bare)
-    print(f"{args.backbone} {args.channels}x{args.size}x{args.size} batch {args.batch} on {device} ({precision}), "
+    print(f"{args.backbone} {args.channels}x{args.size}x{args.size} batch {args.batch} on {device} ({precision}: {why}), "
+          f"CPU kernels {torch.backends.cpu.get_cpu_capability()}, {'NCHW' if args.contiguous else 'channels-last'}, "
           f"threads {torch.get_num_threads()}, malloc {allocator}, median of {args.repeats} blocks of {args.block} steps:")
     print(f"  bare backbone forward+backward on 2 views : {bare_ips:9,.0f} images/s")
     print(f"  SimCLR step (augment+head+loss+optimiser)  : {full_ips:9,.0f} images/s")

@@ -341,8 +341,21 @@ class Trainer:
                                      f"{progress.epoch:.2f}); {self._kept()}. {self._hint()}")
         return outputs
 
+    def draw_views(self, count: int = 8) -> None:
+        """``views.png``: a few training images and the views the method gets from them."""
+        if not (self.is_main and self.cfg.eval.plots and self.augment is not None):
+            return
+        images = self.source.images[:count]
+        views = self.augment(images, generator=torch.Generator(images.device).manual_seed(self.cfg.train.seed))
+        n_global = len(self.augment.views)
+        names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
+        evaluate.plot_views(images, views, self.out_dir / "views.png", names=names,
+                            title=f"{self.cfg.method} views of {self.cfg.data.name}")
+
     def fit(self) -> None:
         cfg, t, fabric = self.cfg, self.cfg.train, self.fabric
+        if self.start_step == 0:
+            self.draw_views()
         bar = tqdm(total=self.max_steps, initial=self.start_step, desc=f"{cfg.method} {cfg.name}",
                    unit="step", disable=not (t.progress and self.is_main), dynamic_ncols=True)
         window_start, window_steps, running = time.perf_counter(), 0, torch.zeros((), device=fabric.device)

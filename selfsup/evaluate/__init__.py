@@ -1,4 +1,4 @@
-"""Honest evaluation of a frozen encoder: features, linear probe, weighted kNN, embeddings, plots.
+"""Honest evaluation of a frozen encoder: features, linear probe, weighted kNN, embeddings, pictures.
 
 Everything here takes an encoder and tensors (never a checkpoint path or a config)::
 
@@ -10,8 +10,8 @@ Everything here takes an encoder and tensors (never a checkpoint path or a confi
 
 from selfsup.evaluate.features import extract_features, save_embeddings
 from selfsup.evaluate.knn import knn_accuracy, knn_predict
-from selfsup.evaluate.plots import plot_curves, plot_embedding
+from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_views
 from selfsup.evaluate.probe import ProbeResult, linear_probe
 
 __all__ = ["ProbeResult", "extract_features", "knn_accuracy", "knn_predict", "linear_probe",
-           "plot_curves", "plot_embedding", "save_embeddings"]
+           "plot_curves", "plot_embedding", "plot_views", "save_embeddings"]

@@ -218,3 +218,51 @@ def plot_curves(history: Mapping[str, Sequence[tuple[float, float]]] | str | os.
     if title:
         figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_views(images, views: Sequence, path: str | os.PathLike, *, names: Sequence[str] | None = None,
+               title: str | None = None) -> Path:
+    """A grid of images (one row each) and their augmented views (one column per view), as a PNG.
+
+    Every cell is drawn at the same size whatever the view's resolution, so local crops show
+    what the network sees, only coarser.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 or float in [0, 1], C = 1 or 3.
+        views: a list of ``(N, C, h_i, w_i)`` float views in [0, 1] of those images.
+        path: output ``.png`` file; folders are created, and the file is replaced atomically.
+        names: column titles for the views (default ``view 1``, ``view 2``, ...).
+        title: figure title.
+
+    Example:
+        >>> import tempfile, torch
+        >>> x = torch.rand(3, 1, 8, 8)
+        >>> out = plot_views(x, [x, x[..., :4, :4]], tempfile.mkdtemp() + "/views.png")
+    """
+    path = _png_path(path)
+    columns = [images, *views]
+    rows = len(images)
+    if rows == 0 or any(len(view) != rows for view in views):
+        raise ValueError(f"every view needs one row per image ({rows}), got {[len(v) for v in views]}")
+    names = ["image", *(names or [f"view {i + 1}" for i in range(len(views))])]
+    figure = Figure(figsize=(1.2 * len(columns), 1.2 * rows + (0.4 if title else 0)), dpi=DPI,
+                    layout="constrained")
+    axes = figure.subplots(rows, len(columns), squeeze=False)
+    for column, (name, batch) in enumerate(zip(names, columns)):
+        batch = batch.detach().cpu().float()
+        if batch.max() > 1:
+            batch = batch / 255
+        for row in range(rows):
+            picture = batch[row].clamp(0, 1).permute(1, 2, 0).numpy()
+            cell = axes[row, column]
+            if picture.shape[2] == 1:
+                cell.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                cell.imshow(picture, interpolation="nearest")
+            cell.set_xticks([])
+            cell.set_yticks([])
+            if row == 0:
+                cell.set_title(name, fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
