@@ -1,4 +1,4 @@
-"""``selfsup`` command line: pretrain | evaluate | embed | plot | list (also ``python -m selfsup``).
+"""``selfsup`` command line: pretrain | evaluate | embed | plot | report | list (also ``python -m selfsup``).
 
 Errors a user can fix (a missing file, an unknown key, a bad value, a corrupt data file) are
 printed as one line ``selfsup: error: ...`` with exit status 2; a run that diverges (NaN/Inf)
@@ -130,6 +130,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup import evaluate
+
+    if args.table:
+        table = evaluate.results_table(args.runs)
+        if args.out:
+            Path(args.out).write_text(table, encoding="utf-8")
+            print(args.out)
+        else:
+            print(table, end="")
+        return 0
+    if args.out and len(args.runs) > 1:
+        raise DataError(f"--out names one page but {len(args.runs)} runs were given; leave --out out "
+                        f"to write <run>/report.html for each, or use --table for one table")
+    for run in args.runs:
+        print(evaluate.write_report(run, args.out))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from selfsup import augment, data
     from selfsup.methods import METHODS
@@ -181,6 +200,12 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="run folder (train.out_dir)")
     pl.add_argument("--method", default="umap", choices=["umap", "tsne"])
     pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("report", help="a run's results as one self-contained HTML page, or runs as a markdown table")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folder (train.out_dir)")
+    rp.add_argument("--table", action="store_true", help="print the README results table of the runs instead")
+    rp.add_argument("--out", help="output file (default: <run>/report.html; with --table, standard output)")
+    rp.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list methods, backbones, datasets, augmentations and recipes")
     ls.set_defaults(func=cmd_list)

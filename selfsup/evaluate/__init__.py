@@ -6,12 +6,17 @@ Everything here takes an encoder and tensors (never a checkpoint path or a confi
     test_x = extract_features(encoder, test_images)
     linear_probe(train_x, train_y, test_x, test_y).accuracy
     knn_accuracy(train_x, train_y, test_x, test_y, k=200, temperature=0.1)
+
+The report is the one exception: it reads a finished run's folder. ``write_report(run_dir)``
+writes the run's HTML page and ``results_table(run_dirs)`` the README's results table.
 """
 
 from selfsup.evaluate.features import extract_features, save_embeddings
 from selfsup.evaluate.knn import knn_accuracy, knn_predict
 from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_views
 from selfsup.evaluate.probe import ProbeResult, linear_probe
+from selfsup.evaluate.report import load_run, results_table, write_report
 
 __all__ = ["ProbeResult", "extract_features", "knn_accuracy", "knn_predict", "linear_probe",
-           "plot_curves", "plot_embedding", "plot_views", "save_embeddings"]
+           "plot_curves", "plot_embedding", "plot_views", "save_embeddings",
+           "load_run", "results_table", "write_report"]
