@@ -16,8 +16,10 @@ from typing import Literal
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from torch import Tensor
 
 from selfsup.evaluate._common import as_features, as_labels, atomic_write, stratified_sample
 
@@ -38,6 +40,17 @@ def _png_path(path: str | os.PathLike) -> Path:
 
 def _save(figure: Figure, path: Path) -> Path:
     return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=DPI))
+
+
+def _show_image(cell: Axes, picture: Tensor) -> None:
+    """Draw one ``(C, H, W)`` float image in [0, 1], C = 1 (gray) or 3, in ``cell`` without ticks."""
+    picture = picture.clamp(0, 1).permute(1, 2, 0).numpy()
+    if picture.shape[2] == 1:
+        cell.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        cell.imshow(picture, interpolation="nearest")
+    cell.set_xticks([])
+    cell.set_yticks([])
 
 
 def _project(features: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
@@ -253,14 +266,8 @@ def plot_views(images, views: Sequence, path: str | os.PathLike, *, names: Seque
         if batch.max() > 1:
             batch = batch / 255
         for row in range(rows):
-            picture = batch[row].clamp(0, 1).permute(1, 2, 0).numpy()
             cell = axes[row, column]
-            if picture.shape[2] == 1:
-                cell.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            else:
-                cell.imshow(picture, interpolation="nearest")
-            cell.set_xticks([])
-            cell.set_yticks([])
+            _show_image(cell, batch[row])
             if row == 0:
                 cell.set_title(name, fontsize=8)
     if title:
