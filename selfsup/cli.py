@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def _tune_allocator() -> None:
               "SELFSUP_MALLOC=default keeps glibc's)", file=sys.stderr)
 
 
-def _load_backbone(checkpoint_path: str):
+def _load_encoder(checkpoint_path: str):
+    """The checkpoint's configuration, its method's eval encoder (on the best device), and the
+    factory of a freshly initialised encoder of the same architecture and normalisation."""
     import torch
 
     from selfsup.config import from_dict
@@ -40,16 +43,29 @@ def _load_backbone(checkpoint_path: str):
     state = load_checkpoint(checkpoint_path)
     cfg = from_dict(state["config"])
     channels, size = state["data"]["channels"], state["data"]["size"]
+
+    def build(mean, std):
+        return build_method(cfg, in_channels=channels, image_size=size, mean=mean, std=std)
+
     # mean/std are placeholders: the real statistics are buffers restored by load_state_dict.
-    method = build_method(cfg, in_channels=channels, image_size=size, mean=[0.0] * channels, std=[1.0] * channels)
-    method.load_state_dict(state["model"])
+    method = build([0.0] * channels, [1.0] * channels)
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise DataError(f"checkpoint {checkpoint_path} does not fit {cfg.method} as this selfsup builds it "
+                        f"({str(error).splitlines()[0]}); was it written by another version?") from None
+    encoder = method.eval_encoder()
+    mean, std = encoder.mean.flatten().tolist(), encoder.std.flatten().tolist()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg, method.eval_encoder().to(device).eval(), channels, size, device
+    return cfg, encoder.to(device).eval(), (channels, size), device, lambda: build(mean, std).eval_encoder()
 
 
 def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
+    """A split of ``name`` (or a folder), converted to the checkpoint's channels and size."""
     from selfsup import data
 
+    if name is not None and Path(name).is_dir():
+        name, root = "folder", name
     if name is None and root is not None and Path(root).is_dir() and cfg.data.name != "folder":
         name = "folder"
     name = name or cfg.data.name
@@ -70,7 +86,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.recipe, args.overrides)
         resume = bool(args.resume)
-    result = pretrain(cfg, resume=resume)
+    result = pretrain(cfg, resume=resume, command=args.command_line)
     if result.metrics:
         print(json.dumps({"run": str(result.out_dir), **{k: round(v, 4) for k, v in result.metrics.items()}}))
         for key, value in result.metrics.items():
@@ -79,30 +95,80 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluations_dir(checkpoint: str) -> Path:
+    """``<run>/evaluations`` for ``<run>/checkpoints/last.ckpt``, else a folder beside the checkpoint."""
+    path = Path(checkpoint).resolve()
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "evaluations"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def _summary(key: str, entry: dict) -> str:
+    if "fractions" in entry:
+        return ", ".join(f"{100 * float(f):g}% labels {_percent(r['mean'])} ± {_percent(r['std'] or 0)} (scratch "
+                         f"{_percent(r['scratch_mean'])} ± {_percent(r['scratch_std'] or 0)})"
+                         for f, r in entry["fractions"].items())
+    if "ci95" in entry:
+        return f"{_percent(entry['accuracy'])} ± {_percent(entry['ci95'])} (95% CI, {entry['episodes']} episodes)"
+    scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn") or k.startswith("recall@")}
+    return ", ".join(f"{'' if k == 'accuracy' else k + ' '}{_percent(v)}" for k, v in scores.items())
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from selfsup import evaluate
+    from selfsup.errors import ConfigError
 
-    cfg, backbone, channels, size, device = _load_backbone(args.checkpoint)
+    cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
+    if args.protocol == "transfer" and args.data is None:
+        raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
     train = _dataset(cfg, args.data, args.root, "train", channels, size)
     test = _dataset(cfg, args.data, args.root, "test", channels, size)
     if train.labels is None or test.labels is None:
-        raise DataError(f"dataset {train.name!r} has no labels; evaluation needs a labelled train and test split")
-    train_x = evaluate.extract_features(backbone, train.images, device=device, progress=True)
-    test_x = evaluate.extract_features(backbone, test.images, device=device)
-    if args.protocol == "linear":
-        result = evaluate.linear_probe(train_x, train.labels, test_x, test.labels)
-        metrics = {"linear_accuracy": result.accuracy, "weight_decay": result.weight_decay}
+        raise DataError(f"dataset {train.name!r} has no labels; evaluation needs a labelled train and test split "
+                        f"(for a folder: one subfolder per class, in train/ and test/)")
+    data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
+    suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
+    if args.protocol == "finetune":
+        entries = {f"finetune{suffix}": evaluate.finetune_entry(
+            encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
+            fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
     else:
-        metrics = {"knn_accuracy": evaluate.knn_accuracy(train_x, train.labels, test_x, test.labels,
-                                                         k=args.k, temperature=args.temperature)}
-    print(json.dumps({"checkpoint": args.checkpoint, "data": train.name, **metrics}))
+        train_x = evaluate.extract_features(encoder, train.images, device=device, progress=True)
+        test_x = evaluate.extract_features(encoder, test.images, device=device)
+        frozen = evaluate.frozen_evaluations(
+            train_x, train.labels, test_x, test.labels, data=data,
+            linear=args.protocol in ("linear", "transfer"), knn=args.protocol in ("knn", "transfer"),
+            knn_k=args.k, knn_temperature=args.temperature, shots=(), recall_ks=args.recall_k)
+        if args.protocol == "transfer":
+            entries = {f"transfer{suffix}": {"data": data, "linear": frozen["linear"]["accuracy"],
+                                             "knn": frozen["knn"]["accuracy"],
+                                             "protocol": f"{frozen['linear']['protocol']}; "
+                                                         f"{frozen['knn']['protocol']}; images converted to "
+                                                         f"{channels}x{size}x{size} as the checkpoint was trained"}}
+        elif args.protocol == "fewshot":
+            entries = {f"fewshot_{args.way}way_{shot}shot{suffix}": evaluate.fewshot_entry(
+                test_x, test.labels, data=data, n_way=args.way, k_shot=shot, n_query=args.query,
+                episodes=args.episodes, classes=args.classes) for shot in args.shots}
+            if None in entries.values():
+                raise DataError(f"{data}: too few classes with enough test images for {args.way}-way episodes "
+                                f"with {args.query} queries")
+        else:
+            entries = {f"{args.protocol}{suffix}": frozen[args.protocol]}
+    folder = _evaluations_dir(args.checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, entry in entries.items():
+        path = folder / f"{key}.json"
+        path.write_text(json.dumps(entry, indent=2) + "\n")
+        print(f"{key}: {_summary(key, entry)} on {data} -> {path}")
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup import evaluate
 
-    cfg, backbone, channels, size, device = _load_backbone(args.checkpoint)
+    cfg, backbone, (channels, size), device, _ = _load_encoder(args.checkpoint)
     is_folder = Path(args.data).is_dir()
     dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
                        args.split, channels, size)
@@ -167,6 +233,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integers(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 0,1,2; got {text!r}") from None
+
+
+def _percents(text: str) -> list[float]:
+    try:
+        shares = [float(item.strip().rstrip("%")) / 100 for item in text.split(",")]
+    except ValueError:
+        shares = []
+    if not shares or not all(0 < share <= 1 for share in shares):
+        raise argparse.ArgumentTypeError(f"expected percentages in (0, 100] separated by commas, e.g. 1%,10%; "
+                                         f"got {text!r}")
+    return shares
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised representation learning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,13 +263,25 @@ def parser() -> argparse.ArgumentParser:
                           "change train.epochs (the schedules are recomputed) and logging/evaluation keys")
     pre.set_defaults(func=cmd_pretrain)
 
-    ev = sub.add_parser("evaluate", help="linear probe or kNN accuracy of a checkpoint's frozen backbone")
-    ev.add_argument("protocol", choices=["linear", "knn"])
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint's encoder; writes <run>/evaluations/<key>.json",
+                        description="linear / knn / fewshot / retrieval: frozen features; transfer: linear and kNN "
+                                    "on another dataset; finetune: the whole encoder on 1%% / 10%% of the labels "
+                                    "against the same network from scratch.")
+    ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune"])
     ev.add_argument("checkpoint")
-    ev.add_argument("--data", help="dataset name (default: the one it was trained on)")
+    ev.add_argument("--data", help="dataset name or labelled folder (default: the one it was trained on)")
     ev.add_argument("--root", help="folder holding the dataset's files")
-    ev.add_argument("--k", type=int, default=200)
-    ev.add_argument("--temperature", type=float, default=0.1)
+    ev.add_argument("--k", type=int, default=200, help="kNN neighbours")
+    ev.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
+    ev.add_argument("--labels", type=_percents, default=[0.01, 0.1], help="finetune: label shares, e.g. 1%%,10%%")
+    ev.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="finetune: label-subset seeds, e.g. 0,1,2")
+    ev.add_argument("--steps", type=int, default=200, help="finetune: optimiser steps of batch 256")
+    ev.add_argument("--way", type=int, default=5, help="fewshot: classes per episode")
+    ev.add_argument("--shots", type=_integers, default=[1, 5], help="fewshot: support images per class, e.g. 1,5")
+    ev.add_argument("--query", type=int, default=15, help="fewshot: query images per class")
+    ev.add_argument("--episodes", type=int, default=600, help="fewshot: episodes")
+    ev.add_argument("--classes", type=_integers, help="fewshot: only these class indices, e.g. 5,6,7,8,9")
+    ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="retrieval: cut-offs")
     ev.set_defaults(func=cmd_evaluate)
 
     em = sub.add_parser("embed", help="write backbone embeddings (.npy) and labels of a dataset")
@@ -214,6 +310,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.command_line = shlex.join(["selfsup", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "pretrain" and args.recipe and "=" in args.recipe:
         args.overrides.insert(0, args.recipe)  # `selfsup pretrain key=value ...` without a recipe
         args.recipe = None

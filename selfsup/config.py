@@ -24,6 +24,10 @@ __all__ = ["AugmentConfig", "BackboneConfig", "Config", "ConfigError", "DataConf
            "Optimizer", "TrainConfig", "ViewConfig", "check_resume", "from_dict", "load_config", "to_dict"]
 
 
+# "auto" and the Lightning Fabric precisions selfsup trains with.
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
 class Optimizer(str, Enum):
     sgd = "sgd"
     adamw = "adamw"
@@ -91,7 +95,10 @@ class TrainConfig:
     knn_every: int = 1
     """Epochs between online kNN accuracy checks (0: never)."""
     knn_train_samples: int = 10000
-    """Training images used by the online kNN monitor (the final evaluation uses all)."""
+    """Labelled training images the online kNN monitor compares against (the final evaluation uses all)."""
+    knn_val_fraction: float = 0.1
+    """Share of the training split (stratified) whose images are the kNN monitor's queries and are kept
+    out of its bank, so the curve never looks at the test split; 0 monitors on the test split instead."""
     log_every: int = 10
     progress: bool = True
     out_dir: str = "runs/${name}"
@@ -226,9 +233,22 @@ def validate(cfg: Config) -> None:
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     for key, value in {"optim.weight_decay": cfg.optim.weight_decay, "optim.warmup_epochs": cfg.optim.warmup_epochs,
+                       "optim.momentum": cfg.optim.momentum, "optim.min_lr_ratio": cfg.optim.min_lr_ratio,
                        "train.knn_every": cfg.train.knn_every}.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    for key, value in {"optim.grad_clip": cfg.optim.grad_clip, "eval.knn_k": cfg.eval.knn_k,
+                       "eval.knn_temperature": cfg.eval.knn_temperature,
+                       "train.knn_train_samples": cfg.train.knn_train_samples}.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}: must be > 0{' (or null for none)' if key == 'optim.grad_clip' else ''}, "
+                              f"got {value}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= beta < 1 for beta in cfg.optim.betas):
+        raise ConfigError(f"optim.betas: must be two values in [0, 1), got {cfg.optim.betas}")
+    if cfg.train.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {cfg.train.precision!r}")
+    if not 0 <= cfg.train.knn_val_fraction < 1:
+        raise ConfigError(f"train.knn_val_fraction: must be in [0, 1), got {cfg.train.knn_val_fraction}")
     if cfg.data.max_samples is not None and cfg.data.max_samples <= 0:
         raise ConfigError(f"data.max_samples: must be > 0, got {cfg.data.max_samples}")
     if cfg.data.channels not in (None, 1, 3):
@@ -277,7 +297,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 # Keys a resumed run may change: how long it runs, how it logs, and how it is evaluated. Anything
 # else (data, method, optimiser, batch, seed) would make the continuation a different run.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.knn_every", "train.knn_train_samples",
-             "train.log_every", "train.progress", "eval.")
+             "train.knn_val_fraction", "train.log_every", "train.progress", "eval.")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

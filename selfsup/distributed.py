@@ -91,6 +91,20 @@ def gather(tensor: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor`` over every rank (no gradient); ``tensor`` itself on one process.
+
+    Example:
+        >>> all_reduce_sum(torch.ones(3)).tolist()
+        [1.0, 1.0, 1.0]
+    """
+    if not is_distributed():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
 def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True when ``flag`` is True on every rank (one all-reduce), so that all ranks decide together.
 

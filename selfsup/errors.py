@@ -23,3 +23,7 @@ class DataError(UsageError, ValueError):
 
 class NonFiniteError(ValueError):
     """A tensor holds NaN or Inf. Inside training this means the run diverged, not a usage error."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged (a NaN or Inf loss, weights or statistics); the last good checkpoint is kept."""

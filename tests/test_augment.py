@@ -343,10 +343,11 @@ def test_override_sets_view_parameters_key_by_key():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"view": {"blur_p": 1.5}}, r"view: blur_p is a probability"),
-    ({"views": [{}, {"scale": [0.5, 0.2]}]}, r"views\[1\]: scale"),
+    ({"view": {"blur_p": 1.5}}, r"view.blur_p: blur_p is a probability"),
+    ({"views": [{}, {"scale": [0.5, 0.2]}]}, r"views\[1\].scale: scale"),
     ({"views": [{}, {}, {}]}, r"views: 3 entries, but this augmentation has 2"),
-    ({"view": {"jitter": [0.4, 0.4]}}, r"view: jitter must be 4 strengths"),
+    ({"view": {"jitter": [0.4, 0.4]}}, r"view.jitter: jitter must be 4 strengths"),
+    ({"view": {"flip_p": "0.5"}}, r"view.flip_p: "),
     ({"view": {"colour": 1}}, r"view: unknown view parameters \['colour'\]"),
     ({"local": {"size": 8}}, r"local: this augmentation has no local crops"),
     ({"n_local": 4}, r"n_local: this augmentation has no local crops"),

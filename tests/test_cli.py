@@ -56,12 +56,22 @@ def test_empty_image_folder_is_reported(tmp_path):
     assert_one_line_error(["pretrain", "data.name=folder", f"data.root={tmp_path / 'empty'}", "data.size=16"], "empty")
 
 
-def test_pretrain_evaluate_embed_plot_round_trip(tmp_path):
-    run = tmp_path / "run"
-    out = selfsup("pretrain", "data.name=digits", "data.size=16", "backbone.width=8", "method_args.proj_hidden_dim=32",
-                  "train.epochs=1", "train.batch_size=64", "train.progress=false", "eval.embedding_map=tsne",
-                  f"train.out_dir={run}")
+def pretrain_digits(run: Path, *overrides: str) -> subprocess.CompletedProcess:
+    out = selfsup("pretrain", "data.name=digits", "data.size=16", "backbone.width=8", "train.epochs=1",
+                  "train.batch_size=64", "train.progress=false", f"train.out_dir={run}", *overrides)
     assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One SimCLR run on digits, shared by the tests that evaluate it: (run folder, pretrain output)."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    return run, pretrain_digits(run, "method_args.proj_hidden_dim=32", "eval.embedding_map=tsne")
+
+
+def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path):
+    run, out = digits_run
     summary = json.loads(out.stdout.splitlines()[0])
     assert 0.1 < summary["linear_accuracy"] <= 1 and 0.1 < summary["knn_accuracy"] <= 1
     for name in ("curves.png", "tsne.png", "results.json", "logs/metrics.csv", "test_embeddings.npy"):
@@ -71,11 +81,18 @@ def test_pretrain_evaluate_embed_plot_round_trip(tmp_path):
 
     knn = selfsup("evaluate", "knn", str(ckpt))
     assert knn.returncode == 0, knn.stderr[-2000:]
-    assert json.loads(knn.stdout.splitlines()[-1])["knn_accuracy"] == pytest.approx(summary["knn_accuracy"], abs=1e-4)
+    assert knn.stdout.startswith("knn: ") and str(run / "evaluations" / "knn.json") in knn.stdout
+    assert json.loads((run / "evaluations" / "knn.json").read_text())["accuracy"] == pytest.approx(
+        summary["knn_accuracy"], abs=1e-4)
 
     linear = selfsup("evaluate", "linear", str(ckpt))
     assert linear.returncode == 0, linear.stderr[-2000:]
-    assert json.loads(linear.stdout.splitlines()[-1])["linear_accuracy"] == pytest.approx(summary["linear_accuracy"], abs=1e-3)
+    assert json.loads((run / "evaluations" / "linear.json").read_text())["accuracy"] == pytest.approx(
+        summary["linear_accuracy"], abs=1e-3)
+
+    results = json.loads((run / "results.json").read_text())
+    assert {"linear", "knn", "fewshot_5way_1shot", "fewshot_5way_5shot", "retrieval"} <= set(results["evaluations"])
+    assert (run / "retrieval.png").is_file() and (run / "views.png").is_file() and (run / "config.yaml").is_file()
 
     embed = selfsup("embed", str(ckpt), "digits", "--out", str(tmp_path / "emb"))
     assert embed.returncode == 0, embed.stderr[-2000:]
@@ -97,3 +114,53 @@ def test_python_dash_m_selfsup_is_the_command_line():
     assert out.returncode == 0, out.stderr
     assert "methods:" in out.stdout and "simclr" in out.stdout
     assert python_m_selfsup("pretrain", "recipes/missing.yaml").returncode == 2  # the usage-error status comes through
+
+
+def test_evaluations_use_the_methods_eval_encoder(tmp_path):
+    # DINO is evaluated on its teacher: the CLI's kNN must equal the end-of-run kNN, which uses
+    # eval_encoder(), and differ from the student's.
+    run = tmp_path / "dino"
+    pretrain_digits(run, "method=dino", "method_args.out_dim=64", "method_args.hidden_dim=32",
+                    "method_args.bottleneck_dim=16", "augment.n_local=2", "augment.local.size=8", "eval.plots=false")
+    knn = selfsup("evaluate", "knn", str(run / "checkpoints" / "last.ckpt"))
+    assert knn.returncode == 0, knn.stderr[-2000:]
+    teacher = json.loads((run / "results.json").read_text())["knn_accuracy"]
+    assert json.loads((run / "evaluations" / "knn.json").read_text())["accuracy"] == pytest.approx(teacher, abs=1e-6)
+
+
+def test_transfer_fewshot_and_finetune_write_their_entries(digits_run):
+    run, _ = digits_run
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    fewshot = selfsup("evaluate", "fewshot", ckpt, "--shots", "1", "--episodes", "50", "--classes", "5,6,7,8,9")
+    assert fewshot.returncode == 0, fewshot.stderr[-2000:]
+    entry = json.loads((run / "evaluations" / "fewshot_5way_1shot.json").read_text())
+    assert entry["classes"] == [5, 6, 7, 8, 9] and entry["episodes"] == 50 and 0.2 < entry["accuracy"] <= 1
+    finetune = selfsup("evaluate", "finetune", ckpt, "--labels", "10%", "--seeds", "0,1", "--steps", "5")
+    assert finetune.returncode == 0, finetune.stderr[-2000:]
+    row = json.loads((run / "evaluations" / "finetune.json").read_text())["fractions"]["0.1"]
+    assert row["labels"] == 144 and row["seeds"] == [0, 1]  # round(0.1 * 1437) digits
+    bad = selfsup("evaluate", "finetune", ckpt, "--labels", "150%")
+    assert bad.returncode == 2 and "percentages in (0, 100]" in bad.stderr
+    transfer = selfsup("evaluate", "transfer", ckpt)
+    assert transfer.returncode == 2 and "needs --data" in transfer.stderr.strip().splitlines()[-1]
+
+
+def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path):
+    # A user's folder: train/ and test/ with one subfolder per class, RGB and larger than the 16x16
+    # gray digits the checkpoint was trained on; transfer converts them to 1x16x16.
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name, colour in (("dark", 40), ("bright", 210)):
+            folder = tmp_path / "photos" / split / name
+            folder.mkdir(parents=True)
+            for i in range(12):
+                pixels = np.clip(colour + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, "RGB").save(folder / f"{i}.png")
+    run, _ = digits_run
+    out = selfsup("evaluate", "transfer", str(run / "checkpoints" / "last.ckpt"), "--data", str(tmp_path / "photos"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    entry = json.loads((run / "evaluations" / "transfer_photos.json").read_text())
+    assert entry["data"] == "photos" and "1x16x16" in entry["protocol"]
+    assert entry["linear"] == 1.0 and entry["knn"] == 1.0  # dark and bright are trivially separable

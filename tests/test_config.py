@@ -34,6 +34,13 @@ def test_overrides_are_typed_and_resolved():
     ("train.batch_size=0", "train.batch_size: must be > 0"),
     ("optim.weight_decay=-1", "optim.weight_decay: must be >= 0"),
     ("data.channels=2", "data.channels: must be 1 or 3"),
+    ("optim.grad_clip=-1", "optim.grad_clip: must be > 0"),
+    ("optim.min_lr_ratio=-0.1", "optim.min_lr_ratio: must be >= 0"),
+    ("optim.momentum=-0.9", "optim.momentum: must be >= 0"),
+    ("optim.betas=[0.9]", "optim.betas: must be two values in [0, 1)"),
+    ("train.precision=fp8", "train.precision: must be one of auto, 32-true"),
+    ("eval.knn_k=0", "eval.knn_k: must be > 0"),
+    ("train.knn_val_fraction=1.0", "train.knn_val_fraction: must be in [0, 1)"),
     ("no_equals_sign", "not of the form key=value"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
@@ -64,3 +71,13 @@ def test_dict_round_trip():
     data = to_dict(cfg)
     assert data["optim"]["name"] == "adamw"
     assert from_dict(data) == cfg
+
+
+def test_view_overrides_cover_every_view_parameter():
+    # ViewConfig repeats selfsup.augment.View's fields for the YAML schema; they must not drift apart.
+    from dataclasses import fields
+
+    from selfsup.augment import View
+    from selfsup.config import ViewConfig
+
+    assert [f.name for f in fields(ViewConfig)] == [f.name for f in fields(View)]

@@ -25,7 +25,7 @@ def _check_two_rank_run(out_dir: Path) -> None:
 def test_pretrain_under_torchrun(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
            str(tmp_path / "run"), "train.epochs=1", "train.accelerator=cpu", "train.devices=2", "method=moco",
-           "method_args.queue_size=96"]
+           "method_args.queue_size=96", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_two_rank_run(tmp_path / "run")
@@ -33,7 +33,7 @@ def test_pretrain_under_torchrun(tmp_path):
 
 def test_pretrain_self_launched_by_fabric(tmp_path):
     cmd = [sys.executable, str(SCRIPT), str(tmp_path / "run"), "train.epochs=1", "train.accelerator=cpu",
-           "train.devices=2", "train.strategy=ddp"]
+           "train.devices=2", "train.strategy=ddp", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_two_rank_run(tmp_path / "run")
@@ -88,3 +88,14 @@ def test_a_divergence_stops_both_ranks_together(tmp_path):
     assert result.returncode != 0
     messages = [(tmp_path / f"rank{r}.diverged").read_text() for r in range(2)]
     assert all(message.startswith("simclr: ") and " at step " in message for message in messages)
+
+
+def test_nan_on_one_rank_stops_both_without_hanging(tmp_path):
+    # Rank 1's loss is NaN, rank 0's is not; both must stop at the same step instead of one waiting
+    # in the queue's all-gather while the other has left.
+    result = _train_ranks(tmp_path, "method=moco_nan_on_rank1", "method_args.queue_size=96",
+                          "method_args.proj_hidden_dim=32", "method_args.proj_dim=16")
+    assert result.returncode != 0
+    messages = [(tmp_path / f"rank{r}.diverged").read_text() for r in range(2)]
+    assert "another rank's loss is NaN/Inf at step 2 " in messages[0]
+    assert "the loss is nan at step 2 " in messages[1]

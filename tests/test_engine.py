@@ -96,6 +96,16 @@ def test_lars_step_is_the_papers_local_lr():
     assert torch.allclose(model.weight.detach(), w1 - 0.1 * (0.9 * update + update2), atol=1e-6)
 
 
+def test_lars_adapts_weights_even_without_weight_decay():
+    # timm's Lars adapts a group only while its weight decay is non-zero; ours follows the bias/norm split.
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    w0, g = model.weight.detach().clone(), torch.randn(4, 3)
+    model.weight.grad, model.bias.grad = g.clone(), torch.zeros(4)
+    build_optimizer(model, OptimConfig(name=Optimizer.lars, weight_decay=0.0, momentum=0.9), lr=0.1).step()
+    assert torch.allclose(model.weight.detach(), w0 - 0.1 * 0.001 * w0.norm() / g.norm() * g, atol=1e-7)
+
+
 @pytest.mark.parametrize("name,cls", [(Optimizer.sgd, torch.optim.SGD), (Optimizer.adamw, torch.optim.AdamW)])
 def test_optimizer_types(name, cls):
     assert isinstance(build_optimizer(TwoHeads(), OptimConfig(name=name), lr=0.1), cls)
@@ -178,10 +188,16 @@ def _run(out_dir, *args, **popen):
     return subprocess.Popen([sys.executable, str(SCRIPT), str(out_dir), *args], env=env, **popen)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    """SIGKILL a run right after a mid-epoch checkpoint; resuming must end bit-identical to an uninterrupted run."""
-    settings = ["train.epochs=3", "train.checkpoint_every=5", "method=moco", "method_args.queue_size=100",
-                "method_args.proj_hidden_dim=32"]
+@pytest.mark.parametrize("settings", [
+    ["method=moco", "method_args.queue_size=100", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16"],
+    ["method=dino", "method_args.out_dim=64", "method_args.hidden_dim=32", "method_args.bottleneck_dim=16",
+     "method_args.warmup_teacher_temp_epochs=2", "method_args.teacher_temp=0.07", "augment.n_local=2",
+     "augment.local.size=8", "optim.name=adamw", "optim.lr=0.001", "optim.weight_decay_end=0.4"],
+], ids=["moco", "dino"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, settings):
+    """SIGKILL a run right after a mid-epoch checkpoint; resuming must end bit-identical to an uninterrupted run:
+    weights, queue / teacher / centre, optimiser state, and the logged history."""
+    settings = ["train.epochs=3", "train.checkpoint_every=5", "train.log_every=7", *settings]
     reference = _run(tmp_path / "reference", *settings)
     victim = _run(tmp_path / "victim", *settings)
     ckpt = tmp_path / "victim" / "checkpoints" / "last.ckpt"
@@ -199,8 +215,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     expected = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     assert done["step"] == expected["step"] == 66
     for key, value in expected["model"].items():
-        assert torch.equal(done["model"][key], value), key  # includes MoCo's queue and key encoder
-    assert done["history"]["knn"] == expected["history"]["knn"]
+        assert torch.equal(done["model"][key], value), key  # MoCo's queue and key encoder, DINO's teacher and centre
+    for key, value in expected["optimizer"]["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(torch.as_tensor(done["optimizer"]["state"][key][name]), torch.as_tensor(tensor))
+    for series in ("loss", "knn", "lr"):  # loss means over windows that the kill cut in two
+        assert done["history"][series] == expected["history"][series], series
 
 
 _FAULTS_SCRIPT = """
@@ -243,7 +263,7 @@ def test_tuned_allocator_stops_the_page_faults_of_a_reused_buffer(tmp_path):
 def test_resume_with_more_epochs_continues_on_the_recomputed_schedule(tmp_path, capsys):
     pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false", "eval.knn=false"))
     first = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert first["step"] == first["max_steps"] == 22  # 1437 digits // 64
+    assert first["step"] == first["run"]["max_steps"] == 22  # 1437 digits // 64
     capsys.readouterr()
     result = pretrain(tiny_config(tmp_path, "train.epochs=2", "eval.linear=false", "eval.knn=false"), resume=True)
     err = capsys.readouterr().err
@@ -301,7 +321,8 @@ def test_precision_auto_says_why():
 def test_the_library_leaves_the_allocator_alone(tmp_path, capsys):
     pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false"))
     assert allocator._tuned is False  # only the command line changes process-wide malloc settings
-    assert "precision 32-true" in capsys.readouterr().err or "precision bf16" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "precision 32-true" in err or "precision bf16" in err
 
 
 class GraphMethod(SimCLR):
@@ -315,7 +336,10 @@ def test_method_and_data_of_different_kinds_are_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("augment.views=[{},{blur_p: 2.0}]", r"augment.views\[1\]: blur_p is a probability"),
+    ("augment.views=[{},{blur_p: 2.0}]", r"augment.views\[1\].blur_p: blur_p is a probability"),
+    ("augment.recipe=none", r"augment: SimCLR expects 2 views per batch, got 1"),
+    ("augment.views=[{},{size: 12}]", r"augment.views: the global views must share one size, got \[\(12, 12\), \(16, 16\)\]"),
+    ("train.accelerator=tpu3", r"train: "),
     ("augment.n_local=3", r"augment.n_local: this augmentation has no local crops"),
     ("augment.recipe=simclr3", r"augment.recipe: unknown augmentation recipe 'simclr3'"),
     ("augment.view.size=4", r"augment: the backbone cannot take 4x4 views"),
@@ -335,3 +359,36 @@ def test_augmentation_overrides_reach_the_views(tmp_path):
     assert aug.n_local == 3 and aug.local.size == (8, 8)
     assert [v.jitter for v in aug.views] == [(0.1, 0.1, 0.1, 0.0)] * 2 and aug.views[1].solarize_p == 0.5
     assert [v.shape[-1] for v in trainer.make_batch(0, 0).views] == [16, 16, 8, 8, 8]
+
+
+class FrozenByAfterBackward(SimCLR):
+    """Zeroes every gradient in after_backward: if the engine calls it after backward and before
+    the optimiser step, an SGD step without weight decay changes nothing."""
+
+    def after_backward(self, progress):
+        self.seen.append((progress.step, progress.max_steps, progress.steps_per_epoch))
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
+
+def test_after_backward_runs_between_backward_and_the_step_with_the_right_progress(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "frozen", FrozenByAfterBackward)
+    cfg = tiny_config(tmp_path, "method=frozen", "optim.weight_decay=0", "train.epochs=0.2", "eval.linear=false",
+                      "eval.knn=false")
+    trainer = Trainer(cfg)
+    trainer.method.seen = []
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items() if k.endswith("weight")}
+    trainer.fit()
+    after = trainer.method.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert trainer.method.seen == [(step, 5, 22) for step in range(5)]  # 0.2 of 22 steps per epoch, rounded up
+
+
+def test_resume_on_another_precision_is_refused(tmp_path):
+    pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false", "eval.knn=false"))
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    state["run"]["precision"] = "16-mixed"
+    save_atomic(state, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="trained with precision '16-mixed', this run resolves to"):
+        pretrain(tiny_config(tmp_path, "train.epochs=2"), resume=True)

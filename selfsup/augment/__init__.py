@@ -65,8 +65,6 @@ from selfsup.augment.geometry import (
 from selfsup.augment.recipes import RECIPES, override, recipe
 from selfsup.augment.runner import Augmentation, View, augment_view
 
-from selfsup import _kernels
-
 __all__ = [
     "RECIPES",
     "Augmentation",

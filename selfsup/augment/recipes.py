@@ -87,12 +87,13 @@ def _changed(view: View, changes: dict[str, Any], where: str) -> View:
     unknown = set(changes) - set(VIEW_FIELDS)
     if unknown:
         raise ValueError(f"{where}: unknown view parameters {sorted(unknown)}; a view has {', '.join(VIEW_FIELDS)}")
-    if "size" in changes:
-        changes = {**changes, "size": _pair(changes["size"], f"{where}.size")}
-    try:
-        return replace(view, **changes)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{where}: {error}") from None
+    # One field at a time, so that a bad value is reported under its own key.
+    for name, value in changes.items():
+        try:
+            view = replace(view, **{name: value})
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{where}.{name}: {error}") from None
+    return view
 
 
 def override(augmentation: Augmentation, *, view: dict[str, Any] | None = None,

@@ -45,7 +45,7 @@ class DataSource(Protocol):
         """Number of training samples."""
         ...
 
-    def steps_per_epoch(self, batch_size: int) -> int:
+    def steps_per_epoch(self) -> int:
         """Global batches in one epoch (the last incomplete batch is dropped)."""
         ...
 
@@ -72,7 +72,7 @@ class InMemoryImages:
     Example:
         >>> ds = ImageDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), None, None, "toy")
         >>> source = InMemoryImages(ds, batch_size=4, world_size=2, seed=0)
-        >>> source.steps_per_epoch(4), source.batch(0, 1, 1).images.shape
+        >>> source.steps_per_epoch(), source.batch(0, 1, 1).images.shape
         (2, torch.Size([2, 1, 4, 4]))
     """
 
@@ -94,8 +94,9 @@ class InMemoryImages:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def steps_per_epoch(self, batch_size: int | None = None) -> int:
-        return len(self) // (batch_size or self.batch_size)
+    def steps_per_epoch(self) -> int:
+        """Global batches in one epoch (the last incomplete batch is dropped)."""
+        return len(self) // self.batch_size
 
     def order(self, epoch: int) -> Tensor:
         """The data order of ``epoch``: a function of (seed, epoch) only."""
@@ -105,6 +106,7 @@ class InMemoryImages:
         return self._order[1]
 
     def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:
+        """Rank ``rank``'s slice of global batch ``position`` of ``epoch``'s order."""
         start = position * self.batch_size + rank * self.local_batch
         index = self.order(epoch)[start:start + self.local_batch]
         return ImageBatch(self.images[index], index, None if self.labels is None else self.labels[index])

@@ -35,14 +35,14 @@ def load(path: str | Path) -> dict[str, Any]:
         wanted = re.search(r"GLOBAL ([\w.]+)", str(error))
         if wanted is None:
             raise DataError(f"checkpoint {path} could not be read (not a valid pickle); "
-                             "is it a complete selfsup checkpoint?") from None
+                            "is it a complete selfsup checkpoint?") from None
         raise DataError(f"checkpoint {path} is not a plain-tensor checkpoint: it asks to call {wanted.group(1)}, "
-                         "and selfsup refuses to execute code from a file. A selfsup checkpoint holds only "
-                         "tensors, numbers, strings and containers; save state_dict()s and plain values") from None
-    except Exception as error:
+                        "and selfsup refuses to execute code from a file. A selfsup checkpoint holds only "
+                        "tensors, numbers, strings and containers; save state_dict()s and plain values") from None
+    except (RuntimeError, EOFError, ValueError) as error:  # torch's errors for a truncated or foreign file
         raise DataError(f"checkpoint {path} could not be read ({type(error).__name__}: {error}); "
-                         "is it a complete selfsup checkpoint?") from None
-    missing = {"model", "config", "step"} - set(state) if isinstance(state, dict) else {"model"}
+                        "is it a complete selfsup checkpoint?") from None
+    missing = {"model", "config", "step", "data"} - set(state) if isinstance(state, dict) else {"model"}
     if missing:
         raise DataError(f"checkpoint {path} is not a selfsup checkpoint: missing keys {sorted(missing)}")
     return state

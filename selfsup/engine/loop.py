@@ -17,31 +17,33 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
 from lightning.fabric.strategies import DDPStrategy
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from selfsup import augment, data, distributed, evaluate
+from selfsup import augment, data, distributed, evaluate, losses
 from selfsup.config import AugmentConfig, Config, TrainConfig, check_resume, from_dict, to_dict
 from selfsup.engine import checkpoint
 from selfsup.engine.logs import MetricsCSV
 from selfsup.engine.optim import Schedule, build_optimizer
-from selfsup.errors import ConfigError, NonFiniteError
+from selfsup.errors import ConfigError, NonFiniteLossError
+from selfsup.evaluate._common import stratified_sample
 from selfsup.methods import METHODS, Batch, Progress
-from selfsup.nn import build_backbone, convert_sync_batchnorm
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged (a NaN or Inf loss or weights); the last good checkpoint is kept."""
+from selfsup.methods.base import view_count_problem
+from selfsup.nn import build_backbone, convert_sync_batchnorm, eval_mode
 
 
 @dataclass
@@ -84,16 +86,25 @@ def resolve_precision(precision: str, accelerator: str) -> tuple[str, str]:
                        "slower; set train.precision=bf16-mixed to override")
 
 
+# Fabric's DDP strategy names, as DDPStrategy arguments, so that each keeps buffers per rank.
+_DDP_STRATEGIES = {"auto": {}, "ddp": {}, "ddp_spawn": {"start_method": "spawn"},
+                   "ddp_find_unused_parameters_true": {"find_unused_parameters": True}}
+
+
 def start_fabric(t: TrainConfig, out_dir: Path) -> tuple[Fabric, str, str]:
-    """Fabric on the configured devices, launched; DDP keeps buffers per rank (no broadcast),
-    since queues, banks and centres stay equal by construction."""
+    """Fabric on the configured devices, launched. DDP does not broadcast buffers: queues, banks,
+    centres and global-BN statistics stay equal by construction, and per-device BN statistics
+    (MoCo) are each rank's own, rank 0's being the ones saved."""
     precision, why = resolve_precision(t.precision, t.accelerator)
     strategy: Any = t.strategy
-    if t.devices * t.num_nodes > 1 and strategy in ("auto", "ddp"):
-        strategy = DDPStrategy(broadcast_buffers=False)
+    if t.devices * t.num_nodes > 1 and strategy in _DDP_STRATEGIES:
+        strategy = DDPStrategy(broadcast_buffers=False, **_DDP_STRATEGIES[strategy])
     logger = TensorBoardLogger(out_dir, name="", version="tensorboard", default_hp_metric=False)
-    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-                    precision=precision, loggers=[logger])
+    try:
+        fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+                        precision=precision, loggers=[logger])
+    except ValueError as error:  # Fabric checks accelerator, devices, strategy and precision names
+        raise ConfigError(f"train: {error}") from None
     fabric.launch()
     return fabric, precision, why
 
@@ -109,7 +120,9 @@ def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.
         train = train.subset(torch.randperm(len(train), generator=generator)[: cfg.data.max_samples].sort().values)
     try:
         test = data.load(cfg.data.name, "test", **kwargs)
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
+        if cfg.data.name != "folder":
+            raise
         test = None  # a plain folder of unlabelled images has no test split
     if test is not None and (test.labels is None or train.labels is None):
         test = None
@@ -145,14 +158,12 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std) -
 
 def prepare_method(method: nn.Module, t: TrainConfig, fabric: Fabric) -> nn.Module:
     """Global BatchNorm under DDP where the method's paper uses it (``train.sync_batchnorm``
-    overrides), channels-last memory for convnets, ``torch.compile`` behind a flag."""
+    overrides), channels-last memory for convnets."""
     sync = method.sync_batchnorm if t.sync_batchnorm is None else t.sync_batchnorm
     if sync and fabric.world_size > 1:
         convert_sync_batchnorm(method, fabric.device.type, exclude=method.sync_batchnorm_exclude)
     if t.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    if t.compile:
-        method.backbone.net.compile()
     return method
 
 
@@ -161,11 +172,15 @@ def _overrides(view) -> dict[str, Any]:
 
 
 def build_augmentation(method: nn.Module, cfg: AugmentConfig, image_size: int) -> augment.Augmentation | None:
-    """The method's augmentation (or the named ``augment.recipe``) with the recipe's overrides."""
-    try:
-        views = augment.recipe(cfg.recipe, image_size) if cfg.recipe else method.augmentation(image_size)
-    except ValueError as error:
-        raise ConfigError(f"augment.recipe: {error}") from None
+    """The method's augmentation (or the named ``augment.recipe``) with the recipe's overrides,
+    checked against the views the method needs: how many, and global views of one size."""
+    if cfg.recipe:
+        try:
+            views = augment.recipe(cfg.recipe, image_size)
+        except ValueError as error:
+            raise ConfigError(f"augment.recipe: {error}") from None
+    else:
+        views = method.augmentation(image_size)
     changes = dict(view=_overrides(cfg.view), views=[_overrides(v) for v in cfg.views], n_local=cfg.n_local,
                    local=_overrides(cfg.local))
     if views is None:
@@ -173,9 +188,16 @@ def build_augmentation(method: nn.Module, cfg: AugmentConfig, image_size: int) -
             raise ConfigError("augment: this method takes no image views, so it has nothing to override")
         return None
     try:
-        return augment.override(views, **changes)
+        views = augment.override(views, **changes)
     except ValueError as error:
         raise ConfigError(f"augment.{error}") from None
+    problem = view_count_problem(method, len(views.output_views))
+    if problem:
+        raise ConfigError(f"augment: {problem}; choose a recipe (augment.recipe) or augment.n_local that gives them")
+    sizes = {view.size for view in views.views}
+    if len(sizes) > 1:
+        raise ConfigError(f"augment.views: the global views must share one size, got {sorted(sizes)}")
+    return views
 
 
 @torch.no_grad()
@@ -186,9 +208,7 @@ def check_view_sizes(backbone: nn.Module, views: augment.Augmentation | None, ch
         return
     sizes = dict.fromkeys(view.size for view in views.output_views)
     device = next(backbone.parameters()).device
-    modes = {module: module.training for module in backbone.modules()}
-    backbone.eval()
-    try:
+    with eval_mode(backbone):
         for size in sizes:
             try:
                 backbone(torch.zeros(1, channels, *size, device=device))
@@ -196,9 +216,6 @@ def check_view_sizes(backbone: nn.Module, views: augment.Augmentation | None, ch
                 raise ConfigError(f"augment: the backbone cannot take {size[0]}x{size[1]} views "
                                   f"({str(error).splitlines()[0]}); make the views larger (augment.local.size for "
                                   f"local crops)") from None
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
 
 
 def _rng_state(device: torch.device) -> Tensor:
@@ -223,8 +240,11 @@ def _finite_state(module: nn.Module) -> bool:
 class Trainer:
     """Runs one pretraining job described by a :class:`Config`. Use :func:`pretrain`."""
 
-    def __init__(self, cfg: Config, resume_state: dict[str, Any] | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, resume_state: dict[str, Any] | None = None, command: str | None = None) -> None:
+        self.started = time.perf_counter()
+        self.cfg, self.command = cfg, command
+        self.train_seconds = 0.0
+        self.fit_started = self.started
         t = cfg.train
         self.out_dir = Path(t.out_dir)
         self.ckpt_path = self.out_dir / "checkpoints" / "last.ckpt"
@@ -247,6 +267,8 @@ class Trainer:
         self.method = prepare_method(method, t, fabric)
         self.augment = build_augmentation(self.method, cfg.augment, self.train_set.size)
         check_view_sizes(self.method.backbone, self.augment, self.train_set.channels)
+        if t.compile:  # after the size check, which would otherwise compile for each view size
+            self.method.backbone.net.compile()
 
         base_lr = cfg.optim.lr * t.batch_size / 256
         optimizer = build_optimizer(self.method, cfg.optim, base_lr)
@@ -254,16 +276,37 @@ class Trainer:
         self.model, self.optimizer = fabric.setup(self.method, optimizer)
 
         self.start_step = 0
-        self.history: dict[str, list[tuple[int, float]]] = {"loss": [], "knn": [], "lr": []}
+        self.history: dict[str, list[tuple[int, float]]] = {"loss": [], "knn": [], "lr": [], "images_per_s": []}
+        # The loss summed since the last logged step, and how many steps that is: checkpointed, so a
+        # resumed run logs the same means as an uninterrupted one.
+        self.loss_window = (0.0, 0)
         if resume_state is not None:
             self.restore(resume_state)
         else:
             torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # different views on every rank
-        self.metrics_log = MetricsCSV(self.out_dir / "logs" / "metrics.csv", self.start_step) if self.is_main else None
+        if self.is_main:
+            log_path = self.out_dir / "logs" / "metrics.csv"
+            self.metrics_log = MetricsCSV(log_path, self.start_step if resume_state is not None else None)
 
     def say(self, message: str) -> None:
+        """Print a ``selfsup:`` line on rank 0 (standard error)."""
         if self.is_main:
             _say(message)
+
+    def on_rank_zero(self, what: str, work: Callable[[], Any]) -> Any:
+        """``work()`` on rank 0; if it raises there, every rank raises, so no rank waits forever
+        in a collective the failed rank never reaches."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = work()
+            except Exception as caught:  # re-raised below, on every rank
+                error = caught
+        if not distributed.all_true(error is None, self.fabric.device):
+            if error is not None:
+                raise error
+            raise RuntimeError(f"rank 0 failed while {what}; its error is in its output")
+        return result
 
     # -- state -----------------------------------------------------------------------------
     def restore(self, state: dict[str, Any]) -> None:
@@ -276,14 +319,23 @@ class Trainer:
         if len(rng) != self.fabric.world_size:
             raise ConfigError(f"the checkpoint was written by {len(rng)} processes, this run has "
                               f"{self.fabric.world_size}; resume with the same devices x nodes")
+        saved = state.get("run", {})
+        for key, now in (("precision", self.precision), ("device", self.fabric.device.type)):
+            if key in saved and saved[key] != now:
+                raise ConfigError(f"train.{'precision' if key == 'precision' else 'accelerator'}: the checkpoint "
+                                  f"was trained with {key} {saved[key]!r}, this run resolves to {now!r}; an exact "
+                                  f"resume needs the same (set train.precision / train.accelerator explicitly)")
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.fabric.strategy.precision.load_state_dict(state.get("precision", {}))
+        if state.get("precision"):  # the fp16 gradient scaler's state; empty for other precisions
+            self.fabric.strategy.precision.load_state_dict(state["precision"])
         self.start_step = step
-        self.history = state["history"]
+        self.history = {"images_per_s": [], **state["history"]}
+        self.train_seconds = float(saved.get("train_seconds", 0.0))
+        self.loss_window = tuple(saved.get("loss_window", (0.0, 0)))
         _set_rng_state(rng[self.fabric.global_rank], self.fabric.device)
-        old_steps = int(state.get("max_steps", self.max_steps))
-        self.say(f"resuming {self.ckpt_path} at step {step} of {self.max_steps} (epoch {step / self.steps_per_epoch:g})")
+        old_steps = int(saved.get("max_steps", self.max_steps))
+        self.say(f"resuming at step {step} of {self.max_steps} (epoch {step / self.steps_per_epoch:g})")
         if old_steps != self.max_steps and step < self.max_steps:
             self.say(f"the run now has {self.max_steps} steps instead of {old_steps}: the warmup + cosine LR "
                      f"schedule and the method's schedules are recomputed over the new length (as timm does), "
@@ -297,15 +349,20 @@ class Trainer:
                                      f"{self._kept()}. {self._hint()}")
         rng = self.fabric.all_gather(_rng_state(self.fabric.device))
         rng = [rng] if self.fabric.world_size == 1 else list(rng)
-        if self.is_main:
+
+        def write() -> None:
+            run = {"max_steps": self.max_steps, "precision": self.precision, "device": self.fabric.device.type,
+                   "train_seconds": self.train_seconds + time.perf_counter() - self.fit_started,
+                   "loss_window": list(self.loss_window)}
             state = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "precision": self.fabric.strategy.precision.state_dict(), "step": step,
-                     "max_steps": self.max_steps, "epoch": step / self.steps_per_epoch, "config": to_dict(self.cfg),
+                     "epoch": step / self.steps_per_epoch, "config": to_dict(self.cfg), "run": run,
                      "rng": [r.cpu() for r in rng], "history": self.history,
                      "data": {"channels": self.train_set.channels, "size": self.train_set.size,
                               "num_train": len(self.train_set)}}
             checkpoint.save_atomic(state, self.ckpt_path)
-        self.fabric.barrier()
+
+        self.on_rank_zero(f"writing {self.ckpt_path}", write)
 
     def _kept(self) -> str:
         if self.ckpt_path.exists():
@@ -319,9 +376,10 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
     def make_batch(self, epoch: int, position: int) -> Batch:
+        """The views of this rank's share of global batch ``position`` of ``epoch``."""
         raw = self.source.batch(epoch, position, self.fabric.global_rank)
-        if self.augment is None:
-            return raw
+        if self.augment is None:  # the images as they are, one float view
+            return Batch([augment.to_float(raw.images)], raw.index, raw.labels)
         with torch.no_grad():
             views = self.augment(raw.images)
         if self.cfg.train.channels_last:
@@ -329,36 +387,52 @@ class Trainer:
         return Batch(views, raw.index, raw.labels)
 
     def forward(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
-        """``training_step`` through the Fabric/DDP wrapper; every rank stops together on NaN/Inf."""
-        try:
+        """``training_step`` through the Fabric/DDP wrapper; every rank stops together on NaN/Inf.
+
+        The losses' own NaN checks are off here: a loss that raised on one rank would skip the
+        collectives (gathered negatives, centres, queues) the other ranks wait in. A NaN input
+        gives a NaN loss, and the ranks agree on the loss with one all-reduce.
+        """
+        with losses.finite_checks(False):
             outputs = self.model(batch, progress)
-            problem = None if bool(torch.isfinite(outputs["loss"].detach())) else f"loss is {outputs['loss'].item()}"
-        except NonFiniteError as error:  # a loss refuses NaN/Inf inputs: the embeddings diverged
-            outputs, problem = {}, str(error)
-        if not distributed.all_true(problem is None, self.fabric.device):
-            where = problem or "another rank's loss is NaN/Inf"
+        loss = outputs["loss"].detach()
+        finite = bool(torch.isfinite(loss))
+        if not distributed.all_true(finite, self.fabric.device):
+            where = f"the loss is {loss.item()}" if not finite else "another rank's loss is NaN/Inf"
             raise NonFiniteLossError(f"{self.cfg.method}: {where} at step {progress.step} (epoch "
                                      f"{progress.epoch:.2f}); {self._kept()}. {self._hint()}")
         return outputs
 
     def draw_views(self, count: int = 8) -> None:
         """``views.png``: a few training images and the views the method gets from them."""
-        if not (self.is_main and self.cfg.eval.plots and self.augment is not None):
+        if not (self.cfg.eval.plots and self.augment is not None):
             return
-        images = self.source.images[:count]
-        views = self.augment(images, generator=torch.Generator(images.device).manual_seed(self.cfg.train.seed))
-        n_global = len(self.augment.views)
-        names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
-        evaluate.plot_views(images, views, self.out_dir / "views.png", names=names,
-                            title=f"{self.cfg.method} views of {self.cfg.data.name}")
+
+        def draw() -> None:
+            images = self.source.images[:count]
+            generator = torch.Generator(images.device).manual_seed(self.cfg.train.seed)
+            views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
+            n_global = len(self.augment.views)
+            names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
+            evaluate.plot_views(images, views, self.out_dir / "views.png", names=names,
+                                title=f"{self.cfg.method} views of {self.cfg.data.name}")
+
+        self.on_rank_zero("drawing views.png", draw)
 
     def fit(self) -> None:
+        """Train from ``start_step`` to ``max_steps``: log, monitor and checkpoint along the way."""
         cfg, t, fabric = self.cfg, self.cfg.train, self.fabric
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(cfg)))
         if self.start_step == 0:
             self.draw_views()
+        self.fit_started = time.perf_counter()
         bar = tqdm(total=self.max_steps, initial=self.start_step, desc=f"{cfg.method} {cfg.name}",
                    unit="step", disable=not (t.progress and self.is_main), dynamic_ncols=True)
-        window_start, window_steps, running = time.perf_counter(), 0, torch.zeros((), device=fabric.device)
+        window_start = time.perf_counter()
+        running = torch.tensor(self.loss_window[0], device=fabric.device)
+        status = "failed"
         try:
             for step in range(self.start_step, self.max_steps):
                 progress = Progress(step, self.max_steps, self.steps_per_epoch)
@@ -375,7 +449,8 @@ class Trainer:
                 self.method.on_step_end(progress)
 
                 running += outputs["loss"].detach()
-                window_steps += 1
+                window_steps = self.loss_window[1] + 1
+                self.loss_window = (float(running), window_steps)
                 done = step + 1
                 if done % t.log_every == 0 or done == self.max_steps:
                     mean_loss = float(fabric.all_reduce(running / window_steps, reduce_op="mean"))
@@ -386,11 +461,13 @@ class Trainer:
                     self.log(metrics, done)
                     self.history["loss"].append((done, mean_loss))
                     self.history["lr"].append((done, lr))
+                    self.history["images_per_s"].append((done, images_per_s))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:,.0f}", lr=f"{lr:.3g}",
                                     refresh=False)
                     bar.update(done - bar.n)
-                    window_start, window_steps = time.perf_counter(), 0
-                    running = torch.zeros((), device=fabric.device)
+                    window_start = time.perf_counter()
+                    running.zero_()
+                    self.loss_window = (0.0, 0)
                 epoch_end = done % self.steps_per_epoch == 0
                 if epoch_end and t.knn_every and (done // self.steps_per_epoch) % t.knn_every == 0:
                     accuracy = self.knn_monitor()
@@ -401,69 +478,120 @@ class Trainer:
                             self.say(f"epoch {done // self.steps_per_epoch}: kNN accuracy {accuracy:.4f}")
                 if done % t.checkpoint_every == 0 or epoch_end or done == self.max_steps:
                     self.save(done)
+            status = "success"
         finally:
+            self.train_seconds += time.perf_counter() - self.fit_started
             bar.close()
             for logger in fabric.loggers:
-                logger.finalize("success")
+                logger.finalize(status)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        """Write metrics to TensorBoard and (rank 0) ``logs/metrics.csv``."""
         self.fabric.log_dict(metrics, step=step)
-        if self.metrics_log is not None:
+        if self.is_main:
             self.metrics_log.log(metrics, step)
 
+    def monitor_split(self) -> tuple[Tensor, Tensor] | None:
+        """The kNN monitor's (bank, queries) rows of the training split, both seeded.
+
+        Queries are a stratified ``train.knn_val_fraction`` of the training images, kept out of
+        the bank, so the curve is measured on images whose labels it never compares against and
+        the test split is left for the final evaluation. Every image, queries included, is still
+        unlabelled pretraining data, as in any self-supervised run. With ``knn_val_fraction=0``
+        the bank is the training split and the queries are the test split (None).
+        """
+        labels = self.train_set.labels
+        n, t = len(self.train_set), self.cfg.train
+        generator = torch.Generator().manual_seed(t.seed)
+        if t.knn_val_fraction == 0:
+            return torch.randperm(n, generator=generator)[: min(n, t.knn_train_samples)], None
+        count = min(n - 1, max(1, round(t.knn_val_fraction * n)))
+        queries = torch.from_numpy(stratified_sample(labels.cpu().numpy(), count, np.random.default_rng(t.seed)))
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[queries] = False
+        rest = rest.nonzero().squeeze(1)
+        return rest[torch.randperm(len(rest), generator=generator)[: t.knn_train_samples]], queries
+
     def knn_monitor(self) -> float | None:
-        """Weighted kNN accuracy of the current eval encoder on the test split (rank 0 computes)."""
-        if self.test_set is None:
+        """Weighted kNN accuracy of the current eval encoder on held-out training images (rank 0 computes)."""
+        if self.train_set.labels is None or (self.cfg.train.knn_val_fraction == 0 and self.test_set is None):
             return None
-        accuracy = torch.zeros((), device=self.fabric.device)
-        if self.is_main:
-            generator = torch.Generator().manual_seed(self.cfg.train.seed)
-            n = len(self.train_set)
-            subset = torch.randperm(n, generator=generator)[: min(n, self.cfg.train.knn_train_samples)]
+
+        def measure() -> float:
+            bank, queries = self.monitor_split()
             encoder = self.method.eval_encoder()
             autocast = self.fabric.device.type == "cuda" or "bf16" in self.precision
             kwargs = dict(device=self.fabric.device, autocast=autocast)
-            images = self.source.images
-            train_x = evaluate.extract_features(encoder, images[subset.to(images.device)], **kwargs)
-            test_x = evaluate.extract_features(encoder, self.test_set.images, **kwargs)
-            accuracy.fill_(evaluate.knn_accuracy(train_x, self.train_set.labels[subset], test_x,
-                                                 self.test_set.labels, k=self.cfg.eval.knn_k,
-                                                 temperature=self.cfg.eval.knn_temperature))
-        return float(self.fabric.broadcast(accuracy, src=0))
+            images, labels = self.source.images, self.train_set.labels
+            if queries is None:
+                query_images, query_labels = self.test_set.images, self.test_set.labels
+            else:
+                query_images, query_labels = images[queries.to(images.device)], labels[queries]
+            bank_x = evaluate.extract_features(encoder, images[bank.to(images.device)], **kwargs)
+            query_x = evaluate.extract_features(encoder, query_images, **kwargs)
+            return evaluate.knn_accuracy(bank_x, labels[bank], query_x, query_labels, k=self.cfg.eval.knn_k,
+                                         temperature=self.cfg.eval.knn_temperature)
+
+        accuracy = self.on_rank_zero("measuring the kNN monitor", measure)
+        return float(self.fabric.broadcast(torch.tensor(accuracy or 0.0, device=self.fabric.device), src=0))
+
+
+def _commit() -> str | None:
+    """The git commit of the selfsup source tree, when it is a checkout (for results.json)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
 
 
 def finish(trainer: Trainer) -> dict[str, float]:
-    """Final evaluation and pictures on rank 0: linear probe, kNN, curves, embedding map, embeddings."""
+    """Final evaluation and pictures on rank 0, on the test split (read here only): linear probe,
+    kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``); curves, embedding map,
+    retrieval grid, embeddings, and ``results.json`` (schema in ``selfsup.evaluate.report``)."""
     cfg, out = trainer.cfg, trainer.out_dir
     metrics: dict[str, float] = {}
     if not trainer.is_main:
         return metrics
     if cfg.eval.plots:
-        evaluate.plot_curves({k: v for k, v in trainer.history.items() if v and k != "lr"}, out / "curves.png",
-                             title=f"{cfg.method} on {cfg.data.name}")
+        curves = {k: v for k, v in trainer.history.items() if v and k not in ("lr", "images_per_s")}
+        evaluate.plot_curves(curves, out / "curves.png", title=f"{cfg.method} on {cfg.data.name}")
+    evaluations: dict[str, dict[str, Any]] = {}
     test = trainer.test_set
-    if test is None:
-        return metrics
-    device = trainer.fabric.device
-    encoder = trainer.method.eval_encoder()
-    train_x = evaluate.extract_features(encoder, trainer.source.images, device=device, progress=cfg.train.progress)
-    test_x = evaluate.extract_features(encoder, test.images, device=device)
-    if cfg.eval.linear:
-        metrics["linear_accuracy"] = evaluate.linear_probe(train_x, trainer.train_set.labels, test_x,
-                                                           test.labels).accuracy
-    if cfg.eval.knn:
-        metrics["knn_accuracy"] = evaluate.knn_accuracy(train_x, trainer.train_set.labels, test_x, test.labels,
-                                                        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
-    if cfg.eval.save_embeddings:
-        evaluate.save_embeddings(out, test_x, test.labels, prefix="test_embeddings")
-    if cfg.eval.plots:
-        evaluate.plot_embedding(test_x, test.labels, out / f"{cfg.eval.embedding_map}.png",
-                                method=cfg.eval.embedding_map, classes=test.classes)
-    (out / "results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if test is not None:
+        device = trainer.fabric.device
+        encoder = trainer.method.eval_encoder()
+        train_images, train_y = trainer.source.images, trainer.train_set.labels
+        train_x = evaluate.extract_features(encoder, train_images, device=device, progress=cfg.train.progress)
+        test_x = evaluate.extract_features(encoder, test.images, device=device)
+        evaluations = evaluate.frozen_evaluations(train_x, train_y, test_x, test.labels, data=cfg.data.name,
+                                                  linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
+                                                  knn_temperature=cfg.eval.knn_temperature)
+        metrics.update({f"{key}_accuracy": evaluations[key]["accuracy"] for key in ("linear", "knn")
+                        if key in evaluations})
+        if cfg.eval.save_embeddings:
+            evaluate.save_embeddings(out, test_x, test.labels, prefix="test_embeddings")
+        if cfg.eval.plots:
+            evaluate.plot_embedding(test_x, test.labels, out / f"{cfg.eval.embedding_map}.png",
+                                    method=cfg.eval.embedding_map, classes=test.classes)
+            evaluate.retrieval_picture(train_images, train_x, train_y, test.images, test_x, test.labels,
+                                       out / "retrieval.png", classes=test.classes)
+    rates = [rate for _, rate in trainer.history.get("images_per_s", [])[1:]]  # the first window warms up
+    results = {"name": cfg.name, "method": cfg.method, "data": cfg.data.name, "backbone": cfg.backbone.name,
+               "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "steps": trainer.max_steps,
+               "precision": trainer.precision, "device": trainer.fabric.device.type,
+               "devices": trainer.fabric.world_size, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "command": trainer.command, "commit": _commit(),
+               "wall_time_s": round(time.perf_counter() - trainer.started, 1),
+               "pretrain_time_s": round(trainer.train_seconds, 1),
+               "images_per_s": round(float(np.median(rates)), 1) if rates else None,
+               **metrics, "evaluations": evaluations}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return metrics
 
 
-def pretrain(cfg: Config, *, resume: str | Path | bool = False) -> RunResult:
+def pretrain(cfg: Config, *, resume: str | Path | bool = False, command: str | None = None) -> RunResult:
     """Pretrain ``cfg.method`` on ``cfg.data``, evaluate, and return where everything went.
 
     Args:
@@ -473,6 +601,7 @@ def pretrain(cfg: Config, *, resume: str | Path | bool = False) -> RunResult:
             random views, same weights). ``cfg`` must equal the checkpoint's configuration except
             for the keys in ``selfsup.config.RESUMABLE`` (``train.epochs`` extends or shortens the
             run; the schedules are then recomputed over the new length).
+        command: the command line that started the run, recorded in ``results.json``.
 
     Raises:
         ConfigError: ``cfg`` changes a setting a resumed run cannot change.
@@ -485,7 +614,7 @@ def pretrain(cfg: Config, *, resume: str | Path | bool = False) -> RunResult:
         for key, before, after in check_resume(from_dict(state["config"]), cfg):
             if distributed.rank() == 0:
                 _say(f"resume changes {key}: {before!r} -> {after!r}")
-    trainer = Trainer(cfg, state)
+    trainer = Trainer(cfg, state, command)
     trainer.fit()
     metrics = finish(trainer)
     return RunResult(trainer.out_dir, trainer.ckpt_path, trainer.history, metrics)

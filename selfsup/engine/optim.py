@@ -17,7 +17,7 @@ from torch import nn
 from selfsup.config import OptimConfig, Optimizer
 from selfsup.nn import cosine, warmup_cosine
 
-GROUP_KEYS = frozenset({"params", "lr_scale", "fixed_lr", "weight_decay_scale", "name"})
+GROUP_KEYS = frozenset({"params", "lr_scale", "fixed_lr", "weight_decay_scale"})
 
 
 def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -57,13 +57,16 @@ def build_optimizer(method: nn.Module, cfg: OptimConfig, lr: float) -> torch.opt
     """The optimiser named by ``cfg.name`` over :func:`param_groups` of ``method``.
 
     LARS is ``timm.optim.Lars`` (You et al. 2017: local LR ``η‖w‖ / (‖g‖ + β‖w‖)``, trust
-    coefficient η = 0.001), which adapts only groups with non-zero weight decay, so biases and
-    norms get plain SGD with momentum, as in SimCLR and BYOL.
+    coefficient η = 0.001). Adaptation follows the split, not the weight-decay value: weights
+    are adapted even at zero weight decay, biases and norms get plain SGD with momentum, as in
+    SimCLR and BYOL (timm alone would adapt a group only while its weight decay is non-zero).
     """
     groups = param_groups(method, cfg)
     for group in groups:
         group["weight_decay"] = cfg.weight_decay * group["weight_decay_scale"]
     if cfg.name == Optimizer.lars:
+        for group in groups:
+            group["always_adapt"] = group["weight_decay_scale"] > 0
         return Lars(groups, lr=lr, momentum=cfg.momentum)
     if cfg.name == Optimizer.sgd:
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
@@ -87,6 +90,7 @@ class Schedule:
 
     @classmethod
     def build(cls, cfg: OptimConfig, base_lr: float, max_steps: int, steps_per_epoch: int) -> Schedule:
+        """The schedules of ``cfg`` for a run of ``max_steps`` steps (warmup given in epochs)."""
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
         end_lr = base_lr * cfg.min_lr_ratio
         end_wd = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end

@@ -11,21 +11,26 @@ Everything here takes an encoder and tensors (never a checkpoint path or a confi
     recall_at_k(test_x, test_y, test_x, test_y, exclude_self=True)  # {1: ..., 5: ..., 10: ...}
     few_label_finetune(encoder, make_scratch, train_images, train_y, test_images, test_y)  # 1%, 10%
 
-The report is the one exception: it reads a finished run's folder. ``write_report(run_dir)``
-writes the run's HTML page and ``results_table(run_dirs)`` the README's results table.
+``frozen_evaluations`` and ``finetune_entry`` make these as the JSON entries of a run's
+``results.json``, each with its protocol in words. The report is the one exception to "tensors
+only": it reads a finished run's folder. ``write_report(run_dir)`` writes the run's HTML page and
+``results_table(run_dirs)`` the README's results table.
 """
 
 from selfsup.evaluate.features import extract_features, save_embeddings
 from selfsup.evaluate.fewshot import Episodes, FewShotResult, fewshot_accuracy, sample_episodes
 from selfsup.evaluate.finetune import FinetuneResult, few_label_finetune, finetune, label_subset
-from selfsup.evaluate.knn import knn_accuracy, knn_predict
+from selfsup.evaluate.knn import KNN_PROTOCOL, knn_accuracy, knn_predict
 from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_views
-from selfsup.evaluate.probe import ProbeResult, linear_probe
+from selfsup.evaluate.probe import LINEAR_PROTOCOL, ProbeResult, linear_probe
 from selfsup.evaluate.report import load_run, results_table, write_report
 from selfsup.evaluate.retrieval import nearest_neighbours, plot_retrieval, recall_at_k
+from selfsup.evaluate.suite import (FEWSHOT_PROTOCOL, FINETUNE_PROTOCOL, RETRIEVAL_PROTOCOL, fewshot_entry,
+                                    finetune_entry, frozen_evaluations, retrieval_picture)
 
-__all__ = ["ProbeResult", "extract_features", "knn_accuracy", "knn_predict", "linear_probe",
-           "plot_curves", "plot_embedding", "plot_views", "save_embeddings",
-           "load_run", "results_table", "write_report",
-           "Episodes", "FewShotResult", "FinetuneResult", "few_label_finetune", "fewshot_accuracy", "finetune",
-           "label_subset", "nearest_neighbours", "plot_retrieval", "recall_at_k", "sample_episodes"]
+__all__ = ["FEWSHOT_PROTOCOL", "FINETUNE_PROTOCOL", "KNN_PROTOCOL", "LINEAR_PROTOCOL", "RETRIEVAL_PROTOCOL",
+           "Episodes", "FewShotResult", "FinetuneResult", "ProbeResult", "extract_features", "few_label_finetune",
+           "fewshot_accuracy", "fewshot_entry", "finetune", "finetune_entry", "frozen_evaluations", "knn_accuracy",
+           "knn_predict", "label_subset", "linear_probe", "load_run", "nearest_neighbours", "plot_curves",
+           "plot_embedding", "plot_retrieval", "plot_views", "recall_at_k", "results_table", "retrieval_picture",
+           "sample_episodes", "save_embeddings", "write_report"]

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from selfsup.evaluate._common import as_features, as_labels, atomic_write
+from selfsup.nn import eval_mode
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -67,28 +68,24 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
 
     home = _module_device(encoder)
     target = torch.device(device) if device is not None else home
-    # Each module's own flag, not just the root's: a caller may keep e.g. frozen BN layers in eval.
-    modes = {module: module.training for module in encoder.modules()}
     chunks: list[Tensor] = []
     moved = target != home
     try:
         if moved:
             encoder.to(target)
-        encoder.eval()
-        for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch",
-                          disable=not progress):
-            batch = images[start:start + batch_size].to(target, non_blocking=True)
-            batch = batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
-            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast):
-                features = encoder(batch)
-            if not isinstance(features, Tensor) or features.ndim != 2 or len(features) != len(batch):
-                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-                raise ValueError(f"encoder must return features of shape ({len(batch)}, D) for a batch of "
-                                 f"{len(batch)} images, got {shape}; pool and flatten its output")
-            chunks.append(features.float().cpu())
+        with eval_mode(encoder):
+            for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch",
+                              disable=not progress):
+                batch = images[start:start + batch_size].to(target, non_blocking=True)
+                batch = batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
+                with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast):
+                    features = encoder(batch)
+                if not isinstance(features, Tensor) or features.ndim != 2 or len(features) != len(batch):
+                    shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                    raise ValueError(f"encoder must return features of shape ({len(batch)}, D) for a batch of "
+                                     f"{len(batch)} images, got {shape}; pool and flatten its output")
+                chunks.append(features.float().cpu())
     finally:
-        for module, mode in modes.items():
-            module.training = mode
         if moved:
             encoder.to(home)
     return torch.cat(chunks)

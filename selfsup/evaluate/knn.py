@@ -8,6 +8,11 @@ from torch import Tensor
 
 from selfsup.evaluate._common import as_features, as_labels
 
+KNN_PROTOCOL = ("weighted k-nearest neighbours on L2-normalised frozen features: the k={k} training images of "
+                "highest cosine similarity s vote for their class with weight exp(s / {temperature}); top-1 accuracy "
+                "on the test split (Wu et al. 2018)")
+"""How :func:`knn_predict` evaluates, in words (format with ``k`` and ``temperature``), for reports."""
+
 
 def _top_k(similarity: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``similarity.topk(k)``, except that neighbours tied with the k-th go by lower train index.

@@ -24,6 +24,7 @@ losses equals the single-process loss. On one process `gather` changes nothing.
 the global batch.)
 """
 
+from selfsup.losses._common import finite_checks
 from selfsup.losses.contrastive import clip, cpc, info_nce, jsd_mi, n_pair, nce, nce_log_normalizer, nt_xent, supcon
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import batch_hard_triplet, prototypical, semi_hard_triplet, triplet
@@ -34,6 +35,7 @@ __all__ = [
     "clip",
     "cpc",
     "dino",
+    "finite_checks",
     "info_nce",
     "jsd_mi",
     "n_pair",

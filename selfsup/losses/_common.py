@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import torch
@@ -20,9 +22,29 @@ _BLOCK_ELEMENTS = 1 << 22
 # ----------------------------------------------------------------------------- validation
 
 
+_CHECK_FINITE = contextvars.ContextVar("selfsup_losses_check_finite", default=True)
+
+
+@contextlib.contextmanager
+def finite_checks(enabled: bool):
+    """Turn the losses' NaN/Inf input checks on or off inside the block.
+
+    The training engine turns them off: under DDP a loss that raised on one rank would skip the
+    collectives the other ranks are waiting in. It checks the loss itself instead, on every
+    rank together (a NaN input gives a NaN loss).
+    """
+    token = _CHECK_FINITE.set(enabled)
+    try:
+        yield
+    finally:
+        _CHECK_FINITE.reset(token)
+
+
 def _finite(name: str, x: Tensor) -> None:
     # Skipped under torch.compile: the check is a host sync that would break the graph.
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+    if not _CHECK_FINITE.get() or torch.compiler.is_compiling():
+        return
+    if not bool(torch.isfinite(x).all()):
         raise NonFiniteError(f"{name} contains NaN or Inf values; check the inputs (or lower the learning rate)")
 
 

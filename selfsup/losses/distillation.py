@@ -102,13 +102,13 @@ class DINOLoss(nn.Module):
 
     Each call computes the loss with the current centre, then updates
     `center = m * center + (1 - m) * mean(teacher_logits)`, the mean taken over
-    the teacher outputs of every rank (Caron et al. 2021, eq. 4). Set
-    `teacher_temp` between steps for the paper's warm-up schedule.
+    the teacher outputs of every rank with one all-reduce of their sum (Caron et
+    al. 2021, eq. 4). Pass `teacher_temp` per call for the paper's warm-up schedule.
 
     Args:
         out_dim: K, the DINO head's output dimension.
         student_temp: τ_s > 0.
-        teacher_temp: τ_t > 0.
+        teacher_temp: τ_t > 0 when a call does not give one.
         center_momentum: m in [0, 1) (paper: 0.9).
 
     Example:
@@ -131,10 +131,12 @@ class DINOLoss(nn.Module):
         self.student_temp, self.teacher_temp, self.center_momentum = student_temp, teacher_temp, center_momentum
         self.register_buffer("center", torch.zeros(out_dim))
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, teacher_temp: float | None = None) -> Tensor:
         """Loss for `(V, B, K)` student and `(T, B, K)` teacher logits; updates the centre afterwards."""
-        loss = dino(student_logits, teacher_logits, self.center, self.student_temp, self.teacher_temp)
+        temp = self.teacher_temp if teacher_temp is None else teacher_temp
+        loss = dino(student_logits, teacher_logits, self.center, self.student_temp, temp)
         with torch.no_grad():
-            batch_center = distributed.gather(teacher_logits.detach().flatten(0, 1)).float().mean(dim=0)
-            self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+            total = distributed.all_reduce_sum(teacher_logits.detach().float().sum(dim=(0, 1)))
+            count = teacher_logits.shape[0] * teacher_logits.shape[1] * distributed.world_size()
+            self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
         return loss

@@ -45,11 +45,6 @@ class Progress:
         """Epochs done, as a float (2.5 is half-way through the third epoch)."""
         return self.step / self.steps_per_epoch
 
-    @property
-    def fraction(self) -> float:
-        """``step / max_steps`` in [0, 1]."""
-        return min(1.0, self.step / max(1, self.max_steps))
-
 
 @dataclass
 class Batch:
@@ -73,11 +68,14 @@ class Method(Protocol):
 
     Attributes:
         data_kind: the data it learns from: "images", "image_text", "sequences" or "graph".
+        views_needed: (fewest, most) views a batch must have (most None: no limit), checked when
+            a run is configured.
         sync_batchnorm: whether the paper uses BatchNorm statistics of the global batch under DDP.
         sync_batchnorm_exclude: names of submodules kept out of SyncBN (MoCo's key encoder).
     """
 
     data_kind: str
+    views_needed: tuple[int, int | None]
     sync_batchnorm: bool
     sync_batchnorm_exclude: tuple[str, ...]
 
@@ -116,14 +114,17 @@ class MethodBase(nn.Module):
 
     data_kind: ClassVar[str] = "images"
     augment_recipe: ClassVar[str] = "simclr"
+    views_needed: ClassVar[tuple[int, int | None]] = (2, 2)
     sync_batchnorm: ClassVar[bool] = False
     sync_batchnorm_exclude: ClassVar[tuple[str, ...]] = ()
     backbone: nn.Module
 
     def augmentation(self, image_size: int) -> augment.Augmentation | None:
+        """The paper's views: the ``augment_recipe`` recipe at this image size."""
         return augment.recipe(self.augment_recipe, image_size)
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        """The method's loss on one batch; every method writes its own."""
         raise NotImplementedError
 
     def forward(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
@@ -131,7 +132,8 @@ class MethodBase(nn.Module):
         return self.training_step(batch, progress)
 
     def param_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """One group of every parameter (the engine keeps only those that require gradients)."""
+        return [{"params": list(self.parameters())}]
 
     def after_backward(self, progress: Progress) -> None:
         """Nothing to change by default."""
@@ -140,13 +142,22 @@ class MethodBase(nn.Module):
         """No state to update by default."""
 
     def eval_encoder(self) -> nn.Module:
+        """The backbone."""
         return self.backbone
 
 
-def check_views(batch: Batch, expected: int, method: str, at_least: bool = False) -> None:
+def view_count_problem(method: type | nn.Module, count: int) -> str | None:
+    """What is wrong with giving ``method`` batches of ``count`` views (None: nothing)."""
+    fewest, most = method.views_needed
+    if fewest <= count and (most is None or count <= most):
+        return None
+    need = f"at least {fewest}" if most is None else str(fewest) if fewest == most else f"{fewest} to {most}"
+    name = method.__name__ if isinstance(method, type) else type(method).__name__
+    return f"{name} expects {need} views per batch, got {count}"
+
+
+def check_views(batch: Batch, method: nn.Module) -> None:
     """Raise a clear error when a batch has the wrong number of views for ``method``."""
-    count = len(batch.views)
-    if count < expected if at_least else count != expected:
-        need = f"at least {expected}" if at_least else str(expected)
-        raise ValueError(f"{method} expects {need} views per batch, got {count}; "
-                         f"use an augmentation that returns {need} views")
+    problem = view_count_problem(method, len(batch.views))
+    if problem:
+        raise ValueError(f"{problem}; use an augmentation that returns the views the method needs")

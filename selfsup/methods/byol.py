@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
-from selfsup.nn import Backbone, cosine, frozen_copy, momentum_update, projection_mlp
+from selfsup.nn import Backbone, check_momentum, cosine, frozen_copy, momentum_update, projection_mlp
 
 
 class BYOL(MethodBase):
@@ -22,14 +22,15 @@ class BYOL(MethodBase):
         ξ ← τ ξ + (1 − τ) θ,   τ = 1 − (1 − τ_base)(cos(πk/K) + 1)/2   # after optimiser step k of K
 
     No negatives: the predictor and the momentum target keep the representation from collapsing.
-    Both views go through each network as one batch of 2N (one pass instead of two; BatchNorm
-    then sees both views, as under the paper's global BN). The target is a copy of the online
-    backbone and projector and never receives gradients; evaluation uses the online backbone.
+    Each view goes through each network on its own, as in the official code, so BatchNorm
+    normalises each view with its own statistics (the asymmetric views differ: only the second
+    is solarised). The target is a copy of the online backbone and projector and never receives
+    gradients; evaluation uses the online backbone.
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features.
-        proj_hidden_dim: hidden width of projector and predictor (paper: 4096).
-        proj_dim: projection dimension (256).
+        proj_hidden_dim: hidden width of the projector (paper: 4096).
+        proj_dim: projection dimension (256), also the predictor's output.
         pred_hidden_dim: hidden width of the predictor (4096).
         base_momentum: τ_base (0.996).
         final_momentum: τ at the last step (1.0).
@@ -41,9 +42,8 @@ class BYOL(MethodBase):
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 4096, proj_dim: int = 256,
                  pred_hidden_dim: int = 4096, base_momentum: float = 0.996, final_momentum: float = 1.0) -> None:
         super().__init__()
-        for name, value in (("base_momentum", base_momentum), ("final_momentum", final_momentum)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        check_momentum("base_momentum", base_momentum)
+        check_momentum("final_momentum", final_momentum)
         self.backbone = backbone
         self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim)
         self.predictor = projection_mlp(proj_dim, pred_hidden_dim, proj_dim)
@@ -52,11 +52,10 @@ class BYOL(MethodBase):
         self.final_momentum = final_momentum
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
-        check_views(batch, 2, "BYOL")
-        views = torch.cat(batch.views)
-        p1, p2 = self.predictor(self.projector(self.backbone(views))).chunk(2)
+        check_views(batch, self)
+        p1, p2 = (self.predictor(self.projector(self.backbone(view))) for view in batch.views)
         with torch.no_grad():
-            t1, t2 = self.target(views).chunk(2)
+            t1, t2 = (self.target(view) for view in batch.views)
         # negative_cosine is -cos, so 2 - 2 cos = 2 + 2 * negative_cosine.
         loss = 4 + 2 * (losses.negative_cosine(p1, t2) + losses.negative_cosine(p2, t1))
         return {"loss": loss, "momentum": torch.tensor(self.momentum_at(progress))}

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
-from selfsup.nn import Backbone, DINOHead, cosine, frozen_copy, momentum_update
+from selfsup.nn import Backbone, DINOHead, check_momentum, cosine, frozen_copy, momentum_update
 
 GLOBAL_CROPS = 2
 
@@ -29,8 +29,9 @@ class DINO(MethodBase):
     ``warmup_teacher_temp_epochs`` epochs (indexed by whole epochs, as ``np.linspace`` in the
     official code). After backward each parameter's gradient norm is clipped to ``clip_grad``
     and, during the first ``freeze_last_layer_epochs``, the head's last layer gets no update.
-    Crops of the same resolution go through the student together. Evaluation uses the teacher's
-    backbone (the paper reports the teacher).
+    Crops of the same resolution go through the student's backbone together, and the head then
+    takes all their features at once (the official ``MultiCropWrapper``). Evaluation uses the
+    teacher's backbone (the paper reports the teacher).
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features (ConvNet, ResNet or ViT).
@@ -49,6 +50,7 @@ class DINO(MethodBase):
     """
 
     augment_recipe = "dino"
+    views_needed = (GLOBAL_CROPS, None)
     sync_batchnorm = True
 
     def __init__(self, backbone: Backbone, *, out_dim: int = 65536, hidden_dim: int = 2048,
@@ -61,6 +63,11 @@ class DINO(MethodBase):
         if warmup_teacher_temp_epochs < 0 or freeze_last_layer_epochs < 0 or clip_grad < 0:
             raise ValueError("warmup_teacher_temp_epochs, freeze_last_layer_epochs and clip_grad must be >= 0, got "
                              f"{warmup_teacher_temp_epochs}, {freeze_last_layer_epochs}, {clip_grad}")
+        if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0:
+            raise ValueError("student_temp, teacher_temp and warmup_teacher_temp must be > 0, got "
+                             f"{student_temp}, {teacher_temp}, {warmup_teacher_temp}")
+        check_momentum("base_momentum", base_momentum)
+        check_momentum("final_momentum", final_momentum)
         self.backbone = backbone
         self.head = DINOHead(backbone.out_dim, out_dim, hidden_dim, bottleneck_dim, batch_norm=head_batch_norm,
                              norm_last_layer=norm_last_layer)
@@ -86,16 +93,17 @@ class DINO(MethodBase):
         return cosine(progress.step, progress.max_steps, self.base_momentum, self.final_momentum)
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
-        check_views(batch, GLOBAL_CROPS, "DINO", at_least=True)
+        check_views(batch, self)
         views, size = batch.views, batch.views[0].shape[0]
-        self.criterion.teacher_temp = self.teacher_temperature(int(progress.epoch))
+        teacher_temp = self.teacher_temperature(int(progress.epoch))
         with torch.no_grad():
             teacher = self.teacher(torch.cat(views[:GLOBAL_CROPS]))
-        # One pass per run of same-resolution crops (global, then local), as a ViT needs.
-        student = torch.cat([self.head(self.backbone(torch.cat(list(group))))
-                             for _, group in itertools.groupby(views, key=lambda view: view.shape[-2:])])
-        loss = self.criterion(student.view(len(views), size, -1), teacher.view(GLOBAL_CROPS, size, -1))
-        return {"loss": loss, "teacher_temp": torch.tensor(self.criterion.teacher_temp),
+        # One backbone pass per run of same-resolution crops (global, then local), as a ViT needs.
+        features = torch.cat([self.backbone(torch.cat(list(group)))
+                              for _, group in itertools.groupby(views, key=lambda view: view.shape[-2:])])
+        student = self.head(features)
+        loss = self.criterion(student.view(len(views), size, -1), teacher.view(GLOBAL_CROPS, size, -1), teacher_temp)
+        return {"loss": loss, "teacher_temp": torch.tensor(teacher_temp),
                 "momentum": torch.tensor(self.momentum_at(progress))}
 
     def after_backward(self, progress: Progress) -> None:

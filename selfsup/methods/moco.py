@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from selfsup import distributed, losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
-from selfsup.nn import Backbone, KeyQueue, frozen_copy, momentum_update, projection_mlp, shuffled_forward
+from selfsup.nn import Backbone, KeyQueue, check_momentum, frozen_copy, momentum_update, projection_mlp, shuffled_forward
 
 
 class MoCo(MethodBase):
@@ -23,13 +23,16 @@ class MoCo(MethodBase):
         f_k ← m·f_k + (1 − m)·f_q                     # after the optimiser step
 
     Defaults are MoCo v2's: the MLP head of the official code (Linear–ReLU–Linear, no BatchNorm),
-    τ = 0.2, blur in the augmentation. MoCo v1 is ``mlp=False, temperature=0.07`` with the
-    ``moco_v1`` augmentation. BatchNorm is per device (never global: the key encoder relies on
-    shuffle-BN so that a query and its key see the statistics of different sub-batches).
+    τ = 0.2, blur in the augmentation. MoCo v1 is ``mlp=False, temperature=0.07`` with MoCo v1's
+    augmentation (no blur). BatchNorm is per device (never global: the key encoder relies on
+    shuffle-BN so that a query and its key see the statistics of different sub-batches); each
+    rank keeps its own running statistics, and checkpoints hold rank 0's, as DDP's buffer
+    broadcast would.
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features.
-        proj_hidden_dim: hidden width of the MLP head (v2: 2048).
+        proj_hidden_dim: hidden width of the MLP head (None: the backbone's feature dimension, as
+            the official code's ``dim_mlp``; 2048 for a ResNet-50).
         proj_dim: key/query dimension D (128).
         queue_size: number of negatives K (65536); any size, not only multiples of the batch.
         momentum: key-encoder momentum m (0.999).
@@ -43,17 +46,17 @@ class MoCo(MethodBase):
     augment_recipe = "moco_v2"
     sync_batchnorm_exclude = ("key_encoder",)
 
-    def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 128,
+    def __init__(self, backbone: Backbone, *, proj_hidden_dim: int | None = None, proj_dim: int = 128,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
                  mlp: bool = True, head_batch_norm: bool = False, shuffle_bn: bool = True,
                  shuffle_splits: int = 8) -> None:
         super().__init__()
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        check_momentum("momentum", momentum)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.backbone = backbone
-        self.projector = (projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, batch_norm=head_batch_norm)
+        hidden = backbone.out_dim if proj_hidden_dim is None else proj_hidden_dim
+        self.projector = (projection_mlp(backbone.out_dim, hidden, proj_dim, batch_norm=head_batch_norm)
                           if mlp else nn.Linear(backbone.out_dim, proj_dim))
         self.key_encoder = frozen_copy(nn.Sequential(backbone, self.projector))
         self.queue = KeyQueue(queue_size, proj_dim)
@@ -63,7 +66,7 @@ class MoCo(MethodBase):
         self.shuffle_splits = shuffle_splits
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
-        check_views(batch, 2, "MoCo")
+        check_views(batch, self)
         x_q, x_k = batch.views
         q = self.projector(self.backbone(x_q))
         with torch.no_grad():

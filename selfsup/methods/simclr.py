@@ -43,6 +43,6 @@ class SimCLR(MethodBase):
         self.temperature = temperature
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
-        check_views(batch, 2, "SimCLR")
+        check_views(batch, self)
         z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)
         return {"loss": losses.nt_xent(z1, z2, self.temperature)}

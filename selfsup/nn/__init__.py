@@ -4,13 +4,15 @@ global BatchNorm, schedules."""
 from selfsup.nn.backbones import BACKBONES, Backbone, build_backbone, convnet, resnet, vit
 from selfsup.nn.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
 from selfsup.nn.heads import DINOHead, projection_mlp
-from selfsup.nn.momentum import frozen_copy, momentum_update
+from selfsup.nn.modes import eval_mode
+from selfsup.nn.momentum import check_momentum, frozen_copy, momentum_update
 from selfsup.nn.queue import KeyQueue
 from selfsup.nn.schedules import cosine, warmup_cosine
 from selfsup.nn.shuffle_bn import shuffled_forward
 
 __all__ = [
-    "BACKBONES", "Backbone", "DINOHead", "GlobalBatchNorm", "KeyQueue", "build_backbone", "convert_sync_batchnorm",
-    "convnet", "cosine", "frozen_copy", "momentum_update", "projection_mlp", "resnet", "shuffled_forward",
+    "BACKBONES", "Backbone", "DINOHead", "GlobalBatchNorm", "KeyQueue", "build_backbone", "check_momentum",
+    "convert_sync_batchnorm",
+    "convnet", "cosine", "eval_mode", "frozen_copy", "momentum_update", "projection_mlp", "resnet", "shuffled_forward",
     "vit", "warmup_cosine",
 ]

@@ -11,8 +11,10 @@ def projection_mlp(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_
                    batch_norm: bool = True, last_batch_norm: bool = False) -> nn.Sequential:
     """MLP head ``Linear -> [BN] -> ReLU -> ... -> Linear [-> BN]``.
 
-    SimCLR and MoCo v2 use two layers (hidden 2048, output 128) with BN on the hidden layer;
-    SimSiam and MoCo v3 use three layers with BN after the last one (``last_batch_norm``).
+    SimCLR uses two layers (hidden 2048, output 128) with BN on the hidden layer, as do BYOL's
+    projector and predictor (hidden 4096, output 256); MoCo v2's head has no BN
+    (``batch_norm=False``); SimSiam and MoCo v3 use three layers with BN after the last one
+    (``last_batch_norm``).
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")

@@ -9,6 +9,12 @@ import torch
 from torch import nn
 
 
+def check_momentum(name: str, value: float) -> None:
+    """Raise a ValueError naming ``name`` unless the EMA momentum ``value`` lies in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` whose parameters never receive gradients (the momentum encoder)."""
     ema = copy.deepcopy(module)
@@ -26,8 +32,7 @@ def momentum_update(ema: nn.Module, online: nn.Module | Iterable[nn.Module], mom
     Buffers (BatchNorm running statistics) are not averaged: each encoder keeps its own, as in
     the official MoCo code.
     """
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    check_momentum("momentum", momentum)
     ema_params = list(ema.parameters())
     modules = [online] if isinstance(online, nn.Module) else list(online)
     online_params = [p for module in modules for p in module.parameters()]

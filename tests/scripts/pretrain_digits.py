@@ -11,8 +11,7 @@ from selfsup.engine import pretrain
 out_dir, *rest = sys.argv[1:]
 resume = "--resume" in rest
 overrides = [item for item in rest if item != "--resume"]
-base = ["name=digits_test", "data.name=digits", "data.size=16", "backbone.width=8", "method_args.proj_hidden_dim=32",
-        "method_args.proj_dim=16", "train.batch_size=64", "train.progress=false", "train.knn_every=1",
+base = ["name=digits_test", "data.name=digits", "data.size=16", "backbone.width=8", "train.batch_size=64", "train.progress=false", "train.knn_every=1",
         "train.knn_train_samples=500", "eval.plots=false", "eval.save_embeddings=false", "eval.linear=false",
         f"train.out_dir={out_dir}"]
 pretrain(load_config(None, base + overrides), resume=resume)

@@ -4,7 +4,8 @@ usage: train_ranks.py OUT_DIR [key=value ...]
 
 Writes OUT_DIR/rank<r>.pt with every floating buffer of the method (BatchNorm statistics,
 queues, centres) and the class name of each normalisation layer, or OUT_DIR/rank<r>.diverged
-with the error message (exit status 3) when training diverges.
+with the error message (exit status 3) when training diverges. method=moco_nan_on_rank1 is MoCo
+whose queries turn NaN on rank 1 only, from step 2 on.
 """
 
 import sys
@@ -13,8 +14,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from selfsup import distributed
 from selfsup.config import load_config
 from selfsup.engine import NonFiniteLossError, Trainer
+from selfsup.methods import METHODS, MoCo
+
+
+class MoCoNaNOnRank1(MoCo):
+    def training_step(self, batch, progress):
+        if distributed.rank() == 1 and progress.step >= 2:
+            batch.views[0] = batch.views[0] * float("nan")
+        return super().training_step(batch, progress)
+
+
+METHODS["moco_nan_on_rank1"] = MoCoNaNOnRank1
 
 out_dir, *overrides = sys.argv[1:]
 base = ["name=digits_ranks", "data.name=digits", "data.size=16", "backbone.width=8", "train.batch_size=64",
