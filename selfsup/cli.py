@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from selfsup.errors import DataError, UsageError
+from selfsup.errors import DataError, NonFiniteLossError, UsageError
 
 USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
@@ -77,6 +77,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.config import load_config
     from selfsup.engine import pretrain
 
+    _tune_allocator()
     if args.resume and args.recipe and Path(args.recipe).suffix in (".ckpt", ".pt"):
         from selfsup.engine import load_checkpoint
 
@@ -120,6 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from selfsup import evaluate
     from selfsup.errors import ConfigError
 
+    _tune_allocator()
     cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
     if args.protocol == "transfer" and args.data is None:
         raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
@@ -168,6 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup import evaluate
 
+    _tune_allocator()
     cfg, backbone, (channels, size), device, _ = _load_encoder(args.checkpoint)
     is_folder = Path(args.data).is_dir()
     dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
@@ -314,10 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pretrain" and args.recipe and "=" in args.recipe:
         args.overrides.insert(0, args.recipe)  # `selfsup pretrain key=value ...` without a recipe
         args.recipe = None
-    from selfsup.engine import NonFiniteLossError
-
-    if args.command in ("pretrain", "evaluate", "embed"):
-        _tune_allocator()
     try:
         return args.func(args)
     except USAGE_ERRORS as error:

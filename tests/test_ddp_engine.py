@@ -22,15 +22,6 @@ def _check_two_rank_run(out_dir: Path) -> None:
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_pretrain_under_torchrun(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
-           str(tmp_path / "run"), "train.epochs=1", "train.accelerator=cpu", "train.devices=2", "method=moco",
-           "method_args.queue_size=96", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check_two_rank_run(tmp_path / "run")
-
-
 def test_pretrain_self_launched_by_fabric(tmp_path):
     cmd = [sys.executable, str(SCRIPT), str(tmp_path / "run"), "train.epochs=1", "train.accelerator=cpu",
            "train.devices=2", "train.strategy=ddp", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16"]
@@ -61,10 +52,11 @@ def test_byol_uses_global_batchnorm_and_the_ranks_keep_equal_statistics(tmp_path
         torch.testing.assert_close(second["buffers"][name], value, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_moco_keeps_per_device_batchnorm_and_equal_queues(tmp_path):
+def test_moco_under_torchrun_keeps_per_device_batchnorm_and_equal_queues(tmp_path):
     result = _train_ranks(tmp_path, "method=moco", "method_args.queue_size=96", "method_args.proj_hidden_dim=32",
-                          "train.sync_batchnorm=true")
+                          "train.sync_batchnorm=true", "train.knn_every=1", "train.knn_train_samples=500")
     assert result.returncode == 0, result.stderr[-3000:]
+    _check_two_rank_run(tmp_path / "run")
     first, second = _ranks(tmp_path)
     key_norms = {n: kind for n, kind in first["norms"].items() if n.startswith("key_encoder.")}
     assert key_norms and set(key_norms.values()) == {"BatchNorm2d"}  # excluded: shuffle-BN instead

@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from lightning.fabric.plugins.precision import MixedPrecision
+from lightning_fabric.plugins.precision import MixedPrecision
 from torch import nn
 
 from selfsup.config import ConfigError, OptimConfig, Optimizer, load_config
@@ -392,3 +393,18 @@ def test_resume_on_another_precision_is_refused(tmp_path):
     save_atomic(state, tmp_path / "run" / "checkpoints" / "last.ckpt")
     with pytest.raises(ConfigError, match="trained with precision '16-mixed', this run resolves to"):
         pretrain(tiny_config(tmp_path, "train.epochs=2"), resume=True)
+
+
+def test_the_knn_monitor_queries_held_out_training_images_not_the_test_split(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "train.knn_val_fraction=0.1", "train.knn_train_samples=500"))
+    bank, queries = trainer.monitor_split()
+    labels = trainer.train_set.labels.numpy()
+    # A stratified 10% of the 1437 training digits: round(0.1 * 1437) = 144, each class in proportion.
+    assert len(queries) == 144 and len(set(queries.tolist())) == 144
+    expected = np.bincount(labels) * 144 / len(labels)
+    assert np.all(np.abs(np.bincount(labels[queries.numpy()], minlength=10) - expected) < 1)
+    assert len(bank) == 500 and not set(bank.tolist()) & set(queries.tolist())
+    bank_again, queries_again = trainer.monitor_split()
+    assert torch.equal(bank, bank_again) and torch.equal(queries, queries_again)  # seeded
+    bank, queries = Trainer(tiny_config(tmp_path, "train.knn_val_fraction=0")).monitor_split()
+    assert queries is None and len(bank) == 1437  # monitors on the test split, as before

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from selfsup.errors import DataError
@@ -177,6 +176,8 @@ def resize_square(images: Tensor, size: int) -> Tensor:
     height, width = images.shape[-2:]
     if (height, width) == (size, size):
         return images
+    import torchvision.transforms.v2.functional as TF  # here: torchvision takes seconds to import
+
     short = min(height, width)
     scaled = [max(size, round(height * size / short)), max(size, round(width * size / short))]
     out = torch.empty(*images.shape[:2], size, size, dtype=torch.uint8, device=images.device)

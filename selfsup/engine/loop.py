@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric import Fabric
-from lightning.fabric.loggers import TensorBoardLogger
-from lightning.fabric.strategies import DDPStrategy
+from lightning_fabric import Fabric
+from lightning_fabric.loggers import TensorBoardLogger
+from lightning_fabric.strategies import DDPStrategy
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from timm.optim import Lars
 from torch import nn
 
 from selfsup.config import OptimConfig, Optimizer
@@ -65,6 +64,8 @@ def build_optimizer(method: nn.Module, cfg: OptimConfig, lr: float) -> torch.opt
     for group in groups:
         group["weight_decay"] = cfg.weight_decay * group["weight_decay_scale"]
     if cfg.name == Optimizer.lars:
+        from timm.optim import Lars  # here: timm takes a second to import
+
         for group in groups:
             group["always_adapt"] = group["weight_decay_scale"] > 0
         return Lars(groups, lr=lr, momentum=cfg.momentum)

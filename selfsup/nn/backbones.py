@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
@@ -74,6 +73,8 @@ def resnet(name: str, in_channels: int = 3, small_stem: bool = True) -> tuple[nn
     With ``small_stem`` (for images of 64 pixels or less, as in SimCLR's CIFAR experiments) the
     7x7 stride-2 stem and the max-pool are replaced by one 3x3 stride-1 convolution.
     """
+    import torchvision  # here: importing torchvision.models costs seconds that other backbones need not pay
+
     net = getattr(torchvision.models, name)(weights=None)
     out_dim = net.fc.in_features
     if small_stem:
