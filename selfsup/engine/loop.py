@@ -549,7 +549,8 @@ def _commit() -> str | None:
 def finish(trainer: Trainer) -> dict[str, float]:
     """Final evaluation and pictures on rank 0, on the test split (read here only): linear probe,
     kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``); curves, embedding map,
-    retrieval grid, embeddings, and ``results.json`` (schema in ``selfsup.evaluate.report``)."""
+    retrieval grid, embeddings, ``results.json`` (schema in ``selfsup.evaluate.report``) and the
+    run's page ``report.html``."""
     cfg, out = trainer.cfg, trainer.out_dir
     metrics: dict[str, float] = {}
     if not trainer.is_main:
@@ -588,6 +589,8 @@ def finish(trainer: Trainer) -> dict[str, float]:
                "images_per_s": round(float(np.median(rates)), 1) if rates else None,
                **metrics, "evaluations": evaluations}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if cfg.eval.plots:
+        evaluate.write_report(out)  # report.html; `selfsup report` redraws it after more evaluations
     return metrics
 
 

@@ -349,9 +349,9 @@ table { border-collapse: collapse; margin: 0.6rem 0; }
 th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
 thead th, tbody th { background: #f3f5f7; }
 td.number { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.result { white-space: nowrap; font-variant-numeric: tabular-nums; }
+td.result { font-variant-numeric: tabular-nums; min-width: 9rem; }
 td.code { font-family: ui-monospace, monospace; }
-td.protocol { color: #3d444d; }
+td.protocol { color: #3d444d; min-width: 22rem; font-size: 0.9rem; }
 figure { margin: 0.6rem 0; }
 img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { color: #57606a; font-size: 0.85rem; }
