@@ -120,9 +120,11 @@ class EvalConfig:
 class ViewConfig:
     """Overrides of one augmented view (``selfsup.augment.View``); None keeps the method's value."""
 
-    size: int | None = None
-    scale: list[float] | None = None
-    """Crop area range [min, max] as a fraction of the image."""
+    size: Any = None
+    """Output side, or [height, width]."""
+    scale: Any = None
+    """Crop area range [min, max] as a fraction of the image, or ``whole``: no random crop, the
+    whole image resized."""
     ratio: list[float] | None = None
     flip_p: float | None = None
     jitter: list[float] | None = None

@@ -344,6 +344,9 @@ def test_method_and_data_of_different_kinds_are_one_line(tmp_path, monkeypatch):
     ("augment.n_local=3", r"augment.n_local: this augmentation has no local crops"),
     ("augment.recipe=simclr3", r"augment.recipe: unknown augmentation recipe 'simclr3'"),
     ("augment.view.size=4", r"augment: the backbone cannot take 4x4 views"),
+    ("augment.view.scale=[0.2]", r"augment.view.scale: scale must be a \(min, max\) pair of numbers, got \[0.2\]"),
+    ("augment.view.scale=everything", r"augment.view.scale: scale must be a \(min, max\) pair of numbers"),
+    ("augment.view.size=[16,a]", r"augment.view.size: size must be an int or a \(height, width\) pair of ints"),
 ])
 def test_augmentation_overrides_are_validated_like_any_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -360,6 +363,18 @@ def test_augmentation_overrides_reach_the_views(tmp_path):
     assert aug.n_local == 3 and aug.local.size == (8, 8)
     assert [v.jitter for v in aug.views] == [(0.1, 0.1, 0.1, 0.0)] * 2 and aug.views[1].solarize_p == 0.5
     assert [v.shape[-1] for v in trainer.make_batch(0, 0).views] == [16, 16, 8, 8, 8]
+
+
+def test_yaml_can_ask_for_the_whole_image_and_non_square_views(tmp_path):
+    # None in the YAML keeps the method's value, so "no random crop" is spelled scale: whole.
+    off = ("flip_p: 0", "jitter_p: 0", "gray_p: 0", "blur_p: 0", "solarize_p: 0")
+    cfg = tiny_config(tmp_path, "augment.view={scale: whole, size: [16, 12], " + ", ".join(off) + "}")
+    trainer = Trainer(cfg)
+    assert [(v.scale, v.size) for v in trainer.augment.views] == [(None, (16, 12))] * 2
+    batch = trainer.make_batch(0, 0)
+    assert [tuple(v.shape[-2:]) for v in batch.views] == [(16, 12)] * 2
+    # Nothing random is left: both views are the same resize of the same images.
+    torch.testing.assert_close(batch.views[0], batch.views[1], atol=0, rtol=0)
 
 
 class FrozenByAfterBackward(SimCLR):

@@ -36,7 +36,10 @@ def _pair(size: int | tuple[int, int], name: str = "size") -> tuple[int, int]:
 
 
 def _check_range(value: tuple[float, float], name: str, low: float = 0.0) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (min, max) pair of numbers, got {value!r}") from None
     if not low <= lo <= hi:
         raise ValueError(f"{name} must be a (min, max) pair with {low} <= min <= max, got {value!r}")
     return lo, hi

@@ -168,7 +168,11 @@ def prepare_method(method: nn.Module, t: TrainConfig, fabric: Fabric) -> nn.Modu
 
 
 def _overrides(view) -> dict[str, Any]:
-    return {key: value for key, value in asdict(view).items() if value is not None}
+    # None keeps the method's value, so the YAML spells "no random crop" as scale: whole.
+    changes = {key: value for key, value in asdict(view).items() if value is not None}
+    if changes.get("scale") == "whole":
+        changes["scale"] = None
+    return changes
 
 
 def build_augmentation(method: nn.Module, cfg: AugmentConfig, image_size: int) -> augment.Augmentation | None:
