@@ -40,12 +40,13 @@ def _ranks(tmp_path: Path) -> list[dict]:
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
-def test_byol_uses_global_batchnorm_and_the_ranks_keep_equal_statistics(tmp_path):
-    result = _train_ranks(tmp_path, "method=byol", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16",
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_global_batchnorm_methods_keep_equal_statistics_on_every_rank(tmp_path, method):
+    result = _train_ranks(tmp_path, f"method={method}", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16",
                           "method_args.pred_hidden_dim=32")
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = _ranks(tmp_path)
-    assert set(first["norms"].values()) == {"GlobalBatchNorm"}  # backbone, projector, predictor and target
+    assert set(first["norms"].values()) == {"GlobalBatchNorm"}  # every BN: backbone, heads (and BYOL's target)
     # Buffers are never broadcast (broadcast_buffers=False): they agree because global BN computed them
     # from the same global batches on both ranks.
     for name, value in first["buffers"].items():

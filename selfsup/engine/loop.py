@@ -466,6 +466,9 @@ class Trainer:
                     self.history["loss"].append((done, mean_loss))
                     self.history["lr"].append((done, lr))
                     self.history["images_per_s"].append((done, images_per_s))
+                    for key in getattr(self.method, "curves", ()):
+                        if key in metrics:
+                            self.history.setdefault(key, []).append((done, metrics[key]))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:,.0f}", lr=f"{lr:.3g}",
                                     refresh=False)
                     bar.update(done - bar.n)

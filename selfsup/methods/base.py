@@ -117,6 +117,8 @@ class MethodBase(nn.Module):
     views_needed: ClassVar[tuple[int, int | None]] = (2, 2)
     sync_batchnorm: ClassVar[bool] = False
     sync_batchnorm_exclude: ClassVar[tuple[str, ...]] = ()
+    curves: ClassVar[tuple[str, ...]] = ()
+    """Outputs of ``training_step`` besides the loss that ``curves.png`` draws (all are logged)."""
     backbone: nn.Module
 
     def augmentation(self, image_size: int) -> augment.Augmentation | None:
