@@ -273,7 +273,7 @@ def test_samples_get_independent_parameters():
 # ------------------------------------------------------------- the recipes
 
 
-@pytest.mark.parametrize("name, n_views", [("simclr", 2), ("moco_v2", 2), ("byol", 2), ("dino", 10), ("none", 1)])
+@pytest.mark.parametrize("name, n_views", [("simclr", 2), ("moco_v1", 2), ("moco_v2", 2), ("byol", 2), ("dino", 10), ("none", 1)])
 @pytest.mark.parametrize("channels, side", [(3, 32), (1, 28)])
 def test_recipe_outputs(name, n_views, channels, side):
     x = torch.randint(0, 256, (8, channels, side, side), dtype=torch.uint8, generator=_gen())
@@ -313,6 +313,11 @@ def test_simclr_recipe_follows_the_papers_cifar_and_imagenet_settings():
 
 
 def test_other_recipes_follow_the_papers():
+    # MoCo v1 (main_moco.py without --aug-plus): crop 0.2-1, RandomGrayscale 0.2, ColorJitter(0.4, 0.4, 0.4, 0.4)
+    # on every image, flip, no blur.
+    v1 = A.recipe("moco_v1", 32).views[0]
+    assert (v1.scale, v1.jitter, v1.jitter_p, v1.gray_p, v1.blur_p, v1.flip_p, v1.solarize_p) == (
+        (0.2, 1.0), (0.4, 0.4, 0.4, 0.4), 1.0, 0.2, 0.0, 0.5, 0.0)
     # MoCo v2 (main_moco.py --aug-plus): crop 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, gray 0.2, blur p 0.5.
     moco = A.recipe("moco_v2", 32).views[0]
     assert (moco.scale, moco.jitter, moco.jitter_p, moco.gray_p, moco.blur_p) == (
@@ -520,7 +525,7 @@ def test_fused_kernel_can_be_switched_off(monkeypatch):
     assert not _kernels.available()
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco_v2", "byol", "dino"])
+@pytest.mark.parametrize("name", ["simclr", "moco_v1", "moco_v2", "byol", "dino"])
 def test_views_stay_exactly_in_unit_range_for_saturated_images(name):
     torch.manual_seed(0)
     images = torch.where(torch.rand(64, 3, 32, 32) < 0.5, 255, 0).to(torch.uint8)

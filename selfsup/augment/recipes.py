@@ -8,7 +8,7 @@ from typing import Any
 from selfsup.augment._common import _pair
 from selfsup.augment.runner import Augmentation, View
 
-RECIPES = ("simclr", "moco_v2", "byol", "dino", "none", "eval")
+RECIPES = ("simclr", "moco_v1", "moco_v2", "byol", "dino", "none", "eval")
 
 # SimCLR's colour distortion of strength s is ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) applied with
 # probability 0.8, then grayscale with probability 0.2 (Chen et al. 2020, appendix A).
@@ -30,6 +30,10 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
       with p 0.8, grayscale 0.2). Side <= 64: the paper's CIFAR-10 setting, s = 0.5 and no
       blur (appendix B.9: "we do not use Gaussian blur" on CIFAR). Larger: the ImageNet setting,
       s = 1.0 and Gaussian blur with p 0.5 (sigma 0.1-2, kernel 10% of the side).
+    * ``"moco_v1"`` (He et al. 2020, the official ``main_moco.py`` without ``--aug-plus``): crop
+      scale 0.2-1, grayscale 0.2, jitter (0.4, 0.4, 0.4, 0.4) always, flip, no blur. The official
+      pipeline turns images gray before the jitter, ours after: brightness, contrast and
+      saturation commute with the grayscale conversion (up to clipping), the hue shift does not.
     * ``"moco_v2"`` (Chen et al. 2020b, the official ``main_moco.py --aug-plus``): crop scale
       0.2-1, jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5 (sigma 0.1-2), flip,
       at every size.
@@ -62,6 +66,9 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
         small = max(pair) <= SMALL_IMAGE_SIDE
         strength = _SIMCLR_STRENGTH["cifar" if small else "imagenet"]
         view = View(size=pair, jitter=_simclr_jitter(strength), blur_p=0.0 if small else 0.5)
+        return Augmentation([view, view])
+    if name == "moco_v1":
+        view = View(size=pair, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, blur_p=0.0)
         return Augmentation([view, view])
     if name == "moco_v2":
         view = View(size=pair, scale=(0.2, 1.0))
