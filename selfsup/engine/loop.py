@@ -281,9 +281,10 @@ class Trainer:
 
         self.start_step = 0
         self.history: dict[str, list[tuple[int, float]]] = {"loss": [], "knn": [], "lr": [], "images_per_s": []}
-        # The loss summed since the last logged step, and how many steps that is: checkpointed, so a
-        # resumed run logs the same means as an uninterrupted one.
-        self.loss_window = (0.0, 0)
+        # The loss summed since the last logged step (a tensor, read only when logged or saved, so
+        # that no step waits for the device) and how many steps that is: checkpointed, so a resumed
+        # run logs the same means as an uninterrupted one.
+        self.window_loss, self.window_steps = torch.zeros((), device=fabric.device), 0
         if resume_state is not None:
             self.restore(resume_state)
         else:
@@ -336,7 +337,8 @@ class Trainer:
         self.start_step = step
         self.history = {"images_per_s": [], **state["history"]}
         self.train_seconds = float(saved.get("train_seconds", 0.0))
-        self.loss_window = tuple(saved.get("loss_window", (0.0, 0)))
+        window_loss, self.window_steps = saved.get("loss_window", (0.0, 0))
+        self.window_loss.fill_(window_loss)
         _set_rng_state(rng[self.fabric.global_rank], self.fabric.device)
         old_steps = int(saved.get("max_steps", self.max_steps))
         self.say(f"resuming at step {step} of {self.max_steps} (epoch {step / self.steps_per_epoch:g})")
@@ -357,7 +359,7 @@ class Trainer:
         def write() -> None:
             run = {"max_steps": self.max_steps, "precision": self.precision, "device": self.fabric.device.type,
                    "train_seconds": self.train_seconds + time.perf_counter() - self.fit_started,
-                   "loss_window": list(self.loss_window)}
+                   "loss_window": [float(self.window_loss), self.window_steps]}
             state = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "precision": self.fabric.strategy.precision.state_dict(), "step": step,
                      "epoch": step / self.steps_per_epoch, "config": to_dict(self.cfg), "run": run,
@@ -435,7 +437,6 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=self.start_step, desc=f"{cfg.method} {cfg.name}",
                    unit="step", disable=not (t.progress and self.is_main), dynamic_ncols=True)
         window_start = time.perf_counter()
-        running = torch.tensor(self.loss_window[0], device=fabric.device)
         status = "failed"
         try:
             for step in range(self.start_step, self.max_steps):
@@ -452,13 +453,12 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.method.on_step_end(progress)
 
-                running += outputs["loss"].detach()
-                window_steps = self.loss_window[1] + 1
-                self.loss_window = (float(running), window_steps)
+                self.window_loss += outputs["loss"].detach()
+                self.window_steps += 1
                 done = step + 1
                 if done % t.log_every == 0 or done == self.max_steps:
-                    mean_loss = float(fabric.all_reduce(running / window_steps, reduce_op="mean"))
-                    images_per_s = window_steps * t.batch_size / (time.perf_counter() - window_start)
+                    mean_loss = float(fabric.all_reduce(self.window_loss / self.window_steps, reduce_op="mean"))
+                    images_per_s = self.window_steps * t.batch_size / (time.perf_counter() - window_start)
                     metrics = {"loss": mean_loss, "lr": lr, "images_per_s": images_per_s,
                                "epoch": done / self.steps_per_epoch}
                     metrics.update({k: float(v) for k, v in outputs.items() if k != "loss"})
@@ -473,8 +473,8 @@ class Trainer:
                                     refresh=False)
                     bar.update(done - bar.n)
                     window_start = time.perf_counter()
-                    running.zero_()
-                    self.loss_window = (0.0, 0)
+                    self.window_loss.zero_()
+                    self.window_steps = 0
                 epoch_end = done % self.steps_per_epoch == 0
                 if epoch_end and t.knn_every and (done // self.steps_per_epoch) % t.knn_every == 0:
                     accuracy = self.knn_monitor()
