@@ -11,7 +11,7 @@ from selfsup.losses._common import _embeddings, _float_tensor, _positive, _same_
 
 
 @float32_loss
-def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
+def negative_cosine(p: Tensor, z: Tensor, *, stop_gradient: bool = True) -> Tensor:
     """BYOL / SimSiam's negative cosine similarity with a stop-gradient on the target.
 
     Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020 (whose
@@ -25,6 +25,8 @@ def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     Args:
         p: `(N, D)` predictions (gradients flow).
         z: `(N, D)` targets (detached inside).
+        stop_gradient: False lets the gradient reach ``z`` too (SimSiam's ablation, which
+            collapses).
 
     Returns:
         0-d tensor in [-1, 1].
@@ -36,7 +38,8 @@ def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """
     p, z = _embeddings("p", p), _embeddings("z", z)
     _same_shape("p", p, "z", z)
-    return -(F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(dim=1).mean()
+    target = z.detach() if stop_gradient else z
+    return -(F.normalize(p, dim=1) * F.normalize(target, dim=1)).sum(dim=1).mean()
 
 
 @float32_loss

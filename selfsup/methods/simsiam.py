@@ -20,11 +20,6 @@ def output_std(z: Tensor) -> Tensor:
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
 
 
-def _cosine_through(p: Tensor, z: Tensor) -> Tensor:
-    # -cos(p, z) with the gradient reaching z too: the ablation without stop-gradient.
-    return -(F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1).mean()
-
-
 class SimSiam(MethodBase):
     """Two views through one encoder; each view's prediction regresses the other's projection,
     whose gradient is stopped.
@@ -74,10 +69,9 @@ class SimSiam(MethodBase):
         check_views(batch, self)
         z1, z2 = (self.projector(self.backbone(view)) for view in batch.views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        if self.stop_gradient:  # negative_cosine stops the target's gradient itself
-            loss = 0.5 * (losses.negative_cosine(p1, z2) + losses.negative_cosine(p2, z1))
-        else:
-            loss = 0.5 * (_cosine_through(p1, z2) + _cosine_through(p2, z1))
+        d1 = losses.negative_cosine(p1, z2, stop_gradient=self.stop_gradient)
+        d2 = losses.negative_cosine(p2, z1, stop_gradient=self.stop_gradient)
+        loss = 0.5 * (d1 + d2)
         return {"loss": loss, "output_std": output_std(z1)}
 
     def param_groups(self) -> list[dict]:
