@@ -45,7 +45,8 @@ def _load_encoder(checkpoint_path: str):
     channels, size = state["data"]["channels"], state["data"]["size"]
 
     def build(mean, std):
-        return build_method(cfg, in_channels=channels, image_size=size, mean=mean, std=std)
+        return build_method(cfg, in_channels=channels, image_size=size, mean=mean, std=std,
+                            num_samples=state["data"].get("num_train"))
 
     # mean/std are placeholders: the real statistics are buffers restored by load_state_dict.
     method = build([0.0] * channels, [1.0] * channels)

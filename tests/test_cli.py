@@ -164,3 +164,17 @@ def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path):
     entry = json.loads((run / "evaluations" / "transfer_photos.json").read_text())
     assert entry["data"] == "photos" and "1x16x16" in entry["protocol"]
     assert entry["linear"] == 1.0 and entry["knn"] == 1.0  # dark and bright are trivially separable
+
+
+def test_label_methods_refuse_unlabelled_data_in_one_line(tmp_path):
+    method = "supcon"  # the check is the engine's, for every method with needs_labels
+    from PIL import Image
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):  # images straight in the folder: no class subfolders, so no labels
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8), "RGB").save(folder / f"{i}.png")
+    assert_one_line_error(["pretrain", f"method={method}", "data.name=folder", f"data.root={folder}", "data.size=12",
+                           "train.batch_size=4", f"train.out_dir={tmp_path / 'run'}"],
+                          f"method {method} learns from class labels, but data.name=folder has none")

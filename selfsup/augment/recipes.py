@@ -8,7 +8,7 @@ from typing import Any
 from selfsup.augment._common import _pair
 from selfsup.augment.runner import Augmentation, View
 
-RECIPES = ("simclr", "moco_v1", "moco_v2", "byol", "dino", "none", "eval")
+RECIPES = ("simclr", "instdisc", "moco_v1", "moco_v2", "byol", "dino", "none", "eval")
 
 # SimCLR's colour distortion of strength s is ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) applied with
 # probability 0.8, then grayscale with probability 0.2 (Chen et al. 2020, appendix A).
@@ -30,6 +30,8 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
       with p 0.8, grayscale 0.2). Side <= 64: the paper's CIFAR-10 setting, s = 0.5 and no
       blur (appendix B.9: "we do not use Gaussian blur" on CIFAR). Larger: the ImageNet setting,
       s = 1.0 and Gaussian blur with p 0.5 (sigma 0.1-2, kernel 10% of the side).
+    * ``"instdisc"`` (Wu et al. 2018, the official ``lemniscate`` code): one view of the
+      ``"moco_v1"`` augmentation below, which MoCo v1 took from InstDisc.
     * ``"moco_v1"`` (He et al. 2020, the official ``main_moco.py`` without ``--aug-plus``): crop
       scale 0.2-1, grayscale 0.2, jitter (0.4, 0.4, 0.4, 0.4) always, flip, no blur. The official
       pipeline turns images gray before the jitter, ours after: brightness, contrast and
@@ -67,9 +69,9 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
         strength = _SIMCLR_STRENGTH["cifar" if small else "imagenet"]
         view = View(size=pair, jitter=_simclr_jitter(strength), blur_p=0.0 if small else 0.5)
         return Augmentation([view, view])
-    if name == "moco_v1":
+    if name in ("instdisc", "moco_v1"):
         view = View(size=pair, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, blur_p=0.0)
-        return Augmentation([view, view])
+        return Augmentation([view] if name == "instdisc" else [view, view])
     if name == "moco_v2":
         view = View(size=pair, scale=(0.2, 1.0))
         return Augmentation([view, view])

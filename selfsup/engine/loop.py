@@ -143,15 +143,21 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.InMemor
     return data.InMemoryImages(train, t.batch_size, fabric.world_size, t.seed, fabric.device), test
 
 
-def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std) -> nn.Module:
-    """The method of ``cfg`` around a fresh backbone (used for training and to rebuild checkpoints)."""
+def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
+                 num_samples: int | None = None) -> nn.Module:
+    """The method of ``cfg`` around a fresh backbone (used for training and to rebuild checkpoints);
+    ``num_samples`` (the training set's size) goes to the methods that keep a memory bank."""
     try:
         backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, image_size=image_size,
                                   mean=mean, std=std, width=cfg.backbone.width)
     except ValueError as error:
         raise ConfigError(f"backbone: {error}") from None
+    cls = METHODS[cfg.method]
+    extra = {"num_samples": num_samples} if getattr(cls, "needs_num_samples", False) else {}
+    if extra and num_samples is None:
+        raise ValueError(f"{cfg.method} keeps a memory bank: build_method needs num_samples")
     try:
-        return METHODS[cfg.method](backbone, **cfg.method_args)
+        return cls(backbone, **cfg.method_args, **extra)
     except ValueError as error:
         raise ConfigError(f"method_args: {cfg.method}: {error}") from None
 
@@ -264,10 +270,15 @@ class Trainer:
         self.max_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
 
         method = build_method(cfg, in_channels=self.train_set.channels, image_size=self.train_set.size,
-                              mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist())
+                              mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist(),
+                              num_samples=len(self.train_set))
         if method.data_kind != self.source.kind:
             raise ConfigError(f"method {cfg.method} learns from {method.data_kind}, but data.name={cfg.data.name} "
                               f"gives {self.source.kind}")
+        if getattr(method, "needs_labels", False) and self.train_set.labels is None:
+            raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
+                              f"none; give it labelled data (a folder with one subfolder per class) or choose a "
+                              f"self-supervised method")
         self.method = prepare_method(method, t, fabric)
         self.augment = build_augmentation(self.method, cfg.augment, self.train_set.size)
         check_view_sizes(self.method.backbone, self.augment, self.train_set.channels)
@@ -553,6 +564,25 @@ def _commit() -> str | None:
     return done.stdout.strip() or None
 
 
+BANK_KNN_PROTOCOL = ("weighted k-nearest neighbours against the method's memory bank, as InstDisc evaluates (Wu et "
+                     "al. 2018, sec. 3.4): the k={k} bank entries (one per training image, as training left them) "
+                     "of highest cosine similarity s to the test image's feature vote for their class with weight "
+                     "exp(s / {temperature}); top-1 accuracy on the test split")
+
+
+def bank_knn_entry(bank: tuple[Tensor, nn.Module, float], train_labels: Tensor, test: data.ImageDataset, *,
+                   data: str, k: int, device: torch.device) -> dict[str, Any]:
+    """The ``bank_knn`` results entry: the paper's kNN over a method's memory bank."""
+    features, embedder, temperature = bank
+    if len(features) != len(train_labels):
+        raise ValueError(f"the memory bank has {len(features)} rows but the training set {len(train_labels)} images")
+    test_x = evaluate.extract_features(embedder, test.images, device=device)
+    accuracy = evaluate.knn_accuracy(features.float().cpu(), train_labels.cpu(), test_x, test.labels, k=k,
+                                     temperature=temperature)
+    return {"accuracy": accuracy, "k": k, "temperature": temperature, "data": data,
+            "protocol": BANK_KNN_PROTOCOL.format(k=k, temperature=temperature)}
+
+
 def finish(trainer: Trainer) -> dict[str, float]:
     """Final evaluation and pictures on rank 0, on the test split (read here only): linear probe,
     kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``); curves, embedding map,
@@ -576,7 +606,11 @@ def finish(trainer: Trainer) -> dict[str, float]:
         evaluations = evaluate.frozen_evaluations(train_x, train_y, test_x, test.labels, data=cfg.data.name,
                                                   linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
                                                   knn_temperature=cfg.eval.knn_temperature)
-        metrics.update({f"{key}_accuracy": evaluations[key]["accuracy"] for key in ("linear", "knn")
+        bank = trainer.method.memory_bank() if cfg.eval.knn else None
+        if bank is not None and train_y is not None:
+            evaluations["bank_knn"] = bank_knn_entry(bank, train_y, test, data=cfg.data.name, k=cfg.eval.knn_k,
+                                                     device=device)
+        metrics.update({f"{key}_accuracy": evaluations[key]["accuracy"] for key in ("linear", "knn", "bank_knn")
                         if key in evaluations})
         if cfg.eval.save_embeddings:
             evaluate.save_embeddings(out, test_x, test.labels, prefix="test_embeddings")

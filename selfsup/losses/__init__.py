@@ -25,7 +25,8 @@ the global batch.)
 """
 
 from selfsup.losses._common import finite_checks
-from selfsup.losses.contrastive import clip, cpc, info_nce, jsd_mi, n_pair, nce, nce_log_normalizer, nt_xent, supcon
+from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, n_pair, nce, nce_log_normalizer,
+                                        nt_xent, supcon)
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import batch_hard_triplet, prototypical, semi_hard_triplet, triplet
 
@@ -37,6 +38,7 @@ __all__ = [
     "dino",
     "finite_checks",
     "info_nce",
+    "invaspread",
     "jsd_mi",
     "n_pair",
     "negative_cosine",

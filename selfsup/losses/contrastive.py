@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -155,6 +157,73 @@ def info_nce(
 
 
 @float32_loss
+def invaspread(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, detach_weights: bool = True,
+               gather: bool = True) -> Tensor:
+    """Invariant and Spreading Instance Feature loss: each view recognised as its own instance, every
+    other sample as not that instance, with the batch's features as the classifier weights.
+
+    Ye et al., "Unsupervised Embedding Learning via Invariant and Spreading Instance Feature",
+    CVPR 2019, eqs. 2-5, in the symmetric form of the official code (every one of the 2N samples
+    is an anchor). With normalised features u of both views, `s_jk = u_j · u_k / τ` and the
+    softmax over the other samples `P_j(k) = exp(s_jk) / Σ_{a ≠ j} exp(s_ja)`:
+
+        l_j = -log P_j(pair(j)) - Σ_{k ∉ {j, pair(j)}} log(1 - P_j(k)),   loss = mean_j l_j
+
+    where pair(j) is the other view of the same image. The first term makes a view invariant
+    (it is classified as its own instance), the second spreads the others (each other sample
+    is classified as *not* being that instance). As in the official code the weights side
+    (the columns k) is detached: gradients flow through the anchors only
+    (`detach_weights=False` differentiates both sides).
+
+    Args:
+        z1: `(N, D)` features of the first view (the "original" image of the paper).
+        z2: `(N, D)` features of the second view, row i from the same image as `z1[i]`.
+        temperature: τ > 0 (paper: 0.1).
+        detach_weights: stop the gradient through the instance weights (the official code).
+        gather: use every rank's samples as the other instances under torch.distributed.
+
+    Returns:
+        0-d tensor, mean over the 2N anchors.
+
+    Example:
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> invaspread(z1, z2).shape
+        torch.Size([])
+    """
+    z1, z2 = _embeddings("z1", z1), _embeddings("z2", z2)
+    _same_shape("z1", z1, "z2", z2)
+    _positive("temperature", temperature)
+    n = z1.shape[0]
+    if n < 2:
+        raise ValueError(f"invaspread needs at least 2 images per batch (others to spread from), got {n}")
+    u = F.normalize(torch.cat([z1, z2]), dim=1)
+    # Candidates ordered [view 1 of every rank | view 2 of every rank]; anchors index into them.
+    c1, c2 = _maybe_gather(u[:n], gather), _maybe_gather(u[n:], gather)
+    candidates = torch.cat([c1, c2])
+    if detach_weights:
+        candidates = candidates.detach()
+    total = c1.shape[0]
+    local = torch.arange(n, device=u.device) + _local_offset(gather, n)
+    self_index = torch.cat([local, local + total])
+    pair_index = torch.cat([local + total, local])
+    logits = u @ candidates.T / temperature
+    logits = logits.scatter(1, self_index[:, None], float("-inf"))
+    log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = log_p.gather(1, pair_index[:, None]).squeeze(1)
+    log_not = _log1m_exp(log_p).scatter(1, torch.stack([self_index, pair_index], dim=1), 0.0)
+    return -(positive + log_not.sum(dim=1)).mean()
+
+
+def _log1m_exp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate at both ends (Mächler 2012); -inf entries give 0.
+    Each branch sees only its own range, so the unused one cannot put NaN into the gradient."""
+    cut = -math.log(2)
+    near_zero = torch.log(-torch.expm1(x.clamp(min=cut)))
+    far = torch.log1p(-torch.exp(x.clamp(max=cut)))
+    return torch.where(x > cut, near_zero, far)
+
+
+@float32_loss
 def clip(image_emb: Tensor, text_emb: Tensor, logit_scale: float | Tensor, *, gather: bool = True) -> Tensor:
     """CLIP's symmetric InfoNCE over the image-text similarity matrix.
 
@@ -254,7 +323,7 @@ def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather
 
 
 @float32_loss
-def n_pair(anchor: Tensor, positive: Tensor) -> Tensor:
+def n_pair(anchor: Tensor, positive: Tensor, *, labels: Tensor | None = None) -> Tensor:
     """Sohn's multi-class N-pair loss: each anchor against the positives of all other pairs.
 
     Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss
@@ -266,9 +335,15 @@ def n_pair(anchor: Tensor, positive: Tensor) -> Tensor:
     diagonal. The paper keeps embedding norms in check with an L2 penalty
     (λ = 0.002 on the mean squared norm); add it yourself if you need it.
 
+    With `labels`, several pairs may share a class: the positives of the
+    anchor's own class are left out of its sum (`j` runs over `y_j ≠ y_i`),
+    which is the formula above whenever the labels are distinct.
+
     Args:
         anchor: `(N, D)` anchors, N >= 2.
-        positive: `(N, D)` positives, row i from the class of `anchor[i]`, all classes distinct.
+        positive: `(N, D)` positives, row i from the class of `anchor[i]`, all classes distinct
+            unless `labels` is given.
+        labels: optional `(N,)` class of each pair.
 
     Returns:
         0-d tensor, mean over the N anchors.
@@ -280,7 +355,13 @@ def n_pair(anchor: Tensor, positive: Tensor) -> Tensor:
     """
     anchor, positive = _embeddings("anchor", anchor), _embeddings("positive", positive)
     _same_shape("anchor", anchor, "positive", positive)
-    return _diagonal_cross_entropy(anchor @ positive.T)
+    logits = anchor @ positive.T
+    if labels is not None:
+        labels = _labels("labels", labels, anchor.shape[0], "anchor")
+        same_class = labels[:, None] == labels[None, :]
+        same_class.fill_diagonal_(False)
+        logits = logits.masked_fill(same_class, float("-inf"))
+    return _diagonal_cross_entropy(logits)
 
 
 @float32_loss

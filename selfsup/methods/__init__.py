@@ -3,11 +3,21 @@
 from selfsup.methods.base import Batch, Method, MethodBase, Progress
 from selfsup.methods.byol import BYOL
 from selfsup.methods.dino import DINO
+from selfsup.methods.instdisc import InstDisc
+from selfsup.methods.invaspread import InvaSpread
 from selfsup.methods.moco import MoCo
+from selfsup.methods.mocov3 import MoCoV3
+from selfsup.methods.npair import NPair
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
+from selfsup.methods.supcon import SupCon
+from selfsup.methods.triplet import Triplet
 
-METHODS: dict[str, type] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "dino": DINO, "simsiam": SimSiam}
+METHODS: dict[str, type] = {
+    "simclr": SimCLR, "moco": MoCo, "mocov3": MoCoV3, "instdisc": InstDisc, "invaspread": InvaSpread,
+    "byol": BYOL, "simsiam": SimSiam, "dino": DINO, "supcon": SupCon, "triplet": Triplet, "npair": NPair,
+}
 """Registry used by the CLI and recipes: lower-case name -> class."""
 
-__all__ = ["BYOL", "DINO", "METHODS", "Batch", "Method", "MethodBase", "MoCo", "Progress", "SimCLR", "SimSiam"]
+__all__ = ["BYOL", "DINO", "METHODS", "Batch", "InstDisc", "InvaSpread", "Method", "MethodBase", "MoCo", "MoCoV3",
+           "NPair", "Progress", "SimCLR", "SimSiam", "SupCon", "Triplet"]

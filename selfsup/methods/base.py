@@ -54,7 +54,8 @@ class Batch:
         views: augmented views, each float ``(B, C, H, W)`` in [0, 1]; their number and sizes
             are those of the method's augmentation (2 for SimCLR, 2 + n_local for DINO).
         index: ``(B,)`` positions of the images in the dataset (for memory banks).
-        labels: ``(B,)`` class labels when the dataset has them (supervised methods), else None.
+        labels: ``(B,)`` class labels when the dataset has them, else None; methods with
+            ``needs_labels`` (SupCon, triplet, N-pair) learn from them, the others never look.
     """
 
     views: list[Tensor]
@@ -104,6 +105,10 @@ class Method(Protocol):
         """The encoder that evaluation, embedding and export use."""
         ...
 
+    def memory_bank(self) -> tuple[Tensor, nn.Module, float] | None:
+        """(bank, encoder into it, kNN temperature) for a memory-bank method, else None."""
+        ...
+
 
 class MethodBase(nn.Module):
     """Defaults of the protocol for image methods; a method overrides what its paper changes.
@@ -119,6 +124,10 @@ class MethodBase(nn.Module):
     sync_batchnorm_exclude: ClassVar[tuple[str, ...]] = ()
     curves: ClassVar[tuple[str, ...]] = ()
     """Outputs of ``training_step`` besides the loss that ``curves.png`` draws (all are logged)."""
+    needs_labels: ClassVar[bool] = False
+    """Learns from class labels (SupCon, triplet, N-pair): the engine refuses data without them."""
+    needs_num_samples: ClassVar[bool] = False
+    """Takes ``num_samples=`` (the training set's size, for a memory bank); the engine passes it."""
     backbone: nn.Module
 
     def augmentation(self, image_size: int) -> augment.Augmentation | None:
@@ -146,6 +155,12 @@ class MethodBase(nn.Module):
     def eval_encoder(self) -> nn.Module:
         """The backbone."""
         return self.backbone
+
+    def memory_bank(self) -> tuple[Tensor, nn.Module, float] | None:
+        """A bank of one feature per training image (rows in dataset order), the module that maps
+        images into its space and the temperature of its weighted kNN, for the paper's bank kNN
+        (InstDisc); None (the default) when the method keeps no bank."""
+        return None
 
 
 def view_count_problem(method: type | nn.Module, count: int) -> str | None:

@@ -1,9 +1,10 @@
 """Networks and stateful building blocks: backbones, heads, momentum encoders, queues, shuffle-BN,
-global BatchNorm, schedules."""
+memory banks, global BatchNorm, schedules."""
 
 from selfsup.nn.backbones import BACKBONES, Backbone, build_backbone, convnet, resnet, vit
 from selfsup.nn.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
 from selfsup.nn.heads import DINOHead, projection_mlp
+from selfsup.nn.memory_bank import MemoryBank
 from selfsup.nn.modes import eval_mode
 from selfsup.nn.momentum import check_momentum, frozen_copy, momentum_update
 from selfsup.nn.queue import KeyQueue
@@ -11,7 +12,7 @@ from selfsup.nn.schedules import cosine, warmup_cosine
 from selfsup.nn.shuffle_bn import shuffled_forward
 
 __all__ = [
-    "BACKBONES", "Backbone", "DINOHead", "GlobalBatchNorm", "KeyQueue", "build_backbone", "check_momentum",
+    "BACKBONES", "Backbone", "DINOHead", "GlobalBatchNorm", "KeyQueue", "MemoryBank", "build_backbone", "check_momentum",
     "convert_sync_batchnorm",
     "convnet", "cosine", "eval_mode", "frozen_copy", "momentum_update", "projection_mlp", "resnet", "shuffled_forward",
     "vit", "warmup_cosine",

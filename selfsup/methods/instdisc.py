@@ -1,0 +1,139 @@
+"""InstDisc (Wu, Xiong, Yu, Lin 2018, "Unsupervised Feature Learning via Non-Parametric Instance Discrimination")."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup import distributed, losses
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.nn import Backbone, MemoryBank
+
+
+class InstDisc(MethodBase):
+    """Every image is its own class: a non-parametric softmax over a memory bank of all N images,
+    learnt by noise-contrastive estimation.
+
+    Per batch (sections 3.1-3.2 of the paper)::
+
+        f = normalize(W · backbone(x))                  # (B, 128), one augmented view per image
+        v = bank[i], v'_1..m = bank[uniform noise]      # its own entry and m = 4096 noise entries
+        x_ik = (v_ik · f / τ) − log Z                   # log P(i | f) of the non-parametric softmax
+        J = −log h(i, v) − Σ_k log(1 − h(k, v'))        # losses.nce, h = P / (P + m/N)
+        bank[i] ← normalize(0.5 · bank[i] + 0.5 · f)    # after the optimiser step
+
+    Z is estimated once, on the first batch, as ``N · mean exp(v' · f / τ)`` over its noise scores
+    and then held fixed, as in the paper and its code (``log_z``, a checkpointed buffer). The
+    paper evaluates with a weighted kNN over the bank itself (``memory_bank``): the engine reports
+    it as ``bank_knn`` next to the shared kNN on freshly extracted features.
+
+    Under DDP the bank is replicated, never broadcast: every rank gathers the global batch's
+    features and indices once per step and applies the same update. The noise indices of the
+    whole global batch are drawn from a generator seeded by the step, and each rank takes its
+    rows, so two processes draw exactly what one process draws for the same global batch; Z is the
+    mean of the ranks' estimates over equal numbers of noise scores, that is the estimate of the
+    whole batch. Resumed runs draw the same noise (it depends only on the step).
+
+    Args:
+        backbone: encoder producing ``backbone.out_dim`` features.
+        num_samples: N, the number of training images (the engine passes it).
+        proj_dim: feature dimension of the bank (128).
+        num_noise: m noise samples per image (4096).
+        temperature: τ (0.07).
+        bank_momentum: m of the bank update (0.5).
+        noise_seed: seed of the noise draws (combined with the step).
+    """
+
+    augment_recipe: ClassVar[str] = "instdisc"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+    needs_num_samples: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone, *, num_samples: int, proj_dim: int = 128, num_noise: int = 4096,
+                 temperature: float = 0.07, bank_momentum: float = 0.5, noise_seed: int = 0) -> None:
+        super().__init__()
+        if num_noise < 1:
+            raise ValueError(f"num_noise must be >= 1, got {num_noise}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 <= bank_momentum <= 1:
+            raise ValueError(f"bank_momentum must be in [0, 1], got {bank_momentum}")
+        self.backbone = backbone
+        self.projector = nn.Linear(backbone.out_dim, proj_dim)
+        self.bank = MemoryBank(num_samples, proj_dim)
+        self.register_buffer("log_z", torch.tensor(float("nan")))
+        self.num_noise, self.temperature, self.bank_momentum = num_noise, temperature, bank_momentum
+        self.noise_seed = noise_seed
+        self._z_estimated: bool | None = None  # read from log_z once per process (one device sync)
+        self._pending: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def noise_prob(self) -> float:
+        """P_n = 1 / N of the uniform noise distribution."""
+        return 1.0 / self.bank.size
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The normalised 128-d features the bank holds."""
+        return F.normalize(self.projector(self.backbone(images)), dim=1)
+
+    def noise(self, step: int, rows: int, device: torch.device) -> Tensor:
+        """``(rows, m)`` noise indices of this rank's share of global step ``step``."""
+        world, rank = distributed.world_size(), distributed.rank()
+        generator = torch.Generator(device=device).manual_seed(self.noise_seed * 1_000_003 + step)
+        drawn = torch.randint(self.bank.size, (rows * world, self.num_noise), generator=generator, device=device)
+        return drawn[rank * rows:(rank + 1) * rows]
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        check_views(batch, self)
+        f = self.embed(batch.views[0]).float()
+        index = batch.index.to(f.device)
+        candidates = torch.cat([index[:, None], self.noise(progress.step, len(index), f.device)], dim=1)
+        weights = self.bank.features[candidates]                          # (B, 1 + m, D), no gradient
+        scores = torch.bmm(weights, f.unsqueeze(2)).squeeze(2)            # v · f for own entry and noise
+        if not self._z_known():
+            self.estimate_log_z(scores)
+        loss = losses.nce(scores, self.noise_prob, self.temperature, log_normalizer=self.log_z)
+        self._pending = (distributed.gather(f.detach()), distributed.gather(index))
+        return {"loss": loss}
+
+    def _z_known(self) -> bool:
+        if self._z_estimated is None:
+            self._z_estimated = bool(torch.isfinite(self.log_z))
+        return self._z_estimated
+
+    @torch.no_grad()
+    def estimate_log_z(self, scores: Tensor) -> None:
+        """Fix log Z from the first batch's noise scores (every rank's, when distributed)."""
+        local = losses.nce_log_normalizer(scores, self.noise_prob, self.temperature).reshape(1)
+        every_rank = distributed.gather(local)
+        self.log_z.copy_(torch.logsumexp(every_rank, dim=0) - math.log(every_rank.numel()))
+        self._z_estimated = True
+
+    def on_step_end(self, progress: Progress) -> None:
+        if self._pending is not None:
+            features, index = self._pending
+            self.bank.update(index, features, self.bank_momentum)
+            self._pending = None
+
+    def memory_bank(self) -> tuple[Tensor, nn.Module, float]:
+        """The bank (rows in dataset order), the encoder into its space and the paper's kNN τ."""
+        return self.bank.features, nn.Sequential(self.backbone, self.projector, _Normalize()), self.temperature
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._z_estimated = None  # a loaded log_z decides again whether Z is known
+
+    def extra_repr(self) -> str:
+        return (f"num_samples={self.bank.size}, num_noise={self.num_noise}, temperature={self.temperature}, "
+                f"bank_momentum={self.bank_momentum}")
+
+
+class _Normalize(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1)
+
+
+__all__ = ["InstDisc"]
