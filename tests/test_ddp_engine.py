@@ -1,5 +1,6 @@
 """The training engine under real DDP: 2 gloo CPU processes started by torchrun and by Fabric itself."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,21 @@ def test_nan_on_one_rank_stops_both_without_hanging(tmp_path):
     messages = [(tmp_path / f"rank{r}.diverged").read_text() for r in range(2)]
     assert "another rank's loss is NaN/Inf at step 2 " in messages[0]
     assert "the loss is nan at step 2 " in messages[1]
+
+
+def test_instdisc_bank_is_equal_on_every_rank_and_evaluated(tmp_path):
+    result = _train_ranks(tmp_path, "--finish", "method=instdisc", "method_args.num_noise=64", "eval.plots=false",
+                          "eval.linear=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = _ranks(tmp_path)
+    torch.testing.assert_close(first["buffers"]["bank.features"], second["buffers"]["bank.features"], atol=0, rtol=0)
+    torch.testing.assert_close(first["buffers"]["log_z"], second["buffers"]["log_z"], atol=0, rtol=0)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert 0.0 <= results["evaluations"]["bank_knn"]["accuracy"] <= 1.0
+
+
+def test_label_methods_train_under_torchrun(tmp_path):
+    result = _train_ranks(tmp_path, "method=supcon", "method_args.proj_dim=16", "eval.plots=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in _ranks(tmp_path):
+        assert all(torch.isfinite(value).all() for value in rank["buffers"].values())

@@ -1,10 +1,11 @@
 """Train a tiny run on digits and save what each rank holds; used by the DDP engine tests.
 
-usage: train_ranks.py OUT_DIR [key=value ...]
+usage: train_ranks.py OUT_DIR [--finish] [key=value ...]
 
 Writes OUT_DIR/rank<r>.pt with every floating buffer of the method (BatchNorm statistics,
 queues, centres) and the class name of each normalisation layer, or OUT_DIR/rank<r>.diverged
-with the error message (exit status 3) when training diverges. method=moco_nan_on_rank1 is MoCo
+with the error message (exit status 3) when training diverges. --finish also runs the final
+evaluation (results.json). method=moco_nan_on_rank1 is MoCo
 whose queries turn NaN on rank 1 only, from step 2 on.
 """
 
@@ -17,6 +18,7 @@ from torch import nn
 from selfsup import distributed
 from selfsup.config import load_config
 from selfsup.engine import NonFiniteLossError, Trainer
+from selfsup.engine.loop import finish
 from selfsup.methods import METHODS, MoCo
 
 
@@ -30,6 +32,8 @@ class MoCoNaNOnRank1(MoCo):
 METHODS["moco_nan_on_rank1"] = MoCoNaNOnRank1
 
 out_dir, *overrides = sys.argv[1:]
+run_finish = "--finish" in overrides
+overrides = [o for o in overrides if o != "--finish"]
 base = ["name=digits_ranks", "data.name=digits", "data.size=16", "backbone.width=8", "train.batch_size=64",
         "train.epochs=1", "train.progress=false", "train.knn_every=0", "train.accelerator=cpu", "train.devices=2",
         "train.out_dir=" + str(Path(out_dir) / "run")]
@@ -37,6 +41,8 @@ trainer = Trainer(load_config(None, base + overrides))
 rank = trainer.fabric.global_rank
 try:
     trainer.fit()
+    if run_finish:
+        finish(trainer)
 except NonFiniteLossError as error:
     (Path(out_dir) / f"rank{rank}.diverged").write_text(str(error))
     sys.exit(3)

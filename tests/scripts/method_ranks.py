@@ -1,0 +1,79 @@
+"""A few steps of one method on fixed global batches, on one process or under torchrun; used by
+tests/test_ddp_methods.py to compare the two.
+
+usage: method_ranks.py OUT_DIR METHOD [METHOD ...]
+
+Every process builds the method with the same seed around a BatchNorm-free linear backbone (so a
+rank's forward pass does not depend on which other images share its batch, except through what the
+method itself gathers), takes its rows of each global batch of 8 images, and runs the engine's step
+order: training_step, backward, (DDP's gradient mean), SGD step, on_step_end. Global BN methods get
+GlobalBatchNorm as the engine gives them. Rank 0 writes OUT_DIR/state_w<world size>.pt with the
+method's state_dict after the steps and the loss of every step (mean over ranks), and every rank
+writes OUT_DIR/<METHOD>_w<world size>_r<rank>.pt. Several methods run one after the other in the same
+processes (one launch: the imports are most of a run's time).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from selfsup.methods import METHODS, Batch, Progress
+from selfsup.nn import Backbone, convert_sync_batchnorm
+
+out_dir, names = Path(sys.argv[1]), sys.argv[2:]
+ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentum": 0.9, "shuffle_splits": 2},
+        "instdisc": {"num_samples": 40, "proj_dim": 4, "num_noise": 16, "temperature": 0.2},
+        "mocov3": {"hidden_dim": 8, "proj_dim": 4, "temperature": 0.5},
+        "invaspread": {"proj_dim": 4},
+        "supcon": {"proj_hidden_dim": 8, "proj_dim": 4},
+        "simclr": {"proj_hidden_dim": 8, "proj_dim": 4},
+        "triplet": {"embed_dim": 4}, "npair": {"embed_dim": 4}}
+GLOBAL_BATCH, STEPS = 8, 3
+
+distributed = "WORLD_SIZE" in os.environ
+if distributed:
+    dist.init_process_group("gloo")
+world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+
+
+def run(name: str) -> None:
+    torch.manual_seed(0)
+    backbone = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(12, 6)), 6, in_channels=1, mean=[0.0], std=[1.0])
+    method = METHODS[name](backbone, **ARGS[name]).train()
+    if method.sync_batchnorm and world > 1:
+        convert_sync_batchnorm(method, "cpu", exclude=method.sync_batchnorm_exclude)
+    model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False) if world > 1 else method
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+
+    rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    step_losses = []
+    for step in range(STEPS):
+        g = torch.Generator().manual_seed(100 + step)
+        views = [torch.rand(GLOBAL_BATCH, 1, 2, 6, generator=g) for _ in range(2)]
+        index = torch.randperm(40, generator=g)[:GLOBAL_BATCH]
+        labels = torch.tensor([0, 1, 2, 3] * (GLOBAL_BATCH // 4))[torch.randperm(GLOBAL_BATCH, generator=g)]
+        n_views = 1 if method.views_needed == (1, 1) else 2
+        batch = Batch([v[rows] for v in views[:n_views]], index[rows], labels[rows])
+        progress = Progress(step, STEPS, STEPS)
+        loss = model(batch, progress)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.on_step_end(progress)
+        mean_loss = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(mean_loss)
+            mean_loss /= world
+        step_losses.append(mean_loss.item())
+
+    torch.save({"state": method.state_dict(), "losses": step_losses}, out_dir / f"{name}_w{world}_r{rank}.pt")
+
+
+for name in names:
+    run(name)
+if distributed:
+    dist.destroy_process_group()

@@ -1,0 +1,48 @@
+"""Methods under torchrun with 2 gloo CPU processes: the same weights, queue, bank and normaliser
+as one process given the same global batches, and every rank in step with the others."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.distributed
+SCRIPT = Path(__file__).parent / "scripts" / "method_ranks.py"
+EXACT = ["moco", "instdisc", "mocov3", "invaspread", "supcon", "simclr"]
+LOCAL_MINING = ["triplet", "npair"]  # mine inside each rank's batch, so only the ranks agree
+
+
+@pytest.fixture(scope="module")
+def states(tmp_path_factory):
+    out = tmp_path_factory.mktemp("method_ranks")
+    methods = EXACT + LOCAL_MINING
+    for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                        "--nproc_per_node=2"]):
+        result = subprocess.run([*launcher, str(SCRIPT), str(out), *methods], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return lambda name, world, rank=0: torch.load(out / f"{name}_w{world}_r{rank}.pt")
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_two_processes_end_in_the_single_process_state(states, method):
+    single, double = states(method, 1), states(method, 2)
+    assert single["losses"] == pytest.approx(double["losses"], rel=1e-5)
+    assert single["state"].keys() == double["state"].keys()
+    for key, value in single["state"].items():
+        torch.testing.assert_close(double["state"][key], value, atol=1e-5, rtol=1e-5, msg=key)
+    state = single["state"]
+    if method == "moco":  # 3 steps of 8 keys in a queue of 12: every slot written, pointer at 24 % 12
+        assert int(state["queue.ptr"]) == 0
+    if method == "instdisc":
+        assert torch.isfinite(state["log_z"])
+
+
+@pytest.mark.parametrize("method", EXACT + LOCAL_MINING)
+def test_both_ranks_hold_the_same_state(states, method):
+    first, second = states(method, 2, 0), states(method, 2, 1)
+    for key, value in first["state"].items():
+        assert torch.isfinite(value.float()).all(), key
+        torch.testing.assert_close(second["state"][key], value, atol=1e-6, rtol=1e-6, msg=key)
