@@ -226,8 +226,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("methods:")
     for name, cls in sorted(METHODS.items()):
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<10} {cls.__name__:<10} [{cls.data_kind}] {summary}")
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
+        learns_from = cls.data_kind + (" + labels" if getattr(cls, "needs_labels", False) else "")
+        print(f"  {name:<10} {cls.__name__:<10} [{learns_from}] {summary}")
     print("backbones:  " + ", ".join(BACKBONES))
     print("datasets:   " + ", ".join(data.DATASETS))
     print("augment:    " + ", ".join(augment.RECIPES))

@@ -22,6 +22,12 @@ def test_list_names_every_method_and_recipe():
     assert out.returncode == 0, out.stderr
     for word in ("simclr", "SimCLR", "moco", "MoCo", "convnet", "fashion_mnist", "recipes/simclr_fashion_mnist.yaml"):
         assert word in out.stdout
+    from selfsup.methods import METHODS
+
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
+    for name, cls in METHODS.items():  # every method, with what it learns from
+        assert f"[{cls.data_kind}{' + labels' if cls.needs_labels else ''}]" in lines[name]
+    assert "[images + labels]" in lines["supcon"] and "[images]" in lines["instdisc"]
 
 
 def assert_one_line_error(args, message):

@@ -298,6 +298,17 @@ def test_results_table_has_a_row_per_run_with_the_files_numbers(tmp_path):
     assert len(only_old[0]) == 9 and "transfer" not in only_old[0] and len(only_old) == 3
 
 
+def test_results_table_shows_the_bank_knn_of_a_memory_bank_run(tmp_path):
+    bank_results = {**RESULTS, "evaluations": {**RESULTS["evaluations"],
+                                               "bank_knn": {"accuracy": 0.7712, "k": 200, "temperature": 0.07}}}
+    bank = make_run(tmp_path / "bank", bank_results, finetune=None)
+    plain = make_run(tmp_path / "plain", finetune=None)
+    head, _, with_bank, without = table_rows(results_table([bank, plain]))
+    column = head.index("bank kNN")
+    assert head[column - 1] == "kNN" and with_bank[column] == "77.12%" and without[column] == "–"
+    assert "bank kNN" not in table_rows(results_table([plain]))[0]
+
+
 def test_python_m_selfsup_report_writes_the_page(run):
     out = subprocess.run([sys.executable, "-m", "selfsup", "report", str(run)], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)

@@ -439,7 +439,8 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     """The README's results table, as GitHub markdown, from the runs' files only.
 
     One row per run, in the order given. Columns: run, method, epochs, batch, linear probe, kNN,
-    wall time (min), img/s, command; then, only when some run has them, one column per
+    (bank kNN, when some run kept a memory bank), wall time (min), img/s, command; then, only when
+    some run has them, one column per
     fine-tuning label fraction (mean ± std, training from scratch in parentheses), one per
     few-shot setting (accuracy ± 95% CI) and transfer. A value a run lacks is ``–``.
 
@@ -461,9 +462,11 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
                                                           f"{run['dir']}: evaluation 'finetune'")}
         fewshot |= {(int(match[1]), int(match[2])) for match in map(_FEWSHOT.fullmatch, evaluations) if match}
     transfer = any(key.startswith("transfer_") for run in runs for key in run["results"]["evaluations"])
+    bank = any("bank_knn" in run["results"]["evaluations"] for run in runs)
 
-    head = ["run", "method", "epochs", "batch", "linear probe", "kNN", "wall time (min)", "img/s", "command"]
-    align = ["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
+    head = ["run", "method", "epochs", "batch", "linear probe", "kNN", *(["bank kNN"] if bank else []),
+            "wall time (min)", "img/s", "command"]
+    align = ["---", "---", "---:", "---:", "---:", "---:", *(["---:"] if bank else []), "---:", "---:", "---"]
     head += [f"fine-tune {_fraction_label(value)} (scratch)" for value in sorted(fractions)]
     head += [f"few-shot {n_way}-way {k_shot}-shot" for n_way, k_shot in sorted(fewshot)]
     head += ["transfer"] if transfer else []
@@ -477,7 +480,9 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         rate = _number(results, "images_per_s", where)
         row = [_plain(results["name"]), _plain(results.get("method")), _plain(results.get("epochs")),
                _plain(results.get("batch_size")), _accuracy(results, "linear", run_dir),
-               _accuracy(results, "knn", run_dir), MISSING if seconds is None else f"{seconds / 60:.1f}",
+               _accuracy(results, "knn", run_dir),
+               *([_accuracy(results, "bank_knn", run_dir) if "bank_knn" in evaluations else MISSING] if bank else []),
+               MISSING if seconds is None else f"{seconds / 60:.1f}",
                MISSING if rate is None else f"{round(rate):,}",
                MISSING if results.get("command") is None else f"`{_plain(results['command'])}`"]
         where = f"{run_dir}: evaluation 'finetune'"
