@@ -62,11 +62,13 @@ from selfsup.augment.geometry import (
     resized_crop,
     sample_crop_boxes,
 )
+from selfsup.augment import pretext
 from selfsup.augment.recipes import RECIPES, override, recipe
 from selfsup.augment.runner import Augmentation, View, augment_view
 
 __all__ = [
     "RECIPES",
+    "pretext",
     "Augmentation",
     "JitterParams",
     "View",

@@ -5,9 +5,12 @@ from selfsup.methods.byol import BYOL
 from selfsup.methods.dino import DINO
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.invaspread import InvaSpread
+from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.moco import MoCo
 from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.npair import NPair
+from selfsup.methods.relative_location import RelativeLocation
+from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.supcon import SupCon
@@ -16,8 +19,9 @@ from selfsup.methods.triplet import Triplet
 METHODS: dict[str, type] = {
     "simclr": SimCLR, "moco": MoCo, "mocov3": MoCoV3, "instdisc": InstDisc, "invaspread": InvaSpread,
     "byol": BYOL, "simsiam": SimSiam, "dino": DINO, "supcon": SupCon, "triplet": Triplet, "npair": NPair,
+    "rotation": Rotation, "relative_location": RelativeLocation, "jigsaw": Jigsaw,
 }
 """Registry used by the CLI and recipes: lower-case name -> class."""
 
-__all__ = ["BYOL", "DINO", "METHODS", "Batch", "InstDisc", "InvaSpread", "Method", "MethodBase", "MoCo", "MoCoV3",
-           "NPair", "Progress", "SimCLR", "SimSiam", "SupCon", "Triplet"]
+__all__ = ["BYOL", "DINO", "METHODS", "Batch", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase", "MoCo",
+           "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet"]

@@ -1,0 +1,65 @@
+"""Jigsaw puzzles (Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles")."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.augment import pretext
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.methods.relative_location import PatchGrid
+from selfsup.methods.rotation import task_accuracy
+from selfsup.nn import Backbone
+
+
+class Jigsaw(MethodBase):
+    """Which permutation shuffled the 9 tiles? A P-way classifier over the tiles of a 3x3 grid,
+    each tile through one shared encoder (the paper's context-free network).
+
+    Per batch (section 3 of the paper)::
+
+        tiles, k = 9 tiles shuffled by permutation k of a fixed set   # pretext.jigsaw, P of them
+        loss = CE(head([f(t_1), ..., f(t_9)]), k)                     # f shared, head an MLP
+
+    The permutation set is chosen once for maximal Hamming distance (``hamming_permutations``;
+    P from ``num_permutations``, default 100, the paper's best trade-off) and kept as a buffer, so
+    a checkpoint carries its own set. Tiles have gaps and jitter as in the paper. The reported
+    number is the linear probe of the frozen backbone on whole images; the task's accuracy is
+    logged.
+
+    Args:
+        backbone: the shared tile encoder.
+        num_permutations: P.
+        patch, gap, input_size: tile geometry (see :class:`~selfsup.methods.relative_location.PatchGrid`).
+        hidden_dim: width of the classifier's hidden layer (1024).
+    """
+
+    augment_recipe: ClassVar[str] = "flip"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+    curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
+
+    def __init__(self, backbone: Backbone, *, num_permutations: int = 100, patch: int | None = None,
+                 gap: int | None = None, input_size: int | None = None, hidden_dim: int = 1024) -> None:
+        super().__init__()
+        if num_permutations < 2:
+            raise ValueError(f"num_permutations must be >= 2, got {num_permutations}")
+        self.backbone = backbone
+        self.grid = PatchGrid(patch, gap, input_size)
+        self.register_buffer("permutations", pretext.hamming_permutations(num_permutations))
+        self.head = nn.Sequential(nn.Linear(9 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden_dim, num_permutations))
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        check_views(batch, self)
+        x = batch.views[0]
+        patch, gap, size = self.grid.resolve(x.shape[-1])
+        tiles, labels = pretext.jigsaw(x, self.permutations, patch=patch, gap=gap)
+        flat = pretext.resize_patches(tiles.flatten(0, 1), size)       # (9B, C, s, s), image-major
+        features = self.backbone(flat).view(x.shape[0], -1)           # (B, 9 d), tiles in puzzle order
+        logits = self.head(features)
+        return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
+
+
+__all__ = ["Jigsaw"]

@@ -1,0 +1,83 @@
+"""Relative patch location (Doersch, Gupta, Efros 2015, "Unsupervised Visual Representation Learning by Context Prediction")."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.augment import pretext
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.methods.rotation import task_accuracy
+from selfsup.nn import Backbone
+
+
+class PatchGrid:
+    """Patch geometry of a 3x3 grid, resolved from the image side at the first batch.
+
+    Args:
+        patch: patch side in pixels (None: three quarters of a cell).
+        gap: smallest distance between neighbouring patches (None: an eighth of a cell, at least 1).
+        input_size: side the shared encoder sees, patches resized to it (None: the patch side).
+    """
+
+    def __init__(self, patch: int | None, gap: int | None, input_size: int | None) -> None:
+        for name, value in (("patch", patch), ("gap", gap), ("input_size", input_size)):
+            if value is not None and value < (0 if name == "gap" else 1):
+                raise ValueError(f"{name} must be {'>= 0' if name == 'gap' else 'positive'}, got {value}")
+        self.patch, self.gap, self.input_size = patch, gap, input_size
+
+    def resolve(self, side: int) -> tuple[int, int, int]:
+        """``(patch, gap, input_size)`` for images of ``side`` pixels, checked to fit."""
+        cell = side // 3
+        patch = self.patch if self.patch is not None else max(1, cell * 3 // 4)
+        gap = self.gap if self.gap is not None else max(1, cell // 8)
+        pretext.grid_geometry(side, 3, patch, gap)
+        return patch, gap, self.input_size or patch
+
+
+class RelativeLocation(MethodBase):
+    """Where is the second patch relative to the first? An 8-way classifier over a pair of patches
+    from a 3x3 grid, one encoder shared by both patches.
+
+    Per batch (section 3 of the paper)::
+
+        c, n, k = centre patch, one of its 8 neighbours, which one       # pretext.relative_patches
+        loss = CE(head([f(c), f(n)]), k)                                 # f shared, head an MLP
+
+    Patches sit in their cells with a gap and a random jitter, so the network cannot solve the
+    task by continuing edges across the border. The reported number is the linear probe of the
+    frozen backbone on whole images; the task's accuracy is logged.
+
+    Args:
+        backbone: the shared patch encoder.
+        patch, gap, input_size: patch geometry (see :class:`PatchGrid`).
+        hidden_dim: width of the pair classifier's hidden layer (512).
+    """
+
+    augment_recipe: ClassVar[str] = "flip"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+    curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
+
+    def __init__(self, backbone: Backbone, *, patch: int | None = None, gap: int | None = None,
+                 input_size: int | None = None, hidden_dim: int = 512) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.grid = PatchGrid(patch, gap, input_size)
+        self.head = nn.Sequential(nn.Linear(2 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden_dim, 8))
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        check_views(batch, self)
+        x = batch.views[0]
+        patch, gap, size = self.grid.resolve(x.shape[-1])
+        centre, neighbour, labels = pretext.relative_patches(x, patch=patch, gap=gap)
+        pair = pretext.resize_patches(torch.cat([centre, neighbour]), size)
+        features = self.backbone(pair).chunk(2)
+        logits = self.head(torch.cat(features, dim=1))
+        return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
+
+
+__all__ = ["PatchGrid", "RelativeLocation"]

@@ -1,0 +1,175 @@
+"""Pretext tasks: the labels are checked by undoing the task (rotate back, reassemble the tiles, find
+the patch in the image), the permutation set against a brute-force search, and the methods' losses
+against cross-entropy by hand."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup import augment
+from selfsup.augment import pretext
+from selfsup.methods import METHODS, Batch, Jigsaw, Method, Progress, RelativeLocation, Rotation
+from selfsup.nn import Backbone, build_backbone
+
+
+def images(n: int = 3, side: int = 12, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, channels, side, side), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
+
+
+def test_rotating_back_gives_the_image():
+    x = images(4, 8)
+    rotated, labels = pretext.rotations(x)
+    assert rotated.shape == (16, 3, 8, 8) and sorted(labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    for image, k, original in zip(rotated, labels.tolist(), x.repeat(4, 1, 1, 1)):
+        assert torch.equal(torch.rot90(image, -k, dims=(-2, -1)), original)
+    # label 1 is 90 degrees counter-clockwise: the top row becomes the left column, read upwards
+    assert torch.equal(rotated[4][:, :, 0], x[0][:, 0, :].flip(-1))
+    with pytest.raises(ValueError, match="square"):
+        pretext.rotations(torch.rand(1, 1, 4, 6))
+
+
+def test_patches_sit_inside_their_cells_with_the_gap():
+    x = torch.arange(2 * 1 * 15 * 15, dtype=torch.float32).view(2, 1, 15, 15)  # every pixel unique
+    cells = torch.tensor([list(range(9)), list(range(8, -1, -1))])
+    patches = pretext.grid_patches(x, cells, patch=3, gap=1, generator=torch.Generator().manual_seed(1))
+    assert patches.shape == (2, 9, 1, 3, 3)
+    for b in range(2):
+        corners = {}
+        for k in range(9):
+            top, left = divmod(int((patches[b, k, 0, 0, 0] - b * 225).item()), 15)  # unique values locate it
+            assert torch.equal(patches[b, k, 0], x[b, 0, top:top + 3, left:left + 3])
+            cell = int(cells[b, k])
+            row, col = divmod(cell, 3)
+            assert row * 5 <= top and top + 3 <= row * 5 + 5 and col * 5 <= left and left + 3 <= col * 5 + 5
+            corners[cell] = (top, left)
+        for cell, (top, left) in corners.items():  # >= 1 pixel between horizontal and vertical neighbours
+            if cell % 3 < 2:
+                assert corners[cell + 1][1] - (left + 3) >= 1
+            if cell < 6:
+                assert corners[cell + 3][0] - (top + 3) >= 1
+    with pytest.raises(ValueError, match="do not fit"):
+        pretext.grid_patches(x, cells, patch=4, gap=2)
+
+
+def test_reassembling_the_tiles_by_the_permutation_gives_the_image_back():
+    x = images(5, 12)
+    perms = pretext.hamming_permutations(10)
+    tiles, labels = pretext.jigsaw(x, perms, patch=4, gap=0, generator=torch.Generator().manual_seed(2))
+    assert tiles.shape == (5, 9, 3, 4, 4) and labels.shape == (5,)
+    for b in range(5):
+        in_place = torch.empty_like(tiles[b])
+        in_place[perms[labels[b]]] = tiles[b]  # position j shows tile perm[j]
+        rows = [torch.cat(list(in_place[r * 3:(r + 1) * 3]), dim=-1) for r in range(3)]
+        assert torch.equal(torch.cat(rows, dim=-2), x[b])
+
+
+def test_relative_patch_labels_name_the_neighbours_cell():
+    x = images(16, 9)
+    centre, neighbour, labels = pretext.relative_patches(x, patch=3, gap=0, generator=torch.Generator().manual_seed(3))
+    assert set(labels.tolist()) <= set(range(8)) and len(set(labels.tolist())) > 3
+    for b in range(16):
+        assert torch.equal(centre[b], x[b, :, 3:6, 3:6])
+        row, col = divmod(pretext.NEIGHBOURS[labels[b]], 3)
+        assert torch.equal(neighbour[b], x[b, :, row * 3:row * 3 + 3, col * 3:col * 3 + 3])
+
+
+def _best_min_distance(n: int, count: int) -> int:
+    """Brute force: the largest smallest pairwise Hamming distance over all sets of ``count``
+    permutations of ``n`` (sets containing the identity suffice: relabelling preserves distances)."""
+    perms = np.array(list(itertools.permutations(range(n))))
+    distance = (perms[:, None] != perms[None]).sum(-1)
+    best = 0
+    for rest in itertools.combinations(range(1, len(perms)), count - 1):
+        members = (0, *rest)
+        best = max(best, min(distance[a, b] for a, b in itertools.combinations(members, 2)))
+    return best
+
+
+@pytest.mark.parametrize("n,count", [(3, 2), (3, 3), (3, 4), (3, 6), (4, 2), (4, 4), (4, 5), (4, 7)])
+def test_permutation_set_reaches_the_brute_force_minimum_distance(n, count):
+    perms = pretext.hamming_permutations(count, n)
+    assert perms.shape == (count, n) and torch.equal(perms[0], torch.arange(n))
+    assert all(sorted(p.tolist()) == list(range(n)) for p in perms) and perms.unique(dim=0).shape[0] == count
+    distance = (perms[:, None] != perms[None]).sum(-1).fill_diagonal_(n + 1)
+    assert int(distance.min()) == _best_min_distance(n, count)
+
+
+def test_the_default_permutation_set_is_deterministic_and_far_apart():
+    perms = pretext.hamming_permutations(100)
+    assert torch.equal(perms, pretext.hamming_permutations(100))
+    distance = (perms[:, None] != perms[None]).sum(-1).fill_diagonal_(10)
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.stack([torch.randperm(9, generator=g) for _ in range(100)])
+    drawn_distance = (drawn[:, None] != drawn[None]).sum(-1).fill_diagonal_(10)
+    assert int(distance.min()) >= 6 > int(drawn_distance.min())  # far above 100 permutations drawn at random
+    with pytest.raises(ValueError, match=r"count must be between 1 and 4! = 24"):
+        pretext.hamming_permutations(25, 4)
+
+
+def linear_backbone(side: int, out_dim: int = 5) -> Backbone:
+    torch.manual_seed(0)
+    return Backbone(nn.Sequential(nn.Flatten(), nn.Linear(3 * side * side, out_dim)), out_dim, 3, [0.5] * 3, [0.5] * 3)
+
+
+@pytest.mark.parametrize("name,cls", [("rotation", Rotation), ("relative_location", RelativeLocation),
+                                      ("jigsaw", Jigsaw)])
+def test_pretext_methods_are_registered_with_one_view(name, cls):
+    assert METHODS[name] is cls and cls.views_needed == (1, 1) and "task_accuracy" in cls.curves
+    method = cls(linear_backbone(4 if name != "rotation" else 12))
+    assert isinstance(method, Method) and len(method.augmentation(12).output_views) == 1
+
+
+def test_rotation_loss_is_cross_entropy_over_all_four_rotations():
+    method = Rotation(linear_backbone(8)).train()
+    x = augment.to_float(images(3, 8))
+    out = method.training_step(Batch([x], torch.arange(3)), Progress(0, 10, 5))
+    with torch.no_grad():
+        logits = [method.classifier(method.backbone(torch.rot90(x, k, dims=(-2, -1)))).double() for k in range(4)]
+    expected = -np.mean([F.log_softmax(logits[k], dim=1)[:, k].numpy() for k in range(4)])
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    right = np.mean([(logits[k].argmax(1) == k).float().numpy() for k in range(4)])
+    assert out["task_accuracy"].item() == pytest.approx(right)
+
+
+def test_jigsaw_keeps_its_permutation_set_and_resolves_the_tile_geometry():
+    method = Jigsaw(linear_backbone(4), num_permutations=12, patch=3, gap=1, input_size=4)
+    assert torch.equal(method.permutations, pretext.hamming_permutations(12))
+    assert "permutations" in method.state_dict()
+    out = method.training_step(Batch([augment.to_float(images(4, 15))], torch.arange(4)), Progress(0, 10, 5))
+    assert torch.isfinite(out["loss"]) and 0 <= out["task_accuracy"].item() <= 1
+    assert out["loss"].item() == pytest.approx(math.log(12), abs=1.0)  # near chance before training
+    with pytest.raises(ValueError, match="do not fit"):
+        Jigsaw(linear_backbone(4), patch=5, gap=1).training_step(Batch([images(2, 15)], torch.arange(2)),
+                                                                 Progress(0, 10, 5))
+    with pytest.raises(ValueError, match="num_permutations"):
+        Jigsaw(linear_backbone(4), num_permutations=1)
+
+
+@pytest.mark.parametrize("name,chance,threshold", [("rotation", 0.25, 0.8), ("jigsaw", 1 / 24, 0.6)])
+def test_pretext_task_is_learnt_on_digits(name, chance, threshold):
+    """A few dozen steps on scikit-learn's digits take the task's accuracy well above chance."""
+    from selfsup import data
+
+    torch.manual_seed(0)
+    digits = data.load("digits", "train", size=16)
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, mean=digits.mean().tolist(),
+                              std=digits.std().tolist(), width=8)
+    kwargs = {} if name == "rotation" else {"num_permutations": 24, "input_size": 8}
+    method = METHODS[name](backbone, **kwargs).train()
+    optimizer = torch.optim.Adam(method.parameters(), lr=3e-3)
+    accuracies = []
+    for step in range(60):
+        index = torch.randint(len(digits), (64,))
+        out = method.training_step(Batch([augment.to_float(digits.images[index])], index), Progress(step, 60, 20))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        accuracies.append(out["task_accuracy"].item())
+    assert accuracies[0] < chance + 0.15
+    assert np.mean(accuracies[-10:]) > threshold
