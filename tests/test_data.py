@@ -594,7 +594,7 @@ def test_load_converts_size_and_channels(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"name": "imagenet"}, ValueError, "fashion_mnist, mnist, cifar10, cifar100, cifar100_coarse, digits, folder"),
+        ({"name": "imagenet"}, ValueError, "fashion_mnist, mnist, cifar10, cifar100, cifar100_coarse, digits, photos, folder"),
         ({"name": "digits", "split": "val"}, ValueError, "split"),
         ({"name": "digits", "size": 0}, ValueError, "size"),
         ({"name": "digits", "size": 2.5}, ValueError, "size"),
@@ -647,3 +647,28 @@ def test_folder_decodes_without_warnings(tmp_path):
     for channels, expected in ((3, pixels), (1, gray)):
         images = np.load(tmp_path / f"images{channels}.npy")
         assert np.array_equal(images.transpose(0, 2, 3, 1), np.stack(expected))
+
+
+def test_photos_are_labelled_crops_of_the_shipped_colour_photos_from_disjoint_regions():
+    from selfsup.data import photos
+
+    train, test = data.load("photos", "train"), data.load("photos", "test")
+    assert train.images.shape == (4500, 3, 32, 32) and test.images.shape == (900, 3, 32, 32)
+    assert train.classes == test.classes and len(train.classes) == 9 and "astronaut" in train.classes
+    assert train.labels.bincount().tolist() == [500] * 9 and test.labels.bincount().tolist() == [100] * 9
+    # every crop is a piece of its own photo: found at its position in the resized photo
+    resized = list(photos._photos().values())
+    for split, dataset, (lo, hi) in (("train", train, (0.0, 0.75)), ("test", test, (0.75, 1.0))):
+        for i in range(0, len(dataset), 211):
+            image = resized[int(dataset.labels[i])]
+            crop = dataset.images[i].permute(1, 2, 0).numpy()
+            windows = np.lib.stride_tricks.sliding_window_view(image, (32, 32, 3))[..., 0, :, :, :]
+            corner = np.nonzero((windows[..., 0, 0, :] == crop[0, 0]).all(axis=-1))  # candidates, then whole
+            matches = (windows[corner] == crop).all(axis=(-1, -2, -3))
+            rows, cols = corner[0][matches], corner[1][matches]
+            assert len(rows) >= 1, (split, i)
+            width = image.shape[1]
+            assert lo * width - 1 <= cols.min() and cols.min() + 32 <= hi * width + 1  # its side of the boundary
+    assert torch.equal(train.images, data.load("photos", "train").images)  # a pure function of the seed
+    with pytest.raises(ValueError, match="takes no root"):
+        data.load("photos", root="/tmp")

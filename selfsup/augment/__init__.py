@@ -63,12 +63,15 @@ from selfsup.augment.geometry import (
     sample_crop_boxes,
 )
 from selfsup.augment import pretext
+from selfsup.augment.lab import lab_to_rgb, rgb_to_lab
 from selfsup.augment.recipes import RECIPES, override, recipe
 from selfsup.augment.runner import Augmentation, View, augment_view
 
 __all__ = [
     "RECIPES",
     "pretext",
+    "lab_to_rgb",
+    "rgb_to_lab",
     "Augmentation",
     "JitterParams",
     "View",

@@ -15,6 +15,9 @@ Names (``DATASETS``):
   (``round(v * 255 / 16)``), 1x8x8. Split: stratified by class, 20% test,
   ``sklearn.model_selection.train_test_split(random_state=0)``: 1437 train,
   360 test.
+- ``photos``: crops of the real colour photos that ship with scikit-learn and scikit-image
+  (needs scikit-image, ``pip install 'selfsup[photos]'``), 3x32x32, labelled by photo, 4500
+  train and 900 test crops from disjoint parts of each photo (see ``selfsup.data.photos``).
 - ``folder``: the user's images under ``root`` (see ``selfsup.data.folder``),
   resized to ``size`` (default 64) and converted to ``channels`` (default 3).
 
@@ -37,12 +40,14 @@ from .dataset import ImageDataset, check_channels, check_size
 from .download import ChecksumError, DownloadError
 from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
 from .idx import FASHION_MNIST, MNIST, load_idx
+from .photos import load_photos
 from .sources import DataSource, ImageBatch, InMemoryImages
 
 __all__ = ["DATASETS", "ChecksumError", "DataSource", "DownloadError", "ImageBatch", "ImageDataset", "InMemoryImages",
            "SkippedImageWarning", "load"]
 
-DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "folder")
+DATASETS: tuple[str, ...] = (
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder")
 SPLITS = ("train", "test")
 
 _IDX = {"fashion_mnist": FASHION_MNIST, "mnist": MNIST}
@@ -120,6 +125,7 @@ def load(
         dataset = load_cifar(_CIFAR[name], split, root, download, progress)
     else:
         if root is not None:
-            raise DataError(f"dataset 'digits' ships with scikit-learn and takes no root, got root={root!r}")
-        dataset = _digits(split)
+            raise DataError(f"dataset {name!r} ships with scikit-learn / scikit-image and takes no root, got "
+                            f"root={root!r}")
+        dataset = _digits(split) if name == "digits" else load_photos(split)
     return dataset.convert(size=size, channels=channels)

@@ -2,6 +2,7 @@
 
 from selfsup.methods.base import Batch, Method, MethodBase, Progress
 from selfsup.methods.byol import BYOL
+from selfsup.methods.colorization import Colorization
 from selfsup.methods.dino import DINO
 from selfsup.methods.instdisc import InstDisc
 from selfsup.methods.invaspread import InvaSpread
@@ -19,9 +20,9 @@ from selfsup.methods.triplet import Triplet
 METHODS: dict[str, type] = {
     "simclr": SimCLR, "moco": MoCo, "mocov3": MoCoV3, "instdisc": InstDisc, "invaspread": InvaSpread,
     "byol": BYOL, "simsiam": SimSiam, "dino": DINO, "supcon": SupCon, "triplet": Triplet, "npair": NPair,
-    "rotation": Rotation, "relative_location": RelativeLocation, "jigsaw": Jigsaw,
+    "rotation": Rotation, "relative_location": RelativeLocation, "jigsaw": Jigsaw, "colorization": Colorization,
 }
 """Registry used by the CLI and recipes: lower-case name -> class."""
 
-__all__ = ["BYOL", "DINO", "METHODS", "Batch", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase", "MoCo",
+__all__ = ["BYOL", "DINO", "Colorization", "METHODS", "Batch", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase", "MoCo",
            "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet"]

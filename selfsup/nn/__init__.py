@@ -1,7 +1,7 @@
 """Networks and stateful building blocks: backbones, heads, momentum encoders, queues, shuffle-BN,
 memory banks, global BatchNorm, schedules."""
 
-from selfsup.nn.backbones import BACKBONES, Backbone, build_backbone, convnet, resnet, vit
+from selfsup.nn.backbones import BACKBONES, Backbone, build_backbone, convnet, feature_map, resnet, vit
 from selfsup.nn.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
 from selfsup.nn.heads import DINOHead, projection_mlp
 from selfsup.nn.memory_bank import MemoryBank
@@ -14,6 +14,6 @@ from selfsup.nn.shuffle_bn import shuffled_forward
 __all__ = [
     "BACKBONES", "Backbone", "DINOHead", "GlobalBatchNorm", "KeyQueue", "MemoryBank", "build_backbone", "check_momentum",
     "convert_sync_batchnorm",
-    "convnet", "cosine", "eval_mode", "frozen_copy", "momentum_update", "projection_mlp", "resnet", "shuffled_forward",
+    "convnet", "cosine", "feature_map", "eval_mode", "frozen_copy", "momentum_update", "projection_mlp", "resnet", "shuffled_forward",
     "vit", "warmup_cosine",
 ]

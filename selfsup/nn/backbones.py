@@ -49,6 +49,28 @@ class Backbone(nn.Module):
         return self.net((images - self.mean) / self.std)
 
 
+def feature_map(backbone: Backbone, images: Tensor) -> Tensor:
+    """The backbone's last spatial features ``(B, C, h, w)``, before its global pooling: what
+    dense heads (colorization) read. The ConvNet's last stage, a ResNet's ``layer4``, a ViT's patch
+    tokens laid out on their grid."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    x = (images - backbone.mean) / backbone.std
+    net = backbone.net
+    if isinstance(net, nn.Sequential) and isinstance(net[-2], nn.AdaptiveAvgPool2d):
+        return net[:-2](x)
+    if hasattr(net, "layer4"):  # torchvision ResNet
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    if hasattr(net, "forward_features") and hasattr(net, "patch_embed"):  # timm ViT
+        tokens = net.forward_features(x)[:, net.num_prefix_tokens:]
+        side = int(round(tokens.shape[1] ** 0.5))
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"feature_map needs square images for a ViT, got {tuple(images.shape[-2:])}")
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+    raise ValueError(f"feature_map does not know how to read spatial features from {type(net).__name__}")
+
+
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 

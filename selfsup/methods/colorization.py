@@ -1,0 +1,162 @@
+"""Colorization (Zhang, Isola, Efros 2016, "Colorful Image Colorization")."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup import distributed
+from selfsup.augment import rgb_to_lab
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.nn import Backbone, feature_map
+
+
+def ab_bins(grid: int = 10, samples: int = 64) -> Tensor:
+    """Centres ``(Q, 2)`` of the ``grid``-sized ab cells that some sRGB colour falls in (the paper's
+    in-gamut quantisation: 313 cells at grid 10 on ImageNet's colours; here every sRGB colour of a
+    ``samples``-per-channel cube decides, which keeps the bins a pure function of ``grid``)."""
+    axis = torch.linspace(0, 1, samples, dtype=torch.float64)
+    cube = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")).reshape(1, 3, -1, 1)
+    ab = rgb_to_lab(cube)[0, 1:, :, 0].T                                     # (samples³, 2)
+    cells = torch.unique(torch.floor(ab / grid), dim=0)
+    return ((cells + 0.5) * grid).float()
+
+
+def soft_encode(ab: Tensor, centres: Tensor, neighbours: int = 5, sigma: float = 5.0) -> Tensor:
+    """The paper's soft targets: each pixel's ``(P, 2)`` ab value spread over its ``neighbours``
+    nearest bin centres with Gaussian weights (σ = 5), normalised to sum to 1. Returns ``(P, Q)``."""
+    distance = torch.cdist(ab, centres.to(ab))                               # (P, Q)
+    nearest, index = distance.topk(neighbours, dim=1, largest=False)
+    weights = torch.exp(-nearest ** 2 / (2 * sigma ** 2))
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return torch.zeros_like(distance).scatter_(1, index, weights)
+
+
+def rebalancing_weights(prior: Tensor, centres: Tensor, mix: float = 0.5, sigma: float = 5.0) -> Tensor:
+    """Class rebalancing (section 2.2, eq. 4): ``w ∝ ((1 − λ) p̃ + λ / Q)⁻¹`` with ``p̃`` the ab
+    distribution smoothed by a Gaussian of σ = 5 over the bin centres, normalised so that
+    ``Σ_q p̃_q w_q = 1``. Rare colours weigh more, so the net does not settle for gray."""
+    kernel = torch.exp(-torch.cdist(centres, centres) ** 2 / (2 * sigma ** 2))
+    smoothed = kernel @ prior
+    smoothed = smoothed / smoothed.sum()
+    weights = 1 / ((1 - mix) * smoothed + mix / prior.numel())
+    return weights / (smoothed * weights).sum()
+
+
+class GrayInput(nn.Module):
+    """An RGB encoder input path that sees only lightness: RGB -> L / 100, repeated on 3 channels.
+
+    The colorization network learns from L alone; this is how its backbone is evaluated and
+    exported, so a linear probe on RGB images sees what training saw.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = backbone.out_dim
+        self.in_channels = backbone.in_channels
+
+    @property
+    def mean(self) -> Tensor:
+        return self.backbone.mean
+
+    @property
+    def std(self) -> Tensor:
+        return self.backbone.std
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(lightness(images))
+
+
+def lightness(images: Tensor) -> Tensor:
+    """L / 100 of RGB images, repeated on 3 channels (a gray image in [0, 1])."""
+    return (rgb_to_lab(images)[:, :1] / 100).expand(-1, 3, -1, -1)
+
+
+class Colorization(MethodBase):
+    """Predict the colours of an image from its lightness, as classification over quantised ab bins.
+
+    Per batch (section 2 of the paper)::
+
+        L, ab = Lab(x)                               # the view, converted on the device
+        Ẑ = softmax(head(f(L)))                      # (B, Q, h, w): a distribution over ab bins per pixel
+        Z = soft_encode(ab at h x w)                 # 5 nearest bins, Gaussian σ = 5
+        loss = −mean_pixels w(argmax Z) Σ_q Z_q log Ẑ_q      # eq. 2, rebalanced by eq. 4
+
+    The backbone reads ``L`` repeated on its three input channels; a 1x1 convolution of its last
+    feature map gives the Q logits, upsampled to a quarter of the input side (the paper predicts
+    at a quarter of the resolution). The rebalancing prior is the ab histogram of the first
+    training batch, over all ranks (``prior``, a checkpointed buffer; the paper took ImageNet's). Evaluation and
+    export use :class:`GrayInput`: the frozen backbone on the lightness of RGB images. Colour
+    images only: grayscale data is refused in one line.
+
+    Args:
+        backbone: encoder over 3-channel images with spatial features (ConvNet, ResNet, ViT).
+        grid: ab bin size (10).
+        mix: λ of the rebalancing (0.5).
+        sigma: σ of the soft encoding and the prior's smoothing (5).
+        neighbours: bins per soft target (5).
+    """
+
+    augment_recipe: ClassVar[str] = "flip"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+    curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
+
+    def __init__(self, backbone: Backbone, *, grid: int = 10, mix: float = 0.5, sigma: float = 5.0,
+                 neighbours: int = 5) -> None:
+        super().__init__()
+        if backbone.in_channels != 3:
+            raise ValueError(f"colorization needs colour images, but the data has {backbone.in_channels} channel; "
+                             f"use RGB data (data.channels=3)")
+        if not 0 <= mix <= 1:
+            raise ValueError(f"mix must be in [0, 1], got {mix}")
+        self.backbone = backbone
+        self.register_buffer("centres", ab_bins(grid))
+        q = self.centres.shape[0]
+        if not 1 <= neighbours <= q:
+            raise ValueError(f"neighbours must be between 1 and {q} bins, got {neighbours}")
+        with torch.no_grad():
+            channels = feature_map(backbone, torch.zeros(1, 3, 32, 32)).shape[1]
+        self.head = nn.Conv2d(channels, q, kernel_size=1)
+        self.register_buffer("prior", torch.full((q,), float("nan")))
+        self.mix, self.sigma, self.neighbours = mix, sigma, neighbours
+        self._weights: Tensor | None = None
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        check_views(batch, self)
+        x = batch.views[0]
+        lab = rgb_to_lab(x)
+        logits = self.head(feature_map(self.backbone, (lab[:, :1] / 100).expand(-1, 3, -1, -1)))
+        size = (max(1, x.shape[-2] // 4), max(1, x.shape[-1] // 4))
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).float()
+        ab = F.adaptive_avg_pool2d(lab[:, 1:], size)                             # targets at a quarter
+        targets = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.centres, self.neighbours, self.sigma)
+        weights = self.class_weights(targets)
+        log_p = F.log_softmax(logits.permute(0, 2, 3, 1).reshape(-1, self.centres.shape[0]), dim=1)
+        per_pixel = -(targets * log_p).sum(dim=1) * weights[targets.argmax(dim=1)]
+        accuracy = (log_p.detach().argmax(dim=1) == targets.argmax(dim=1)).float().mean()
+        return {"loss": per_pixel.mean(), "task_accuracy": accuracy}
+
+    def class_weights(self, targets: Tensor) -> Tensor:
+        """The rebalancing weights; the prior is set from ``targets`` on the first call of a run."""
+        if self._weights is None:
+            if not bool(torch.isfinite(self.prior).all()):
+                with torch.no_grad():  # every rank's first batch, so that all ranks weigh alike
+                    counts = distributed.gather(targets.sum(dim=0, keepdim=True)).sum(dim=0)
+                    self.prior.copy_(counts / counts.sum())
+            self._weights = rebalancing_weights(self.prior, self.centres, self.mix, self.sigma)
+        return self._weights
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._weights = None  # recomputed from the loaded prior
+
+    def eval_encoder(self) -> nn.Module:
+        """The backbone on the lightness of RGB images (what training saw)."""
+        return GrayInput(self.backbone)
+
+
+__all__ = ["Colorization", "GrayInput", "ab_bins", "lightness", "rebalancing_weights", "soft_encode"]

@@ -1,0 +1,129 @@
+"""Colorization: Lab against scikit-image and the CIE formulas, the ab quantisation, soft encoding and
+class rebalancing by hand, and the method's loss, prior and colour-blind evaluation encoder."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup.augment import lab_to_rgb, rgb_to_lab
+from selfsup.config import load_config
+from selfsup.engine import build_method
+from selfsup.errors import ConfigError
+from selfsup.methods import METHODS, Batch, Colorization, Progress
+from selfsup.methods.colorization import ab_bins, rebalancing_weights, soft_encode
+from selfsup.nn import build_backbone
+
+skimage_color = pytest.importorskip("skimage.color")
+
+
+def test_lab_matches_scikit_image_and_round_trips_within_one_level():
+    x = torch.randint(0, 256, (3, 3, 17, 9), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    lab = rgb_to_lab(x)
+    reference = skimage_color.rgb2lab(x.permute(0, 2, 3, 1).numpy() / 255.0)
+    np.testing.assert_allclose(lab.permute(0, 2, 3, 1).numpy(), reference, atol=1e-3)
+    back = lab_to_rgb(rgb_to_lab(x.double() / 255))
+    assert (back * 255 - x.double()).abs().max() < 1.0  # within 1/255
+    np.testing.assert_allclose(lab_to_rgb(torch.from_numpy(reference).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy(),
+                               skimage_color.lab2rgb(reference), atol=1e-6)
+
+
+def test_lab_of_white_and_pure_red_by_the_cie_formula():
+    white, red = rgb_to_lab(torch.tensor([[[[1.0]], [[1.0]], [[1.0]]], [[[1.0]], [[0.0]], [[0.0]]]]).double())
+    np.testing.assert_allclose(white.flatten().numpy(), [100.0, 0.0, 0.0], atol=0.02)
+    # sRGB red: linear (1, 0, 0) -> XYZ = first column of the sRGB matrix, then f(t) = t^(1/3)
+    x, y, z = 0.412453 / 0.95047, 0.212671, 0.019334 / 1.08883
+    f = [t ** (1 / 3) for t in (x, y, z)]
+    expected = [116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])]
+    np.testing.assert_allclose(red.flatten().numpy(), expected, rtol=1e-6)
+    assert expected[0] == pytest.approx(53.24, abs=0.01)
+    with pytest.raises(ValueError, match="RGB"):
+        rgb_to_lab(torch.rand(1, 1, 4, 4))
+
+
+def test_ab_bins_are_the_cells_that_srgb_colours_reach():
+    bins = ab_bins(10)
+    axis = np.linspace(0, 1, 64)
+    cube = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(1, -1, 3)
+    ab = skimage_color.rgb2lab(cube)[0, :, 1:]
+    reached = {tuple(cell) for cell in np.floor(ab / 10).astype(int)}
+    assert {tuple(cell) for cell in np.floor(bins.numpy() / 10).astype(int)} == reached
+    assert (bins == torch.tensor([5.0, 5.0])).all(dim=1).any()  # the gray cell's centre
+    assert not (bins == torch.tensor([-95.0, -95.0])).all(dim=1).any()  # a saturated cyan-blue no sRGB colour has
+
+
+def test_soft_encoding_spreads_each_pixel_over_its_five_nearest_bins():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [20.0, 0.0], [-10.0, 0.0],
+                            [50.0, 50.0]])
+    targets = soft_encode(torch.tensor([[2.0, 1.0]]), centres, neighbours=5, sigma=5.0)
+    d2 = ((centres - torch.tensor([2.0, 1.0])) ** 2).sum(1)
+    weights = torch.exp(-d2 / 50)
+    weights[[4, 6]] = 0  # the two farthest bins (20, 0) and (50, 50) are not among the five nearest
+    torch.testing.assert_close(targets[0], weights / weights.sum())
+
+
+def test_rebalancing_weights_by_eq_4():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [40.0, 0.0]])
+    prior = torch.tensor([0.7, 0.2, 0.1])
+    kernel = np.exp(-np.array([[0, 100, 1600], [100, 0, 900], [1600, 900, 0]]) / 50)
+    smoothed = kernel @ prior.numpy()
+    smoothed /= smoothed.sum()
+    w = 1 / (0.5 * smoothed + 0.5 / 3)
+    w /= (smoothed * w).sum()
+    np.testing.assert_allclose(rebalancing_weights(prior, centres, 0.5, 5.0).numpy(), w, rtol=1e-5)
+    assert w[2] > w[0]  # the rare colour weighs more
+
+
+def make(side: int = 16) -> Colorization:
+    torch.manual_seed(0)
+    return Colorization(build_backbone("convnet", in_channels=3, image_size=side, width=4)).train()
+
+
+def test_loss_is_the_rebalanced_soft_cross_entropy_at_a_quarter_resolution():
+    method = make()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = method.training_step(Batch([x], torch.arange(2)), Progress(0, 10, 5))
+    lab = rgb_to_lab(x)
+    with torch.no_grad():
+        gray = (lab[:, :1] / 100).repeat(1, 3, 1, 1)
+        net = method.backbone.net
+        features = net[:-2]((gray - method.backbone.mean) / method.backbone.std)
+        logits = F.interpolate(method.head(features), size=(4, 4), mode="bilinear", align_corners=False)
+    ab = F.avg_pool2d(lab[:, 1:], 4).permute(0, 2, 3, 1).reshape(-1, 2)  # the mean ab of each 4x4 block
+    targets = soft_encode(ab, method.centres)
+    prior = targets.sum(0) / targets.sum()
+    torch.testing.assert_close(method.prior, prior)  # set from this first batch
+    w = rebalancing_weights(prior, method.centres)[targets.argmax(1)]
+    log_p = F.log_softmax(logits.permute(0, 2, 3, 1).reshape(-1, len(method.centres)), dim=1)
+    expected = (-(targets * log_p).sum(1) * w).mean()
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert 0 <= out["task_accuracy"].item() <= 1
+
+    restored = make()
+    restored.load_state_dict(method.state_dict())
+    restored.training_step(Batch([torch.rand(2, 3, 16, 16)], torch.arange(2)), Progress(1, 10, 5))
+    torch.testing.assert_close(restored.prior, prior)  # kept, not re-estimated
+
+
+def test_evaluation_encoder_is_colour_blind():
+    method = make().eval()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.5 + 0.25
+    lab = rgb_to_lab(x.double())
+    recoloured = lab.clone()
+    recoloured[:, 1:] = recoloured[:, 1:] * 0.3 + 5  # other colours, same lightness
+    y = lab_to_rgb(recoloured).float()
+    encoder = method.eval_encoder()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(y), encoder(x), atol=2e-3, rtol=2e-3)
+        assert not torch.allclose(method.backbone(y), method.backbone(x), atol=2e-3)  # the raw backbone sees colour
+    assert torch.equal(encoder.mean, method.backbone.mean)
+
+
+def test_grayscale_data_is_refused_in_one_line():
+    assert METHODS["colorization"] is Colorization
+    cfg = load_config(None, ["method=colorization", "data.name=digits"])
+    with pytest.raises(ConfigError, match="colorization needs colour images, but the data has 1 channel"):
+        build_method(cfg, in_channels=1, image_size=16, mean=[0.5], std=[0.5])
+    assert math.isfinite(make().head.weight.sum().item())
