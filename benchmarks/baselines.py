@@ -2,8 +2,9 @@
 
 * raw pixels: the same linear probe (multinomial logistic regression, L2 chosen on a held-out split)
   on the flattened pixels;
-* random weights: the linear probe and weighted kNN on the features of the same backbone with its
-  random initialisation (same seed as a run of the recipe, so the same starting network).
+* random weights: the linear probe and weighted kNN on the features of the recipe's evaluation
+  encoder with its random initialisation (same seed as a run of the recipe, so the same starting
+  network; for colorization that is the backbone reading the lightness, as its run is evaluated).
 
     .venv/bin/python benchmarks/baselines.py recipes/simclr_fashion_mnist.yaml
 """
@@ -37,9 +38,10 @@ def main() -> None:
     results["raw_pixels_linear"] = evaluate.linear_probe(pixels(train), train.labels, pixels(test), test.labels).accuracy
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, in_channels=train.channels, image_size=train.size,
-                          mean=train.mean().tolist(), std=train.std().tolist())
-    train_x = evaluate.extract_features(method.backbone, train.images)
-    test_x = evaluate.extract_features(method.backbone, test.images)
+                          mean=train.mean().tolist(), std=train.std().tolist(), num_samples=len(train))
+    encoder = method.eval_encoder()
+    train_x = evaluate.extract_features(encoder, train.images)
+    test_x = evaluate.extract_features(encoder, test.images)
     results["random_weights_linear"] = evaluate.linear_probe(train_x, train.labels, test_x, test.labels).accuracy
     results["random_weights_knn"] = evaluate.knn_accuracy(train_x, train.labels, test_x, test.labels,
                                                           k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
