@@ -10,4 +10,4 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
         >/dev/null || echo "scripts/test.sh: could not install chromium; tests/test_report.py skips its browser checks" >&2
 fi
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"
