@@ -32,6 +32,11 @@ def rgb_to_lab(x: Tensor) -> Tensor:
     if x.shape[1] != 3:
         raise ValueError(f"Lab needs RGB images (3 channels), got {x.shape[1]} channel(s)")
     rgb = x if x.dtype == torch.float64 else to_float(x)  # float64 stays float64 (for precise checks)
+    with torch.autocast(rgb.device.type, enabled=False):  # L in [0, 100] needs float32, not bf16
+        return _rgb_to_lab(rgb)
+
+
+def _rgb_to_lab(rgb: Tensor) -> Tensor:
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     xyz = torch.einsum("ij,bjhw->bihw", _matrix(_RGB_TO_XYZ, linear), linear)
     xyz = xyz / _matrix(_WHITE_D65, xyz).view(1, 3, 1, 1)

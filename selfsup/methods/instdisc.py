@@ -92,7 +92,8 @@ class InstDisc(MethodBase):
         index = batch.index.to(f.device)
         candidates = torch.cat([index[:, None], self.noise(progress.step, len(index), f.device)], dim=1)
         weights = self.bank.features[candidates]                          # (B, 1 + m, D), no gradient
-        scores = torch.bmm(weights, f.unsqueeze(2)).squeeze(2)            # v · f for own entry and noise
+        with torch.autocast(f.device.type, enabled=False):                # scores / 0.07 need float32
+            scores = torch.bmm(weights.float(), f.unsqueeze(2)).squeeze(2)  # v · f for own entry and noise
         if not self._z_known():
             self.estimate_log_z(scores)
         loss = losses.nce(scores, self.noise_prob, self.temperature, log_normalizer=self.log_z)
