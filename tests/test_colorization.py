@@ -127,3 +127,11 @@ def test_grayscale_data_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="colorization needs colour images, but the data has 1 channel"):
         build_method(cfg, in_channels=1, image_size=16, mean=[0.5], std=[0.5])
     assert math.isfinite(make().head.weight.sum().item())
+
+
+def test_lab_stays_float32_under_bf16_autocast():
+    x = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = rgb_to_lab(x)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, rgb_to_lab(x))
