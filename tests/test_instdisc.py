@@ -133,3 +133,23 @@ def test_bank_knn_votes_with_the_bank_entries_by_hand():
     assert entry["accuracy"] == float(class1 > class0)
     with pytest.raises(ValueError, match="memory bank has 3 rows"):
         bank_knn_entry((bank, Fixed(), 0.1), torch.tensor([0, 1]), test, data="toy", k=1, device="cpu")
+
+
+def test_dense_and_gathered_scores_agree_and_auto_picks_by_bank_size():
+    gathered, dense = make(num_samples=10, num_noise=5), make(num_samples=10, num_noise=5)
+    gathered.scoring, dense.scoring = "gather", "dense"
+    dense.load_state_dict(gathered.state_dict())
+    x, index = images(3, 4), torch.tensor([1, 5, 9])
+    losses_ = []
+    for method in (gathered, dense):
+        loss = method.training_step(Batch([x], index), at(0))["loss"]
+        loss.backward()
+        losses_.append((loss.item(), method.projector.weight.grad.clone()))
+    assert losses_[0][0] == pytest.approx(losses_[1][0], rel=1e-6)
+    torch.testing.assert_close(losses_[0][1], losses_[1][1])
+    assert make(num_samples=10, num_noise=5).scoring == "dense"
+    backbone = make().backbone
+    assert InstDisc(backbone, num_samples=32 * 17, num_noise=16).scoring == "dense"
+    assert InstDisc(backbone, num_samples=32 * 17 + 1, num_noise=16).scoring == "gather"  # a bank >> the noise
+    with pytest.raises(ValueError, match="scoring"):
+        InstDisc(backbone, num_samples=10, scoring="sparse")
