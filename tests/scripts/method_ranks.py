@@ -31,6 +31,7 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "invaspread": {"proj_dim": 4},
         "supcon": {"proj_hidden_dim": 8, "proj_dim": 4},
         "simclr": {"proj_hidden_dim": 8, "proj_dim": 4},
+        "simsiam": {"proj_hidden_dim": 8, "proj_dim": 4, "pred_hidden_dim": 4},
         "triplet": {"embed_dim": 4}, "npair": {"embed_dim": 4}}
 GLOBAL_BATCH, STEPS = 8, 3
 
