@@ -153,3 +153,24 @@ def test_dense_and_gathered_scores_agree_and_auto_picks_by_bank_size():
     assert InstDisc(backbone, num_samples=32 * 17 + 1, num_noise=16).scoring == "gather"  # a bank >> the noise
     with pytest.raises(ValueError, match="scoring"):
         InstDisc(backbone, num_samples=10, scoring="sparse")
+
+
+def test_every_batch_normaliser_is_re_estimated_on_each_batch():
+    method = InstDisc(make().backbone, num_samples=10, proj_dim=4, num_noise=5, temperature=0.5,
+                      normalizer="every_batch").train()
+    estimates = []
+    for step, seed in enumerate((1, 2)):
+        x, index = images(3, seed), torch.tensor([0, 1, 2]) + 3 * step
+        bank = method.bank.features.clone().double()
+        noise = method.noise(step, 3, torch.device("cpu"))
+        out = method.training_step(Batch([x], index), at(step))
+        with torch.no_grad():
+            f = F.normalize(method.projector(method.backbone(x)), dim=1).double()
+        noise_scores = torch.stack([bank[noise[i]] @ f[i] for i in range(3)])
+        assert out["log_z"].item() == pytest.approx(math.log(10 * torch.exp(noise_scores / 0.5).mean().item()),
+                                                    rel=1e-5)
+        estimates.append(out["log_z"].item())
+        method.on_step_end(at(step))
+    assert estimates[0] != estimates[1]
+    with pytest.raises(ValueError, match="normalizer"):
+        InstDisc(make().backbone, num_samples=10, normalizer="running")

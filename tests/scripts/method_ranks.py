@@ -27,6 +27,8 @@ from selfsup.nn import Backbone, convert_sync_batchnorm
 out_dir, names = Path(sys.argv[1]), sys.argv[2:]
 ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentum": 0.9, "shuffle_splits": 2},
         "instdisc": {"num_samples": 40, "proj_dim": 4, "num_noise": 16, "temperature": 0.2},
+        "instdisc_every_batch": {"num_samples": 40, "proj_dim": 4, "num_noise": 16, "temperature": 0.2,
+                                 "normalizer": "every_batch"},
         "mocov3": {"hidden_dim": 8, "proj_dim": 4, "temperature": 0.5},
         "invaspread": {"proj_dim": 4},
         "supcon": {"proj_hidden_dim": 8, "proj_dim": 4},
@@ -44,7 +46,7 @@ world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0
 def run(name: str) -> None:
     torch.manual_seed(0)
     backbone = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(12, 6)), 6, in_channels=1, mean=[0.0], std=[1.0])
-    method = METHODS[name](backbone, **ARGS[name]).train()
+    method = METHODS[name.removesuffix("_every_batch")](backbone, **ARGS[name]).train()
     if method.sync_batchnorm and world > 1:
         convert_sync_batchnorm(method, "cpu", exclude=method.sync_batchnorm_exclude)
     model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False) if world > 1 else method
