@@ -24,5 +24,7 @@ METHODS: dict[str, type] = {
 }
 """Registry used by the CLI and recipes: lower-case name -> class."""
 
-__all__ = ["BYOL", "DINO", "Colorization", "METHODS", "Batch", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase", "MoCo",
-           "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet"]
+__all__ = [
+    "BYOL", "DINO", "METHODS", "Batch", "Colorization", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase",
+    "MoCo", "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet",
+]

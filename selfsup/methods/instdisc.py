@@ -59,8 +59,8 @@ class InstDisc(MethodBase):
             (the paper's code: memory-bound, O(B m D) bytes moved), ``"dense"`` multiplies by the
             whole bank and picks the columns (O(B N D) flops, compute-bound); ``"auto"`` (default)
             is dense while N <= 32 (1 + m), where it is the faster of the two
-            (``benchmarks/bank.py``: 6.9x on Fashion-MNIST's N = 60,000 with m = 4096). The scores
-            are the same either way.
+            (``benchmarks/bank.py``: 5.6x on Fashion-MNIST's N = 60,000 with m = 4096, 2 threads).
+            The scores are the same either way.
     """
 
     augment_recipe: ClassVar[str] = "instdisc"

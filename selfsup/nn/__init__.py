@@ -14,6 +14,7 @@ from selfsup.nn.shuffle_bn import shuffled_forward
 __all__ = [
     "BACKBONES", "Backbone", "DINOHead", "GlobalBatchNorm", "KeyQueue", "MemoryBank", "build_backbone", "check_momentum",
     "convert_sync_batchnorm",
-    "convnet", "cosine", "feature_map", "eval_mode", "frozen_copy", "momentum_update", "projection_mlp", "resnet", "shuffled_forward",
+    "convnet", "cosine", "eval_mode", "feature_map", "frozen_copy", "momentum_update", "projection_mlp", "resnet",
+    "shuffled_forward",
     "vit", "warmup_cosine",
 ]

@@ -46,7 +46,8 @@ class MemoryBank(nn.Module):
         if features.ndim != 2 or features.shape[1] != self.features.shape[1]:
             raise ValueError(f"features must have shape (B, {self.features.shape[1]}), got {tuple(features.shape)}")
         if index.shape != features.shape[:1]:
-            raise ValueError(f"index must have shape ({features.shape[0]},) to match features, got {tuple(index.shape)}")
+            raise ValueError(f"index must have shape ({features.shape[0]},) to match features, "
+                             f"got {tuple(index.shape)}")
         index = index.to(self.features.device)
         moved = self.features[index] * momentum + features.detach().to(self.features.dtype) * (1 - momentum)
         self.features[index] = F.normalize(moved, dim=1)
