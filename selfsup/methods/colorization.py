@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.augment import rgb_to_lab
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.methods.rotation import task_accuracy
 from selfsup.nn import Backbone, feature_map
 
 
@@ -73,7 +74,11 @@ class GrayInput(nn.Module):
 
 def lightness(images: Tensor) -> Tensor:
     """L / 100 of RGB images, repeated on 3 channels (a gray image in [0, 1])."""
-    return (rgb_to_lab(images)[:, :1] / 100).expand(-1, 3, -1, -1)
+    return _gray(rgb_to_lab(images))
+
+
+def _gray(lab: Tensor) -> Tensor:
+    return (lab[:, :1] / 100).expand(-1, 3, -1, -1)
 
 
 class Colorization(MethodBase):
@@ -129,16 +134,15 @@ class Colorization(MethodBase):
         check_views(batch, self)
         x = batch.views[0]
         lab = rgb_to_lab(x)
-        logits = self.head(feature_map(self.backbone, (lab[:, :1] / 100).expand(-1, 3, -1, -1)))
+        logits = self.head(feature_map(self.backbone, _gray(lab)))
         size = (max(1, x.shape[-2] // 4), max(1, x.shape[-1] // 4))
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).float()
         ab = F.adaptive_avg_pool2d(lab[:, 1:], size)                             # targets at a quarter
         targets = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.centres, self.neighbours, self.sigma)
-        weights = self.class_weights(targets)
+        nearest = targets.argmax(dim=1)
         log_p = F.log_softmax(logits.permute(0, 2, 3, 1).reshape(-1, self.centres.shape[0]), dim=1)
-        per_pixel = -(targets * log_p).sum(dim=1) * weights[targets.argmax(dim=1)]
-        accuracy = (log_p.detach().argmax(dim=1) == targets.argmax(dim=1)).float().mean()
-        return {"loss": per_pixel.mean(), "task_accuracy": accuracy}
+        per_pixel = -(targets * log_p).sum(dim=1) * self.class_weights(targets)[nearest]
+        return {"loss": per_pixel.mean(), "task_accuracy": task_accuracy(log_p, nearest)}
 
     def class_weights(self, targets: Tensor) -> Tensor:
         """The rebalancing weights; the prior is set from ``targets`` on the first call of a run."""
