@@ -1,7 +1,8 @@
 """Networks and stateful building blocks: backbones, heads, momentum encoders, queues, shuffle-BN,
 memory banks, global BatchNorm, schedules."""
 
-from selfsup.nn.backbones import BACKBONES, Backbone, build_backbone, convnet, feature_map, resnet, vit
+from selfsup.nn.backbones import (BACKBONES, Backbone, build_backbone, convnet, feature_map, resnet, vit,
+                                   with_in_channels)
 from selfsup.nn.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
 from selfsup.nn.heads import DINOHead, projection_mlp
 from selfsup.nn.memory_bank import MemoryBank
@@ -16,5 +17,5 @@ __all__ = [
     "convert_sync_batchnorm",
     "convnet", "cosine", "eval_mode", "feature_map", "frozen_copy", "momentum_update", "projection_mlp", "resnet",
     "shuffled_forward",
-    "vit", "warmup_cosine",
+    "vit", "warmup_cosine", "with_in_channels",
 ]

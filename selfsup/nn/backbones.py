@@ -7,6 +7,7 @@ buffers, so a checkpoint is self-contained), and returns features ``(B, out_dim)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -69,6 +70,31 @@ def feature_map(backbone: Backbone, images: Tensor) -> Tensor:
             raise ValueError(f"feature_map needs square images for a ViT, got {tuple(images.shape[-2:])}")
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
     raise ValueError(f"feature_map does not know how to read spatial features from {type(net).__name__}")
+
+
+def with_in_channels(backbone: Backbone, in_channels: int, mean: Sequence[float],
+                     std: Sequence[float]) -> Backbone:
+    """A freshly initialised copy of ``backbone`` whose first convolution takes ``in_channels``
+    (CMC's per-view encoders: one for L, one for ab), normalising with ``mean`` and ``std``.
+
+    Example:
+        >>> rgb = build_backbone("convnet", in_channels=3, image_size=28)
+        >>> with_in_channels(rgb, 2, [0.5, 0.5], [0.25, 0.25])(torch.rand(4, 2, 28, 28)).shape
+        torch.Size([4, 256])
+    """
+    net = copy.deepcopy(backbone.net)
+    for module in net.modules():
+        if hasattr(module, "reset_parameters") and module is not net:
+            module.reset_parameters()  # independent weights, not the original's
+    first = next(((name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError(f"{type(net).__name__} has no convolution whose input channels could be changed")
+    name, conv = first
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups if conv.groups == 1 else in_channels, conv.bias is not None, conv.padding_mode)
+    parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+    setattr(parent, name.rpartition(".")[2], new)
+    return Backbone(net, backbone.out_dim, in_channels, mean, std)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

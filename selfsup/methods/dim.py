@@ -1,0 +1,158 @@
+"""Deep InfoMax (Hjelm et al. 2019, "Learning deep representations by mutual information
+estimation and maximization")."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup import losses
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.nn import Backbone, feature_map
+
+# The global discriminator reads the feature map pooled to this grid, so its size does not depend on the image's.
+_GLOBAL_GRID = 3
+
+
+class _Residual(nn.Module):
+    """``block(x) + shortcut(x)``: the paper's discriminator embeddings (a 2-layer net beside a
+    linear shortcut, appendix A.2)."""
+
+    def __init__(self, block: nn.Module, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.block, self.shortcut = block, shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x) + self.shortcut(x)
+
+
+def local_embedding(channels: int, dim: int) -> nn.Module:
+    """φ_L: 1x1 conv - ReLU - 1x1 conv beside a 1x1 linear shortcut, per feature-map position."""
+    return _Residual(nn.Sequential(nn.Conv2d(channels, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1)),
+                     nn.Conv2d(channels, dim, 1))
+
+
+def global_embedding(features: int, dim: int) -> nn.Module:
+    """φ_G: linear - ReLU - linear beside a linear shortcut, on the global feature."""
+    return _Residual(nn.Sequential(nn.Linear(features, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)),
+                     nn.Linear(features, dim))
+
+
+def local_global_scores(local: Tensor, global_: Tensor) -> tuple[Tensor, Tensor]:
+    """Scores ``T(l_{i,p}, y_j) = l_{i,p} · y_j`` of every local vector with every global one
+    (the paper's encode-and-dot-product discriminator).
+
+    Args:
+        local: ``(B, P, D)`` embedded feature-map positions of each image.
+        global_: ``(B, D)`` embedded global features.
+
+    Returns:
+        ``(positives, negatives)``: ``(B, P)`` scores of each image's positions with its own global
+        feature, and ``(B, B - 1, P)`` with the other images' (row i leaves out j = i).
+    """
+    scores = torch.einsum("ipd,jd->ijp", local, global_)                 # (B, B, P)
+    b = scores.shape[0]
+    own = torch.eye(b, dtype=torch.bool, device=scores.device)
+    return scores[own], scores[~own].view(b, b - 1, -1)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return -grad
+
+
+def prior_matching_loss(discriminator: nn.Module, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The prior term (section 3.3): a discriminator tells ``σ(y)`` from samples of the uniform prior
+    on ``[0, 1]^d``; it minimises its cross-entropy and, through a reversed gradient, the encoder
+    maximises it (the min-max of eq. 7 in one backward pass)."""
+    fake = torch.sigmoid(_ReverseGradient.apply(codes.float()))
+    real = torch.rand(fake.shape, device=fake.device, generator=generator)
+    logits_real, logits_fake = discriminator(real), discriminator(fake)
+    return (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+            + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
+
+
+class DeepInfoMax(MethodBase):
+    """Maximise the mutual information between an image's global feature and its local features.
+
+    Per batch of B images (section 3 of the paper; ``C`` the backbone's last feature map, ``y`` a
+    linear code of its average)::
+
+        C = feature map (B, c, h, w);  y = W · mean_hw(C)                  # (B, code_dim)
+        local:  T(i, j, p) = φ_L(C_i)[p] · φ_G(y_j)                        # positives i = j, negatives i ≠ j
+                loss_L = jsd_mi(T[i=j], T[i≠j])                           # averaged over the h·w positions
+        global: T_G(i, j) = D_G([flatten(pool3x3(C_i)), y_j]),  negatives: y rolled by one image
+        prior:  D_P tells σ(y) from Uniform[0,1] samples (reversed gradient into the encoder)
+        loss = α·loss_G + β·loss_L + γ·loss_P
+
+    The defaults are the paper's DIM(L): α = 0, β = 1, γ = 0.1. The JSD estimator is
+    :func:`selfsup.losses.jsd_mi`. Evaluation and export use the backbone (its average-pooled
+    features); the code ``y`` is the paper's "Y" representation, kept for the loss. One view per
+    image (the paper trains without augmentation; the recipe flips).
+
+    Args:
+        backbone: an encoder with spatial features (``selfsup.nn.feature_map``).
+        code_dim: size of ``y`` (paper: 64).
+        embed_dim: the discriminators' width (paper: 2048 for local, here 512 by default).
+        global_weight, local_weight, prior_weight: α, β, γ.
+    """
+
+    augment_recipe: ClassVar[str] = "flip"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+    curves: ClassVar[tuple[str, ...]] = ("local_mi", "global_mi", "prior")
+
+    def __init__(self, backbone: Backbone, *, code_dim: int = 64, embed_dim: int = 512, global_weight: float = 0.0,
+                 local_weight: float = 1.0, prior_weight: float = 0.1) -> None:
+        super().__init__()
+        if min(global_weight, local_weight, prior_weight) < 0 or global_weight + local_weight == 0:
+            raise ValueError(f"the weights must be >= 0 with global_weight or local_weight > 0, got α={global_weight} "
+                             f"β={local_weight} γ={prior_weight}")
+        self.backbone = backbone
+        with torch.no_grad():
+            channels = feature_map(backbone, torch.zeros(1, backbone.in_channels, 32, 32)).shape[1]
+        self.code = nn.Linear(channels, code_dim)
+        self.weights = (global_weight, local_weight, prior_weight)
+        if local_weight:
+            self.local_embed = local_embedding(channels, embed_dim)
+            self.global_embed = global_embedding(code_dim, embed_dim)
+        if global_weight:
+            self.global_disc = nn.Sequential(nn.Linear(channels * _GLOBAL_GRID ** 2 + code_dim, embed_dim), nn.ReLU(inplace=True),
+                                             nn.Linear(embed_dim, embed_dim), nn.ReLU(inplace=True),
+                                             nn.Linear(embed_dim, 1))
+        if prior_weight:
+            self.prior_disc = nn.Sequential(nn.Linear(code_dim, 1000), nn.ReLU(inplace=True), nn.Linear(1000, 200),
+                                            nn.ReLU(inplace=True), nn.Linear(200, 1))
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        check_views(batch, self)
+        maps = feature_map(self.backbone, batch.views[0])
+        y = self.code(maps.mean(dim=(2, 3)))
+        alpha, beta, gamma = self.weights
+        outputs: dict[str, Tensor] = {}
+        loss = torch.zeros((), device=y.device)
+        if beta:
+            local = self.local_embed(maps).flatten(2).transpose(1, 2).float()       # (B, hw, D)
+            positives, negatives = local_global_scores(local, self.global_embed(y).float())
+            outputs["local_mi"] = losses.jsd_mi(positives, negatives)
+            loss = loss + beta * outputs["local_mi"]
+        if alpha:
+            flat = F.adaptive_avg_pool2d(maps, _GLOBAL_GRID).flatten(1)
+            scores = self.global_disc(torch.cat([torch.cat([flat, y], 1), torch.cat([flat, y.roll(1, 0)], 1)])).float()
+            positives, negatives = scores.chunk(2)
+            outputs["global_mi"] = losses.jsd_mi(positives, negatives)
+            loss = loss + alpha * outputs["global_mi"]
+        if gamma:
+            outputs["prior"] = prior_matching_loss(self.prior_disc, y)
+            loss = loss + gamma * outputs["prior"]
+        return {"loss": loss, **{k: v.detach() for k, v in outputs.items()}}
+
+
+__all__ = ["DeepInfoMax", "global_embedding", "local_embedding", "local_global_scores", "prior_matching_loss"]
