@@ -47,13 +47,22 @@ class DataConfig:
     download: bool = True
     max_samples: int | None = None
     """Pretrain on a seeded random subset of this many training images (None: all of them)."""
+    sample_rate: int = 16000
+    """Sequences ("wav"): the rate windows are read at, in Hz."""
+    window: int = 20480
+    """Sequences: samples per training window (CPC: 20480, 1.28 s at 16 kHz)."""
+    resample: bool = True
+    """Sequences: resample files at another rate (false: refuse them, naming the file)."""
+    eval_windows: int = 4
+    """Sequences: evenly spaced windows per file that evaluation encodes."""
 
 
 @dataclass
 class BackboneConfig:
     name: str = "convnet"
     width: int = 32
-    """Base width of the small ConvNet (ignored by ResNets and ViTs)."""
+    """Base width of the small ConvNet, whose features are 8 x width (ignored by ResNets and ViTs); the
+    sequence encoder cpc_audio has 8 x width channels too (the paper's 512: width 64)."""
 
 
 @dataclass
@@ -253,6 +262,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.knn_val_fraction: must be in [0, 1), got {cfg.train.knn_val_fraction}")
     if cfg.data.max_samples is not None and cfg.data.max_samples <= 0:
         raise ConfigError(f"data.max_samples: must be > 0, got {cfg.data.max_samples}")
+    for key in ("sample_rate", "window", "eval_windows"):
+        if getattr(cfg.data, key) <= 0:
+            raise ConfigError(f"data.{key}: must be > 0, got {getattr(cfg.data, key)}")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}")
     if cfg.eval.embedding_map not in ("umap", "tsne"):

@@ -20,6 +20,8 @@ Names (``DATASETS``):
   train and 900 test crops from disjoint parts of each photo (see ``selfsup.data.photos``).
 - ``folder``: the user's images under ``root`` (see ``selfsup.data.folder``),
   resized to ``size`` (default 64) and converted to ``channels`` (default 3).
+- ``wav``: a folder of WAV files, ``root/<label>/*.wav``, streamed as windows of raw signal (a
+  sequence source, not an image dataset: :class:`selfsup.data.sequences.WavFolder`).
 
 Example:
     >>> train = load("fashion_mnist", "train", size=32, channels=3).to("cuda")
@@ -41,13 +43,16 @@ from .download import ChecksumError, DownloadError
 from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
 from .idx import FASHION_MNIST, MNIST, load_idx
 from .photos import load_photos
+from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
 
-__all__ = ["DATASETS", "ChecksumError", "DataSource", "DownloadError", "ImageBatch", "ImageDataset", "InMemoryImages",
-           "SkippedImageWarning", "load"]
+__all__ = ["DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "ImageBatch",
+           "ImageDataset", "InMemoryImages", "SignalSet", "SkippedImageWarning", "WavFolder", "load"]
 
 DATASETS: tuple[str, ...] = (
-    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder")
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "wav")
+SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
+"""Names that give sequences (windows of signal), not images."""
 SPLITS = ("train", "test")
 
 _IDX = {"fashion_mnist": FASHION_MNIST, "mnist": MNIST}
@@ -113,6 +118,9 @@ def load(
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+    if name in SEQUENCE_DATASETS:
+        raise DataError(f"dataset {name!r} is a folder of signals, not images: read it with "
+                        f"selfsup.data.WavFolder(root, split), and train a sequence method on it (cpc_sequence)")
     check_size(size)
     check_channels(channels)
     if name == "folder":

@@ -72,6 +72,11 @@ class ImageDataset:
         return self.images.shape[0]
 
     @property
+    def inputs(self) -> Tensor:
+        """What an encoder reads: the images (a sequence set's are its signals)."""
+        return self.images
+
+    @property
     def channels(self) -> int:
         """Number of channels ``C`` (1 or 3)."""
         return self.images.shape[1]

@@ -5,8 +5,9 @@ asked before, so a run resumed at any step sees exactly the batches it would hav
 Each source says what ``kind`` of data it gives; a method says which kind it learns from
 (``Method.data_kind``), and the engine refuses a mismatch in one line.
 
-Kinds: ``"images"`` (:class:`InMemoryImages`, here); streamed folders, sequences, graphs and
-image-text pairs come as further sources of their kinds.
+Kinds: ``"images"`` (:class:`InMemoryImages`, here), ``"sequences"`` (WAV folders,
+:class:`selfsup.data.sequences.WavFolder`); streamed folders, graphs and image-text pairs come as
+further sources of their kinds.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class InMemoryImages:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @property
+    def inputs(self) -> Tensor:
+        """The training images on the device (what evaluation encodes)."""
+        return self.images
 
     def steps_per_epoch(self) -> int:
         """Global batches in one epoch (the last incomplete batch is dropped)."""

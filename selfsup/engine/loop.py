@@ -39,7 +39,7 @@ from selfsup.config import AugmentConfig, Config, TrainConfig, check_resume, fro
 from selfsup.engine import checkpoint
 from selfsup.engine.logs import MetricsCSV
 from selfsup.engine.optim import Schedule, build_optimizer
-from selfsup.errors import ConfigError, NonFiniteLossError
+from selfsup.errors import ConfigError, DataError, NonFiniteLossError
 from selfsup.evaluate._common import stratified_sample
 from selfsup.methods import METHODS, Batch, Progress
 from selfsup.methods.base import view_count_problem
@@ -129,12 +129,40 @@ def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.
     return train, test
 
 
-def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.InMemoryImages, data.ImageDataset | None]:
+def load_sequences(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.WavFolder, data.SignalSet | None]:
+    """A WAV folder's training windows (streamed) and its test split's evaluation windows."""
+    d, t = cfg.data, cfg.train
+    if d.root is None:
+        raise ConfigError(f"data.root: dataset {d.name!r} needs the folder of <label>/*.wav files")
+    kwargs = dict(sample_rate=d.sample_rate, window=d.window, resample=d.resample, eval_windows=d.eval_windows,
+                  seed=t.seed, progress=progress)
+    try:
+        train = data.WavFolder(d.root, "train", batch_size=t.batch_size, world_size=fabric.world_size,
+                               device=fabric.device, **kwargs)
+        try:
+            test = data.WavFolder(d.root, "test", **kwargs).dataset
+        except FileNotFoundError:
+            test = None
+    except DataError as error:
+        raise ConfigError(f"data: {error}") from None
+    if train.skipped and fabric.global_rank == 0:
+        shown = "; ".join(f"{path} ({why})" for path, why in train.skipped[:5])
+        _say(f"skipped {len(train.skipped)} unreadable WAV file(s) of the training split: {shown}"
+             + (" ..." if len(train.skipped) > 5 else ""))
+    if len(train) < t.batch_size:
+        raise ConfigError(f"train.batch_size: {d.root} gives {len(train)} training windows of {d.window} samples, "
+                          f"fewer than train.batch_size={t.batch_size}; lower the batch size or data.window")
+    return train, test
+
+
+def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSource, Any]:
     """The training data source and the labelled test split (rank 0 downloads first)."""
     t = cfg.train
     if t.batch_size % fabric.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by devices x nodes = "
                           f"{fabric.world_size}")
+    if cfg.data.name in data.SEQUENCE_DATASETS:
+        return load_sequences(cfg, fabric, progress)
     with fabric.rank_zero_first():
         train, test = load_datasets(cfg, progress)
     if len(train) < t.batch_size:
@@ -269,12 +297,13 @@ class Trainer:
         self.steps_per_epoch = self.source.steps_per_epoch()
         self.max_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
 
+        kind = METHODS[cfg.method].data_kind if cfg.method in METHODS else self.source.kind
+        if kind != self.source.kind:
+            raise ConfigError(f"method {cfg.method} learns from {kind}, but data.name={cfg.data.name} "
+                              f"gives {self.source.kind}")
         method = build_method(cfg, in_channels=self.train_set.channels, image_size=self.train_set.size,
                               mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist(),
                               num_samples=len(self.train_set))
-        if method.data_kind != self.source.kind:
-            raise ConfigError(f"method {cfg.method} learns from {method.data_kind}, but data.name={cfg.data.name} "
-                              f"gives {self.source.kind}")
         if getattr(method, "needs_labels", False) and self.train_set.labels is None:
             raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
                               f"none; give it labelled data (a folder with one subfolder per class) or choose a "
@@ -395,6 +424,8 @@ class Trainer:
     def make_batch(self, epoch: int, position: int) -> Batch:
         """The views of this rank's share of global batch ``position`` of ``epoch``."""
         raw = self.source.batch(epoch, position, self.fabric.global_rank)
+        if self.source.kind != "images":  # signals: float already, no augmentation
+            return Batch([raw.images], raw.index, raw.labels)
         if self.augment is None:  # the images as they are, one float view
             return Batch([augment.to_float(raw.images)], raw.index, raw.labels)
         with torch.no_grad():
@@ -540,9 +571,9 @@ class Trainer:
             encoder = self.method.eval_encoder()
             autocast = self.fabric.device.type == "cuda" or "bf16" in self.precision
             kwargs = dict(device=self.fabric.device, autocast=autocast)
-            images, labels = self.source.images, self.train_set.labels
+            images, labels = self.source.inputs, self.train_set.labels
             if queries is None:
-                query_images, query_labels = self.test_set.images, self.test_set.labels
+                query_images, query_labels = self.test_set.inputs, self.test_set.labels
             else:
                 query_images, query_labels = images[queries.to(images.device)], labels[queries]
             bank_x = evaluate.extract_features(encoder, images[bank.to(images.device)], **kwargs)
@@ -576,7 +607,7 @@ def bank_knn_entry(bank: tuple[Tensor, nn.Module, float], train_labels: Tensor, 
     features, embedder, temperature = bank
     if len(features) != len(train_labels):
         raise ValueError(f"the memory bank has {len(features)} rows but the training set {len(train_labels)} images")
-    test_x = evaluate.extract_features(embedder, test.images, device=device)
+    test_x = evaluate.extract_features(embedder, test.inputs, device=device)
     accuracy = evaluate.knn_accuracy(features.float().cpu(), train_labels.cpu(), test_x, test.labels, k=k,
                                      temperature=temperature)
     return {"accuracy": accuracy, "k": k, "temperature": temperature, "data": data,
@@ -600,9 +631,9 @@ def finish(trainer: Trainer) -> dict[str, float]:
     if test is not None:
         device = trainer.fabric.device
         encoder = trainer.method.eval_encoder()
-        train_images, train_y = trainer.source.images, trainer.train_set.labels
+        train_images, train_y = trainer.source.inputs, trainer.train_set.labels
         train_x = evaluate.extract_features(encoder, train_images, device=device, progress=cfg.train.progress)
-        test_x = evaluate.extract_features(encoder, test.images, device=device)
+        test_x = evaluate.extract_features(encoder, test.inputs, device=device)
         evaluations = evaluate.frozen_evaluations(train_x, train_y, test_x, test.labels, data=cfg.data.name,
                                                   linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
                                                   knn_temperature=cfg.eval.knn_temperature)
@@ -617,8 +648,9 @@ def finish(trainer: Trainer) -> dict[str, float]:
         if cfg.eval.plots:
             evaluate.plot_embedding(test_x, test.labels, out / f"{cfg.eval.embedding_map}.png",
                                     method=cfg.eval.embedding_map, classes=test.classes)
-            evaluate.retrieval_picture(train_images, train_x, train_y, test.images, test_x, test.labels,
-                                       out / "retrieval.png", classes=test.classes)
+            if trainer.source.kind == "images":
+                evaluate.retrieval_picture(train_images, train_x, train_y, test.images, test_x, test.labels,
+                                           out / "retrieval.png", classes=test.classes)
     rates = [rate for _, rate in trainer.history.get("images_per_s", [])[1:]]  # the first window warms up
     results = {"name": cfg.name, "method": cfg.method, "data": cfg.data.name, "backbone": cfg.backbone.name,
                "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "steps": trainer.max_steps,

@@ -33,8 +33,9 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
     Args:
         encoder: maps float images ``(B, C, H, W)`` in [0, 1] to features ``(B, D)``; it applies
             its own normalisation (as :class:`selfsup.nn.backbones.Backbone` does).
-        images: ``(N, C, H, W)`` uint8 (divided by 255 on the device) or float in [0, 1].
-            They may stay on the CPU; each batch is moved to ``device``.
+        images: ``(N, C, H, W)`` uint8 (divided by 255 on the device) or float in [0, 1], or
+            float signals ``(N, C, T)`` (any range). They may stay on the CPU; each batch is
+            moved to ``device``.
         batch_size: images per forward pass.
         device: where the forward passes run; defaults to the encoder's device.
         autocast: run the forward passes under bf16 autocast (faster on recent CPUs and GPUs;
@@ -50,13 +51,14 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         >>> extract_features(encoder, images, batch_size=4).shape
         torch.Size([10, 16])
     """
-    if not isinstance(images, Tensor) or images.ndim != 4:
+    signals = isinstance(images, Tensor) and images.ndim == 3 and images.is_floating_point()
+    if not isinstance(images, Tensor) or not (images.ndim == 4 or signals):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}; "
+        raise ValueError(f"images must be a (N, C, H, W) tensor (or float signals (N, C, T)), got {shape}; "
                          f"add a channel dimension with images.unsqueeze(1) for grayscale")
     if len(images) == 0:
         raise ValueError("images is empty (N = 0); pass at least one image")
-    if images.dtype != torch.uint8:
+    if images.dtype != torch.uint8 and not signals:
         if not images.is_floating_point():
             raise ValueError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
         low, high = float(images.min()), float(images.max())

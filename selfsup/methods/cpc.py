@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
-from selfsup.nn import Backbone
+from selfsup.nn import Backbone, SignalEncoder
 
 
 def patch_grid(images: Tensor, patch: int, stride: int) -> Tensor:
@@ -184,55 +184,6 @@ class CPCImage(_CPC):
         return self.grid
 
 
-class SignalEncoder(nn.Module):
-    """The paper's audio encoder: five strided 1-D convolutions (strides 5, 4, 2, 2, 2, kernels 10,
-    8, 4, 4, 4; 160x downsampling: one code per 10 ms at 16 kHz), each followed by BatchNorm and
-    ReLU. Input: float signals ``(B, 1, T)`` in [-1, 1], normalised by the stored mean and std.
-    Output: codes ``(B, T', width)`` with ``T' = ⌊(T - 465) / 160⌋ + 1``.
-
-    Args:
-        width: channels of every layer (paper: 512).
-        mean, std: the training signals' amplitude statistics.
-    """
-
-    strides = (5, 4, 2, 2, 2)
-    kernels = (10, 8, 4, 4, 4)
-
-    def __init__(self, width: int = 512, mean: float = 0.0, std: float = 1.0) -> None:
-        super().__init__()
-        if width < 1 or std <= 0:
-            raise ValueError(f"width must be >= 1 and std > 0, got width={width}, std={std}")
-        layers, channels = [], 1
-        for stride, kernel in zip(self.strides, self.kernels):
-            layers += [nn.Conv1d(channels, width, kernel, stride, bias=False), nn.BatchNorm1d(width),
-                       nn.ReLU(inplace=True)]
-            channels = width
-        self.net = nn.Sequential(*layers)
-        self.out_dim, self.in_channels = width, 1
-        self.register_buffer("mean", torch.tensor([[[float(mean)]]]))
-        self.register_buffer("std", torch.tensor([[[float(std)]]]))
-
-    @property
-    def downsampling(self) -> int:
-        return int(torch.tensor(self.strides).prod())
-
-    @property
-    def receptive_field(self) -> int:
-        """Input samples behind one code (465)."""
-        field = 1
-        for stride, kernel in zip(reversed(self.strides), reversed(self.kernels)):
-            field = (field - 1) * stride + kernel
-        return field
-
-    def forward(self, signals: Tensor) -> Tensor:
-        if signals.ndim != 3 or signals.shape[1] != 1:
-            raise ValueError(f"the signal encoder expects (B, 1, T) mono signals, got shape {tuple(signals.shape)}")
-        if signals.shape[-1] < self.receptive_field:
-            raise ValueError(f"signals of {signals.shape[-1]} samples are shorter than one code "
-                             f"({self.receptive_field} samples)")
-        return self.net((signals.float() - self.mean) / self.std).transpose(1, 2)
-
-
 class SequenceContextEncoder(nn.Module):
     """The representation of a signal for probes: the context vectors ``c_t`` averaged over time
     (the paper's speaker probe reads ``c_t``)."""
@@ -303,5 +254,5 @@ class CPCSequence(_CPC):
         return SequenceContextEncoder(self.backbone, self.gru)
 
 
-__all__ = ["CPCImage", "CPCSequence", "PatchGridEncoder", "RowContext", "SequenceContextEncoder", "SignalEncoder",
+__all__ = ["CPCImage", "CPCSequence", "PatchGridEncoder", "RowContext", "SequenceContextEncoder",
            "columns", "patch_grid", "step_pairs"]

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base", "cpc_audio")
+SEQUENCE_BACKBONES = ("cpc_audio",)
+"""Encoders of 1-D signals ``(B, 1, T)`` rather than images."""
 
 
 class Backbone(nn.Module):
@@ -150,6 +152,55 @@ def vit(name: str, in_channels: int = 3, image_size: int = 224, patch_size: int 
     return net, net.num_features
 
 
+class SignalEncoder(nn.Module):
+    """The paper's audio encoder: five strided 1-D convolutions (strides 5, 4, 2, 2, 2, kernels 10,
+    8, 4, 4, 4; 160x downsampling: one code per 10 ms at 16 kHz), each followed by BatchNorm and
+    ReLU. Input: float signals ``(B, 1, T)`` in [-1, 1], normalised by the stored mean and std.
+    Output: codes ``(B, T', width)`` with ``T' = ⌊(T - 465) / 160⌋ + 1``.
+
+    Args:
+        width: channels of every layer (paper: 512).
+        mean, std: the training signals' amplitude statistics.
+    """
+
+    strides = (5, 4, 2, 2, 2)
+    kernels = (10, 8, 4, 4, 4)
+
+    def __init__(self, width: int = 512, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        if width < 1 or std <= 0:
+            raise ValueError(f"width must be >= 1 and std > 0, got width={width}, std={std}")
+        layers, channels = [], 1
+        for stride, kernel in zip(self.strides, self.kernels):
+            layers += [nn.Conv1d(channels, width, kernel, stride, bias=False), nn.BatchNorm1d(width),
+                       nn.ReLU(inplace=True)]
+            channels = width
+        self.net = nn.Sequential(*layers)
+        self.out_dim, self.in_channels = width, 1
+        self.register_buffer("mean", torch.tensor([[[float(mean)]]]))
+        self.register_buffer("std", torch.tensor([[[float(std)]]]))
+
+    @property
+    def downsampling(self) -> int:
+        return int(torch.tensor(self.strides).prod())
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples behind one code (465)."""
+        field = 1
+        for stride, kernel in zip(reversed(self.strides), reversed(self.kernels)):
+            field = (field - 1) * stride + kernel
+        return field
+
+    def forward(self, signals: Tensor) -> Tensor:
+        if signals.ndim != 3 or signals.shape[1] != 1:
+            raise ValueError(f"the signal encoder expects (B, 1, T) mono signals, got shape {tuple(signals.shape)}")
+        if signals.shape[-1] < self.receptive_field:
+            raise ValueError(f"signals of {signals.shape[-1]} samples are shorter than one code "
+                             f"({self.receptive_field} samples)")
+        return self.net((signals.float() - self.mean) / self.std).transpose(1, 2)
+
+
 def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, width: int = 32) -> Backbone:
     """Build a :class:`Backbone` by name (one of :data:`BACKBONES`).
@@ -159,6 +210,10 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
         >>> net(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 256])
     """
+    if name == "cpc_audio":
+        if in_channels != 1:
+            raise ValueError(f"cpc_audio encodes mono signals (1 channel), got in_channels={in_channels}")
+        return SignalEncoder(8 * width, mean=(mean or [0.0])[0], std=(std or [1.0])[0])
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     if name == "convnet":

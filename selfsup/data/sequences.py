@@ -1,0 +1,270 @@
+"""Sequences: folders of WAV files streamed as fixed-length windows of raw signal (CPC's speech path).
+
+Layout: ``root/<label>/**/*.wav`` (the label is the first folder, e.g. the speaker), with
+optional ``root/train`` and ``root/test`` above that; without them a fixed fifth of each label's
+files (every fifth in sorted order) is the test split. Files are read with the standard library's
+``wave`` (PCM, 8 to 32 bits, any number of channels, averaged to mono). Only the header is read
+when scanning; training reads each window by seeking, so files and folders may be far larger than
+memory. A file that ``wave`` cannot read is reported and skipped; a file at another rate is
+resampled (``scipy.signal.resample_poly``, a polyphase low-pass filter) or, with
+``resample=False``, refused in one line naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import wave
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from selfsup.data.sources import ImageBatch
+from selfsup.errors import DataError
+
+# Source samples read on each side of a resampled window, so that the filter has its context.
+_RESAMPLE_MARGIN = 256
+_TEST_EVERY = 5
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """One readable file: where, its label, and its header."""
+
+    path: Path
+    label: int
+    frames: int
+    rate: int
+    channels: int
+    width: int
+
+
+def _decode(raw: bytes, width: int, channels: int) -> np.ndarray:
+    """PCM bytes to float32 mono in [-1, 1]."""
+    if width == 1:  # 8-bit WAV is unsigned
+        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+    elif width == 3:
+        bytes3 = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        value = bytes3[:, 0] | (bytes3[:, 1] << 8) | (bytes3[:, 2] << 16)
+        samples = (np.where(value >= 1 << 23, value - (1 << 24), value)).astype(np.float32) / (1 << 23)
+    else:
+        dtype = {2: np.int16, 4: np.int32}[width]
+        samples = np.frombuffer(raw, dtype).astype(np.float32) / float(2 ** (8 * width - 1))
+    return samples.reshape(-1, channels).mean(axis=1) if channels > 1 else samples
+
+
+def read_header(path: Path) -> tuple[int, int, int, int]:
+    """(frames, rate, channels, sample width in bytes) of a WAV file; raises ``wave.Error``/``EOFError``."""
+    with wave.open(str(path), "rb") as f:
+        if f.getsampwidth() not in (1, 2, 3, 4):
+            raise wave.Error(f"{8 * f.getsampwidth()}-bit samples are not supported")
+        return f.getnframes(), f.getframerate(), f.getnchannels(), f.getsampwidth()
+
+
+def read_window(info: WavInfo, start: int, length: int, rate: int) -> np.ndarray:
+    """Samples ``[start, start + length)`` of ``info``'s file at ``rate`` Hz (resampled if the file's
+    rate differs), float32 mono, zero-padded past the end."""
+    if info.rate == rate:
+        first, count = start, length
+    else:
+        first = max(0, math.floor(start * info.rate / rate) - _RESAMPLE_MARGIN)
+        count = math.ceil(length * info.rate / rate) + 2 * _RESAMPLE_MARGIN
+    with wave.open(str(info.path), "rb") as f:
+        f.setpos(min(first, info.frames))
+        samples = _decode(f.readframes(count), info.width, info.channels)
+    if info.rate != rate:
+        from scipy.signal import resample_poly  # scikit-learn's dependency: always installed
+
+        ratio = Fraction(rate, info.rate)
+        samples = resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
+        offset = round(start - first * rate / info.rate)
+        samples = samples[offset:offset + length]
+    if len(samples) < length:
+        samples = np.pad(samples, (0, length - len(samples)))
+    return samples[:length]
+
+
+def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool = True,
+                    progress: bool = False) -> tuple[list[WavInfo], list[str], list[tuple[Path, str]]]:
+    """The readable WAV files of ``split`` under ``root``, the label names, and the skipped files
+    with the reason. Raises :class:`DataError` for a missing folder, no readable file, or (with
+    ``resample=False``) a file at another rate than ``rate``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"sequence folder {root} does not exist; data.root must be a folder of <label>/*.wav files")
+    base = root / split if (root / "train").is_dir() and (root / "test").is_dir() else root
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base} does not exist")
+    # Labels from every split's folders, so that a label has the same index in train and test.
+    tops = [root / "train", root / "test"] if base != root else [root]
+    classes = sorted({p.name for top in tops if top.is_dir() for p in top.iterdir() if p.is_dir()}
+                     - ({"train", "test"} if base == root else set()))
+    if not classes:
+        raise DataError(f"{base} has no label folders; put each speaker's (or class's) WAV files in its own "
+                        f"folder: {base}/<label>/*.wav")
+    files, skipped = [], []
+    paths = [(label, path) for label, name in enumerate(classes) if (base / name).is_dir()
+             for path in sorted((base / name).rglob("*.wav"))]
+    if base == root:  # no train/test folders: every fifth file of each label is the test split
+        by_label: dict[int, int] = {}
+        kept = []
+        for label, path in paths:
+            position = by_label.get(label, 0)
+            by_label[label] = position + 1
+            if (position % _TEST_EVERY == _TEST_EVERY - 1) == (split == "test"):
+                kept.append((label, path))
+        paths = kept
+    for label, path in tqdm(paths, desc=f"scanning {base}", unit="file", disable=not progress):
+        try:
+            frames, file_rate, channels, width = read_header(path)
+        except (wave.Error, EOFError, OSError, ValueError) as error:
+            skipped.append((path, str(error) or type(error).__name__))
+            continue
+        if file_rate != rate and not resample:
+            raise DataError(f"{path} is sampled at {file_rate} Hz, not data.sample_rate={rate}; resample it, set "
+                            f"data.sample_rate={file_rate}, or let selfsup resample (data.resample=true)")
+        if frames == 0:
+            skipped.append((path, "no samples"))
+            continue
+        files.append(WavInfo(path, label, frames, file_rate, channels, width))
+    if not files:
+        raise DataError(f"no readable WAV file in {base} for split {split!r}"
+                        + (f" ({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
+    return files, classes, skipped
+
+
+@dataclass
+class SignalSet:
+    """Windows of signal held in memory (evaluation): float32 ``(N, 1, T)`` with labels.
+
+    The sequence counterpart of :class:`selfsup.data.ImageDataset` for the engine's evaluation:
+    ``inputs``, ``labels``, ``classes``, ``name``, ``channels`` (1) and ``size`` (T).
+    """
+
+    inputs: Tensor
+    labels: Tensor
+    classes: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    @property
+    def size(self) -> int:
+        return self.inputs.shape[-1]
+
+    def mean(self) -> Tensor:
+        return self.inputs.mean().reshape(1)
+
+    def std(self) -> Tensor:
+        return self.inputs.std().clamp(min=1e-6).reshape(1)
+
+
+class WavFolder:
+    """A folder of WAV files as a data source of windows of ``window`` samples at ``sample_rate``.
+
+    The training windows are the slots ``k`` of each file (``⌊frames / window⌋`` of them, at least
+    one); epoch ``e`` visits them in a permutation drawn from ``(seed, e)``, and each window
+    starts at ``k · window`` plus an offset drawn from ``(seed, e, slot)`` within the file's slack,
+    so batch ``(epoch, position, rank)`` depends on nothing else (exact resume). Rank ``r`` takes
+    the ``r``-th slice of the global batch. Every batch is read from disk: memory use does not grow
+    with the folder.
+
+    Args:
+        root: the folder (see the module docstring for its layout).
+        split: "train" or "test".
+        sample_rate: the rate windows are read at (Hz).
+        window: samples per window (CPC: 20480, 1.28 s at 16 kHz).
+        batch_size, world_size, seed, device: as :class:`selfsup.data.InMemoryImages`.
+        resample: resample files at another rate (else refuse them).
+        eval_windows: windows per file in :attr:`dataset` (evenly spaced, for evaluation).
+        progress: show a bar while scanning.
+    """
+
+    kind = "sequences"
+
+    def __init__(self, root: str | Path, split: str = "train", *, sample_rate: int = 16000, window: int = 20480,
+                 batch_size: int = 8, world_size: int = 1, seed: int = 0, device: torch.device | str = "cpu",
+                 resample: bool = True, eval_windows: int = 4, progress: bool = False) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+        if window < 1 or sample_rate < 1:
+            raise ValueError(f"window and sample_rate must be positive, got {window}, {sample_rate}")
+        self.root, self.split, self.rate, self.window = Path(root), split, sample_rate, window
+        self.batch_size, self.local_batch, self.seed = batch_size, batch_size // world_size, seed
+        self.device = torch.device(device)
+        self.files, self.classes, self.skipped = scan_wav_folder(root, split, sample_rate, resample=resample,
+                                                                 progress=progress)
+        lengths = [self.frames_at_rate(f) for f in self.files]
+        counts = [max(1, n // window) for n in lengths]
+        self.slots = torch.tensor([(i, k) for i, c in enumerate(counts) for k in range(c)], dtype=torch.int64)
+        self.slack = torch.tensor([max(0, n - c * window) for n, c in zip(lengths, counts)], dtype=torch.int64)
+        self.eval_windows = eval_windows
+        self._dataset: SignalSet | None = None
+        self._order: tuple[int, Tensor] | None = None
+
+    def frames_at_rate(self, info: WavInfo) -> int:
+        """The file's length in samples at the source's rate."""
+        return info.frames if info.rate == self.rate else math.floor(info.frames * self.rate / info.rate)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    @property
+    def inputs(self) -> Tensor:
+        """The evaluation windows of :attr:`dataset` (what evaluation encodes)."""
+        return self.dataset.inputs
+
+    def steps_per_epoch(self) -> int:
+        return len(self) // self.batch_size
+
+    def order(self, epoch: int) -> Tensor:
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self), generator=generator))
+        return self._order[1]
+
+    def start(self, epoch: int, slot: int) -> int:
+        """First sample of window ``slot`` in ``epoch``."""
+        file, k = self.slots[slot].tolist()
+        slack = int(self.slack[file])
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + slot)
+        return k * self.window + (int(torch.randint(slack + 1, (1,), generator=generator)) if slack else 0)
+
+    def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:
+        """Rank ``rank``'s windows of global batch ``position``: float ``(b, 1, window)`` signals."""
+        first = position * self.batch_size + rank * self.local_batch
+        index = self.order(epoch)[first:first + self.local_batch]
+        signals = np.stack([read_window(self.files[int(self.slots[i, 0])], self.start(epoch, int(i)), self.window,
+                                        self.rate) for i in index])
+        labels = torch.tensor([self.files[int(self.slots[i, 0])].label for i in index], dtype=torch.int64)
+        return ImageBatch(torch.from_numpy(signals).unsqueeze(1).to(self.device), index.to(self.device),
+                          labels.to(self.device))
+
+    @property
+    def dataset(self) -> SignalSet:
+        """``eval_windows`` evenly spaced windows of every file, in memory, with their labels."""
+        if self._dataset is None:
+            windows, labels = [], []
+            for info in self.files:
+                length = self.frames_at_rate(info)
+                count = min(self.eval_windows, max(1, length // self.window))
+                spacing = max(0, length - self.window) / max(1, count - 1) if count > 1 else 0
+                for j in range(count):
+                    windows.append(read_window(info, int(j * spacing), self.window, self.rate))
+                    labels.append(info.label)
+            self._dataset = SignalSet(torch.from_numpy(np.stack(windows)).unsqueeze(1),
+                                      torch.tensor(labels, dtype=torch.int64), self.classes,
+                                      f"wav:{self.root.name}")
+        return self._dataset
+
+
+__all__ = ["SignalSet", "WavFolder", "WavInfo", "read_header", "read_window", "scan_wav_folder"]

@@ -1,0 +1,107 @@
+"""CPC: targets and negatives line up with the right time steps, and the future never reaches the context."""
+
+import math
+
+import pytest
+import torch
+
+from selfsup import losses
+from selfsup.methods import Batch, CPCImage, CPCSequence, Progress
+from selfsup.methods.cpc import RowContext, columns, patch_grid, step_pairs
+from selfsup.nn import SignalEncoder, build_backbone
+
+
+def test_step_pairs_line_up_by_hand():
+    b, t, k, group = 4, 5, 2, 2
+    context = torch.randn(b, t, 3)
+    codes = torch.randn(b, t, 6)
+    predictor = torch.nn.Linear(3, 6, bias=False)
+    predictions, targets = step_pairs(predictor, context, codes, k, group)
+    n = group * (t - k)
+    assert predictions.shape == targets.shape == (b // group, n, 6)
+    for seq in range(b):
+        for time in range(t - k):
+            g, row = seq // group, (seq % group) * (t - k) + time
+            assert torch.allclose(predictions[g, row], predictor(context[seq, time]), atol=1e-6)
+            assert torch.equal(targets[g, row], codes[seq, time + k])      # the positive: z_{t+k} of that sequence
+    # Every prediction has 1 positive and group·(T-k) - 1 negatives; B·(T-k) predictions in all.
+    assert predictions.shape[0] * predictions.shape[1] == b * (t - k) and targets.shape[1] - 1 == 5
+
+
+def test_cpc_loss_is_infonce_by_hand():
+    torch.manual_seed(0)
+    method = CPCSequence(SignalEncoder(width=4), hidden=3, prediction_steps=(1, 3), group=None)
+    context, codes = torch.randn(2, 4, 3), torch.randn(2, 4, 4)
+    out = method.cpc_loss(context, codes)
+    total = 0.0
+    for k, predictor in zip((1, 3), method.predictors):
+        terms = []
+        pairs = [(s, u) for s in range(2) for u in range(4 - k)]
+        for s, u in pairs:
+            p = predictor(context[s, u]).detach()
+            scores = [float(p @ codes[s2, u2 + k]) for s2, u2 in pairs]   # every code of step k in the batch
+            own = pairs.index((s, u))
+            terms.append(-(scores[own] - math.log(sum(math.exp(x) for x in scores))))
+        total += sum(terms) / len(terms)
+    assert out["loss"].item() == pytest.approx(total / 2, rel=1e-5)
+
+
+def test_sequence_context_does_not_see_the_future():
+    torch.manual_seed(0)
+    method = CPCSequence(SignalEncoder(width=8), hidden=6, prediction_steps=(1,)).eval()
+    encoder = method.backbone
+    signal = torch.randn(2, 1, 160 * 20 + 465)
+    t = 7
+    changed = signal.clone()
+    changed[..., 160 * t + encoder.receptive_field:] = torch.randn_like(changed[..., 160 * t + encoder.receptive_field:])
+    with torch.no_grad():
+        before, after = method.gru(encoder(signal))[0], method.gru(encoder(changed))[0]
+    assert torch.equal(before[:, :t + 1], after[:, :t + 1])        # c_0..c_t unchanged
+    assert not torch.allclose(before[:, t + 1:], after[:, t + 1:])  # the later ones do move
+    assert encoder(signal).shape[1] == (signal.shape[-1] - 465) // 160 + 1
+
+
+def test_image_context_does_not_see_rows_below():
+    torch.manual_seed(0)
+    context = RowContext(5, 4)
+    codes = torch.randn(2, 5, 3, 5)
+    changed = codes.clone()
+    changed[:, 3:] = torch.randn_like(changed[:, 3:])
+    before, after = context(codes), context(changed)            # (B·C', R, hidden)
+    assert torch.equal(before[:, :3], after[:, :3]) and not torch.allclose(before[:, 3:], after[:, 3:])
+    # Sequences are the columns, in the order of columns(): sequence b·C' + x is column x of image b.
+    assert torch.equal(columns(codes)[1 * 3 + 2], codes[1, :, 2])
+
+
+def test_image_path_end_to_end_no_leak_from_pixels_below():
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    method = CPCImage(backbone, patch=8, stride=4, hidden=6, prediction_steps=(1, 2), group=2).eval()
+    images = torch.rand(2, 1, 20, 20)
+    tiles = patch_grid(images, 8, 4)
+    assert tiles.shape == (2, 4, 4, 1, 8, 8) and torch.equal(tiles[1, 2, 3], images[1, :, 8:16, 12:20])
+    changed = images.clone()
+    changed[:, :, 12:] = torch.rand_like(changed[:, :, 12:])     # pixel rows 12+: patch rows 2.. (row 1 spans 4-11)
+    with torch.no_grad():
+        before = method.context(method.grid.codes(images))
+        after = method.context(method.grid.codes(changed))
+    assert torch.equal(before[:, :2], after[:, :2]) and not torch.allclose(before[:, 2:], after[:, 2:])
+    method.train()
+    out = method.training_step(Batch([images], torch.arange(2)), Progress(0, 1, 1))
+    out["loss"].backward()
+    assert 0 <= out["accuracy"].item() <= 1 and backbone.net[0].weight.grad is not None
+    assert method.eval_encoder()(images).shape == (2, 32)
+
+
+def test_bad_steps_and_short_inputs_are_named():
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    with pytest.raises(ValueError, match="prediction_steps"):
+        CPCImage(backbone, prediction_steps=[0, 1])
+    method = CPCImage(backbone, patch=8, stride=4, prediction_steps=(4,))
+    with pytest.raises(ValueError, match="4 rows"):
+        method.training_step(Batch([torch.rand(2, 1, 20, 20)], torch.arange(2)), Progress(0, 1, 1))
+    with pytest.raises(ValueError, match="shorter than one code"):
+        SignalEncoder(width=4)(torch.randn(1, 1, 400))
+    with pytest.raises(ValueError, match="cpc_audio"):
+        CPCSequence(backbone)
+    assert losses.cpc(torch.zeros(3, 4), torch.zeros(3, 4)).item() == pytest.approx(math.log(3))

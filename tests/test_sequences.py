@@ -1,0 +1,163 @@
+"""The WAV sequence source: exact windows, resampling, skipped files, determinism, flat memory, training."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.data import WavFolder
+from selfsup.data.sequences import read_window, scan_wav_folder
+from selfsup.errors import DataError
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int, width: int = 2, channels: int = 1) -> None:
+    """``samples`` (frames, channels) or (frames,) integers in the width's range."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(width)
+        f.setframerate(rate)
+        f.writeframes(np.asarray(samples).astype(dtype).tobytes())
+
+
+def tone(freq: float, seconds: float, rate: int) -> np.ndarray:
+    return np.round(8000 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.int16)
+
+
+@pytest.fixture()
+def speech(tmp_path):
+    root = tmp_path / "speech"
+    for s, freq in enumerate((220.0, 330.0)):
+        for i in range(5):
+            write_wav(root / f"spk{s}" / f"{i}.wav", tone(freq * (1 + 0.05 * i), 0.5, 8000), 8000)
+    return root
+
+
+def test_windows_are_the_samples_at_their_positions(tmp_path):
+    ramp = (np.arange(5000) - 2500).astype(np.int16)
+    write_wav(tmp_path / "a" / "ramp.wav", ramp, 8000)
+    (info,), classes, skipped = scan_wav_folder(tmp_path, "train", 8000)
+    assert classes == ["a"] and not skipped and info.frames == 5000
+    window = read_window(info, 1234, 100, 8000)
+    assert np.array_equal(window, ramp[1234:1334].astype(np.float32) / 32768)
+    tail = read_window(info, 4950, 100, 8000)                                   # zero-padded past the end
+    assert np.array_equal(tail[:50], ramp[4950:].astype(np.float32) / 32768) and not tail[50:].any()
+
+
+def test_stereo_and_8_bit_are_decoded(tmp_path):
+    left, right = np.array([100, -300, 500], np.int16), np.array([300, 100, -500], np.int16)
+    write_wav(tmp_path / "a" / "stereo.wav", np.stack([left, right], 1), 8000, channels=2)
+    write_wav(tmp_path / "a" / "eight.wav", np.array([0, 128, 255]), 8000, width=1)
+    files, _, _ = scan_wav_folder(tmp_path, "train", 8000)
+    by_name = {f.path.name: f for f in files}
+    assert np.allclose(read_window(by_name["stereo.wav"], 0, 3, 8000), (left + right) / 2 / 32768)
+    assert np.allclose(read_window(by_name["eight.wav"], 0, 3, 8000), [-1.0, 0.0, 127 / 128])
+
+
+def test_other_rates_are_resampled_or_refused(tmp_path):
+    write_wav(tmp_path / "a" / "fast.wav", tone(440.0, 1.0, 22050), 22050)
+    (info,), _, _ = scan_wav_folder(tmp_path, "train", 16000)
+    window = read_window(info, 3000, 4000, 16000)
+    expected = 8000 / 32768 * np.sin(2 * np.pi * 440 * np.arange(3000, 7000) / 16000)
+    assert np.abs(window - expected).max() < 2e-3                              # the same tone, at 16 kHz
+    source = WavFolder(tmp_path, sample_rate=16000, window=4000, batch_size=1)
+    assert source.frames_at_rate(info) == 16000 and len(source) == 4
+    with pytest.raises(DataError, match=r"fast\.wav is sampled at 22050 Hz, not data\.sample_rate=16000"):
+        scan_wav_folder(tmp_path, "train", 16000, resample=False)
+
+
+def test_unreadable_files_are_reported_and_skipped(tmp_path, speech):
+    (speech / "spk0" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (speech / "spk1" / "notes.wav").write_text("not audio")
+    source = WavFolder(speech, sample_rate=8000, window=1000, batch_size=2)
+    assert sorted(p.name for p, _ in source.skipped) == ["broken.wav", "notes.wav"]
+    assert all(reason for _, reason in source.skipped)
+    empty = tmp_path / "empty" / "x"
+    empty.mkdir(parents=True)
+    (empty / "bad.wav").write_text("nope")
+    with pytest.raises(DataError, match="no readable WAV file"):
+        WavFolder(tmp_path / "empty", sample_rate=8000)
+
+
+def test_split_and_labels(speech):
+    train = WavFolder(speech, "train", sample_rate=8000, window=1000, batch_size=2)
+    test = WavFolder(speech, "test", sample_rate=8000, window=1000, batch_size=2)
+    assert [f.path.name for f in test.files] == ["4.wav", "4.wav"]             # every fifth file per label
+    assert len(train.files) == 8 and train.classes == test.classes == ["spk0", "spk1"]
+    assert len(train) == 8 * 4 and train.steps_per_epoch() == 16                # 4000 samples: 4 windows each
+    assert train.dataset.inputs.shape == (8 * 4, 1, 1000) and train.dataset.labels.tolist() == [0] * 16 + [1] * 16
+
+
+def test_batches_are_a_function_of_epoch_position_rank(speech):
+    make = lambda world: WavFolder(speech, sample_rate=8000, window=900, batch_size=4, world_size=world, seed=3)  # noqa: E731
+    one, two = make(1), make(2)
+    whole = one.batch(2, 5, 0)
+    assert torch.equal(whole.images, make(1).batch(2, 5, 0).images)               # a fresh source: the same batch
+    halves = [two.batch(2, 5, r) for r in (0, 1)]
+    assert torch.equal(torch.cat([h.images for h in halves]), whole.images)
+    assert torch.equal(torch.cat([h.labels for h in halves]), whole.labels)
+    assert not torch.equal(one.batch(3, 5, 0).images, whole.images)               # another epoch: other windows
+    # Each window is the file's samples from its start.
+    slot = int(whole.index[0])
+    info = one.files[int(one.slots[slot, 0])]
+    assert np.array_equal(whole.images[0, 0].numpy(), read_window(info, one.start(2, slot), 900, 8000))
+
+
+def test_memory_stays_flat_on_a_file_far_larger_than_the_growth_allowed(tmp_path):
+    big = tmp_path / "big" / "a" / "long.wav"
+    big.parent.mkdir(parents=True)
+    frames = 64 * 1024 * 1024                                                  # 128 MB of 16-bit samples
+    with wave.open(str(big), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        chunk = (np.arange(1 << 20) % 2000 - 1000).astype("<i2").tobytes()
+        for _ in range(frames >> 20):
+            f.writeframes(chunk)
+    script = textwrap.dedent(f"""
+        import json, resource
+        from selfsup.data import WavFolder
+        source = WavFolder({str(tmp_path / 'big')!r}, sample_rate=16000, window=20480, batch_size=16)
+        source.batch(0, 0, 0)
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for position in range(0, source.steps_per_epoch(), source.steps_per_epoch() // 20):
+            source.batch(0, position, 0)
+        print(json.dumps([start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(source)]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    start_kb, end_kb, windows = json.loads(done.stdout)
+    assert windows == frames // 20480
+    assert end_kb - start_kb < 16 * 1024                                        # < 16 MB growth for a 128 MB file
+
+
+def test_pretrain_cpc_on_a_wav_folder_and_resume_exactly(tmp_path, speech):
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    def run(out, epochs, resume=False):  # a constant lr, so that extending the run keeps the first epoch's
+        cfg = load_config(Path(__file__).resolve().parent.parent / "recipes" / "cpc_speech.yaml", [
+            f"data.root={speech}", "data.sample_rate=8000", "data.window=1600", "data.eval_windows=2",
+            "backbone.width=2", "method_args.hidden=8", "method_args.prediction_steps=[1,2]", "train.batch_size=4",
+            f"train.epochs={epochs}", "train.knn_every=1", "optim.min_lr_ratio=1.0", f"train.out_dir={out}", "train.progress=false",
+            "eval.plots=false"])
+        return pretrain(cfg, resume=resume)
+
+    straight = run(tmp_path / "a", 2)
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["data"] == "wav" and 0 <= results["linear_accuracy"] <= 1
+    test_x = np.load(tmp_path / "a" / "test_embeddings.npy")
+    assert test_x.shape == (2 * 2, 8)                # 2 test files (one per label) x 2 windows, 8 context values
+    run(tmp_path / "b", 1)
+    run(tmp_path / "b", 2, resume=True)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert straight is not None
