@@ -222,15 +222,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from selfsup import augment, data
     from selfsup.methods import METHODS
-    from selfsup.nn import BACKBONES
+    from selfsup.nn import BACKBONES, SEQUENCE_BACKBONES
 
     print("methods:")
+    name_width = max(len(name) for name in METHODS)
+    class_width = max(len(cls.__name__) for cls in METHODS.values())
     for name, cls in sorted(METHODS.items()):
         summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         learns_from = cls.data_kind + (" + labels" if getattr(cls, "needs_labels", False) else "")
-        print(f"  {name:<10} {cls.__name__:<10} [{learns_from}] {summary}")
-    print("backbones:  " + ", ".join(BACKBONES))
-    print("datasets:   " + ", ".join(data.DATASETS))
+        print(f"  {name:<{name_width}} {cls.__name__:<{class_width}} [{learns_from}] {summary}")
+    print("backbones:  " + ", ".join(name + (" [sequences]" if name in SEQUENCE_BACKBONES else "") for name in BACKBONES))
+    print("datasets:   " + ", ".join(name + (" [sequences]" if name in data.SEQUENCE_DATASETS else "")
+                                     for name in data.DATASETS))
     print("augment:    " + ", ".join(augment.RECIPES))
     recipes = Path(__file__).resolve().parent.parent / "recipes"
     if recipes.is_dir():

@@ -28,6 +28,7 @@ def test_list_names_every_method_and_recipe():
     for name, cls in METHODS.items():  # every method, with what it learns from
         assert f"[{cls.data_kind}{' + labels' if cls.needs_labels else ''}]" in lines[name]
     assert "[images + labels]" in lines["supcon"] and "[images]" in lines["instdisc"]
+    assert "[sequences]" in lines["cpc_sequence"] and "wav [sequences]" in out.stdout
 
 
 def assert_one_line_error(args, message):

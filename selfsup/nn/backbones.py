@@ -77,7 +77,8 @@ def feature_map(backbone: Backbone, images: Tensor) -> Tensor:
 def with_in_channels(backbone: Backbone, in_channels: int, mean: Sequence[float],
                      std: Sequence[float]) -> Backbone:
     """A freshly initialised copy of ``backbone`` whose first convolution takes ``in_channels``
-    (CMC's per-view encoders: one for L, one for ab), normalising with ``mean`` and ``std``.
+    (CMC's per-view encoders: one for L, one for ab), normalising with ``mean`` and ``std``; with
+    the backbone's own channel count, any network (no convolution needed).
 
     Example:
         >>> rgb = build_backbone("convnet", in_channels=3, image_size=28)
@@ -88,6 +89,8 @@ def with_in_channels(backbone: Backbone, in_channels: int, mean: Sequence[float]
     for module in net.modules():
         if hasattr(module, "reset_parameters") and module is not net:
             module.reset_parameters()  # independent weights, not the original's
+    if in_channels == backbone.in_channels:
+        return Backbone(net, backbone.out_dim, in_channels, mean, std)
     first = next(((name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
         raise ValueError(f"{type(net).__name__} has no convolution whose input channels could be changed")

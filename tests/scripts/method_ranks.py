@@ -34,7 +34,10 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "supcon": {"proj_hidden_dim": 8, "proj_dim": 4},
         "simclr": {"proj_hidden_dim": 8, "proj_dim": 4},
         "simsiam": {"proj_hidden_dim": 8, "proj_dim": 4, "pred_hidden_dim": 4},
-        "triplet": {"embed_dim": 4}, "npair": {"embed_dim": 4}}
+        "triplet": {"embed_dim": 4}, "npair": {"embed_dim": 4},
+        "cmc": {"num_samples": 40, "views": "augment", "proj_dim": 4, "num_negatives": 16, "temperature": 0.2},
+        "cmc_batch": {"num_samples": 40, "views": "augment", "proj_dim": 4, "negatives": "batch", "temperature": 0.2}}
+VARIANT_OF = {"instdisc_every_batch": "instdisc", "cmc_batch": "cmc"}
 GLOBAL_BATCH, STEPS = 8, 3
 
 distributed = "WORLD_SIZE" in os.environ
@@ -46,7 +49,7 @@ world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0
 def run(name: str) -> None:
     torch.manual_seed(0)
     backbone = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(12, 6)), 6, in_channels=1, mean=[0.0], std=[1.0])
-    method = METHODS[name.removesuffix("_every_batch")](backbone, **ARGS[name]).train()
+    method = METHODS[VARIANT_OF.get(name, name)](backbone, **ARGS[name]).train()
     if method.sync_batchnorm and world > 1:
         convert_sync_batchnorm(method, "cpu", exclude=method.sync_batchnorm_exclude)
     model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False) if world > 1 else method
