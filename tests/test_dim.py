@@ -61,3 +61,14 @@ def test_training_step_terms_and_gradients():
     assert not hasattr(DeepInfoMax(backbone), "global_disc")  # α = 0 (the default) builds no global net
     with pytest.raises(ValueError, match="global_weight or local_weight"):
         DeepInfoMax(backbone, global_weight=0.0, local_weight=0.0)
+
+
+def test_local_features_are_an_intermediate_layer():
+    backbone = build_backbone("convnet", in_channels=1, image_size=28, width=4).eval()
+    images = torch.rand(2, 1, 28, 28)
+    method = DeepInfoMax(backbone).eval()
+    maps, features = method.features(images)
+    assert maps.shape == (2, 16, 7, 7)                        # the third stage, before the last pooling
+    assert torch.allclose(features, backbone(images), atol=1e-6)
+    maps, features = DeepInfoMax(backbone, local_layer="last").eval().features(images)
+    assert maps.shape == (2, 32, 3, 3)

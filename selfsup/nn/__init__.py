@@ -2,7 +2,8 @@
 memory banks, global BatchNorm, schedules."""
 
 from selfsup.nn.backbones import (BACKBONES, SEQUENCE_BACKBONES, Backbone, SignalEncoder, build_backbone, convnet,
-                                   feature_map, resnet, vit, with_in_channels)
+                                   feature_map, resnet, split_features, vit,
+                                   with_in_channels)
 from selfsup.nn.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
 from selfsup.nn.heads import DINOHead, projection_mlp
 from selfsup.nn.memory_bank import MemoryBank
@@ -16,6 +17,6 @@ __all__ = [
     "BACKBONES", "SEQUENCE_BACKBONES", "Backbone", "SignalEncoder", "DINOHead", "GlobalBatchNorm", "KeyQueue", "MemoryBank", "build_backbone", "check_momentum",
     "convert_sync_batchnorm",
     "convnet", "cosine", "eval_mode", "feature_map", "frozen_copy", "momentum_update", "projection_mlp", "resnet",
-    "shuffled_forward",
+    "shuffled_forward", "split_features",
     "vit", "warmup_cosine", "with_in_channels",
 ]

@@ -102,6 +102,28 @@ def with_in_channels(backbone: Backbone, in_channels: int, mean: Sequence[float]
     return Backbone(net, backbone.out_dim, in_channels, mean, std)
 
 
+def split_features(backbone: Backbone, images: Tensor) -> tuple[Tensor, Tensor]:
+    """An intermediate feature map ``(B, C, h, w)`` and the final features ``(B, out_dim)`` computed from
+    it in one pass (Deep InfoMax's local and global features): the ConvNet's third stage before its
+    last pooling (7x7 at 28 pixels), a ResNet's ``layer3``, a ViT's patch tokens (its last layer: a ViT
+    has no coarser stage) with its pooled output."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    x = (images - backbone.mean) / backbone.std
+    net = backbone.net
+    if isinstance(net, nn.Sequential) and isinstance(net[-2], nn.AdaptiveAvgPool2d):
+        pools = [i for i, layer in enumerate(net) if isinstance(layer, nn.MaxPool2d)]
+        cut = pools[-1] if pools else len(net) - 2
+        local = net[:cut](x)
+        return local, net[cut:](local)
+    if hasattr(net, "layer4"):
+        local = net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
+        return local, torch.flatten(net.avgpool(net.layer4(local)), 1)
+    if hasattr(net, "forward_features") and hasattr(net, "patch_embed"):
+        return feature_map(backbone, images), backbone(images)
+    raise ValueError(f"split_features does not know the stages of {type(net).__name__}")
+
+
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
