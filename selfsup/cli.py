@@ -62,8 +62,15 @@ def _load_encoder(checkpoint_path: str):
 
 
 def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
-    """A split of ``name`` (or a folder), converted to the checkpoint's channels and size."""
+    """A split of ``name`` (or a folder), converted to the checkpoint's channels and size; for a
+    sequence checkpoint, the evaluation windows of a WAV folder (the checkpoint's, or ``name``/``root``)."""
     from selfsup import data
+
+    if cfg.data.name in data.SEQUENCE_DATASETS:
+        folder = next((p for p in (name, root) if p is not None and Path(p).is_dir()), None) or cfg.data.root
+        d = cfg.data
+        return data.WavFolder(folder, split, sample_rate=d.sample_rate, window=d.window, resample=d.resample,
+                              eval_windows=d.eval_windows).dataset
 
     if name is not None and Path(name).is_dir():
         name, root = "folder", name
@@ -134,12 +141,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
     suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
     if args.protocol == "finetune":
+        if train.inputs.ndim != 4:
+            raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on sequences (use "
+                            f"linear, knn or fewshot)")
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
     else:
-        train_x = evaluate.extract_features(encoder, train.images, device=device, progress=True)
-        test_x = evaluate.extract_features(encoder, test.images, device=device)
+        train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=True)
+        test_x = evaluate.extract_features(encoder, test.inputs, device=device)
         frozen = evaluate.frozen_evaluations(
             train_x, train.labels, test_x, test.labels, data=data,
             linear=args.protocol in ("linear", "transfer"), knn=args.protocol in ("knn", "transfer"),
@@ -176,7 +186,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     is_folder = Path(args.data).is_dir()
     dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
                        args.split, channels, size)
-    features = evaluate.extract_features(backbone, dataset.images, device=device, progress=True)
+    features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
     paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=f"{dataset.name}_{args.split}")
     print(f"{features.shape[0]} embeddings of dimension {features.shape[1]} -> {', '.join(map(str, paths))}")

@@ -160,4 +160,9 @@ def test_pretrain_cpc_on_a_wav_folder_and_resume_exactly(tmp_path, speech):
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert straight is not None
+    # The command line re-evaluates a sequence checkpoint on the same windows: the same probe accuracy.
+    from selfsup.cli import main
+
+    assert main(["evaluate", "linear", str(tmp_path / "a" / "checkpoints" / "last.ckpt")]) == 0
+    again = json.loads((tmp_path / "a" / "evaluations" / "linear.json").read_text())["accuracy"]
+    assert again == pytest.approx(results["linear_accuracy"]) and straight is not None

@@ -263,7 +263,7 @@ class WavFolder:
                     labels.append(info.label)
             self._dataset = SignalSet(torch.from_numpy(np.stack(windows)).unsqueeze(1),
                                       torch.tensor(labels, dtype=torch.int64), self.classes,
-                                      f"wav:{self.root.name}")
+                                      f"wav_{self.root.name}")
         return self._dataset
 
 
