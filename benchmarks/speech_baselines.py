@@ -16,8 +16,6 @@ on a held-out split) and weighted kNN, on:
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
@@ -26,8 +24,9 @@ from scipy.fft import dct
 from scipy.signal import stft
 
 from selfsup import data, evaluate
-from selfsup.config import load_config
 from selfsup.engine import build_method
+
+from _baseline import probe_all, recipe_from_command_line, report
 
 
 def mel_filterbank(bands: int, n_fft: int, rate: int) -> np.ndarray:
@@ -54,11 +53,7 @@ def spectral_features(signals: torch.Tensor, rate: int, bands: int = 40, coeffic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipe")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = recipe_from_command_line(__doc__)
     d = cfg.data
     kwargs = dict(sample_rate=d.sample_rate, window=d.window, resample=d.resample, eval_windows=d.eval_windows)
     train, test = data.WavFolder(d.root, "train", **kwargs).dataset, data.WavFolder(d.root, "test", **kwargs).dataset
@@ -70,15 +65,11 @@ def main() -> None:
                           std=train.std().tolist(), num_samples=len(train))
     encoder = method.eval_encoder()
     features["random_weights"] = tuple(evaluate.extract_features(encoder, s.inputs) for s in (train, test))
-    results = {}
-    for name, (train_x, test_x) in features.items():
-        results[f"{name}_linear"] = evaluate.linear_probe(train_x, train.labels, test_x, test.labels).accuracy
-        results[f"{name}_knn"] = evaluate.knn_accuracy(train_x, train.labels, test_x, test.labels, k=cfg.eval.knn_k,
-                                                       temperature=cfg.eval.knn_temperature)
-    print(json.dumps({"data": str(d.root), "train_windows": len(train), "test_windows": len(test),
-                      "speakers": len(train.classes), "chance": round(1 / len(train.classes), 4),
-                      **{k: round(v, 4) for k, v in results.items()},
-                      "seconds": round(time.perf_counter() - start, 1)}))
+    results = probe_all(cfg, features, train.labels, test.labels)
+    report(**{"data": str(d.root), "train_windows": len(train), "test_windows": len(test),
+              "speakers": len(train.classes), "chance": round(1 / len(train.classes), 4),
+              **results,
+              "seconds": round(time.perf_counter() - start, 1)})
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ def _load_encoder(checkpoint_path: str):
     cfg = from_dict(state["config"])
     channels, size = state["data"]["channels"], state["data"]["size"]
 
+    graph = _graph(cfg) if cfg.data.name in _graph_datasets() else None
+
     def build(mean, std):
         return build_method(cfg, in_channels=channels, image_size=size, mean=mean, std=std,
-                            num_samples=state["data"].get("num_train"))
+                            num_samples=state["data"].get("num_train"), graph=graph)
 
     # mean/std are placeholders: the real statistics are buffers restored by load_state_dict.
     method = build([0.0] * channels, [1.0] * channels)
@@ -61,11 +63,27 @@ def _load_encoder(checkpoint_path: str):
     return cfg, encoder.to(device).eval(), (channels, size), device, lambda: build(mean, std).eval_encoder()
 
 
+def _graph_datasets() -> tuple[str, ...]:
+    from selfsup.data import GRAPH_DATASETS
+
+    return GRAPH_DATASETS
+
+
+def _graph(cfg):
+    """The graph a graph checkpoint was trained on (its encoder embeds that graph's nodes)."""
+    from selfsup import data
+
+    return data.load_graph(cfg.data.name, cfg.data.root, **({"name": cfg.data.subset} if cfg.data.subset else {}))
+
+
 def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
     """A split of ``name`` (or a folder), converted to the checkpoint's channels and size; for a
     sequence checkpoint, the evaluation windows of a WAV folder (the checkpoint's, or ``name``/``root``)."""
     from selfsup import data
 
+    if cfg.data.name in data.GRAPH_DATASETS:
+        graph = _graph(cfg)
+        return data.NodeSet(graph, graph.train_mask if split == "train" else graph.test_mask, graph.name)
     if cfg.data.name in data.SEQUENCE_DATASETS:
         folder = next((p for p in (name, root) if p is not None and Path(p).is_dir()), None) or cfg.data.root
         d = cfg.data
@@ -142,8 +160,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
     if args.protocol == "finetune":
         if train.inputs.ndim != 4:
-            raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on sequences (use "
-                            f"linear, knn or fewshot)")
+            raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
+                            f"{'a graph' if train.inputs.ndim == 1 else 'sequences'} (use linear, knn or fewshot)")
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
@@ -232,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from selfsup import augment, data
     from selfsup.methods import METHODS
-    from selfsup.nn import BACKBONES, SEQUENCE_BACKBONES
+    from selfsup.nn import BACKBONES, GRAPH_BACKBONES, SEQUENCE_BACKBONES
 
     print("methods:")
     name_width = max(len(name) for name in METHODS)
@@ -241,9 +259,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         learns_from = cls.data_kind + (" + labels" if getattr(cls, "needs_labels", False) else "")
         print(f"  {name:<{name_width}} {cls.__name__:<{class_width}} [{learns_from}] {summary}")
-    print("backbones:  " + ", ".join(name + (" [sequences]" if name in SEQUENCE_BACKBONES else "") for name in BACKBONES))
-    print("datasets:   " + ", ".join(name + (" [sequences]" if name in data.SEQUENCE_DATASETS else "")
-                                     for name in data.DATASETS))
+    kinds = {**dict.fromkeys(SEQUENCE_BACKBONES, " [sequences]"), **dict.fromkeys(GRAPH_BACKBONES, " [graph]")}
+    print("backbones:  " + ", ".join(name + kinds.get(name, "") for name in BACKBONES))
+    kinds = {**dict.fromkeys(data.SEQUENCE_DATASETS, " [sequences]"), **dict.fromkeys(data.GRAPH_DATASETS, " [graph]")}
+    print("datasets:   " + ", ".join(name + kinds.get(name, "") for name in data.DATASETS))
     print("augment:    " + ", ".join(augment.RECIPES))
     recipes = Path(__file__).resolve().parent.parent / "recipes"
     if recipes.is_dir():

@@ -55,6 +55,8 @@ class DataConfig:
     """Sequences: resample files at another rate (false: refuse them, naming the file)."""
     eval_windows: int = 4
     """Sequences: evenly spaced windows per file that evaluation encodes."""
+    subset: str | None = None
+    """Graphs ("planetoid"): which one, cora, citeseer or pubmed (default cora)."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ Names (``DATASETS``):
   train and 900 test crops from disjoint parts of each photo (see ``selfsup.data.photos``).
 - ``folder``: the user's images under ``root`` (see ``selfsup.data.folder``),
   resized to ``size`` (default 64) and converted to ``channels`` (default 3).
+- ``karate``, ``sbm``, ``planetoid``: graphs (``selfsup.data.graphs``, the ``graph`` extra).
 - ``wav``: a folder of WAV files, ``root/<label>/*.wav``, streamed as windows of raw signal (a
   sequence source, not an image dataset: :class:`selfsup.data.sequences.WavFolder`).
 
@@ -41,16 +42,18 @@ from .cifar import CIFAR10, CIFAR100, CIFAR100_COARSE, load_cifar
 from .dataset import ImageDataset, check_channels, check_size
 from .download import ChecksumError, DownloadError
 from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
+from .graphs import GRAPH_DATASETS, Graph, GraphSource, NodeSet, load_graph
 from .idx import FASHION_MNIST, MNIST, load_idx
 from .photos import load_photos
 from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
 
-__all__ = ["DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "ImageBatch",
-           "ImageDataset", "InMemoryImages", "SignalSet", "SkippedImageWarning", "WavFolder", "load"]
+__all__ = ["DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
+           "GraphSource", "ImageBatch", "ImageDataset", "InMemoryImages", "NodeSet", "SignalSet", "SkippedImageWarning",
+           "WavFolder", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
-    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "wav")
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "wav", "karate", "sbm", "planetoid")
 SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
 """Names that give sequences (windows of signal), not images."""
 SPLITS = ("train", "test")
@@ -118,6 +121,9 @@ def load(
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+    if name in GRAPH_DATASETS:
+        raise DataError(f"dataset {name!r} is a graph, not images: read it with selfsup.data.load_graph({name!r}), "
+                        f"and train a graph method on it (dgi)")
     if name in SEQUENCE_DATASETS:
         raise DataError(f"dataset {name!r} is a folder of signals, not images: read it with "
                         f"selfsup.data.WavFolder(root, split), and train a sequence method on it (cpc_sequence)")

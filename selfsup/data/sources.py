@@ -34,6 +34,8 @@ class ImageBatch:
     images: Tensor
     index: Tensor
     labels: Tensor | None
+    extra: dict[str, Tensor] | None = None
+    """What else a kind of data carries (a graph's ``edge_index``)."""
 
 
 @runtime_checkable

@@ -163,6 +163,15 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSou
                           f"{fabric.world_size}")
     if cfg.data.name in data.SEQUENCE_DATASETS:
         return load_sequences(cfg, fabric, progress)
+    if cfg.data.name in data.GRAPH_DATASETS:
+        with fabric.rank_zero_first():
+            try:
+                graph = data.load_graph(cfg.data.name, cfg.data.root, **({"name": cfg.data.subset} if
+                                                                         cfg.data.subset else {}))
+            except DataError as error:
+                raise ConfigError(f"data: {error}") from None
+        source = data.GraphSource(graph, fabric.device)
+        return source, data.NodeSet(graph, graph.test_mask, graph.name)
     with fabric.rank_zero_first():
         train, test = load_datasets(cfg, progress)
     if len(train) < t.batch_size:
@@ -172,9 +181,10 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSou
 
 
 def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
-                 num_samples: int | None = None) -> nn.Module:
+                 num_samples: int | None = None, graph=None) -> nn.Module:
     """The method of ``cfg`` around a fresh backbone (used for training and to rebuild checkpoints);
-    ``num_samples`` (the training set's size) goes to the methods that keep a memory bank."""
+    ``num_samples`` (the training set's size) goes to the methods that keep a memory bank, ``graph``
+    to the graph methods."""
     try:
         backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, image_size=image_size,
                                   mean=mean, std=std, width=cfg.backbone.width)
@@ -184,6 +194,10 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
     extra = {"num_samples": num_samples} if getattr(cls, "needs_num_samples", False) else {}
     if extra and num_samples is None:
         raise ValueError(f"{cfg.method} keeps a memory bank: build_method needs num_samples")
+    if getattr(cls, "needs_graph", False):
+        if graph is None:
+            raise ValueError(f"{cfg.method} learns on a graph: build_method needs graph")
+        extra["graph"] = graph
     try:
         return cls(backbone, **cfg.method_args, **extra)
     except ValueError as error:
@@ -303,7 +317,7 @@ class Trainer:
                               f"gives {self.source.kind}")
         method = build_method(cfg, in_channels=self.train_set.channels, image_size=self.train_set.size,
                               mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist(),
-                              num_samples=len(self.train_set))
+                              num_samples=len(self.train_set), graph=getattr(self.source, "graph", None))
         if getattr(method, "needs_labels", False) and self.train_set.labels is None:
             raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
                               f"none; give it labelled data (a folder with one subfolder per class) or choose a "
@@ -424,8 +438,8 @@ class Trainer:
     def make_batch(self, epoch: int, position: int) -> Batch:
         """The views of this rank's share of global batch ``position`` of ``epoch``."""
         raw = self.source.batch(epoch, position, self.fabric.global_rank)
-        if self.source.kind != "images":  # signals: float already, no augmentation
-            return Batch([raw.images], raw.index, raw.labels)
+        if self.source.kind != "images":  # signals, node features: float already, no augmentation
+            return Batch([raw.images], raw.index, raw.labels, raw.extra)
         if self.augment is None:  # the images as they are, one float view
             return Batch([augment.to_float(raw.images)], raw.index, raw.labels)
         with torch.no_grad():

@@ -34,8 +34,8 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         encoder: maps float images ``(B, C, H, W)`` in [0, 1] to features ``(B, D)``; it applies
             its own normalisation (as :class:`selfsup.nn.backbones.Backbone` does).
         images: ``(N, C, H, W)`` uint8 (divided by 255 on the device) or float in [0, 1], or
-            float signals ``(N, C, T)`` (any range). They may stay on the CPU; each batch is
-            moved to ``device``.
+            float signals ``(N, C, T)`` (any range), or int64 node ids ``(N,)`` of a graph the
+            encoder holds. They may stay on the CPU; each batch is moved to ``device``.
         batch_size: images per forward pass.
         device: where the forward passes run; defaults to the encoder's device.
         autocast: run the forward passes under bf16 autocast (faster on recent CPUs and GPUs;
@@ -52,13 +52,14 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         torch.Size([10, 16])
     """
     signals = isinstance(images, Tensor) and images.ndim == 3 and images.is_floating_point()
-    if not isinstance(images, Tensor) or not (images.ndim == 4 or signals):
+    nodes = isinstance(images, Tensor) and images.ndim == 1 and images.dtype == torch.int64
+    if not isinstance(images, Tensor) or not (images.ndim == 4 or signals or nodes):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a (N, C, H, W) tensor (or float signals (N, C, T)), got {shape}; "
                          f"add a channel dimension with images.unsqueeze(1) for grayscale")
     if len(images) == 0:
         raise ValueError("images is empty (N = 0); pass at least one image")
-    if images.dtype != torch.uint8 and not signals:
+    if images.dtype != torch.uint8 and not (signals or nodes):
         if not images.is_floating_point():
             raise ValueError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
         low, high = float(images.min()), float(images.max())
@@ -79,7 +80,8 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
             for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch",
                               disable=not progress):
                 batch = images[start:start + batch_size].to(target, non_blocking=True)
-                batch = batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
+                if not nodes:  # node ids stay ids
+                    batch = batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
                 with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast):
                     features = encoder(batch)
                 if not isinstance(features, Tensor) or features.ndim != 2 or len(features) != len(batch):

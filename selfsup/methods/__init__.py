@@ -5,6 +5,7 @@ from selfsup.methods.byol import BYOL
 from selfsup.methods.cmc import CMC
 from selfsup.methods.cpc import CPCImage, CPCSequence
 from selfsup.methods.colorization import Colorization
+from selfsup.methods.dgi import DGI
 from selfsup.methods.dim import DeepInfoMax
 from selfsup.methods.dino import DINO
 from selfsup.methods.instdisc import InstDisc
@@ -25,10 +26,11 @@ METHODS: dict[str, type] = {
     "byol": BYOL, "simsiam": SimSiam, "dino": DINO, "supcon": SupCon, "triplet": Triplet, "npair": NPair,
     "rotation": Rotation, "relative_location": RelativeLocation, "jigsaw": Jigsaw, "colorization": Colorization,
     "cmc": CMC, "cpc": CPCImage, "cpc_sequence": CPCSequence, "dim": DeepInfoMax,
+    "dgi": DGI,
 }
 """Registry used by the CLI and recipes: lower-case name -> class."""
 
 __all__ = [
-    "BYOL", "CMC", "CPCImage", "CPCSequence", "DINO", "DeepInfoMax", "METHODS", "Batch", "Colorization", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase",
+    "BYOL", "CMC", "CPCImage", "CPCSequence", "DGI", "DINO", "DeepInfoMax", "METHODS", "Batch", "Colorization", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase",
     "MoCo", "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet",
 ]

@@ -56,11 +56,13 @@ class Batch:
         index: ``(B,)`` positions of the images in the dataset (for memory banks).
         labels: ``(B,)`` class labels when the dataset has them, else None; methods with
             ``needs_labels`` (SupCon, triplet, N-pair) learn from them, the others never look.
+        extra: what else the data source gives (a graph's ``edge_index``).
     """
 
     views: list[Tensor]
     index: Tensor
     labels: Tensor | None = None
+    extra: dict[str, Tensor] | None = None
 
 
 @runtime_checkable
@@ -128,6 +130,9 @@ class MethodBase(nn.Module):
     """Learns from class labels (SupCon, triplet, N-pair): the engine refuses data without them."""
     needs_num_samples: ClassVar[bool] = False
     """Takes ``num_samples=`` (the training set's size, for a memory bank); the engine passes it."""
+    needs_graph: ClassVar[bool] = False
+    """Takes ``graph=`` (the :class:`selfsup.data.graphs.Graph` it learns on, which its evaluation
+    encoder holds); the engine passes it."""
     backbone: nn.Module
 
     def augmentation(self, image_size: int) -> augment.Augmentation | None:

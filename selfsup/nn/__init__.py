@@ -1,9 +1,8 @@
 """Networks and stateful building blocks: backbones, heads, momentum encoders, queues, shuffle-BN,
 memory banks, global BatchNorm, schedules."""
 
-from selfsup.nn.backbones import (BACKBONES, SEQUENCE_BACKBONES, Backbone, SignalEncoder, build_backbone, convnet,
-                                   feature_map, resnet, split_features, vit,
-                                   with_in_channels)
+from selfsup.nn.backbones import (BACKBONES, GRAPH_BACKBONES, SEQUENCE_BACKBONES, Backbone, GCNEncoder, SignalEncoder,
+                                   build_backbone, convnet, feature_map, resnet, split_features, vit, with_in_channels)
 from selfsup.nn.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
 from selfsup.nn.heads import DINOHead, projection_mlp
 from selfsup.nn.memory_bank import MemoryBank
@@ -14,7 +13,7 @@ from selfsup.nn.schedules import cosine, warmup_cosine
 from selfsup.nn.shuffle_bn import shuffled_forward
 
 __all__ = [
-    "BACKBONES", "SEQUENCE_BACKBONES", "Backbone", "SignalEncoder", "DINOHead", "GlobalBatchNorm", "KeyQueue", "MemoryBank", "build_backbone", "check_momentum",
+    "BACKBONES", "GRAPH_BACKBONES", "SEQUENCE_BACKBONES", "GCNEncoder", "Backbone", "SignalEncoder", "DINOHead", "GlobalBatchNorm", "KeyQueue", "MemoryBank", "build_backbone", "check_momentum",
     "convert_sync_batchnorm",
     "convnet", "cosine", "eval_mode", "feature_map", "frozen_copy", "momentum_update", "projection_mlp", "resnet",
     "shuffled_forward", "split_features",

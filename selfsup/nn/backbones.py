@@ -13,8 +13,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base", "cpc_audio")
+from selfsup._optional import require_pyg
+
+BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base", "cpc_audio", "gcn")
 SEQUENCE_BACKBONES = ("cpc_audio",)
+GRAPH_BACKBONES = ("gcn",)
 """Encoders of 1-D signals ``(B, 1, T)`` rather than images."""
 
 
@@ -226,6 +229,23 @@ class SignalEncoder(nn.Module):
         return self.net((signals.float() - self.mean) / self.std).transpose(1, 2)
 
 
+class GCNEncoder(nn.Module):
+    """The paper's transductive encoder: one GCN layer (Kipf & Welling; PyTorch Geometric's
+    ``GCNConv``, symmetric normalisation with self-loops) and a PReLU, ``(N, F) -> (N, hidden)``."""
+
+    def __init__(self, in_features: int, hidden: int = 512) -> None:
+        super().__init__()
+        require_pyg()  # the graph extra
+        from torch_geometric.nn import GCNConv
+
+        self.conv = GCNConv(in_features, hidden)
+        self.act = nn.PReLU(hidden)
+        self.out_dim, self.in_channels = hidden, in_features
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        return self.act(self.conv(x, edge_index))
+
+
 def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, width: int = 32) -> Backbone:
     """Build a :class:`Backbone` by name (one of :data:`BACKBONES`).
@@ -235,6 +255,8 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
         >>> net(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 256])
     """
+    if name == "gcn":
+        return GCNEncoder(in_channels, hidden=16 * width)
     if name == "cpc_audio":
         if in_channels != 1:
             raise ValueError(f"cpc_audio encodes mono signals (1 channel), got in_channels={in_channels}")
