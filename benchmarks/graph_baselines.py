@@ -32,8 +32,8 @@ def main() -> None:
     method = build_method(cfg, in_channels=train.channels, image_size=train.size, mean=train.mean().tolist(),
                           std=train.std().tolist(), num_samples=len(train), graph=graph)
     encoder = method.eval_encoder()
-    features = {"raw_features": (graph.x[train.inputs], graph.x[test.inputs]),
-                "random_weights": tuple(evaluate.extract_features(encoder, s.inputs) for s in (train, test))}
+    random = tuple(evaluate.extract_features(encoder, s.inputs, kind="graph") for s in (train, test))
+    features = {"raw_features": (graph.x[train.inputs], graph.x[test.inputs]), "random_weights": random}
     results = probe_all(cfg, features, train.labels, test.labels)
     report(**{"data": graph.name, "nodes": graph.num_nodes, "edges": graph.edge_index.shape[1],
               "train_nodes": len(train), "test_nodes": len(test),

@@ -64,7 +64,8 @@ def main() -> None:
     method = build_method(cfg, in_channels=1, image_size=d.window, mean=train.mean().tolist(),
                           std=train.std().tolist(), num_samples=len(train))
     encoder = method.eval_encoder()
-    features["random_weights"] = tuple(evaluate.extract_features(encoder, s.inputs) for s in (train, test))
+    features["random_weights"] = tuple(evaluate.extract_features(encoder, s.inputs, kind="sequences")
+                                       for s in (train, test))
     results = probe_all(cfg, features, train.labels, test.labels)
     report(**{"data": str(d.root), "train_windows": len(train), "test_windows": len(test),
               "speakers": len(train.classes), "chance": round(1 / len(train.classes), 4),

@@ -69,6 +69,15 @@ def _graph_datasets() -> tuple[str, ...]:
     return GRAPH_DATASETS
 
 
+def _kind(cfg) -> str:
+    """The kind of data a checkpoint was trained on: images, sequences or graph."""
+    from selfsup import data
+
+    if cfg.data.name in data.GRAPH_DATASETS:
+        return "graph"
+    return "sequences" if cfg.data.name in data.SEQUENCE_DATASETS else "images"
+
+
 def _graph(cfg):
     """The graph a graph checkpoint was trained on (its encoder embeds that graph's nodes)."""
     from selfsup import data
@@ -159,15 +168,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
     suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
     if args.protocol == "finetune":
-        if train.inputs.ndim != 4:
-            raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
-                            f"{'a graph' if train.inputs.ndim == 1 else 'sequences'} (use linear, knn or fewshot)")
+        if _kind(cfg) != "images":
+            raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on {_kind(cfg)} (use "
+                            f"linear, knn or fewshot)")
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
     else:
-        train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=True)
-        test_x = evaluate.extract_features(encoder, test.inputs, device=device)
+        kind = _kind(cfg)
+        train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=True, kind=kind)
+        test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
         frozen = evaluate.frozen_evaluations(
             train_x, train.labels, test_x, test.labels, data=data,
             linear=args.protocol in ("linear", "transfer"), knn=args.protocol in ("knn", "transfer"),
@@ -204,7 +214,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     is_folder = Path(args.data).is_dir()
     dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
                        args.split, channels, size)
-    features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True)
+    features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True, kind=_kind(cfg))
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
     paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=f"{dataset.name}_{args.split}")
     print(f"{features.shape[0]} embeddings of dimension {features.shape[1]} -> {', '.join(map(str, paths))}")

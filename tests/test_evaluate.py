@@ -422,3 +422,16 @@ def test_digits_raw_pixels_reach_known_accuracy():
     probe = linear_probe(train_x, train_y, test_x, test_y)
     assert probe.accuracy >= 0.93
     assert knn_accuracy(train_x, train_y, test_x, test_y, k=10, temperature=0.1) >= 0.95
+
+
+def test_extract_features_takes_signals_and_node_ids_only_when_told():
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 5, 3))
+    signals = torch.randn(4, 8, 5) * 3                                         # any range
+    assert extract_features(encoder, signals, kind="sequences").shape == (4, 3)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        extract_features(encoder, signals)                                     # images by default
+    table = torch.nn.Embedding(6, 2)
+    ids = torch.tensor([5, 0, 3])
+    assert torch.equal(extract_features(table, ids, kind="graph"), table.weight[ids].detach())
+    with pytest.raises(ValueError, match="node ids"):
+        extract_features(table, ids.float(), kind="graph")

@@ -584,7 +584,7 @@ class Trainer:
             bank, queries = self.monitor_split()
             encoder = self.method.eval_encoder()
             autocast = self.fabric.device.type == "cuda" or "bf16" in self.precision
-            kwargs = dict(device=self.fabric.device, autocast=autocast)
+            kwargs = dict(device=self.fabric.device, autocast=autocast, kind=self.source.kind)
             images, labels = self.source.inputs, self.train_set.labels
             if queries is None:
                 query_images, query_labels = self.test_set.inputs, self.test_set.labels
@@ -646,8 +646,10 @@ def finish(trainer: Trainer) -> dict[str, float]:
         device = trainer.fabric.device
         encoder = trainer.method.eval_encoder()
         train_images, train_y = trainer.source.inputs, trainer.train_set.labels
-        train_x = evaluate.extract_features(encoder, train_images, device=device, progress=cfg.train.progress)
-        test_x = evaluate.extract_features(encoder, test.inputs, device=device)
+        kind = trainer.source.kind
+        train_x = evaluate.extract_features(encoder, train_images, device=device, progress=cfg.train.progress,
+                                            kind=kind)
+        test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
         evaluations = evaluate.frozen_evaluations(train_x, train_y, test_x, test.labels, data=cfg.data.name,
                                                   linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
                                                   knn_temperature=cfg.eval.knn_temperature)

@@ -23,7 +23,7 @@ def _module_device(module: nn.Module) -> torch.device:
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 1024,
                      device: torch.device | str | None = None, autocast: bool = False,
-                     progress: bool = False) -> Tensor:
+                     progress: bool = False, kind: str = "images") -> Tensor:
     """Run a frozen ``encoder`` over ``images`` in batches and return its features.
 
     The encoder runs in eval mode (BatchNorm uses its running statistics, dropout is off), so the
@@ -33,14 +33,16 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
     Args:
         encoder: maps float images ``(B, C, H, W)`` in [0, 1] to features ``(B, D)``; it applies
             its own normalisation (as :class:`selfsup.nn.backbones.Backbone` does).
-        images: ``(N, C, H, W)`` uint8 (divided by 255 on the device) or float in [0, 1], or
-            float signals ``(N, C, T)`` (any range), or int64 node ids ``(N,)`` of a graph the
-            encoder holds. They may stay on the CPU; each batch is moved to ``device``.
+        images: ``(N, C, H, W)`` uint8 (divided by 255 on the device) or float in [0, 1]; with
+            ``kind="sequences"`` float signals ``(N, C, T)`` (any range), with ``kind="graph"``
+            int64 node ids ``(N,)`` of the graph the encoder holds. They may stay on the CPU;
+            each batch is moved to ``device``.
         batch_size: images per forward pass.
         device: where the forward passes run; defaults to the encoder's device.
         autocast: run the forward passes under bf16 autocast (faster on recent CPUs and GPUs;
             features then agree with float32 to about 1e-2 relative).
         progress: show a tqdm bar over batches.
+        kind: what ``images`` are: "images", "sequences" or "graph" (a data source's kind).
 
     Returns:
         float32 features ``(N, D)`` on the CPU.
@@ -51,11 +53,17 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         >>> extract_features(encoder, images, batch_size=4).shape
         torch.Size([10, 16])
     """
-    signals = isinstance(images, Tensor) and images.ndim == 3 and images.is_floating_point()
-    nodes = isinstance(images, Tensor) and images.ndim == 1 and images.dtype == torch.int64
+    if kind not in ("images", "sequences", "graph"):
+        raise ValueError(f"kind must be 'images', 'sequences' or 'graph', got {kind!r}")
+    signals, nodes = kind == "sequences", kind == "graph"
+    if nodes and not (isinstance(images, Tensor) and images.ndim == 1 and images.dtype == torch.int64):
+        raise ValueError(f"a graph's inputs must be int64 node ids (N,), got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+    if signals and not (isinstance(images, Tensor) and images.ndim == 3 and images.is_floating_point()):
+        raise ValueError(f"signals must be a float (N, C, T) tensor, got {tuple(getattr(images, 'shape', ()))}")
     if not isinstance(images, Tensor) or not (images.ndim == 4 or signals or nodes):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (N, C, H, W) tensor (or float signals (N, C, T)), got {shape}; "
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}; "
                          f"add a channel dimension with images.unsqueeze(1) for grayscale")
     if len(images) == 0:
         raise ValueError("images is empty (N = 0); pass at least one image")
