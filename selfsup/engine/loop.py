@@ -309,6 +309,8 @@ class Trainer:
         self.source, self.test_set = load_data(cfg, fabric, progress=t.progress and self.is_main)
         self.train_set = self.source.dataset
         self.steps_per_epoch = self.source.steps_per_epoch()
+        # What images/s counts: images, signal windows, or a graph's nodes (its batch is the whole graph).
+        self.items_per_step = len(self.source) if self.source.kind == "graph" else t.batch_size
         self.max_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
 
         kind = METHODS[cfg.method].data_kind if cfg.method in METHODS else self.source.kind
@@ -514,7 +516,7 @@ class Trainer:
                 done = step + 1
                 if done % t.log_every == 0 or done == self.max_steps:
                     mean_loss = float(fabric.all_reduce(self.window_loss / self.window_steps, reduce_op="mean"))
-                    images_per_s = self.window_steps * t.batch_size / (time.perf_counter() - window_start)
+                    images_per_s = self.window_steps * self.items_per_step / (time.perf_counter() - window_start)
                     metrics = {"loss": mean_loss, "lr": lr, "images_per_s": images_per_s,
                                "epoch": done / self.steps_per_epoch}
                     metrics.update({k: float(v) for k, v in outputs.items() if k != "loss"})
