@@ -127,7 +127,7 @@ def test_missing_extra_names_it(monkeypatch):
         data.graphs.karate()
 
 
-def test_dgi_trains_through_the_engine_on_karate(tmp_path):
+def test_dgi_trains_through_the_engine_on_karate(tmp_path, monkeypatch):
     from selfsup.config import load_config
     from selfsup.engine import pretrain
 
@@ -141,7 +141,10 @@ def test_dgi_trains_through_the_engine_on_karate(tmp_path):
     assert results["data"] == "karate" and results["steps"] == 20 and 0 <= results["linear_accuracy"] <= 1
     embeddings = np.load(tmp_path / "test_embeddings.npy")
     assert embeddings.shape == (int(data.graphs.karate().test_mask.sum()), 32)
-    from selfsup.cli import main  # the command line rebuilds the encoder on the same graph: the same probe
+    from selfsup import cli
+
+    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+    main = cli.main  # the command line rebuilds the encoder on the same graph: the same probe
 
     assert main(["evaluate", "linear", str(tmp_path / "checkpoints" / "last.ckpt")]) == 0
     again = json.loads((tmp_path / "evaluations" / "linear.json").read_text())["accuracy"]

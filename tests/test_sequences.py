@@ -138,7 +138,7 @@ def test_memory_stays_flat_on_a_file_far_larger_than_the_growth_allowed(tmp_path
     assert end_kb - start_kb < 16 * 1024                                        # < 16 MB growth for a 128 MB file
 
 
-def test_pretrain_cpc_on_a_wav_folder_and_resume_exactly(tmp_path, speech):
+def test_pretrain_cpc_on_a_wav_folder_and_resume_exactly(tmp_path, speech, monkeypatch):
     from selfsup.config import load_config
     from selfsup.engine import pretrain
 
@@ -161,7 +161,10 @@ def test_pretrain_cpc_on_a_wav_folder_and_resume_exactly(tmp_path, speech):
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The command line re-evaluates a sequence checkpoint on the same windows: the same probe accuracy.
-    from selfsup.cli import main
+    from selfsup import cli
+
+    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+    main = cli.main
 
     assert main(["evaluate", "linear", str(tmp_path / "a" / "checkpoints" / "last.ckpt")]) == 0
     again = json.loads((tmp_path / "a" / "evaluations" / "linear.json").read_text())["accuracy"]

@@ -623,7 +623,7 @@ def bank_knn_entry(bank: tuple[Tensor, nn.Module, float], train_labels: Tensor, 
     features, embedder, temperature = bank
     if len(features) != len(train_labels):
         raise ValueError(f"the memory bank has {len(features)} rows but the training set {len(train_labels)} images")
-    test_x = evaluate.extract_features(embedder, test.inputs, device=device)
+    test_x = evaluate.extract_features(embedder, test.images, device=device)
     accuracy = evaluate.knn_accuracy(features.float().cpu(), train_labels.cpu(), test_x, test.labels, k=k,
                                      temperature=temperature)
     return {"accuracy": accuracy, "k": k, "temperature": temperature, "data": data,
