@@ -25,7 +25,7 @@ from _baseline import probe_all, recipe_from_command_line, report
 
 def main() -> None:
     cfg = recipe_from_command_line(__doc__)
-    graph = data.load_graph(cfg.data.name, cfg.data.root, **({"name": cfg.data.subset} if cfg.data.subset else {}))
+    graph = data.graph_from_config(cfg.data)
     train, test = data.NodeSet(graph, graph.train_mask, graph.name), data.NodeSet(graph, graph.test_mask, graph.name)
     start = time.perf_counter()
     torch.manual_seed(cfg.train.seed)

@@ -55,8 +55,7 @@ def spectral_features(signals: torch.Tensor, rate: int, bands: int = 40, coeffic
 def main() -> None:
     cfg = recipe_from_command_line(__doc__)
     d = cfg.data
-    kwargs = dict(sample_rate=d.sample_rate, window=d.window, resample=d.resample, eval_windows=d.eval_windows)
-    train, test = data.WavFolder(d.root, "train", **kwargs).dataset, data.WavFolder(d.root, "test", **kwargs).dataset
+    train, test = (data.WavFolder.from_config(d, split).dataset for split in ("train", "test"))
     start = time.perf_counter()
     features = {}
     features["log_mel"], features["mfcc"] = zip(*(spectral_features(s.inputs, d.sample_rate) for s in (train, test)))

@@ -38,13 +38,14 @@ def _load_encoder(checkpoint_path: str):
     import torch
 
     from selfsup.config import from_dict
+    from selfsup.data import graph_from_config, kind_of
     from selfsup.engine import build_method, load_checkpoint
 
     state = load_checkpoint(checkpoint_path)
     cfg = from_dict(state["config"])
     channels, size = state["data"]["channels"], state["data"]["size"]
 
-    graph = _graph(cfg) if cfg.data.name in _graph_datasets() else None
+    graph = graph_from_config(cfg.data) if kind_of(cfg.data.name) == "graph" else None
 
     def build(mean, std):
         return build_method(cfg, in_channels=channels, image_size=size, mean=mean, std=std,
@@ -63,41 +64,18 @@ def _load_encoder(checkpoint_path: str):
     return cfg, encoder.to(device).eval(), (channels, size), device, lambda: build(mean, std).eval_encoder()
 
 
-def _graph_datasets() -> tuple[str, ...]:
-    from selfsup.data import GRAPH_DATASETS
-
-    return GRAPH_DATASETS
-
-
-def _kind(cfg) -> str:
-    """The kind of data a checkpoint was trained on: images, sequences or graph."""
-    from selfsup import data
-
-    if cfg.data.name in data.GRAPH_DATASETS:
-        return "graph"
-    return "sequences" if cfg.data.name in data.SEQUENCE_DATASETS else "images"
-
-
-def _graph(cfg):
-    """The graph a graph checkpoint was trained on (its encoder embeds that graph's nodes)."""
-    from selfsup import data
-
-    return data.load_graph(cfg.data.name, cfg.data.root, **({"name": cfg.data.subset} if cfg.data.subset else {}))
-
-
 def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
     """A split of ``name`` (or a folder), converted to the checkpoint's channels and size; for a
     sequence checkpoint, the evaluation windows of a WAV folder (the checkpoint's, or ``name``/``root``)."""
     from selfsup import data
 
-    if cfg.data.name in data.GRAPH_DATASETS:
-        graph = _graph(cfg)
+    kind = data.kind_of(cfg.data.name)
+    if kind == "graph":  # the graph the checkpoint's encoder embeds
+        graph = data.graph_from_config(cfg.data)
         return data.NodeSet(graph, graph.train_mask if split == "train" else graph.test_mask, graph.name)
-    if cfg.data.name in data.SEQUENCE_DATASETS:
-        folder = next((p for p in (name, root) if p is not None and Path(p).is_dir()), None) or cfg.data.root
-        d = cfg.data
-        return data.WavFolder(folder, split, sample_rate=d.sample_rate, window=d.window, resample=d.resample,
-                              eval_windows=d.eval_windows).dataset
+    if kind == "sequences":
+        folder = next((p for p in (name, root) if p is not None and Path(p).is_dir()), None)
+        return data.WavFolder.from_config(cfg.data, split, root=folder).dataset
 
     if name is not None and Path(name).is_dir():
         name, root = "folder", name
@@ -154,6 +132,7 @@ def _summary(key: str, entry: dict) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from selfsup import evaluate
+    from selfsup.data import kind_of
     from selfsup.errors import ConfigError
 
     _tune_allocator()
@@ -168,14 +147,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
     suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
     if args.protocol == "finetune":
-        if _kind(cfg) != "images":
-            raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on {_kind(cfg)} (use "
-                            f"linear, knn or fewshot)")
+        if kind_of(cfg.data.name) != "images":
+            raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
+                            f"{kind_of(cfg.data.name)} (use linear, knn or fewshot)")
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
     else:
-        kind = _kind(cfg)
+        kind = kind_of(cfg.data.name)
         train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=True, kind=kind)
         test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
         frozen = evaluate.frozen_evaluations(
@@ -208,13 +187,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup import evaluate
+    from selfsup.data import kind_of
 
     _tune_allocator()
     cfg, backbone, (channels, size), device, _ = _load_encoder(args.checkpoint)
     is_folder = Path(args.data).is_dir()
     dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
                        args.split, channels, size)
-    features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True, kind=_kind(cfg))
+    features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True,
+                                         kind=kind_of(cfg.data.name))
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
     paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=f"{dataset.name}_{args.split}")
     print(f"{features.shape[0]} embeddings of dimension {features.shape[1]} -> {', '.join(map(str, paths))}")

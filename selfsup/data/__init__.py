@@ -42,7 +42,7 @@ from .cifar import CIFAR10, CIFAR100, CIFAR100_COARSE, load_cifar
 from .dataset import ImageDataset, check_channels, check_size
 from .download import ChecksumError, DownloadError
 from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
-from .graphs import GRAPH_DATASETS, Graph, GraphSource, NodeSet, load_graph
+from .graphs import GRAPH_DATASETS, Graph, GraphSource, NodeSet, graph_from_config, load_graph
 from .idx import FASHION_MNIST, MNIST, load_idx
 from .photos import load_photos
 from .sequences import SignalSet, WavFolder
@@ -50,12 +50,20 @@ from .sources import DataSource, ImageBatch, InMemoryImages
 
 __all__ = ["DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
            "GraphSource", "ImageBatch", "ImageDataset", "InMemoryImages", "NodeSet", "SignalSet", "SkippedImageWarning",
-           "WavFolder", "load", "load_graph"]
+           "WavFolder", "graph_from_config", "kind_of", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
-    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "wav", "karate", "sbm", "planetoid")
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "wav", "karate",
+    "sbm", "planetoid")
 SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
 """Names that give sequences (windows of signal), not images."""
+
+
+def kind_of(name: str) -> str:
+    """The kind of data dataset ``name`` gives: "images", "sequences" or "graph"."""
+    if name in GRAPH_DATASETS:
+        return "graph"
+    return "sequences" if name in SEQUENCE_DATASETS else "images"
 SPLITS = ("train", "test")
 
 _IDX = {"fashion_mnist": FASHION_MNIST, "mnist": MNIST}

@@ -181,6 +181,12 @@ def load_graph(name: str, root: str | Path | None = None, **options) -> Graph:
     raise DataError(f"unknown graph dataset {name!r}; known: {', '.join(GRAPH_DATASETS)}")
 
 
+def graph_from_config(data_config) -> Graph:
+    """The graph a run's ``data`` section names (``name``, ``root``, and ``subset`` for planetoid)."""
+    return load_graph(data_config.name, data_config.root,
+                      **({"name": data_config.subset} if data_config.subset else {}))
+
+
 @dataclass
 class NodeSet:
     """The nodes of one side of the probe: ``inputs`` are node ids ``(n,)`` into ``graph``."""
@@ -247,4 +253,5 @@ class GraphSource:
         return ImageBatch(self.x, index, self.graph.labels.to(self.device), extra={"edge_index": self.edge_index})
 
 
-__all__ = ["GRAPH_DATASETS", "Graph", "GraphSource", "NodeSet", "karate", "load_graph", "planetoid", "sbm"]
+__all__ = ["GRAPH_DATASETS", "Graph", "GraphSource", "NodeSet", "graph_from_config", "karate", "load_graph", "planetoid",
+           "sbm"]

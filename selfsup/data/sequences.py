@@ -211,6 +211,13 @@ class WavFolder:
         self._dataset: SignalSet | None = None
         self._order: tuple[int, Tensor] | None = None
 
+    @classmethod
+    def from_config(cls, data_config, split: str = "train", root: str | Path | None = None, **kwargs) -> WavFolder:
+        """The source a run's ``data`` section describes (``root`` overrides its folder)."""
+        d = data_config
+        return cls(root or d.root, split, sample_rate=d.sample_rate, window=d.window, resample=d.resample,
+                   eval_windows=d.eval_windows, **kwargs)
+
     def frames_at_rate(self, info: WavInfo) -> int:
         """The file's length in samples at the source's rate."""
         return info.frames if info.rate == self.rate else math.floor(info.frames * self.rate / info.rate)

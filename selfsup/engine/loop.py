@@ -134,13 +134,11 @@ def load_sequences(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.Wa
     d, t = cfg.data, cfg.train
     if d.root is None:
         raise ConfigError(f"data.root: dataset {d.name!r} needs the folder of <label>/*.wav files")
-    kwargs = dict(sample_rate=d.sample_rate, window=d.window, resample=d.resample, eval_windows=d.eval_windows,
-                  seed=t.seed, progress=progress)
     try:
-        train = data.WavFolder(d.root, "train", batch_size=t.batch_size, world_size=fabric.world_size,
-                               device=fabric.device, **kwargs)
+        train = data.WavFolder.from_config(d, "train", batch_size=t.batch_size, world_size=fabric.world_size,
+                                           device=fabric.device, seed=t.seed, progress=progress)
         try:
-            test = data.WavFolder(d.root, "test", **kwargs).dataset
+            test = data.WavFolder.from_config(d, "test", seed=t.seed, progress=progress).dataset
         except FileNotFoundError:
             test = None
     except DataError as error:
@@ -161,13 +159,13 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSou
     if t.batch_size % fabric.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by devices x nodes = "
                           f"{fabric.world_size}")
-    if cfg.data.name in data.SEQUENCE_DATASETS:
+    kind = data.kind_of(cfg.data.name)
+    if kind == "sequences":
         return load_sequences(cfg, fabric, progress)
-    if cfg.data.name in data.GRAPH_DATASETS:
+    if kind == "graph":
         with fabric.rank_zero_first():
             try:
-                graph = data.load_graph(cfg.data.name, cfg.data.root, **({"name": cfg.data.subset} if
-                                                                         cfg.data.subset else {}))
+                graph = data.graph_from_config(cfg.data)
             except DataError as error:
                 raise ConfigError(f"data: {error}") from None
         source = data.GraphSource(graph, fabric.device)

@@ -12,7 +12,7 @@ from selfsup import distributed
 from selfsup.augment import rgb_to_lab
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.methods.rotation import task_accuracy
-from selfsup.nn import Backbone, feature_map
+from selfsup.nn import Backbone, WrappedEncoder, feature_map
 
 
 def ab_bins(grid: int = 10, samples: int = 64) -> Tensor:
@@ -47,7 +47,7 @@ def rebalancing_weights(prior: Tensor, centres: Tensor, mix: float = 0.5, sigma:
     return weights / (smoothed * weights).sum()
 
 
-class GrayInput(nn.Module):
+class GrayInput(WrappedEncoder):
     """An RGB encoder input path that sees only lightness: RGB -> L / 100, repeated on 3 channels.
 
     The colorization network learns from L alone; this is how its backbone is evaluated and
@@ -58,15 +58,6 @@ class GrayInput(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.out_dim = backbone.out_dim
-        self.in_channels = backbone.in_channels
-
-    @property
-    def mean(self) -> Tensor:
-        return self.backbone.mean
-
-    @property
-    def std(self) -> Tensor:
-        return self.backbone.std
 
     def forward(self, images: Tensor) -> Tensor:
         return self.backbone(lightness(images))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
-from selfsup.nn import Backbone, SignalEncoder
+from selfsup.nn import Backbone, SignalEncoder, WrappedEncoder
 
 
 def patch_grid(images: Tensor, patch: int, stride: int) -> Tensor:
@@ -71,22 +71,14 @@ def columns(codes: Tensor) -> Tensor:
     return codes.permute(0, 2, 1, 3).reshape(b * cols, rows, dim)
 
 
-class PatchGridEncoder(nn.Module):
+class PatchGridEncoder(WrappedEncoder):
     """The CPC image representation: the patch encoder over the grid, averaged over the patches
     (CPC's linear-probe input: the mean-pooled patch codes)."""
 
     def __init__(self, backbone: Backbone, patch: int, stride: int) -> None:
         super().__init__()
         self.backbone, self.patch, self.stride = backbone, patch, stride
-        self.out_dim, self.in_channels = backbone.out_dim, backbone.in_channels
-
-    @property
-    def mean(self) -> Tensor:
-        return self.backbone.mean
-
-    @property
-    def std(self) -> Tensor:
-        return self.backbone.std
+        self.out_dim = backbone.out_dim
 
     def codes(self, images: Tensor) -> Tensor:
         """``(B, R, C', out_dim)`` codes of the patch grid."""
@@ -184,22 +176,16 @@ class CPCImage(_CPC):
         return self.grid
 
 
-class SequenceContextEncoder(nn.Module):
+class SequenceContextEncoder(WrappedEncoder):
     """The representation of a signal for probes: the context vectors ``c_t`` averaged over time
     (the paper's speaker probe reads ``c_t``)."""
+
+    wrapped = "encoder"
 
     def __init__(self, encoder: SignalEncoder, gru: nn.GRU) -> None:
         super().__init__()
         self.encoder, self.gru = encoder, gru
-        self.out_dim, self.in_channels = gru.hidden_size, 1
-
-    @property
-    def mean(self) -> Tensor:
-        return self.encoder.mean
-
-    @property
-    def std(self) -> Tensor:
-        return self.encoder.std
+        self.out_dim = gru.hidden_size
 
     def forward(self, signals: Tensor) -> Tensor:
         return self.gru(self.encoder(signals))[0].mean(dim=1)

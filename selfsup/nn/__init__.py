@@ -2,7 +2,8 @@
 memory banks, global BatchNorm, schedules."""
 
 from selfsup.nn.backbones import (BACKBONES, GRAPH_BACKBONES, SEQUENCE_BACKBONES, Backbone, GCNEncoder, SignalEncoder,
-                                   build_backbone, convnet, feature_map, resnet, split_features, vit, with_in_channels)
+                                   WrappedEncoder, build_backbone, convnet, feature_map, resnet, split_features, vit,
+                                   with_in_channels)
 from selfsup.nn.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
 from selfsup.nn.heads import DINOHead, projection_mlp
 from selfsup.nn.memory_bank import MemoryBank
@@ -13,9 +14,8 @@ from selfsup.nn.schedules import cosine, warmup_cosine
 from selfsup.nn.shuffle_bn import shuffled_forward
 
 __all__ = [
-    "BACKBONES", "GRAPH_BACKBONES", "SEQUENCE_BACKBONES", "GCNEncoder", "Backbone", "SignalEncoder", "DINOHead", "GlobalBatchNorm", "KeyQueue", "MemoryBank", "build_backbone", "check_momentum",
-    "convert_sync_batchnorm",
-    "convnet", "cosine", "eval_mode", "feature_map", "frozen_copy", "momentum_update", "projection_mlp", "resnet",
-    "shuffled_forward", "split_features",
-    "vit", "warmup_cosine", "with_in_channels",
+    "BACKBONES", "GRAPH_BACKBONES", "SEQUENCE_BACKBONES", "Backbone", "DINOHead", "GCNEncoder", "GlobalBatchNorm",
+    "KeyQueue", "MemoryBank", "SignalEncoder", "WrappedEncoder", "build_backbone", "check_momentum",
+    "convert_sync_batchnorm", "convnet", "cosine", "eval_mode", "feature_map", "frozen_copy", "momentum_update",
+    "projection_mlp", "resnet", "shuffled_forward", "split_features", "vit", "warmup_cosine", "with_in_channels",
 ]

@@ -55,6 +55,27 @@ class Backbone(nn.Module):
         return self.net((images - self.mean) / self.std)
 
 
+class WrappedEncoder(nn.Module):
+    """Base of the evaluation encoders that put a step in front of or behind a backbone (a
+    lightness path, a patch grid, a context network): they report the wrapped backbone's input
+    channels and normalisation (``in_channels``, ``mean``, ``std``, what a rebuilt encoder is given)
+    and set their own ``out_dim``. The backbone is the attribute named by ``wrapped``."""
+
+    wrapped: str = "backbone"
+
+    @property
+    def in_channels(self) -> int:
+        return getattr(self, self.wrapped).in_channels
+
+    @property
+    def mean(self) -> Tensor:
+        return getattr(self, self.wrapped).mean
+
+    @property
+    def std(self) -> Tensor:
+        return getattr(self, self.wrapped).std
+
+
 def feature_map(backbone: Backbone, images: Tensor) -> Tensor:
     """The backbone's last spatial features ``(B, C, h, w)``, before its global pooling: what
     dense heads (colorization) read. The ConvNet's last stage, a ResNet's ``layer4``, a ViT's patch
