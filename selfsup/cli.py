@@ -45,7 +45,7 @@ def _load_encoder(checkpoint_path: str):
     cfg = from_dict(state["config"])
     channels, size = state["data"]["channels"], state["data"]["size"]
 
-    graph = graph_from_config(cfg.data) if kind_of(cfg.data.name) == "graph" else None
+    graph = graph_from_config(cfg.data) if kind_of(cfg.data) == "graph" else None
 
     def build(mean, std):
         return build_method(cfg, in_channels=channels, image_size=size, mean=mean, std=std,
@@ -69,7 +69,7 @@ def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int,
     sequence checkpoint, the evaluation windows of a WAV folder (the checkpoint's, or ``name``/``root``)."""
     from selfsup import data
 
-    kind = data.kind_of(cfg.data.name)
+    kind = data.kind_of(cfg.data)
     if kind == "graph":  # the graph the checkpoint's encoder embeds
         graph = data.graph_from_config(cfg.data)
         return data.NodeSet(graph, graph.train_mask if split == "train" else graph.test_mask, graph.name)
@@ -147,14 +147,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
     suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
     if args.protocol == "finetune":
-        if kind_of(cfg.data.name) != "images":
+        if kind_of(cfg.data) != "images":
             raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
-                            f"{kind_of(cfg.data.name)} (use linear, knn or fewshot)")
+                            f"{kind_of(cfg.data)} (use linear, knn or fewshot)")
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
     else:
-        kind = kind_of(cfg.data.name)
+        kind = kind_of(cfg.data)
         train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=True, kind=kind)
         test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
         frozen = evaluate.frozen_evaluations(
@@ -195,7 +195,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
                        args.split, channels, size)
     features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True,
-                                         kind=kind_of(cfg.data.name))
+                                         kind=kind_of(cfg.data))
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
     paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=f"{dataset.name}_{args.split}")
     print(f"{features.shape[0]} embeddings of dimension {features.shape[1]} -> {', '.join(map(str, paths))}")

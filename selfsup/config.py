@@ -57,6 +57,14 @@ class DataConfig:
     """Sequences: evenly spaced windows per file that evaluation encodes."""
     subset: str | None = None
     """Graphs ("planetoid"): which one, cora, citeseer or pubmed (default cora)."""
+    captions: str | None = None
+    """Pair the images with captions (image-text methods, CLIP): ``templates`` (prompts filled with
+    the class names of a labelled dataset) or a ``.csv`` / ``.jsonl`` file of (image, caption[,
+    label]) rows for ``name: captions`` (see ``selfsup.data.captions``). None: images only."""
+    test_captions: str | None = None
+    """``name: captions``: the test split's captions file (None: no test split)."""
+    held_out_classes: list[str] = field(default_factory=list)
+    """Classes whose images and captions pretraining never sees (zero-shot on them afterwards)."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 from selfsup.augment._common import _pair
 from selfsup.augment.runner import Augmentation, View
 
-RECIPES = ("simclr", "instdisc", "moco_v1", "moco_v2", "byol", "dino", "cmc", "flip", "none", "eval")
+RECIPES = ("simclr", "instdisc", "moco_v1", "moco_v2", "byol", "dino", "cmc", "clip", "flip", "none", "eval")
 
 # SimCLR's colour distortion of strength s is ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) applied with
 # probability 0.8, then grayscale with probability 0.2 (Chen et al. 2020, appendix A).
@@ -46,6 +46,10 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
       (default 8) local crops (scale 0.05-0.4, side ``round(size * 96 / 224)``, blur 0.5).
     * ``"cmc"`` (Tian et al. 2019, the official ``train_CMC.py``): one view, random resized
       crop scale 0.2-1 and flip, no colour change: CMC splits it into L and ab itself.
+    * ``"clip"`` (Radford et al. 2021, section 2.5: "a random square crop from resized images was
+      the only data augmentation"): one view, random resized crop scale 0.5-1, no flip, no colour
+      change. On images that are already square the paper's crop is near the identity; the
+      scale range is ours, so that small images still see some variety.
     * ``"flip"``: one view, the image with a random horizontal flip (p 0.5) and nothing else: the
       pretext tasks (rotation, jigsaw, relative patch location) make their own inputs from it.
     * ``"none"`` / ``"eval"``: one view, the image as float (resized to ``size`` with
@@ -90,6 +94,8 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
         return Augmentation(globals_, local, _DINO_LOCAL_CROPS if n_local is None else n_local)
     if name == "cmc":
         return Augmentation([View(size=pair, scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
+    if name == "clip":
+        return Augmentation([View(size=pair, scale=(0.5, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
     if name == "flip":
         return Augmentation([View(size=pair, scale=None, flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
     if name in ("none", "eval"):

@@ -21,6 +21,9 @@ Names (``DATASETS``):
 - ``folder``: the user's images under ``root`` (see ``selfsup.data.folder``),
   resized to ``size`` (default 64) and converted to ``channels`` (default 3).
 - ``karate``, ``sbm``, ``planetoid``: graphs (``selfsup.data.graphs``, the ``graph`` extra).
+- ``captions``: the user's images named in a captions file (``data.captions``), paired with their
+  captions (an image-text source, :mod:`selfsup.data.captions`); ``data.captions=templates`` pairs
+  any labelled dataset above with prompts of its class names instead.
 - ``wav``: a folder of WAV files, ``root/<label>/*.wav``, streamed as windows of raw signal (a
   sequence source, not an image dataset: :class:`selfsup.data.sequences.WavFolder`).
 
@@ -45,22 +48,29 @@ from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
 from .graphs import GRAPH_DATASETS, Graph, GraphSource, NodeSet, graph_from_config, load_graph
 from .idx import FASHION_MNIST, MNIST, load_idx
 from .photos import load_photos
+from .captions import CaptionedImages, ImageTextPairs, from_templates, read_captions_file
 from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
 
-__all__ = ["DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
+__all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
            "GraphSource", "ImageBatch", "ImageDataset", "InMemoryImages", "NodeSet", "SignalSet", "SkippedImageWarning",
            "WavFolder", "graph_from_config", "kind_of", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
     "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "wav", "karate",
-    "sbm", "planetoid")
+    "sbm", "planetoid", "captions")
 SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
 """Names that give sequences (windows of signal), not images."""
 
 
-def kind_of(name: str) -> str:
-    """The kind of data dataset ``name`` gives: "images", "sequences" or "graph"."""
+def kind_of(data) -> str:
+    """The kind of data a dataset gives: "images", "image_text", "sequences" or "graph".
+
+    ``data``: a dataset name, or a :class:`selfsup.config.DataConfig` (with ``captions`` set, a
+    labelled image dataset gives image-text pairs)."""
+    name = data if isinstance(data, str) else data.name
+    if name == "captions" or (not isinstance(data, str) and getattr(data, "captions", None)):
+        return "image_text"
     if name in GRAPH_DATASETS:
         return "graph"
     return "sequences" if name in SEQUENCE_DATASETS else "images"
@@ -132,6 +142,9 @@ def load(
     if name in GRAPH_DATASETS:
         raise DataError(f"dataset {name!r} is a graph, not images: read it with selfsup.data.load_graph({name!r}), "
                         f"and train a graph method on it (dgi)")
+    if name == "captions":
+        raise DataError("dataset 'captions' is images with captions: read it with "
+                        "selfsup.data.read_captions_file(data.captions), and train an image-text method on it (clip)")
     if name in SEQUENCE_DATASETS:
         raise DataError(f"dataset {name!r} is a folder of signals, not images: read it with "
                         f"selfsup.data.WavFolder(root, split), and train a sequence method on it (cpc_sequence)")

@@ -153,15 +153,53 @@ def load_sequences(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.Wa
     return train, test
 
 
+def load_image_text(cfg: Config, progress: bool) -> tuple[data.CaptionedImages, data.CaptionedImages | None]:
+    """Captioned train and test splits: a captions file's (``data.name: captions``) or a labelled
+    dataset's with template captions (``data.captions: templates``)."""
+    d = cfg.data
+    try:
+        if d.name == "captions":
+            if not d.captions or d.captions == "templates":
+                raise ConfigError("data.captions: data.name=captions needs the captions file (.csv or .jsonl) of "
+                                  "your images; data.captions=templates fills prompts with class names of a "
+                                  "labelled dataset instead (e.g. data.name=fashion_mnist)")
+            options = dict(root=d.root, size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3,
+                           progress=progress)
+            train = data.read_captions_file(d.captions, held_out=d.held_out_classes, **options)
+            test = None
+            if d.test_captions:
+                test = data.read_captions_file(d.test_captions, classes=train.classes, **options)
+                test.held_out = train.held_out
+            return train, test
+        if d.captions != "templates":
+            raise ConfigError(f"data.captions: {d.captions!r} with data.name={d.name}: a captions file goes with "
+                              f"data.name=captions (and data.root, the folder of its images); for {d.name} use "
+                              f"data.captions=templates")
+        images, labelled_test = load_datasets(cfg, progress)
+        train = data.from_templates(images, "train", held_out=d.held_out_classes)
+        test = None if labelled_test is None else data.from_templates(labelled_test, "test", held_out=d.held_out_classes)
+        return train, test
+    except DataError as error:
+        raise ConfigError(f"data: {error}") from None
+
+
 def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSource, Any]:
     """The training data source and the labelled test split (rank 0 downloads first)."""
     t = cfg.train
     if t.batch_size % fabric.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by devices x nodes = "
                           f"{fabric.world_size}")
-    kind = data.kind_of(cfg.data.name)
+    kind = data.kind_of(cfg.data)
     if kind == "sequences":
         return load_sequences(cfg, fabric, progress)
+    if kind == "image_text":
+        with fabric.rank_zero_first():
+            train, test = load_image_text(cfg, progress)
+        source = data.ImageTextPairs(train, t.batch_size, fabric.world_size, t.seed, fabric.device)
+        if len(source) < t.batch_size:
+            raise ConfigError(f"train.batch_size: {len(source)} captioned training images (held-out classes left "
+                              f"out), fewer than train.batch_size={t.batch_size}; lower the batch size")
+        return source, test
     if kind == "graph":
         with fabric.rank_zero_first():
             try:
@@ -179,7 +217,7 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSou
 
 
 def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
-                 num_samples: int | None = None, graph=None) -> nn.Module:
+                 num_samples: int | None = None, graph=None, captions=None) -> nn.Module:
     """The method of ``cfg`` around a fresh backbone (used for training and to rebuild checkpoints);
     ``num_samples`` (the training set's size) goes to the methods that keep a memory bank, ``graph``
     to the graph methods."""
@@ -196,6 +234,8 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
         if graph is None:
             raise ValueError(f"{cfg.method} learns on a graph: build_method needs graph")
         extra["graph"] = graph
+    if getattr(cls, "needs_captions", False):
+        extra["captions"] = captions  # None: a tower rebuilt for evaluation, which cannot train
     try:
         return cls(backbone, **cfg.method_args, **extra)
     except ValueError as error:
@@ -313,11 +353,14 @@ class Trainer:
 
         kind = METHODS[cfg.method].data_kind if cfg.method in METHODS else self.source.kind
         if kind != self.source.kind:
+            hint = ("; pair images with captions: data.captions=templates (class-name prompts) or "
+                    "data.name=captions with data.captions=<file>") if kind == "image_text" else ""
             raise ConfigError(f"method {cfg.method} learns from {kind}, but data.name={cfg.data.name} "
-                              f"gives {self.source.kind}")
+                              f"gives {self.source.kind}{hint}")
         method = build_method(cfg, in_channels=self.train_set.channels, image_size=self.train_set.size,
                               mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist(),
-                              num_samples=len(self.train_set), graph=getattr(self.source, "graph", None))
+                              num_samples=len(self.train_set), graph=getattr(self.source, "graph", None),
+                                   captions=getattr(self.source, "captions", None))
         if getattr(method, "needs_labels", False) and self.train_set.labels is None:
             raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
                               f"none; give it labelled data (a folder with one subfolder per class) or choose a "
@@ -438,15 +481,15 @@ class Trainer:
     def make_batch(self, epoch: int, position: int) -> Batch:
         """The views of this rank's share of global batch ``position`` of ``epoch``."""
         raw = self.source.batch(epoch, position, self.fabric.global_rank)
-        if self.source.kind != "images":  # signals, node features: float already, no augmentation
+        if self.source.kind not in ("images", "image_text"):  # signals, node features: float already
             return Batch([raw.images], raw.index, raw.labels, raw.extra)
         if self.augment is None:  # the images as they are, one float view
-            return Batch([augment.to_float(raw.images)], raw.index, raw.labels)
+            return Batch([augment.to_float(raw.images)], raw.index, raw.labels, raw.extra)
         with torch.no_grad():
             views = self.augment(raw.images)
         if self.cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return Batch(views, raw.index, raw.labels)
+        return Batch(views, raw.index, raw.labels, raw.extra)
 
     def forward(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         """``training_step`` through the Fabric/DDP wrapper; every rank stops together on NaN/Inf.
@@ -642,7 +685,8 @@ def finish(trainer: Trainer) -> dict[str, float]:
         evaluate.plot_curves(curves, out / "curves.png", title=f"{cfg.method} on {cfg.data.name}")
     evaluations: dict[str, dict[str, Any]] = {}
     test = trainer.test_set
-    if test is not None:
+    labelled = test is not None and test.labels is not None and trainer.train_set.labels is not None
+    if labelled:
         device = trainer.fabric.device
         encoder = trainer.method.eval_encoder()
         train_images, train_y = trainer.source.inputs, trainer.train_set.labels
@@ -664,9 +708,14 @@ def finish(trainer: Trainer) -> dict[str, float]:
         if cfg.eval.plots:
             evaluate.plot_embedding(test_x, test.labels, out / f"{cfg.eval.embedding_map}.png",
                                     method=cfg.eval.embedding_map, classes=test.classes)
-            if trainer.source.kind == "images":
+            if trainer.source.kind in ("images", "image_text"):
                 evaluate.retrieval_picture(train_images, train_x, train_y, test.images, test_x, test.labels,
                                            out / "retrieval.png", classes=test.classes)
+    own = getattr(trainer.method, "extra_evaluations", None)  # what only this method can measure (CLIP: zero-shot)
+    if test is not None and own is not None:
+        entries = own(test, data=cfg.data.name, device=trainer.fabric.device)
+        evaluations.update(entries)
+        metrics.update({f"{key}_accuracy": entry["accuracy"] for key, entry in entries.items() if "accuracy" in entry})
     rates = [rate for _, rate in trainer.history.get("images_per_s", [])[1:]]  # the first window warms up
     results = {"name": cfg.name, "method": cfg.method, "data": cfg.data.name, "backbone": cfg.backbone.name,
                "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "steps": trainer.max_steps,

@@ -9,6 +9,7 @@ Everything here takes an encoder and tensors (never a checkpoint path or a confi
     knn_accuracy(train_x, train_y, test_x, test_y, k=200, temperature=0.1)
     fewshot_accuracy(test_x, test_y, n_way=5, k_shot=1)             # ProtoNet episodes: mean, ci95
     recall_at_k(test_x, test_y, test_x, test_y, exclude_self=True)  # {1: ..., 5: ..., 10: ...}
+    zero_shot_accuracy(image_emb, test_y, class_weights)             # CLIP: nearest prompt embedding
     few_label_finetune(encoder, make_scratch, train_images, train_y, test_images, test_y)  # 1%, 10%
 
 ``frozen_evaluations`` and ``finetune_entry`` make these as the JSON entries of a run's
@@ -25,6 +26,8 @@ from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_views
 from selfsup.evaluate.probe import LINEAR_PROTOCOL, ProbeResult, linear_probe
 from selfsup.evaluate.report import load_run, results_table, write_report
 from selfsup.evaluate.retrieval import nearest_neighbours, plot_retrieval, recall_at_k
+from selfsup.evaluate.zeroshot import (TEXT_RETRIEVAL_PROTOCOL, ZERO_SHOT_PROTOCOL, text_retrieval_entry,
+                                       text_retrieval_recall, zero_shot_accuracy, zero_shot_entry, zero_shot_predict)
 from selfsup.evaluate.suite import (FEWSHOT_PROTOCOL, FINETUNE_PROTOCOL, RETRIEVAL_PROTOCOL, fewshot_entry,
                                     finetune_entry, frozen_evaluations, retrieval_picture)
 
@@ -33,4 +36,6 @@ __all__ = ["FEWSHOT_PROTOCOL", "FINETUNE_PROTOCOL", "KNN_PROTOCOL", "LINEAR_PROT
            "fewshot_accuracy", "fewshot_entry", "finetune", "finetune_entry", "frozen_evaluations", "knn_accuracy",
            "knn_predict", "label_subset", "linear_probe", "load_run", "nearest_neighbours", "plot_curves",
            "plot_embedding", "plot_retrieval", "plot_views", "recall_at_k", "results_table", "retrieval_picture",
-           "sample_episodes", "save_embeddings", "write_report"]
+           "sample_episodes", "save_embeddings", "write_report", "TEXT_RETRIEVAL_PROTOCOL", "ZERO_SHOT_PROTOCOL",
+           "text_retrieval_entry", "text_retrieval_recall", "zero_shot_accuracy", "zero_shot_entry",
+           "zero_shot_predict"]

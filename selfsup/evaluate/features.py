@@ -42,7 +42,8 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         autocast: run the forward passes under bf16 autocast (faster on recent CPUs and GPUs;
             features then agree with float32 to about 1e-2 relative).
         progress: show a tqdm bar over batches.
-        kind: what ``images`` are: "images", "sequences" or "graph" (a data source's kind).
+        kind: what ``images`` are: "images", "sequences" or "graph" (a data source's kind;
+            "image_text" is read as "images": the image tower's input).
 
     Returns:
         float32 features ``(N, D)`` on the CPU.
@@ -53,8 +54,8 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         >>> extract_features(encoder, images, batch_size=4).shape
         torch.Size([10, 16])
     """
-    if kind not in ("images", "sequences", "graph"):
-        raise ValueError(f"kind must be 'images', 'sequences' or 'graph', got {kind!r}")
+    if kind not in ("images", "image_text", "sequences", "graph"):
+        raise ValueError(f"kind must be 'images', 'image_text', 'sequences' or 'graph', got {kind!r}")
     signals, nodes = kind == "sequences", kind == "graph"
     if nodes and not (isinstance(images, Tensor) and images.ndim == 1 and images.dtype == torch.int64):
         raise ValueError(f"a graph's inputs must be int64 node ids (N,), got "

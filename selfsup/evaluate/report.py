@@ -70,7 +70,8 @@ _FROM_CONFIG = {"name": ("name",), "method": ("method",), "data": ("data", "name
 _HEADER_KEYS = ("name", "method", "data", "backbone", "epochs", "batch_size", "steps", "precision",
                 "device", "devices", "cpu_capability", "wall_time_s", "pretrain_time_s", "images_per_s",
                 "command", "commit", "linear_accuracy", "knn_accuracy", "evaluations")
-_SCORE_LABELS = {"accuracy": "", "linear": "linear", "knn": "kNN"}
+_SCORE_LABELS = {"accuracy": "", "linear": "linear", "knn": "kNN", "chance": "chance",
+                 "held_out_accuracy": "held-out", "held_out_chance": "held-out chance", "seen_accuracy": "seen"}
 # Shown in their own columns, or as part of a score, rather than as settings.
 _NOT_SETTINGS = {"ci95", "data", "protocol", "fractions", "mean", "std", "scratch_mean", "scratch_std"}
 _FEWSHOT = re.compile(r"fewshot_(\d+)way_(\d+)shot")

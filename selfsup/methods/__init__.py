@@ -2,6 +2,7 @@
 
 from selfsup.methods.base import Batch, Method, MethodBase, Progress
 from selfsup.methods.byol import BYOL
+from selfsup.methods.clip import CLIP
 from selfsup.methods.cmc import CMC
 from selfsup.methods.cpc import CPCImage, CPCSequence
 from selfsup.methods.colorization import Colorization
@@ -26,11 +27,11 @@ METHODS: dict[str, type] = {
     "byol": BYOL, "simsiam": SimSiam, "dino": DINO, "supcon": SupCon, "triplet": Triplet, "npair": NPair,
     "rotation": Rotation, "relative_location": RelativeLocation, "jigsaw": Jigsaw, "colorization": Colorization,
     "cmc": CMC, "cpc": CPCImage, "cpc_sequence": CPCSequence, "dim": DeepInfoMax,
-    "dgi": DGI,
+    "dgi": DGI, "clip": CLIP,
 }
 """Registry used by the CLI and recipes: lower-case name -> class."""
 
 __all__ = [
-    "BYOL", "CMC", "CPCImage", "CPCSequence", "DGI", "DINO", "DeepInfoMax", "METHODS", "Batch", "Colorization", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase",
+    "BYOL", "CLIP", "CMC", "CPCImage", "CPCSequence", "DGI", "DINO", "DeepInfoMax", "METHODS", "Batch", "Colorization", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase",
     "MoCo", "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet",
 ]
