@@ -35,6 +35,15 @@ def _tune_allocator() -> None:
 def _load_encoder(checkpoint_path: str):
     """The checkpoint's configuration, its method's eval encoder (on the best device), and the
     factory of a freshly initialised encoder of the same architecture and normalisation."""
+    cfg, method, (channels, size), device, build = _load_method(checkpoint_path)
+    encoder = method.eval_encoder()
+    mean, std = encoder.mean.flatten().tolist(), encoder.std.flatten().tolist()
+    return cfg, encoder.to(device).eval(), (channels, size), device, lambda: build(mean, std).eval_encoder()
+
+
+def _load_method(checkpoint_path: str):
+    """The checkpoint's configuration, its whole method with the saved weights (on the CPU), the input
+    shape, the best device, and ``build(mean, std)`` of a fresh method of the same architecture."""
     import torch
 
     from selfsup.config import from_dict
@@ -58,10 +67,8 @@ def _load_encoder(checkpoint_path: str):
     except RuntimeError as error:
         raise DataError(f"checkpoint {checkpoint_path} does not fit {cfg.method} as this selfsup builds it "
                         f"({str(error).splitlines()[0]}); was it written by another version?") from None
-    encoder = method.eval_encoder()
-    mean, std = encoder.mean.flatten().tolist(), encoder.std.flatten().tolist()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg, encoder.to(device).eval(), (channels, size), device, lambda: build(mean, std).eval_encoder()
+    return cfg, method, (channels, size), device, build
 
 
 def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
@@ -76,6 +83,20 @@ def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int,
     if kind == "sequences":
         folder = next((p for p in (name, root) if p is not None and Path(p).is_dir()), None)
         return data.WavFolder.from_config(cfg.data, split, root=folder).dataset
+    if kind == "image_text" and name is None and root is None:  # the checkpoint's own captioned split
+        d = cfg.data
+        if d.name == "captions":
+            file = d.captions if split == "train" else d.test_captions
+            if not file:
+                raise DataError(f"the checkpoint's captions data has no {split} captions file (data.test_captions)")
+            train = data.read_captions_file(d.captions, root=d.root, size=size, channels=channels)
+            if split == "train":
+                return train
+            test = data.read_captions_file(file, root=d.root, size=size, channels=channels, classes=train.classes)
+            test.held_out = data.captions.held_out_indices(train.classes, d.held_out_classes, d.captions)
+            return test
+        images = data.load(d.name, split, d.root, size=size, channels=channels)
+        return data.from_templates(images, split, held_out=d.held_out_classes)
 
     if name is not None and Path(name).is_dir():
         name, root = "folder", name
@@ -126,7 +147,7 @@ def _summary(key: str, entry: dict) -> str:
                          for f, r in entry["fractions"].items())
     if "ci95" in entry:
         return f"{_percent(entry['accuracy'])} ± {_percent(entry['ci95'])} (95% CI, {entry['episodes']} episodes)"
-    scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn") or k.startswith("recall@")}
+    scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn", "held_out_accuracy") or "recall@" in k}
     return ", ".join(f"{'' if k == 'accuracy' else k + ' '}{_percent(v)}" for k, v in scores.items())
 
 
@@ -136,6 +157,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from selfsup.errors import ConfigError
 
     _tune_allocator()
+    if args.protocol == "zeroshot":
+        return _zero_shot(args)
     cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
     if args.protocol == "transfer" and args.data is None:
         raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
@@ -147,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
     suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
     if args.protocol == "finetune":
-        if kind_of(cfg.data) != "images":
+        if kind_of(cfg.data) not in ("images", "image_text"):
             raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
                             f"{kind_of(cfg.data)} (use linear, knn or fewshot)")
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
@@ -176,13 +199,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                 f"with {args.query} queries")
         else:
             entries = {f"{args.protocol}{suffix}": frozen[args.protocol]}
-    folder = _evaluations_dir(args.checkpoint)
+    _write_entries(args.checkpoint, entries, data)
+    return 0
+
+
+def _zero_shot(args: argparse.Namespace) -> int:
+    """``evaluate zeroshot``: an image-text checkpoint's zero-shot classification (prompts of the class
+    names) and image<->text retrieval, on its own test split or on ``--data`` (zero-shot transfer)."""
+    from selfsup import data as datasets
+
+    cfg, method, (channels, size), device, _ = _load_method(args.checkpoint)
+    if not hasattr(method, "extra_evaluations") or cfg.method != "clip":
+        raise DataError(f"evaluate zeroshot needs an image-text checkpoint (clip); {args.checkpoint} is {cfg.method}")
+    if args.data is None and args.root is None:
+        test = _dataset(cfg, None, None, "test", channels, size)
+        data, suffix = cfg.data.name, ""
+    else:
+        # Any labelled image set, captioned with prompts of its class names (a plain image config:
+        # the checkpoint's captions do not apply to another dataset).
+        images = _dataset(type(cfg)(), args.data, args.root, "test", channels, size)
+        test = datasets.from_templates(images, "test")
+        data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or "folder")
+        suffix = f"_{data}"
+    entries = {f"{key}{suffix}": entry
+               for key, entry in method.to(device).extra_evaluations(test, data=data, device=device).items()}
+    _write_entries(args.checkpoint, entries, data)
+    return 0
+
+
+def _write_entries(checkpoint: str, entries: dict, data: str) -> None:
+    folder = _evaluations_dir(checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
     for key, entry in entries.items():
         path = folder / f"{key}.json"
         path.write_text(json.dumps(entry, indent=2) + "\n")
         print(f"{key}: {_summary(key, entry)} on {data} -> {path}")
-    return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -252,7 +303,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<{name_width}} {cls.__name__:<{class_width}} [{learns_from}] {summary}")
     kinds = {**dict.fromkeys(SEQUENCE_BACKBONES, " [sequences]"), **dict.fromkeys(GRAPH_BACKBONES, " [graph]")}
     print("backbones:  " + ", ".join(name + kinds.get(name, "") for name in BACKBONES))
-    kinds = {**dict.fromkeys(data.SEQUENCE_DATASETS, " [sequences]"), **dict.fromkeys(data.GRAPH_DATASETS, " [graph]")}
+    kinds = {**dict.fromkeys(data.SEQUENCE_DATASETS, " [sequences]"), **dict.fromkeys(data.GRAPH_DATASETS, " [graph]"),
+             "captions": " [image_text]"}
     print("datasets:   " + ", ".join(name + kinds.get(name, "") for name in data.DATASETS))
     print("augment:    " + ", ".join(augment.RECIPES))
     recipes = Path(__file__).resolve().parent.parent / "recipes"
@@ -294,8 +346,10 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint's encoder; writes <run>/evaluations/<key>.json",
                         description="linear / knn / fewshot / retrieval: frozen features; transfer: linear and kNN "
                                     "on another dataset; finetune: the whole encoder on 1%% / 10%% of the labels "
-                                    "against the same network from scratch.")
-    ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune"])
+                                    "against the same network from scratch; zeroshot (image-text checkpoints): "
+                                    "classification by prompts of the class names, and image<->text recall@k, on "
+                                    "the test split or on --data (zero-shot transfer).")
+    ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune", "zeroshot"])
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="dataset name or labelled folder (default: the one it was trained on)")
     ev.add_argument("--root", help="folder holding the dataset's files")
