@@ -11,7 +11,7 @@ import torch
 pytestmark = pytest.mark.distributed
 SCRIPT = Path(__file__).parent / "scripts" / "method_ranks.py"
 EXACT = ["moco", "instdisc", "instdisc_every_batch", "mocov3", "invaspread", "supcon", "simclr", "simsiam", "cmc",
-         "cmc_batch"]
+         "cmc_batch", "clip"]
 LOCAL_MINING = ["triplet", "npair"]  # mine inside each rank's batch, so only the ranks agree
 
 

@@ -36,7 +36,9 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "simsiam": {"proj_hidden_dim": 8, "proj_dim": 4, "pred_hidden_dim": 4},
         "triplet": {"embed_dim": 4}, "npair": {"embed_dim": 4},
         "cmc": {"num_samples": 40, "views": "augment", "proj_dim": 4, "num_negatives": 16, "temperature": 0.2},
-        "cmc_batch": {"num_samples": 40, "views": "augment", "proj_dim": 4, "negatives": "batch", "temperature": 0.2}}
+        "cmc_batch": {"num_samples": 40, "views": "augment", "proj_dim": 4, "negatives": "batch", "temperature": 0.2},
+        "clip": {"captions": ["a cat", "a dog", "a red car", "two birds on a wire", "a boat"], "embed_dim": 4,
+                 "text_width": 8, "text_layers": 1, "text_heads": 2, "context_length": 8}}
 VARIANT_OF = {"instdisc_every_batch": "instdisc", "cmc_batch": "cmc"}
 GLOBAL_BATCH, STEPS = 8, 3
 
@@ -63,7 +65,8 @@ def run(name: str) -> None:
         index = torch.randperm(40, generator=g)[:GLOBAL_BATCH]
         labels = torch.tensor([0, 1, 2, 3] * (GLOBAL_BATCH // 4))[torch.randperm(GLOBAL_BATCH, generator=g)]
         n_views = 1 if method.views_needed == (1, 1) else 2
-        batch = Batch([v[rows] for v in views[:n_views]], index[rows], labels[rows])
+        captions = {"caption_ids": torch.randint(0, 5, (GLOBAL_BATCH,), generator=g)[rows]}  # image-text methods
+        batch = Batch([v[rows] for v in views[:n_views]], index[rows], labels[rows], captions)
         progress = Progress(step, STEPS, STEPS)
         loss = model(batch, progress)["loss"]
         optimizer.zero_grad()
