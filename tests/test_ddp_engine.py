@@ -41,12 +41,38 @@ def _ranks(tmp_path: Path) -> list[dict]:
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
-@pytest.mark.parametrize("method", ["byol", "simsiam"])
-def test_global_batchnorm_methods_keep_equal_statistics_on_every_rank(tmp_path, method):
-    result = _train_ranks(tmp_path, f"method={method}", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16",
-                          "method_args.pred_hidden_dim=32")
+JOBS = {
+    "byol": ["method=byol", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16", "method_args.pred_hidden_dim=32"],
+    "simsiam": ["method=simsiam", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16",
+                "method_args.pred_hidden_dim=32"],
+    "moco": ["method=moco", "method_args.queue_size=96", "method_args.proj_hidden_dim=32", "train.sync_batchnorm=true",
+             "train.knn_every=1", "train.knn_train_samples=500"],
+    "dino": ["method=dino", "method_args.out_dim=64", "method_args.hidden_dim=32", "method_args.bottleneck_dim=16",
+             "augment.n_local=2", "augment.local.size=8"],
+    "instdisc": ["--finish", "method=instdisc", "method_args.num_noise=64", "eval.plots=false", "eval.linear=false"],
+    "diverges": ["optim.lr=1e8", "optim.warmup_epochs=0", "method_args.proj_hidden_dim=32"],
+    # Rank 1's loss is NaN, rank 0's is not; both must stop at the same step instead of one waiting
+    # in the queue's all-gather while the other has left (and then run the next job together).
+    "nan_on_rank1": ["method=moco_nan_on_rank1", "method_args.queue_size=96", "method_args.proj_hidden_dim=32",
+                     "method_args.proj_dim=16"],
+    "after_nan": ["method=simsiam", "method_args.proj_hidden_dim=16", "method_args.proj_dim=8",
+                  "method_args.pred_hidden_dim=8", "train.epochs=0.2"],
+}
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """The runs that finish, all in one torchrun launch (one set of imports and process group)."""
+    out = tmp_path_factory.mktemp("train_ranks")
+    (out / "jobs.json").write_text(json.dumps(JOBS))
+    result = _train_ranks(out, "--jobs", str(out / "jobs.json"))
     assert result.returncode == 0, result.stderr[-3000:]
-    first, second = _ranks(tmp_path)
+    return out
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_global_batchnorm_methods_keep_equal_statistics_on_every_rank(jobs, method):
+    first, second = _ranks(jobs / method)
     assert set(first["norms"].values()) == {"GlobalBatchNorm"}  # every BN: backbone, heads (and BYOL's target)
     # Buffers are never broadcast (broadcast_buffers=False): they agree because global BN computed them
     # from the same global batches on both ranks.
@@ -54,12 +80,9 @@ def test_global_batchnorm_methods_keep_equal_statistics_on_every_rank(tmp_path, 
         torch.testing.assert_close(second["buffers"][name], value, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_moco_under_torchrun_keeps_per_device_batchnorm_and_equal_queues(tmp_path):
-    result = _train_ranks(tmp_path, "method=moco", "method_args.queue_size=96", "method_args.proj_hidden_dim=32",
-                          "train.sync_batchnorm=true", "train.knn_every=1", "train.knn_train_samples=500")
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check_two_rank_run(tmp_path / "run")
-    first, second = _ranks(tmp_path)
+def test_moco_under_torchrun_keeps_per_device_batchnorm_and_equal_queues(jobs):
+    _check_two_rank_run(jobs / "moco" / "run")
+    first, second = _ranks(jobs / "moco")
     key_norms = {n: kind for n, kind in first["norms"].items() if n.startswith("key_encoder.")}
     assert key_norms and set(key_norms.values()) == {"BatchNorm2d"}  # excluded: shuffle-BN instead
     assert {kind for n, kind in first["norms"].items() if n.startswith("backbone.")} == {"GlobalBatchNorm"}
@@ -68,40 +91,30 @@ def test_moco_under_torchrun_keeps_per_device_batchnorm_and_equal_queues(tmp_pat
                            second["buffers"]["key_encoder.0.net.1.running_mean"])  # each rank's own sub-batches
 
 
-def test_dino_centre_is_equal_on_every_rank(tmp_path):
-    result = _train_ranks(tmp_path, "method=dino", "method_args.out_dim=64", "method_args.hidden_dim=32",
-                          "method_args.bottleneck_dim=16", "augment.n_local=2", "augment.local.size=8")
-    assert result.returncode == 0, result.stderr[-3000:]
-    first, second = _ranks(tmp_path)
+def test_dino_centre_is_equal_on_every_rank(jobs):
+    first, second = _ranks(jobs / "dino")
     torch.testing.assert_close(first["buffers"]["criterion.center"], second["buffers"]["criterion.center"])
     assert first["buffers"]["criterion.center"].abs().sum() > 0
 
 
-def test_a_divergence_stops_both_ranks_together(tmp_path):
-    result = _train_ranks(tmp_path, "optim.lr=1e8", "optim.warmup_epochs=0", "method_args.proj_hidden_dim=32")
-    assert result.returncode != 0
-    messages = [(tmp_path / f"rank{r}.diverged").read_text() for r in range(2)]
+def test_a_divergence_stops_both_ranks_together(jobs):
+    messages = [(jobs / "diverges" / f"rank{r}.diverged").read_text() for r in range(2)]
     assert all(message.startswith("simclr: ") and " at step " in message for message in messages)
 
 
-def test_nan_on_one_rank_stops_both_without_hanging(tmp_path):
-    # Rank 1's loss is NaN, rank 0's is not; both must stop at the same step instead of one waiting
-    # in the queue's all-gather while the other has left.
-    result = _train_ranks(tmp_path, "method=moco_nan_on_rank1", "method_args.queue_size=96",
-                          "method_args.proj_hidden_dim=32", "method_args.proj_dim=16")
-    assert result.returncode != 0
-    messages = [(tmp_path / f"rank{r}.diverged").read_text() for r in range(2)]
+def test_nan_on_one_rank_stops_both_without_hanging(jobs):
+    messages = [(jobs / "nan_on_rank1" / f"rank{r}.diverged").read_text() for r in range(2)]
     assert "another rank's loss is NaN/Inf at step 2 " in messages[0]
     assert "the loss is nan at step 2 " in messages[1]
+    assert not (jobs / "nan_on_rank1" / "rank0.pt").exists()
+    assert all((jobs / "after_nan" / f"rank{r}.pt").exists() for r in range(2))  # the ranks went on together
 
 
-def test_instdisc_bank_is_equal_on_every_rank_and_evaluated(tmp_path):
-    result = _train_ranks(tmp_path, "--finish", "method=instdisc", "method_args.num_noise=64", "eval.plots=false",
-                          "eval.linear=false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    first, second = _ranks(tmp_path)
+
+def test_instdisc_bank_is_equal_on_every_rank_and_evaluated(jobs):
+    first, second = _ranks(jobs / "instdisc")
     torch.testing.assert_close(first["buffers"]["bank.features"], second["buffers"]["bank.features"], atol=0, rtol=0)
     torch.testing.assert_close(first["buffers"]["log_z"], second["buffers"]["log_z"], atol=0, rtol=0)
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = json.loads((jobs / "instdisc" / "run" / "results.json").read_text())
     assert 0.0 <= results["evaluations"]["bank_knn"]["accuracy"] <= 1.0
 

@@ -1,6 +1,12 @@
 """Train a tiny run on digits and save what each rank holds; used by the DDP engine tests.
 
 usage: train_ranks.py OUT_DIR [--finish] [key=value ...]
+       train_ranks.py OUT_DIR --jobs JOBS.json     {"name": ["--finish", "key=value", ...], ...}
+
+The second form runs each job one after the other in the same processes (the imports and the
+process group are most of a small job's time), job ``name`` in OUT_DIR/name; a job that diverges
+writes its rank<r>.diverged and the next one starts (every rank stops at the same step, so the
+ranks go on together).
 
 Writes OUT_DIR/rank<r>.pt with every floating buffer of the method (BatchNorm statistics,
 queues, centres) and the class name of each normalisation layer, or OUT_DIR/rank<r>.diverged
@@ -9,6 +15,7 @@ evaluation (results.json). method=moco_nan_on_rank1 is MoCo
 whose queries turn NaN on rank 1 only, from step 2 on.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -31,22 +38,34 @@ class MoCoNaNOnRank1(MoCo):
 
 METHODS["moco_nan_on_rank1"] = MoCoNaNOnRank1
 
-out_dir, *overrides = sys.argv[1:]
-run_finish = "--finish" in overrides
-overrides = [o for o in overrides if o != "--finish"]
-base = ["name=digits_ranks", "data.name=digits", "data.size=16", "backbone.width=8", "train.batch_size=64",
-        "train.epochs=1", "train.progress=false", "train.knn_every=0", "train.accelerator=cpu", "train.devices=2",
-        "train.out_dir=" + str(Path(out_dir) / "run")]
-trainer = Trainer(load_config(None, base + overrides))
-rank = trainer.fabric.global_rank
-try:
-    trainer.fit()
-    if run_finish:
-        finish(trainer)
-except NonFiniteLossError as error:
-    (Path(out_dir) / f"rank{rank}.diverged").write_text(str(error))
+
+def job(out_dir: Path, overrides: list[str]) -> bool:
+    """Run one job; False when it diverged."""
+    run_finish = "--finish" in overrides
+    overrides = [o for o in overrides if o != "--finish"]
+    base = ["name=digits_ranks", "data.name=digits", "data.size=16", "backbone.width=8", "train.batch_size=64",
+            "train.epochs=1", "train.progress=false", "train.knn_every=0", "train.accelerator=cpu", "train.devices=2",
+            "train.out_dir=" + str(out_dir / "run")]
+    trainer = Trainer(load_config(None, base + overrides))
+    rank = trainer.fabric.global_rank
+    try:
+        trainer.fit()
+        if run_finish:
+            finish(trainer)
+    except NonFiniteLossError as error:
+        (out_dir / f"rank{rank}.diverged").write_text(str(error))
+        return False
+    norms = {name: type(module).__name__ for name, module in trainer.method.named_modules()
+             if isinstance(module, nn.modules.batchnorm._NormBase)}
+    buffers = {name: value.clone() for name, value in trainer.method.named_buffers() if value.is_floating_point()}
+    torch.save({"norms": norms, "buffers": buffers}, out_dir / f"rank{rank}.pt")
+    return True
+
+
+out_dir, *args = sys.argv[1:]
+if args[:1] == ["--jobs"]:
+    for name, overrides in json.loads(Path(args[1]).read_text()).items():
+        (Path(out_dir) / name).mkdir(parents=True, exist_ok=True)
+        job(Path(out_dir) / name, overrides)
+elif not job(Path(out_dir), args):
     sys.exit(3)
-norms = {name: type(module).__name__ for name, module in trainer.method.named_modules()
-         if isinstance(module, nn.modules.batchnorm._NormBase)}
-buffers = {name: value.clone() for name, value in trainer.method.named_buffers() if value.is_floating_point()}
-torch.save({"norms": norms, "buffers": buffers}, Path(out_dir) / f"rank{rank}.pt")
