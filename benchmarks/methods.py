@@ -36,13 +36,21 @@ def build(recipe: Path, device: torch.device, batch: int):
     cfg = load_config(str(recipe), [f"train.batch_size={batch}"])
     channels, size, num_samples, classes = SHAPES[cfg.data.name]
     torch.manual_seed(0)
+    captions = extra = None
+    if cfg.data.captions == "templates":  # image-text (CLIP): the template captions of Fashion-MNIST's class names
+        from selfsup.data.captions import TEMPLATES, class_prompts
+        from selfsup.data.idx import FASHION_MNIST
+
+        captions = [p for per_class in class_prompts(FASHION_MNIST.classes) for p in per_class]
     method = build_method(cfg, in_channels=channels, image_size=size, mean=[0.5] * channels, std=[0.25] * channels,
-                          num_samples=num_samples).to(device).to(memory_format=torch.channels_last)
+                          num_samples=num_samples, captions=captions).to(device).to(memory_format=torch.channels_last)
     augment = build_augmentation(method, cfg.augment, size)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, device=device)
     index = torch.randperm(num_samples, device=device)[:batch]
     labels = torch.arange(batch, device=device) % classes
+    if captions is not None:  # each image a caption of its class, the template drawn at random
+        extra = {"caption_ids": labels * len(TEMPLATES) + torch.randint(0, len(TEMPLATES), (batch,), device=device)}
     step = [0]
 
     def one_step(dtype) -> None:
@@ -50,7 +58,7 @@ def build(recipe: Path, device: torch.device, batch: int):
             views = [v.contiguous(memory_format=torch.channels_last) for v in augment(images)]
         progress = Progress(step[0], 10_000, 234)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = method(Batch(views, index, labels), progress)["loss"]
+            loss = method(Batch(views, index, labels, extra), progress)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

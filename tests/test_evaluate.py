@@ -351,10 +351,31 @@ def test_plot_embedding_tsne(tmp_path):
     assert_png(path, (800, 700))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_plot_embedding_umap(tmp_path):
     features, labels = clustered()
     assert_png(plot_embedding(features, None, tmp_path / "umap.png", method="umap"), (800, 700))
+
+
+def test_plot_embedding_asks_umap_for_a_seeded_2d_map(tmp_path, monkeypatch):
+    # umap-learn itself (a minute of numba compilation on a fresh machine) runs in the `heavy` test
+    # above; here a stand-in records what selfsup asks of it and returns a known projection.
+    import types
+
+    features, labels = clustered(count=12)
+    asked = {}
+
+    class UMAP:
+        def __init__(self, **kwargs):
+            asked.update(kwargs)
+
+        def fit_transform(self, x):
+            asked["rows"] = len(x)
+            return np.asarray(x)[:, :2]
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=UMAP))
+    assert_png(plot_embedding(features, labels, tmp_path / "umap.png", method="umap", seed=7), (800, 700))
+    assert asked == {"n_components": 2, "n_neighbors": 11, "random_state": 7, "n_jobs": 1, "rows": 12}
 
 
 def test_plot_embedding_falls_back_to_tsne_without_umap(tmp_path, monkeypatch, caplog):
