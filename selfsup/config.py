@@ -73,6 +73,12 @@ class BackboneConfig:
     width: int = 32
     """Base width of the small ConvNet, whose features are 8 x width (ignored by ResNets and ViTs); the
     sequence encoder cpc_audio has 8 x width channels too (the paper's 512: width 64)."""
+    pretrained: bool = False
+    """``torchvision/<model>`` / ``timm/<model>``: start from the registry's weights (downloaded where the
+    network allows) and normalise with their ImageNet statistics."""
+    small_stem: bool | None = None
+    """ResNets: a 3x3 stride-1 first convolution and no max-pool; None: for images of side <= 64
+    (registry models: only when not pretrained)."""
 
 
 @dataclass

@@ -223,7 +223,10 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
     to the graph methods."""
     try:
         backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, image_size=image_size,
-                                  mean=mean, std=std, width=cfg.backbone.width)
+                                  mean=mean, std=std, width=cfg.backbone.width, pretrained=cfg.backbone.pretrained,
+                                  small_stem=cfg.backbone.small_stem)
+    except ConfigError:
+        raise  # names its key already
     except ValueError as error:
         raise ConfigError(f"backbone: {error}") from None
     cls = METHODS[cfg.method]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup._optional import require_pyg
+from selfsup.nn.registry import IMAGENET_MEAN, IMAGENET_STD, is_registry_name, registry_model
 
 BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base", "cpc_audio", "gcn")
 SEQUENCE_BACKBONES = ("cpc_audio",)
@@ -268,8 +269,11 @@ class GCNEncoder(nn.Module):
 
 
 def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequence[float] | None = None,
-                   std: Sequence[float] | None = None, width: int = 32) -> Backbone:
-    """Build a :class:`Backbone` by name (one of :data:`BACKBONES`).
+                   std: Sequence[float] | None = None, width: int = 32, pretrained: bool = False,
+                   small_stem: bool | None = None) -> Backbone:
+    """Build a :class:`Backbone` by name: one of :data:`BACKBONES`, or ``torchvision/<model>`` /
+    ``timm/<model>`` from those libraries' registries (:mod:`selfsup.nn.registry`; ``pretrained``
+    and ``small_stem`` apply to them, and pretrained weights bring their ImageNet mean and std).
 
     Example:
         >>> net = build_backbone("convnet", in_channels=1, image_size=28, mean=[0.29], std=[0.35])
@@ -284,14 +288,25 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
         return SignalEncoder(8 * width, mean=(mean or [0.0])[0], std=(std or [1.0])[0])
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    if name == "convnet":
+    if is_registry_name(name):
+        net, out_dim = registry_model(name, in_channels=in_channels, image_size=image_size, pretrained=pretrained,
+                                      small_stem=small_stem)
+        if pretrained:  # the statistics the weights were trained with, not the data's
+            gray = in_channels == 1
+            mean = [sum(IMAGENET_MEAN) / 3] if gray else list(IMAGENET_MEAN)
+            std = [sum(IMAGENET_STD) / 3] if gray else list(IMAGENET_STD)
+    elif pretrained:
+        raise ValueError(f"backbone.pretrained: {name} has no pretrained weights here; use a registry model "
+                         f"(torchvision/<model> or timm/<model>)")
+    elif name == "convnet":
         net, out_dim = convnet(in_channels, width)
     elif name.startswith("resnet") and name in BACKBONES:
-        net, out_dim = resnet(name, in_channels, small_stem=image_size <= 64)
+        net, out_dim = resnet(name, in_channels, small_stem=image_size <= 64 if small_stem is None else small_stem)
     elif name.startswith("vit_") and name in BACKBONES:
         net, out_dim = vit(name, in_channels, image_size)
     else:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, or a registry model "
+                         f"torchvision/<model> or timm/<model>")
     mean = [0.5] * in_channels if mean is None else list(mean)
     std = [0.5] * in_channels if std is None else list(std)
     return Backbone(net, out_dim, in_channels, mean, std)
