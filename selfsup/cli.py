@@ -253,6 +253,36 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from selfsup.data import kind_of
+    from selfsup.export import export_encoder
+
+    cfg, encoder, (channels, size), _, _ = _load_encoder(args.checkpoint)
+    kind = kind_of(cfg.data)
+    if kind not in ("images", "image_text"):
+        raise DataError(f"export writes image encoders; {args.checkpoint} encodes {kind} ({cfg.method})")
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "export"
+    paths = export_encoder(encoder, out, in_channels=channels, image_size=size, name=cfg.backbone.name,
+                           formats=args.formats, info={"checkpoint": str(Path(args.checkpoint).resolve()),
+                                                       "method": cfg.method})
+    card = json.loads(paths["card"].read_text())
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    if "onnx_max_abs_diff" in card["checks"]:
+        print(f"onnxruntime against PyTorch: largest difference {card['checks']['onnx_max_abs_diff']:.2g}")
+    return 0
+
+
+def _formats(text: str) -> list[str]:
+    from selfsup.export import FORMATS
+
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    if not formats or any(f not in FORMATS for f in formats):
+        raise argparse.ArgumentTypeError(f"expected formats among {', '.join(FORMATS)} separated by commas, "
+                                         f"got {text!r}")
+    return formats
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from selfsup import evaluate
 
@@ -373,6 +403,17 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("--root", help="folder holding the dataset's files")
     em.add_argument("--out", help="output folder (default: <run>/embeddings)")
     em.set_defaults(func=cmd_embed)
+
+    ex = sub.add_parser("export", help="write a checkpoint's encoder as safetensors, TorchScript and ONNX",
+                        description="safetensors: the plain network's weights (timm / torchvision load them); "
+                                    "TorchScript and ONNX: the whole encoder, normalisation inside, float images "
+                                    "in [0, 1]; ONNX is checked against PyTorch with onnxruntime. encoder.json "
+                                    "says the input shape, range, mean and std.")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--out", help="folder (default: <run>/export)")
+    ex.add_argument("--formats", type=_formats, default=["safetensors", "torchscript", "onnx"],
+                    help="comma-separated: safetensors,torchscript,onnx (default all)")
+    ex.set_defaults(func=cmd_export)
 
     pl = sub.add_parser("plot", help="redraw a run's curves and embedding map")
     pl.add_argument("run", help="run folder (train.out_dir)")

@@ -1,0 +1,116 @@
+"""selfsup export: safetensors that the plain timm / torchvision model loads to the same features,
+TorchScript and ONNX (checked here with onnxruntime, independently of the export's own check) with
+the normalisation inside, the card, the CLI, and the errors."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from selfsup.errors import ConfigError, DataError
+from selfsup.export import export_encoder
+from selfsup.nn import Backbone, build_backbone
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    encoder = build_backbone("timm/resnet18", in_channels=3, image_size=64, mean=[0.3, 0.4, 0.5],
+                             std=[0.2, 0.25, 0.3], small_stem=False).eval()
+    out = tmp_path_factory.mktemp("export")
+    return encoder, export_encoder(encoder, out, in_channels=3, image_size=64, name="timm/resnet18")
+
+
+def test_safetensors_load_into_the_plain_timm_model_with_the_same_features(exported):
+    import timm
+    from safetensors.torch import load_file
+
+    encoder, paths = exported
+    card = json.loads(paths["card"].read_text())
+    net = timm.create_model("resnet18", num_classes=0, in_chans=3).eval()
+    net.load_state_dict(load_file(paths["safetensors"]))        # strict: every key, every shape
+    images = torch.rand(4, 3, 64, 64)
+    mean, std = torch.tensor(card["mean"]).view(1, 3, 1, 1), torch.tensor(card["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(net((images - mean) / std), encoder(images), atol=1e-5)
+    assert card["feature_dim"] == 512 and card["small_stem"] is False and card["mean"] == pytest.approx([0.3, 0.4, 0.5])
+
+
+def test_onnx_and_torchscript_take_images_in_0_1_and_match_pytorch(exported):
+    import onnxruntime
+
+    encoder, paths = exported
+    images = torch.rand(5, 3, 64, 64)                                      # a batch size the export never saw
+    with torch.no_grad():
+        expected = encoder(images).numpy()
+    session = onnxruntime.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected).max() <= 1e-4
+    scripted = torch.jit.load(str(paths["torchscript"]))
+    assert np.abs(scripted(images).detach().numpy() - expected).max() <= 1e-5
+    card = json.loads(paths["card"].read_text())
+    assert card["checks"]["onnx_max_abs_diff"] <= 1e-4 and "in [0, 1]" in card["input"]
+
+
+def test_the_small_image_stem_is_in_the_card_and_loads_as_it_says(tmp_path):
+    import torchvision
+    from safetensors.torch import load_file
+
+    encoder = build_backbone("torchvision/resnet18", in_channels=3, image_size=32).eval()
+    paths = export_encoder(encoder, tmp_path, in_channels=3, image_size=32, name="torchvision/resnet18",
+                           formats=["safetensors"])
+    card = json.loads(paths["card"].read_text())
+    assert card["small_stem"] is True and "net.maxpool = nn.Identity()" in card["files"]["safetensors"]["load"][0]
+    net = torchvision.models.resnet18()
+    net.fc, net.maxpool = nn.Identity(), nn.Identity()
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.load_state_dict(load_file(paths["safetensors"]))
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()((images - 0.5) / 0.5), encoder(images), atol=1e-5)
+    assert set(paths) == {"safetensors", "card"}
+
+
+def test_an_onnx_file_that_disagrees_is_not_kept(tmp_path):
+    encoder = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), 3, 1, [0.5], [0.5])
+    with pytest.raises(DataError, match="differ from PyTorch's"):
+        export_encoder(encoder, tmp_path, in_channels=1, image_size=4, name="tiny", formats=["onnx"], atol=-1.0)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+
+
+def test_missing_onnx_extra_and_unknown_formats(tmp_path, monkeypatch):
+    encoder = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), 3, 1, [0.5], [0.5])
+    with pytest.raises(ConfigError, match="choose among safetensors, torchscript, onnx"):
+        export_encoder(encoder, tmp_path, in_channels=1, image_size=4, name="tiny", formats=["pickle"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ConfigError, match=r"pip install 'selfsup\[export\]'"):
+        export_encoder(encoder, tmp_path, in_channels=1, image_size=4, name="tiny", formats=["onnx"])
+
+
+def test_the_cli_exports_a_checkpoint(tmp_path, monkeypatch):
+    from selfsup import cli
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    cfg = load_config(None, ["data.name=digits", "data.size=16", "backbone.width=4", "method_args.proj_hidden_dim=16",
+                             "train.batch_size=256", "train.epochs=1", "train.progress=false", "train.knn_every=0",
+                             "eval.plots=false", "eval.linear=false", f"train.out_dir={tmp_path / 'run'}"])
+    result = pretrain(cfg)
+    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    assert cli.main(["export", str(result.checkpoint), "--formats", "safetensors,torchscript"]) == 0
+    folder = tmp_path / "run" / "export"
+    card = json.loads((folder / "encoder.json").read_text())
+    assert card["method"] == "simclr" and card["feature_dim"] == 32 and card["image_size"] == 16
+    scripted = torch.jit.load(str(folder / "encoder.torchscript.pt"))
+    images = torch.rand(3, 1, 16, 16)
+    from selfsup.cli import _load_encoder
+
+    _, encoder, *_ = _load_encoder(str(result.checkpoint))
+    with torch.no_grad():
+        assert torch.allclose(scripted(images), encoder.cpu()(images), atol=1e-5)
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["export", str(result.checkpoint), "--formats", "zip"])
