@@ -115,6 +115,11 @@ class TrainConfig:
     """Global BatchNorm across devices; None: as the method's paper (SimCLR, BYOL yes; MoCo no)."""
     channels_last: bool = True
     compile: bool = False
+    time_limit: str | None = None
+    """Train for about this long instead of ``epochs``: ``"10m"``, ``"90s"``, ``"1h30m"`` (pretraining
+    steps; the final evaluation comes after). The number of steps is fixed before the first step
+    from the step time of a few calibration steps (whose effects are undone), recorded in the
+    checkpoint, and kept by a resume."""
     checkpoint_every: int = 500
     """Steps between checkpoints (also written at the end of every epoch and of the run)."""
     knn_every: int = 1
@@ -245,6 +250,24 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
     return cfg
 
 
+def parse_duration(text: str | float | int, key: str = "train.time_limit") -> float:
+    """Seconds in ``"1h30m"``, ``"10m"``, ``"90s"``, ``"2.5m"`` or a plain number of seconds."""
+    import re
+
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
+                             str(text))
+        if not parts or not any(parts.groups()):
+            raise ConfigError(f"{key}: expected a duration like 10m, 90s or 1h30m, got {text!r}")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = 3600 * hours + 60 * minutes + secs
+    if not seconds > 0:
+        raise ConfigError(f"{key}: must be > 0, got {text!r}")
+    return seconds
+
+
 def validate(cfg: Config) -> None:
     """Check values the schema's types cannot: ranges, known names, method arguments."""
     from selfsup.methods import METHODS  # the config layer is read by the engine and the CLI only
@@ -276,6 +299,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {cfg.train.precision!r}")
     if not 0 <= cfg.train.knn_val_fraction < 1:
         raise ConfigError(f"train.knn_val_fraction: must be in [0, 1), got {cfg.train.knn_val_fraction}")
+    if cfg.train.time_limit is not None:
+        parse_duration(cfg.train.time_limit)
     if cfg.data.max_samples is not None and cfg.data.max_samples <= 0:
         raise ConfigError(f"data.max_samples: must be > 0, got {cfg.data.max_samples}")
     for key in ("sample_rate", "window", "eval_windows"):

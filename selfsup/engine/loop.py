@@ -15,6 +15,7 @@ CSV/TensorBoard logs, a progress bar, and pictures at the end.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from selfsup import augment, data, distributed, evaluate, losses
-from selfsup.config import AugmentConfig, Config, TrainConfig, check_resume, from_dict, to_dict
+from selfsup.config import AugmentConfig, Config, TrainConfig, check_resume, from_dict, parse_duration, to_dict
 from selfsup.engine import checkpoint
 from selfsup.engine.logs import MetricsCSV
 from selfsup.engine.optim import Schedule, build_optimizer
@@ -330,6 +331,9 @@ def _finite_state(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
 
+CALIBRATION_STEPS, CALIBRATION_WARMUP = 12, 3
+"""``train.time_limit``: steps timed before the run (undone), of which the first few warm up."""
+
 class Trainer:
     """Runs one pretraining job described by a :class:`Config`. Use :func:`pretrain`."""
 
@@ -353,6 +357,8 @@ class Trainer:
         # What images/s counts: images, signal windows, or a graph's nodes (its batch is the whole graph).
         self.items_per_step = len(self.source) if self.source.kind == "graph" else t.batch_size
         self.max_steps = max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        if t.time_limit is not None and resume_state is not None:  # the plan of the first start, not a new one
+            self.max_steps = int(resume_state.get("run", {}).get("max_steps", self.max_steps))
 
         kind = METHODS[cfg.method].data_kind if cfg.method in METHODS else self.source.kind
         if kind != self.source.kind:
@@ -385,10 +391,13 @@ class Trainer:
         # that no step waits for the device) and how many steps that is: checkpointed, so a resumed
         # run logs the same means as an uninterrupted one.
         self.window_loss, self.window_steps = torch.zeros((), device=fabric.device), 0
+        self.time_plan: dict[str, float] = {}
         if resume_state is not None:
             self.restore(resume_state)
         else:
             torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # different views on every rank
+            if t.time_limit is not None:
+                self.plan_time_limit(parse_duration(t.time_limit))
         if self.is_main:
             log_path = self.out_dir / "logs" / "metrics.csv"
             self.metrics_log = MetricsCSV(log_path, self.start_step if resume_state is not None else None)
@@ -435,6 +444,7 @@ class Trainer:
         if state.get("precision"):  # the fp16 gradient scaler's state; empty for other precisions
             self.fabric.strategy.precision.load_state_dict(state["precision"])
         self.start_step = step
+        self.time_plan = dict(saved.get("time_plan", {}))
         self.history = {"images_per_s": [], **state["history"]}
         self.train_seconds = float(saved.get("train_seconds", 0.0))
         window_loss, self.window_steps = saved.get("loss_window", (0.0, 0))
@@ -459,7 +469,7 @@ class Trainer:
         def write() -> None:
             run = {"max_steps": self.max_steps, "precision": self.precision, "device": self.fabric.device.type,
                    "train_seconds": self.train_seconds + time.perf_counter() - self.fit_started,
-                   "loss_window": [float(self.window_loss), self.window_steps]}
+                   "loss_window": [float(self.window_loss), self.window_steps], "time_plan": self.time_plan}
             state = {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "precision": self.fabric.strategy.precision.state_dict(), "step": step,
                      "epoch": step / self.steps_per_epoch, "config": to_dict(self.cfg), "run": run,
@@ -542,19 +552,7 @@ class Trainer:
         status = "failed"
         try:
             for step in range(self.start_step, self.max_steps):
-                progress = Progress(step, self.max_steps, self.steps_per_epoch)
-                batch = self.make_batch(*divmod(step, self.steps_per_epoch))
-                lr = self.schedule.apply(self.optimizer, step)
-                outputs = self.forward(batch, progress)
-                fabric.backward(outputs["loss"])
-                fabric.strategy.precision.unscale_gradients(self.optimizer.optimizer)  # a no-op without fp16
-                self.method.after_backward(progress)
-                if cfg.optim.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.method.on_step_end(progress)
-
+                outputs, lr = self.train_step(step)
                 self.window_loss += outputs["loss"].detach()
                 self.window_steps += 1
                 done = step + 1
@@ -593,6 +591,49 @@ class Trainer:
             bar.close()
             for logger in fabric.loggers:
                 logger.finalize(status)
+
+    def train_step(self, step: int) -> tuple[dict[str, Tensor], float]:
+        """One optimisation step (the method's outputs and the learning rate it used)."""
+        progress = Progress(step, self.max_steps, self.steps_per_epoch)
+        batch = self.make_batch(*divmod(step, self.steps_per_epoch))
+        lr = self.schedule.apply(self.optimizer, step)
+        outputs = self.forward(batch, progress)
+        self.fabric.backward(outputs["loss"])
+        self.fabric.strategy.precision.unscale_gradients(self.optimizer.optimizer)  # a no-op without fp16
+        self.method.after_backward(progress)
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.on_step_end(progress)
+        return outputs, lr
+
+    def plan_time_limit(self, limit_s: float) -> None:
+        """Fix ``max_steps`` from ``train.time_limit``: time a few steps, undo them, and keep as many
+        steps as fit in what is left of the limit. Every rank takes rank 0's measurement."""
+        started = time.perf_counter()
+        weights = {k: v.clone() for k, v in self.method.state_dict().items()}
+        optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        rng = _rng_state(self.fabric.device)
+        calibration = min(CALIBRATION_STEPS, self.max_steps)
+        marks = []
+        for step in range(calibration):
+            outputs, _ = self.train_step(step)
+            float(outputs["loss"].detach())  # wait for the device
+            marks.append(time.perf_counter())
+        timed = marks[CALIBRATION_WARMUP:] if calibration > CALIBRATION_WARMUP + 1 else marks
+        per_step = (timed[-1] - (timed[0] if len(timed) > 1 else started)) / max(1, len(timed) - 1)
+        per_step = float(self.fabric.broadcast(torch.tensor(per_step, device=self.fabric.device), src=0))
+        self.method.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer_state)
+        _set_rng_state(rng, self.fabric.device)
+        left = limit_s - (time.perf_counter() - started)
+        self.max_steps = max(1, int(left // per_step))
+        self.schedule = Schedule.build(self.cfg.optim, self.schedule.base_lr, self.max_steps, self.steps_per_epoch)
+        self.time_plan = {"time_limit_s": limit_s, "step_s": per_step, "calibration_steps": calibration}
+        self.say(f"train.time_limit={self.cfg.train.time_limit}: {1000 * per_step:.1f} ms per step over "
+                 f"{calibration} calibration steps (undone) -> {self.max_steps:,} steps "
+                 f"({self.max_steps / self.steps_per_epoch:.2f} epochs)")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Write metrics to TensorBoard and (rank 0) ``logs/metrics.csv``."""
@@ -721,7 +762,9 @@ def finish(trainer: Trainer) -> dict[str, float]:
         metrics.update({f"{key}_accuracy": entry["accuracy"] for key, entry in entries.items() if "accuracy" in entry})
     rates = [rate for _, rate in trainer.history.get("images_per_s", [])[1:]]  # the first window warms up
     results = {"name": cfg.name, "method": cfg.method, "data": cfg.data.name, "backbone": cfg.backbone.name,
-               "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "steps": trainer.max_steps,
+               "epochs": round(trainer.max_steps / trainer.steps_per_epoch, 4) if trainer.time_plan else cfg.train.epochs,
+               "batch_size": cfg.train.batch_size, "steps": trainer.max_steps,
+               **({"time_plan": trainer.time_plan} if trainer.time_plan else {}),
                "precision": trainer.precision, "device": trainer.fabric.device.type,
                "devices": trainer.fabric.world_size, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "command": trainer.command, "commit": _commit(),
