@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install selfsup with the pinned torch/torchvision pair. Idempotent.
+# SELFSUP_EXTRAS picks the extras (default test,umap: everything the suite exercises; the main job
+# needs only umap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -9,4 +11,4 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
 # The pinned pair first, so no other requirement can pull a different torch.
 .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install --quiet -e ".[test,umap]"
+.venv/bin/python -m pip install --quiet -e ".[${SELFSUP_EXTRAS:-test,umap}]"
