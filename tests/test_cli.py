@@ -17,6 +17,26 @@ def selfsup(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+@pytest.fixture
+def here(monkeypatch, capsys):
+    """The command line run in this process (no interpreter start-up, which is most of a short
+    command's time), as ``here(*args)`` -> an object with returncode, stdout and stderr."""
+    from selfsup import cli
+
+    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run
+
+
 def test_list_names_every_method_and_recipe():
     out = selfsup("list")
     assert out.returncode == 0, out.stderr
@@ -31,8 +51,8 @@ def test_list_names_every_method_and_recipe():
     assert "[sequences]" in lines["cpc_sequence"] and "wav [sequences]" in out.stdout
 
 
-def assert_one_line_error(args, message):
-    out = selfsup(*args)
+def assert_one_line_error(args, message, run=selfsup):
+    out = run(*args)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
@@ -46,21 +66,22 @@ def assert_one_line_error(args, message):
     (["pretrain", "data.name=imagenet"], "unknown dataset 'imagenet'"),
     (["evaluate", "linear", "/nonexistent.ckpt"], "checkpoint /nonexistent.ckpt does not exist"),
 ])
-def test_user_errors_are_one_line(args, message):
-    assert_one_line_error(args, message)
+def test_user_errors_are_one_line(args, message, here):
+    assert_one_line_error(args, message, here)
 
 
-def test_corrupt_idx_file_is_reported_by_name(tmp_path):
+def test_corrupt_idx_file_is_reported_by_name(tmp_path, here):
     folder = tmp_path / "fm"
     folder.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (folder / name).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 3)  # header cut short
-    assert_one_line_error(["pretrain", "data.name=fashion_mnist", f"data.root={folder}"], "train-images-idx3-ubyte")
+    assert_one_line_error(["pretrain", "data.name=fashion_mnist", f"data.root={folder}"], "train-images-idx3-ubyte", here)
 
 
-def test_empty_image_folder_is_reported(tmp_path):
+def test_empty_image_folder_is_reported(tmp_path, here):
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(["pretrain", "data.name=folder", f"data.root={tmp_path / 'empty'}", "data.size=16"], "empty")
+    assert_one_line_error(["pretrain", "data.name=folder", f"data.root={tmp_path / 'empty'}", "data.size=16"], "empty",
+                          here)
 
 
 def pretrain_digits(run: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -77,7 +98,7 @@ def digits_run(tmp_path_factory):
     return run, pretrain_digits(run, "method_args.proj_hidden_dim=32", "eval.embedding_map=tsne")
 
 
-def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path):
+def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path, here):
     run, out = digits_run
     summary = json.loads(out.stdout.splitlines()[0])
     assert 0.1 < summary["linear_accuracy"] <= 1 and 0.1 < summary["knn_accuracy"] <= 1
@@ -86,13 +107,13 @@ def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = run / "checkpoints" / "last.ckpt"
 
-    knn = selfsup("evaluate", "knn", str(ckpt))
+    knn = here("evaluate", "knn", str(ckpt))
     assert knn.returncode == 0, knn.stderr[-2000:]
     assert knn.stdout.startswith("knn: ") and str(run / "evaluations" / "knn.json") in knn.stdout
     assert json.loads((run / "evaluations" / "knn.json").read_text())["accuracy"] == pytest.approx(
         summary["knn_accuracy"], abs=1e-4)
 
-    linear = selfsup("evaluate", "linear", str(ckpt))
+    linear = here("evaluate", "linear", str(ckpt))
     assert linear.returncode == 0, linear.stderr[-2000:]
     assert json.loads((run / "evaluations" / "linear.json").read_text())["accuracy"] == pytest.approx(
         summary["linear_accuracy"], abs=1e-3)
@@ -101,14 +122,14 @@ def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path):
     assert {"linear", "knn", "fewshot_5way_1shot", "fewshot_5way_5shot", "retrieval"} <= set(results["evaluations"])
     assert (run / "retrieval.png").is_file() and (run / "views.png").is_file() and (run / "config.yaml").is_file()
 
-    embed = selfsup("embed", str(ckpt), "digits", "--out", str(tmp_path / "emb"))
+    embed = here("embed", str(ckpt), "digits", "--out", str(tmp_path / "emb"))
     assert embed.returncode == 0, embed.stderr[-2000:]
     features = np.load(tmp_path / "emb" / "digits_test.npy")
     assert features.shape == (360, 64)
     assert np.array_equal(np.load(tmp_path / "emb" / "digits_test_labels.npy"), np.load(run / "test_embeddings_labels.npy"))
     assert np.allclose(features, np.load(run / "test_embeddings.npy"), atol=1e-4)
 
-    plot = selfsup("plot", str(run), "--method", "tsne")
+    plot = here("plot", str(run), "--method", "tsne")
     assert plot.returncode == 0, plot.stderr[-2000:]
 
 
@@ -123,36 +144,36 @@ def test_python_dash_m_selfsup_is_the_command_line():
     assert python_m_selfsup("pretrain", "recipes/missing.yaml").returncode == 2  # the usage-error status comes through
 
 
-def test_evaluations_use_the_methods_eval_encoder(tmp_path):
+def test_evaluations_use_the_methods_eval_encoder(tmp_path, here):
     # DINO is evaluated on its teacher: the CLI's kNN must equal the end-of-run kNN, which uses
     # eval_encoder(), and differ from the student's.
     run = tmp_path / "dino"
     pretrain_digits(run, "method=dino", "method_args.out_dim=64", "method_args.hidden_dim=32",
                     "method_args.bottleneck_dim=16", "augment.n_local=2", "augment.local.size=8", "eval.plots=false")
-    knn = selfsup("evaluate", "knn", str(run / "checkpoints" / "last.ckpt"))
+    knn = here("evaluate", "knn", str(run / "checkpoints" / "last.ckpt"))
     assert knn.returncode == 0, knn.stderr[-2000:]
     teacher = json.loads((run / "results.json").read_text())["knn_accuracy"]
     assert json.loads((run / "evaluations" / "knn.json").read_text())["accuracy"] == pytest.approx(teacher, abs=1e-6)
 
 
-def test_transfer_fewshot_and_finetune_write_their_entries(digits_run):
+def test_transfer_fewshot_and_finetune_write_their_entries(digits_run, here):
     run, _ = digits_run
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    fewshot = selfsup("evaluate", "fewshot", ckpt, "--shots", "1", "--episodes", "50", "--classes", "5,6,7,8,9")
+    fewshot = here("evaluate", "fewshot", ckpt, "--shots", "1", "--episodes", "50", "--classes", "5,6,7,8,9")
     assert fewshot.returncode == 0, fewshot.stderr[-2000:]
     entry = json.loads((run / "evaluations" / "fewshot_5way_1shot.json").read_text())
     assert entry["classes"] == [5, 6, 7, 8, 9] and entry["episodes"] == 50 and 0.2 < entry["accuracy"] <= 1
-    finetune = selfsup("evaluate", "finetune", ckpt, "--labels", "10%", "--seeds", "0,1", "--steps", "5")
+    finetune = here("evaluate", "finetune", ckpt, "--labels", "10%", "--seeds", "0,1", "--steps", "5")
     assert finetune.returncode == 0, finetune.stderr[-2000:]
     row = json.loads((run / "evaluations" / "finetune.json").read_text())["fractions"]["0.1"]
     assert row["labels"] == 144 and row["seeds"] == [0, 1]  # round(0.1 * 1437) digits
-    bad = selfsup("evaluate", "finetune", ckpt, "--labels", "150%")
+    bad = here("evaluate", "finetune", ckpt, "--labels", "150%")
     assert bad.returncode == 2 and "percentages in (0, 100]" in bad.stderr
-    transfer = selfsup("evaluate", "transfer", ckpt)
+    transfer = here("evaluate", "transfer", ckpt)
     assert transfer.returncode == 2 and "needs --data" in transfer.stderr.strip().splitlines()[-1]
 
 
-def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path):
+def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path, here):
     # A user's folder: train/ and test/ with one subfolder per class, RGB and larger than the 16x16
     # gray digits the checkpoint was trained on; transfer converts them to 1x16x16.
     from PIL import Image
@@ -166,7 +187,7 @@ def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path):
                 pixels = np.clip(colour + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels, "RGB").save(folder / f"{i}.png")
     run, _ = digits_run
-    out = selfsup("evaluate", "transfer", str(run / "checkpoints" / "last.ckpt"), "--data", str(tmp_path / "photos"))
+    out = here("evaluate", "transfer", str(run / "checkpoints" / "last.ckpt"), "--data", str(tmp_path / "photos"))
     assert out.returncode == 0, out.stderr[-2000:]
     entry = json.loads((run / "evaluations" / "transfer_photos.json").read_text())
     assert entry["data"] == "photos" and "1x16x16" in entry["protocol"]
