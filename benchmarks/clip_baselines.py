@@ -12,23 +12,17 @@ image<->text recall@k on the test split's captions.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
+from _baseline import recipe_from_command_line, report
 
-from selfsup.config import load_config
 from selfsup.engine import build_method
 from selfsup.engine.loop import load_image_text
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipe")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = recipe_from_command_line(__doc__)
     start = time.perf_counter()
     train, test = load_image_text(cfg, progress=False)
     if test is None:
@@ -39,14 +33,14 @@ def main() -> None:
                           std=images.std().tolist(), captions=train.captions)
     entries = method.extra_evaluations(test, data=cfg.data.name)
     zero_shot, retrieval = entries["zero_shot"], entries["text_retrieval"]
-    print(json.dumps({
-        "recipe": args.recipe, "data": cfg.data.name, "text_tower": cfg.method_args.get("text_tower", "transformer"),
+    report(**{
+        "name": cfg.name, "data": cfg.data.name, "text_tower": cfg.method_args.get("text_tower", "transformer"),
         "chance": round(zero_shot["chance"], 4), "held_out_chance": round(zero_shot.get("held_out_chance", 0), 4),
         "random_towers_zero_shot": round(zero_shot["accuracy"], 4),
         "random_towers_held_out": round(zero_shot.get("held_out_accuracy", float("nan")), 4),
         "random_towers_seen": round(zero_shot.get("seen_accuracy", float("nan")), 4),
         **{f"random_towers_{k}": round(v, 4) for k, v in retrieval.items() if "recall@" in k},
-        "seconds": round(time.perf_counter() - start, 1)}))
+        "seconds": round(time.perf_counter() - start, 1)})
 
 
 if __name__ == "__main__":

@@ -86,15 +86,12 @@ def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int,
     if kind == "image_text" and name is None and root is None:  # the checkpoint's own captioned split
         d = cfg.data
         if d.name == "captions":
-            file = d.captions if split == "train" else d.test_captions
-            if not file:
-                raise DataError(f"the checkpoint's captions data has no {split} captions file (data.test_captions)")
-            train = data.read_captions_file(d.captions, root=d.root, size=size, channels=channels)
-            if split == "train":
-                return train
-            test = data.read_captions_file(file, root=d.root, size=size, channels=channels, classes=train.classes)
-            test.held_out = data.captions.held_out_indices(train.classes, d.held_out_classes, d.captions)
-            return test
+            if split == "test" and not d.test_captions:
+                raise DataError("the checkpoint's captions data has no test captions file (data.test_captions)")
+            train, test = data.read_captions_splits(d.captions, d.test_captions, root=d.root, size=size,
+                                                    channels=channels, held_out=d.held_out_classes,
+                                                    test=split == "test")
+            return train if split == "train" else test
         images = data.load(d.name, split, d.root, size=size, channels=channels)
         return data.from_templates(images, split, held_out=d.held_out_classes)
 

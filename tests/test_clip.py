@@ -271,7 +271,7 @@ def test_clip_trains_through_the_engine_and_the_cli_evaluates_zero_shot(tmp_path
     assert transfer["classes"] == len(data.load("photos", "test").classes)
 
 
-def test_clip_from_a_captions_folder_through_the_engine(tmp_path):
+def test_clip_from_a_captions_folder_through_the_engine(tmp_path, monkeypatch):
     from selfsup.config import load_config
     from selfsup.engine import pretrain
 
@@ -291,6 +291,13 @@ def test_clip_from_a_captions_folder_through_the_engine(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["steps"] == 2 and results["evaluations"]["text_retrieval"]["captions"] == 4
     assert results["evaluations"]["zero_shot"]["classes"] == 2
+    from selfsup import cli
+
+    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    assert cli.main(["evaluate", "zeroshot", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]) == 0
+    again = json.loads((tmp_path / "run" / "evaluations" / "text_retrieval.json").read_text())
+    assert again["captions"] == 4 and again["image_to_text_recall@1"] == pytest.approx(
+        results["evaluations"]["text_retrieval"]["image_to_text_recall@1"])
 
 
 def test_locked_minilm_tower_is_frozen_cached_and_not_saved():

@@ -48,11 +48,11 @@ from .folder import DEFAULT_SIZE, SkippedImageWarning, load_folder
 from .graphs import GRAPH_DATASETS, Graph, GraphSource, NodeSet, graph_from_config, load_graph
 from .idx import FASHION_MNIST, MNIST, load_idx
 from .photos import load_photos
-from .captions import CaptionedImages, ImageTextPairs, from_templates, read_captions_file
+from .captions import CaptionedImages, ImageTextPairs, from_templates, read_captions_file, read_captions_splits
 from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
 
-__all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
+__all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "read_captions_splits", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
            "GraphSource", "ImageBatch", "ImageDataset", "InMemoryImages", "NodeSet", "SignalSet", "SkippedImageWarning",
            "WavFolder", "graph_from_config", "kind_of", "load", "load_graph"]
 

@@ -279,6 +279,20 @@ def read_captions_file(path: str | Path, *, root: str | Path | None = None, size
                            held_out_indices(classes, held_out, str(path)) if held_out else [])
 
 
+def read_captions_splits(train_file: str | Path, test_file: str | Path | None, *, root: str | Path | None = None,
+                         size: int = 64, channels: int = 3, held_out: Sequence[str] = (), progress: bool = False,
+                         test: bool = True) -> tuple[CaptionedImages, CaptionedImages | None]:
+    """The train split of a captions file and, when ``test_file`` is given (and ``test``), the test
+    split with the train split's classes and held-out classes."""
+    options = dict(root=root, size=size, channels=channels, progress=progress)
+    train = read_captions_file(train_file, held_out=held_out, **options)
+    if not (test and test_file):
+        return train, None
+    test_split = read_captions_file(test_file, classes=train.classes, **options)
+    test_split.held_out = train.held_out
+    return train, test_split
+
+
 class ImageTextPairs(InMemoryImages):
     """The training source of ``image_text`` data: images on the device, a caption id per image.
 
@@ -329,4 +343,4 @@ class ImageTextPairs(InMemoryImages):
 
 
 __all__ = ["TEMPLATES", "CaptionedImages", "ImageTextPairs", "class_prompts", "from_templates", "held_out_indices",
-           "prompt_name", "read_captions_file"]
+           "prompt_name", "read_captions_file", "read_captions_splits"]

@@ -164,14 +164,9 @@ def load_image_text(cfg: Config, progress: bool) -> tuple[data.CaptionedImages, 
                 raise ConfigError("data.captions: data.name=captions needs the captions file (.csv or .jsonl) of "
                                   "your images; data.captions=templates fills prompts with class names of a "
                                   "labelled dataset instead (e.g. data.name=fashion_mnist)")
-            options = dict(root=d.root, size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3,
-                           progress=progress)
-            train = data.read_captions_file(d.captions, held_out=d.held_out_classes, **options)
-            test = None
-            if d.test_captions:
-                test = data.read_captions_file(d.test_captions, classes=train.classes, **options)
-                test.held_out = train.held_out
-            return train, test
+            return data.read_captions_splits(d.captions, d.test_captions, root=d.root,
+                                             size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3,
+                                             held_out=d.held_out_classes, progress=progress)
         if d.captions != "templates":
             raise ConfigError(f"data.captions: {d.captions!r} with data.name={d.name}: a captions file goes with "
                               f"data.name=captions (and data.root, the folder of its images); for {d.name} use "
