@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup._optional import require_pyg
-from selfsup.nn.registry import IMAGENET_MEAN, IMAGENET_STD, is_registry_name, registry_model
+from selfsup.nn.registry import IMAGENET_MEAN, IMAGENET_STD, is_registry_name, registry_model, replace_first_conv
 
 BACKBONES = ("convnet", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base", "cpc_audio", "gcn")
 SEQUENCE_BACKBONES = ("cpc_audio",)
@@ -114,16 +114,8 @@ def with_in_channels(backbone: Backbone, in_channels: int, mean: Sequence[float]
     for module in net.modules():
         if hasattr(module, "reset_parameters") and module is not net:
             module.reset_parameters()  # independent weights, not the original's
-    if in_channels == backbone.in_channels:
-        return Backbone(net, backbone.out_dim, in_channels, mean, std)
-    first = next(((name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
-        raise ValueError(f"{type(net).__name__} has no convolution whose input channels could be changed")
-    name, conv = first
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups if conv.groups == 1 else in_channels, conv.bias is not None, conv.padding_mode)
-    parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
-    setattr(parent, name.rpartition(".")[2], new)
+    if in_channels != backbone.in_channels:
+        replace_first_conv(net, in_channels, keep_weights=False)
     return Backbone(net, backbone.out_dim, in_channels, mean, std)
 
 

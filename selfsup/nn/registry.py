@@ -43,23 +43,31 @@ def _unknown(registry: str, model: str, known: list[str]) -> ConfigError:
     return ConfigError(f"backbone.name: {registry} has no model {model!r}{hint}")
 
 
-def _parent(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
-    *path, last = dotted.split(".")
-    module = model
-    for part in path:
-        module = getattr(module, part)
-    return module, last
+def _set(model: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, attr = dotted.rpartition(".")
+    setattr(model.get_submodule(parent), attr, module)
 
 
-def _with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+def _with_in_channels(conv: nn.Conv2d, in_channels: int, keep_weights: bool = True) -> nn.Conv2d:
+    """``conv``'s geometry for ``in_channels`` inputs; ``keep_weights``: to gray, its RGB filters summed
+    (a gray image looks like R = G = B to them) and its bias; otherwise freshly initialised."""
     new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, conv.bias is not None)
-    with torch.no_grad():
-        if in_channels == 1:  # the RGB filters summed: a gray image looks like R = G = B to them
-            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
+                    conv.groups if conv.groups == 1 else in_channels, conv.bias is not None, conv.padding_mode)
+    if keep_weights:
+        with torch.no_grad():
+            if in_channels == 1:
+                new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
     return new
+
+
+def replace_first_conv(net: nn.Module, in_channels: int, *, keep_weights: bool = True) -> None:
+    """Give ``net``'s first ``nn.Conv2d`` (in module order) ``in_channels`` inputs, in place."""
+    first = next(((name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError(f"{type(net).__name__} has no convolution whose input channels could be changed")
+    _set(net, first[0], _with_in_channels(first[1], in_channels, keep_weights))
 
 
 def _small_stem(net: nn.Module, in_channels: int) -> bool:
@@ -89,13 +97,10 @@ def torchvision_model(model: str, *, in_channels: int, pretrained: bool) -> tupl
     linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise ConfigError(f"backbone.name: torchvision/{model} has no linear classifier to take off")
-    parent, attr = _parent(net, linears[-1])
-    out_dim = getattr(parent, attr).in_features
-    setattr(parent, attr, nn.Identity())
+    out_dim = net.get_submodule(linears[-1]).in_features
+    _set(net, linears[-1], nn.Identity())
     if in_channels != 3:
-        first = next(name for name, module in net.named_modules() if isinstance(module, nn.Conv2d))
-        parent, attr = _parent(net, first)
-        setattr(parent, attr, _with_in_channels(getattr(parent, attr), in_channels))
+        replace_first_conv(net, in_channels)
     return net, out_dim
 
 
@@ -135,4 +140,4 @@ def registry_model(name: str, *, in_channels: int, image_size: int, pretrained: 
     return net, out_dim
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "REGISTRIES", "is_registry_name", "registry_model"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "REGISTRIES", "is_registry_name", "registry_model", "replace_first_conv"]
