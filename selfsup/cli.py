@@ -95,6 +95,10 @@ def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int,
         images = data.load(d.name, split, d.root, size=size, channels=channels)
         return data.from_templates(images, split, held_out=d.held_out_classes)
 
+    if name is None and root is None and data.is_streamed(cfg.data):  # the run's own eval view, read whole
+        streamed = data.streamed_split(cfg.data, split)
+        return data.ImageDataset(streamed.images[:], streamed.labels, streamed.classes, cfg.data.name).convert(
+            size=size, channels=channels)
     if name is not None and Path(name).is_dir():
         name, root = "folder", name
     if name is None and root is not None and Path(root).is_dir() and cfg.data.name != "folder":
@@ -280,6 +284,22 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from selfsup.data.pack import open_pack, pack_folder
+
+    indexes = pack_folder(args.folder, args.out, size=args.size, channels=args.channels, ratio=args.ratio,
+                          shard_size=args.shard_size, progress=True)
+    for split, index in indexes.items():
+        where = Path(args.out) / split if len(indexes) > 1 else Path(args.out)
+        open_pack(Path(args.out), split, verify=True)  # what training will read, checksums included
+        size = sum((where / shard["file"]).stat().st_size for shard in index["shards"])
+        print(f"{split}: {index['count']:,} images of {index['channels']}x{index['side']}x{index['side']} in "
+              f"{len(index['shards'])} shard(s), {size / 2**20:,.1f} MiB, sha256 verified; "
+              f"{len(index['skipped'])} unreadable file(s) skipped -> {where}")
+    print(f"train on it: selfsup pretrain <recipe> data.name=packed data.root={args.out}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from selfsup import evaluate
 
@@ -411,6 +431,20 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--formats", type=_formats, default=["safetensors", "torchscript", "onnx"],
                     help="comma-separated: safetensors,torchscript,onnx (default all)")
     ex.set_defaults(func=cmd_export)
+
+    pk = sub.add_parser("pack", help="decode a folder of images once into uint8 shards for streamed training",
+                        description="Writes <out>/index.json and <out>/shard-*.npy (<out>/train and <out>/test "
+                                    "when the folder has train/ and test/): each image's centred square at side "
+                                    "round(size x ratio), sha256 per shard. An interrupted pack resumes; a "
+                                    "finished one is checked again. Train on it with data.name=packed "
+                                    "data.root=<out>.")
+    pk.add_argument("folder", help="folder of images (classes: first-level subfolders)")
+    pk.add_argument("out", help="output folder")
+    pk.add_argument("--size", type=int, default=96, help="training crop side the pack is for (default 96)")
+    pk.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    pk.add_argument("--ratio", type=float, default=1.15, help="stored side over --size (default 1.15)")
+    pk.add_argument("--shard-size", type=int, default=1024, help="images per shard (default 1024)")
+    pk.set_defaults(func=cmd_pack)
 
     pl = sub.add_parser("plot", help="redraw a run's curves and embedding map")
     pl.add_argument("run", help="run folder (train.out_dir)")

@@ -65,6 +65,17 @@ class DataConfig:
     """``name: captions``: the test split's captions file (None: no test split)."""
     held_out_classes: list[str] = field(default_factory=list)
     """Classes whose images and captions pretraining never sees (zero-shot on them afterwards)."""
+    stream: bool = False
+    """``folder``: decode each batch in DataLoader workers instead of the whole folder up front (for
+    folders larger than memory; ``packed`` always streams). See ``selfsup.data.stream``."""
+    workers: int = 2
+    """Streamed data: DataLoader worker processes decoding batches (0: in the training process)."""
+    store_ratio: float = 1.15
+    """Streamed folders: images are read at side ``round(size * store_ratio)``, the room random
+    crops cut from; evaluation takes the centred ``size`` square (ImageNet's resize-then-crop)."""
+    verify: bool = False
+    """``packed``: check every shard's sha256 against its index before training (headers and
+    lengths are always checked)."""
 
 
 @dataclass
@@ -306,6 +317,14 @@ def validate(cfg: Config) -> None:
     for key in ("sample_rate", "window", "eval_windows"):
         if getattr(cfg.data, key) <= 0:
             raise ConfigError(f"data.{key}: must be > 0, got {getattr(cfg.data, key)}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    if cfg.data.store_ratio < 1:
+        raise ConfigError(f"data.store_ratio: must be >= 1 (the stored side is size x store_ratio), got "
+                          f"{cfg.data.store_ratio}")
+    if cfg.data.stream and cfg.data.name not in ("folder", "packed"):
+        raise ConfigError(f"data.stream: streams folders and packs (data.name=folder or packed); "
+                          f"{cfg.data.name} is read into memory")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}")
     if cfg.eval.embedding_map not in ("umap", "tsne"):
@@ -352,7 +371,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 # Keys a resumed run may change: how long it runs, how it logs, and how it is evaluated. Anything
 # else (data, method, optimiser, batch, seed) would make the continuation a different run.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.knn_every", "train.knn_train_samples",
-             "train.knn_val_fraction", "train.log_every", "train.progress", "eval.")
+             "train.knn_val_fraction", "train.log_every", "train.progress", "data.workers", "eval.")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

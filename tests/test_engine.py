@@ -3,10 +3,8 @@ resume after a kill, resume with a longer schedule, precision and allocator choi
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -195,19 +193,14 @@ def _run(out_dir, *args, **popen):
      "method_args.warmup_teacher_temp_epochs=2", "method_args.teacher_temp=0.07", "augment.n_local=2",
      "augment.local.size=8", "optim.name=adamw", "optim.lr=0.001", "optim.weight_decay_end=0.4"],
 ], ids=["moco", "dino"])
-def test_killed_run_resumes_to_the_same_weights(tmp_path, settings):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, settings, kill_after_checkpoint):
     """SIGKILL a run right after a mid-epoch checkpoint; resuming must end bit-identical to an uninterrupted run:
     weights, queue / teacher / centre, optimiser state, and the logged history."""
     settings = ["train.epochs=2", "train.checkpoint_every=5", "train.log_every=7", *settings]
     reference = _run(tmp_path / "reference", *settings)
     victim = _run(tmp_path / "victim", *settings)
     ckpt = tmp_path / "victim" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and victim.poll() is None:
-        time.sleep(0.05)
-    assert victim.poll() is None, "the run finished before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_after_checkpoint(victim, ckpt)
     killed_at = load_checkpoint(ckpt)["step"]
     assert 0 < killed_at < 44  # 22 steps per epoch, 2 epochs: the resumed run crosses an epoch boundary
     assert _run(tmp_path / "victim", *settings, "--resume").wait(timeout=240) == 0

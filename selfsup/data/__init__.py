@@ -20,6 +20,11 @@ Names (``DATASETS``):
   train and 900 test crops from disjoint parts of each photo (see ``selfsup.data.photos``).
 - ``folder``: the user's images under ``root`` (see ``selfsup.data.folder``),
   resized to ``size`` (default 64) and converted to ``channels`` (default 3).
+- ``packed``: the uint8 shards ``selfsup pack`` writes from a folder (:mod:`selfsup.data.pack`);
+  training streams them (``data.stream`` is implied), ``load`` reads a split whole, center-cropped
+  to ``size`` (default: the crop the pack was made for).
+- With ``data.stream: true`` a ``folder`` is not decoded up front: DataLoader workers decode each
+  batch (:mod:`selfsup.data.stream`), so it may be larger than memory.
 - ``karate``, ``sbm``, ``planetoid``: graphs (``selfsup.data.graphs``, the ``graph`` extra).
 - ``captions``: the user's images named in a captions file (``data.captions``), paired with their
   captions (an image-text source, :mod:`selfsup.data.captions`); ``data.captions=templates`` pairs
@@ -51,13 +56,15 @@ from .photos import load_photos
 from .captions import CaptionedImages, ImageTextPairs, from_templates, read_captions_file, read_captions_splits
 from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
+from .stream import ImageStream, StreamedDataset, StreamedImages, center_crop, folder_split, packed_split
 
 __all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "read_captions_splits", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
-           "GraphSource", "ImageBatch", "ImageDataset", "InMemoryImages", "NodeSet", "SignalSet", "SkippedImageWarning",
+           "GraphSource", "ImageBatch", "ImageDataset", "ImageStream", "InMemoryImages", "StreamedDataset",
+           "StreamedImages", "center_crop", "folder_split", "is_streamed", "packed_split", "streamed_split", "NodeSet", "SignalSet", "SkippedImageWarning",
            "WavFolder", "graph_from_config", "kind_of", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
-    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "wav", "karate",
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "packed", "wav", "karate",
     "sbm", "planetoid", "captions")
 SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
 """Names that give sequences (windows of signal), not images."""
@@ -75,6 +82,27 @@ def kind_of(data) -> str:
         return "graph"
     return "sequences" if name in SEQUENCE_DATASETS else "images"
 SPLITS = ("train", "test")
+
+
+def is_streamed(d) -> bool:
+    """Whether a :class:`selfsup.config.DataConfig` names streamed images (a pack, or a folder with
+    ``stream: true``)."""
+    return d.name == "packed" or (d.name == "folder" and bool(getattr(d, "stream", False)))
+
+
+def streamed_split(d, split: str, *, progress: bool = False) -> StreamedDataset:
+    """``split`` of the streamed images a :class:`selfsup.config.DataConfig` names."""
+    if d.root is None:
+        raise DataError(f"data.root: dataset {d.name!r} needs "
+                        + ("the output folder of selfsup pack" if d.name == "packed" else "the folder of your images"))
+    if d.name == "packed":
+        streamed = packed_split(d.root, split, d.size, workers=d.workers, verify=d.verify, progress=progress)
+        if d.channels not in (None, streamed.channels):
+            raise DataError(f"data.channels={d.channels}: the pack at {d.root} holds {streamed.channels}-channel "
+                            f"images; pack the folder again with --channels {d.channels}")
+        return streamed
+    return folder_split(d.root, split, d.size or DEFAULT_SIZE, d.channels or 3, ratio=d.store_ratio,
+                        workers=d.workers, progress=progress)
 
 _IDX = {"fashion_mnist": FASHION_MNIST, "mnist": MNIST}
 _CIFAR = {"cifar10": CIFAR10, "cifar100": CIFAR100, "cifar100_coarse": CIFAR100_COARSE}
@@ -154,6 +182,12 @@ def load(
         if root is None:
             raise DataError("dataset 'folder' needs root=<folder of images>")
         return load_folder(root, split, size or DEFAULT_SIZE, channels or 3, progress)
+    if name == "packed":
+        if root is None:
+            raise DataError("dataset 'packed' needs root=<the output folder of selfsup pack>")
+        streamed = packed_split(root, split, size, workers=0)
+        dataset = ImageDataset(streamed.images[:], streamed.labels, streamed.classes, "packed")
+        return dataset.convert(channels=channels)
     if name in _IDX:
         dataset = load_idx(_IDX[name], split, root, download, progress)
     elif name in _CIFAR:

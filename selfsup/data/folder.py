@@ -52,13 +52,16 @@ class SkippedImageWarning(UserWarning):
     """An image file in a folder could not be read and was skipped."""
 
 
-def _image_files(base: Path) -> list[Path]:
+def _image_files(base: Path, progress: bool = False) -> list[Path]:
     files = []
+    bar = tqdm(desc=f"scanning {base}", unit=" files", disable=not progress)
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(Path(dirpath, name))
+        found = [Path(dirpath, name) for name in sorted(filenames)
+                 if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        files.extend(found)
+        bar.update(len(found))
+    bar.close()
     return files
 
 
@@ -79,9 +82,16 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("L" if image.mode in ("L", "1") else "RGB")
 
 
-def decode(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 ``(channels, size, size)``, as described in the module docstring."""
+def decode(path: Path, size: int, channels: int, draft: bool = False) -> np.ndarray:
+    """One image file -> uint8 ``(channels, size, size)``, as described in the module docstring.
+
+    ``draft``: let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when that still leaves both
+    sides at least ``size`` (``Image.draft``; several times faster on photos much larger than
+    ``size``, and slightly different pixels from a full decode).
+    """
     with Image.open(path) as image:
+        if draft and image.format == "JPEG":
+            image.draft(image.mode, (size, size))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         image = _to_8bit(image)
@@ -104,8 +114,10 @@ def _try_decode(path: Path, size: int, channels: int) -> np.ndarray | str:
         return f"{type(err).__name__}: {err}"
 
 
-def load_folder(root: str | Path, split: str, size: int, channels: int, progress: bool) -> ImageDataset:
-    """Decode the images under ``root`` (see the module docstring for the layout and decoding rules)."""
+def scan_folder(root: str | Path, split: str, progress: bool = False
+                ) -> tuple[list[Path], torch.Tensor | None, list[str] | None, Path]:
+    """The image files of ``split`` under ``root``, their labels and class names (or None), and the
+    folder they were found in (layout rules in the module docstring); nothing is decoded."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"folder: {root} is not a folder; expected a folder of image files ({_KINDS})")
@@ -116,7 +128,7 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
             "split='test' needs the layout <root>/train/... and <root>/test/..."
         )
     base = root / split if split_layout else root
-    files = _image_files(base)
+    files = _image_files(base, progress)
     if not files:
         raise FileNotFoundError(f"folder: no image files ({_KINDS}) under {base}")
     names = [_class_of(path, base) for path in files]
@@ -126,7 +138,12 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
         classes = sorted({_class_of(path, b) for b in bases for path in _image_files(b)} - {None})
         index = {name: k for k, name in enumerate(classes)}
         labels = torch.tensor([index[name] for name in names], dtype=torch.int64)
+    return files, labels, classes, base
 
+
+def load_folder(root: str | Path, split: str, size: int, channels: int, progress: bool) -> ImageDataset:
+    """Decode the images under ``root`` (see the module docstring for the layout and decoding rules)."""
+    files, labels, classes, base = scan_folder(root, split, progress)
     images = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
     # Decoded pixels are copied straight into this numpy view of ``images``: PIL's arrays are
     # read-only, and torch.from_numpy on them warns (and would cost a copy to make them writable).

@@ -113,16 +113,21 @@ def start_fabric(t: TrainConfig, out_dir: Path) -> tuple[Fabric, str, str]:
 def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.ImageDataset | None]:
     """Train split (a seeded subset of ``data.max_samples`` if set), and the labelled test split
     used for monitoring and evaluation (None if absent)."""
-    kwargs = dict(root=cfg.data.root, size=cfg.data.size, channels=cfg.data.channels,
-                  download=cfg.data.download, progress=progress)
-    train = data.load(cfg.data.name, "train", **kwargs)
+    if data.is_streamed(cfg.data):  # nothing decoded here: the files are scanned, the pack's index read
+        def read(split: str):
+            return data.streamed_split(cfg.data, split, progress=progress)
+    else:
+        def read(split: str):
+            return data.load(cfg.data.name, split, root=cfg.data.root, size=cfg.data.size,
+                             channels=cfg.data.channels, download=cfg.data.download, progress=progress)
+    train = read("train")
     if cfg.data.max_samples is not None and cfg.data.max_samples < len(train):
         generator = torch.Generator().manual_seed(cfg.train.seed)
         train = train.subset(torch.randperm(len(train), generator=generator)[: cfg.data.max_samples].sort().values)
     try:
-        test = data.load(cfg.data.name, "test", **kwargs)
+        test = read("test")
     except FileNotFoundError:
-        if cfg.data.name != "folder":
+        if cfg.data.name not in ("folder", "packed"):
             raise
         test = None  # a plain folder of unlabelled images has no test split
     if test is not None and (test.labels is None or train.labels is None):
@@ -209,6 +214,9 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSou
     if len(train) < t.batch_size:
         raise ConfigError(f"train.batch_size: dataset {cfg.data.name!r} has {len(train)} training images, fewer "
                           f"than train.batch_size={t.batch_size}; lower the batch size")
+    if data.is_streamed(cfg.data):
+        return data.StreamedImages(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
+                                   workers=cfg.data.workers, rank=fabric.global_rank), test
     return data.InMemoryImages(train, t.batch_size, fabric.world_size, t.seed, fabric.device), test
 
 
@@ -491,8 +499,9 @@ class Trainer:
         raw = self.source.batch(epoch, position, self.fabric.global_rank)
         if self.source.kind not in ("images", "image_text"):  # signals, node features: float already
             return Batch([raw.images], raw.index, raw.labels, raw.extra)
-        if self.augment is None:  # the images as they are, one float view
-            return Batch([augment.to_float(raw.images)], raw.index, raw.labels, raw.extra)
+        if self.augment is None:  # the images as they are (a streamed batch's centre), one float view
+            images = data.center_crop(raw.images, self.train_set.size)
+            return Batch([augment.to_float(images)], raw.index, raw.labels, raw.extra)
         with torch.no_grad():
             views = self.augment(raw.images)
         if self.cfg.train.channels_last:
@@ -522,7 +531,7 @@ class Trainer:
             return
 
         def draw() -> None:
-            images = self.source.images[:count]
+            images = self.source.images[:count].to(self.fabric.device)
             generator = torch.Generator(images.device).manual_seed(self.cfg.train.seed)
             views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
             n_global = len(self.augment.views)
@@ -584,6 +593,9 @@ class Trainer:
         finally:
             self.train_seconds += time.perf_counter() - self.fit_started
             bar.close()
+            close = getattr(self.source, "close", None)
+            if close is not None:  # a streamed source's workers stop before evaluation needs the cores
+                close()
             for logger in fabric.loggers:
                 logger.finalize(status)
 
@@ -671,14 +683,21 @@ class Trainer:
             if queries is None:
                 query_images, query_labels = self.test_set.inputs, self.test_set.labels
             else:
-                query_images, query_labels = images[queries.to(images.device)], labels[queries]
-            bank_x = evaluate.extract_features(encoder, images[bank.to(images.device)], **kwargs)
+                query_images, query_labels = _rows(images, queries), labels[queries]
+            bank_x = evaluate.extract_features(encoder, _rows(images, bank), **kwargs)
             query_x = evaluate.extract_features(encoder, query_images, **kwargs)
             return evaluate.knn_accuracy(bank_x, labels[bank], query_x, query_labels, k=self.cfg.eval.knn_k,
                                          temperature=self.cfg.eval.knn_temperature)
 
         accuracy = self.on_rank_zero("measuring the kNN monitor", measure)
         return float(self.fabric.broadcast(torch.tensor(accuracy or 0.0, device=self.fabric.device), src=0))
+
+
+def _rows(images, index: Tensor):
+    """Rows ``index`` of a tensor, or of a streamed split (still unread)."""
+    if isinstance(images, data.ImageStream):
+        return images.subset(index)
+    return images[index.to(images.device)]
 
 
 def _commit() -> str | None:
@@ -755,6 +774,13 @@ def finish(trainer: Trainer) -> dict[str, float]:
         entries = own(test, data=cfg.data.name, device=trainer.fabric.device)
         evaluations.update(entries)
         metrics.update({f"{key}_accuracy": entry["accuracy"] for key, entry in entries.items() if "accuracy" in entry})
+    skipped = dict(getattr(trainer.source, "skipped", {}) or {})
+    if test is not None:
+        skipped.update(getattr(test, "skipped", {}) or {})
+    if skipped:
+        shown = "; ".join(f"{path} ({why})" for path, why in list(skipped.items())[:5])
+        _say(f"skipped {len(skipped)} unreadable image file(s), each slot filled by the next readable file: {shown}"
+             + (" ..." if len(skipped) > 5 else ""))
     rates = [rate for _, rate in trainer.history.get("images_per_s", [])[1:]]  # the first window warms up
     results = {"name": cfg.name, "method": cfg.method, "data": cfg.data.name, "backbone": cfg.backbone.name,
                "epochs": round(trainer.max_steps / trainer.steps_per_epoch, 4) if trainer.time_plan else cfg.train.epochs,
@@ -766,6 +792,7 @@ def finish(trainer: Trainer) -> dict[str, float]:
                "wall_time_s": round(time.perf_counter() - trainer.started, 1),
                "pretrain_time_s": round(trainer.train_seconds, 1),
                "images_per_s": round(float(np.median(rates)), 1) if rates else None,
+               **({"skipped_files": [{"path": p, "reason": r} for p, r in skipped.items()]} if skipped else {}),
                **metrics, "evaluations": evaluations}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if cfg.eval.plots:

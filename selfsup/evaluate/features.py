@@ -56,6 +56,15 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
     """
     if kind not in ("images", "image_text", "sequences", "graph"):
         raise ValueError(f"kind must be 'images', 'image_text', 'sequences' or 'graph', got {kind!r}")
+    from selfsup.data.stream import ImageStream
+
+    if isinstance(images, ImageStream):  # a streamed split: DataLoader workers read it batch by batch
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if len(images) == 0:
+            raise ValueError("images is empty (N = 0); pass at least one image")
+        return _encode(encoder, images.batches(batch_size), -(-len(images) // batch_size), device, autocast,
+                       progress, nodes=False)
     signals, nodes = kind == "sequences", kind == "graph"
     if nodes and not (isinstance(images, Tensor) and images.ndim == 1 and images.dtype == torch.int64):
         raise ValueError(f"a graph's inputs must be int64 node ids (N,), got "
@@ -77,7 +86,13 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
                              f"pass unnormalised images (the encoder normalises them itself)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+    return _encode(encoder, batches, -(-len(images) // batch_size), device, autocast, progress, nodes=nodes)
 
+
+def _encode(encoder: nn.Module, batches, count: int, device, autocast: bool, progress: bool, *,
+            nodes: bool) -> Tensor:
+    """The features of each batch of ``batches`` (``count`` of them), concatenated on the CPU."""
     home = _module_device(encoder)
     target = torch.device(device) if device is not None else home
     chunks: list[Tensor] = []
@@ -86,9 +101,8 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         if moved:
             encoder.to(target)
         with eval_mode(encoder):
-            for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch",
-                              disable=not progress):
-                batch = images[start:start + batch_size].to(target, non_blocking=True)
+            for batch in tqdm(batches, total=count, desc="features", unit="batch", disable=not progress):
+                batch = batch.to(target, non_blocking=True)
                 if not nodes:  # node ids stay ids
                     batch = batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
                 with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast):

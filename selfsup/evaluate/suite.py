@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from selfsup.evaluate.fewshot import fewshot_accuracy
@@ -91,8 +92,12 @@ def retrieval_picture(train_images: Tensor, train_x: Tensor, train_y: Tensor | N
     """``retrieval.png``: the first ``queries`` test images and their nearest training images."""
     k = min(neighbours, len(train_x))
     indices, _ = nearest_neighbours(test_x[:queries], train_x, k)
-    return plot_retrieval(test_images[:queries], train_images, indices, path,
-                          query_labels=None if test_y is None else test_y[:queries], gallery_labels=train_y,
+    # Only the retrieved rows are read (a streamed split decodes them now, not the whole split).
+    rows, found = torch.unique(indices.cpu(), return_inverse=True)
+    gallery = train_images[rows.to(train_images.device)]
+    return plot_retrieval(test_images[:queries], gallery, found, path,
+                          query_labels=None if test_y is None else test_y[:queries],
+                          gallery_labels=None if train_y is None else train_y[rows.to(train_y.device)],
                           classes=classes)
 
 

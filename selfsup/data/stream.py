@@ -1,0 +1,486 @@
+"""Streamed images: folders and packed shards larger than memory, read batch by batch.
+
+A streamed source never holds the dataset. DataLoader workers read the images of one batch,
+``(epoch, position, rank)``, as uint8 ``(B, C, S, S)`` at a *stored side* ``S`` a little larger
+than the training crop (``round(1.15 * size)`` by default, as FFCV stores ImageNet), the batch
+is pinned (CUDA) and moved to the device, and the method's views are cut from it there in one
+batched call, as for in-memory data.
+
+Readers (what an index means):
+
+- :class:`FileReader`: image files, decoded with PIL as :mod:`selfsup.data.folder` decodes them
+  (first frame, EXIF orientation, 8 bits, channels, centred square resized), except that JPEGs
+  are decoded straight at a reduced scale where libjpeg can (``Image.draft``: 1/2, 1/4 or 1/8 of
+  the full size, never below ``S``), which is most of the speed on full-size photos.
+- :class:`PackedReader`: the uint8 shards ``selfsup pack`` writes (see :mod:`selfsup.data.pack`):
+  no decoding, one ``pread`` per image.
+
+Determinism: the batch of ``(epoch, position, rank)`` is the same permutation slice as
+:class:`selfsup.data.sources.InMemoryImages` takes, so it depends on those and the seed only, and
+a resumed run reads exactly the batches it would have read. A file that cannot be decoded is
+reported (path and reason, once) and its slot takes the next readable file in the folder's
+order: which files are unreadable is a property of the folder, so the substitute is too.
+
+Evaluation reads the *eval view*: the centred ``size x size`` square of the stored image, i.e.
+"resize the short side to 1.15 x size, centre crop size", the ImageNet evaluation protocol
+(256 -> 224 is 1.14x).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from selfsup.errors import DataError
+
+from .folder import _MAX_THREADS, SkippedImageWarning, decode, scan_folder
+
+STORE_RATIO = 1.15
+"""Stored short side over the training crop (FFCV's ImageNet files: 1.15 x)."""
+STATS_SAMPLES = 512
+"""Images (a seeded sample) from which a streamed set's normalisation statistics are measured."""
+
+
+def stored_side(size: int, ratio: float = STORE_RATIO) -> int:
+    """The side images are stored / streamed at for training crops of ``size``."""
+    return max(size, round(size * ratio))
+
+
+class FileReader:
+    """Decode image files to uint8 ``(C, side, side)`` (picklable: DataLoader workers get a copy)."""
+
+    def __init__(self, files: Sequence[Path], side: int, channels: int) -> None:
+        self.files = [str(f) for f in files]
+        self.side, self.channels = side, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, index: int) -> str:
+        return self.files[index]
+
+    def read(self, index: int) -> np.ndarray:
+        return decode(Path(self.files[index]), self.side, self.channels, draft=True)
+
+
+class PackedReader:
+    """Rows of packed uint8 shards, read with ``os.pread`` (no decoding, no memory map held).
+
+    Reading with ``pread`` rather than through ``np.memmap`` keeps a process's resident memory
+    flat over an epoch (a map's touched pages count as its own); the kernel's page cache still
+    shares the bytes between all processes reading the same shards.
+    """
+
+    def __init__(self, pack) -> None:  # pack: selfsup.data.pack.Pack
+        self.paths = [str(pack.root / shard["file"]) for shard in pack.shards]
+        self.offsets = [shard["offset"] for shard in pack.shards]
+        self.starts = np.cumsum([0] + [shard["count"] for shard in pack.shards])
+        self.names = pack.names
+        self.side, self.channels = pack.side, pack.channels
+        self.row = pack.channels * pack.side * pack.side
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def name(self, index: int) -> str:
+        return self.names[index]
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():  # a forked worker opens its own descriptors
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:  # threads may race here: the first descriptor stored wins, the others close
+            fd = os.open(self.paths[shard], os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            kept = self._fds.setdefault(shard, fd)
+            if kept != fd:
+                os.close(fd)
+            fd = kept
+        return fd
+
+    def read(self, index: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        offset = self.offsets[shard] + (index - int(self.starts[shard])) * self.row
+        data = os.pread(self._fd(shard), self.row, offset)
+        if len(data) != self.row:
+            raise DataError(f"packed: {self.paths[shard]} ends before image {index} ({len(data)} of {self.row} "
+                            f"bytes); the shard does not match its index.json, run selfsup pack again")
+        return np.frombuffer(data, dtype=np.uint8).reshape(self.channels, self.side, self.side)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+class SubsetReader:
+    """Positions ``indices`` of another reader (``data.max_samples`` of a streamed folder)."""
+
+    def __init__(self, reader, indices: Sequence[int]) -> None:
+        self.reader, self.indices = reader, list(indices)
+        self.side, self.channels = reader.side, reader.channels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def name(self, index: int) -> str:
+        return self.reader.name(self.indices[index])
+
+    def read(self, index: int) -> np.ndarray:
+        return self.reader.read(self.indices[index])
+
+
+def read_batch(reader, indices: Sequence[int], out: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Images ``indices`` of ``reader`` as uint8 ``(B, C, S, S)``, and the ``(index, reason)`` of each
+    unreadable file met; an unreadable file's slot takes the next readable one (wrapping around)."""
+    n = len(reader)
+    if out is None:
+        out = np.empty((len(indices), reader.channels, reader.side, reader.side), dtype=np.uint8)
+    failures: list[tuple[int, str]] = []
+    for slot, index in enumerate(indices):
+        for attempt in range(n):
+            candidate = (int(index) + attempt) % n
+            try:
+                out[slot] = reader.read(candidate)
+                break
+            except DataError:
+                raise  # a pack that does not match its index is the user's to fix, not a file to skip
+            except Exception as err:  # PIL raises many types on corrupt data; each one means "skip this file"
+                failures.append((candidate, f"{type(err).__name__}: {err}"))
+        else:
+            raise DataError(f"none of the {n} images could be read; the first: {reader.name(int(index))}")
+    return out, failures
+
+
+class ImageStream:
+    """A lazy uint8 ``(N, C, H, W)`` image collection: indexing decodes, :meth:`batches` streams.
+
+    ``crop`` cuts the centred ``crop x crop`` square of each stored image (the evaluation view);
+    None keeps the stored side. :meth:`subset` is lazy; ``stream[key]`` (an int, slice, list or
+    index tensor) reads those images now, in threads, and returns a tensor.
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+
+    def __init__(self, reader, indices: Tensor | None = None, crop: int | None = None, workers: int = 2,
+                 on_failures=None) -> None:
+        self.reader = reader
+        self.indices = torch.arange(len(reader)) if indices is None else indices.cpu().to(torch.int64)
+        self.crop = crop
+        self.workers = workers
+        self.on_failures = on_failures
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def side(self) -> int:
+        return self.crop or self.reader.side
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), self.reader.channels, self.side, self.side))
+
+    def subset(self, index: Tensor) -> ImageStream:
+        """The images at positions ``index`` of this stream, still unread."""
+        return ImageStream(self.reader, self.indices[index.cpu()], self.crop, self.workers, self.on_failures)
+
+    def view(self, crop: int | None) -> ImageStream:
+        """The same images with another centre crop."""
+        return ImageStream(self.reader, self.indices, crop, self.workers, self.on_failures)
+
+    def _finish(self, images: np.ndarray, failures: list[tuple[int, str]]) -> Tensor:
+        if failures and self.on_failures is not None:
+            self.on_failures(failures)
+        return center_crop(torch.from_numpy(images), self.crop)
+
+    def __getitem__(self, key) -> Tensor:
+        if isinstance(key, int):
+            return self[[key]][0]
+        positions = self.indices[key] if not isinstance(key, list) else self.indices[torch.tensor(key)]
+        positions = positions.reshape(-1).tolist()
+        out = np.empty((len(positions), self.reader.channels, self.reader.side, self.reader.side), dtype=np.uint8)
+        chunks = [range(start, min(start + 64, len(positions))) for start in range(0, len(positions), 64)]
+
+        def work(chunk: range) -> list[tuple[int, str]]:
+            return read_batch(self.reader, positions[chunk.start:chunk.stop], out[chunk.start:chunk.stop])[1]
+
+        with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
+            failures = [f for found in pool.map(work, chunks) for f in found]
+        return self._finish(out, failures)
+
+    def batches(self, batch_size: int) -> Iterator[Tensor]:
+        """The images in order, ``batch_size`` at a time, read by ``workers`` DataLoader workers."""
+        dataset = _Chunks(self.reader, self.indices, batch_size)
+        for images, failures in _loader(dataset, range(len(dataset)), self.workers, pin=False):
+            yield self._finish(images.numpy(), failures)
+
+
+def center_crop(images: Tensor, crop: int | None) -> Tensor:
+    """The centred ``crop x crop`` square of uint8 ``(..., S, S)`` images (None: as they are)."""
+    if crop is None or images.shape[-1] == crop:
+        return images
+    top = (images.shape[-2] - crop) // 2
+    left = (images.shape[-1] - crop) // 2
+    return images[..., top:top + crop, left:left + crop].contiguous()
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Item k: the k-th run of ``batch_size`` of ``indices`` (evaluation order)."""
+
+    def __init__(self, reader, indices: Tensor, batch_size: int) -> None:
+        self.reader, self.indices, self.batch_size = reader, indices, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __getitem__(self, k: int):
+        chunk = self.indices[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+        images, failures = read_batch(self.reader, chunk)
+        return torch.from_numpy(images), failures
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Item ``step``: this rank's share of global batch ``step`` (epochs follow one another)."""
+
+    def __init__(self, reader, labels: Tensor | None, batch_size: int, local_batch: int, rank: int,
+                 steps_per_epoch: int, seed: int) -> None:
+        self.reader, self.labels = reader, labels
+        self.batch_size, self.local_batch, self.rank = batch_size, local_batch, rank
+        self.steps_per_epoch, self.seed = steps_per_epoch, seed
+        self._order: tuple[int, Tensor] | None = None
+
+    def order(self, epoch: int) -> Tensor:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self.reader), self.seed, epoch))
+        return self._order[1]
+
+    def __getitem__(self, step: int):
+        epoch, position = divmod(step, self.steps_per_epoch)
+        start = position * self.batch_size + self.rank * self.local_batch
+        index = self.order(epoch)[start:start + self.local_batch]
+        images, failures = read_batch(self.reader, index.tolist())
+        labels = None if self.labels is None else self.labels[index]
+        return step, torch.from_numpy(images), index, labels, failures
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """Epoch ``epoch``'s permutation of ``n`` samples: the same as in-memory sources draw."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+class _From(torch.utils.data.Sampler):
+    """Steps ``start, start + 1, ...`` without end (the source asks for as many as training takes)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self):
+        return itertools.count(self.start)
+
+
+def _loader(dataset, sampler, workers: int, pin: bool):
+    # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG,
+    # which the augmentations use, so a run resumed mid-epoch would draw other views. (The
+    # workers draw nothing random: what they read depends on the step alone.)
+    return iter(torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin,
+        generator=torch.Generator().manual_seed(0),
+        collate_fn=_as_is, prefetch_factor=2 if workers else None, persistent_workers=False,
+        multiprocessing_context="fork" if workers and "fork" in torch.multiprocessing.get_all_start_methods()
+        else None))
+
+
+def _as_is(item):
+    return item
+
+
+class StreamedDataset:
+    """A streamed split with the interface evaluation reads from an :class:`ImageDataset`.
+
+    ``images`` and ``inputs`` are :class:`ImageStream` eval views (centre ``size`` squares);
+    ``labels`` and ``classes`` come from the folder names, known without decoding anything.
+    """
+
+    def __init__(self, reader, labels: Tensor | None, classes: list[str] | None, name: str, size: int,
+                 workers: int = 2) -> None:
+        if size > reader.side:
+            raise DataError(f"{name}: data.size={size} is larger than the stored side {reader.side}")
+        self.reader, self.labels, self.classes, self.name = reader, labels, classes, name
+        self.size, self.workers = size, workers
+        self.skipped: dict[str, str] = {}
+        """``{path: reason}`` of the unreadable files met so far (each reported once)."""
+        self._lock = threading.Lock()
+        self.images = ImageStream(reader, crop=size, workers=workers, on_failures=self.report)
+        self._moments: tuple[Tensor, Tensor] | None = None
+
+    def report(self, failures: list[tuple[int, str]]) -> None:
+        """Warn once for each newly met unreadable file (``(reader index, reason)`` pairs)."""
+        with self._lock:
+            for index, reason in failures:
+                path = self.reader.name(index)
+                if path not in self.skipped:
+                    self.skipped[path] = reason
+                    warnings.warn(f"skipping {path}: {reason}; its slot takes the next readable file",
+                                  SkippedImageWarning, stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    @property
+    def inputs(self) -> ImageStream:
+        return self.images
+
+    @property
+    def channels(self) -> int:
+        return self.reader.channels
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.classes is None else len(self.classes)
+
+    def to(self, device) -> StreamedDataset:
+        return self  # batches are moved as they are read
+
+    def subset(self, index: Tensor) -> StreamedDataset:
+        """The samples at int64 positions ``index``, still unread."""
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(1)
+        index = index.cpu().to(torch.int64)
+        labels = None if self.labels is None else self.labels[index]
+        subset = StreamedDataset(SubsetReader(self.reader, index.tolist()), labels, self.classes, self.name,
+                                 self.size, self.workers)
+        subset.skipped, subset._lock = self.skipped, self._lock  # one report for the split
+        return subset
+
+    def mean(self) -> Tensor:
+        """Per-channel mean in [0, 1] over a seeded sample of :data:`STATS_SAMPLES` eval views."""
+        return self._stats()[0]
+
+    def std(self) -> Tensor:
+        """Per-channel standard deviation over the same sample as :meth:`mean`."""
+        return self._stats()[1]
+
+    def _stats(self) -> tuple[Tensor, Tensor]:
+        if self._moments is None:
+            n = len(self)
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:STATS_SAMPLES].sort().values
+            sample = self.images.subset(pick)[:].double().div_(255)
+            mean = sample.mean(dim=(0, 2, 3))
+            std = (sample.square().mean(dim=(0, 2, 3)) - mean.square()).clamp_min(0).sqrt()
+            self._moments = (mean.float(), std.float())
+        return self._moments
+
+
+class StreamedImages:
+    """The streamed image source: batches of ``(epoch, position, rank)`` read by DataLoader workers.
+
+    Args:
+        dataset: the training split (its reader, labels, eval size).
+        batch_size: the global batch.
+        world_size: processes sharing each global batch.
+        seed: seeds the epoch orders (as :class:`selfsup.data.sources.InMemoryImages`).
+        device: where the batches go (pinned first on CUDA).
+        workers: DataLoader worker processes (0: read in this process).
+
+    Unreadable files are reported through the dataset (``dataset.skipped``).
+    """
+
+    kind = "images"
+
+    def __init__(self, dataset: StreamedDataset, batch_size: int, world_size: int = 1, seed: int = 0,
+                 device: torch.device | str = "cpu", workers: int = 2, rank: int = 0) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+        self.dataset, self.batch_size, self.local_batch = dataset, batch_size, batch_size // world_size
+        self.seed, self.device, self.workers, self.rank = seed, torch.device(device), workers, rank
+        self.images = ImageStream(dataset.reader, workers=workers, on_failures=dataset.report)
+        self._iterator = None
+        self._next: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def inputs(self) -> ImageStream:
+        """The training split's eval views (what evaluation encodes)."""
+        return self.dataset.images
+
+    def steps_per_epoch(self) -> int:
+        return len(self) // self.batch_size
+
+    def order(self, epoch: int) -> Tensor:
+        return epoch_order(len(self), self.seed, epoch)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``{path: reason}`` of the unreadable files met so far."""
+        return self.dataset.skipped
+
+    def batch(self, epoch: int, position: int, rank: int):
+        from .sources import ImageBatch
+
+        step = epoch * self.steps_per_epoch() + position
+        if self._iterator is None or self._next != step or rank != self.rank:
+            self.close()
+            self.rank = rank
+            steps = _Steps(self.dataset.reader, self.dataset.labels, self.batch_size, self.local_batch, rank,
+                           self.steps_per_epoch(), self.seed)
+            self._iterator = _loader(steps, _From(step), self.workers, pin=self.device.type == "cuda")
+        got, images, index, labels, failures = next(self._iterator)
+        if got != step:
+            raise RuntimeError(f"streamed source: asked for step {step}, the loader gave {got}")
+        self._next = step + 1
+        if failures:
+            self.dataset.report(failures)
+        move = dict(device=self.device, non_blocking=True)
+        return ImageBatch(images.to(**move), index.to(**move), None if labels is None else labels.to(**move))
+
+    def close(self) -> None:
+        """Stop the workers (training calls this when it ends; the next batch starts new ones)."""
+        iterator, self._iterator, self._next = self._iterator, None, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def folder_split(root: str | Path, split: str, size: int, channels: int, *, ratio: float = STORE_RATIO,
+                 workers: int = 2, progress: bool = False) -> StreamedDataset:
+    """A folder's split (layout as :mod:`selfsup.data.folder`) as a :class:`StreamedDataset`."""
+    files, labels, classes, base = scan_folder(root, split, progress=progress)
+    reader = FileReader(files, stored_side(size, ratio), channels)
+    return StreamedDataset(reader, labels, classes, "folder", size, workers)
+
+
+def packed_split(root: str | Path, split: str, size: int | None, *, workers: int = 2, verify: bool = False,
+                 progress: bool = False) -> StreamedDataset:
+    """A packed split (``selfsup pack``'s output) as a :class:`StreamedDataset`; ``size`` None:
+    the crop the pack was made for."""
+    from .pack import open_pack
+
+    pack = open_pack(root, split, verify=verify, progress=progress)
+    size = size or pack.size
+    labels = None if pack.labels is None else torch.from_numpy(pack.labels)
+    return StreamedDataset(PackedReader(pack), labels, pack.classes, "packed", size, workers)
+
+
+__all__ = ["STORE_RATIO", "FileReader", "ImageStream", "PackedReader", "StreamedDataset", "StreamedImages",
+           "SubsetReader", "center_crop", "epoch_order", "folder_split", "packed_split", "read_batch",
+           "stored_side"]

@@ -1,0 +1,322 @@
+"""Streamed images (selfsup.data.stream) and packs (selfsup.data.pack): order, decoding, corrupt files,
+resume after SIGKILL with DataLoader workers, a memory cap, and the pack's checksums and resume."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup import data
+from selfsup.data import pack as packing
+from selfsup.data.folder import SkippedImageWarning, load_folder
+from selfsup.data.stream import FileReader, StreamedImages, folder_split, packed_split, stored_side
+from selfsup.engine import load_checkpoint
+from selfsup.errors import DataError
+
+SCRIPT = Path(__file__).parent / "scripts" / "pretrain_digits.py"
+
+
+def _picture(k: int, width: int, height: int) -> np.ndarray:
+    rng = np.random.default_rng(k)
+    yy, xx = np.mgrid[0:height, 0:width]
+    smooth = np.stack([np.sin(xx / (5 + k % 7)), np.cos(yy / (4 + k % 5)), np.sin((xx + yy) / 9)], -1)
+    return ((smooth * 0.5 + 0.5) * 200 + rng.integers(0, 55, (height, width, 3))).astype(np.uint8)
+
+
+def make_folder(root: Path, count: int, *, suffix: str = ".png", size=(40, 30), classes: int = 3,
+                test: int = 0) -> Path:
+    """``count`` training images (and ``test`` test images) in ``classes`` class folders."""
+    splits = {"train": count, "test": test} if test else {"": count}
+    for split, n in splits.items():
+        for k in range(n):
+            folder = root / split / f"class{k % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_picture(k + (10_000 if split == "test" else 0), *size)).save(folder / f"{k:04d}{suffix}")
+    return root
+
+
+def pil_reference(path: Path, side: int, crop: int | None = None) -> np.ndarray:
+    """What the stream must give, computed with PIL alone: centred square, resized to ``side``,
+    then (eval view) the centred ``crop`` square."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    image = image.resize((side, side), Image.Resampling.BILINEAR, box=((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2))
+    pixels = np.asarray(image).transpose(2, 0, 1)
+    if crop is not None:
+        top = (side - crop) // 2
+        pixels = pixels[:, top:top + crop, top:top + crop]
+    return pixels
+
+
+def test_batches_follow_the_in_memory_order_and_split_across_ranks(tmp_path):
+    root = make_folder(tmp_path / "imgs", 40)
+    streamed = folder_split(root, "train", 12, 3, ratio=1.0, workers=0)
+    in_memory = data.InMemoryImages(load_folder(root, "train", 12, 3, False), batch_size=8, seed=3)
+    one = StreamedImages(streamed, batch_size=8, seed=3, workers=2)
+    two = [StreamedImages(streamed, batch_size=8, world_size=2, seed=3, workers=0, rank=r) for r in (0, 1)]
+    assert one.steps_per_epoch() == in_memory.steps_per_epoch() == 5
+    for epoch, position in [(0, 0), (0, 1), (0, 4), (1, 2), (3, 0)]:  # out of order: the loader restarts there
+        ours, reference = one.batch(epoch, position, 0), in_memory.batch(epoch, position, 0)
+        assert torch.equal(ours.index, reference.index)
+        assert torch.equal(ours.images, reference.images)
+        assert torch.equal(ours.labels, reference.labels)
+        halves = [source.batch(epoch, position, rank) for rank, source in enumerate(two)]
+        assert torch.equal(torch.cat([h.images for h in halves]), reference.images)
+    one.close()
+
+
+def test_stored_side_and_eval_view_match_pil(tmp_path):
+    root = make_folder(tmp_path / "imgs", 6, size=(50, 34))
+    streamed = folder_split(root, "train", 20, 3, workers=0)
+    side = stored_side(20)
+    assert side == 23 == streamed.reader.side  # round(20 * 1.15)
+    files = sorted(root.rglob("*.png"))
+    source = StreamedImages(streamed, batch_size=2, workers=0)
+    assert tuple(source.images[:].shape) == (6, 3, side, side)
+    for k, path in enumerate(files):
+        assert np.array_equal(source.images[k].numpy(), pil_reference(path, side))
+        assert np.array_equal(streamed.images[k].numpy(), pil_reference(path, side, crop=20))  # evaluation's view
+
+
+def test_jpeg_draft_decoding_keeps_the_side_and_the_picture(tmp_path):
+    big = tmp_path / "big.jpg"
+    Image.fromarray(_picture(1, 800, 600)).save(big, quality=92)
+    reader = FileReader([big], side=110, channels=3)
+    drafted = reader.read(0).astype(np.float64)
+    full = pil_reference(big, 110).astype(np.float64)  # full-size decode, then resize
+    assert drafted.shape == full.shape == (3, 110, 110)
+    assert np.abs(drafted - full).mean() < 3.0  # the same picture: DCT-domain scaling differs by a few levels
+
+
+def test_corrupt_files_are_reported_once_and_replaced_by_the_next_readable_file(tmp_path):
+    root = make_folder(tmp_path / "imgs", 12, classes=1)
+    broken = root / "class0" / "0003b.png"  # sorts right after 0003.png
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    streamed = folder_split(root, "train", 16, 3, ratio=1.0, workers=0)
+    files = [Path(f) for f in streamed.reader.files]
+    position = files.index(broken)
+    source = StreamedImages(streamed, batch_size=13, seed=0, workers=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = source.batch(0, 0, 0)
+        again = source.batch(1, 0, 0)
+    messages = [str(w.message) for w in caught if issubclass(w.category, SkippedImageWarning)]
+    assert len(messages) == 1 and str(broken) in messages[0]  # reported once, naming the file
+    assert list(source.skipped) == [str(broken)]
+    slot = int((first.index == position).nonzero())
+    assert np.array_equal(first.images[slot].numpy(), pil_reference(files[position + 1], 16))
+    assert torch.equal(again.images[int((again.index == position).nonzero())], first.images[slot])
+    source.close()
+
+
+def test_features_of_a_stream_equal_those_of_its_tensor(tmp_path):
+    from selfsup.evaluate import extract_features
+
+    root = make_folder(tmp_path / "imgs", 21)
+    streamed = folder_split(root, "train", 12, 3, workers=2)
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 5))
+    ours = extract_features(encoder, streamed.images, batch_size=8)
+    reference = extract_features(encoder, streamed.images[:], batch_size=8)
+    assert torch.equal(ours, reference)
+    subset = torch.tensor([20, 3, 7])
+    picked = extract_features(encoder, streamed.images.subset(subset), batch_size=2)
+    torch.testing.assert_close(picked, reference[subset], rtol=1e-5, atol=1e-6)  # other batch size: float rounding
+
+
+# -- pack -----------------------------------------------------------------------------------------
+
+def test_pack_rows_labels_and_checksums(tmp_path):
+    root = make_folder(tmp_path / "imgs", 10, test=4)
+    (root / "train" / "class1" / "bad.png").write_bytes(b"nope")
+    with pytest.warns(SkippedImageWarning, match="bad.png"):
+        indexes = packing.pack_folder(root, tmp_path / "pack", size=16, shard_size=4, progress=False)
+    train = indexes["train"]
+    # 11 files in order: class0 (4), class1 (3 and bad.png, last), class2 (3); shards of 4 files each
+    assert [s["count"] for s in train["shards"]] == [4, 3, 3] and train["count"] == 10
+    assert train["skipped"][0]["file"] == str(Path("class1") / "bad.png")
+    for shard in train["shards"]:  # the recorded checksum is the file's
+        path = tmp_path / "pack" / "train" / shard["file"]
+        assert shard["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        rows = np.load(path, mmap_mode="r")  # numpy alone reads a shard
+        for k, name in enumerate(shard["files"]):
+            assert np.array_equal(rows[k], pil_reference(root / "train" / name, 18))  # stored side round(16 * 1.15)
+    streamed = packed_split(tmp_path / "pack", "train", None, workers=0)
+    assert streamed.size == 16 and len(streamed) == 10 and streamed.classes == ["class0", "class1", "class2"]
+    names = [name for shard in train["shards"] for name in shard["files"]]
+    assert streamed.labels.tolist() == [int(Path(n).parts[0][-1]) for n in names]
+    assert np.array_equal(streamed.images[7].numpy(), pil_reference(root / "train" / names[7], 18, crop=16))
+    test = data.load("packed", "test", tmp_path / "pack")
+    assert test.images.shape == (4, 3, 16, 16) and test.classes == streamed.classes
+
+
+def test_pack_resumes_after_an_interruption_to_the_same_shards(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "imgs", 13)
+    packing.pack_folder(root, tmp_path / "fresh", size=12, shard_size=4, progress=False)
+    real, calls = packing._try_decode, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) > 9:  # two shards written, the third cut off
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(packing, "_try_decode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
+    with pytest.raises(DataError, match="unfinished pack"):
+        packing.open_pack(tmp_path / "pack")
+    kept = (tmp_path / "pack" / "shard-00000.npy").stat().st_mtime_ns
+    monkeypatch.setattr(packing, "_try_decode", real)
+    calls.clear()
+    counted = []
+    monkeypatch.setattr(packing, "_try_decode", lambda *a: counted.append(1) or real(*a))
+    packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
+    assert len(counted) == 13 - 8  # only the unwritten shards were decoded
+    assert (tmp_path / "pack" / "shard-00000.npy").stat().st_mtime_ns == kept
+    for k in range(4):
+        name = f"shard-{k:05d}.npy"
+        assert (tmp_path / "pack" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+    with pytest.raises(DataError, match=r"other settings \(size: 12, now 20\)"):
+        packing.pack_folder(root, tmp_path / "pack", size=20, shard_size=4, progress=False)
+
+
+def test_a_shard_that_does_not_match_its_index_is_named(tmp_path):
+    root = make_folder(tmp_path / "imgs", 8)
+    packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
+    shard = tmp_path / "pack" / "shard-00001.npy"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:-100])  # cut short
+    with pytest.raises(DataError, match="shard-00001.npy.*cut short"):
+        packing.open_pack(tmp_path / "pack")
+    changed = bytearray(original)
+    changed[-1] ^= 0xFF  # same length, other pixels
+    shard.write_bytes(bytes(changed))
+    packing.open_pack(tmp_path / "pack")  # headers and lengths agree ...
+    with pytest.raises(DataError, match="shard-00001.npy does not match its sha256"):
+        packing.open_pack(tmp_path / "pack", verify=True)  # ... the checksum does not
+    np.save(shard, np.zeros((3, 3, 14, 14), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"shard-00001.npy holds uint8 \(3, 3, 14, 14\).*4 images of 3x14x14"):
+        packing.open_pack(tmp_path / "pack")
+    (tmp_path / "pack" / "index.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(DataError, match="not a selfsup pack index"):
+        packing.open_pack(tmp_path / "pack")
+
+
+def test_cli_pack_then_pretrain_on_the_pack(tmp_path):
+    from selfsup import cli
+
+    root = make_folder(tmp_path / "imgs", 48, test=12)
+    assert cli.main(["pack", str(root), str(tmp_path / "pack"), "--size", "16", "--shard-size", "20"]) == 0
+    assert (tmp_path / "pack" / "train" / "shard-00002.npy").is_file()
+    assert cli.main(["pack", str(root), str(tmp_path / "pack"), "--size", "16"]) == 2  # other settings: usage error
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    cfg = load_config(None, ["method=simclr", "data.name=packed", f"data.root={tmp_path / 'pack'}", "data.workers=1",
+                             "backbone.width=8", "train.batch_size=16", "train.epochs=1", "train.progress=false",
+                             "train.knn_every=0", "eval.plots=false", "eval.save_embeddings=false",
+                             "data.verify=true", f"train.out_dir={tmp_path / 'run'}"])
+    result = pretrain(cfg)
+    assert 0 <= result.metrics["linear_accuracy"] <= 1
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 3 and results["evaluations"]["knn"]["data"] == "packed"
+
+
+# -- resume after SIGKILL, with DataLoader workers --------------------------------------------------
+
+def _run(out_dir, *args):
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(out_dir), *args], env=dict(os.environ, PYTHONHASHSEED="0"),
+                            start_new_session=True)  # its own process group: the kill takes the workers too
+
+
+def test_streamed_folder_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, kill_after_checkpoint):
+    root = make_folder(tmp_path / "jpgs", 200, suffix=".jpg", size=(48, 36))
+    (root / "class1" / "0001x.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off")  # an unreadable file
+    settings = ["data.name=folder", f"data.root={root}", "data.stream=true", "data.workers=2", "train.batch_size=32",
+                "train.epochs=2", "train.checkpoint_every=2", "train.knn_every=0", "eval.knn=false"]
+    reference = _run(tmp_path / "reference", *settings)
+    victim = _run(tmp_path / "victim", *settings)
+    ckpt = tmp_path / "victim" / "checkpoints" / "last.ckpt"
+    kill_after_checkpoint(victim, ckpt)  # the process group: the DataLoader workers die too
+    killed_at = load_checkpoint(ckpt)["step"]
+    assert 0 < killed_at < 12  # 6 steps per epoch: the resumed run crosses an epoch boundary
+    resumed = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "victim"), *settings, "--resume"],
+                             capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHONHASHSEED="0"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "0001x.jpg" in resumed.stderr  # the unreadable file, named
+    assert reference.wait(timeout=240) == 0
+    done, expected = load_checkpoint(ckpt), load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    assert done["step"] == expected["step"] == 12
+    for key, value in expected["model"].items():
+        assert torch.equal(done["model"][key], value), key
+    skipped = json.loads((tmp_path / "victim" / "results.json").read_text())["skipped_files"]
+    assert [Path(s["path"]).name for s in skipped] == ["0001x.jpg"]
+
+
+# -- memory stays flat: a folder 10x the memory cap -------------------------------------------------
+
+_CAPPED = textwrap.dedent("""
+    import resource, sys, threading, time
+    import psutil
+    from selfsup.data.stream import StreamedImages, folder_split
+    root, budget, keep = sys.argv[1], int(sys.argv[2]) << 20, sys.argv[3] == "keep"
+    dataset = folder_split(root, "train", 224, 3, workers=2)
+    source = StreamedImages(dataset, batch_size=16, seed=0, workers=2)
+    source.batch(0, 0, 0)  # workers up, first batches in flight
+    def vm_data():
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmData:")).split()[1]) << 10
+    # The cap: private memory may grow by at most `budget` in this process and in each worker it forks.
+    resource.setrlimit(resource.RLIMIT_DATA, (vm_data() + budget, resource.RLIM_INFINITY))
+    me = psutil.Process()
+    def rss():
+        return sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
+    base, peak, done = rss(), [0], []
+    def sample():
+        while not done:
+            peak[0] = max(peak[0], rss()); time.sleep(0.01)
+    watcher = threading.Thread(target=sample); watcher.start()
+    kept = []
+    try:
+        for epoch in range(2):
+            for position in range(1 if epoch == 0 else 0, source.steps_per_epoch()):
+                images = source.batch(epoch, position, 0).images
+                if keep:
+                    kept.append(images.clone())  # the control: a source that held what it read
+    finally:
+        done.append(1); watcher.join()
+    decoded = len(dataset) * images[0].numel()
+    print(decoded >> 20, (peak[0] - base) >> 20)
+""")
+
+
+def test_memory_stays_flat_under_a_cap_on_a_folder_ten_times_larger(tmp_path):
+    budget_mb = 32
+    count = 10 * budget_mb * 2**20 // (3 * 258 * 258) + 1  # decoded at 258 px (224 * 1.15): 10x the cap
+    root = tmp_path / "big"
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        folder = root / f"class{k % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (270, 300, 3), dtype=np.uint8)).save(folder / f"{k}.jpg", quality=60)
+    script = tmp_path / "capped.py"
+    script.write_text(_CAPPED)
+    run = subprocess.run([sys.executable, str(script), str(root), str(budget_mb), "stream"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    decoded_mb, growth_mb = map(int, run.stdout.split())
+    assert decoded_mb >= 10 * budget_mb
+    assert growth_mb < budget_mb  # resident memory of the process and its workers, two epochs through
+    control = subprocess.run([sys.executable, str(script), str(root), str(budget_mb), "keep"], capture_output=True,
+                             text=True, timeout=300)
+    assert control.returncode != 0 and "allocate" in control.stderr  # the cap is real: holding the data fails
