@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from selfsup.engine import load_checkpoint
 
@@ -64,7 +66,16 @@ JOBS = {
 def jobs(tmp_path_factory):
     """The runs that finish, all in one torchrun launch (one set of imports and process group)."""
     out = tmp_path_factory.mktemp("train_ranks")
-    (out / "jobs.json").write_text(json.dumps(JOBS))
+    folder = out / "images"  # for the streamed job: 128 train and 32 test PNGs in two class folders
+    rng = np.random.default_rng(0)
+    for k in range(160):
+        where = folder / ("train" if k < 128 else "test") / f"class{k % 2}"
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(where / f"{k}.png")
+    streamed = ["--finish", "method=simsiam", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16",
+                "method_args.pred_hidden_dim=32", "data.name=folder", f"data.root={folder}", "data.stream=true",
+                "data.size=16", "data.workers=1", "train.batch_size=32", "eval.plots=false", "eval.linear=false"]
+    (out / "jobs.json").write_text(json.dumps({**JOBS, "streamed": streamed}))
     result = _train_ranks(out, "--jobs", str(out / "jobs.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -118,3 +129,15 @@ def test_instdisc_bank_is_equal_on_every_rank_and_evaluated(jobs):
     results = json.loads((jobs / "instdisc" / "run" / "results.json").read_text())
     assert 0.0 <= results["evaluations"]["bank_knn"]["accuracy"] <= 1.0
 
+
+
+def test_a_streamed_folder_trains_under_torchrun_on_equal_global_batches(jobs):
+    """Each rank's DataLoader workers read its half of every global batch: global BatchNorm then gives
+    both ranks the same statistics, and rank 0 streams the evaluation."""
+    first, second = _ranks(jobs / "streamed")
+    for name, value in first["buffers"].items():
+        torch.testing.assert_close(second["buffers"][name], value, atol=1e-5, rtol=1e-5, msg=name)
+    state = load_checkpoint(jobs / "streamed" / "run" / "checkpoints" / "last.ckpt")
+    assert state["step"] == 4  # 128 images, global batch 32
+    results = json.loads((jobs / "streamed" / "run" / "results.json").read_text())
+    assert results["devices"] == 2 and 0 <= results["knn_accuracy"] <= 1

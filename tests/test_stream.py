@@ -231,6 +231,27 @@ def test_cli_pack_then_pretrain_on_the_pack(tmp_path):
     assert 0 <= result.metrics["linear_accuracy"] <= 1
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["steps"] == 3 and results["evaluations"]["knn"]["data"] == "packed"
+    # The command line re-reads the pack's eval view whole and gets the run's own kNN figure.
+    assert cli.main(["evaluate", "knn", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]) == 0
+    again = json.loads((tmp_path / "run" / "evaluations" / "knn.json").read_text())
+    assert again["accuracy"] == results["evaluations"]["knn"]["accuracy"]
+
+
+def test_stream_settings_are_checked(tmp_path):
+    from selfsup.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.stream: streams folders and packs"):
+        load_config(None, ["data.name=digits", "data.stream=true"])
+    with pytest.raises(ConfigError, match="data.workers: must be >= 0"):
+        load_config(None, ["data.workers=-1"])
+    with pytest.raises(ConfigError, match="data.store_ratio: must be >= 1"):
+        load_config(None, ["data.store_ratio=0.9"])
+    root = make_folder(tmp_path / "imgs", 4)
+    with pytest.raises(DataError, match="data.size=30 is larger than the stored side 23"):
+        packing.pack_folder(root, tmp_path / "pack", size=20, progress=False)
+        packed_split(tmp_path / "pack", "train", 30)
+    with pytest.raises(FileNotFoundError, match="no index.json in .*make a pack with: selfsup pack"):
+        packed_split(tmp_path / "nothing", "train", None)
 
 
 # -- resume after SIGKILL, with DataLoader workers --------------------------------------------------

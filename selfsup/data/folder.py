@@ -79,7 +79,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
         premultiplied = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
         return Image.fromarray(premultiplied.astype(np.uint8), "RGB")
-    return image.convert("L" if image.mode in ("L", "1") else "RGB")
+    mode = "L" if image.mode in ("L", "1") else "RGB"
+    return image if image.mode == mode else image.convert(mode)  # convert() copies even to its own mode
 
 
 def decode(path: Path, size: int, channels: int, draft: bool = False) -> np.ndarray:

@@ -304,9 +304,7 @@ def _loader(dataset, sampler, workers: int, pin: bool):
     return iter(torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin,
         generator=torch.Generator().manual_seed(0),
-        collate_fn=_as_is, prefetch_factor=2 if workers else None, persistent_workers=False,
-        multiprocessing_context="fork" if workers and "fork" in torch.multiprocessing.get_all_start_methods()
-        else None))
+        collate_fn=_as_is, prefetch_factor=2 if workers else None, persistent_workers=False))
 
 
 def _as_is(item):
