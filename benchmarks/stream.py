@@ -19,12 +19,14 @@ skips its loader's first ``2 x workers + 1`` batches (worker start-up and prefet
 
     .venv/bin/python benchmarks/stream.py                 # 2 workers, 96 px, batch 64
     .venv/bin/python benchmarks/stream.py --width 8          # a model light enough that data decides the step
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/stream.py --width 8   # idle OpenMP threads sleep
     .venv/bin/python benchmarks/stream.py --workers 4 --backbone resnet18
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -167,7 +169,8 @@ def main() -> None:
     }
     print(f"{args.images} JPEGs 500x375 in {root}; {args.workers} workers, batch {args.batch}, {args.size} px views; "
           f"{args.backbone} (width {args.width}) on {device} ({precision}: {why}); CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads, {torch.multiprocessing.cpu_count()} cores; median of {args.rounds} "
+          f"{torch.get_num_threads()} threads, {torch.multiprocessing.cpu_count()} cores, OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; median of {args.rounds} "
           f"rounds of {args.steps} batches")
     fixed = [v.clone() for v in next(iter(ours_loader(root, views=True, device=device, **a)))]
     for _ in range(3):

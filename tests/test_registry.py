@@ -57,6 +57,21 @@ def test_registry_models_give_pooled_features(name, channels, size, dim):
     assert backbone.out_dim == dim and backbone(torch.rand(2, channels, size, size)).shape == (2, dim)
 
 
+def test_timm_vit_takes_local_crops_and_equals_timm_at_its_own_size():
+    import timm
+
+    torch.manual_seed(0)
+    backbone = build_backbone("timm/vit_tiny_patch16_224", in_channels=3, image_size=32, mean=[0.0] * 3,
+                              std=[1.0] * 3).eval()
+    assert backbone(torch.rand(2, 3, 16, 16)).shape == (2, 192)  # a DINO local crop: 1 patch instead of 4
+    plain = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32).eval()  # fixed size
+    plain.load_state_dict(backbone.net.state_dict())
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(backbone(images), plain(images), atol=1e-5, rtol=1e-5)
+    with pytest.raises(Exception):
+        plain(torch.rand(2, 3, 16, 16))  # without dynamic_img_size timm refuses another size
+
+
 def test_timm_model_matches_timm_without_classifier():
     import timm
 

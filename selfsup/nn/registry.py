@@ -10,7 +10,9 @@ returns pooled features:
   rebuilds the first convolution (pretrained RGB filters summed over their input channels for
   gray, as timm adapts ``in_chans``);
 - timm: ``timm.create_model(name, num_classes=0, in_chans=...)``, ViT-like models built for the
-  data's image size (``img_size``), features ``model.num_features``.
+  data's image size (``img_size``) and, where timm offers it, ``dynamic_img_size=True`` (position
+  embeddings interpolated for views of other sizes: DINO's local crops), features
+  ``model.num_features``.
 
 ``small_stem`` (ResNets of either registry): a 3x3 stride-1 first convolution and no max-pool,
 the usual CIFAR stem, for images of side <= 64 by default. ``pretrained`` loads the registry's
@@ -112,10 +114,14 @@ def timm_model(model: str, *, in_channels: int, image_size: int, pretrained: boo
         raise _unknown("timm", model, known)
     kwargs = dict(pretrained=pretrained, num_classes=0, in_chans=in_channels)
     try:
-        try:
-            net = timm.create_model(model, img_size=image_size, **kwargs)  # ViT-like models: the data's size
+        try:  # ViT-like models: built for the data's size, position embeddings interpolated for other
+            # view sizes (DINO's local crops), as timm's dynamic_img_size does
+            net = timm.create_model(model, img_size=image_size, dynamic_img_size=True, **kwargs)
         except TypeError:
-            net = timm.create_model(model, **kwargs)  # convnets take no img_size
+            try:
+                net = timm.create_model(model, img_size=image_size, **kwargs)  # fixed-size ViT-likes
+            except TypeError:
+                net = timm.create_model(model, **kwargs)  # convnets take no img_size
     except Exception as error:
         if not pretrained or isinstance(error, TypeError):
             raise
