@@ -289,9 +289,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     indexes = pack_folder(args.folder, args.out, size=args.size, channels=args.channels, ratio=args.ratio,
                           shard_size=args.shard_size, progress=True)
+    out = Path(args.out).expanduser()
     for split, index in indexes.items():
-        where = Path(args.out) / split if len(indexes) > 1 else Path(args.out)
-        open_pack(Path(args.out), split, verify=True)  # what training will read, checksums included
+        where = out / split if len(indexes) > 1 else out
+        open_pack(out, split, verify=True)  # what training will read, checksums included
         size = sum((where / shard["file"]).stat().st_size for shard in index["shards"])
         print(f"{split}: {index['count']:,} images of {index['channels']}x{index['side']}x{index['side']} in "
               f"{len(index['shards'])} shard(s), {size / 2**20:,.1f} MiB, sha256 verified; "

@@ -325,6 +325,9 @@ def validate(cfg: Config) -> None:
     if cfg.data.stream and cfg.data.name not in ("folder", "packed"):
         raise ConfigError(f"data.stream: streams folders and packs (data.name=folder or packed); "
                           f"{cfg.data.name} is read into memory")
+    if (cfg.data.stream or cfg.data.name == "packed") and cfg.data.captions:
+        raise ConfigError("data.captions: image-text pairs are read into memory; streamed images (data.stream, "
+                          "data.name=packed) carry no captions")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}")
     if cfg.eval.embedding_map not in ("umap", "tsne"):

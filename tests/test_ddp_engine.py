@@ -135,6 +135,12 @@ def test_a_streamed_folder_trains_under_torchrun_on_equal_global_batches(jobs):
     """Each rank's DataLoader workers read its half of every global batch: global BatchNorm then gives
     both ranks the same statistics, and rank 0 streams the evaluation."""
     first, second = _ranks(jobs / "streamed")
+    from selfsup.data.stream import epoch_order
+
+    # Each rank's workers read its own half of the global batch, which is the in-memory source's (seed 0).
+    assert len(first["first_batch"]) == len(second["first_batch"]) == 16
+    global_batch = torch.cat([first["first_batch"], second["first_batch"]])
+    assert torch.equal(global_batch, epoch_order(128, 0, 0)[:32])
     for name, value in first["buffers"].items():
         torch.testing.assert_close(second["buffers"][name], value, atol=1e-5, rtol=1e-5, msg=name)
     state = load_checkpoint(jobs / "streamed" / "run" / "checkpoints" / "last.ckpt")

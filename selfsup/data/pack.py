@@ -112,6 +112,7 @@ def _pack_split(folder: Path, split: str, out: Path, size: int, side: int, chann
     index = {**settings, "source": str(base), "classes": classes, "complete": False, "shards": [], "skipped": []}
     kept = _resumable(out, settings)
     index["shards"], index["skipped"] = kept["shards"], kept["skipped"]
+    _write_index(out, index)  # before any shard: a kill during the first one leaves a pack to resume
     row = channels * side * side
     starts = range(len(index["shards"]) * shard_size, len(files), shard_size)
     bar = tqdm(total=len(files), initial=starts.start if starts else len(files), unit="img",
@@ -209,19 +210,28 @@ def open_pack(root: str | Path, split: str = "train", *, verify: bool = False, p
     if not index.get("complete"):
         raise DataError(f"packed: {where} is an unfinished pack; run selfsup pack again with the same folder and "
                         f"output to finish it")
-    side, channels = int(index["side"]), int(index["channels"])
-    row = channels * side * side
-    names: list[str] = []
-    labels: list[int] = []
-    shards = [s for s in index["shards"] if s["count"]]
-    for shard in tqdm(shards, desc=f"checking {where}", unit="shard", disable=not (progress and verify)):
-        path = where / shard["file"]
-        _check_shard(path, shard, (channels, side, side), row, verify)
-        names.extend(shard["files"])
-        if index["classes"] is not None:
-            labels.extend(shard["labels"])
-    return Pack(where, shards, names, None if index["classes"] is None else np.asarray(labels, dtype=np.int64),
-                index["classes"], side, channels, int(index["size"]))
+    try:
+        side, channels, size, classes = int(index["side"]), int(index["channels"]), int(index["size"]), index["classes"]
+        row = channels * side * side
+        names: list[str] = []
+        labels: list[int] = []
+        shards = [s for s in index["shards"] if s["count"]]
+        for shard in tqdm(shards, desc=f"checking {where}", unit="shard", disable=not (progress and verify)):
+            count = shard["count"]
+            if len(shard["files"]) != count or (classes is not None and len(shard["labels"]) != count):
+                raise DataError(f"packed: {where / INDEX} lists {count} images for {shard['file']} but "
+                                f"{len(shard['files'])} files / {len(shard['labels'] or [])} labels")
+            _check_shard(where / shard["file"], shard, (channels, side, side), row, verify)
+            names.extend(shard["files"])
+            if classes is not None:
+                labels.extend(shard["labels"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"packed: {where / INDEX} is missing or mangles a key ({type(error).__name__}: {error}); "
+                        f"run selfsup pack again into a new folder") from None
+    if classes is not None and labels and not 0 <= min(labels) <= max(labels) < len(classes):
+        raise DataError(f"packed: {where / INDEX} has labels outside its {len(classes)} classes")
+    return Pack(where, shards, names, None if classes is None else np.asarray(labels, dtype=np.int64),
+                classes, side, channels, size)
 
 
 def _check_shard(path: Path, shard: dict, shape: tuple[int, int, int], row: int, verify: bool) -> None:

@@ -28,14 +28,16 @@ Evaluation reads the *eval view*: the centred ``size x size`` square of the stor
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import itertools
+import operator
 import os
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +80,9 @@ class PackedReader:
 
     Reading with ``pread`` rather than through ``np.memmap`` keeps a process's resident memory
     flat over an epoch (a map's touched pages count as its own); the kernel's page cache still
-    shares the bytes between all processes reading the same shards.
+    shares the bytes between all processes reading the same shards. Each read opens and closes its
+    shard (microseconds against the 36 KB it reads), so a pack of thousands of shards never holds
+    more descriptors than the threads reading it, and forked workers share none.
     """
 
     def __init__(self, pack) -> None:  # pack: selfsup.data.pack.Pack
@@ -88,13 +92,6 @@ class PackedReader:
         self.names = pack.names
         self.side, self.channels = pack.side, pack.channels
         self.row = pack.channels * pack.side * pack.side
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_fds"] = {}
-        return state
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -102,31 +99,21 @@ class PackedReader:
     def name(self, index: int) -> str:
         return self.names[index]
 
-    def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # a forked worker opens its own descriptors
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:  # threads may race here: the first descriptor stored wins, the others close
-            fd = os.open(self.paths[shard], os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            kept = self._fds.setdefault(shard, fd)
-            if kept != fd:
-                os.close(fd)
-            fd = kept
-        return fd
-
     def read(self, index: int) -> np.ndarray:
         shard = int(np.searchsorted(self.starts, index, side="right")) - 1
         offset = self.offsets[shard] + (index - int(self.starts[shard])) * self.row
-        data = os.pread(self._fd(shard), self.row, offset)
+        try:
+            fd = os.open(self.paths[shard], os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                data = os.pread(fd, self.row, offset)
+            finally:
+                os.close(fd)
+        except OSError as error:  # a pack is not a folder of files to skip: stop, naming the shard
+            raise DataError(f"packed: cannot read {self.paths[shard]}: {error}") from None
         if len(data) != self.row:
             raise DataError(f"packed: {self.paths[shard]} ends before image {index} ({len(data)} of {self.row} "
                             f"bytes); the shard does not match its index.json, run selfsup pack again")
         return np.frombuffer(data, dtype=np.uint8).reshape(self.channels, self.side, self.side)
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
 
 
 class SubsetReader:
@@ -146,25 +133,44 @@ class SubsetReader:
         return self.reader.read(self.indices[index])
 
 
+# Errors that say the machine, not the file, is at fault: never a reason to skip an image.
+_FATAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC})
+
+
 def read_batch(reader, indices: Sequence[int], out: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Images ``indices`` of ``reader`` as uint8 ``(B, C, S, S)``, and the ``(index, reason)`` of each
-    unreadable file met; an unreadable file's slot takes the next readable one (wrapping around)."""
+    unreadable file met; an unreadable file's slot takes the next readable one (wrapping around).
+
+    Files found unreadable are remembered in this process (``reader._bad``) and not decoded again;
+    the substitute is the same either way. Out of memory or of file descriptors is raised, not
+    skipped: it would make the substitutes depend on the moment.
+    """
     n = len(reader)
     if out is None:
         out = np.empty((len(indices), reader.channels, reader.side, reader.side), dtype=np.uint8)
+    bad: set[int] = reader.__dict__.setdefault("_bad", set())
     failures: list[tuple[int, str]] = []
     for slot, index in enumerate(indices):
         for attempt in range(n):
             candidate = (int(index) + attempt) % n
+            if candidate in bad:
+                continue
             try:
                 out[slot] = reader.read(candidate)
                 break
-            except DataError:
+            except (DataError, MemoryError):
                 raise  # a pack that does not match its index is the user's to fix, not a file to skip
+            except OSError as err:
+                if err.errno in _FATAL_ERRNOS:
+                    raise
+                bad.add(candidate)
+                failures.append((candidate, f"{type(err).__name__}: {err}"))
             except Exception as err:  # PIL raises many types on corrupt data; each one means "skip this file"
+                bad.add(candidate)
                 failures.append((candidate, f"{type(err).__name__}: {err}"))
         else:
-            raise DataError(f"none of the {n} images could be read; the first: {reader.name(int(index))}")
+            raise DataError(f"none of the {n} images could be read (from {reader.name(int(index))} on); "
+                            "see the warnings for why")
     return out, failures
 
 
@@ -181,10 +187,10 @@ class ImageStream:
     device = torch.device("cpu")
 
     def __init__(self, reader, indices: Tensor | None = None, crop: int | None = None, workers: int = 2,
-                 on_failures=None) -> None:
+                 on_failures=None, size: int | None = None) -> None:
         self.reader = reader
         self.indices = torch.arange(len(reader)) if indices is None else indices.cpu().to(torch.int64)
-        self.crop = crop
+        self.crop, self.size = crop, size or crop
         self.workers = workers
         self.on_failures = on_failures
 
@@ -193,29 +199,42 @@ class ImageStream:
 
     @property
     def side(self) -> int:
-        return self.crop or self.reader.side
+        return self.size or self.reader.side
 
     @property
     def shape(self) -> torch.Size:
         return torch.Size((len(self), self.reader.channels, self.side, self.side))
 
-    def subset(self, index: Tensor) -> ImageStream:
-        """The images at positions ``index`` of this stream, still unread."""
-        return ImageStream(self.reader, self.indices[index.cpu()], self.crop, self.workers, self.on_failures)
-
-    def view(self, crop: int | None) -> ImageStream:
-        """The same images with another centre crop."""
-        return ImageStream(self.reader, self.indices, crop, self.workers, self.on_failures)
+    def subset(self, index) -> ImageStream:
+        """The images at positions ``index`` (int64 positions or a bool mask) of this stream, still unread."""
+        index = torch.as_tensor(index).cpu()
+        return ImageStream(self.reader, self.indices[index], self.crop, self.workers, self.on_failures, self.size)
 
     def _finish(self, images: np.ndarray, failures: list[tuple[int, str]]) -> Tensor:
         if failures and self.on_failures is not None:
             self.on_failures(failures)
-        return center_crop(torch.from_numpy(images), self.crop)
+        images = center_crop(torch.from_numpy(images), self.crop)
+        if self.size != self.crop and len(images):  # a pack made for larger crops: its view, resized
+            import torchvision.transforms.v2.functional as TF
+
+            images = TF.resize(images, [self.size, self.size], antialias=True)
+        return images
 
     def __getitem__(self, key) -> Tensor:
-        if isinstance(key, int):
-            return self[[key]][0]
-        positions = self.indices[key] if not isinstance(key, list) else self.indices[torch.tensor(key)]
+        """Read images now: an int (or 0-d tensor) gives ``(C, H, W)``, a slice, list, bool mask or index
+        tensor gives them stacked (an index tensor of any shape: that shape, then ``C, H, W``)."""
+        if not isinstance(key, (slice, list, Tensor, np.ndarray)):
+            return self[torch.tensor([operator.index(key)])][0]
+        if isinstance(key, slice):
+            positions = self.indices[key]
+        else:
+            key = torch.as_tensor(key).cpu()
+            if key.ndim == 0:
+                return self[torch.tensor([int(key)])][0]
+            if key.dtype != torch.bool:
+                key = key.to(torch.int64)
+            positions = self.indices[key]
+        shape = positions.shape
         positions = positions.reshape(-1).tolist()
         out = np.empty((len(positions), self.reader.channels, self.reader.side, self.reader.side), dtype=np.uint8)
         chunks = [range(start, min(start + 64, len(positions))) for start in range(0, len(positions), 64)]
@@ -225,7 +244,8 @@ class ImageStream:
 
         with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
             failures = [f for found in pool.map(work, chunks) for f in found]
-        return self._finish(out, failures)
+        images = self._finish(out, failures)
+        return images.reshape(*shape, *images.shape[1:])
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
         """The images in order, ``batch_size`` at a time, read by ``workers`` DataLoader workers."""
@@ -319,16 +339,24 @@ class StreamedDataset:
     """
 
     def __init__(self, reader, labels: Tensor | None, classes: list[str] | None, name: str, size: int,
-                 workers: int = 2) -> None:
-        if size > reader.side:
+                 workers: int = 2, view: int | None = None) -> None:
+        view = view or size  # the centred square evaluation sees, before resizing it to ``size``
+        if size > reader.side or view > reader.side:
             raise DataError(f"{name}: data.size={size} is larger than the stored side {reader.side}")
         self.reader, self.labels, self.classes, self.name = reader, labels, classes, name
-        self.size, self.workers = size, workers
+        self.size, self.workers, self.view = size, workers, view
         self.skipped: dict[str, str] = {}
         """``{path: reason}`` of the unreadable files met so far (each reported once)."""
         self._lock = threading.Lock()
-        self.images = ImageStream(reader, crop=size, workers=workers, on_failures=self.report)
+        self.images = ImageStream(reader, crop=view, workers=workers, on_failures=self.report, size=size)
         self._moments: tuple[Tensor, Tensor] | None = None
+
+    def fingerprint(self) -> str:
+        """sha256 of the split's file names in order (what a resume checks)."""
+        digest = hashlib.sha256()
+        for index in range(len(self.reader)):
+            digest.update(self.reader.name(index).encode() + b"\n")
+        return digest.hexdigest()
 
     def report(self, failures: list[tuple[int, str]]) -> None:
         """Warn once for each newly met unreadable file (``(reader index, reason)`` pairs)."""
@@ -365,7 +393,7 @@ class StreamedDataset:
         index = index.cpu().to(torch.int64)
         labels = None if self.labels is None else self.labels[index]
         subset = StreamedDataset(SubsetReader(self.reader, index.tolist()), labels, self.classes, self.name,
-                                 self.size, self.workers)
+                                 self.size, self.workers, self.view)
         subset.skipped, subset._lock = self.skipped, self._lock  # one report for the split
         return subset
 
@@ -474,9 +502,11 @@ def packed_split(root: str | Path, split: str, size: int | None, *, workers: int
     from .pack import open_pack
 
     pack = open_pack(root, split, verify=verify, progress=progress)
-    size = size or pack.size
     labels = None if pack.labels is None else torch.from_numpy(pack.labels)
-    return StreamedDataset(PackedReader(pack), labels, pack.classes, "packed", size, workers)
+    # Evaluation sees the centred square of the crop the pack was made for, resized to ``size``, so
+    # that it covers what training crops cover whatever size a run picks.
+    return StreamedDataset(PackedReader(pack), labels, pack.classes, "packed", size or pack.size, workers,
+                           view=pack.size)
 
 
 __all__ = ["STORE_RATIO", "FileReader", "ImageStream", "PackedReader", "StreamedDataset", "StreamedImages",

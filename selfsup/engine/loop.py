@@ -442,6 +442,7 @@ class Trainer:
                 raise ConfigError(f"train.{'precision' if key == 'precision' else 'accelerator'}: the checkpoint "
                                   f"was trained with {key} {saved[key]!r}, this run resolves to {now!r}; an exact "
                                   f"resume needs the same (set train.precision / train.accelerator explicitly)")
+        self._check_same_data(state.get("data", {}))
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("precision"):  # the fp16 gradient scaler's state; empty for other precisions
@@ -478,10 +479,36 @@ class Trainer:
                      "epoch": step / self.steps_per_epoch, "config": to_dict(self.cfg), "run": run,
                      "rng": [r.cpu() for r in rng], "history": self.history,
                      "data": {"channels": self.train_set.channels, "size": self.train_set.size,
-                              "num_train": len(self.train_set)}}
+                              "num_train": len(self.train_set), **self._data_fingerprint()}}
             checkpoint.save_atomic(state, self.ckpt_path)
 
         self.on_rank_zero(f"writing {self.ckpt_path}", write)
+
+    def _gather_skipped(self) -> None:
+        """Every rank's unreadable files into rank 0's report (each rank met those of its shares)."""
+        skipped = getattr(self.source, "skipped", None)
+        if skipped is None or self.fabric.world_size == 1 or not torch.distributed.is_initialized():
+            return
+        everyone: list[dict[str, str] | None] = [None] * self.fabric.world_size
+        torch.distributed.all_gather_object(everyone, dict(skipped))
+        for found in everyone:
+            for path, reason in (found or {}).items():
+                skipped.setdefault(path, reason)
+
+    def _data_fingerprint(self) -> dict[str, str]:
+        """A streamed split's sha256 of its file names: a resume must read the same files."""
+        fingerprint = getattr(self.train_set, "fingerprint", None)
+        return {"files_sha256": fingerprint()} if fingerprint is not None else {}
+
+    def _check_same_data(self, saved: dict[str, Any]) -> None:
+        count = saved.get("num_train")
+        if count is not None and count != len(self.train_set):
+            raise ConfigError(f"data: the checkpoint was trained on {count:,} samples, {self.cfg.data.name} now gives "
+                              f"{len(self.train_set):,}; an exact resume needs the same data (files added or "
+                              f"removed change every epoch's order)")
+        if "files_sha256" in saved and saved["files_sha256"] != self._data_fingerprint().get("files_sha256"):
+            raise ConfigError(f"data.root: the files under {self.cfg.data.root} are not the ones the checkpoint "
+                              f"was trained on (same count, other names); an exact resume needs the same files")
 
     def _kept(self) -> str:
         if self.ckpt_path.exists():
@@ -589,6 +616,7 @@ class Trainer:
                             self.say(f"epoch {done // self.steps_per_epoch}: kNN accuracy {accuracy:.4f}")
                 if done % t.checkpoint_every == 0 or epoch_end or done == self.max_steps:
                     self.save(done)
+            self._gather_skipped()
             status = "success"
         finally:
             self.train_seconds += time.perf_counter() - self.fit_started
