@@ -95,10 +95,8 @@ def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int,
         images = data.load(d.name, split, d.root, size=size, channels=channels)
         return data.from_templates(images, split, held_out=d.held_out_classes)
 
-    if name is None and root is None and data.is_streamed(cfg.data):  # the run's own eval view, read whole
-        streamed = data.streamed_split(cfg.data, split)
-        return data.ImageDataset(streamed.images[:], streamed.labels, streamed.classes, cfg.data.name).convert(
-            size=size, channels=channels)
+    if name is None and root is None and data.is_streamed(cfg.data):  # the run's own eval view, streamed
+        return data.streamed_split(cfg.data, split)
     if name is not None and Path(name).is_dir():
         name, root = "folder", name
     if name is None and root is not None and Path(root).is_dir() and cfg.data.name != "folder":
@@ -174,6 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if kind_of(cfg.data) not in ("images", "image_text"):
             raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
                             f"{kind_of(cfg.data)} (use linear, knn or fewshot)")
+        train, test = _in_memory(train), _in_memory(test)  # fine-tuning draws label subsets as tensors
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
@@ -202,6 +201,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             entries = {f"{args.protocol}{suffix}": frozen[args.protocol]}
     _write_entries(args.checkpoint, entries, data)
     return 0
+
+
+def _in_memory(dataset):
+    """A streamed split read whole (its eval view) as an ImageDataset; anything else as it is."""
+    from selfsup import data
+
+    if isinstance(dataset, data.StreamedDataset):
+        return data.ImageDataset(dataset.images[:], dataset.labels, dataset.classes, dataset.name)
+    return dataset
 
 
 def _zero_shot(args: argparse.Namespace) -> int:

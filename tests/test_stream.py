@@ -170,6 +170,21 @@ def test_a_streamed_run_equals_the_in_memory_run_of_the_same_folder(tmp_path):
     assert streamed.metrics == memory.metrics
 
 
+def test_views_without_a_random_crop_take_the_centre_evaluation_sees(tmp_path):
+    from selfsup.config import load_config
+    from selfsup.engine import Trainer
+
+    root = make_folder(tmp_path / "imgs", 16, size=(40, 30))
+    cfg = load_config(None, ["method=rotation", "augment.recipe=none", "data.name=folder", f"data.root={root}",
+                             "data.stream=true", "data.size=20", "data.workers=0", "backbone.width=8",
+                             "train.batch_size=8", "train.progress=false", f"train.out_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg)
+    batch = trainer.make_batch(0, 1)
+    assert trainer.source.images[:1].shape[-1] == 23  # stored with the 15% margin
+    expected = trainer.train_set.images[batch.index].float() / 255  # centre 20 of 23: evaluation's view
+    assert torch.equal(batch.views[0], expected)
+
+
 # -- pack -----------------------------------------------------------------------------------------
 
 def test_pack_rows_labels_and_checksums(tmp_path):
@@ -313,6 +328,9 @@ def test_cli_pack_then_pretrain_on_the_pack(tmp_path):
     assert cli.main(["evaluate", "knn", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]) == 0
     again = json.loads((tmp_path / "run" / "evaluations" / "knn.json").read_text())
     assert again["accuracy"] == results["evaluations"]["knn"]["accuracy"]
+    assert cli.main(["evaluate", "finetune", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--labels", "50%",
+                     "--seeds", "1", "--steps", "2"]) == 0  # reads the streamed splits whole, as tensors
+    assert (tmp_path / "run" / "evaluations" / "finetune.json").is_file()
 
 
 def test_a_resume_over_a_changed_folder_is_refused(tmp_path):

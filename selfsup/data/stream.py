@@ -213,12 +213,7 @@ class ImageStream:
     def _finish(self, images: np.ndarray, failures: list[tuple[int, str]]) -> Tensor:
         if failures and self.on_failures is not None:
             self.on_failures(failures)
-        images = center_crop(torch.from_numpy(images), self.crop)
-        if self.size != self.crop and len(images):  # a pack made for larger crops: its view, resized
-            import torchvision.transforms.v2.functional as TF
-
-            images = TF.resize(images, [self.size, self.size], antialias=True)
-        return images
+        return eval_view(torch.from_numpy(images), self.crop, self.size)
 
     def __getitem__(self, key) -> Tensor:
         """Read images now: an int (or 0-d tensor) gives ``(C, H, W)``, a slice, list, bool mask or index
@@ -261,6 +256,17 @@ def center_crop(images: Tensor, crop: int | None) -> Tensor:
     top = (images.shape[-2] - crop) // 2
     left = (images.shape[-1] - crop) // 2
     return images[..., top:top + crop, left:left + crop].contiguous()
+
+
+def eval_view(images: Tensor, crop: int | None, size: int | None) -> Tensor:
+    """The centred ``crop`` square of uint8 ``(..., S, S)`` images, resized to ``size`` when that
+    differs (a pack made for larger crops than a run's); None keeps the side as it is."""
+    images = center_crop(images, crop)
+    if size is not None and images.shape[-1] != size and images.numel():
+        import torchvision.transforms.v2.functional as TF  # here: torchvision takes seconds to import
+
+        images = TF.resize(images, [size, size], antialias=True)
+    return images
 
 
 class _Chunks(torch.utils.data.Dataset):
@@ -510,5 +516,5 @@ def packed_split(root: str | Path, split: str, size: int | None, *, workers: int
 
 
 __all__ = ["STORE_RATIO", "FileReader", "ImageStream", "PackedReader", "StreamedDataset", "StreamedImages",
-           "SubsetReader", "center_crop", "epoch_order", "folder_split", "packed_split", "read_batch",
+           "SubsetReader", "center_crop", "epoch_order", "eval_view", "folder_split", "packed_split", "read_batch",
            "stored_side"]
