@@ -251,7 +251,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     _tune_allocator()
     cfg, backbone, (channels, size), device, _ = _load_encoder(args.checkpoint)
-    is_folder = Path(args.data).is_dir()
+    is_folder = args.data is not None and Path(args.data).is_dir()
     dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
                        args.split, channels, size)
     features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True,
@@ -424,7 +424,8 @@ def parser() -> argparse.ArgumentParser:
 
     em = sub.add_parser("embed", help="write backbone embeddings (.npy) and labels of a dataset")
     em.add_argument("checkpoint")
-    em.add_argument("data", help="dataset name or a folder of images")
+    em.add_argument("data", nargs="?", help="dataset name or a folder of images (default: the checkpoint's own "
+                                            "data; a streamed folder or pack is read batch by batch)")
     em.add_argument("--split", default="test", choices=["train", "test"])
     em.add_argument("--root", help="folder holding the dataset's files")
     em.add_argument("--out", help="output folder (default: <run>/embeddings)")

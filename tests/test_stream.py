@@ -331,6 +331,9 @@ def test_cli_pack_then_pretrain_on_the_pack(tmp_path):
     assert cli.main(["evaluate", "finetune", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--labels", "50%",
                      "--seeds", "1", "--steps", "2"]) == 0  # reads the streamed splits whole, as tensors
     assert (tmp_path / "run" / "evaluations" / "finetune.json").is_file()
+    assert cli.main(["embed", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]) == 0  # its own data, streamed
+    embeddings = np.load(tmp_path / "run" / "embeddings" / "packed_test.npy")
+    assert embeddings.shape == (12, 64)  # 12 test images, the ConvNet's 8 x width (8) features
 
 
 def test_a_resume_over_a_changed_folder_is_refused(tmp_path):
