@@ -12,7 +12,8 @@ the same number of workers, batch and 96 px SimCLR views:
   solo-learn and lightly train.
 
 It prints images/s of the data path alone (decode + views), of decoding alone (ours: uint8 batches;
-reference: ImageFolder decode + Resize/CenterCrop to the same 110 px), and of the whole SimCLR step
+reference: ImageFolder decode + Resize/CenterCrop to the same 110 px), the same two read from the
+folder's ``selfsup pack`` shards instead of its JPEGs (made once, next to ``--folder``), and of the whole SimCLR step
 (views, the same ConvNet + projection head, NT-Xent, backward, SGD) fed by each, beside the step
 alone on views made once (the ceiling of both); the ratios are ours / reference. Each figure is the median over ``--rounds`` alternating rounds; every round
 skips its loader's first ``2 x workers + 1`` batches (worker start-up and prefetch).
@@ -35,7 +36,8 @@ import numpy as np
 import torch
 
 from selfsup.augment import recipe
-from selfsup.data.stream import StreamedImages, folder_split
+from selfsup.data.pack import pack_folder
+from selfsup.data.stream import StreamedImages, folder_split, packed_split
 from selfsup.engine import resolve_precision
 from selfsup.methods import Batch, Progress, SimCLR
 from selfsup.nn import build_backbone
@@ -87,9 +89,10 @@ def reference_loader(root: Path, size: int, side: int, batch: int, workers: int,
         yield [v.float().div_(255) for v in images] if views else images
 
 
-def ours_loader(root: Path, size: int, batch: int, workers: int, views: bool, device):
-    source = StreamedImages(folder_split(root, "train", size, 3, workers=workers), batch_size=batch,
-                            workers=workers, device=device)
+def ours_loader(root: Path, size: int, batch: int, workers: int, views: bool, device, pack: Path | None = None):
+    split = packed_split(pack, "train", size, workers=workers) if pack else folder_split(root, "train", size, 3,
+                                                                                        workers=workers)
+    source = StreamedImages(split, batch_size=batch, workers=workers, device=device)
     augment = recipe("simclr", size)
     try:
         for position in range(source.steps_per_epoch()):
@@ -159,11 +162,18 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     a = dict(size=args.size, batch=args.batch, workers=args.workers)
+    pack = Path(args.folder + f"-pack{args.size}")
+    if not (pack / "index.json").is_file():
+        pack_folder(root, pack, size=args.size, progress=False)  # selfsup pack, once
     cases = {
         "data path (decode + 2 views)": (lambda: ours_loader(root, views=True, device=device, **a),
                                          lambda: reference_loader(root, side=side, views=True, **a), None),
         "decode only (uint8 at 110 px)": (lambda: ours_loader(root, views=False, device=device, **a),
                                           lambda: reference_loader(root, side=side, views=False, **a), None),
+        "packed shards: read + 2 views": (lambda: ours_loader(root, views=True, device=device, pack=pack, **a),
+                                          lambda: reference_loader(root, side=side, views=True, **a), None),
+        "packed shards: read only": (lambda: ours_loader(root, views=False, device=device, pack=pack, **a),
+                                     lambda: reference_loader(root, side=side, views=False, **a), None),
         "whole SimCLR step": (lambda: ours_loader(root, views=True, device=device, **a),
                               lambda: reference_loader(root, side=side, views=True, **a), step),
     }
