@@ -135,7 +135,7 @@ def test_a_streamed_folder_trains_under_torchrun_on_equal_global_batches(jobs):
     """Each rank's DataLoader workers read its half of every global batch: global BatchNorm then gives
     both ranks the same statistics, and rank 0 streams the evaluation."""
     first, second = _ranks(jobs / "streamed")
-    from selfsup.data.stream import epoch_order
+    from selfsup.data.sources import epoch_order
 
     # Each rank's workers read its own half of the global batch, which is the in-memory source's (seed 0).
     assert len(first["first_batch"]) == len(second["first_batch"]) == 16

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfsup.data.sources import ImageBatch
+from selfsup.data.sources import ImageBatch, epoch_order
 from selfsup.errors import DataError
 
 # Source samples read on each side of a resampled window, so that the filter has its context.
@@ -235,8 +235,7 @@ class WavFolder:
 
     def order(self, epoch: int) -> Tensor:
         if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self), generator=generator))
+            self._order = (epoch, epoch_order(len(self), self.seed, epoch))
         return self._order[1]
 
     def start(self, epoch: int, slot: int) -> int:

@@ -38,6 +38,12 @@ class ImageBatch:
     """What else a kind of data carries (a graph's ``edge_index``)."""
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """Epoch ``epoch``'s permutation of ``n`` samples, a function of ``(seed, epoch)`` only: the order
+    every source (in memory, WAV windows, streamed) takes its global batches from."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 @runtime_checkable
 class DataSource(Protocol):
     """The interface every source gives the engine."""
@@ -109,8 +115,7 @@ class InMemoryImages:
     def order(self, epoch: int) -> Tensor:
         """The data order of ``epoch``: a function of (seed, epoch) only."""
         if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self), generator=generator).to(self.device))
+            self._order = (epoch, epoch_order(len(self), self.seed, epoch).to(self.device))
         return self._order[1]
 
     def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:

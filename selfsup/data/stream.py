@@ -46,6 +46,7 @@ from torch import Tensor
 from selfsup.errors import DataError
 
 from .folder import _MAX_THREADS, SkippedImageWarning, decode, scan_folder
+from .sources import ImageBatch, epoch_order
 
 STORE_RATIO = 1.15
 """Stored short side over the training crop (FFCV's ImageNet files: 1.15 x)."""
@@ -308,11 +309,6 @@ class _Steps(torch.utils.data.Dataset):
         return step, torch.from_numpy(images), index, labels, failures
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    """Epoch ``epoch``'s permutation of ``n`` samples: the same as in-memory sources draw."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
 class _From(torch.utils.data.Sampler):
     """Steps ``start, start + 1, ...`` without end (the source asks for as many as training takes)."""
 
@@ -467,9 +463,7 @@ class StreamedImages:
         """``{path: reason}`` of the unreadable files met so far."""
         return self.dataset.skipped
 
-    def batch(self, epoch: int, position: int, rank: int):
-        from .sources import ImageBatch
-
+    def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:
         step = epoch * self.steps_per_epoch() + position
         if self._iterator is None or self._next != step or rank != self.rank:
             self.close()
@@ -516,5 +510,5 @@ def packed_split(root: str | Path, split: str, size: int | None, *, workers: int
 
 
 __all__ = ["STORE_RATIO", "FileReader", "ImageStream", "PackedReader", "StreamedDataset", "StreamedImages",
-           "SubsetReader", "center_crop", "epoch_order", "eval_view", "folder_split", "packed_split", "read_batch",
+           "SubsetReader", "center_crop", "eval_view", "folder_split", "packed_split", "read_batch",
            "stored_side"]
