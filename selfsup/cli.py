@@ -172,7 +172,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if kind_of(cfg.data) not in ("images", "image_text"):
             raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
                             f"{kind_of(cfg.data)} (use linear, knn or fewshot)")
-        train, test = _in_memory(train), _in_memory(test)  # fine-tuning draws label subsets as tensors
+        from selfsup.data import StreamedDataset
+
+        # Fine-tuning draws label subsets as tensors: a streamed split is read whole.
+        train, test = (s.in_memory() if isinstance(s, StreamedDataset) else s for s in (train, test))
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
@@ -201,15 +204,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             entries = {f"{args.protocol}{suffix}": frozen[args.protocol]}
     _write_entries(args.checkpoint, entries, data)
     return 0
-
-
-def _in_memory(dataset):
-    """A streamed split read whole (its eval view) as an ImageDataset; anything else as it is."""
-    from selfsup import data
-
-    if isinstance(dataset, data.StreamedDataset):
-        return data.ImageDataset(dataset.images[:], dataset.labels, dataset.classes, dataset.name)
-    return dataset
 
 
 def _zero_shot(args: argparse.Namespace) -> int:

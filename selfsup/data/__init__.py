@@ -185,9 +185,7 @@ def load(
     if name == "packed":
         if root is None:
             raise DataError("dataset 'packed' needs root=<the output folder of selfsup pack>")
-        streamed = packed_split(root, split, size, workers=0)
-        dataset = ImageDataset(streamed.images[:], streamed.labels, streamed.classes, "packed")
-        return dataset.convert(channels=channels)
+        return packed_split(root, split, size, workers=0).in_memory().convert(channels=channels)
     if name in _IDX:
         dataset = load_idx(_IDX[name], split, root, download, progress)
     elif name in _CIFAR:

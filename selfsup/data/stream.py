@@ -45,6 +45,7 @@ from torch import Tensor
 
 from selfsup.errors import DataError
 
+from .dataset import ImageDataset
 from .folder import _MAX_THREADS, SkippedImageWarning, decode, scan_folder
 from .sources import ImageBatch, epoch_order
 
@@ -352,13 +353,16 @@ class StreamedDataset:
         self._lock = threading.Lock()
         self.images = ImageStream(reader, crop=view, workers=workers, on_failures=self.report, size=size)
         self._moments: tuple[Tensor, Tensor] | None = None
+        self._fingerprint: str | None = None
 
     def fingerprint(self) -> str:
-        """sha256 of the split's file names in order (what a resume checks)."""
-        digest = hashlib.sha256()
-        for index in range(len(self.reader)):
-            digest.update(self.reader.name(index).encode() + b"\n")
-        return digest.hexdigest()
+        """sha256 of the split's file names in order (what a resume checks; computed once)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for index in range(len(self.reader)):
+                digest.update(self.reader.name(index).encode() + b"\n")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def report(self, failures: list[tuple[int, str]]) -> None:
         """Warn once for each newly met unreadable file (``(reader index, reason)`` pairs)."""
@@ -408,14 +412,15 @@ class StreamedDataset:
         return self._stats()[1]
 
     def _stats(self) -> tuple[Tensor, Tensor]:
-        if self._moments is None:
-            n = len(self)
-            pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:STATS_SAMPLES].sort().values
-            sample = self.images.subset(pick)[:].double().div_(255)
-            mean = sample.mean(dim=(0, 2, 3))
-            std = (sample.square().mean(dim=(0, 2, 3)) - mean.square()).clamp_min(0).sqrt()
-            self._moments = (mean.float(), std.float())
+        if self._moments is None:  # ImageDataset's own statistics, over the sample read into memory
+            pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLES].sort().values
+            sample = self.subset(pick).in_memory()
+            self._moments = (sample.mean(), sample.std())
         return self._moments
+
+    def in_memory(self) -> ImageDataset:
+        """The split's eval views read whole into an :class:`ImageDataset` (for what needs tensors)."""
+        return ImageDataset(self.images[:], self.labels, self.classes, self.name)
 
 
 class StreamedImages:
