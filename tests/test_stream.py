@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from selfsup import data
+from selfsup.data import folder
 from selfsup.data import pack as packing
 from selfsup.data.folder import SkippedImageWarning, load_folder
 from selfsup.data.stream import FileReader, StreamedImages, folder_split, packed_split, stored_side
@@ -238,7 +239,7 @@ def test_a_pack_view_for_smaller_crops_covers_what_training_crops_cover(tmp_path
 def test_pack_resumes_after_an_interruption_to_the_same_shards(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "imgs", 13)
     packing.pack_folder(root, tmp_path / "fresh", size=12, shard_size=4, progress=False)
-    real, calls = packing._try_decode, []
+    real, calls = folder._try_decode, []
 
     def interrupted(*args):
         calls.append(1)
@@ -246,16 +247,16 @@ def test_pack_resumes_after_an_interruption_to_the_same_shards(tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(packing, "_try_decode", interrupted)
+    monkeypatch.setattr(folder, "_try_decode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
     with pytest.raises(DataError, match="unfinished pack"):
         packing.open_pack(tmp_path / "pack")
     kept = (tmp_path / "pack" / "shard-00000.npy").stat().st_mtime_ns
-    monkeypatch.setattr(packing, "_try_decode", real)
+    monkeypatch.setattr(folder, "_try_decode", real)
     calls.clear()
     counted = []
-    monkeypatch.setattr(packing, "_try_decode", lambda *a: counted.append(1) or real(*a))
+    monkeypatch.setattr(folder, "_try_decode", lambda *a: counted.append(1) or real(*a))
     packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
     assert len(counted) == 13 - 8  # only the unwritten shards were decoded
     assert (tmp_path / "pack" / "shard-00000.npy").stat().st_mtime_ns == kept

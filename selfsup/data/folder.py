@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,6 +116,16 @@ def _try_decode(path: Path, size: int, channels: int) -> np.ndarray | str:
         return f"{type(err).__name__}: {err}"
 
 
+def decode_files(pool: ThreadPoolExecutor, files: list[Path], size: int, channels: int
+                 ) -> Iterator[np.ndarray | str]:
+    """Decode ``files`` in ``pool``'s threads, in order: each file's pixels (:func:`decode`), or the
+    reason it could not be read, warned once naming the file."""
+    for path, result in zip(files, pool.map(_try_decode, files, [size] * len(files), [channels] * len(files))):
+        if isinstance(result, str):
+            warnings.warn(f"skipping {path}: {result}", SkippedImageWarning, stacklevel=3)
+        yield result
+
+
 def scan_folder(root: str | Path, split: str, progress: bool = False
                 ) -> tuple[list[Path], torch.Tensor | None, list[str] | None, Path]:
     """The image files of ``split`` under ``root``, their labels and class names (or None), and the
@@ -151,11 +162,10 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
     pixels = images.numpy()
     keep = torch.ones(len(files), dtype=torch.bool)
     with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
-        results = pool.map(_try_decode, files, [size] * len(files), [channels] * len(files))
-        bar = tqdm(results, total=len(files), desc=f"decoding {base}", unit="img", disable=not progress)
+        bar = tqdm(decode_files(pool, files, size, channels), total=len(files), desc=f"decoding {base}",
+                   unit="img", disable=not progress)
         for k, result in enumerate(bar):
             if isinstance(result, str):
-                warnings.warn(f"skipping {files[k]}: {result}", SkippedImageWarning, stacklevel=3)
                 keep[k] = False
             else:
                 pixels[k] = result

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from selfsup._io import atomic_write
 from selfsup.errors import DataError
 
-from .folder import _MAX_THREADS, SkippedImageWarning, _try_decode, scan_folder
+from .folder import _MAX_THREADS, SkippedImageWarning, decode_files, scan_folder
 
 FORMAT, VERSION = "selfsup-pack", 1
 SHARD_SIZE = 1024
@@ -121,9 +121,8 @@ def _pack_split(folder: Path, split: str, out: Path, size: int, side: int, chann
         for start in starts:
             chunk = files[start:start + shard_size]
             pixels, shard_names, shard_labels = [], [], []
-            for k, result in enumerate(pool.map(_try_decode, chunk, [side] * len(chunk), [channels] * len(chunk))):
+            for k, result in enumerate(decode_files(pool, chunk, side, channels)):
                 if isinstance(result, str):
-                    warnings.warn(f"skipping {chunk[k]}: {result}", SkippedImageWarning, stacklevel=3)
                     index["skipped"].append({"file": names[start + k], "position": start + k, "reason": result})
                 else:
                     pixels.append(result)
