@@ -308,8 +308,10 @@ def test_a_shard_that_does_not_match_its_index_is_named(tmp_path):
         packing.open_pack(tmp_path / "pack")
 
 
-def test_cli_pack_then_pretrain_on_the_pack(tmp_path):
+def test_cli_pack_then_pretrain_on_the_pack(tmp_path, monkeypatch):
     from selfsup import cli
+
+    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
 
     root = make_folder(tmp_path / "imgs", 48, test=12)
     assert cli.main(["pack", str(root), str(tmp_path / "pack"), "--size", "16", "--shard-size", "20"]) == 0

@@ -379,10 +379,10 @@ class Trainer:
                               f"self-supervised method")
         self.method = prepare_method(method, t, fabric)
         self.augment = build_augmentation(self.method, cfg.augment, self.train_set.size)
-        # Views without a random crop (pretext tasks' "flip", "none") take a streamed batch's centre, the
-        # square evaluation sees, rather than the whole stored image with its 15% margin.
-        self.center_first = (isinstance(self.source, data.StreamedImages) and self.augment is not None
-                             and all(view.scale is None for view in self.augment.output_views))
+        # No augmentation, or views without a random crop (pretext tasks' "flip", "none"), take a streamed
+        # batch's centre, the square evaluation sees, rather than the whole stored image with its 15% margin.
+        self.center_first = isinstance(self.source, data.StreamedImages) and (
+            self.augment is None or all(view.scale is None for view in self.augment.output_views))
         check_view_sizes(self.method.backbone, self.augment, self.train_set.channels)
         if t.compile:  # after the size check, which would otherwise compile for each view size
             self.method.backbone.net.compile()
@@ -530,10 +530,9 @@ class Trainer:
         raw = self.source.batch(epoch, position, self.fabric.global_rank)
         if self.source.kind not in ("images", "image_text"):  # signals, node features: float already
             return Batch([raw.images], raw.index, raw.labels, raw.extra)
-        if self.augment is None:  # the images as they are (a streamed batch's centre), one float view
-            images = _eval_view(raw.images, self.train_set) if isinstance(self.source, data.StreamedImages) else raw.images
-            return Batch([augment.to_float(images)], raw.index, raw.labels, raw.extra)
         images = _eval_view(raw.images, self.train_set) if self.center_first else raw.images
+        if self.augment is None:  # the images as they are, one float view
+            return Batch([augment.to_float(images)], raw.index, raw.labels, raw.extra)
         with torch.no_grad():
             views = self.augment(images)
         if self.cfg.train.channels_last:

@@ -56,11 +56,11 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
     """
     if kind not in ("images", "image_text", "sequences", "graph"):
         raise ValueError(f"kind must be 'images', 'image_text', 'sequences' or 'graph', got {kind!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     from selfsup.data.stream import ImageStream
 
     if isinstance(images, ImageStream):  # a streamed split: DataLoader workers read it batch by batch
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if len(images) == 0:
             raise ValueError("images is empty (N = 0); pass at least one image")
         return _encode(encoder, images.batches(batch_size), -(-len(images) // batch_size), device, autocast,
@@ -84,8 +84,6 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         if not 0 <= low <= high <= 1:  # also catches NaN
             raise ValueError(f"float images must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
                              f"pass unnormalised images (the encoder normalises them itself)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
     return _encode(encoder, batches, -(-len(images) // batch_size), device, autocast, progress, nodes=nodes)
 
