@@ -23,7 +23,7 @@ import torch
 
 from selfsup.config import load_config
 from selfsup.engine import build_method, resolve_precision, tune_allocator
-from selfsup.engine.loop import build_augmentation
+from selfsup.engine.setup import build_augmentation
 from selfsup.methods import Batch, Progress
 
 ROOT = Path(__file__).resolve().parent.parent

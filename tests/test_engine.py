@@ -16,6 +16,7 @@ from torch import nn
 from selfsup.config import ConfigError, OptimConfig, Optimizer, load_config
 from selfsup.engine import (NonFiniteLossError, Schedule, Trainer, allocator, build_optimizer, load_checkpoint,
                             param_groups, pretrain, resolve_precision, save_atomic)
+from selfsup.engine import monitor, state
 from selfsup.methods import METHODS, SimCLR
 from selfsup.nn import warmup_cosine
 
@@ -295,12 +296,12 @@ def test_fp16_gradient_scaler_state_is_saved_and_restored(tmp_path, monkeypatch)
     trainer = Trainer(cfg)
     scaler = torch.amp.GradScaler("cpu", init_scale=1234.0)
     trainer.fabric.strategy.precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)
-    trainer.save(3)
-    state = load_checkpoint(trainer.ckpt_path)
-    assert state["precision"]["scale"] == 1234.0
+    state.save(trainer, 3)
+    saved = load_checkpoint(trainer.ckpt_path)
+    assert saved["precision"]["scale"] == 1234.0
     restored = Trainer(cfg)
     restored.fabric.strategy.precision = MixedPrecision("16-mixed", "cpu")
-    restored.restore(state)
+    state.restore(restored, saved)
     assert restored.fabric.strategy.precision.scaler.get_scale() == 1234.0 and restored.start_step == 3
 
 
@@ -405,14 +406,14 @@ def test_resume_on_another_precision_is_refused(tmp_path):
 
 def test_the_knn_monitor_queries_held_out_training_images_not_the_test_split(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, "train.knn_val_fraction=0.1", "train.knn_train_samples=500"))
-    bank, queries = trainer.monitor_split()
+    bank, queries = monitor.monitor_split(trainer)
     labels = trainer.train_set.labels.numpy()
     # A stratified 10% of the 1437 training digits: round(0.1 * 1437) = 144, each class in proportion.
     assert len(queries) == 144 and len(set(queries.tolist())) == 144
     expected = np.bincount(labels) * 144 / len(labels)
     assert np.all(np.abs(np.bincount(labels[queries.numpy()], minlength=10) - expected) < 1)
     assert len(bank) == 500 and not set(bank.tolist()) & set(queries.tolist())
-    bank_again, queries_again = trainer.monitor_split()
+    bank_again, queries_again = monitor.monitor_split(trainer)
     assert torch.equal(bank, bank_again) and torch.equal(queries, queries_again)  # seeded
-    bank, queries = Trainer(tiny_config(tmp_path, "train.knn_val_fraction=0")).monitor_split()
+    bank, queries = monitor.monitor_split(Trainer(tiny_config(tmp_path, "train.knn_val_fraction=0")))
     assert queries is None and len(bank) == 1437  # monitors on the test split, as before

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.engine.loop import bank_knn_entry
+from selfsup.engine.finish import bank_knn_entry
 from selfsup.methods import METHODS, Batch, InstDisc, Method, Progress
 from selfsup.nn import Backbone, MemoryBank
 

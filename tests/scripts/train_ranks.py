@@ -25,7 +25,7 @@ from torch import nn
 from selfsup import distributed
 from selfsup.config import load_config
 from selfsup.engine import NonFiniteLossError, Trainer
-from selfsup.engine.loop import finish
+from selfsup.engine.finish import finish
 from selfsup.methods import METHODS, MoCo
 
 

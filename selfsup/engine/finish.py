@@ -1,0 +1,125 @@
+"""The end of a run: evaluations of the trained encoder, pictures, ``results.json`` and the page.
+
+:func:`finish` runs on rank 0 after training: linear probe, kNN, few-shot episodes and retrieval
+on the test split (``evaluate.frozen_evaluations``), the paper's bank kNN for a memory-bank method,
+the method's own evaluations (CLIP: zero-shot), the curves, the embedding map, the retrieval grid,
+the embeddings, ``results.json`` (schema in :mod:`selfsup.evaluate.report`) and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from selfsup import data, evaluate
+from selfsup.engine.setup import say
+
+if TYPE_CHECKING:
+    from selfsup.engine.trainer import Trainer
+
+
+def _commit() -> str | None:
+    """The git commit of the selfsup source tree, when it is a checkout (for results.json)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+BANK_KNN_PROTOCOL = ("weighted k-nearest neighbours against the method's memory bank, as InstDisc evaluates (Wu et "
+                     "al. 2018, sec. 3.4): the k={k} bank entries (one per training image, as training left them) "
+                     "of highest cosine similarity s to the test image's feature vote for their class with weight "
+                     "exp(s / {temperature}); top-1 accuracy on the test split")
+
+
+def bank_knn_entry(bank: tuple[Tensor, nn.Module, float], train_labels: Tensor, test: data.ImageDataset, *,
+                   data: str, k: int, device: torch.device) -> dict[str, Any]:
+    """The ``bank_knn`` results entry: the paper's kNN over a method's memory bank."""
+    features, embedder, temperature = bank
+    if len(features) != len(train_labels):
+        raise ValueError(f"the memory bank has {len(features)} rows but the training set {len(train_labels)} images")
+    test_x = evaluate.extract_features(embedder, test.images, device=device)
+    accuracy = evaluate.knn_accuracy(features.float().cpu(), train_labels.cpu(), test_x, test.labels, k=k,
+                                     temperature=temperature)
+    return {"accuracy": accuracy, "k": k, "temperature": temperature, "data": data,
+            "protocol": BANK_KNN_PROTOCOL.format(k=k, temperature=temperature)}
+
+
+def finish(trainer: Trainer) -> dict[str, float]:
+    """Final evaluation and pictures on rank 0, on the test split (read here only): linear probe,
+    kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``); curves, embedding map,
+    retrieval grid, embeddings, ``results.json`` (schema in ``selfsup.evaluate.report``) and the
+    run's page ``report.html``."""
+    cfg, out = trainer.cfg, trainer.out_dir
+    metrics: dict[str, float] = {}
+    if not trainer.is_main:
+        return metrics
+    if cfg.eval.plots:
+        curves = {k: v for k, v in trainer.history.items() if v and k not in ("lr", "images_per_s")}
+        evaluate.plot_curves(curves, out / "curves.png", title=f"{cfg.method} on {cfg.data.name}")
+    evaluations: dict[str, dict[str, Any]] = {}
+    test = trainer.test_set
+    labelled = test is not None and test.labels is not None and trainer.train_set.labels is not None
+    if labelled:
+        device = trainer.fabric.device
+        encoder = trainer.method.eval_encoder()
+        train_images, train_y = trainer.source.inputs, trainer.train_set.labels
+        kind = trainer.source.kind
+        train_x = evaluate.extract_features(encoder, train_images, device=device, progress=cfg.train.progress,
+                                            kind=kind)
+        test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
+        evaluations = evaluate.frozen_evaluations(train_x, train_y, test_x, test.labels, data=cfg.data.name,
+                                                  linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
+                                                  knn_temperature=cfg.eval.knn_temperature)
+        bank = trainer.method.memory_bank() if cfg.eval.knn else None
+        if bank is not None and train_y is not None:
+            evaluations["bank_knn"] = bank_knn_entry(bank, train_y, test, data=cfg.data.name, k=cfg.eval.knn_k,
+                                                     device=device)
+        metrics.update({f"{key}_accuracy": evaluations[key]["accuracy"] for key in ("linear", "knn", "bank_knn")
+                        if key in evaluations})
+        if cfg.eval.save_embeddings:
+            evaluate.save_embeddings(out, test_x, test.labels, prefix="test_embeddings")
+        if cfg.eval.plots:
+            evaluate.plot_embedding(test_x, test.labels, out / f"{cfg.eval.embedding_map}.png",
+                                    method=cfg.eval.embedding_map, classes=test.classes)
+            if trainer.source.kind in ("images", "image_text"):
+                evaluate.retrieval_picture(train_images, train_x, train_y, test.images, test_x, test.labels,
+                                           out / "retrieval.png", classes=test.classes)
+    own = getattr(trainer.method, "extra_evaluations", None)  # what only this method can measure (CLIP: zero-shot)
+    if test is not None and own is not None:
+        entries = own(test, data=cfg.data.name, device=trainer.fabric.device)
+        evaluations.update(entries)
+        metrics.update({f"{key}_accuracy": entry["accuracy"] for key, entry in entries.items() if "accuracy" in entry})
+    skipped = dict(getattr(trainer.source, "skipped", {}) or {})
+    if test is not None:
+        skipped.update(getattr(test, "skipped", {}) or {})
+    if skipped:
+        shown = "; ".join(f"{path} ({why})" for path, why in list(skipped.items())[:5])
+        say(f"skipped {len(skipped)} unreadable image file(s), each slot filled by the next readable file: {shown}"
+             + (" ..." if len(skipped) > 5 else ""))
+    rates = [rate for _, rate in trainer.history.get("images_per_s", [])[1:]]  # the first window warms up
+    results = {"name": cfg.name, "method": cfg.method, "data": cfg.data.name, "backbone": cfg.backbone.name,
+               "epochs": round(trainer.max_steps / trainer.steps_per_epoch, 4) if trainer.time_plan else cfg.train.epochs,
+               "batch_size": cfg.train.batch_size, "steps": trainer.max_steps,
+               **({"time_plan": trainer.time_plan} if trainer.time_plan else {}),
+               "precision": trainer.precision, "device": trainer.fabric.device.type,
+               "devices": trainer.fabric.world_size, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "command": trainer.command, "commit": _commit(),
+               "wall_time_s": round(time.perf_counter() - trainer.started, 1),
+               "pretrain_time_s": round(trainer.train_seconds, 1),
+               "images_per_s": round(float(np.median(rates)), 1) if rates else None,
+               **({"skipped_files": [{"path": p, "reason": r} for p, r in skipped.items()]} if skipped else {}),
+               **metrics, "evaluations": evaluations}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if cfg.eval.plots:
+        evaluate.write_report(out)  # report.html; `selfsup report` redraws it after more evaluations
+    return metrics

@@ -1,0 +1,109 @@
+"""What a run measures about itself while it trains: the time plan and the kNN monitor.
+
+:func:`plan_time_limit` turns ``train.time_limit`` into a number of steps (timed calibration steps,
+undone); :func:`knn_monitor` measures the weighted kNN accuracy of the evaluation encoder on
+held-out training images (:func:`monitor_split`) at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from selfsup import data, evaluate
+from selfsup.engine import state
+from selfsup.engine.optim import Schedule
+from selfsup.evaluate._common import stratified_sample
+
+if TYPE_CHECKING:
+    from selfsup.engine.trainer import Trainer
+
+CALIBRATION_STEPS, CALIBRATION_WARMUP = 12, 3
+"""``train.time_limit``: steps timed before the run (undone), of which the first few warm up."""
+
+
+def plan_time_limit(trainer: Trainer, limit_s: float) -> None:
+    """Fix ``max_steps`` from ``train.time_limit``: time a few steps, undo them, and keep as many
+    steps as fit in what is left of the limit. Every rank takes rank 0's measurement."""
+    started = time.perf_counter()
+    weights = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+    rng = state.rng_state(trainer.fabric.device)
+    calibration = min(CALIBRATION_STEPS, trainer.max_steps)
+    marks = []
+    for step in range(calibration):
+        outputs, _ = trainer.train_step(step)
+        float(outputs["loss"].detach())  # wait for the device
+        marks.append(time.perf_counter())
+    timed = marks[CALIBRATION_WARMUP:] if calibration > CALIBRATION_WARMUP + 1 else marks
+    per_step = (timed[-1] - (timed[0] if len(timed) > 1 else started)) / max(1, len(timed) - 1)
+    per_step = float(trainer.fabric.broadcast(torch.tensor(per_step, device=trainer.fabric.device), src=0))
+    trainer.method.load_state_dict(weights)
+    trainer.optimizer.load_state_dict(optimizer_state)
+    state.set_rng_state(rng, trainer.fabric.device)
+    left = limit_s - (time.perf_counter() - started)
+    trainer.max_steps = max(1, int(left // per_step))
+    trainer.schedule = Schedule.build(trainer.cfg.optim, trainer.schedule.base_lr, trainer.max_steps,
+                                      trainer.steps_per_epoch)
+    trainer.time_plan = {"time_limit_s": limit_s, "step_s": per_step, "calibration_steps": calibration}
+    trainer.say(f"train.time_limit={trainer.cfg.train.time_limit}: {1000 * per_step:.1f} ms per step over "
+                f"{calibration} calibration steps (undone) -> {trainer.max_steps:,} steps "
+                f"({trainer.max_steps / trainer.steps_per_epoch:.2f} epochs)")
+
+
+def monitor_split(trainer: Trainer) -> tuple[Tensor, Tensor | None]:
+    """The kNN monitor's (bank, queries) rows of the training split, both seeded.
+
+    Queries are a stratified ``train.knn_val_fraction`` of the training images, kept out of
+    the bank, so the curve is measured on images whose labels it never compares against and
+    the test split is left for the final evaluation. Every image, queries included, is still
+    unlabelled pretraining data, as in any self-supervised run. With ``knn_val_fraction=0``
+    the bank is the training split and the queries are the test split (None).
+    """
+    labels = trainer.train_set.labels
+    n, t = len(trainer.train_set), trainer.cfg.train
+    generator = torch.Generator().manual_seed(t.seed)
+    if t.knn_val_fraction == 0:
+        return torch.randperm(n, generator=generator)[: min(n, t.knn_train_samples)], None
+    count = min(n - 1, max(1, round(t.knn_val_fraction * n)))
+    queries = torch.from_numpy(stratified_sample(labels.cpu().numpy(), count, np.random.default_rng(t.seed)))
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[queries] = False
+    rest = rest.nonzero().squeeze(1)
+    return rest[torch.randperm(len(rest), generator=generator)[: t.knn_train_samples]], queries
+
+
+def knn_monitor(trainer: Trainer) -> float | None:
+    """Weighted kNN accuracy of the current eval encoder on held-out training images (rank 0 computes)."""
+    if trainer.train_set.labels is None or (trainer.cfg.train.knn_val_fraction == 0 and trainer.test_set is None):
+        return None
+
+    def measure() -> float:
+        bank, queries = monitor_split(trainer)
+        encoder = trainer.method.eval_encoder()
+        autocast = trainer.fabric.device.type == "cuda" or "bf16" in trainer.precision
+        kwargs = dict(device=trainer.fabric.device, autocast=autocast, kind=trainer.source.kind)
+        images, labels = trainer.source.inputs, trainer.train_set.labels
+        if queries is None:
+            query_images, query_labels = trainer.test_set.inputs, trainer.test_set.labels
+        else:
+            query_images, query_labels = _rows(images, queries), labels[queries]
+        bank_x = evaluate.extract_features(encoder, _rows(images, bank), **kwargs)
+        query_x = evaluate.extract_features(encoder, query_images, **kwargs)
+        return evaluate.knn_accuracy(bank_x, labels[bank], query_x, query_labels, k=trainer.cfg.eval.knn_k,
+                                     temperature=trainer.cfg.eval.knn_temperature)
+
+    accuracy = trainer.on_rank_zero("measuring the kNN monitor", measure)
+    return float(trainer.fabric.broadcast(torch.tensor(accuracy or 0.0, device=trainer.fabric.device), src=0))
+
+
+def _rows(images, index: Tensor):
+    """Rows ``index`` of a tensor, or of a streamed split (still unread)."""
+    if isinstance(images, data.ImageStream):
+        return images.subset(index)
+    return images[index.to(images.device)]
