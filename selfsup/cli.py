@@ -144,10 +144,12 @@ def _summary(key: str, entry: dict) -> str:
         return ", ".join(f"{100 * float(f):g}% labels {_percent(r['mean'])} ± {_percent(r['std'] or 0)} (scratch "
                          f"{_percent(r['scratch_mean'])} ± {_percent(r['scratch_std'] or 0)})"
                          for f, r in entry["fractions"].items())
+    floor = f" (random init: {_summary(key, entry['random_init'])})" if entry.get("random_init") else ""
     if "ci95" in entry:
-        return f"{_percent(entry['accuracy'])} ± {_percent(entry['ci95'])} (95% CI, {entry['episodes']} episodes)"
+        episodes = f", {entry['episodes']} episodes" if "episodes" in entry else ""
+        return f"{_percent(entry['accuracy'])} ± {_percent(entry['ci95'])} (95% CI{episodes}){floor}"
     scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn", "held_out_accuracy") or "recall@" in k}
-    return ", ".join(f"{'' if k == 'accuracy' else k + ' '}{_percent(v)}" for k, v in scores.items())
+    return ", ".join(f"{'' if k == 'accuracy' else k + ' '}{_percent(v)}" for k, v in scores.items()) + floor
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -180,30 +182,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
     else:
-        kind = kind_of(cfg.data)
-        train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=True, kind=kind)
-        test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
-        frozen = evaluate.frozen_evaluations(
-            train_x, train.labels, test_x, test.labels, data=data,
-            linear=args.protocol in ("linear", "transfer"), knn=args.protocol in ("knn", "transfer"),
-            knn_k=args.k, knn_temperature=args.temperature, shots=(), recall_ks=args.recall_k)
-        if args.protocol == "transfer":
-            entries = {f"transfer{suffix}": {"data": data, "linear": frozen["linear"]["accuracy"],
-                                             "knn": frozen["knn"]["accuracy"],
-                                             "protocol": f"{frozen['linear']['protocol']}; "
-                                                         f"{frozen['knn']['protocol']}; images converted to "
-                                                         f"{channels}x{size}x{size} as the checkpoint was trained"}}
-        elif args.protocol == "fewshot":
-            entries = {f"fewshot_{args.way}way_{shot}shot{suffix}": evaluate.fewshot_entry(
-                test_x, test.labels, data=data, n_way=args.way, k_shot=shot, n_query=args.query,
-                episodes=args.episodes, classes=args.classes) for shot in args.shots}
-            if None in entries.values():
-                raise DataError(f"{data}: too few classes with enough test images for {args.way}-way episodes "
-                                f"with {args.query} queries")
-        else:
-            entries = {f"{args.protocol}{suffix}": frozen[args.protocol]}
+        from selfsup.engine.floor import random_init_floor, seeded_build, with_floor
+
+        def measure(net, progress: bool = False) -> dict:
+            return _frozen_entries(args, net, train, test, kind=kind_of(cfg.data), device=device, data=data,
+                                   suffix=suffix, shape=(channels, size), progress=progress)
+
+        entries = measure(encoder, progress=True)
+        if not args.no_floor:  # beside every number, the same evaluation at random initialisation
+            settings = {key: getattr(args, key) for key in ("protocol", "k", "temperature", "recall_k", "way",
+                                                            "shots", "query", "episodes", "classes")}
+            with_floor(entries, random_init_floor(seeded_build(make_scratch, cfg.train.seed), measure,
+                                                  data={"train": train, "test": test}, settings=settings))
     _write_entries(args.checkpoint, entries, data)
     return 0
+
+
+def _frozen_entries(args: argparse.Namespace, encoder, train, test, *, kind: str, device, data: str, suffix: str,
+                    shape: tuple[int, int], progress: bool = False) -> dict:
+    """The results entries of a frozen-feature protocol (linear, knn, fewshot, retrieval, transfer)."""
+    from selfsup import evaluate
+
+    train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=progress, kind=kind)
+    test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
+    if args.protocol == "fewshot":
+        entries = {f"fewshot_{args.way}way_{shot}shot{suffix}": evaluate.fewshot_entry(
+            test_x, test.labels, data=data, n_way=args.way, k_shot=shot, n_query=args.query,
+            episodes=args.episodes, classes=args.classes) for shot in args.shots}
+        if None in entries.values():
+            raise DataError(f"{data}: too few classes with enough test images for {args.way}-way episodes "
+                            f"with {args.query} queries")
+        return entries
+    frozen = evaluate.frozen_evaluations(
+        train_x, train.labels, test_x, test.labels, data=data,
+        linear=args.protocol in ("linear", "transfer"), knn=args.protocol in ("knn", "transfer"),
+        knn_k=args.k, knn_temperature=args.temperature, shots=(),
+        recall_ks=args.recall_k if args.protocol == "retrieval" else ())
+    if args.protocol == "transfer":
+        channels, size = shape
+        return {f"transfer{suffix}": {"data": data, "linear": frozen["linear"]["accuracy"],
+                                      "knn": frozen["knn"]["accuracy"],
+                                      "protocol": f"{frozen['linear']['protocol']}; {frozen['knn']['protocol']}; "
+                                                  f"images converted to {channels}x{size}x{size} as the "
+                                                  f"checkpoint was trained"}}
+    return {f"{args.protocol}{suffix}": frozen[args.protocol]}
 
 
 def _zero_shot(args: argparse.Namespace) -> int:
@@ -405,6 +427,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", help="folder holding the dataset's files")
     ev.add_argument("--k", type=int, default=200, help="kNN neighbours")
     ev.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
+    ev.add_argument("--no-floor", action="store_true",
+                    help="leave out the floor (the same evaluation of the encoder at its random initialisation, "
+                         "computed once and cached; on by default beside every frozen-feature result)")
     ev.add_argument("--labels", type=_percents, default=[0.01, 0.1], help="finetune: label shares, e.g. 1%%,10%%")
     ev.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="finetune: label-subset seeds, e.g. 0,1,2")
     ev.add_argument("--steps", type=int, default=200, help="finetune: optimiser steps of batch 256")

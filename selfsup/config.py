@@ -155,6 +155,9 @@ class EvalConfig:
     embedding_map: str = "umap"
     """"umap" (falls back to t-SNE when umap-learn is missing) or "tsne"."""
     save_embeddings: bool = True
+    floor: bool = True
+    """Beside every evaluation, its floor: the same evaluation of the evaluation encoder at the run's
+    random initialisation (``random_init`` in results.json; cached, see ``selfsup.engine.floor``)."""
 
 
 @dataclass

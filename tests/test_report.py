@@ -271,9 +271,9 @@ def test_results_table_has_a_row_per_run_with_the_files_numbers(tmp_path):
     markdown = results_table([full, old])
     assert markdown.endswith("\n")
     head, align, *rows = table_rows(markdown)
-    assert head == ["run", "method", "epochs", "batch", "linear probe", "kNN", "wall time (min)", "img/s", "command",
-                    "fine-tune 1% (scratch)", "fine-tune 10% (scratch)", "few-shot 5-way 1-shot",
-                    "few-shot 5-way 5-shot", "transfer"]
+    assert head == ["run", "method", "epochs", "batch", "linear probe (random init)", "kNN (random init)",
+                    "wall time (min)", "img/s", "command", "fine-tune 1% (scratch)", "fine-tune 10% (scratch)",
+                    "few-shot 5-way 1-shot (random init)", "few-shot 5-way 5-shot (random init)", "transfer"]
     assert len(align) == len(head) and len(rows) == 2
 
     def percent(x):
@@ -305,8 +305,25 @@ def test_results_table_shows_the_bank_knn_of_a_memory_bank_run(tmp_path):
     plain = make_run(tmp_path / "plain", finetune=None)
     head, _, with_bank, without = table_rows(results_table([bank, plain]))
     column = head.index("bank kNN")
-    assert head[column - 1] == "kNN" and with_bank[column] == "77.12%" and without[column] == "–"
+    assert head[column - 1] == "kNN (random init)" and with_bank[column] == "77.12%" and without[column] == "–"
     assert "bank kNN" not in table_rows(results_table([plain]))[0]
+
+
+def test_every_recorded_floor_stands_beside_its_number_in_the_table_and_the_page(tmp_path):
+    evaluations = json.loads(json.dumps(RESULTS["evaluations"]))
+    evaluations["linear"]["random_init"] = {"accuracy": 0.8201}
+    evaluations["fewshot_5way_1shot"]["random_init"] = {"accuracy": 0.5507, "ci95": 0.0091}
+    evaluations["retrieval"]["random_init"] = {"recall@1": 0.7, "recall@5": 0.9}
+    folder = make_run(tmp_path / "floors", {**RESULTS, "evaluations": evaluations}, finetune=None)
+    head, _, row = table_rows(results_table([folder]))
+    assert row[head.index("linear probe (random init)")] == "87.12% (82.01%)"
+    assert row[head.index("kNN (random init)")] == "83.01%"  # none recorded: nothing invented
+    assert row[head.index("few-shot 5-way 1-shot (random init)")] == "61.00% ± 0.80% (55.07%)"
+    page = html.unescape(write_report(folder).read_text(encoding="utf-8"))
+    assert "87.12% (random init: 82.01%)" in page
+    assert "61.00% ± 0.80% (random init: 55.07% ± 0.91%)" in page
+    assert "recall@1 80.00%, recall@5 95.00% (random init: recall@1 70.00%, recall@5 90.00%)" in page
+    assert "random_init=" not in page  # a floor is a score, not a setting
 
 
 def test_python_m_selfsup_report_writes_the_page(run):

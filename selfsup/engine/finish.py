@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import data, evaluate
+from selfsup.engine.floor import random_init_floor, seeded_build, with_floor
 from selfsup.engine.setup import say
 
 if TYPE_CHECKING:
@@ -54,9 +55,42 @@ def bank_knn_entry(bank: tuple[Tensor, nn.Module, float], train_labels: Tensor, 
             "protocol": BANK_KNN_PROTOCOL.format(k=k, temperature=temperature)}
 
 
+def frozen(trainer: Trainer, encoder: nn.Module, progress: bool = False) -> tuple[dict[str, dict[str, Any]], Tensor, Tensor]:
+    """``evaluate.frozen_evaluations`` of ``encoder``'s features of the training and test splits (and
+    the features)."""
+    cfg, test, kind = trainer.cfg, trainer.test_set, trainer.source.kind
+    train_x = evaluate.extract_features(encoder, trainer.source.inputs, device=trainer.fabric.device,
+                                        progress=progress, kind=kind)
+    test_x = evaluate.extract_features(encoder, test.inputs, device=trainer.fabric.device, kind=kind)
+    entries = evaluate.frozen_evaluations(train_x, trainer.train_set.labels, test_x, test.labels, data=cfg.data.name,
+                                          linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
+                                          knn_temperature=cfg.eval.knn_temperature)
+    return entries, train_x, test_x
+
+
+def random_init_scores(trainer: Trainer, labelled: bool, own: bool) -> dict[str, dict[str, float]]:
+    """The floor of every evaluation :func:`finish` makes: the same evaluations of the method as the
+    run's seed initialised it, before training (cached, see :mod:`selfsup.engine.floor`)."""
+    cfg = trainer.cfg
+    fresh = seeded_build(trainer.build_method, cfg.train.seed)
+    settings = {"linear": cfg.eval.linear, "knn": cfg.eval.knn, "knn_k": cfg.eval.knn_k,
+                "knn_temperature": cfg.eval.knn_temperature, "kind": trainer.source.kind, "data": cfg.data.name}
+    data = {"train": trainer.source.dataset, "test": trainer.test_set}
+    floor: dict[str, dict[str, float]] = {}
+    if labelled:
+        floor.update(random_init_floor(fresh.eval_encoder(), lambda encoder: frozen(trainer, encoder)[0],
+                                       data=data, settings=settings))
+    if own:
+        floor.update(random_init_floor(fresh, lambda method: method.to(trainer.fabric.device).extra_evaluations(
+            trainer.test_set, data=cfg.data.name, device=trainer.fabric.device), data=data,
+            settings={**settings, "extra_evaluations": cfg.method}))
+    return floor
+
+
 def finish(trainer: Trainer) -> dict[str, float]:
     """Final evaluation and pictures on rank 0, on the test split (read here only): linear probe,
-    kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``); curves, embedding map,
+    kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``), each with its floor (the same
+    evaluation at the run's random initialisation, ``random_init``); curves, embedding map,
     retrieval grid, embeddings, ``results.json`` (schema in ``selfsup.evaluate.report``) and the
     run's page ``report.html``."""
     cfg, out = trainer.cfg, trainer.out_dir
@@ -69,17 +103,10 @@ def finish(trainer: Trainer) -> dict[str, float]:
     evaluations: dict[str, dict[str, Any]] = {}
     test = trainer.test_set
     labelled = test is not None and test.labels is not None and trainer.train_set.labels is not None
+    device = trainer.fabric.device
     if labelled:
-        device = trainer.fabric.device
-        encoder = trainer.method.eval_encoder()
         train_images, train_y = trainer.source.inputs, trainer.train_set.labels
-        kind = trainer.source.kind
-        train_x = evaluate.extract_features(encoder, train_images, device=device, progress=cfg.train.progress,
-                                            kind=kind)
-        test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
-        evaluations = evaluate.frozen_evaluations(train_x, train_y, test_x, test.labels, data=cfg.data.name,
-                                                  linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
-                                                  knn_temperature=cfg.eval.knn_temperature)
+        evaluations, train_x, test_x = frozen(trainer, trainer.method.eval_encoder(), progress=cfg.train.progress)
         bank = trainer.method.memory_bank() if cfg.eval.knn else None
         if bank is not None and train_y is not None:
             evaluations["bank_knn"] = bank_knn_entry(bank, train_y, test, data=cfg.data.name, k=cfg.eval.knn_k,
@@ -96,9 +123,11 @@ def finish(trainer: Trainer) -> dict[str, float]:
                                            out / "retrieval.png", classes=test.classes)
     own = getattr(trainer.method, "extra_evaluations", None)  # what only this method can measure (CLIP: zero-shot)
     if test is not None and own is not None:
-        entries = own(test, data=cfg.data.name, device=trainer.fabric.device)
+        entries = own(test, data=cfg.data.name, device=device)
         evaluations.update(entries)
         metrics.update({f"{key}_accuracy": entry["accuracy"] for key, entry in entries.items() if "accuracy" in entry})
+    if cfg.eval.floor and evaluations:
+        with_floor(evaluations, random_init_scores(trainer, labelled, own is not None and test is not None))
     skipped = dict(getattr(trainer.source, "skipped", {}) or {})
     if test is not None:
         skipped.update(getattr(test, "skipped", {}) or {})

@@ -16,6 +16,7 @@ pictures, results.json, the report page).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -82,10 +83,14 @@ class Trainer:
                     "data.name=captions with data.captions=<file>") if kind == "image_text" else ""
             raise ConfigError(f"method {cfg.method} learns from {kind}, but data.name={cfg.data.name} "
                               f"gives {self.source.kind}{hint}")
-        method = build_method(cfg, in_channels=self.train_set.channels, image_size=self.train_set.size,
-                              mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist(),
-                              num_samples=len(self.train_set), graph=getattr(self.source, "graph", None),
-                              captions=getattr(self.source, "captions", None))
+        # A fresh method as this run builds it; under the run's seed (set here) it has the run's initial
+        # weights, which the final evaluation's floor rebuilds (selfsup.engine.floor).
+        self.build_method = functools.partial(
+            build_method, cfg, in_channels=self.train_set.channels, image_size=self.train_set.size,
+            mean=self.train_set.mean().tolist(), std=self.train_set.std().tolist(), num_samples=len(self.train_set),
+            graph=getattr(self.source, "graph", None), captions=getattr(self.source, "captions", None))
+        torch.manual_seed(t.seed)
+        method = self.build_method()
         if getattr(method, "needs_labels", False) and self.train_set.labels is None:
             raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
                               f"none; give it labelled data (a folder with one subfolder per class) or choose a "

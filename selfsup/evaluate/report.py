@@ -22,8 +22,10 @@ the configuration or the command line. A run folder, as ``selfsup pretrain`` wri
       "wall_time_s": 1003.2, "pretrain_time_s": 880.1, "images_per_s": 715.0,
       "linear_accuracy": 0.8712, "knn_accuracy": 0.8301,
       "evaluations": {
-        "linear": {"accuracy": 0.8712, "data": "fashion_mnist", "protocol": "<in words>"},
-        "knn": {"accuracy": 0.8301, "k": 200, "temperature": 0.1, "data": "fashion_mnist", "protocol": "..."},
+        "linear": {"accuracy": 0.8712, "data": "fashion_mnist", "protocol": "<in words>",
+                   "random_init": {"accuracy": 0.8450}},
+        "knn": {"accuracy": 0.8301, "k": 200, "temperature": 0.1, "data": "fashion_mnist", "protocol": "...",
+                "random_init": {"accuracy": 0.7940}},
         "finetune": {"data": "fashion_mnist", "protocol": "...",
                      "fractions": {"0.01": {"mean": 0.71, "std": 0.01, "scratch_mean": 0.62,
                                             "scratch_std": 0.02, "seeds": [0, 1, 2]},
@@ -36,7 +38,9 @@ the configuration or the command line. A run folder, as ``selfsup pretrain`` wri
     }
 
 Accuracies and recalls are fractions in [0, 1], shown as percentages with two decimals; ``ci95``
-is the half-width of the 95% confidence interval; times are seconds. Keys of an evaluation other
+is the half-width of the 95% confidence interval; times are seconds. ``random_init`` holds the
+floor of an evaluation: its scores for the same evaluation encoder at the run's random
+initialisation, by the same protocol on the same data. Keys of an evaluation other
 than the scores (``accuracy``, ``linear``, ``knn``, ``recall@k``, ``ci95``), ``data``,
 ``protocol`` and ``fractions`` are its settings (``k``, ``episodes``, ``seeds``, ...) and are
 shown beside the scores.
@@ -73,7 +77,7 @@ _HEADER_KEYS = ("name", "method", "data", "backbone", "epochs", "batch_size", "s
 _SCORE_LABELS = {"accuracy": "", "linear": "linear", "knn": "kNN", "chance": "chance",
                  "held_out_accuracy": "held-out", "held_out_chance": "held-out chance", "seen_accuracy": "seen"}
 # Shown in their own columns, or as part of a score, rather than as settings.
-_NOT_SETTINGS = {"ci95", "data", "protocol", "fractions", "mean", "std", "scratch_mean", "scratch_std"}
+_NOT_SETTINGS = {"ci95", "data", "protocol", "fractions", "mean", "std", "scratch_mean", "scratch_std", "random_init"}
 _FEWSHOT = re.compile(r"fewshot_(\d+)way_(\d+)shot")
 _PICTURES = (("Training curves", ("curves.png",)), ("Views", ("views.png",)),
              ("Embedding map", ("umap.png", "tsne.png")), ("Retrieval", ("retrieval.png",)))
@@ -254,7 +258,11 @@ def _scores_text(entry: Mapping[str, Any], where: str) -> str:
         if key == "accuracy" and entry.get("ci95") is not None:
             value = _spread(_number(entry, key, where), _number(entry, "ci95", where))
         parts.append(f"{label} {value}".strip())
-    return ", ".join(parts) or MISSING
+    text = ", ".join(parts) or MISSING
+    floor = entry.get("random_init")
+    if isinstance(floor, Mapping) and floor:
+        text += f" (random init: {_scores_text(floor, f'{where} random_init')})"
+    return text
 
 
 def _settings_text(*entries: Mapping[str, Any]) -> str:
@@ -439,7 +447,9 @@ def _markdown_cell(text: str) -> str:
 def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     """The README's results table, as GitHub markdown, from the runs' files only.
 
-    One row per run, in the order given. Columns: run, method, epochs, batch, linear probe, kNN,
+    One row per run, in the order given; beside each accuracy, in parentheses, its floor (the same
+    evaluation of the same encoder at random initialisation, ``random_init``) when the run recorded
+    it. Columns: run, method, epochs, batch, linear probe, kNN,
     (bank kNN, when some run kept a memory bank), wall time (min), img/s, command; then, only when
     some run has them, one column per
     fine-tuning label fraction (mean ± std, training from scratch in parentheses), one per
@@ -465,11 +475,12 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     transfer = any(key.startswith("transfer_") for run in runs for key in run["results"]["evaluations"])
     bank = any("bank_knn" in run["results"]["evaluations"] for run in runs)
 
-    head = ["run", "method", "epochs", "batch", "linear probe", "kNN", *(["bank kNN"] if bank else []),
+    head = ["run", "method", "epochs", "batch", "linear probe (random init)", "kNN (random init)",
+            *(["bank kNN"] if bank else []),
             "wall time (min)", "img/s", "command"]
     align = ["---", "---", "---:", "---:", "---:", "---:", *(["---:"] if bank else []), "---:", "---:", "---"]
     head += [f"fine-tune {_fraction_label(value)} (scratch)" for value in sorted(fractions)]
-    head += [f"few-shot {n_way}-way {k_shot}-shot" for n_way, k_shot in sorted(fewshot)]
+    head += [f"few-shot {n_way}-way {k_shot}-shot (random init)" for n_way, k_shot in sorted(fewshot)]
     head += ["transfer"] if transfer else []
     align += ["---:"] * (len(fractions) + len(fewshot)) + (["---"] if transfer else [])
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
@@ -493,8 +504,7 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         for n_way, k_shot in sorted(fewshot):
             name = f"fewshot_{n_way}way_{k_shot}shot"
             entry, where = evaluations.get(name), f"{run_dir}: evaluation {name!r}"
-            row.append(MISSING if entry is None else
-                       _spread(_number(entry, "accuracy", where), _number(entry, "ci95", where)))
+            row.append(MISSING if entry is None else _accuracy(results, name, run_dir))
         if transfer:
             row.append("; ".join(f"{_plain(entry.get('data', key.removeprefix('transfer_')))}: "
                                  f"{_scores_text(entry, f'{run_dir}: evaluation {key!r}')}"
@@ -504,8 +514,19 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
 
 
 def _accuracy(results: Mapping[str, Any], name: str, run: Path) -> str:
-    """The ``accuracy`` of evaluation ``name``, else results.json's ``<name>_accuracy`` (older runs)."""
+    """The ``accuracy`` of evaluation ``name`` with its floor in parentheses (the same evaluation at
+    random initialisation, when recorded), else results.json's ``<name>_accuracy`` (older runs)."""
     entry = results["evaluations"].get(name)
-    if entry is not None:
-        return _percent(_number(entry, "accuracy", f"{run}: evaluation {name!r}"))
-    return _percent(_number(results, f"{name}_accuracy", f"{run}: results.json"))
+    if entry is None:
+        return _percent(_number(results, f"{name}_accuracy", f"{run}: results.json"))
+    where = f"{run}: evaluation {name!r}"
+    text = _spread(_number(entry, "accuracy", where), _number(entry, "ci95", where))
+    return text + _floor_cell(entry, where)
+
+
+def _floor_cell(entry: Mapping[str, Any], where: str) -> str:
+    """`` (82.01%)``: the floor of a table cell's accuracy, or nothing when the run did not record it."""
+    floor = entry.get("random_init")
+    if not isinstance(floor, Mapping) or _number(floor, "accuracy", f"{where} random_init") is None:
+        return ""
+    return f" ({_percent(floor['accuracy'])})"

@@ -9,7 +9,6 @@ fused SyncBatchNorm on accelerators and :class:`GlobalBatchNorm` elsewhere.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup import distributed

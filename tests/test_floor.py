@@ -1,0 +1,95 @@
+"""The floor beside every number (selfsup.engine.floor): the same evaluation of the run's own
+initial encoder, computed independently here from a copy taken before training; the cache and
+what invalidates it; the command line's evaluations carrying it."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from selfsup import evaluate
+from selfsup.cli import main
+from selfsup.config import load_config
+from selfsup.engine import Trainer
+from selfsup.engine.finish import finish
+from selfsup.engine.floor import floor_key, random_init_floor, seeded_build
+
+TINY = ["method=simclr", "data.name=digits", "data.size=16", "backbone.width=8", "train.epochs=2",
+        "train.batch_size=128", "train.progress=false", "train.knn_every=0", "eval.plots=false",
+        "method_args.proj_hidden_dim=32", "method_args.proj_dim=16"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+
+
+def test_the_floor_is_the_same_evaluation_of_the_runs_own_initial_encoder(tmp_path):
+    trainer = Trainer(load_config(None, [*TINY, f"train.out_dir={tmp_path / 'run'}"]))
+    initial = copy.deepcopy(trainer.method.eval_encoder())
+    train, test = trainer.train_set, trainer.test_set
+    train_x, test_x = evaluate.extract_features(initial, train.images), evaluate.extract_features(initial, test.images)
+    expected_linear = evaluate.linear_probe(train_x, train.labels, test_x, test.labels).accuracy
+    expected_knn = evaluate.knn_accuracy(train_x, train.labels, test_x, test.labels, k=200, temperature=0.1)
+    trainer.fit()
+    finish(trainer)
+    evaluations = json.loads((tmp_path / "run" / "results.json").read_text())["evaluations"]
+    assert evaluations["linear"]["random_init"] == {"accuracy": pytest.approx(expected_linear, abs=1e-6)}
+    assert evaluations["knn"]["random_init"] == {"accuracy": pytest.approx(expected_knn, abs=1e-6)}
+    # Training moved the encoder away from its floor: the two numbers are not one number twice.
+    assert evaluations["knn"]["accuracy"] != pytest.approx(expected_knn, abs=1e-4)
+    assert set(evaluations["fewshot_5way_1shot"]["random_init"]) == {"accuracy", "ci95"}
+    assert set(evaluations["retrieval"]["random_init"]) == {"recall@1", "recall@5", "recall@10"}
+
+    # `selfsup evaluate knn` on the checkpoint finds the same floor (same seed, same data, same protocol).
+    assert main(["evaluate", "knn", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]) == 0
+    written = json.loads((tmp_path / "run" / "evaluations" / "knn.json").read_text())
+    assert written["random_init"]["accuracy"] == pytest.approx(expected_knn, abs=1e-6)
+    assert written["accuracy"] == pytest.approx(evaluations["knn"]["accuracy"], abs=1e-6)
+    assert main(["evaluate", "knn", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--no-floor"]) == 0
+    assert "random_init" not in json.loads((tmp_path / "run" / "evaluations" / "knn.json").read_text())
+
+
+def _encoder(seed: int) -> torch.nn.Module:
+    return seeded_build(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)), seed)
+
+
+def test_the_cache_serves_the_same_floor_and_anything_that_changes_it_computes_it_again(tmp_path):
+    images, labels = torch.rand(30, 1, 3, 4), torch.arange(30) % 3
+    calls = []
+
+    def evaluations(encoder):
+        calls.append(1)
+        features = encoder(images).detach()
+        return {"knn": {"accuracy": evaluate.knn_accuracy(features, labels, features, labels, k=3), "k": 3,
+                        "protocol": "p"}}
+
+    def floor(encoder, data_labels=labels, settings=None):
+        data = {"train": {"inputs": images, "labels": data_labels}}
+        return random_init_floor(encoder, evaluations, data=data, settings=settings or {"k": 3})
+
+    first = floor(_encoder(0))
+    assert set(first) == {"knn"} and set(first["knn"]) == {"accuracy"} and len(calls) == 1  # settings dropped
+    assert floor(_encoder(0)) == first and len(calls) == 1  # served from the cache
+    changed = labels.clone()
+    changed[0] = 2
+    floor(_encoder(0), data_labels=changed)  # one label
+    floor(_encoder(1))  # other weights
+    floor(_encoder(0), settings={"k": 5})  # other settings
+    assert len(calls) == 4
+    cached, = [p for p in (tmp_path / "cache" / "floors").iterdir() if json.loads(p.read_text())["settings"] == {"k": 5}]
+    cached.write_text("{ not json")  # a damaged file is computed again and replaced
+    assert floor(_encoder(0), settings={"k": 5}) and len(calls) == 5
+    assert json.loads(cached.read_text())["settings"] == {"k": 5}
+
+
+def test_the_key_reads_every_weight_and_the_architecture():
+    base = _encoder(0)
+    nudged = copy.deepcopy(base)
+    with torch.no_grad():
+        nudged[1].weight[3, 11] += 1e-7
+    other_shape = seeded_build(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4),
+                                                           torch.nn.ReLU()), 0)
+    keys = {floor_key(net, {}, {}) for net in (base, nudged, other_shape)}
+    assert len(keys) == 3 and floor_key(copy.deepcopy(base), {}, {}) == floor_key(base, {}, {})
