@@ -125,7 +125,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(json.dumps({"run": str(result.out_dir), **{k: round(v, 4) for k, v in result.metrics.items()}}))
         for key, value in result.metrics.items():
             print(f"{key.replace('_', ' ')}: {100 * value:.2f}%")
-    print(f"checkpoint: {result.checkpoint}")
+    if result.main:  # under torchrun every rank returns here; one line is enough
+        print(f"checkpoint: {result.checkpoint}")
     return 0
 
 

@@ -45,9 +45,9 @@ def gather(tensor: Tensor) -> Tensor:
     """Concatenate along dim 0 the `tensor` of every rank, in rank order, with gradients.
 
     Under torch.distributed with world size W > 1 this returns `(W * N, ...)` for
-    an input of `(N, ...)`; rank r's rows sit at `[r * N, (r + 1) * N)`. It uses
-    `torch.distributed.nn.functional.all_gather`, whose backward *sums* the
-    gradient that every rank sends back for this rank's rows. A loss that is a
+    an input of `(N, ...)`; rank r's rows sit at `[r * N, (r + 1) * N)`. Its
+    backward *sums* the gradient that every rank sends back for this rank's rows
+    (as `torch.distributed.nn.functional.all_gather` did). A loss that is a
     mean over the local anchors against gathered candidates therefore gets, on
     each rank, W times the gradient of the single-process loss on the
     concatenated batch, and DDP's mean over ranks cancels the W (see
@@ -82,13 +82,59 @@ def gather(tensor: Tensor) -> Tensor:
             "use drop_last=True in the DataLoader so all ranks see equal batches"
         )
     if tensor.requires_grad:
-        # Imported lazily: torch.distributed.nn pulls in RPC machinery we never need single-process.
-        from torch.distributed.nn.functional import all_gather
+        return _GatherWithGradients.apply(tensor)
+    return _all_gather(tensor)
 
-        return torch.cat(all_gather(tensor), dim=0)
+
+def _all_gather(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+# torch.distributed.nn.functional's all_gather and all_reduce warn that they are deprecated (torch 2.14)
+# in favour of torch.distributed._functional_collectives, a private module whose names changed between
+# releases (all_gather_tensor_autograd, then all_gather_single) and whose all_reduce has no backward in
+# older torch. These two Functions use only the stable collectives, on every torch the package declares
+# and on every backend (gloo has no reduce_scatter: the backward all-reduces and keeps this rank's rows).
+class _GatherWithGradients(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        ctx.rows = tensor.shape[0]
+        return _all_gather(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[rank() * ctx.rows:(rank() + 1) * ctx.rows]
+
+
+class _AllReduceWithGradients(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        total = tensor.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+
+def all_reduce_with_gradients(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor`` over every rank, whose backward sums the gradients of every rank (what
+    global BatchNorm needs); ``tensor`` itself on one process.
+
+    Example:
+        >>> all_reduce_with_gradients(torch.ones(2, requires_grad=True)).tolist()
+        [1.0, 1.0]
+    """
+    if not is_distributed():
+        return tensor
+    return _AllReduceWithGradients.apply(tensor)
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

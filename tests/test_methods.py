@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.methods import BYOL, DINO, METHODS, Batch, Method, MoCo, Progress, SimCLR
-from selfsup.nn import Backbone, build_backbone
+from selfsup.nn import Backbone, SplitBatchNorm, build_backbone
 
 
 def at(step: int, max_steps: int = 10, steps_per_epoch: int = 5) -> Progress:
@@ -125,7 +125,7 @@ def test_moco_v1_head_and_bad_hyperparameters():
     assert [type(m) for m in v2.projector] == [nn.Linear, nn.ReLU, nn.Linear]
     assert v2.projector[0].bias is not None
     with_bn = MoCo(linear_backbone(), proj_hidden_dim=8, proj_dim=4, queue_size=8, head_batch_norm=True)
-    assert any(isinstance(m, nn.BatchNorm1d) for m in with_bn.projector)
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in with_bn.projector)
     with pytest.raises(ValueError, match="momentum"):
         MoCo(linear_backbone(), momentum=1.5)
     with pytest.raises(ValueError, match="temperature"):
@@ -143,6 +143,26 @@ def test_moco_with_shuffle_bn_trains_a_convnet_step():
     assert all(p.grad is not None for p in moco.backbone.parameters())
     assert all(p.grad is None for p in moco.key_encoder.parameters())
     assert int(moco.queue.ptr) == 16
+
+
+def test_moco_on_one_process_splits_batchnorm_in_both_encoders_as_the_official_demo():
+    # The demo (colab/moco_cifar10_demo.ipynb) builds encoder_q and encoder_k with SplitBatchNorm: a query
+    # is normalised with the statistics of its split (n % S) only, not of the whole batch.
+    torch.manual_seed(0)
+    moco = MoCo(build_backbone("convnet", in_channels=1, image_size=28, width=4), proj_hidden_dim=16,
+                proj_dim=8, queue_size=37, shuffle_splits=4, head_batch_norm=True).train()
+    for encoder in (moco.backbone, moco.projector, moco.key_encoder):
+        norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert norms and all(isinstance(m, SplitBatchNorm) and m.num_splits == 4 for m in norms)
+    x = torch.rand(16, 1, 28, 28)
+    query = moco.projector(moco.backbone(x))[0]
+    other_split, same_split = x.clone(), x.clone()
+    other_split[1] += 1.0   # image 1 is in split 1
+    same_split[4] += 1.0    # image 4 shares split 0 with image 0
+    assert torch.allclose(moco.projector(moco.backbone(other_split))[0], query, atol=1e-5)
+    assert not torch.allclose(moco.projector(moco.backbone(same_split))[0], query, atol=1e-3)
+    plain = MoCo(build_backbone("convnet", in_channels=1, image_size=28, width=4), shuffle_bn=False)
+    assert not any(isinstance(m, SplitBatchNorm) for m in plain.modules())
 
 
 # ----------------------------------------------------------------------------------- BYOL

@@ -1,5 +1,6 @@
 """selfsup.nn: backbones, heads, momentum update, key queue, shuffle-BN."""
 
+import copy
 import math
 import os
 import subprocess
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.nn import (DINOHead, GlobalBatchNorm, KeyQueue, build_backbone, convert_sync_batchnorm, cosine,
-                        frozen_copy, momentum_update, projection_mlp, shuffled_forward, warmup_cosine)
+                        frozen_copy, momentum_update, projection_mlp, shuffled_forward, split_batchnorm,
+                        SplitBatchNorm, warmup_cosine)
 
 
 @pytest.mark.parametrize("name,channels,size,dim", [("convnet", 1, 28, 256), ("convnet", 3, 32, 256),
@@ -190,21 +192,52 @@ def test_shuffled_forward_equals_plain_forward_without_batchnorm():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     x = torch.randn(16, 4)
-    assert torch.allclose(shuffled_forward(net, x, num_splits=4), net(x), atol=1e-6)
+    assert torch.allclose(shuffled_forward(net, x), net(x), atol=1e-6)
 
 
-def test_shuffled_forward_uses_batchnorm_statistics_of_shuffled_sub_batches():
+def test_split_batchnorm_normalises_interleaved_sub_batches_as_the_official_demo():
+    # The demo's SplitBatchNorm, written out per split: sample n in split n % S, each split with its own
+    # mean and biased variance; the running statistics move to the mean of the splits' (unbiased) ones.
     torch.manual_seed(0)
-    bn = nn.BatchNorm1d(3, affine=False).train()
+    x = torch.randn(12, 3, 2, 2) + torch.arange(12.0).view(12, 1, 1, 1)
+    bn = nn.BatchNorm2d(3, momentum=0.1)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    split = split_batchnorm(nn.Sequential(copy.deepcopy(bn)), 4)[0].train()
+    assert isinstance(split, SplitBatchNorm) and split.num_splits == 4
+    out = split(x)
+    expected = torch.empty_like(x)
+    means, variances = [], []
+    for s in range(4):
+        rows = x[s::4]
+        mean, var = rows.mean(dim=(0, 2, 3)), rows.var(dim=(0, 2, 3), unbiased=False)
+        normed = (rows - mean.view(1, 3, 1, 1)) / torch.sqrt(var.view(1, 3, 1, 1) + 1e-5)
+        expected[s::4] = normed * bn.weight.view(1, 3, 1, 1) + bn.bias.view(1, 3, 1, 1)
+        means.append(mean)
+        variances.append(rows.var(dim=(0, 2, 3), unbiased=True))
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(split.running_mean, 0.9 * 0 + 0.1 * torch.stack(means).mean(0), atol=1e-6)
+    assert torch.allclose(split.running_var, 0.9 * 1 + 0.1 * torch.stack(variances).mean(0), atol=1e-6)
+    assert split.splits_for(10) == 2 and split.splits_for(7) == 1 and split.splits_for(64) == 4
+    split.eval()
+    assert torch.allclose(split(x), F.batch_norm(x, split.running_mean, split.running_var, bn.weight, bn.bias,
+                                                 False, 0.0, 1e-5), atol=1e-6)  # eval: plain BatchNorm
+    assert set(split.state_dict()) == set(bn.state_dict())  # checkpoints read it as BatchNorm
+
+
+def test_shuffled_forward_normalises_each_key_within_a_random_group():
+    torch.manual_seed(0)
+    bn = split_batchnorm(nn.Sequential(nn.BatchNorm1d(3, affine=False)), 2).train()
     x = torch.randn(8, 3) + torch.arange(8.0).view(8, 1)  # rows differ, so sub-batch stats differ
     torch.manual_seed(1)
-    out = shuffled_forward(bn, x, num_splits=2)
+    out = shuffled_forward(bn, x)
     torch.manual_seed(1)
     perm = torch.randperm(8)
     expected = torch.empty_like(x)
-    for chunk in perm.chunk(2):  # each sub-batch normalised by its own mean and biased variance
-        rows = x[chunk]
-        expected[chunk] = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + bn.eps)
+    for group in (perm[0::2], perm[1::2]):  # split s of the permuted batch: its positions s, s + 2, ...
+        rows = x[group]
+        expected[group] = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + 1e-5)
     assert torch.allclose(out, expected, atol=1e-5)
     assert not torch.allclose(out, F.batch_norm(x, None, None, training=True), atol=1e-3)
 

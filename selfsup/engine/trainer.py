@@ -49,6 +49,8 @@ class RunResult:
     checkpoint: Path
     history: dict[str, list[tuple[int, float]]]
     metrics: dict[str, float] = field(default_factory=dict)
+    main: bool = True
+    """Whether this process is rank 0 (the one that evaluated and wrote the files)."""
 
 
 class Trainer:
@@ -303,4 +305,4 @@ def pretrain(cfg: Config, *, resume: str | Path | bool = False, command: str | N
     trainer = Trainer(cfg, state, command)
     trainer.fit()
     metrics = finish(trainer)
-    return RunResult(trainer.out_dir, trainer.ckpt_path, trainer.history, metrics)
+    return RunResult(trainer.out_dir, trainer.ckpt_path, trainer.history, metrics, main=trainer.is_main)

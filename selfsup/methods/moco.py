@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from selfsup import distributed, losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
-from selfsup.nn import Backbone, KeyQueue, check_momentum, frozen_copy, momentum_update, projection_mlp, shuffled_forward
+from selfsup.nn import (Backbone, KeyQueue, check_momentum, frozen_copy, momentum_update, projection_mlp,
+                        shuffled_forward, split_batchnorm)
 
 
 class MoCo(MethodBase):
@@ -27,7 +28,10 @@ class MoCo(MethodBase):
     augmentation (no blur). BatchNorm is per device (never global: the key encoder relies on
     shuffle-BN so that a query and its key see the statistics of different sub-batches); each
     rank keeps its own running statistics, and checkpoints hold rank 0's, as DDP's buffer
-    broadcast would.
+    broadcast would. On one process both encoders normalise over ``shuffle_splits`` interleaved
+    sub-batches (:class:`~selfsup.nn.SplitBatchNorm`, the official single-GPU demo's emulation of 8
+    devices, ``colab/moco_cifar10_demo.ipynb``), the keys of a permuted batch, so a query and its
+    key are normalised among mostly different images, as on 8 GPUs.
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features.
@@ -39,8 +43,9 @@ class MoCo(MethodBase):
         temperature: InfoNCE temperature τ (v2: 0.2; v1: 0.07).
         mlp: MLP projection head (v2) instead of a linear one (v1).
         head_batch_norm: BatchNorm on the head's hidden layer (as SimCLR's head; not in MoCo v2).
-        shuffle_bn: shuffle the key batch across ranks / sub-batches before the key encoder.
-        shuffle_splits: sub-batches that emulate devices for shuffle-BN on one process.
+        shuffle_bn: shuffle the key batch across ranks before the key encoder; on one process,
+            permute it and normalise both encoders over ``shuffle_splits`` sub-batches.
+        shuffle_splits: sub-batches that emulate devices on one process (the demo's ``bn_splits``, 8).
     """
 
     augment_recipe = "moco_v2"
@@ -58,6 +63,9 @@ class MoCo(MethodBase):
         hidden = backbone.out_dim if proj_hidden_dim is None else proj_hidden_dim
         self.projector = (projection_mlp(backbone.out_dim, hidden, proj_dim, batch_norm=head_batch_norm)
                           if mlp else nn.Linear(backbone.out_dim, proj_dim))
+        if shuffle_bn:
+            split_batchnorm(backbone, shuffle_splits)
+            split_batchnorm(self.projector, shuffle_splits)
         self.key_encoder = frozen_copy(nn.Sequential(backbone, self.projector))
         self.queue = KeyQueue(queue_size, proj_dim)
         self.momentum = momentum
@@ -71,7 +79,7 @@ class MoCo(MethodBase):
         q = self.projector(self.backbone(x_q))
         with torch.no_grad():
             if self.shuffle_bn:
-                k = shuffled_forward(self.key_encoder, x_k, self.shuffle_splits)
+                k = shuffled_forward(self.key_encoder, x_k)
             else:
                 k = self.key_encoder(x_k)
             k = F.normalize(k.float(), dim=1)

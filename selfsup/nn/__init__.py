@@ -11,11 +11,12 @@ from selfsup.nn.modes import eval_mode
 from selfsup.nn.momentum import check_momentum, frozen_copy, momentum_update
 from selfsup.nn.queue import KeyQueue
 from selfsup.nn.schedules import cosine, warmup_cosine
-from selfsup.nn.shuffle_bn import shuffled_forward
+from selfsup.nn.shuffle_bn import SplitBatchNorm, shuffled_forward, split_batchnorm
 
 __all__ = [
     "BACKBONES", "GRAPH_BACKBONES", "SEQUENCE_BACKBONES", "Backbone", "DINOHead", "GCNEncoder", "GlobalBatchNorm",
-    "KeyQueue", "MemoryBank", "SignalEncoder", "WrappedEncoder", "build_backbone", "check_momentum",
+    "KeyQueue", "MemoryBank", "SignalEncoder", "SplitBatchNorm", "WrappedEncoder", "build_backbone", "check_momentum",
     "convert_sync_batchnorm", "convnet", "cosine", "eval_mode", "feature_map", "frozen_copy", "momentum_update",
-    "projection_mlp", "resnet", "shuffled_forward", "split_features", "vit", "warmup_cosine", "with_in_channels",
+    "projection_mlp", "resnet", "shuffled_forward", "split_batchnorm", "split_features", "vit", "warmup_cosine",
+    "with_in_channels",
 ]

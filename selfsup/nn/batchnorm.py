@@ -14,14 +14,6 @@ from torch import Tensor, nn
 from selfsup import distributed
 
 
-def _all_reduce_sum(tensor: Tensor) -> Tensor:
-    # Autograd-aware: its backward all-reduces (sums) the gradients, which is what makes the
-    # per-rank gradients add up to the gradient of the global batch (see GlobalBatchNorm).
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor)
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of the batch of every rank together.
 
@@ -46,11 +38,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = [1, -1] + [1] * (input.dim() - 2)
         x = input.float()
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
-        sums = _all_reduce_sum(torch.cat([x.sum(dim=dims), count]))
+        sums = distributed.all_reduce_with_gradients(torch.cat([x.sum(dim=dims), count]))
         total = sums[-1]
         mean = sums[:-1] / total
         centred = x - mean.view(shape)
-        var = _all_reduce_sum(centred.square().sum(dim=dims)) / total
+        var = distributed.all_reduce_with_gradients(centred.square().sum(dim=dims)) / total
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

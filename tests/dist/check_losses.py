@@ -2,6 +2,7 @@
 of a fixed global batch and saves its loss and input gradients to <outdir>/rank<r>.pt."""
 
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -46,4 +47,6 @@ def main(outdir):
 
 
 if __name__ == "__main__":
+    # A deprecated collective (torch.distributed.nn.functional in torch 2.14) fails the check.
+    warnings.simplefilter("error", FutureWarning)
     main(sys.argv[1])
