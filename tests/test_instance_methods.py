@@ -153,14 +153,60 @@ def test_mocov3_momentum_follows_the_official_cosine_schedule():
 
 
 def test_mocov3_heads_follow_the_official_code():
+    # moco-v3 builder.py: _build_mlp(2, ...) with last_bn for the ResNet projector, without for its
+    # predictor; every Linear bias=False.
     method = make_mocov3()
     assert method.temperature == 1.0  # ResNet / ConvNet default
     projector = [type(m) for m in method.projector]
     assert projector == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]
-    assert not method.projector[-1].affine and method.projector[0].bias is None
+    assert not method.projector[-1].affine
     assert [type(m) for m in method.predictor] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    linears = [m for m in (*method.projector, *method.predictor) if isinstance(m, nn.Linear)]
+    assert len(linears) == 4 and all(m.bias is None for m in linears)
     with pytest.raises(ValueError, match="ViT"):
         make_mocov3(freeze_patch_embed=True)
+    with pytest.raises(ValueError, match="ViT"):
+        make_mocov3(official_vit=True)
+
+
+def official_sincos(h: int, w: int, dim: int) -> torch.Tensor:
+    """moco-v3 vits.py build_2d_sincos_position_embedding, written out as loops: its
+    torch.meshgrid(grid_w, grid_h) indexes 'ij', so the first quarter pair follows the slow index."""
+    quarter = dim // 4
+    omega = [1.0 / 10000 ** (d / quarter) for d in range(quarter)]
+    rows = [[0.0] * dim]
+    for a in range(w):
+        for b in range(h):
+            rows.append([math.sin(a * o) for o in omega] + [math.cos(a * o) for o in omega]
+                        + [math.sin(b * o) for o in omega] + [math.cos(b * o) for o in omega])
+    return torch.tensor(rows)[None]
+
+
+def test_mocov3_vit_is_the_official_vit_with_a_fixed_sincos_position_embedding():
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_tiny", in_channels=1, image_size=16, mean=[0.5], std=[0.5])
+    method = MoCoV3(backbone, hidden_dim=32, proj_dim=16).train()
+    net = backbone.net
+    torch.testing.assert_close(net.pos_embed, official_sincos(4, 4, 192), atol=1e-5, rtol=0)
+    assert not net.pos_embed.requires_grad
+    # MoCo_ViT: 3-layer projector and a predictor that also ends in an affine-free BatchNorm, no biases.
+    assert isinstance(method.predictor[-1], nn.BatchNorm1d) and not method.predictor[-1].affine
+    assert all(m.bias is None for m in (*method.projector, *method.predictor) if isinstance(m, nn.Linear))
+    # vits.py initialisation: qkv as three matrices, other Linears Xavier, zero biases, cls token std 1e-6,
+    # patch projection a Linear of 1 * 4 * 4 inputs.
+    qkv = net.blocks[0].attn.qkv
+    bound = math.sqrt(6.0 / (qkv.weight.shape[0] // 3 + qkv.weight.shape[1]))
+    assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.95 * bound and not qkv.bias.any()
+    fc = net.blocks[0].mlp.fc1
+    assert fc.weight.abs().max() <= math.sqrt(6.0 / sum(fc.weight.shape)) and not fc.bias.any()
+    assert net.cls_token.abs().max() < 1e-5
+    assert net.patch_embed.proj.weight.abs().max() <= math.sqrt(6.0 / (16 + 192))
+    # A pretrained ViT keeps its weights: nothing is re-initialised.
+    pretrained = build_backbone("vit_tiny", in_channels=1, image_size=16, mean=[0.5], std=[0.5])
+    pretrained.pretrained = True
+    before = pretrained.net.pos_embed.detach().clone()
+    MoCoV3(pretrained, hidden_dim=32, proj_dim=16)
+    assert torch.equal(pretrained.net.pos_embed, before) and pretrained.net.pos_embed.requires_grad
 
 
 def test_mocov3_vit_keeps_its_random_patch_projection():
@@ -177,6 +223,7 @@ def test_mocov3_vit_keeps_its_random_patch_projection():
     loss.backward()
     optimizer.step()
     assert torch.equal(patch, before) and patch.grad is None
+    torch.testing.assert_close(backbone.net.pos_embed, official_sincos(4, 4, 192), atol=1e-5, rtol=0)  # fixed
     assert any(not torch.equal(p, q) for p, q in zip(backbone.net.blocks.parameters(),
                                                       method.momentum_encoder[0].net.blocks.parameters()))
 

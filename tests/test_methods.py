@@ -188,6 +188,14 @@ def test_byol_loss_is_the_papers_symmetric_regression_loss():
     assert loss.item() == pytest.approx((regression(p1, t2) + regression(p2, t1)).item(), abs=1e-5)
 
 
+def test_byol_heads_are_the_official_mlp():
+    # deepmind-research byol/utils/networks.py MLP: Linear - BatchNorm - ReLU - Linear(with_bias=False).
+    byol = make_byol()
+    for head in (byol.projector, byol.predictor):
+        assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+        assert head[-1].bias is None
+
+
 def test_byol_target_gets_no_gradient_even_if_its_weights_could_take_one():
     byol = make_byol()
     for p in byol.target.parameters():

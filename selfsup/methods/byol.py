@@ -25,7 +25,10 @@ class BYOL(MethodBase):
     Each view goes through each network on its own, as in the official code, so BatchNorm
     normalises each view with its own statistics (the asymmetric views differ: only the second
     is solarised). The target is a copy of the online backbone and projector and never receives
-    gradients; evaluation uses the online backbone.
+    gradients; evaluation uses the online backbone. Projector and predictor are the official MLP
+    (deepmind-research ``byol/utils/networks.py``): Linear, BatchNorm, ReLU, then a Linear without
+    bias (the first Linear's bias, which the official code keeps, is cancelled by the BatchNorm
+    after it, so it is left out here).
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features.
@@ -45,8 +48,8 @@ class BYOL(MethodBase):
         check_momentum("base_momentum", base_momentum)
         check_momentum("final_momentum", final_momentum)
         self.backbone = backbone
-        self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim)
-        self.predictor = projection_mlp(proj_dim, pred_hidden_dim, proj_dim)
+        self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, last_bias=False)
+        self.predictor = projection_mlp(proj_dim, pred_hidden_dim, proj_dim, last_bias=False)
         self.target = frozen_copy(nn.Sequential(backbone, self.projector))
         self.base_momentum = base_momentum
         self.final_momentum = final_momentum

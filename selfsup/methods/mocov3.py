@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, check_momentum, cosine, frozen_copy, momentum_update, projection_mlp
+from selfsup.nn.vit import moco_v3_vit
 
 
 def is_vit(backbone: Backbone) -> bool:
@@ -28,11 +29,14 @@ class MoCoV3(MethodBase):
         loss = ctr(q1, k2) + ctr(q2, k1)
         f_m, h_m ← m·(f_m, h_m) + (1 − m)·(f, h),   m = 1 − (1 − m₀)(cos(πk/K) + 1)/2
 
-    The heads are the official code's: a projector of ``proj_layers`` layers (2 for a ResNet, 3 for
-    a ViT) and a 2-layer predictor, hidden 4096, output 256, no biases before a BatchNorm, BatchNorm after every
-    hidden layer and (affine-free) after the projector's last. With a ViT backbone the patch
-    projection stays at its random initialisation (``freeze_patch_embed``, the paper's fix of
-    training instability, section 4.2). The recipes pick the optimiser per family as the paper:
+    The heads are the official code's (moco-v3 ``moco/builder.py``, ``_build_mlp``): a projector of
+    ``proj_layers`` layers (2 for a ResNet, 3 for a ViT) and a 2-layer predictor, hidden 4096,
+    output 256, every Linear without bias, BatchNorm after every hidden layer, and an affine-free
+    BatchNorm after the projector's last layer and, for a ViT (``MoCo_ViT``), the predictor's
+    last. A ViT trained from scratch is the official ``vits.py`` one (``official_vit``): a fixed 2-D
+    sin-cos position embedding and its initialisation (:func:`selfsup.nn.vit.moco_v3_vit`); its
+    patch projection stays at its random initialisation (``freeze_patch_embed``, the paper's fix
+    of training instability, section 4.2, ``--stop-grad-conv1``). The recipes pick the optimiser per family as the paper:
     LARS for ResNets, AdamW for ViTs. The momentum update follows the official order: the update
     before step k+1's keys uses step k+1's momentum.
 
@@ -44,6 +48,8 @@ class MoCoV3(MethodBase):
         temperature: τ (None: 0.2 for a ViT, 1.0 otherwise, the paper's values).
         base_momentum: m₀ (0.99), raised to 1 by a cosine over training.
         freeze_patch_embed: keep a ViT's patch projection random (None: when the backbone is a ViT).
+        official_vit: make a ViT the official MoCo v3 one (sin-cos position embedding, initialisation;
+            None: for a ViT not loaded with pretrained weights).
     """
 
     augment_recipe: ClassVar[str] = "byol"  # the paper uses BYOL's asymmetric views
@@ -51,7 +57,7 @@ class MoCoV3(MethodBase):
 
     def __init__(self, backbone: Backbone, *, hidden_dim: int = 4096, proj_dim: int = 256,
                  proj_layers: int | None = None, temperature: float | None = None, base_momentum: float = 0.99,
-                 freeze_patch_embed: bool | None = None) -> None:
+                 freeze_patch_embed: bool | None = None, official_vit: bool | None = None) -> None:
         super().__init__()
         check_momentum("base_momentum", base_momentum)
         vit = is_vit(backbone)
@@ -61,13 +67,19 @@ class MoCoV3(MethodBase):
         freeze = vit if freeze_patch_embed is None else freeze_patch_embed
         if freeze and not vit:
             raise ValueError("freeze_patch_embed needs a ViT backbone (one with a patch embedding)")
+        official = vit and not getattr(backbone, "pretrained", False) if official_vit is None else official_vit
+        if official and not vit:
+            raise ValueError("official_vit needs a ViT backbone (one with a patch embedding)")
         self.backbone = backbone
+        if official:
+            moco_v3_vit(backbone.net)
         if freeze:
             backbone.net.patch_embed.requires_grad_(False)
         layers = (3 if vit else 2) if proj_layers is None else proj_layers
         self.projector = projection_mlp(backbone.out_dim, hidden_dim, proj_dim, num_layers=layers,
                                         last_batch_norm=True)
-        self.predictor = projection_mlp(proj_dim, hidden_dim, proj_dim, num_layers=2)
+        self.predictor = projection_mlp(proj_dim, hidden_dim, proj_dim, num_layers=2, last_batch_norm=vit,
+                                        last_bias=False)
         self.momentum_encoder = frozen_copy(nn.Sequential(backbone, self.projector))
         self.temperature, self.base_momentum = temperature, base_momentum
         self.patch_embed_frozen = freeze

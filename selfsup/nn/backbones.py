@@ -301,4 +301,6 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
                          f"torchvision/<model> or timm/<model>")
     mean = [0.5] * in_channels if mean is None else list(mean)
     std = [0.5] * in_channels if std is None else list(std)
-    return Backbone(net, out_dim, in_channels, mean, std)
+    backbone = Backbone(net, out_dim, in_channels, mean, std)
+    backbone.pretrained = pretrained  # a method never re-initialises pretrained weights (MoCo v3's ViT)
+    return backbone

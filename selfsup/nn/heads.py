@@ -8,13 +8,16 @@ from torch import Tensor, nn
 
 
 def projection_mlp(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2,
-                   batch_norm: bool = True, last_batch_norm: bool = False) -> nn.Sequential:
+                   batch_norm: bool = True, last_batch_norm: bool = False,
+                   last_bias: bool | None = None) -> nn.Sequential:
     """MLP head ``Linear -> [BN] -> ReLU -> ... -> Linear [-> BN]``.
 
     SimCLR uses two layers (hidden 2048, output 128) with BN on the hidden layer, as do BYOL's
     projector and predictor (hidden 4096, output 256); MoCo v2's head has no BN
     (``batch_norm=False``); SimSiam and MoCo v3 use three layers with BN after the last one
-    (``last_batch_norm``).
+    (``last_batch_norm``, affine-free). Linears followed by a BN have no bias; the last Linear has
+    one unless ``last_bias`` says otherwise (None: when no BN follows it). BYOL's and MoCo v3's
+    official last Linears have none.
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -26,7 +29,7 @@ def projection_mlp(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_
             layers.append(nn.BatchNorm1d(hidden_dim))
         layers.append(nn.ReLU(inplace=True))
         dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim, bias=not last_batch_norm))
+    layers.append(nn.Linear(dim, out_dim, bias=not last_batch_norm if last_bias is None else last_bias))
     if last_batch_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
