@@ -151,6 +151,41 @@ def test_jigsaw_keeps_its_permutation_set_and_resolves_the_tile_geometry():
         Jigsaw(linear_backbone(4), num_permutations=1)
 
 
+def test_jigsaw_feeds_the_network_tiles_normalised_by_their_own_statistics():
+    # The reference loader (JigsawImageLoader.py): Normalize(mean=tile's per-channel mean, std=its std).
+    torch.manual_seed(0)
+    method = Jigsaw(linear_backbone(4), num_permutations=12, patch=3, gap=1, input_size=4)
+    seen = []
+    method.backbone.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    x = augment.to_float(images(4, 15))
+    method.training_step(Batch([x], torch.arange(4)), Progress(0, 10, 5))
+    tiles = seen[0].flatten(-2)  # (36, 3, 16): what the network read, after the backbone's own normalisation
+    assert torch.allclose(tiles.mean(-1), torch.zeros(36, 3), atol=1e-5)
+    assert torch.allclose(tiles.std(-1), torch.ones(36, 3), atol=1e-4)
+    # So a tile's brightness and contrast tell nothing: the same puzzle with every tile's contrast and
+    # brightness changed gives the same features (the shortcut the reference closes).
+    tiles = torch.rand(2, 9, 3, 4, 4)
+    changed = tiles * torch.rand(2, 9, 1, 1, 1).add(0.5) + torch.rand(2, 9, 3, 1, 1) * 0.1
+    assert torch.allclose(pretext.standardise_tiles(changed), pretext.standardise_tiles(tiles), atol=1e-5)
+    flat = torch.full((1, 1, 3, 3), 0.5)
+    assert torch.equal(pretext.standardise_tiles(flat), torch.zeros_like(flat))  # std 0 counts as 1
+    plain = Jigsaw(linear_backbone(4), num_permutations=12, patch=3, gap=1, input_size=4, tile_norm=False)
+    seen.clear()
+    plain.backbone.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    plain.training_step(Batch([x], torch.arange(4)), Progress(0, 10, 5))
+    assert not torch.allclose(seen[0].flatten(-2).std(-1), torch.ones(36, 3), atol=1e-2)
+
+
+def test_tile_colour_jitter_shifts_each_channel_of_each_tile_by_at_most_two_levels():
+    tiles = torch.full((500, 3, 4, 4), 0.5)
+    shifted = pretext.jitter_tile_colours(tiles, generator=torch.Generator().manual_seed(0))
+    levels = torch.round((shifted - 0.5) * 255)
+    assert torch.equal(levels, levels[..., :1, :1].expand_as(levels))  # one shift per tile and channel
+    assert set(levels[..., 0, 0].unique().tolist()) == {-2.0, -1.0, 0.0, 1.0}  # randint(-2, 2): {-2, ..., 1}
+    dark = pretext.jitter_tile_colours(torch.zeros(200, 3, 2, 2), generator=torch.Generator().manual_seed(1))
+    assert dark.min() == 0 and dark.max() == pytest.approx(1 / 255)  # clipped at 0, as the 8-bit reference
+
+
 @pytest.mark.parametrize("name,chance,threshold", [("rotation", 0.25, 0.8), ("jigsaw", 1 / 24, 0.6)])
 def test_pretext_task_is_learnt_on_digits(name, chance, threshold):
     """A few dozen steps on scikit-learn's digits take the task's accuracy well above chance."""

@@ -186,5 +186,30 @@ def resize_patches(patches: Tensor, size: int) -> Tensor:
     return resized.reshape(*lead, *resized.shape[-3:])
 
 
-__all__ = ["NEIGHBOURS", "grid_geometry", "grid_patches", "hamming_permutations", "jigsaw", "relative_patches",
-           "resize_patches", "rotations"]
+def standardise_tiles(tiles: Tensor) -> Tensor:
+    """Each tile ``(..., C, s, s)`` normalised by its own per-channel mean and (unbiased) standard
+    deviation, a standard deviation of 0 taken as 1: the jigsaw reference loader's defence against
+    solving puzzles by low-level statistics (bbrattoli/JigsawPuzzlePytorch ``JigsawImageLoader.py``:
+    "Normalize the patches independently to avoid low level features shortcut").
+
+    Example:
+        >>> t = standardise_tiles(torch.rand(2, 9, 3, 8, 8))
+        >>> bool(t.mean(dim=(-2, -1)).abs().max() < 1e-5)
+        True
+    """
+    flat = tiles.float().flatten(-2)
+    mean, std = flat.mean(dim=-1, keepdim=True), flat.std(dim=-1, keepdim=True)
+    std = torch.where(std == 0, torch.ones_like(std), std)
+    return ((flat - mean) / std).view(tiles.shape)
+
+
+def jitter_tile_colours(tiles: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Each channel of each tile ``(..., C, s, s)`` (values in [0, 1]) shifted by ``k / 255``, ``k``
+    uniform in {-2, -1, 0, 1}, then clipped to [0, 1]: the reference loader's ``rgb_jittering``
+    against chromatic aberration (per tile and channel, in 8-bit levels)."""
+    shifts = _randint(4, (*tiles.shape[:-2], 1, 1), tiles.device, generator).to(tiles.dtype) - 2
+    return (tiles + shifts / 255).clamp(0, 1)
+
+
+__all__ = ["NEIGHBOURS", "grid_geometry", "grid_patches", "hamming_permutations", "jigsaw", "jitter_tile_colours",
+           "relative_patches", "resize_patches", "rotations", "standardise_tiles"]

@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup import augment
 from selfsup.augment import pretext
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.methods.relative_location import PatchGrid
@@ -25,7 +26,13 @@ class Jigsaw(MethodBase):
 
     The permutation set is chosen once for maximal Hamming distance (``hamming_permutations``;
     P from ``num_permutations``, default 100, the paper's best trade-off) and kept as a buffer, so
-    a checkpoint carries its own set. Tiles have gaps and jitter as in the paper. The reported
+    a checkpoint carries its own set. Tiles have gaps and jitter as in the paper. As the reference
+    loader (bbrattoli/JigsawPuzzlePytorch ``Dataset/JigsawImageLoader.py``), every tile is
+    normalised by its own per-channel mean and standard deviation (``tile_norm``), so that puzzles
+    cannot be solved from the tiles' brightness and contrast; the encoder receives exactly those
+    standardised tiles (its own input normalisation is undone for them). ``colour_jitter`` adds the
+    loader's defences against chromatic aberration: every channel of every tile shifted by up to two
+    8-bit levels, and colour images made gray with probability 0.3 (per image). The reported
     number is the linear probe of the frozen backbone on whole images; the task's accuracy is
     logged.
 
@@ -34,6 +41,9 @@ class Jigsaw(MethodBase):
         num_permutations: P.
         patch, gap, input_size: tile geometry (see :class:`~selfsup.methods.relative_location.PatchGrid`).
         hidden_dim: width of the classifier's hidden layer (1024).
+        tile_norm: normalise each tile by its own statistics (the reference loader's; False: as the
+            encoder normalises whole images).
+        colour_jitter: the reference loader's per-tile channel shifts and per-image grayscale (p 0.3).
     """
 
     augment_recipe: ClassVar[str] = "flip"
@@ -41,7 +51,8 @@ class Jigsaw(MethodBase):
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
 
     def __init__(self, backbone: Backbone, *, num_permutations: int = 100, patch: int | None = None,
-                 gap: int | None = None, input_size: int | None = None, hidden_dim: int = 1024) -> None:
+                 gap: int | None = None, input_size: int | None = None, hidden_dim: int = 1024,
+                 tile_norm: bool = True, colour_jitter: bool = False) -> None:
         super().__init__()
         if num_permutations < 2:
             raise ValueError(f"num_permutations must be >= 2, got {num_permutations}")
@@ -50,13 +61,20 @@ class Jigsaw(MethodBase):
         self.register_buffer("permutations", pretext.hamming_permutations(num_permutations))
         self.head = nn.Sequential(nn.Linear(9 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(hidden_dim, num_permutations))
+        self.tile_norm, self.colour_jitter = tile_norm, colour_jitter
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
         x = batch.views[0]
+        if self.colour_jitter and x.shape[1] == 3:
+            x = augment.grayscale(x, p=0.3)
         patch, gap, size = self.grid.resolve(x.shape[-1])
         tiles, labels = pretext.jigsaw(x, self.permutations, patch=patch, gap=gap)
         flat = pretext.resize_patches(tiles.flatten(0, 1), size)       # (9B, C, s, s), image-major
+        if self.colour_jitter:
+            flat = pretext.jitter_tile_colours(flat)
+        if self.tile_norm:  # standardised tiles reach the network: the backbone's normalisation undone
+            flat = pretext.standardise_tiles(flat) * self.backbone.std + self.backbone.mean
         features = self.backbone(flat).view(x.shape[0], -1)           # (B, 9 d), tiles in puzzle order
         logits = self.head(features)
         return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
