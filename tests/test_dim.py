@@ -7,7 +7,7 @@ import torch
 
 from selfsup import losses
 from selfsup.methods import Batch, DeepInfoMax, Progress
-from selfsup.methods.dim import local_global_scores, prior_matching_loss
+from selfsup.methods.dim import local_global_scores, prior_matching_losses
 from selfsup.nn import build_backbone
 
 
@@ -34,19 +34,92 @@ def test_local_pairs_count():
     assert positives.shape == (5, 9) and negatives.shape == (5, 4, 9)  # B·P positives, B·(B-1)·P negatives
 
 
-def test_prior_term_reverses_the_encoders_gradient():
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_prior_losses_are_the_official_non_saturating_game_by_hand():
+    # A linear discriminator D(z) = w·z + b, so every term has a closed form: ∇ₓD = w.
+    disc = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([[0.5, -1.5]]))
+        disc.bias.fill_(0.25)
+    codes = torch.tensor([[0.3, -0.7], [2.0, 0.1]], requires_grad=True)
+    real = torch.rand(2, 2, generator=torch.Generator().manual_seed(1))
+    disc_loss, encoder_loss = prior_matching_losses(disc, codes, gradient_penalty=1.0,
+                                                    generator=torch.Generator().manual_seed(1))
+    w, b = [0.5, -1.5], 0.25
+
+    def d(z):
+        return w[0] * z[0] + w[1] * z[1] + b
+
+    fakes = [[_sigmoid(v) for v in row] for row in codes.tolist()]
+    expected_disc = (sum(_softplus(-d(r)) for r in real.tolist()) / 2 + sum(_softplus(d(f)) for f in fakes) / 2
+                     + 0.5 * (2 * (w[0] ** 2 + w[1] ** 2)))  # ½ (E‖w‖² + E‖w‖²)
+    assert disc_loss.item() == pytest.approx(expected_disc, rel=1e-6)
+    expected_encoder = sum(_softplus(-d(f)) for f in fakes) / 2
+    assert encoder_loss.item() == pytest.approx(expected_encoder, rel=1e-6)
+    # The encoder's gradient: d/dy softplus(−D(σ(y))) / 2 = −σ(−D) · w_k · σ'(y_k) / 2; none reaches D's weights.
+    encoder_loss.backward()
+    expected_grad = [[-_sigmoid(-d(f)) * w[k] * f[k] * (1 - f[k]) / 2 for k in range(2)] for f in fakes]
+    assert torch.allclose(codes.grad, torch.tensor(expected_grad), atol=1e-6)
+    assert disc.weight.grad is None
+    # The discriminator's loss trains D alone: no gradient reaches the codes.
+    codes.grad = None
+    disc_loss.backward()
+    assert codes.grad is None and disc.weight.grad is not None
+
+
+def test_prior_encoder_loss_does_not_saturate_when_the_discriminator_wins():
+    # D sure that every code is fake (D(σ(y)) ≈ −20): the minimax form's gradient vanishes (σ(D) ≈ 2e-9), the
+    # non-saturating one's stays about |w σ'(y)|.
+    disc = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        disc.weight.fill_(1.0)
+        disc.bias.fill_(-20.0)
+    codes = torch.zeros(1, 1, requires_grad=True)
+    prior_matching_losses(disc, codes, gradient_penalty=0.0)[1].backward()
+    assert codes.grad.abs().item() == pytest.approx(0.25, rel=1e-3)  # σ'(0) = 1/4, σ(−D) ≈ 1
+
+
+def test_gamma_weighs_the_encoders_prior_term_only():
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    images = torch.rand(4, 1, 16, 16)
+    grads = {}
+    for gamma in (0.1, 0.5):
+        torch.manual_seed(0)
+        method = DeepInfoMax(backbone, code_dim=8, embed_dim=16, prior_weight=gamma)
+        torch.manual_seed(1)  # the same prior samples
+        out = method.training_step(Batch([images], torch.arange(4)), Progress(0, 1, 1))
+        out["loss"].backward()
+        grads[gamma] = ([p.grad.clone() for p in method.prior_disc.parameters()], method.code.weight.grad.clone(),
+                        out)
+    for a, b in zip(grads[0.1][0], grads[0.5][0]):
+        assert torch.allclose(a, b, atol=1e-6)  # the discriminator's own loss is never scaled by γ
+    assert not torch.allclose(grads[0.1][1], grads[0.5][1], atol=1e-6)  # the encoder's is
+    out = grads[0.5][2]
+    expected = out["local_mi"] + out["prior"] + 0.5 * out["prior_encoder"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_global_term_pairs_each_image_with_its_own_code_and_the_previous_images_by_hand():
     torch.manual_seed(0)
-    disc = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
-    codes = torch.randn(6, 3, requires_grad=True)
-    generator = torch.Generator().manual_seed(1)
-    prior_matching_loss(disc, codes, generator).backward()
-    reversed_grad = codes.grad.clone()
-    # The discriminator's own cross-entropy on the fake codes, without the reversal.
-    plain = codes.detach().clone().requires_grad_()
-    logits = disc(torch.sigmoid(plain))
-    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
-    assert torch.allclose(reversed_grad, -plain.grad, atol=1e-7)
-    assert disc[0].weight.grad is not None  # the discriminator itself descends
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    method = DeepInfoMax(backbone, code_dim=8, embed_dim=16, global_weight=1.0, local_weight=0.0,
+                         prior_weight=0.0).eval()
+    images = torch.rand(3, 1, 16, 16)
+    out = method.training_step(Batch([images], torch.arange(3)), Progress(0, 1, 1))
+    with torch.no_grad():
+        maps, features = method.features(images)
+        y = method.code(features)
+        flat = torch.nn.functional.adaptive_avg_pool2d(maps, 3).flatten(1)
+        terms = []
+        for i in range(3):  # positive: image i with y_i; negative: image i with the previous image's y
+            positive = method.global_disc(torch.cat([flat[i], y[i]])[None]).item()
+            negative = method.global_disc(torch.cat([flat[i], y[i - 1]])[None]).item()
+            terms.append((_softplus(-positive), _softplus(negative)))
+    expected = sum(p for p, _ in terms) / 3 + sum(n for _, n in terms) / 3
+    assert out["global_mi"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_training_step_terms_and_gradients():
@@ -54,7 +127,7 @@ def test_training_step_terms_and_gradients():
     backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
     method = DeepInfoMax(backbone, code_dim=8, embed_dim=16, global_weight=0.5, local_weight=1.0, prior_weight=0.1)
     out = method.training_step(Batch([torch.rand(4, 1, 16, 16)], torch.arange(4)), Progress(0, 1, 1))
-    expected = 0.5 * out["global_mi"] + out["local_mi"] + 0.1 * out["prior"]
+    expected = 0.5 * out["global_mi"] + out["local_mi"] + out["prior"] + 0.1 * out["prior_encoder"]
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     out["loss"].backward()
     assert all(p.grad is not None for p in method.parameters())  # no unused parameters under DDP

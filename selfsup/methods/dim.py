@@ -59,25 +59,36 @@ def local_global_scores(local: Tensor, global_: Tensor) -> tuple[Tensor, Tensor]
     return scores[own], scores[~own].view(b, b - 1, -1)
 
 
-class _ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return x.view_as(x)
+def prior_matching_losses(discriminator: nn.Module, codes: Tensor, *, gradient_penalty: float = 1.0,
+                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The prior term (section 3.3) as the official code plays it (rdevon/DIM,
+    ``cortex_DIM/models/prior_matching.py`` with its ``Discriminator.routine``, GAN measure).
 
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return -grad
+    A discriminator D tells samples of the uniform prior on ``[0, 1]^d`` ("real") from the
+    squashed codes ``σ(y)`` ("fake"); the encoder learns to fool it with the non-saturating loss::
 
+        discriminator: softplus(−D(real)) + softplus(D(sg(σ(y))))
+                       + gradient_penalty · ½ (E‖∇ₓD(real)‖² + E‖∇ₓD(σ(y))‖²)      # Mescheder et al. 2018
+        encoder:       softplus(−D(σ(y)))                                          # D's weights held
 
-def prior_matching_loss(discriminator: nn.Module, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """The prior term (section 3.3): a discriminator tells ``σ(y)`` from samples of the uniform prior
-    on ``[0, 1]^d``; it minimises its cross-entropy and, through a reversed gradient, the encoder
-    maximises it (the min-max of eq. 7 in one backward pass)."""
-    fake = torch.sigmoid(_ReverseGradient.apply(codes.float()))
+    Returns ``(discriminator loss, encoder loss)``, both means over the batch. Summed into one
+    loss the two train their own side only: the first never reaches the codes, the second never
+    D's parameters, so the method weighs the encoder's term by γ alone, as the official code.
+    """
+    fake = torch.sigmoid(codes.float())
     real = torch.rand(fake.shape, device=fake.device, generator=generator)
-    logits_real, logits_fake = discriminator(real), discriminator(fake)
-    return (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
-            + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
+    logits_real, logits_fake = discriminator(real), discriminator(fake.detach())
+    disc_loss = F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
+    if gradient_penalty:
+        penalties = []
+        for sample in (real, fake.detach()):
+            sample = sample.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(discriminator(sample).sum(), sample, create_graph=True)
+            penalties.append(grad.square().sum(dim=1).mean())
+        disc_loss = disc_loss + gradient_penalty * 0.5 * (penalties[0] + penalties[1])
+    held = {name: p.detach() for name, p in discriminator.named_parameters()}
+    encoder_loss = F.softplus(-torch.func.functional_call(discriminator, held, (fake,))).mean()
+    return disc_loss, encoder_loss
 
 
 class DeepInfoMax(MethodBase):
@@ -90,10 +101,12 @@ class DeepInfoMax(MethodBase):
         local:  T(i, j, p) = φ_L(C_i)[p] · φ_G(y_j)                        # positives i = j, negatives i ≠ j
                 loss_L = jsd_mi(T[i=j], T[i≠j])                           # averaged over the h·w positions
         global: T_G(i, j) = D_G([flatten(pool3x3(C_i)), y_j]),  negatives: y rolled by one image
-        prior:  D_P tells σ(y) from Uniform[0,1] samples (reversed gradient into the encoder)
-        loss = α·loss_G + β·loss_L + γ·loss_P
+        prior:  D_P tells σ(y) from Uniform[0,1] samples (its loss d_P); the encoder fools it (g_P)
+        loss = α·loss_G + β·loss_L + d_P + γ·g_P                           # γ on the encoder's term only
 
-    The defaults are the paper's DIM(L): α = 0, β = 1, γ = 0.1. The JSD estimator is
+    The defaults are the paper's DIM(L): α = 0, β = 1, γ = 0.1. The prior term is the official
+    code's (:func:`prior_matching_losses`: non-saturating encoder loss, gradient penalty on the
+    discriminator, γ on the encoder's term only). The JSD estimator is
     :func:`selfsup.losses.jsd_mi`. The local features are an intermediate layer, as in the paper
     (:func:`selfsup.nn.split_features`: the ConvNet's 7x7 map at 28 pixels); ``local_layer="last"``
     takes the last feature map instead, whose 3x3 positions at 28 pixels each see nearly the whole
@@ -108,14 +121,16 @@ class DeepInfoMax(MethodBase):
         embed_dim: the discriminators' width (paper: 2048 for local, here 512 by default).
         global_weight, local_weight, prior_weight: α, β, γ.
         local_layer: ``"intermediate"`` (the paper's) or ``"last"``.
+        prior_gradient_penalty: weight of the prior discriminator's gradient penalty (official: 1).
     """
 
     augment_recipe: ClassVar[str] = "flip"
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
-    curves: ClassVar[tuple[str, ...]] = ("local_mi", "global_mi", "prior")
+    curves: ClassVar[tuple[str, ...]] = ("local_mi", "global_mi", "prior", "prior_encoder")
 
     def __init__(self, backbone: Backbone, *, code_dim: int = 64, embed_dim: int = 512, global_weight: float = 0.0,
-                 local_weight: float = 1.0, prior_weight: float = 0.1, local_layer: str = "intermediate") -> None:
+                 local_weight: float = 1.0, prior_weight: float = 0.1, local_layer: str = "intermediate",
+                 prior_gradient_penalty: float = 1.0) -> None:
         super().__init__()
         if min(global_weight, local_weight, prior_weight) < 0 or global_weight + local_weight == 0:
             raise ValueError(f"the weights must be >= 0 with global_weight or local_weight > 0, got α={global_weight} "
@@ -127,6 +142,7 @@ class DeepInfoMax(MethodBase):
             channels = self.features(torch.zeros(2, backbone.in_channels, 32, 32))[0].shape[1]
         self.code = nn.Linear(backbone.out_dim, code_dim)
         self.weights = (global_weight, local_weight, prior_weight)
+        self.prior_gradient_penalty = prior_gradient_penalty
         if local_weight:
             self.local_embed = local_embedding(channels, embed_dim)
             self.global_embed = global_embedding(code_dim, embed_dim)
@@ -164,9 +180,10 @@ class DeepInfoMax(MethodBase):
             outputs["global_mi"] = losses.jsd_mi(positives, negatives)
             loss = loss + alpha * outputs["global_mi"]
         if gamma:
-            outputs["prior"] = prior_matching_loss(self.prior_disc, y)
-            loss = loss + gamma * outputs["prior"]
+            outputs["prior"], outputs["prior_encoder"] = prior_matching_losses(
+                self.prior_disc, y, gradient_penalty=self.prior_gradient_penalty)
+            loss = loss + outputs["prior"] + gamma * outputs["prior_encoder"]
         return {"loss": loss, **{k: v.detach() for k, v in outputs.items()}}
 
 
-__all__ = ["DeepInfoMax", "global_embedding", "local_embedding", "local_global_scores", "prior_matching_loss"]
+__all__ = ["DeepInfoMax", "global_embedding", "local_embedding", "local_global_scores", "prior_matching_losses"]
