@@ -44,8 +44,23 @@ def test_gcn_layer_is_the_normalised_propagation_by_hand():
     d = a.sum(1).rsqrt()
     propagated = d[:, None] * a * d[None] @ X                                         # D^-1/2 (A + I) D^-1/2 X
     linear = propagated @ encoder.conv.lin.weight.T + encoder.conv.bias
-    expected = torch.where(linear > 0, linear, encoder.act.weight * linear)            # PReLU, slope 0.25 per unit
+    expected = torch.where(linear > 0, linear, 0.25 * linear)                          # PReLU: one slope, 0.25
     assert torch.allclose(encoder(X, EDGES), expected, atol=1e-6)
+    assert encoder.act.weight.numel() == 1 and not encoder.conv.bias.any()            # the official layers/gcn.py
+
+
+def test_discriminator_is_the_official_bilinear_with_its_initialisation():
+    torch.manual_seed(0)
+    ours = DGI(GCNEncoder(2, hidden=64), graph=_graph()).discriminator
+    bound = math.sqrt(6 / (64 * 64 + 64))  # xavier_uniform_ on nn.Bilinear's (1, 64, 64) weight
+    assert ours.weight.abs().max() <= bound and ours.weight.abs().max() > 0.95 * bound and ours.bias.item() == 0
+    reference = torch.nn.Bilinear(64, 64, 1)
+    with torch.no_grad():
+        reference.weight.copy_(ours.weight[None])
+        ours.bias.fill_(0.3)
+        reference.bias.fill_(0.3)
+    h, s = torch.randn(5, 64), torch.rand(64)
+    assert torch.allclose(ours(h, s), reference(h, s.expand(5, 64)).squeeze(1), atol=1e-5)
 
 
 def test_readout_discriminator_and_loss_on_three_nodes_by_hand():
@@ -66,8 +81,9 @@ def test_readout_discriminator_and_loss_on_three_nodes_by_hand():
         positive = method.backbone(X, EDGES)
         negative = method.backbone(X[torch.randperm(3, generator=generator)], EDGES)
         summary = torch.sigmoid(positive.mean(0))
-        pos = [float(positive[i] @ method.discriminator.weight @ summary) for i in range(3)]
-        neg = [float(negative[i] @ method.discriminator.weight @ summary) for i in range(3)]
+        bias = float(method.discriminator.bias)
+        pos = [float(positive[i] @ method.discriminator.weight @ summary) + bias for i in range(3)]
+        neg = [float(negative[i] @ method.discriminator.weight @ summary) + bias for i in range(3)]
     # BCE(positives, 1) + BCE(negatives, 0): the JSD bound of the paper's eq. 1.
     expected = sum(math.log1p(math.exp(-p)) for p in pos) / 3 + sum(math.log1p(math.exp(n)) for n in neg) / 3
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
@@ -106,7 +122,11 @@ def test_planetoid_files_are_read_without_running_code(tmp_path):
     _write_planetoid(tmp_path)
     graph = planetoid(tmp_path, "cora")
     assert graph.num_nodes == 3 and graph.labels.tolist() == [0, 1, 1]
-    assert graph.x[2].tolist() == [1.0] * 4 and graph.test_mask.tolist() == [False, False, True]
+    # Row-normalised as the official execute.py's preprocess_features: the test node's four ones become quarters.
+    assert graph.x[2].tolist() == [0.25] * 4 and graph.x[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert planetoid(tmp_path, "cora", normalise_features=False).x[2].tolist() == [1.0] * 4
+    assert data.graphs.row_normalise(torch.tensor([[0.0, 0.0], [1.0, 3.0]])).tolist() == [[0.0, 0.0], [0.25, 0.75]]
+    assert graph.test_mask.tolist() == [False, False, True]
     assert graph.train_mask.tolist() == [True, True, False]
     assert sorted(map(tuple, graph.edge_index.T.tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1)]
 

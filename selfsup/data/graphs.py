@@ -133,8 +133,16 @@ def _read_pickle(path: Path):
         raise DataError(f"{path}: {error}") from None
 
 
-def planetoid(root: str | Path, name: str = "cora") -> Graph:
-    """Cora / CiteSeer / PubMed from the Planetoid files in ``root`` (public split), read safely."""
+def row_normalise(x: Tensor) -> Tensor:
+    """Each row divided by its sum (a row summing to 0 stays 0): the official DGI's
+    ``preprocess_features`` of the bag-of-words features (PetarV-/DGI ``utils/process.py``)."""
+    sums = x.sum(dim=1, keepdim=True)
+    return torch.where(sums == 0, torch.zeros_like(x), x / torch.where(sums == 0, torch.ones_like(sums), sums))
+
+
+def planetoid(root: str | Path, name: str = "cora", normalise_features: bool = True) -> Graph:
+    """Cora / CiteSeer / PubMed from the Planetoid files in ``root`` (public split), read safely;
+    the features row-normalised as the official DGI does (``normalise_features``)."""
     root, prefix = Path(root), name.lower()
     if prefix not in ("cora", "citeseer", "pubmed"):
         raise DataError(f"planetoid name must be cora, citeseer or pubmed, got {name!r}")
@@ -164,8 +172,9 @@ def planetoid(root: str | Path, name: str = "cora") -> Graph:
     train_mask[:len(arrays["y"])] = True
     test_mask = torch.zeros(n_all, dtype=torch.bool)
     test_mask[torch.from_numpy(test_index)] = True
-    return Graph(torch.from_numpy(x), edge_index, labels, train_mask, test_mask,
-                 [f"class {i}" for i in range(y.shape[1])], prefix)
+    features = torch.from_numpy(x)
+    return Graph(row_normalise(features) if normalise_features else features, edge_index, labels, train_mask,
+                 test_mask, [f"class {i}" for i in range(y.shape[1])], prefix)
 
 
 def load_graph(name: str, root: str | Path | None = None, **options) -> Graph:

@@ -245,7 +245,9 @@ class SignalEncoder(nn.Module):
 
 class GCNEncoder(nn.Module):
     """The paper's transductive encoder: one GCN layer (Kipf & Welling; PyTorch Geometric's
-    ``GCNConv``, symmetric normalisation with self-loops) and a PReLU, ``(N, F) -> (N, hidden)``."""
+    ``GCNConv``, symmetric normalisation with self-loops, a Glorot weight without bias and a zero
+    bias added after propagation, as the official ``layers/gcn.py``) and a PReLU with one slope
+    (the official ``nn.PReLU()``), ``(N, F) -> (N, hidden)``."""
 
     def __init__(self, in_features: int, hidden: int = 512) -> None:
         super().__init__()
@@ -253,7 +255,7 @@ class GCNEncoder(nn.Module):
         from torch_geometric.nn import GCNConv
 
         self.conv = GCNConv(in_features, hidden)
-        self.act = nn.PReLU(hidden)
+        self.act = nn.PReLU()
         self.out_dim, self.in_channels = hidden, in_features
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
