@@ -90,6 +90,9 @@ class BackboneConfig:
     small_stem: bool | None = None
     """ResNets: a 3x3 stride-1 first convolution and no max-pool; None: for images of side <= 64
     (registry models: only when not pretrained)."""
+    norm: str | None = None
+    """cpc_audio: the normalisation after each convolution, ``batch`` (None: the default; what
+    CPC_audio runs to reproduce the paper), ``channel`` (per sample) or ``none`` (the paper's text)."""
 
 
 @dataclass

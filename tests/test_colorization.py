@@ -76,6 +76,21 @@ def test_rebalancing_weights_by_eq_4():
     assert w[2] > w[0]  # the rare colour weighs more
 
 
+def test_rebalancing_mixes_the_uniform_over_the_bins_the_prior_has_as_priorfactor():
+    # PriorFactor: uni_probs[prior_probs != 0] = 1, normalised. A bin 1000 ab units away keeps a smoothed
+    # prior of exactly 0, so the uniform share is 1/2 over the two others, not 1/3 over all three.
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1000.0, 0.0]])
+    prior = torch.tensor([0.6, 0.4, 0.0])
+    kernel = np.exp(-np.array([[0, 100], [100, 0]]) / 50)
+    smoothed = kernel @ prior.numpy()[:2]
+    smoothed /= smoothed.sum()
+    w = 1 / (0.5 * smoothed + 0.5 / 2)
+    w /= (smoothed * w).sum()
+    weights = rebalancing_weights(prior, centres, 0.5, 5.0).numpy()
+    np.testing.assert_allclose(weights[:2], w, rtol=1e-5)
+    assert weights[2] == pytest.approx(w.max())  # never seen: the largest finite weight, not infinity
+
+
 def make(side: int = 16) -> Colorization:
     torch.manual_seed(0)
     return Colorization(build_backbone("convnet", in_channels=3, image_size=side, width=4)).train()

@@ -105,3 +105,29 @@ def test_bad_steps_and_short_inputs_are_named():
     with pytest.raises(ValueError, match="cpc_audio"):
         CPCSequence(backbone)
     assert losses.cpc(torch.zeros(3, 4), torch.zeros(3, 4)).item() == pytest.approx(math.log(3))
+
+
+def test_signal_encoder_norms_batch_channel_or_none():
+    from selfsup.nn.backbones import ChannelNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 1000)
+    kinds = {norm: [type(m) for m in SignalEncoder(width=4, norm=norm).net] for norm in ("batch", "channel", "none")}
+    assert kinds["batch"][:3] == [torch.nn.Conv1d, torch.nn.BatchNorm1d, torch.nn.ReLU]
+    assert kinds["channel"][:3] == [torch.nn.Conv1d, ChannelNorm, torch.nn.ReLU]
+    assert kinds["none"][:2] == [torch.nn.Conv1d, torch.nn.ReLU] and len(kinds["none"]) == 10
+    # CPC_audio's ChannelNorm: each sample and time step over its channels (unbiased variance), by hand.
+    norm = ChannelNorm(4)
+    h = torch.randn(2, 4, 5)
+    mean, var = h.mean(1, keepdim=True), h.var(1, keepdim=True, unbiased=True)
+    assert torch.allclose(norm(h), (h - mean) / torch.sqrt(var + 1e-5), atol=1e-6)
+    # In training, a sample's codes depend on the others under BatchNorm, never under the per-sample norms.
+    for name, mixes in (("batch", True), ("channel", False), ("none", False)):
+        encoder = SignalEncoder(width=4, norm=name).train()
+        other = x.clone()
+        other[1:] += 1.0
+        assert torch.allclose(encoder(x)[0], encoder(other)[0], atol=1e-5) != mixes, name
+    with pytest.raises(ValueError, match="norm must be one of"):
+        SignalEncoder(width=4, norm="layer")
+    with pytest.raises(ValueError, match="backbone.norm"):
+        build_backbone("convnet", in_channels=1, image_size=28, norm="channel")

@@ -275,15 +275,17 @@ def test_batch_hard_mining_picks_the_farthest_positive_and_the_closest_negative(
 
 
 @pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
-def test_triplet_method_mines_on_normalised_embeddings(mining):
-    method = Triplet(linear_backbone(), embed_dim=4, margin=0.3, mining=mining).train()
+@pytest.mark.parametrize("squared", [False, True])
+def test_triplet_method_mines_on_normalised_embeddings(mining, squared):
+    method = Triplet(linear_backbone(), embed_dim=4, margin=0.3, mining=mining, squared=squared).train()
     x = views(6, 5, 1)[0]
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     loss = method.training_step(Batch([x], torch.arange(6), labels), at(0))["loss"]
     with torch.no_grad():
         e = F.normalize(method.embedding(method.backbone(x)), dim=1)
     mine = losses.batch_hard_triplet if mining == "batch_hard" else losses.semi_hard_triplet
-    assert loss.item() == pytest.approx(mine(e, labels, 0.3).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(mine(e, labels, 0.3, squared=squared).item(), rel=1e-6)
+    assert loss.item() != pytest.approx(mine(e, labels, 0.3, squared=not squared).item(), rel=1e-3)
     with pytest.raises(ValueError, match="mining must be one of"):
         Triplet(linear_backbone(), mining="hardest")
 
@@ -314,7 +316,7 @@ def test_n_pair_with_labels_leaves_the_own_class_out_of_the_negatives():
     assert losses.n_pair(a, p, labels=distinct).item() == pytest.approx(losses.n_pair(a, p).item(), rel=1e-12)
 
 
-def test_npair_method_adds_the_papers_l2_penalty():
+def test_npair_method_adds_the_l2_penalty_of_tf_npairs_loss():
     method = NPair(linear_backbone(), embed_dim=4, l2_reg=0.002).train()
     x = views(6, 7, 1)[0]
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
@@ -325,6 +327,8 @@ def test_npair_method_adds_the_papers_l2_penalty():
     with torch.no_grad():
         e = method.embedding(method.backbone(x)).double()
     a, p = e[anchor], e[positive]
-    expected = losses.n_pair(a, p, labels=labels[anchor]).item() + 0.002 * (
-        (a ** 2).sum(1).mean() + (p ** 2).sum(1).mean()).item() / 2
+    # tf.contrib.losses.metric_learning.npairs_loss: l2loss = 0.25 * reg_lambda * (reg_anchor + reg_positive),
+    # each reg the batch mean of the squared norms.
+    expected = losses.n_pair(a, p, labels=labels[anchor]).item() + 0.25 * 0.002 * (
+        (a ** 2).sum(1).mean() + (p ** 2).sum(1).mean()).item()
     assert loss.item() == pytest.approx(expected, rel=1e-5)

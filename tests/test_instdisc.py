@@ -70,6 +70,22 @@ def test_first_step_by_hand_loss_normaliser_and_bank_update():
     np.testing.assert_array_equal(bank[untouched], bank_before[untouched])
 
 
+def test_proximal_term_adds_lambda_times_the_distance_to_the_bank_entry_by_hand():
+    plain, proximal = make(), make()
+    proximal.proximal = 0.3
+    x, index = images(3, 1), torch.tensor([7, 2, 4])
+    bank = proximal.bank.features.clone().double()
+    base = plain.training_step(Batch([x], index), at(0))["loss"].item()
+    out = proximal.training_step(Batch([x], index), at(0))
+    with torch.no_grad():
+        f = F.normalize(proximal.projector(proximal.backbone(x)), dim=1).double()
+    distance = sum(float(((f[i] - bank[index[i]]) ** 2).sum()) for i in range(3)) / 3  # ||v(t) - v(t-1)||^2
+    assert out["proximal"].item() == pytest.approx(distance, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(base + 0.3 * distance, rel=1e-5)
+    with pytest.raises(ValueError, match="proximal"):
+        InstDisc(make().backbone, num_samples=10, proximal=-1.0)
+
+
 def test_z_is_estimated_once_and_kept_through_a_checkpoint():
     method = make()
     method.training_step(Batch([images(3, 1)], torch.tensor([0, 1, 2])), at(0))

@@ -279,39 +279,55 @@ def test_triplet_equals_torch_triplet_margin_loss():
     torch.testing.assert_close(torch.autograd.grad(got, (a, p, n)), torch.autograd.grad(ref, (a, p, n)))
 
 
-def _dist(x, i, j):
-    return float((x[i] - x[j]).norm())
+def test_squared_triplet_is_facenets_eq_1():
+    # FaceNet (davidsandberg/facenet triplet_loss): max(0, ||a - p||^2 - ||a - n||^2 + alpha), alpha 0.2.
+    a, p, n = (_rand(6, 4, seed=s).requires_grad_() for s in (50, 51, 52))
+    got = losses.triplet(a, p, n, margin=0.2, squared=True)
+    ref = torch.nn.TripletMarginWithDistanceLoss(
+        distance_function=lambda u, v: F.pairwise_distance(u, v).square(), margin=0.2)(a, p, n)
+    by_hand = sum(max(0.0, float((a[i] - p[i] + 1e-6).square().sum() - (a[i] - n[i] + 1e-6).square().sum()) + 0.2)
+                  for i in range(6)) / 6
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12) and got.item() == pytest.approx(by_hand, rel=1e-9)
 
 
-def test_batch_hard_triplet_matches_loop():
+def _dist(x, i, j, squared=False):
+    distance = float((x[i] - x[j]).norm())
+    return distance ** 2 if squared else distance
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_batch_hard_triplet_matches_loop(squared):
     x, y = _rand(8, 3, seed=53), torch.tensor([0, 0, 0, 1, 1, 2, 2, 5])  # label 5: no positive
     total, count = 0.0, 0
     for i in range(8):
-        pos = [_dist(x, i, j) for j in range(8) if j != i and y[j] == y[i]]
-        neg = [_dist(x, i, j) for j in range(8) if y[j] != y[i]]
+        pos = [_dist(x, i, j, squared) for j in range(8) if j != i and y[j] == y[i]]
+        neg = [_dist(x, i, j, squared) for j in range(8) if y[j] != y[i]]
         if pos and neg:
             total += max(0.0, max(pos) - min(neg) + 0.5)
             count += 1
-    assert losses.batch_hard_triplet(x, y, 0.5).item() == pytest.approx(total / count, rel=1e-10)
-    assert torch.autograd.gradcheck(lambda e: losses.batch_hard_triplet(e, y, 0.5), (x.requires_grad_(),))
+    assert losses.batch_hard_triplet(x, y, 0.5, squared=squared).item() == pytest.approx(total / count, rel=1e-10)
+    assert torch.autograd.gradcheck(lambda e: losses.batch_hard_triplet(e, y, 0.5, squared=squared),
+                                    (x.requires_grad_(),))
 
 
-def test_semi_hard_triplet_matches_loop():
+@pytest.mark.parametrize("squared", [False, True])
+def test_semi_hard_triplet_matches_loop(squared):
     x, y = _rand(9, 3, seed=54), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
     total, count = 0.0, 0
     for a in range(9):
-        negs = [_dist(x, a, n) for n in range(9) if y[n] != y[a]]
+        negs = [_dist(x, a, n, squared) for n in range(9) if y[n] != y[a]]
         for p in range(9):
             if p == a or y[p] != y[a]:
                 continue
-            d_ap = _dist(x, a, p)
+            d_ap = _dist(x, a, p, squared)
             farther = [d for d in negs if d > d_ap]
             d_an = min(farther) if farther else max(negs)
             total += max(0.0, d_ap - d_an + 1.0)
             count += 1
-    got = losses.semi_hard_triplet(x, y, 1.0)
+    got = losses.semi_hard_triplet(x, y, 1.0, squared=squared)
     assert got.item() == pytest.approx(total / count, rel=1e-10)
-    assert torch.autograd.gradcheck(lambda e: losses.semi_hard_triplet(e, y, 1.0), (x.requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda e: losses.semi_hard_triplet(e, y, 1.0, squared=squared),
+                                    (x.requires_grad_(),))
 
 
 def test_prototypical_matches_loop_with_arbitrary_labels():

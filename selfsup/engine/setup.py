@@ -197,7 +197,7 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
     try:
         backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, image_size=image_size,
                                   mean=mean, std=std, width=cfg.backbone.width, pretrained=cfg.backbone.pretrained,
-                                  small_stem=cfg.backbone.small_stem)
+                                  small_stem=cfg.backbone.small_stem, norm=cfg.backbone.norm)
     except ConfigError:
         raise  # names its key already
     except ValueError as error:

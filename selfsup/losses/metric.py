@@ -10,20 +10,23 @@ from selfsup.losses._common import _embeddings, _labels, _same_shape, float32_lo
 
 
 @float32_loss
-def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0) -> Tensor:
+def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0, squared: bool = False) -> Tensor:
     """FaceNet's triplet hinge on given triplets, equal to `torch.nn.functional.triplet_margin_loss`.
 
     Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
     Clustering", CVPR 2015. On unnormalised embeddings:
 
-        l_i = max(0, ‖a_i - p_i‖ - ‖a_i - n_i‖ + margin)
+        l_i = max(0, d(a_i, p_i) - d(a_i, n_i) + margin)
 
-    with distances computed as torch does (`pairwise_distance`, eps 1e-6
-    added to the difference), mean over the N triplets.
+    with d the Euclidean distance computed as torch does (`pairwise_distance`,
+    eps 1e-6 added to the difference), or its square with `squared=True`
+    (FaceNet's eq. 1: the official davidsandberg/facenet `triplet_loss` takes
+    the margin 0.2 on squared distances), mean over the N triplets.
 
     Args:
         anchor, positive, negative: `(N, D)` embeddings.
         margin: hinge margin >= 0 (torch default 1.0; FaceNet used 0.2 on the unit sphere).
+        squared: compare squared distances (FaceNet) rather than distances.
 
     Returns:
         0-d tensor.
@@ -38,12 +41,13 @@ def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 
     _same_shape("anchor", anchor, "positive", positive)
     _same_shape("anchor", anchor, "negative", negative)
     _margin(margin)
-    gap = F.pairwise_distance(anchor, positive) - F.pairwise_distance(anchor, negative)
+    power = 2 if squared else 1
+    gap = F.pairwise_distance(anchor, positive) ** power - F.pairwise_distance(anchor, negative) ** power
     return F.relu(gap + margin).mean()
 
 
 @float32_loss
-def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
+def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2, squared: bool = False) -> Tensor:
     """Batch-hard triplet loss: each anchor with its farthest positive and closest negative.
 
     Hermans et al., "In Defense of the Triplet Loss for Person
@@ -52,12 +56,13 @@ def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) 
         l_i = max(0, max_{p: y_p = y_i, p ≠ i} d_ip - min_{n: y_n ≠ y_i} d_in + margin)
 
     averaged over the anchors that have at least one positive and one negative
-    (0 if none has).
+    (0 if none has). With `squared=True` d is the squared distance.
 
     Args:
         embeddings: `(N, D)` embeddings.
         labels: `(N,)` integer labels.
         margin: hinge margin >= 0.
+        squared: squared Euclidean distances (FaceNet's) instead of distances (Hermans et al.'s).
 
     Returns:
         0-d tensor.
@@ -67,7 +72,7 @@ def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) 
         >>> batch_hard_triplet(x, y, margin=0.2).shape
         torch.Size([])
     """
-    distances, positive_mask, negative_mask = _pair_masks(embeddings, labels, margin)
+    distances, positive_mask, negative_mask = _pair_masks(embeddings, labels, margin, squared)
     hardest_positive = distances.masked_fill(~positive_mask, float("-inf")).amax(dim=1)
     hardest_negative = distances.masked_fill(~negative_mask, float("inf")).amin(dim=1)
     valid = positive_mask.any(dim=1) & negative_mask.any(dim=1)
@@ -76,7 +81,7 @@ def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) 
 
 
 @float32_loss
-def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
+def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2, squared: bool = False) -> Tensor:
     """Triplet loss over all positive pairs, each with a semi-hard negative.
 
     Schroff et al., FaceNet, CVPR 2015, sec. 3.2: for each anchor-positive
@@ -90,11 +95,14 @@ def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -
         l_ap = max(0, d_ap - d_an + margin),  mean over pairs a ≠ p, y_a = y_p
 
     Pairs whose anchor has no negative are left out (0 if no pair remains).
+    With `squared=True` distances are squared (FaceNet's eq. 1, and
+    `tf.contrib`'s `triplet_semihard_loss`).
 
     Args:
         embeddings: `(N, D)` embeddings.
         labels: `(N,)` integer labels.
         margin: hinge margin >= 0.
+        squared: squared Euclidean distances instead of distances.
 
     Returns:
         0-d tensor.
@@ -104,7 +112,7 @@ def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -
         >>> semi_hard_triplet(x, y, margin=0.2).shape
         torch.Size([])
     """
-    distances, positive_mask, negative_mask = _pair_masks(embeddings, labels, margin)
+    distances, positive_mask, negative_mask = _pair_masks(embeddings, labels, margin, squared)
     # Sorting each anchor's negative distances turns "closest negative farther
     # than d_ap" into a binary search: O(N^2 log N) instead of an N^3 mask.
     negative_sorted, _ = distances.masked_fill(~negative_mask, float("inf")).sort(dim=1)
@@ -122,14 +130,17 @@ def _margin(margin: float) -> None:
         raise ValueError(f"margin must be >= 0, got {margin}")
 
 
-def _pair_masks(embeddings: Tensor, labels: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Pairwise Euclidean distances `(N, N)` and the positive (same label, not self) and negative masks."""
+def _pair_masks(embeddings: Tensor, labels: Tensor, margin: float,
+                squared: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairwise Euclidean distances `(N, N)` (or their squares) and the positive (same label, not self)
+    and negative masks."""
     embeddings = _embeddings("embeddings", embeddings)
     labels = _labels("labels", labels, embeddings.shape[0], "embeddings")
     _margin(margin)
     same = labels[:, None] == labels[None, :]
     positive_mask = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    return torch.cdist(embeddings, embeddings), positive_mask, ~same
+    distances = torch.cdist(embeddings, embeddings)
+    return distances.square() if squared else distances, positive_mask, ~same
 
 
 @float32_loss

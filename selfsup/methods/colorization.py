@@ -28,7 +28,8 @@ def ab_bins(grid: int = 10, samples: int = 64) -> Tensor:
 
 def soft_encode(ab: Tensor, centres: Tensor, neighbours: int = 5, sigma: float = 5.0) -> Tensor:
     """The paper's soft targets: each pixel's ``(P, 2)`` ab value spread over its ``neighbours``
-    nearest bin centres with Gaussian weights (σ = 5), normalised to sum to 1. Returns ``(P, Q)``."""
+    nearest bin centres with Gaussian weights (σ = 5), normalised to sum to 1. Returns ``(P, Q)``.
+    The paper says 5 neighbours (the default); the official caffe layer ``NNEncLayer`` uses 10."""
     distance = torch.cdist(ab, centres.to(ab))                               # (P, Q)
     nearest, index = distance.topk(neighbours, dim=1, largest=False)
     weights = torch.exp(-nearest ** 2 / (2 * sigma ** 2))
@@ -37,14 +38,20 @@ def soft_encode(ab: Tensor, centres: Tensor, neighbours: int = 5, sigma: float =
 
 
 def rebalancing_weights(prior: Tensor, centres: Tensor, mix: float = 0.5, sigma: float = 5.0) -> Tensor:
-    """Class rebalancing (section 2.2, eq. 4): ``w ∝ ((1 − λ) p̃ + λ / Q)⁻¹`` with ``p̃`` the ab
-    distribution smoothed by a Gaussian of σ = 5 over the bin centres, normalised so that
-    ``Σ_q p̃_q w_q = 1``. Rare colours weigh more, so the net does not settle for gray."""
+    """Class rebalancing (section 2.2, eq. 4): ``w ∝ ((1 − λ) p̃ + λ u)⁻¹`` with ``p̃`` the ab
+    distribution smoothed by a Gaussian of σ = 5 over the bin centres and ``u`` uniform over the
+    bins where ``p̃`` is not zero, normalised so that ``Σ_q p̃_q w_q = 1`` (the official
+    ``PriorFactor``, richzhang/colorization ``resources/caffe_traininglayers.py``). Rare colours
+    weigh more, so the net does not settle for gray. A bin the prior never saw (which no target
+    of that prior falls in) gets the largest weight of the others rather than an infinite one."""
     kernel = torch.exp(-torch.cdist(centres, centres) ** 2 / (2 * sigma ** 2))
     smoothed = kernel @ prior
     smoothed = smoothed / smoothed.sum()
-    weights = 1 / ((1 - mix) * smoothed + mix / prior.numel())
-    return weights / (smoothed * weights).sum()
+    support = smoothed > 0
+    uniform = support.to(smoothed) / support.sum()
+    weights = 1 / ((1 - mix) * smoothed + mix * uniform).where(support, torch.ones_like(smoothed))
+    weights = weights / (smoothed * weights).sum()
+    return weights.where(support, weights[support].max())
 
 
 class GrayInput(WrappedEncoder):

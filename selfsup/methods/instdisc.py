@@ -24,6 +24,7 @@ class InstDisc(MethodBase):
         v = bank[i], v'_1..m = bank[uniform noise]      # its own entry and m = 4096 noise entries
         x_ik = (v_ik · f / τ) − log Z                   # log P(i | f) of the non-parametric softmax
         J = −log h(i, v) − Σ_k log(1 − h(k, v'))        # losses.nce, h = P / (P + m/N)
+        J += λ · ‖f − bank[i]‖²                           # proximal term (section 3.4), λ = proximal
         bank[i] ← normalize(0.5 · bank[i] + 0.5 · f)    # after the optimiser step
 
     Z is estimated as ``N · mean exp(v' · f / τ)`` over a batch's noise scores, by default once, on
@@ -53,6 +54,10 @@ class InstDisc(MethodBase):
         temperature: τ (0.07).
         bank_momentum: m of the bank update (0.5).
         noise_seed: seed of the noise draws (combined with the step).
+        proximal: λ of the paper's proximal regularisation ``λ ‖v_i(t) − v_i(t−1)‖²`` (section 3.4),
+            the squared distance between the image's feature and its bank entry, averaged over
+            the batch; 0 (the official code, zhirongw/lemniscate.pytorch, whose author holds the
+            bank momentum equivalent and easier to tune: issue #11).
         normalizer: ``"first_batch"`` (the paper's: Z fixed after the first batch) or
             ``"every_batch"`` (Z re-estimated from each batch's noise scores).
         scoring: how the ``v · f`` scores are computed: ``"gather"`` takes the B x (1 + m) bank rows
@@ -70,7 +75,7 @@ class InstDisc(MethodBase):
 
     def __init__(self, backbone: Backbone, *, num_samples: int, proj_dim: int = 128, num_noise: int = 4096,
                  temperature: float = 0.07, bank_momentum: float = 0.5, noise_seed: int = 0,
-                 normalizer: str = "first_batch", scoring: str = "auto") -> None:
+                 normalizer: str = "first_batch", scoring: str = "auto", proximal: float = 0.0) -> None:
         super().__init__()
         if num_noise < 1:
             raise ValueError(f"num_noise must be >= 1, got {num_noise}")
@@ -82,6 +87,8 @@ class InstDisc(MethodBase):
             raise ValueError(f"normalizer must be 'first_batch' or 'every_batch', got {normalizer!r}")
         if scoring not in ("auto", "gather", "dense"):
             raise ValueError(f"scoring must be 'auto', 'gather' or 'dense', got {scoring!r}")
+        if not proximal >= 0:
+            raise ValueError(f"proximal must be >= 0, got {proximal}")
         if scoring == "auto":
             scoring = "dense" if num_samples <= 32 * (1 + num_noise) else "gather"
         self.backbone = backbone
@@ -90,6 +97,7 @@ class InstDisc(MethodBase):
         self.register_buffer("log_z", torch.tensor(float("nan")))
         self.num_noise, self.temperature, self.bank_momentum = num_noise, temperature, bank_momentum
         self.noise_seed, self.scoring, self.normalizer = noise_seed, scoring, normalizer
+        self.proximal = proximal
         self._z_estimated: bool | None = None  # read from log_z once per process (one device sync)
         self._pending: tuple[Tensor, Tensor] | None = None
 
@@ -118,8 +126,13 @@ class InstDisc(MethodBase):
         if self.normalizer == "every_batch" or not self._z_known():
             self.estimate_log_z(scores)
         loss = losses.nce(scores, self.noise_prob, self.temperature, log_normalizer=self.log_z)
+        outputs = {"log_z": self.log_z.clone()}
+        if self.proximal:
+            outputs["proximal"] = (f - self.bank.features[index].float()).square().sum(dim=1).mean()
+            loss = loss + self.proximal * outputs["proximal"]
+            outputs["proximal"] = outputs["proximal"].detach()
         self._pending = (distributed.gather(f.detach()), distributed.gather(index))
-        return {"loss": loss, "log_z": self.log_z.clone()}
+        return {"loss": loss, **outputs}
 
     def scores(self, f: Tensor, candidates: Tensor) -> Tensor:
         """``(B, 1 + m)`` cosines of each feature with the bank entries ``candidates``, in float32."""
@@ -158,7 +171,8 @@ class InstDisc(MethodBase):
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.bank.size}, num_noise={self.num_noise}, temperature={self.temperature}, "
-                f"bank_momentum={self.bank_momentum}, normalizer={self.normalizer}, scoring={self.scoring}")
+                f"bank_momentum={self.bank_momentum}, normalizer={self.normalizer}, scoring={self.scoring}, "
+                f"proximal={self.proximal}")
 
 
 class _Normalize(nn.Module):

@@ -38,13 +38,15 @@ class NPair(MethodBase):
 
         (a_i, p_i) = pairs of images of one class             # pair_up, about B/2 pairs
         l_i = log(1 + Σ_{j: y_j ≠ y_i} exp(f(a_i)·f(p_j) − f(a_i)·f(p_i)))   # losses.n_pair
-        loss = mean_i l_i + λ · mean(‖f(a)‖² + ‖f(p)‖²) / 2      # the paper's L2 term, λ = 0.002
+        loss = mean_i l_i + λ/4 · (mean ‖f(a)‖² + mean ‖f(p)‖²) # the L2 term of tf npairs_loss, λ = 0.002
 
     The paper builds batches of N pairs from N distinct classes; on data with fewer classes than
     pairs (Fashion-MNIST has 10) a batch holds several pairs per class, and the positives of the
     anchor's own class are left out of its negatives (``n_pair(..., labels=)``), which is the
     paper's loss whenever the classes are distinct. Embeddings are unnormalised inner products,
-    as in the paper. Labels are required.
+    as in the paper. The embedding-norm penalty is the one of the authors' TensorFlow loss
+    (``tf.contrib.losses.metric_learning.npairs_loss``: ``0.25 · reg_lambda · (mean ‖a‖² + mean ‖p‖²)``,
+    ``reg_lambda`` 0.002). Labels are required.
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features.
@@ -74,7 +76,7 @@ class NPair(MethodBase):
                              f"use a larger batch")
         a, p = e[anchor], e[positive]
         loss = losses.n_pair(a, p, labels=labels[anchor])
-        penalty = (a.pow(2).sum(dim=1).mean() + p.pow(2).sum(dim=1).mean()) / 2
+        penalty = 0.25 * (a.pow(2).sum(dim=1).mean() + p.pow(2).sum(dim=1).mean())
         return {"loss": loss + self.l2_reg * penalty, "pairs": torch.tensor(float(anchor.numel()))}
 
 

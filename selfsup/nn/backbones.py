@@ -194,28 +194,57 @@ def vit(name: str, in_channels: int = 3, image_size: int = 224, patch_size: int 
     return net, net.num_features
 
 
+class ChannelNorm(nn.Module):
+    """Per sample and time step, the channels normalised by their mean and (unbiased) variance, then
+    a per-channel scale and shift: facebookresearch/CPC_audio's ``ChannelNorm`` (its encoder's
+    default), which, unlike BatchNorm, never mixes the samples of a batch."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, channels, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, var = x.mean(dim=1, keepdim=True), x.var(dim=1, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+SIGNAL_NORMS = ("batch", "channel", "none")
+
+
 class SignalEncoder(nn.Module):
     """The paper's audio encoder: five strided 1-D convolutions (strides 5, 4, 2, 2, 2, kernels 10,
-    8, 4, 4, 4; 160x downsampling: one code per 10 ms at 16 kHz), each followed by BatchNorm and
-    ReLU. Input: float signals ``(B, 1, T)`` in [-1, 1], normalised by the stored mean and std.
-    Output: codes ``(B, T', width)`` with ``T' = ⌊(T - 465) / 160⌋ + 1``.
+    8, 4, 4, 4; 160x downsampling: one code per 10 ms at 16 kHz), each followed by a normalisation
+    (``norm``) and ReLU. Input: float signals ``(B, 1, T)`` in [-1, 1], normalised by the stored mean
+    and std. Output: codes ``(B, T', width)`` with ``T' = ⌊(T - 465) / 160⌋ + 1``.
+
+    The paper names no normalisation; ``norm`` chooses: ``"batch"`` (default) BatchNorm, what
+    facebookresearch/CPC_audio runs to reproduce the paper (``--normMode batchNorm``); ``"channel"``
+    its own default, :class:`ChannelNorm`, per sample; ``"none"`` the paper's text, biased
+    convolutions and ReLUs only.
 
     Args:
         width: channels of every layer (paper: 512).
         mean, std: the training signals' amplitude statistics.
+        norm: ``"batch"``, ``"channel"`` or ``"none"``.
     """
 
     strides = (5, 4, 2, 2, 2)
     kernels = (10, 8, 4, 4, 4)
 
-    def __init__(self, width: int = 512, mean: float = 0.0, std: float = 1.0) -> None:
+    def __init__(self, width: int = 512, mean: float = 0.0, std: float = 1.0, norm: str = "batch") -> None:
         super().__init__()
         if width < 1 or std <= 0:
             raise ValueError(f"width must be >= 1 and std > 0, got width={width}, std={std}")
+        if norm not in SIGNAL_NORMS:
+            raise ValueError(f"norm must be one of {', '.join(SIGNAL_NORMS)}, got {norm!r}")
         layers, channels = [], 1
         for stride, kernel in zip(self.strides, self.kernels):
-            layers += [nn.Conv1d(channels, width, kernel, stride, bias=False), nn.BatchNorm1d(width),
-                       nn.ReLU(inplace=True)]
+            layers.append(nn.Conv1d(channels, width, kernel, stride, bias=norm != "batch"))
+            if norm != "none":
+                layers.append(nn.BatchNorm1d(width) if norm == "batch" else ChannelNorm(width))
+            layers.append(nn.ReLU(inplace=True))
             channels = width
         self.net = nn.Sequential(*layers)
         self.out_dim, self.in_channels = width, 1
@@ -264,7 +293,7 @@ class GCNEncoder(nn.Module):
 
 def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, width: int = 32, pretrained: bool = False,
-                   small_stem: bool | None = None) -> Backbone:
+                   small_stem: bool | None = None, norm: str | None = None) -> Backbone:
     """Build a :class:`Backbone` by name: one of :data:`BACKBONES`, or ``torchvision/<model>`` /
     ``timm/<model>`` from those libraries' registries (:mod:`selfsup.nn.registry`; ``pretrained``
     and ``small_stem`` apply to them, and pretrained weights bring their ImageNet mean and std).
@@ -276,10 +305,12 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
     """
     if name == "gcn":
         return GCNEncoder(in_channels, hidden=16 * width)
+    if norm is not None and name != "cpc_audio":
+        raise ValueError(f"backbone.norm chooses the normalisation of cpc_audio's convolutions; {name} has its own")
     if name == "cpc_audio":
         if in_channels != 1:
             raise ValueError(f"cpc_audio encodes mono signals (1 channel), got in_channels={in_channels}")
-        return SignalEncoder(8 * width, mean=(mean or [0.0])[0], std=(std or [1.0])[0])
+        return SignalEncoder(8 * width, mean=(mean or [0.0])[0], std=(std or [1.0])[0], norm=norm or "batch")
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     if is_registry_name(name):
