@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from selfsup.config import load_config
+from selfsup.engine import build_method
 from selfsup.errors import ConfigError, DataError
 from selfsup.export import export_encoder
 from selfsup.nn import Backbone, build_backbone
-
-pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,38 @@ def test_the_small_image_stem_is_in_the_card_and_loads_as_it_says(tmp_path):
     with torch.no_grad():
         assert torch.allclose(net.eval()((images - 0.5) / 0.5), encoder(images), atol=1e-5)
     assert set(paths) == {"safetensors", "card"}
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("cmc", ["method_args.views=lab", "method_args.proj_dim=8"]),
+    ("cpc", ["method_args.patch=10", "method_args.stride=6", "method_args.hidden=16"]),
+    ("colorization", []),
+])
+def test_wrapped_evaluation_encoders_come_back_from_every_file(tmp_path, method, extra):
+    # CMC's two encoders, CPC's patch grid and context, colorization's lightness path: safetensors holds
+    # the whole evaluation encoder, which selfsup rebuilds; TorchScript and ONNX run it alone.
+    import onnxruntime
+    from safetensors.torch import load_file
+
+    cfg = load_config(None, [f"method={method}", "backbone.width=4", *extra])
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return build_method(cfg, in_channels=3, image_size=28, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3],
+                            num_samples=8).eval_encoder().eval()
+
+    encoder = build(0)
+    paths = export_encoder(encoder, tmp_path, in_channels=3, image_size=28, name="convnet")
+    images = torch.rand(3, 3, 28, 28)
+    with torch.no_grad():
+        expected = encoder(images)
+        rebuilt = build(1)  # other weights until the file's are loaded
+        assert not torch.allclose(rebuilt(images), expected, atol=1e-3)
+        rebuilt.load_state_dict(load_file(paths["safetensors"]))
+        assert torch.allclose(rebuilt(images), expected, atol=1e-5)
+        assert torch.allclose(torch.jit.load(str(paths["torchscript"]))(images), expected, atol=1e-5)
+    session = onnxruntime.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected.numpy()).max() <= 1e-4
 
 
 def test_an_onnx_file_that_disagrees_is_not_kept(tmp_path):
