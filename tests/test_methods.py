@@ -244,14 +244,18 @@ def test_dino_teacher_temperature_warms_up_as_np_linspace_by_epoch():
 
 
 def test_dino_loss_pairs_every_teacher_view_with_every_other_student_view():
-    dino = make_dino(student_temp=0.1, teacher_temp=0.04)
+    # In the teacher's warm-up: epoch 3 of 10 from 0.02 to 0.07 (np.linspace(0.02, 0.07, 10)[3]).
+    dino = make_dino(student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.02, warmup_teacher_temp_epochs=10)
     crops = multi_crop(3, n_local=2, seed=4)
-    loss = dino.training_step(Batch(crops, torch.arange(3)), at(0))["loss"]
+    progress = Progress(35, 200, 10)  # step 35 of 10 per epoch: epoch 3.5, whole epoch 3
+    out = dino.training_step(Batch(crops, torch.arange(3)), progress)
+    loss, tau = out["loss"], float(np.linspace(0.02, 0.07, 10)[3])
+    assert out["teacher_temp"].item() == pytest.approx(tau)
     student = [dino.head(dino.backbone(c)).double() for c in crops]
     teacher = [dino.teacher(c).double() for c in crops[:2]]
     total, pairs = 0.0, 0
     for v in range(2):  # Algorithm 1: teacher views v, student views w != v, centre 0 at the first step
-        target = torch.softmax(teacher[v] / 0.04, dim=1)
+        target = torch.softmax(teacher[v] / tau, dim=1)
         for w in range(4):
             if w != v:
                 total += -(target * torch.log_softmax(student[w] / 0.1, dim=1)).sum(dim=1).mean()
