@@ -3,7 +3,6 @@ the patch in the image), the permutation set against a brute-force search, and t
 against cross-entropy by hand."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest
