@@ -11,14 +11,16 @@ import torch
 pytestmark = pytest.mark.distributed
 SCRIPT = Path(__file__).parent / "scripts" / "method_ranks.py"
 EXACT = ["moco", "instdisc", "instdisc_every_batch", "mocov3", "invaspread", "supcon", "simclr", "simsiam", "cmc",
-         "cmc_batch", "clip"]
-LOCAL_MINING = ["triplet", "npair"]  # mine inside each rank's batch, so only the ranks agree
+         "cmc_batch", "clip", "byol", "dino", "rotation", "colorization"]
+# Mining, in-batch negatives and random tasks inside each rank's batch: compared with one process that
+# runs each rank's rows as its own batch (see tests/scripts/method_ranks.py).
+LOCAL = ["triplet", "npair", "dim", "cpc", "jigsaw", "relative_location"]
 
 
 @pytest.fixture(scope="module")
 def states(tmp_path_factory):
     out = tmp_path_factory.mktemp("method_ranks")
-    methods = EXACT + LOCAL_MINING
+    methods = EXACT + LOCAL
     for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                         "--nproc_per_node=2"]):
         result = subprocess.run([*launcher, str(SCRIPT), str(out), *methods], capture_output=True, text=True,
@@ -27,7 +29,7 @@ def states(tmp_path_factory):
     return lambda name, world, rank=0: torch.load(out / f"{name}_w{world}_r{rank}.pt")
 
 
-@pytest.mark.parametrize("method", EXACT)
+@pytest.mark.parametrize("method", EXACT + LOCAL)
 def test_two_processes_end_in_the_single_process_state(states, method):
     single, double = states(method, 1), states(method, 2)
     assert single["losses"] == pytest.approx(double["losses"], rel=1e-5, abs=1e-6)
@@ -41,7 +43,7 @@ def test_two_processes_end_in_the_single_process_state(states, method):
         assert torch.isfinite(state["log_z"])
 
 
-@pytest.mark.parametrize("method", EXACT + LOCAL_MINING)
+@pytest.mark.parametrize("method", EXACT + LOCAL)
 def test_both_ranks_hold_the_same_state(states, method):
     first, second = states(method, 2, 0), states(method, 2, 1)
     for key, value in first["state"].items():

@@ -3,14 +3,22 @@ tests/test_ddp_methods.py to compare the two.
 
 usage: method_ranks.py OUT_DIR METHOD [METHOD ...]
 
-Every process builds the method with the same seed around a BatchNorm-free linear backbone (so a
-rank's forward pass does not depend on which other images share its batch, except through what the
-method itself gathers), takes its rows of each global batch of 8 images, and runs the engine's step
-order: training_step, backward, (DDP's gradient mean), SGD step, on_step_end. Global BN methods get
-GlobalBatchNorm as the engine gives them. Rank 0 writes OUT_DIR/state_w<world size>.pt with the
-method's state_dict after the steps and the loss of every step (mean over ranks), and every rank
-writes OUT_DIR/<METHOD>_w<world size>_r<rank>.pt. Several methods run one after the other in the same
-processes (one launch: the imports are most of a run's time).
+Every process builds the method with the same seed around a BatchNorm-free backbone (a linear one,
+or a small ConvNet for the methods that read feature maps or cut patches: DIM, CPC, colorization, the
+pretext tasks), so a rank's forward pass does not depend on which other images share its batch,
+except through what the method itself gathers; takes its rows of each global batch of 8 images, and
+runs the engine's step order: training_step, backward, (DDP's gradient mean), SGD step, on_step_end.
+Global BN methods get GlobalBatchNorm as the engine gives them.
+
+The methods in LOCAL learn from each rank's batch alone (mining, in-batch negatives, random tasks
+drawn per rank). For them one process emulates the ranks: it runs each rank's rows as its own
+batch and averages the losses before the backward, which is what DDP's gradient mean computes; every
+rank's draws (and each emulated rank's) come from the seed of (step, rank). So a method that
+gathered where it should not, or forgot to, ends in another state than the emulation.
+
+Every rank writes OUT_DIR/<METHOD>_w<world size>_r<rank>.pt with the method's state_dict after the
+steps and the loss of every step (mean over ranks). Several methods run one after the other in the
+same processes (one launch: the imports are most of a run's time).
 """
 
 import os
@@ -38,8 +46,17 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "cmc": {"num_samples": 40, "views": "augment", "proj_dim": 4, "num_negatives": 16, "temperature": 0.2},
         "cmc_batch": {"num_samples": 40, "views": "augment", "proj_dim": 4, "negatives": "batch", "temperature": 0.2},
         "clip": {"captions": ["a cat", "a dog", "a red car", "two birds on a wire", "a boat"], "embed_dim": 4,
-                 "text_width": 8, "text_layers": 1, "text_heads": 2, "context_length": 8}}
+                 "text_width": 8, "text_layers": 1, "text_heads": 2, "context_length": 8},
+        "byol": {"proj_hidden_dim": 8, "proj_dim": 4, "pred_hidden_dim": 8, "base_momentum": 0.9},
+        "dino": {"out_dim": 16, "hidden_dim": 8, "bottleneck_dim": 4, "base_momentum": 0.9},
+        "rotation": {}, "colorization": {"grid": 20},
+        "dim": {"code_dim": 4, "embed_dim": 8, "global_weight": 0.5, "prior_weight": 0.1},
+        "cpc": {"patch": 8, "stride": 4, "hidden": 8, "prediction_steps": [1, 2], "group": None},
+        "jigsaw": {"num_permutations": 6, "patch": 4, "gap": 1, "hidden_dim": 8},
+        "relative_location": {"patch": 4, "gap": 1, "hidden_dim": 8}}
 VARIANT_OF = {"instdisc_every_batch": "instdisc", "cmc_batch": "cmc"}
+CONV = ("rotation", "colorization", "dim", "cpc", "jigsaw", "relative_location")
+LOCAL = ("triplet", "npair", "dim", "cpc", "jigsaw", "relative_location")
 GLOBAL_BATCH, STEPS = 8, 3
 
 distributed = "WORLD_SIZE" in os.environ
@@ -48,27 +65,44 @@ if distributed:
 world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
 
 
+def backbone_for(name: str) -> Backbone:
+    if name not in CONV:
+        return Backbone(nn.Sequential(nn.Flatten(), nn.Linear(12, 6)), 6, in_channels=1, mean=[0.0], std=[1.0])
+    channels = 3 if name == "colorization" else 1
+    net = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Backbone(net, 6, in_channels=channels, mean=[0.5] * channels, std=[0.25] * channels)
+
+
 def run(name: str) -> None:
     torch.manual_seed(0)
-    backbone = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(12, 6)), 6, in_channels=1, mean=[0.0], std=[1.0])
+    backbone = backbone_for(name)
     method = METHODS[VARIANT_OF.get(name, name)](backbone, **ARGS[name]).train()
     if method.sync_batchnorm and world > 1:
         convert_sync_batchnorm(method, "cpu", exclude=method.sync_batchnorm_exclude)
     model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False) if world > 1 else method
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
 
-    rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    # One process emulating the ranks of a LOCAL method runs each rank's rows on its own.
+    shares = [rank] if world > 1 or name not in LOCAL else [0, 1]
+    parts = world if world > 1 else len(shares)
+    shape = (3 if name == "colorization" else 1, 16, 16) if name in CONV else (1, 2, 6)
     step_losses = []
     for step in range(STEPS):
         g = torch.Generator().manual_seed(100 + step)
-        views = [torch.rand(GLOBAL_BATCH, 1, 2, 6, generator=g) for _ in range(2)]
+        views = [torch.rand(GLOBAL_BATCH, *shape, generator=g) for _ in range(2)]
         index = torch.randperm(40, generator=g)[:GLOBAL_BATCH]
         labels = torch.tensor([0, 1, 2, 3] * (GLOBAL_BATCH // 4))[torch.randperm(GLOBAL_BATCH, generator=g)]
+        caption_ids = torch.randint(0, 5, (GLOBAL_BATCH,), generator=g)  # image-text methods
         n_views = 1 if method.views_needed == (1, 1) else 2
-        captions = {"caption_ids": torch.randint(0, 5, (GLOBAL_BATCH,), generator=g)[rows]}  # image-text methods
-        batch = Batch([v[rows] for v in views[:n_views]], index[rows], labels[rows], captions)
         progress = Progress(step, STEPS, STEPS)
-        loss = model(batch, progress)["loss"]
+        loss = 0.0
+        for share in shares:
+            rows = slice(share * GLOBAL_BATCH // parts, (share + 1) * GLOBAL_BATCH // parts)
+            batch = Batch([v[rows] for v in views[:n_views]], index[rows], labels[rows],
+                          {"caption_ids": caption_ids[rows]})
+            torch.manual_seed(1000 * step + share)  # this rank's draws (tasks, tiles, pairs, prior samples)
+            loss = loss + model(batch, progress)["loss"] / len(shares)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
