@@ -1,6 +1,7 @@
 """The training engine under real DDP: 2 gloo CPU processes started by torchrun and by Fabric itself."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,8 @@ def test_dino_centre_is_equal_on_every_rank(jobs):
 def test_a_divergence_stops_both_ranks_together(jobs):
     messages = [(jobs / "diverges" / f"rank{r}.diverged").read_text() for r in range(2)]
     assert all(message.startswith("simclr: ") and " at step " in message for message in messages)
+    steps = [int(re.search(r" at step (\d+) ", message).group(1)) for message in messages]
+    assert steps[0] == steps[1], messages  # the same step on both ranks, not one rank a step later
 
 
 def test_nan_on_one_rank_stops_both_without_hanging(jobs):
