@@ -118,6 +118,12 @@ class TrainConfig:
     epochs: float = 10.0
     batch_size: int = 256
     """Global batch: split evenly over devices x nodes."""
+    micro_batch_size: int | None = None
+    """Gradient caching (selfsup.engine.grad_cache): each rank computes its share of the batch this
+    many images at a time, and the step still gets the exact gradient of the whole batch's
+    contrastive loss, with the activations of one micro-batch in memory (simclr, moco, mocov3,
+    supcon, invaspread, clip). BatchNorm then normalises each micro-batch with its own statistics,
+    as gradient accumulation does; networks without BatchNorm (ViTs) get the very same gradient."""
     seed: int = 0
     precision: str = "auto"
     """"auto" (bf16-mixed where the device runs it natively, else 32-true) or a Lightning Fabric precision."""
@@ -306,7 +312,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     for key, value in {"optim.grad_clip": cfg.optim.grad_clip, "eval.knn_k": cfg.eval.knn_k,
                        "eval.knn_temperature": cfg.eval.knn_temperature,
-                       "train.knn_train_samples": cfg.train.knn_train_samples}.items():
+                       "train.knn_train_samples": cfg.train.knn_train_samples,
+                       "train.micro_batch_size": cfg.train.micro_batch_size}.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key}: must be > 0{' (or null for none)' if key == 'optim.grad_clip' else ''}, "
                               f"got {value}")

@@ -65,6 +65,12 @@ JOBS = {
                      "method_args.proj_dim=16"],
     "after_nan": ["method=simsiam", "method_args.proj_hidden_dim=16", "method_args.proj_dim=8",
                   "method_args.pred_hidden_dim=8", "train.epochs=0.2"],
+    # CLIP on a ViT (no BatchNorm) gathers captions and images as negatives: with micro-batches of 8 the
+    # two ranks must end where the plain full-batch run ends.
+    **{name: ["method=clip", "data.captions=templates", "backbone.name=vit_tiny", "method_args.embed_dim=8",
+              "method_args.text_width=16", "method_args.text_layers=1", "method_args.text_heads=2",
+              "method_args.context_length=8", "train.epochs=0.1", "train.precision=32-true", *extra]
+       for name, extra in (("clip_plain", []), ("clip_cached", ["train.micro_batch_size=8"]))},
 }
 
 
@@ -101,7 +107,9 @@ def test_moco_under_torchrun_keeps_per_device_batchnorm_and_equal_queues(jobs):
     _check_two_rank_run(jobs / "moco" / "run")
     first, second = _ranks(jobs / "moco")
     key_norms = {n: kind for n, kind in first["norms"].items() if n.startswith("key_encoder.")}
-    assert key_norms and set(key_norms.values()) == {"BatchNorm2d"}  # excluded: shuffle-BN instead
+    # Excluded from global BN: shuffle-BN instead, each rank's own statistics (SplitBatchNorm is plain BN
+    # under DDP, where every rank is a device).
+    assert key_norms and set(key_norms.values()) == {"SplitBatchNorm"}
     assert {kind for n, kind in first["norms"].items() if n.startswith("backbone.")} == {"GlobalBatchNorm"}
     torch.testing.assert_close(first["buffers"]["queue.keys"], second["buffers"]["queue.keys"], atol=0, rtol=0)
     assert not torch.equal(first["buffers"]["key_encoder.0.net.1.running_mean"],
@@ -128,6 +136,13 @@ def test_nan_on_one_rank_stops_both_without_hanging(jobs):
     assert not (jobs / "nan_on_rank1" / "rank0.pt").exists()
     assert all((jobs / "after_nan" / f"rank{r}.pt").exists() for r in range(2))  # the ranks went on together
 
+
+
+def test_gradient_caching_under_torchrun_ends_where_the_full_batch_run_ends(jobs):
+    for rank, (plain, cached) in enumerate(zip(_ranks(jobs / "clip_plain"), _ranks(jobs / "clip_cached"))):
+        assert plain["params"].keys() == cached["params"].keys()
+        for key, value in plain["params"].items():
+            torch.testing.assert_close(cached["params"][key], value, atol=1e-5, rtol=1e-4, msg=f"rank {rank}: {key}")
 
 
 def test_instdisc_bank_is_equal_on_every_rank_and_evaluated(jobs):

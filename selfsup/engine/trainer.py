@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from selfsup import augment, data, distributed, evaluate, losses
 from selfsup.config import Config, check_resume, from_dict, parse_duration, to_dict
-from selfsup.engine import checkpoint, monitor, state
+from selfsup.engine import checkpoint, grad_cache, monitor, state
 from selfsup.engine.finish import finish
 from selfsup.engine.logs import MetricsCSV
 from selfsup.engine.optim import Schedule, build_optimizer
@@ -39,6 +39,7 @@ from selfsup.engine.setup import (build_augmentation, build_method, check_view_s
                                   start_fabric)
 from selfsup.errors import ConfigError, NonFiniteLossError
 from selfsup.methods import METHODS, Batch, Progress
+from selfsup.methods.base import splits_into_embeddings
 
 
 @dataclass
@@ -97,6 +98,10 @@ class Trainer:
             raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
                               f"none; give it labelled data (a folder with one subfolder per class) or choose a "
                               f"self-supervised method")
+        if t.micro_batch_size and not splits_into_embeddings(method):
+            raise ConfigError(f"train.micro_batch_size: {cfg.method} does not split into per-image embeddings and a "
+                              f"batch loss, which gradient caching needs; methods that do: "
+                              f"{', '.join(name for name, cls in METHODS.items() if splits_into_embeddings(cls))}")
         self.method = prepare_method(method, t, fabric)
         self.augment = build_augmentation(self.method, cfg.augment, self.train_set.size)
         # No augmentation, or views without a random crop (pretext tasks' "flip", "none"), take a streamed
@@ -173,13 +178,17 @@ class Trainer:
         """
         with losses.finite_checks(False):
             outputs = self.model(batch, progress)
-        loss = outputs["loss"].detach()
+        self.check_finite(outputs["loss"], progress)
+        return outputs
+
+    def check_finite(self, loss: Tensor, progress: Progress) -> None:
+        """Raise :class:`NonFiniteLossError` on every rank when the loss of any rank is NaN/Inf."""
+        loss = loss.detach()
         finite = bool(torch.isfinite(loss))
         if not distributed.all_true(finite, self.fabric.device):
             where = f"the loss is {loss.item()}" if not finite else "another rank's loss is NaN/Inf"
             raise NonFiniteLossError(f"{self.cfg.method}: {where} at step {progress.step} (epoch "
                                      f"{progress.epoch:.2f}); {state.kept(self)}. {state.hint(self)}")
-        return outputs
 
     def draw_views(self, count: int = 8) -> None:
         """``views.png``: a few training images and the views the method gets from them."""
@@ -261,8 +270,11 @@ class Trainer:
         progress = Progress(step, self.max_steps, self.steps_per_epoch)
         batch = self.make_batch(*divmod(step, self.steps_per_epoch))
         lr = self.schedule.apply(self.optimizer, step)
-        outputs = self.forward(batch, progress)
-        self.fabric.backward(outputs["loss"])
+        if self.cfg.train.micro_batch_size:  # the whole batch's gradient, one micro-batch of activations at a time
+            outputs = grad_cache.cached_step(self, batch, progress)
+        else:
+            outputs = self.forward(batch, progress)
+            self.fabric.backward(outputs["loss"])
         self.fabric.strategy.precision.unscale_gradients(self.optimizer.optimizer)  # a no-op without fp16
         self.method.after_backward(progress)
         if self.cfg.optim.grad_clip:

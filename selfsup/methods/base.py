@@ -11,6 +11,16 @@ for the batch of (epoch, position, rank), makes the views with ``method.augmenta
     method.on_step_end(progress)                        # EMA, queue, bank, schedules
 
 ``eval_encoder()`` is what evaluation, ``selfsup embed`` and export use.
+
+Gradient caching (``train.micro_batch_size``, :mod:`selfsup.engine.grad_cache`) needs the step in
+two halves, which the contrastive methods provide (:func:`splits_into_embeddings`)::
+
+    embeddings = method.embed(batch, progress)           # {name: (B, ...)} per image, rows as the batch's
+    outputs = method.loss_from(embeddings, batch, progress)   # the batch loss; its side effects (queues)
+
+with ``training_step(batch) == loss_from(embed(batch), batch)``; ``embed`` has no side effects and
+its rows depend only on their own images (and BatchNorm statistics), so the engine can compute it
+micro-batch by micro-batch.
 """
 
 from __future__ import annotations
@@ -143,9 +153,18 @@ class MethodBase(nn.Module):
         """The method's loss on one batch; every method writes its own."""
         raise NotImplementedError
 
-    def forward(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
-        # DDP wraps forward, so the engine calls the method through it.
-        return self.training_step(batch, progress)
+    def forward(self, batch: Batch, progress: Progress, embed: bool = False) -> dict[str, Tensor]:
+        # DDP wraps forward, so the engine calls the method through it (gradient caching: embed only).
+        return self.embed(batch, progress) if embed else self.training_step(batch, progress)
+
+    def embed(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        """Per-image representations the loss couples (see the module docstring); a method that
+        splits this way also writes :meth:`loss_from`."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into embeddings and a batch loss")
+
+    def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        """The batch loss (and metrics) from :meth:`embed`'s output for the whole batch."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into embeddings and a batch loss")
 
     def param_groups(self) -> list[dict]:
         """One group of every parameter (the engine keeps only those that require gradients)."""
@@ -166,6 +185,12 @@ class MethodBase(nn.Module):
         images into its space and the temperature of its weighted kNN, for the paper's bank kNN
         (InstDisc); None (the default) when the method keeps no bank."""
         return None
+
+
+def splits_into_embeddings(method: type | nn.Module) -> bool:
+    """Whether ``method`` writes :meth:`MethodBase.embed` and :meth:`MethodBase.loss_from`."""
+    cls = method if isinstance(method, type) else type(method)
+    return getattr(cls, "embed", MethodBase.embed) is not MethodBase.embed
 
 
 def view_count_problem(method: type | nn.Module, count: int) -> str | None:

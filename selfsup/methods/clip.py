@@ -113,6 +113,9 @@ class CLIP(MethodBase):
         return self._text_from_table(rows)
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return self.loss_from(self.embed(batch, progress), batch, progress)
+
+    def embed(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
         if not batch.extra or "caption_ids" not in batch.extra:
             raise ValueError("CLIP needs the captions of the batch: batch.extra['caption_ids'] (image_text data)")
@@ -122,9 +125,11 @@ class CLIP(MethodBase):
         # Each distinct caption of the batch through the text tower once (template captions repeat
         # a lot), then one row per pair: the same embeddings and gradients as encoding every row.
         distinct, row = batch.extra["caption_ids"].unique(return_inverse=True)
-        texts = self._text_from_table(self.caption_table[distinct])[row]
+        return {"images": images, "texts": self._text_from_table(self.caption_table[distinct])[row]}
+
+    def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
         scale = self.scale()
-        return {"loss": losses.clip(images, texts, scale), "logit_scale": scale.detach()}
+        return {"loss": losses.clip(embeddings["images"], embeddings["texts"], scale), "logit_scale": scale.detach()}
 
     def on_step_end(self, progress: Progress) -> None:
         """Clamp ``t`` to ``[0, log max_logit_scale]`` (the official code's clamp after each step)."""

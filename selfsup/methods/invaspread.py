@@ -42,9 +42,15 @@ class InvaSpread(MethodBase):
         self.temperature = temperature
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return self.loss_from(self.embed(batch, progress), batch, progress)
+
+    def embed(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
         f, f_hat = (self.projector(self.backbone(view)) for view in batch.views)
-        return {"loss": losses.invaspread(f, f_hat, self.temperature)}
+        return {"f": f, "f_hat": f_hat}
+
+    def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return {"loss": losses.invaspread(embeddings["f"], embeddings["f_hat"], self.temperature)}
 
 
 __all__ = ["InvaSpread"]

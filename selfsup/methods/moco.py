@@ -74,6 +74,9 @@ class MoCo(MethodBase):
         self.shuffle_splits = shuffle_splits
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return self.loss_from(self.embed(batch, progress), batch, progress)
+
+    def embed(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
         x_q, x_k = batch.views
         q = self.projector(self.backbone(x_q))
@@ -82,8 +85,11 @@ class MoCo(MethodBase):
                 k = shuffled_forward(self.key_encoder, x_k)
             else:
                 k = self.key_encoder(x_k)
-            k = F.normalize(k.float(), dim=1)
-        loss = losses.info_nce(q, k, negatives=self.queue.keys.clone(), temperature=self.temperature)
+        return {"q": q, "k": F.normalize(k.float(), dim=1)}
+
+    def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        k = embeddings["k"].detach()
+        loss = losses.info_nce(embeddings["q"], k, negatives=self.queue.keys.clone(), temperature=self.temperature)
         self.queue.enqueue(distributed.gather(k))
         return {"loss": loss}
 

@@ -85,11 +85,18 @@ class MoCoV3(MethodBase):
         self.patch_embed_frozen = freeze
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return self.loss_from(self.embed(batch, progress), batch, progress)
+
+    def embed(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
         x1, x2 = batch.views
         q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in (x1, x2))
         with torch.no_grad():
             k1, k2 = self.momentum_encoder(x1), self.momentum_encoder(x2)
+        return {"q1": q1, "q2": q2, "k1": k1, "k2": k2}
+
+    def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        q1, q2, k1, k2 = (embeddings[key] for key in ("q1", "q2", "k1", "k2"))
         scale = 2 * self.temperature  # the official code's factor: the loss's scale does not depend on τ
         loss = scale * (losses.info_nce(q1, k2, temperature=self.temperature)
                         + losses.info_nce(q2, k1, temperature=self.temperature))

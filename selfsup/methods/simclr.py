@@ -43,6 +43,12 @@ class SimCLR(MethodBase):
         self.temperature = temperature
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return self.loss_from(self.embed(batch, progress), batch, progress)
+
+    def embed(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
         z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)
-        return {"loss": losses.nt_xent(z1, z2, self.temperature)}
+        return {"z1": z1, "z2": z2}
+
+    def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return {"loss": losses.nt_xent(embeddings["z1"], embeddings["z2"], self.temperature)}

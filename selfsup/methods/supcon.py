@@ -57,10 +57,16 @@ class SupCon(MethodBase):
         self.temperature = temperature
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        return self.loss_from(self.embed(batch, progress), batch, progress)
+
+    def embed(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
+        return {"z": torch.stack([self.projector(self.backbone(view)) for view in batch.views], dim=1)}  # (B, V, D)
+
+    def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
         labels = require_labels(batch, self)
-        z = torch.cat([self.projector(self.backbone(view)) for view in batch.views])
-        return {"loss": losses.supcon(z, labels.repeat(len(batch.views)), self.temperature)}
+        z = embeddings["z"].transpose(0, 1).flatten(0, 1)  # view 1 of every image, then view 2, ...
+        return {"loss": losses.supcon(z, labels.repeat(embeddings["z"].shape[1]), self.temperature)}
 
 
 __all__ = ["SupCon", "require_labels"]

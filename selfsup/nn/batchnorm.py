@@ -56,9 +56,6 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(input.dtype)
 
 
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
 def convert_sync_batchnorm(module: nn.Module, device_type: str, exclude: tuple[str, ...] = ()) -> nn.Module:
     """Replace every BatchNorm of ``module`` by a global one, except under the ``exclude`` names.
 
@@ -81,7 +78,8 @@ def convert_sync_batchnorm(module: nn.Module, device_type: str, exclude: tuple[s
             path = f"{prefix}{name}"
             if path in exclude:
                 continue
-            if isinstance(child, _BATCH_NORMS) and not isinstance(child, target):
+            # Any BatchNorm (MoCo's SplitBatchNorm too) that is not global already.
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, (target, nn.SyncBatchNorm)):
                 setattr(parent, name, _copy_batchnorm(child, target))
             else:
                 convert(child, f"{path}.")

@@ -58,7 +58,8 @@ def job(out_dir: Path, overrides: list[str]) -> bool:
     norms = {name: type(module).__name__ for name, module in trainer.method.named_modules()
              if isinstance(module, nn.modules.batchnorm._NormBase)}
     buffers = {name: value.clone() for name, value in trainer.method.named_buffers() if value.is_floating_point()}
-    saved = {"norms": norms, "buffers": buffers}
+    params = {name: value.detach().clone() for name, value in trainer.method.named_parameters()}
+    saved = {"norms": norms, "buffers": buffers, "params": params}
     if hasattr(trainer.source, "skipped"):  # a streamed source: the sample ids of this rank's share of batch 0
         saved["first_batch"] = trainer.source.batch(0, 0, rank).index.cpu()
         trainer.source.close()

@@ -1,0 +1,87 @@
+"""Gradient caching (train.micro_batch_size): the exact gradient of the full batch's loss, computed one
+micro-batch of activations at a time, against the plain full-batch backward of the same step."""
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.config import ConfigError, load_config
+from selfsup.engine import Trainer
+from selfsup.engine import grad_cache
+from selfsup.methods import Batch, Progress
+
+TINY = ["data.name=digits", "data.size=16", "train.batch_size=32", "train.epochs=1", "train.progress=false",
+        "train.knn_every=0", "eval.plots=false", "train.precision=32-true", "backbone.name=vit_tiny"]
+METHODS = {
+    "simclr": ["method_args.proj_hidden_dim=16", "method_args.proj_dim=8"],
+    "supcon": ["method_args.proj_hidden_dim=16", "method_args.proj_dim=8"],
+    "mocov3": ["method_args.hidden_dim=16", "method_args.proj_dim=8"],
+    "moco": ["method_args.proj_dim=8", "method_args.queue_size=64"],
+    "invaspread": ["method_args.proj_dim=8"],
+    "clip": ["data.captions=templates", "method_args.embed_dim=8", "method_args.text_width=16",
+             "method_args.text_layers=1", "method_args.text_heads=2", "method_args.context_length=8"],
+}
+
+
+def _gradients(method: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in method.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_cached_gradient_is_the_full_batch_gradient(tmp_path, name):
+    trainer = Trainer(load_config(None, [f"method={name}", *TINY, *METHODS[name], f"train.out_dir={tmp_path}"]))
+    method = trainer.method
+    # The ViT has no BatchNorm; the heads' BatchNorms (SimCLR, SupCon, MoCo v3) normalise per micro-batch
+    # in training, so they use their running statistics here to make the two functions one.
+    for module in method.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    batch, progress = trainer.make_batch(0, 0), Progress(0, 10, 10)
+    saved, rng = {k: v.clone() for k, v in method.state_dict().items()}, torch.get_rng_state()
+    full = trainer.forward(batch, progress)
+    trainer.fabric.backward(full["loss"])
+    expected = _gradients(method)
+    method.load_state_dict(saved)  # MoCo's queue moved in loss_from: put it back
+    method.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    trainer.cfg.train.micro_batch_size = 5  # 32 rows: six of 5 and one of 2
+    cached = grad_cache.cached_step(trainer, batch, progress)
+    got = _gradients(method)
+    assert cached["loss"].item() == pytest.approx(full["loss"].item(), rel=1e-5)
+    assert got.keys() == expected.keys() and len(got) > 10
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_a_run_with_micro_batches_ends_where_the_full_batch_run_ends(tmp_path):
+    # InvaSpread on a ViT: no BatchNorm anywhere, so three optimiser steps land on the same weights.
+    def run(*extra):
+        trainer = Trainer(load_config(None, ["method=invaspread", *TINY, "method_args.proj_dim=8",
+                                             f"train.out_dir={tmp_path / str(len(extra))}", *extra]))
+        for step in range(3):
+            trainer.train_step(step)
+        return trainer.method.state_dict()
+
+    plain, cached = run(), run("train.micro_batch_size=8")
+    for key, value in plain.items():
+        torch.testing.assert_close(cached[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_split_batch_cuts_rows_and_keeps_shared_extras():
+    views = [torch.arange(10.0).view(5, 2), -torch.arange(10.0).view(5, 2)]
+    edges = torch.zeros(2, 7)
+    batch = Batch(views, torch.arange(5), torch.arange(5) % 2, {"caption_ids": torch.arange(5) * 10, "edges": edges})
+    parts = grad_cache.split_batch(batch, 2)
+    assert [p.index.tolist() for p in parts] == [[0, 1], [2, 3], [4]]
+    assert parts[1].views[1].tolist() == [[-4.0, -5.0], [-6.0, -7.0]] and parts[2].labels.tolist() == [0]
+    assert parts[1].extra["caption_ids"].tolist() == [20, 30] and parts[1].extra["edges"] is edges
+
+
+def test_methods_that_do_not_split_refuse_the_key_in_one_line(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        Trainer(load_config(None, ["method=byol", *TINY, "train.micro_batch_size=8", f"train.out_dir={tmp_path}"]))
+    message = str(info.value)
+    assert message.startswith("train.micro_batch_size: byol does not split") and "simclr" in message
+    assert "\n" not in message
+    with pytest.raises(ConfigError, match="train.micro_batch_size: must be > 0"):
+        load_config(None, ["train.micro_batch_size=0"])
