@@ -67,6 +67,34 @@ def test_a_run_with_micro_batches_ends_where_the_full_batch_run_ends(tmp_path):
         torch.testing.assert_close(cached[key], value, atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_gives_the_same_gradient_through_the_gradient_scaler(tmp_path, precision):
+    # Fabric wants every backward through fabric.backward under mixed precision, and fp16's scaler
+    # has already scaled the cached gradient: the micro-batches' backward must not scale it twice.
+    from lightning_fabric.plugins.precision import MixedPrecision
+
+    trainer = Trainer(load_config(None, ["method=invaspread", *TINY[:-2], "backbone.name=convnet", "backbone.width=4",
+                                         "method_args.proj_dim=8", f"train.out_dir={tmp_path}"]))
+    for module in trainer.method.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    if precision == "16-mixed":  # Fabric runs fp16 only on GPUs; its scaler's bookkeeping is the same here
+        trainer.fabric.strategy.precision = MixedPrecision(
+            "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    else:
+        trainer.fabric.strategy.precision = MixedPrecision("bf16-mixed", "cpu")
+    batch, progress = trainer.make_batch(0, 0), Progress(0, 10, 10)
+    full = trainer.forward(batch, progress)
+    trainer.fabric.backward(full["loss"])
+    expected = _gradients(trainer.method)
+    trainer.method.zero_grad(set_to_none=True)
+    trainer.cfg.train.micro_batch_size = 8
+    grad_cache.cached_step(trainer, batch, progress)
+    got = _gradients(trainer.method)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=2e-2 * float(value.abs().max()), rtol=5e-2, msg=key)
+
+
 def test_split_batch_cuts_rows_and_keeps_shared_extras():
     views = [torch.arange(10.0).view(5, 2), -torch.arange(10.0).view(5, 2)]
     edges = torch.zeros(2, 7)

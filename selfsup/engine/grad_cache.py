@@ -76,15 +76,23 @@ def cached_step(trainer: Trainer, batch: Batch, progress: Progress) -> dict[str,
             start = rows.stop
             state.set_rng_state(rng, device)  # the same random choices as the first pass
             again = model(part, progress, embed=True)
-            tensors = [again[key] for key in cache if again[key].requires_grad and cache[key].grad is not None]
-            grads = [cache[key].grad[rows].to(again[key].dtype) for key in cache
-                     if again[key].requires_grad and cache[key].grad is not None]
-            if tensors:
-                torch.autograd.backward(tensors, grads)
+            # Σ <embedding, its cached gradient>: its backward is the micro-batch's share of the whole
+            # loss's. Through fabric.backward (which mixed precision requires), whose gradient scaler
+            # already scaled the cache: divided out once here.
+            surrogate = sum((again[key].float() * cache[key].grad[rows]).sum() for key in cache
+                            if again[key].requires_grad and cache[key].grad is not None)
+            if isinstance(surrogate, Tensor):
+                fabric.backward(surrogate / _loss_scale(fabric))
     state.set_rng_state(after, device)
     if fabric.world_size > 1:
         average_gradients(method)
     return outputs
+
+
+def _loss_scale(fabric) -> float:
+    """The fp16 gradient scaler's current scale (1 without one)."""
+    scaler = getattr(fabric.strategy.precision, "scaler", None)
+    return float(scaler.get_scale()) if scaler is not None else 1.0
 
 
 def average_gradients(module: torch.nn.Module) -> None:
