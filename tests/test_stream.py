@@ -236,6 +236,24 @@ def test_a_pack_view_for_smaller_crops_covers_what_training_crops_cover(tmp_path
     assert torch.equal(smaller, TF.resize(native, [12, 12], antialias=True))
 
 
+def test_decoding_in_processes_gives_every_file_in_order_and_names_the_broken_one(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = make_folder(tmp_path / "imgs", 80)
+    (root / "class1" / "9999.png").write_bytes(b"not an image")
+    files, *_ = folder.scan_folder(root, "train")
+    with folder.decode_pool(len(files), processes=True) as pool:
+        assert isinstance(pool, ProcessPoolExecutor) == sys.platform.startswith("linux")
+        with pytest.warns(SkippedImageWarning, match="9999.png"):
+            results = list(folder.decode_files(pool, files, 16, 3))
+    assert len(results) == 81
+    for path, result in zip(files, results):
+        if path.name == "9999.png":
+            assert isinstance(result, str) and "UnidentifiedImageError" in result
+        else:
+            assert np.array_equal(result, folder.decode(path, 16, 3))  # what one decode in this process gives
+
+
 def test_pack_resumes_after_an_interruption_to_the_same_shards(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "imgs", 13)
     packing.pack_folder(root, tmp_path / "fresh", size=12, shard_size=4, progress=False)

@@ -24,10 +24,12 @@ one warning each (path and reason), skipped, and counted at the end.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +118,32 @@ def _try_decode(path: Path, size: int, channels: int) -> np.ndarray | str:
         return f"{type(err).__name__}: {err}"
 
 
-def decode_files(pool: ThreadPoolExecutor, files: list[Path], size: int, channels: int
-                 ) -> Iterator[np.ndarray | str]:
-    """Decode ``files`` in ``pool``'s threads, in order: each file's pixels (:func:`decode`), or the
-    reason it could not be read, warned once naming the file."""
-    for path, result in zip(files, pool.map(_try_decode, files, [size] * len(files), [channels] * len(files))):
+_PROCESSES_FROM_CORES = 4
+"""Cores from which processes decode faster than threads (``benchmarks/decode.py``)."""
+
+
+def decode_pool(files: int, processes: bool | None = None) -> Executor:
+    """Where to decode ``files`` images: processes, one per core, on machines of
+    :data:`_PROCESSES_FROM_CORES` cores or more (PIL holds the GIL for parts of its work, so
+    threads stop scaling at a few cores: ``benchmarks/decode.py``), forked so that they start in
+    milliseconds and see the parent's modules as they are; threads on smaller machines, where fork
+    is not the platform's way (macOS, Windows), or for a handful of files. ``processes`` forces
+    the choice (where fork exists)."""
+    cores = os.cpu_count() or 1
+    fork = sys.platform.startswith("linux")
+    if processes is None:
+        processes = cores >= _PROCESSES_FROM_CORES and files >= 64
+    if processes and fork:
+        return ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(max_workers=min(_MAX_THREADS, cores))
+
+
+def decode_files(pool: Executor, files: list[Path], size: int, channels: int) -> Iterator[np.ndarray | str]:
+    """Decode ``files`` in ``pool`` (:func:`decode_pool`), in order: each file's pixels (:func:`decode`),
+    or the reason it could not be read, warned once naming the file."""
+    chunk = 1 if isinstance(pool, ThreadPoolExecutor) else max(1, min(64, len(files) // (4 * (os.cpu_count() or 1))))
+    decoded = pool.map(_try_decode, files, [size] * len(files), [channels] * len(files), chunksize=chunk)
+    for path, result in zip(files, decoded):
         if isinstance(result, str):
             warnings.warn(f"skipping {path}: {result}", SkippedImageWarning, stacklevel=3)
         yield result
@@ -161,7 +184,7 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
     # read-only, and torch.from_numpy on them warns (and would cost a copy to make them writable).
     pixels = images.numpy()
     keep = torch.ones(len(files), dtype=torch.bool)
-    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
+    with decode_pool(len(files)) as pool:
         bar = tqdm(decode_files(pool, files, size, channels), total=len(files), desc=f"decoding {base}",
                    unit="img", disable=not progress)
         for k, result in enumerate(bar):

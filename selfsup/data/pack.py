@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +36,7 @@ from tqdm.auto import tqdm
 from selfsup._io import atomic_write
 from selfsup.errors import DataError
 
-from .folder import _MAX_THREADS, SkippedImageWarning, decode_files, scan_folder
+from .folder import SkippedImageWarning, decode_files, decode_pool, scan_folder
 
 FORMAT, VERSION = "selfsup-pack", 1
 SHARD_SIZE = 1024
@@ -117,7 +115,7 @@ def _pack_split(folder: Path, split: str, out: Path, size: int, side: int, chann
     starts = range(len(index["shards"]) * shard_size, len(files), shard_size)
     bar = tqdm(total=len(files), initial=starts.start if starts else len(files), unit="img",
                desc=f"packing {base} -> {out}", disable=not progress)
-    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
+    with decode_pool(len(files)) as pool:
         for start in starts:
             chunk = files[start:start + shard_size]
             pixels, shard_names, shard_labels = [], [], []
