@@ -11,6 +11,9 @@ drifts over the run still hits both; the medians of the per-step block means are
     .venv/bin/python benchmarks/step.py                       # convnet on 1x28x28 (Fashion-MNIST size)
     .venv/bin/python benchmarks/step.py --backbone resnet18 --size 32 --channels 3 --batch 128
     .venv/bin/python benchmarks/step.py --glibc-malloc        # without the engine's allocator tuning
+    .venv/bin/python benchmarks/step.py --device cuda --backbone resnet18 --size 32 --channels 3 --batch 512 --compile
+
+It also times the augmentation alone (views/s: two views of every image per call).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto | bf16-mixed | 32-true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--contiguous", action="store_true", help="NCHW memory instead of channels-last")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (train.compile)")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (the engine raises them; see "
                              "selfsup.engine.allocator) to see what the page faults cost both sides")
@@ -51,6 +55,8 @@ def main() -> None:
     torch.manual_seed(0)
     backbone = build_backbone(args.backbone, in_channels=args.channels, image_size=args.size)
     method = SimCLR(backbone, proj_hidden_dim=512, proj_dim=128).to(device).to(memory_format=memory)
+    if args.compile:  # as the engine's train.compile: the backbone's network, which both sides run
+        backbone.net.compile()
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
     augment = recipe("simclr", args.size)
     images = torch.randint(0, 256, (args.batch, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
@@ -87,13 +93,18 @@ def main() -> None:
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args.block
 
+    def augment_only() -> None:
+        with torch.no_grad():
+            augment(images)
+
     for _ in range(3):
         full_step()
         bare_step()
-    full, bare = [], []
+    full, bare, views = [], [], []
     for _ in range(args.repeats):
         full.append(timed(full_step))
         bare.append(timed(bare_step))
+        views.append(timed(augment_only))
     full_ips, bare_ips = args.batch / statistics.median(full), args.batch / statistics.median(bare)
     print(f"{args.backbone} {args.channels}x{args.size}x{args.size} batch {args.batch} on {device} ({precision}: {why}), "
           f"CPU kernels {torch.backends.cpu.get_cpu_capability()}, {'NCHW' if args.contiguous else 'channels-last'}, "
@@ -101,6 +112,8 @@ def main() -> None:
     print(f"  bare backbone forward+backward on 2 views : {bare_ips:9,.0f} images/s")
     print(f"  SimCLR step (augment+head+loss+optimiser)  : {full_ips:9,.0f} images/s")
     print(f"  ratio SimCLR / bare                       : {full_ips / bare_ips:9.2f}")
+    print(f"  augmentation alone (2 views per image)    : {2 * args.batch / statistics.median(views):9,.0f} views/s"
+          f"{'  (compiled backbone)' if args.compile else ''}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``selfsup`` command line: pretrain | evaluate | embed | plot | report | list (also ``python -m selfsup``).
+"""``selfsup`` command line: pretrain | sweep | evaluate | embed | plot | report | list (also ``python -m selfsup``).
 
 Errors a user can fix (a missing file, an unknown key, a bad value, a corrupt data file) are
 printed as one line ``selfsup: error: ...`` with exit status 2; a run that diverges (NaN/Inf)
@@ -218,7 +218,7 @@ def _frozen_entries(args: argparse.Namespace, encoder, train, test, *, kind: str
         train_x, train.labels, test_x, test.labels, data=data,
         linear=args.protocol in ("linear", "transfer"), knn=args.protocol in ("knn", "transfer"),
         knn_k=args.k, knn_temperature=args.temperature, shots=(),
-        recall_ks=args.recall_k if args.protocol == "retrieval" else ())
+        recall_ks=args.recall_k if args.protocol == "retrieval" else (), device=device)
     if args.protocol == "transfer":
         channels, size = shape
         return {f"transfer{suffix}": {"data": data, "linear": frozen["linear"]["accuracy"],
@@ -362,6 +362,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import yaml
+
+    from selfsup import sweep
+    from selfsup.engine.finish import commit
+
+    path = Path(args.study)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give a study (studies/*.yaml) or a recipe with key=a,b,c axes")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(spec, dict) and ("points" in spec or "grid" in spec):
+        if args.overrides:
+            raise UsageError(f"{path} is a study: its grid is in the file, not on the command line "
+                             f"({' '.join(args.overrides)})")
+        study = sweep.load_study(path, out=args.out)
+    else:
+        study = sweep.study_from_command_line(str(path), args.overrides, args.seeds, out=args.out)
+    failed = 0
+    if not args.summary_only:
+        slurm = dict(item.split("=", 1) for item in args.slurm)
+        for key, value in slurm.items():
+            slurm[key] = int(value) if value.isdigit() else value
+        codes = sweep.execute(study, jobs=args.jobs, executor=args.executor, slurm=slurm)
+        failed = sum(code != 0 for code in codes.values())
+    summary = sweep.summarise(study, Path(args.page) if args.page else None, commit=commit())
+    print(f"{study.name}: {summary['verdict']}. {summary['verdict_text']}")
+    print(f"summary: {study.folder / 'summary.json'}; page: {summary['page']}")
+    return 1 if failed else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from selfsup import augment, data
     from selfsup.methods import METHODS
@@ -415,6 +445,23 @@ def parser() -> argparse.ArgumentParser:
                      help="continue <out_dir>/checkpoints/last.ckpt exactly where it stopped; overrides may "
                           "change train.epochs (the schedules are recomputed) and logging/evaluation keys")
     pre.set_defaults(func=cmd_pretrain)
+
+    sw = sub.add_parser("sweep", help="grids x seeds of ordinary runs, resumable; mean ± std, 95%% intervals, "
+                                      "plots and the claim's verdict",
+                        description="A study file (studies/*.yaml), or a recipe with key=a,b,c grid axes and "
+                                    "key=value settings. Finished runs are skipped, killed ones resumed exactly.")
+    sw.add_argument("study", help="a study YAML, or a recipe")
+    sw.add_argument("overrides", nargs="*", help="with a recipe: key=a,b,c (a grid axis) or key=value (every run)")
+    sw.add_argument("--seeds", type=int, default=3, help="with a recipe: seeds per grid point (a study says its own)")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine")
+    sw.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                    help="local processes, or submitit jobs on SLURM (submitit-local: submitit without a cluster)")
+    sw.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                    help="a submitit parameter, e.g. slurm_partition=gpu, timeout_min=60, gpus_per_node=1")
+    sw.add_argument("--out", help="folder of the sweeps (default runs/sweeps, or the study's out)")
+    sw.add_argument("--page", help="where the study's page goes (default <out>/<name>/README.md)")
+    sw.add_argument("--summary-only", action="store_true", help="summarise the runs there are; start none")
+    sw.set_defaults(func=cmd_sweep)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint's encoder; writes <run>/evaluations/<key>.json",
                         description="linear / knn / fewshot / retrieval: frozen features; transfer: linear and kNN "

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from selfsup.engine.trainer import Trainer
 
 
-def _commit() -> str | None:
+def commit() -> str | None:
     """The git commit of the selfsup source tree, when it is a checkout (for results.json)."""
     try:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -64,7 +64,7 @@ def frozen(trainer: Trainer, encoder: nn.Module, progress: bool = False) -> tupl
     test_x = evaluate.extract_features(encoder, test.inputs, device=trainer.fabric.device, kind=kind)
     entries = evaluate.frozen_evaluations(train_x, trainer.train_set.labels, test_x, test.labels, data=cfg.data.name,
                                           linear=cfg.eval.linear, knn=cfg.eval.knn, knn_k=cfg.eval.knn_k,
-                                          knn_temperature=cfg.eval.knn_temperature)
+                                          knn_temperature=cfg.eval.knn_temperature, device=trainer.fabric.device)
     return entries, train_x, test_x
 
 
@@ -142,7 +142,7 @@ def finish(trainer: Trainer) -> dict[str, float]:
                **({"time_plan": trainer.time_plan} if trainer.time_plan else {}),
                "precision": trainer.precision, "device": trainer.fabric.device.type,
                "devices": trainer.fabric.world_size, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "command": trainer.command, "commit": _commit(),
+               "command": trainer.command, "commit": commit(),
                "wall_time_s": round(time.perf_counter() - trainer.started, 1),
                "pretrain_time_s": round(trainer.train_seconds, 1),
                "images_per_s": round(float(np.median(rates)), 1) if rates else None,

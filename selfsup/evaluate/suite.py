@@ -38,20 +38,22 @@ FINETUNE_PROTOCOL = ("the whole encoder and a linear head trained end to end on 
 def frozen_evaluations(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, data: str,
                        linear: bool = True, knn: bool = True, knn_k: int = 200, knn_temperature: float = 0.1,
                        shots: Sequence[int] = (1, 5), n_way: int = 5, episodes: int = 600,
-                       recall_ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, Any]]:
+                       recall_ks: Sequence[int] = (1, 5, 10),
+                       device: torch.device | str | None = None) -> dict[str, dict[str, Any]]:
     """Linear probe, kNN, few-shot episodes and retrieval of frozen features, as results.json entries.
 
     Keys: ``linear``, ``knn``, ``fewshot_<n_way>way_<k>shot`` for each ``k`` in ``shots`` (left
     out when the test split has fewer than ``n_way`` classes with ``k + 15`` images), and
-    ``retrieval``. ``data`` names the dataset in every entry.
+    ``retrieval``. ``data`` names the dataset in every entry. The probe's L-BFGS and the kNN
+    search run on ``device`` (the GPU of a run that has one; default: where the features are).
     """
     entries: dict[str, dict[str, Any]] = {}
     if linear:
-        entries["linear"] = {"accuracy": linear_probe(train_x, train_y, test_x, test_y).accuracy, "data": data,
-                             "protocol": LINEAR_PROTOCOL}
+        entries["linear"] = {"accuracy": linear_probe(train_x, train_y, test_x, test_y, device=device).accuracy,
+                             "data": data, "protocol": LINEAR_PROTOCOL}
     if knn:
         entries["knn"] = {"accuracy": knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k,
-                                                   temperature=knn_temperature),
+                                                   temperature=knn_temperature, device=device),
                           "k": knn_k, "temperature": knn_temperature, "data": data,
                           "protocol": KNN_PROTOCOL.format(k=knn_k, temperature=knn_temperature)}
     for k_shot in shots:

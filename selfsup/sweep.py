@@ -1,0 +1,533 @@
+"""Sweeps: grids of overrides x seeds of ordinary runs, resumable, summarised with error bars and a verdict.
+
+A study is a YAML file (``studies/*.yaml``) or a command line::
+
+    selfsup sweep studies/projection_head.yaml
+    selfsup sweep recipes/simclr_fashion_mnist.yaml method_args.temperature=0.1,0.2,0.5 --seeds 3
+
+Each grid point x seed is an ordinary ``selfsup pretrain`` run in ``<out>/<point>/seed<k>`` (its own
+``results.json``, checkpoint and page), so a sweep is resumable for free: a finished run is skipped,
+a killed one is continued with ``--resume`` (exactly, as any run), a new one started. Runs go one at
+a time by default (``--jobs N`` for more), or to a cluster through submitit (``--executor slurm``),
+the scheduler library the DINO and MoCo v3 code bases use. The summary reads the runs' files only:
+per point and metric the mean, the sample standard deviation and the 95% interval of the mean
+(Student's t), beside the floor (the same evaluation at random initialisation), one plot per metric
+with the intervals as error bars, and the claim's verdict in words.
+
+The study file::
+
+    name: projection_head
+    claim: "A nonlinear projection head improves the representation before it (SimCLR section 4.2)."
+    recipe: recipes/simclr_fashion_mnist.yaml
+    overrides: [data.max_samples=8192, train.epochs=8]      # every run
+    points:                                                  # or grid: {key: [values], ...} (all combinations)
+      - {name: nonlinear, overrides: [method_args.proj_hidden_dim=512]}
+      - {name: linear, overrides: [...]}
+    seeds: 3                                                 # or a list [0, 1, 2]
+    metrics: [knn, linear, fewshot_5way_1shot]               # the first one decides the verdict
+    finetune: [0.01]                                         # optional: 1%-label fine-tuning of every run
+    verdict: {best: nonlinear}                               # or {order: [a, b, c]} or {better: a, than: [b, c]}
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.errors import ConfigError, DataError
+
+METRICS = ("linear", "knn", "fewshot_5way_1shot", "fewshot_5way_5shot", "bank_knn")
+"""Evaluations a sweep can summarise (besides ``finetune_<fraction>`` when the study fine-tunes)."""
+STUDY_KEYS = {"name", "claim", "recipe", "overrides", "grid", "points", "seeds", "metrics", "finetune", "verdict",
+              "notes", "out"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: a name and the overrides that make it."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        """The point's folder name."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name).strip("_") or "point"
+
+
+@dataclass
+class Study:
+    """A claim, the runs that test it, and how they are read (see the module docstring)."""
+
+    name: str
+    recipe: str | None
+    points: list[Point]
+    seeds: list[int]
+    claim: str = ""
+    overrides: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["knn", "linear", "fewshot_5way_1shot"])
+    finetune: list[float] = field(default_factory=list)
+    verdict: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    out: Path = Path("runs/sweeps")
+    source: str = ""
+    """How the study was given: the YAML file, or the command line."""
+
+    @property
+    def folder(self) -> Path:
+        return self.out / self.name
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ordinary run of a sweep."""
+
+    point: Point
+    seed: int
+    folder: Path
+    overrides: tuple[str, ...]
+
+    def status(self) -> str:
+        """``done`` (results.json written), ``resume`` (a checkpoint, no results) or ``new``."""
+        if (self.folder / "results.json").is_file():
+            return "done"
+        return "resume" if (self.folder / "checkpoints" / "last.ckpt").is_file() else "new"
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"{where}: seeds must be a count (3) or a list of integers, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"{where}: seeds must be at least 1, got {value}")
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{where}: seeds repeat: {value}")
+        return list(value)
+    raise ConfigError(f"{where}: seeds must be a count (3) or a list of integers, got {value!r}")
+
+
+def _value_text(value: Any) -> str:
+    """A YAML value as an override's right-hand side."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value).replace(" ", "")
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def grid_points(grid: dict[str, Sequence[Any]]) -> list[Point]:
+    """Every combination of the grid's values, in the order given, each a :class:`Point` named
+    ``key=value,key=value``.
+
+    Example:
+        >>> [p.name for p in grid_points({"a": [1, 2], "b": ["x"]})]
+        ['a=1,b=x', 'a=2,b=x']
+    """
+    keys = list(grid)
+    points = []
+    for values in itertools.product(*(grid[key] for key in keys)):
+        overrides = tuple(f"{key}={_value_text(value)}" for key, value in zip(keys, values))
+        points.append(Point(",".join(overrides), overrides))
+    return points
+
+
+def load_study(path: str | Path, out: str | Path | None = None) -> Study:
+    """Read a study file (see the module docstring); every key is checked and named when wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a study is a mapping of keys ({', '.join(sorted(STUDY_KEYS))})")
+    unknown = set(spec) - STUDY_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a study has {', '.join(sorted(STUDY_KEYS))}")
+    if ("grid" in spec) == ("points" in spec):
+        raise ConfigError(f"{path}: give either grid (every combination of values) or points (named overrides)")
+    if "grid" in spec:
+        grid = spec["grid"]
+        if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+            raise ConfigError(f"{path}: grid must map each key to a non-empty list of values, got {grid!r}")
+        points = grid_points(grid)
+    else:
+        points = []
+        for k, item in enumerate(spec["points"] or []):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "overrides"}:
+                raise ConfigError(f"{path}: points[{k}] must be {{name: ..., overrides: [key=value, ...]}}, got {item!r}")
+            points.append(Point(item["name"], tuple(_overrides(item.get("overrides") or [], f"{path}: points[{k}]"))))
+        if not points:
+            raise ConfigError(f"{path}: points is empty")
+    if len({p.slug for p in points}) != len(points):
+        raise ConfigError(f"{path}: two points share a folder name: {[p.name for p in points]}")
+    study = Study(name=str(spec.get("name") or path.stem), recipe=spec.get("recipe"), points=points,
+                  seeds=_seeds(spec.get("seeds", 1), str(path)), claim=str(spec.get("claim", "")).strip(),
+                  overrides=_overrides(spec.get("overrides") or [], f"{path}: overrides"),
+                  metrics=list(spec.get("metrics") or ["knn", "linear", "fewshot_5way_1shot"]),
+                  finetune=[float(f) for f in spec.get("finetune") or []], verdict=dict(spec.get("verdict") or {}),
+                  notes=str(spec.get("notes", "")).strip(), out=Path(out or spec.get("out") or "runs/sweeps"),
+                  source=str(path))
+    _check(study, str(path))
+    return study
+
+
+def _overrides(values: Any, where: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) and "=" in v for v in values):
+        raise ConfigError(f"{where}: overrides must be a list of key=value strings, got {values!r}")
+    return list(values)
+
+
+def study_from_command_line(recipe: str, items: Sequence[str], seeds: int, out: str | Path | None = None) -> Study:
+    """``RECIPE key=a,b,c other=x`` as a study: a key with commas is a grid axis, one without is
+    set in every run. (A value that is itself a list, ``key=[1,2]``, is one value.)"""
+    grid: dict[str, list[str]] = {}
+    common = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{item!r} is not of the form key=value (a grid axis: key=a,b,c)")
+        if "," in value and not value.startswith(("[", "{")):
+            grid[key] = value.split(",")
+        else:
+            common.append(item)
+    points = grid_points(grid) if grid else [Point("recipe", ())]
+    name = Path(recipe).stem + ("_" + "_".join(k.split(".")[-1] for k in grid) if grid else "")
+    study = Study(name=name, recipe=recipe, points=points, seeds=list(range(seeds)), overrides=common,
+                  out=Path(out or "runs/sweeps"), source=shlex.join(["selfsup", "sweep", recipe, *items,
+                                                                      "--seeds", str(seeds)]))
+    _check(study, "selfsup sweep")
+    return study
+
+
+def _check(study: Study, where: str) -> None:
+    allowed = set(METRICS) | {f"finetune_{f:g}" for f in study.finetune}
+    bad = [m for m in study.metrics if m not in allowed]
+    if bad:
+        raise ConfigError(f"{where}: unknown metrics {bad}; choose among {sorted(allowed)}")
+    names = {p.name for p in study.points}
+    kind = set(study.verdict) - {"metric"}
+    if study.verdict and kind not in ({"best"}, {"order"}, {"better", "than"}):
+        raise ConfigError(f"{where}: verdict is {{best: P}}, {{order: [P, Q, ...]}} or {{better: P, than: [Q, ...]}} "
+                          f"(and an optional metric), got {study.verdict!r}")
+    mentioned = [study.verdict[k] for k in ("best", "better") if k in study.verdict]
+    mentioned += [n for k in ("order", "than") for n in study.verdict.get(k, [])]
+    missing = [n for n in mentioned if n not in names]
+    if missing:
+        raise ConfigError(f"{where}: the verdict names points {missing} that the study does not have ({sorted(names)})")
+    if study.recipe is not None and not Path(study.recipe).is_file():
+        raise FileNotFoundError(f"{where}: recipe {study.recipe} does not exist")
+
+
+def expand(study: Study) -> list[Run]:
+    """Every (point, seed) of the study as a :class:`Run`, points first."""
+    runs = []
+    for point in study.points:
+        for seed in study.seeds:
+            folder = study.folder / point.slug / f"seed{seed}"
+            overrides = (*study.overrides, *point.overrides, f"train.seed={seed}",
+                         f"name={study.name}-{point.slug}-seed{seed}", f"train.out_dir={folder}",
+                         "train.progress=false")
+            runs.append(Run(point, seed, folder, overrides))
+    return runs
+
+
+def commands(study: Study, run: Run) -> list[list[str]]:
+    """The commands that bring ``run`` to done: pretrain (resumed when it was cut), then the study's
+    fine-tuning where it is not written yet."""
+    python = [sys.executable, "-m", "selfsup"]
+    steps = []
+    status = run.status()
+    if status != "done":
+        steps.append([*python, "pretrain", *([study.recipe] if study.recipe else []), *run.overrides,
+                      *(["--resume"] if status == "resume" else [])])
+    if study.finetune and not (run.folder / "evaluations" / "finetune.json").is_file():
+        labels = ",".join(f"{100 * f:g}%" for f in study.finetune)
+        steps.append([*python, "evaluate", "finetune", str(run.folder / "checkpoints" / "last.ckpt"),
+                      "--labels", labels, "--seeds", "0"])
+    return steps
+
+
+def _execute_one(steps: list[list[str]], log: str) -> int:
+    """Run the commands in order, appending their output to ``log``; the first failing status."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as out:
+        for command in steps:
+            out.write(f"$ {shlex.join(command)}\n")
+            out.flush()
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                return code
+    return 0
+
+
+def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict[str, Any] | None = None,
+            progress: bool = True, say: Callable[[str], None] = print) -> dict[str, int]:
+    """Bring every run of ``study`` to done; returns ``{run folder: exit status}`` of those run now.
+
+    ``executor="local"``: ``jobs`` processes at a time on this machine. ``"slurm"``: each run a
+    submitit job (``slurm`` holds submitit's parameters, e.g. ``{"slurm_partition": "gpu",
+    "timeout_min": 60, "gpus_per_node": 1}``); ``"submitit-local"``: submitit's local executor (the
+    same path without a cluster, what the tests use).
+    """
+    from tqdm.auto import tqdm
+
+    runs = expand(study)
+    todo = [run for run in runs if commands(study, run)]
+    counts = {status: sum(r.status() == status for r in todo) for status in ("resume", "new")}
+    say(f"sweep {study.name}: {len(runs)} runs ({len(study.points)} points x {len(study.seeds)} seeds) in "
+        f"{study.folder}; {len(runs) - len(todo)} done, {counts['resume']} to resume, {counts['new']} to start")
+    results: dict[str, int] = {}
+    if not todo:
+        return results
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=study.name, disable=not progress)
+    if executor == "local":
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(_execute_one, commands(study, run), str(run.folder / "sweep.log")): run
+                       for run in todo}
+            for future, run in futures.items():
+                results[str(run.folder)] = future.result()
+                bar.update()
+    elif executor in ("slurm", "submitit-local"):
+        import submitit  # the cluster extra
+
+        folder = study.folder / "submitit"
+        pool = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else "slurm")
+        pool.update_parameters(**(slurm or {}))
+        submitted = [(pool.submit(_execute_one, commands(study, run), str(run.folder / "sweep.log")), run)
+                     for run in todo]
+        for job, run in submitted:
+            results[str(run.folder)] = job.result()
+            bar.update()
+    else:
+        raise ConfigError(f"--executor: {executor!r}; choose local, slurm or submitit-local")
+    bar.close()
+    failed = [folder for folder, code in results.items() if code != 0]
+    if failed:
+        say(f"sweep {study.name}: {len(failed)} run(s) failed; their output is in <run>/sweep.log: "
+            + ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
+    return results
+
+
+# -- the summary ------------------------------------------------------------------------------
+
+
+def t_quantile(count: int) -> float:
+    """Student's t quantile 0.975 with ``count - 1`` degrees of freedom (the 95% interval's factor)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, count - 1))
+
+
+def statistics(values: Sequence[float]) -> dict[str, float | int | None]:
+    """``mean``, sample ``std`` (n - 1), ``ci95`` (half-width of the 95% interval of the mean,
+    Student's t) and ``n``; std and ci95 are None for a single value."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "ci95": None, "n": 0}
+    mean = sum(values) / n
+    if n == 1:
+        return {"mean": mean, "std": None, "ci95": None, "n": 1}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return {"mean": mean, "std": std, "ci95": t_quantile(n) * std / math.sqrt(n), "n": n}
+
+
+def _scores(results: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
+    """(score, floor) of ``metric`` in a run's results."""
+    evaluations = results.get("evaluations") or {}
+    if metric.startswith("finetune_"):
+        fractions = (evaluations.get("finetune") or {}).get("fractions") or {}
+        wanted = float(metric.removeprefix("finetune_"))
+        row = next((r for key, r in fractions.items() if abs(float(key) - wanted) < 1e-12), None)
+        return (None, None) if row is None else (row.get("mean"), row.get("scratch_mean"))
+    entry = evaluations.get(metric) or {}
+    return entry.get("accuracy"), (entry.get("random_init") or {}).get("accuracy")
+
+
+def collect(study: Study) -> dict[str, Any]:
+    """Per point: per metric the statistics over seeds, and the floor's; plus what is missing."""
+    points, missing = {}, []
+    for point in study.points:
+        per_metric = {}
+        runs = [run for run in expand(study) if run.point == point]
+        results = []
+        for run in runs:
+            path = run.folder / "results.json"
+            if not path.is_file():
+                missing.append(str(run.folder))
+                continue
+            try:
+                results.append(json.loads(path.read_text()))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} is not valid JSON ({error}); rerun that run (delete its folder)") from None
+            evaluations_dir = run.folder / "evaluations"
+            for extra in sorted(evaluations_dir.glob("*.json")) if evaluations_dir.is_dir() else []:
+                results[-1].setdefault("evaluations", {})[extra.stem] = json.loads(extra.read_text())
+        for metric in study.metrics:
+            pairs = [_scores(r, metric) for r in results]
+            scores = [s for s, _ in pairs if s is not None]
+            floors = [f for _, f in pairs if f is not None]
+            per_metric[metric] = {**statistics(scores), "values": scores, "floor": statistics(floors)["mean"]}
+        points[point.name] = per_metric
+    return {"points": points, "missing": missing}
+
+
+def verdict(study: Study, summary: dict[str, Any]) -> tuple[str, str]:
+    """``(word, sentence)``: whether the claim reproduces at this scale.
+
+    ``best: P`` reproduces when P has the highest mean and its 95% interval lies above every other
+    point's; partly when it has the highest mean but the intervals overlap; does not otherwise.
+    ``order: [P, Q, ...]``: the means in that order (partly), each interval above the next (reproduces).
+    ``better: P, than: [Q, ...]``: P above each (partly), with separated intervals (reproduces).
+    """
+    spec = study.verdict
+    if not spec:
+        return "no verdict", "The study states no claim to test."
+    metric = spec.get("metric", study.metrics[0])
+    stats_of = {name: summary["points"][name][metric] for name in summary["points"]}
+    if any(stats_of[name]["mean"] is None for name in stats_of):
+        return "incomplete", f"Some points have no {metric} result yet."
+
+    def above(a: str, b: str) -> tuple[bool, bool]:
+        """(mean above, interval above) of a over b."""
+        sa, sb = stats_of[a], stats_of[b]
+        low = sa["mean"] - (sa["ci95"] or 0.0)
+        high = sb["mean"] + (sb["ci95"] or 0.0)
+        return sa["mean"] > sb["mean"], low > high
+
+    if "best" in spec:
+        pairs = [(spec["best"], other) for other in stats_of if other != spec["best"]]
+    elif "order" in spec:
+        pairs = list(zip(spec["order"], spec["order"][1:]))
+    else:
+        pairs = [(spec["better"], other) for other in spec["than"]]
+    checks = [above(a, b) for a, b in pairs]
+    means = all(m for m, _ in checks)
+    separated = all(s for _, s in checks)
+    described = "; ".join(f"{a} {100 * stats_of[a]['mean']:.2f}% vs {b} {100 * stats_of[b]['mean']:.2f}%"
+                          for a, b in pairs)
+    if means and separated:
+        return "reproduces", f"On {metric}, every comparison the claim makes holds with separated 95% intervals ({described})."
+    if means:
+        return "partly reproduces", (f"On {metric}, the means are ordered as claimed but some 95% intervals overlap "
+                                     f"({described}).")
+    wrong = [f"{a} is not above {b}" for (a, b), (m, _) in zip(pairs, checks) if not m]
+    return "does not reproduce", f"On {metric}, {', '.join(wrong)} ({described})."
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
+    """One PNG per metric: each point's mean with its 95% interval, the floor as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    names = list(summary["points"])
+    for metric in study.metrics:
+        stats_of = [summary["points"][n][metric] for n in names]
+        if all(s["mean"] is None for s in stats_of):
+            continue
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.2))
+        means = [100 * (s["mean"] or 0) for s in stats_of]
+        errors = [100 * (s["ci95"] or 0) for s in stats_of]
+        ax.errorbar(range(len(names)), means, yerr=errors, fmt="o", capsize=4, color="#1f6feb")
+        floors = [s["floor"] for s in stats_of if s["floor"] is not None]
+        if floors:
+            ax.axhline(100 * sum(floors) / len(floors), color="#888", linestyle="--", label="random init (floor)")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title(f"{study.name}: {metric}, mean and 95% interval over {len(study.seeds)} seeds", fontsize=9)
+        fig.tight_layout()
+        path = folder / f"{study.name}_{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_path: Path,
+         commit: str | None = None) -> str:
+    """The study's page (markdown): claim, setting, verdict, table, pictures, command."""
+    word, sentence = verdict(study, summary)
+    lines = [f"# {study.name.replace('_', ' ').capitalize()}", ""]
+    if study.claim:
+        lines += [f"**Claim.** {study.claim}", ""]
+    lines += [f"**Verdict: {word}.** {sentence}", ""]
+    common = " ".join(f"`{o}`" for o in study.overrides) or "none"
+    lines += [f"Recipe `{study.recipe}`, overrides {common}; {len(study.points)} points x {len(study.seeds)} seeds "
+              f"({', '.join(map(str, study.seeds))}). Each cell: mean ± sample std [95% interval of the mean], in "
+              f"percent; *floor*: the same evaluation of the same encoder at random initialisation (for "
+              f"fine-tuning: the same network trained from scratch on the same labels).", ""]
+    head = ["point", "overrides"] + [f"{m}" for m in study.metrics] + [f"{m} floor" for m in study.metrics[:1]]
+    lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + " |"]
+    for point in study.points:
+        cells = [point.name.replace("|", "\\|"), " ".join(f"`{o}`" for o in point.overrides) or "–"]
+        for metric in study.metrics:
+            s = summary["points"][point.name][metric]
+            if s["mean"] is None:
+                cells.append("–")
+            elif s["std"] is None:
+                cells.append(f"{_percent(s['mean'])} (n=1)")
+            else:
+                cells.append(f"{_percent(s['mean'])} ± {_percent(s['std'])} "
+                             f"[{_percent(s['mean'] - s['ci95'])}, {_percent(s['mean'] + s['ci95'])}]")
+        cells.append(_percent(summary["points"][point.name][study.metrics[0]]["floor"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if summary["missing"]:
+        lines += [f"*{len(summary['missing'])} run(s) have no results yet.*", ""]
+    for picture in pictures:
+        relative = picture.relative_to(page_path.parent) if picture.is_relative_to(page_path.parent) else picture
+        lines += [f"![{picture.stem}]({relative.as_posix()})", ""]
+    if study.notes:
+        lines += [study.notes, ""]
+    lines += ["Reproduce:", "", "```bash", study.source if study.source.startswith("selfsup")
+              else f"selfsup sweep {study.source}", "```", ""]
+    if commit:
+        lines += [f"Generated by `selfsup sweep` from the runs' files (selfsup commit {commit}).", ""]
+    return "\n".join(lines)
+
+
+def summarise(study: Study, page_path: Path | None = None, commit: str | None = None) -> dict[str, Any]:
+    """Collect, plot and write the summary: ``<study folder>/summary.json`` and the page
+    (``page_path``, default ``<study folder>/README.md``) with its pictures beside it."""
+    summary = collect(study)
+    word, sentence = verdict(study, summary)
+    summary.update({"name": study.name, "claim": study.claim, "verdict": word, "verdict_text": sentence,
+                    "seeds": study.seeds, "metrics": study.metrics, "recipe": study.recipe,
+                    "overrides": study.overrides, "generated": time.strftime("%Y-%m-%d %H:%M:%S")})
+    study.folder.mkdir(parents=True, exist_ok=True)
+    (study.folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    target = page_path or study.folder / "README.md"
+    pictures = plot(study, summary, target.parent / "img")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page(study, summary, pictures, target, commit), encoding="utf-8")
+    summary["page"] = str(target)
+    return summary
+
+
+__all__ = ["Point", "Run", "Study", "collect", "commands", "expand", "execute", "grid_points", "load_study", "page",
+           "statistics", "study_from_command_line", "summarise", "t_quantile", "verdict"]

@@ -1,0 +1,164 @@
+"""selfsup sweep: grids x seeds expanded into ordinary runs, the summary's statistics against numbers
+computed here, the verdict's rules, a killed sweep resumed (finished runs kept, the cut one continued),
+and submitit's local executor."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from selfsup import sweep
+from selfsup.cli import main
+from selfsup.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["data.name=digits", "data.size=16", "backbone.width=4", "train.batch_size=128", "train.knn_every=0",
+        "eval.plots=false", "eval.save_embeddings=false", "method_args.proj_hidden_dim=16", "method_args.proj_dim=8"]
+
+
+def write_study(tmp_path: Path, **changes) -> Path:
+    spec = {"name": "toy", "claim": "a lower temperature helps", "recipe": str(ROOT / "recipes/simclr_fashion_mnist.yaml"),
+            "overrides": [*TINY, "train.epochs=1"], "grid": {"method_args.temperature": [0.2, 0.5]}, "seeds": 2,
+            "metrics": ["knn", "linear"], "verdict": {"best": "method_args.temperature=0.2"},
+            "out": str(tmp_path / "sweeps"), **changes}
+    path = tmp_path / "toy.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def test_a_grid_expands_into_points_times_seeds_of_ordinary_runs(tmp_path):
+    study = sweep.load_study(write_study(tmp_path, grid={"a.b": [1, 2, 3], "c": ["x", [1, 2]]}, verdict={}))
+    assert [p.name for p in study.points] == ["a.b=1,c=x", "a.b=1,c=[1,2]", "a.b=2,c=x", "a.b=2,c=[1,2]",
+                                              "a.b=3,c=x", "a.b=3,c=[1,2]"]
+    runs = sweep.expand(study)
+    assert len(runs) == 12 and len({r.folder for r in runs}) == 12
+    first = runs[0]
+    assert first.folder == tmp_path / "sweeps" / "toy" / "a.b_1_c_x" / "seed0"
+    assert first.overrides[-4:] == ("train.seed=0", "name=toy-a.b_1_c_x-seed0", f"train.out_dir={first.folder}",
+                                    "train.progress=false")
+    assert "a.b=1" in first.overrides and "c=[1,2]" in runs[2].overrides and first.status() == "new"
+    assert [r.seed for r in runs[:2]] == [0, 1]
+
+
+def test_a_command_line_sweep_makes_axes_of_comma_lists(tmp_path):
+    study = sweep.study_from_command_line(str(ROOT / "recipes/simclr_fashion_mnist.yaml"),
+                                          ["optim.lr=0.1,0.3", "train.epochs=2", "augment.view.scale=[0.2,1.0]"],
+                                          seeds=3, out=tmp_path)
+    assert [p.overrides for p in study.points] == [("optim.lr=0.1",), ("optim.lr=0.3",)]
+    assert study.overrides == ["train.epochs=2", "augment.view.scale=[0.2,1.0]"] and study.seeds == [0, 1, 2]
+    assert study.name == "simclr_fashion_mnist_lr"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"grid": {"x": []}}, "non-empty list"),
+    ({"points": [{"name": "a"}]}, "either grid"),
+    ({"seeds": 0}, "at least 1"),
+    ({"metrics": ["accuracy"]}, "unknown metrics"),
+    ({"verdict": {"best": "nowhere"}}, "does not have"),
+    ({"verdict": {"winner": "x"}}, "verdict is"),
+    ({"colour": "red"}, "unknown keys"),
+])
+def test_bad_studies_are_named_in_one_line(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep.load_study(write_study(tmp_path, **change))
+
+
+def test_statistics_by_hand():
+    values = [0.80, 0.90, 0.85]
+    s = sweep.statistics(values)
+    mean = 0.85
+    std = math.sqrt(((0.80 - mean) ** 2 + (0.90 - mean) ** 2 + 0) / 2)  # 0.05
+    assert s["mean"] == pytest.approx(mean) and s["std"] == pytest.approx(std) and s["n"] == 3
+    assert s["ci95"] == pytest.approx(4.302652729911275 * std / math.sqrt(3))  # t(0.975, 2) from the tables
+    assert sweep.statistics([0.7]) == {"mean": 0.7, "std": None, "ci95": None, "n": 1}
+
+
+def _summary(**means_and_errors):
+    return {"points": {name: {"knn": {"mean": mean, "ci95": error, "std": error, "n": 3, "floor": None}}
+                       for name, (mean, error) in means_and_errors.items()}, "missing": []}
+
+
+def test_the_verdict_says_reproduces_partly_or_not_by_the_intervals(tmp_path):
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b", "c"]}, metrics=["knn"],
+                                         verdict={"best": "k=a"}))
+    assert sweep.verdict(study, _summary(**{"k=a": (0.9, 0.01), "k=b": (0.8, 0.01), "k=c": (0.7, 0.01)}))[0] == \
+        "reproduces"
+    assert sweep.verdict(study, _summary(**{"k=a": (0.9, 0.06), "k=b": (0.8, 0.06), "k=c": (0.7, 0.01)}))[0] == \
+        "partly reproduces"
+    word, sentence = sweep.verdict(study, _summary(**{"k=a": (0.8, 0.01), "k=b": (0.9, 0.01), "k=c": (0.7, 0.01)}))
+    assert word == "does not reproduce" and "k=a is not above k=b" in sentence
+    study.verdict = {"order": ["k=c", "k=b", "k=a"]}
+    assert sweep.verdict(study, _summary(**{"k=a": (0.7, 0.01), "k=b": (0.8, 0.01), "k=c": (0.9, 0.01)}))[0] == \
+        "reproduces"
+    study.verdict = {"better": "k=b", "than": ["k=a"]}
+    assert sweep.verdict(study, _summary(**{"k=a": (0.7, 0.01), "k=b": (0.8, 0.01), "k=c": (0.1, 0.0)}))[0] == \
+        "reproduces"
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_summarises_and_writes_its_page(tmp_path, capsys):
+    study_path = write_study(tmp_path)
+    assert main(["sweep", str(study_path), "--page", str(tmp_path / "docs" / "toy.md")]) == 0
+    printed = capsys.readouterr().out
+    study = sweep.load_study(study_path)
+    summary = json.loads((study.folder / "summary.json").read_text())
+    for point in study.points:
+        results = [json.loads((study.folder / point.slug / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+        knn = [r["evaluations"]["knn"]["accuracy"] for r in results]
+        assert results[0]["command"] != results[1]["command"]  # two seeds, two runs
+        mean = (knn[0] + knn[1]) / 2
+        std = abs(knn[0] - knn[1]) / math.sqrt(2)
+        got = summary["points"][point.name]["knn"]
+        assert got["mean"] == pytest.approx(mean) and got["std"] == pytest.approx(std)
+        assert got["ci95"] == pytest.approx(12.706204736174707 * std / math.sqrt(2))  # t(0.975, 1)
+        floors = [r["evaluations"]["knn"]["random_init"]["accuracy"] for r in results]
+        assert got["floor"] == pytest.approx(sum(floors) / 2)
+    page = (tmp_path / "docs" / "toy.md").read_text()
+    assert summary["verdict"] in page and "| method_args.temperature=0.2 |" in page
+    assert (tmp_path / "docs" / "img" / "toy_knn.png").is_file() and "](img/toy_knn.png)" in page
+    assert f"toy: {summary['verdict']}." in printed
+    # A second call finds every run done: nothing runs again.
+    mtimes = {p: p.stat().st_mtime_ns for p in study.folder.rglob("results.json")}
+    assert main(["sweep", str(study_path)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in study.folder.rglob("results.json")} == mtimes
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_keeps_finished_runs_and_resumes_the_cut_one(tmp_path):
+    study_path = write_study(tmp_path, grid={"method_args.temperature": [0.5]}, seeds=2, verdict={},
+                             overrides=[*TINY, "train.epochs=12", "train.checkpoint_every=3"])
+    study = sweep.load_study(study_path)
+    first, second = sweep.expand(study)
+    command = [sys.executable, "-m", "selfsup", "sweep", str(study_path)]
+    running = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (second.folder / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(running.pid, signal.SIGKILL)  # the sweep and the run it was in
+    running.wait()
+    assert first.status() == "done" and second.status() == "resume"
+    kept = (first.folder / "results.json").stat().st_mtime_ns
+    assert [c[3] for c in sweep.commands(study, second)] == ["pretrain"] and sweep.commands(study, second)[0][-1] == \
+        "--resume"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 done, 1 to resume, 0 to start" in done.stdout
+    assert (first.folder / "results.json").stat().st_mtime_ns == kept
+    log = (second.folder / "sweep.log").read_text()
+    assert "--resume" in log and "resuming at step" in log and second.status() == "done"
+    assert json.loads((study.folder / "summary.json").read_text())["missing"] == []
+
+
+def test_submitit_local_executor_runs_the_same_commands(tmp_path):
+    pytest.importorskip("submitit")
+    study_path = write_study(tmp_path, grid={"method_args.temperature": [0.5]}, seeds=1, verdict={})
+    assert main(["sweep", str(study_path), "--executor", "submitit-local"]) == 0
+    study = sweep.load_study(study_path)
+    run, = sweep.expand(study)
+    assert run.status() == "done" and any((study.folder / "submitit").iterdir())
