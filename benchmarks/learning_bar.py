@@ -66,7 +66,7 @@ def main() -> None:
         if (out / "results.json").is_file():
             continue
         started = time.perf_counter()
-        command = [selfsup, "pretrain", str(ROOT / "recipes" / f"{name}_fashion_mnist.yaml"), *BAR,
+        command = [selfsup, "pretrain", f"recipes/{name}_fashion_mnist.yaml", *BAR,
                    f"name=bar_{name}", f"train.out_dir={out}", *overrides]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:

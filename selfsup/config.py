@@ -243,7 +243,7 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
         FileNotFoundError: the recipe does not exist.
         ConfigError: an unknown key, a value of the wrong type, or a bad method argument.
 
-    Example:
+    Examples:
         >>> cfg = load_config(None, ["train.epochs=2", "method_args.temperature=0.2"])
         >>> cfg.train.epochs
         2.0

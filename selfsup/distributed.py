@@ -14,7 +14,7 @@ from torch import Tensor
 def is_distributed() -> bool:
     """True when torch.distributed is initialised with more than one rank.
 
-    Example:
+    Examples:
         >>> is_distributed()  # a plain Python process
         False
     """
@@ -24,7 +24,7 @@ def is_distributed() -> bool:
 def rank() -> int:
     """This process's rank in the default group; 0 when not distributed.
 
-    Example:
+    Examples:
         >>> rank()
         0
     """
@@ -34,7 +34,7 @@ def rank() -> int:
 def world_size() -> int:
     """Number of processes in the default group; 1 when not distributed.
 
-    Example:
+    Examples:
         >>> world_size()
         1
     """
@@ -64,7 +64,7 @@ def gather(tensor: Tensor) -> Tensor:
     Returns:
         `(W * N, ...)` tensor.
 
-    Example:
+    Examples:
         >>> z = torch.randn(4, 8, requires_grad=True)
         >>> gather(z).shape  # single process: identity
         torch.Size([4, 8])
@@ -128,7 +128,7 @@ def all_reduce_with_gradients(tensor: Tensor) -> Tensor:
     """The sum of ``tensor`` over every rank, whose backward sums the gradients of every rank (what
     global BatchNorm needs); ``tensor`` itself on one process.
 
-    Example:
+    Examples:
         >>> all_reduce_with_gradients(torch.ones(2, requires_grad=True)).tolist()
         [1.0, 1.0]
     """
@@ -140,7 +140,7 @@ def all_reduce_with_gradients(tensor: Tensor) -> Tensor:
 def all_reduce_sum(tensor: Tensor) -> Tensor:
     """The sum of ``tensor`` over every rank (no gradient); ``tensor`` itself on one process.
 
-    Example:
+    Examples:
         >>> all_reduce_sum(torch.ones(3)).tolist()
         [1.0, 1.0, 1.0]
     """
@@ -154,7 +154,7 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True when ``flag`` is True on every rank (one all-reduce), so that all ranks decide together.
 
-    Example:
+    Examples:
         >>> all_true(True)  # single process: the flag itself
         True
     """

@@ -134,7 +134,7 @@ def grid_points(grid: dict[str, Sequence[Any]]) -> list[Point]:
     """Every combination of the grid's values, in the order given, each a :class:`Point` named
     ``key=value,key=value``.
 
-    Example:
+    Examples:
         >>> [p.name for p in grid_points({"a": [1, 2], "b": ["x"]})]
         ['a=1,b=x', 'a=2,b=x']
     """
@@ -511,9 +511,25 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
     return "\n".join(lines)
 
 
+def study_list(folder: str | Path) -> str:
+    """The list of studies (markdown) from the ``<name>.json`` summaries in ``folder``: each study's
+    page, claim and verdict."""
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        summary = json.loads(path.read_text())
+        claim = " ".join(str(summary.get("claim", "")).split()).replace("|", "\\|")
+        runs = len(summary.get("points", {})) * len(summary.get("seeds", []))
+        rows.append(f"| [{summary['name']}]({path.stem}.md) | {claim} | **{summary['verdict']}** | {runs} |")
+    if not rows:
+        return "No study has run yet.\n"
+    return "\n".join(["| study | claim | verdict | runs |", "| --- | --- | --- | ---: |", *rows]) + "\n"
+
+
 def summarise(study: Study, page_path: Path | None = None, commit: str | None = None) -> dict[str, Any]:
     """Collect, plot and write the summary: ``<study folder>/summary.json`` and the page
-    (``page_path``, default ``<study folder>/README.md``) with its pictures beside it."""
+    (``page_path``, default ``<study folder>/README.md``) with its pictures beside it. With a
+    ``page_path``, the summary is also copied beside the page (``<name>.json``) and the folder's
+    study list (``list.md``, :func:`study_list`) written again."""
     summary = collect(study)
     word, sentence = verdict(study, summary)
     summary.update({"name": study.name, "claim": study.claim, "verdict": word, "verdict_text": sentence,
@@ -525,9 +541,12 @@ def summarise(study: Study, page_path: Path | None = None, commit: str | None = 
     pictures = plot(study, summary, target.parent / "img")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page(study, summary, pictures, target, commit), encoding="utf-8")
+    if page_path is not None:
+        (target.parent / f"{study.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (target.parent / "list.md").write_text(study_list(target.parent), encoding="utf-8")
     summary["page"] = str(target)
     return summary
 
 
 __all__ = ["Point", "Run", "Study", "collect", "commands", "expand", "execute", "grid_points", "load_study", "page",
-           "statistics", "study_from_command_line", "summarise", "t_quantile", "verdict"]
+           "statistics", "study_from_command_line", "study_list", "summarise", "t_quantile", "verdict"]

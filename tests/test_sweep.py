@@ -122,6 +122,8 @@ def test_a_sweep_runs_summarises_and_writes_its_page(tmp_path, capsys):
     page = (tmp_path / "docs" / "toy.md").read_text()
     assert summary["verdict"] in page and "| method_args.temperature=0.2 |" in page
     assert (tmp_path / "docs" / "img" / "toy_knn.png").is_file() and "](img/toy_knn.png)" in page
+    listed = (tmp_path / "docs" / "list.md").read_text()
+    assert "| [toy](toy.md) | a lower temperature helps |" in listed and f"**{summary['verdict']}**" in listed
     assert f"toy: {summary['verdict']}." in printed
     # A second call finds every run done: nothing runs again.
     mtimes = {p: p.stat().st_mtime_ns for p in study.folder.rglob("results.json")}

@@ -27,7 +27,7 @@ the masked reference path and the CPU paths tested against it) and
 ``recipes`` (the papers' views); ``_common`` holds the input checks and RNG
 helpers they share.
 
-Example:
+Examples:
     >>> import torch
     >>> from selfsup.augment import recipe
     >>> augment = recipe("simclr", 32)

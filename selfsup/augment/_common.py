@@ -96,7 +96,7 @@ def to_float(x: Tensor) -> Tensor:
     Returns:
         ``(B, C, H, W)`` float32 tensor on ``x``'s device.
 
-    Example:
+    Examples:
         >>> to_float(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)).max().item()
         1.0
     """

@@ -15,7 +15,7 @@ def blur_kernel_size(side: int) -> int:
     The SimCLR recipe (10% of 224 gives 23); capped at ``2 * side - 1`` so that
     reflect padding stays valid on tiny images.
 
-    Example:
+    Examples:
         >>> blur_kernel_size(224), blur_kernel_size(32), blur_kernel_size(96)
         (23, 3, 9)
     """
@@ -59,7 +59,7 @@ def apply_blur(x: Tensor, sigma: float | Tensor, kernel_size: int | tuple[int, i
         sigma: float or ``(B,)`` tensor, >= 0.
         kernel_size: odd size, or ``(height, width)`` pair of odd sizes.
 
-    Example:
+    Examples:
         >>> apply_blur(torch.rand(2, 3, 8, 8), torch.tensor([0.0, 1.5]), 3).shape
         torch.Size([2, 3, 8, 8])
     """
@@ -105,7 +105,7 @@ def gaussian_blur(
         p: probability of blurring a sample.
         generator: optional RNG.
 
-    Example:
+    Examples:
         >>> gaussian_blur(torch.rand(4, 3, 32, 32), p=1.0).shape
         torch.Size([4, 3, 32, 32])
     """

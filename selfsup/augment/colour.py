@@ -26,7 +26,7 @@ def adjust_brightness(x: Tensor, factor: float | Tensor) -> Tensor:
         x: ``(B, C, H, W)`` batch.
         factor: float or ``(B,)`` non-negative factors.
 
-    Example:
+    Examples:
         >>> adjust_brightness(torch.full((1, 1, 1, 1), 0.6), 2.0).item()
         1.0
     """
@@ -40,7 +40,7 @@ def adjust_contrast(x: Tensor, factor: float | Tensor) -> Tensor:
     ``clamp(f * x + (1 - f) * mean(gray(x)), 0, 1)`` with
     ``gray = 0.2989 R + 0.587 G + 0.114 B`` (the image itself when C = 1).
 
-    Example:
+    Examples:
         >>> adjust_contrast(torch.tensor([0.0, 1.0]).view(1, 1, 1, 2), 0.0).flatten().tolist()
         [0.5, 0.5]
     """
@@ -54,7 +54,7 @@ def adjust_saturation(x: Tensor, factor: float | Tensor) -> Tensor:
 
     ``clamp(f * x + (1 - f) * gray(x), 0, 1)``; the identity when C = 1.
 
-    Example:
+    Examples:
         >>> adjust_saturation(torch.rand(2, 3, 4, 4), 0.0).std(dim=1).max().item() < 1e-6
         True
     """
@@ -97,7 +97,7 @@ def adjust_hue(x: Tensor, factor: float | Tensor) -> Tensor:
         x: ``(B, C, H, W)`` batch.
         factor: float or ``(B,)`` tensor in [-0.5, 0.5].
 
-    Example:
+    Examples:
         >>> red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
         >>> adjust_hue(red, 1 / 3).flatten().tolist()  # a third of a turn: red -> green
         [0.0, 1.0, 0.0]
@@ -171,7 +171,7 @@ def sample_jitter(
     sample (``argsort`` of 4 uniforms), and the jitter is applied with
     probability ``p`` (``RandomApply``).
 
-    Example:
+    Examples:
         >>> params = sample_jitter(8, generator=torch.Generator().manual_seed(0))
         >>> params.factors.shape, params.order.shape, params.applied.shape
         (torch.Size([8, 4]), torch.Size([8, 4]), torch.Size([8]))
@@ -213,7 +213,7 @@ def apply_color_jitter(x: Tensor, params: JitterParams) -> Tensor:
         x: ``(B, C, H, W)`` batch.
         params: from :func:`sample_jitter`.
 
-    Example:
+    Examples:
         >>> params = sample_jitter(4, generator=torch.Generator().manual_seed(0))
         >>> apply_color_jitter(torch.rand(4, 3, 8, 8), params).shape
         torch.Size([4, 3, 8, 8])
@@ -319,7 +319,7 @@ def color_jitter(
     See :func:`sample_jitter` for the distributions and
     :func:`apply_color_jitter` for how the random order is applied.
 
-    Example:
+    Examples:
         >>> color_jitter(torch.rand(4, 3, 8, 8)).shape
         torch.Size([4, 3, 8, 8])
     """
@@ -334,7 +334,7 @@ def apply_grayscale(x: Tensor, mask: Tensor) -> Tensor:
     Equals torchvision ``rgb_to_grayscale(img, num_output_channels=C)``; the
     identity when C = 1.
 
-    Example:
+    Examples:
         >>> apply_grayscale(torch.rand(2, 3, 4, 4), torch.tensor([True, False])).shape
         torch.Size([2, 3, 4, 4])
     """
@@ -348,7 +348,7 @@ def apply_grayscale(x: Tensor, mask: Tensor) -> Tensor:
 def grayscale(x: Tensor, p: float = 0.2, *, generator: torch.Generator | None = None) -> Tensor:
     """Convert each sample to grayscale with probability ``p`` (``RandomGrayscale``).
 
-    Example:
+    Examples:
         >>> grayscale(torch.rand(4, 3, 8, 8), p=1.0).std(dim=1).max().item() < 1e-6
         True
     """
@@ -361,7 +361,7 @@ def apply_solarize(x: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
 
     Equals torchvision ``solarize(img, threshold)`` on float images.
 
-    Example:
+    Examples:
         >>> apply_solarize(torch.tensor([0.25, 0.75]).view(1, 1, 1, 2), torch.tensor([True])).flatten().tolist()
         [0.25, 0.25]
     """
@@ -388,7 +388,7 @@ def solarize(
 ) -> Tensor:
     """Solarize each sample with probability ``p`` (``RandomSolarize``, as in BYOL).
 
-    Example:
+    Examples:
         >>> solarize(torch.rand(4, 3, 8, 8), p=1.0).shape
         torch.Size([4, 3, 8, 8])
     """

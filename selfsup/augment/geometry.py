@@ -52,7 +52,7 @@ def sample_crop_boxes(
     Returns:
         ``(B, 4)`` int64 tensor of ``(top, left, height, width)``.
 
-    Example:
+    Examples:
         >>> boxes = sample_crop_boxes(4, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> boxes.shape
         torch.Size([4, 4])
@@ -142,7 +142,7 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int], flip: Te
     Returns:
         ``(B, C, size_h, size_w)`` float32 in [0, 1].
 
-    Example:
+    Examples:
         >>> x = torch.rand(2, 3, 32, 32)
         >>> boxes = torch.tensor([[0, 0, 32, 32], [4, 4, 16, 16]])
         >>> resized_crop(x, boxes, 24).shape
@@ -215,7 +215,7 @@ def random_resized_crop(
     Returns:
         ``(B, C, size_h, size_w)`` float32 in [0, 1].
 
-    Example:
+    Examples:
         >>> random_resized_crop(torch.rand(4, 3, 32, 32), 16).shape
         torch.Size([4, 3, 16, 16])
     """
@@ -237,7 +237,7 @@ def apply_hflip(x: Tensor, mask: Tensor) -> Tensor:
     Returns:
         ``(B, C, H, W)`` float32 in [0, 1].
 
-    Example:
+    Examples:
         >>> apply_hflip(torch.arange(2.0).view(1, 1, 1, 2) / 2, torch.tensor([True])).flatten().tolist()
         [0.5, 0.0]
     """
@@ -248,7 +248,7 @@ def apply_hflip(x: Tensor, mask: Tensor) -> Tensor:
 def horizontal_flip(x: Tensor, p: float = 0.5, *, generator: torch.Generator | None = None) -> Tensor:
     """Mirror each sample left-right with probability ``p`` (``RandomHorizontalFlip``).
 
-    Example:
+    Examples:
         >>> horizontal_flip(torch.rand(4, 3, 8, 8)).shape
         torch.Size([4, 3, 8, 8])
     """

@@ -35,7 +35,7 @@ def rotations(x: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``(4B, C, H, W)`` images (all images at 0 degrees, then all at 90, ...) and ``(4B,)``
     labels. Square images only (a rotated image must keep the shape).
 
-    Example:
+    Examples:
         >>> images, labels = rotations(torch.rand(2, 3, 8, 8))
         >>> images.shape, labels.tolist()
         (torch.Size([8, 3, 8, 8]), [0, 0, 1, 1, 2, 2, 3, 3])
@@ -125,7 +125,7 @@ def hamming_permutations(count: int, n: int = 9) -> Tensor:
     Returns:
         ``(count, n)`` int64, row 0 the identity.
 
-    Example:
+    Examples:
         >>> perms = hamming_permutations(4, 4)
         >>> int((perms[:, None] != perms[None]).sum(-1).fill_diagonal_(4).min())
         4
@@ -192,7 +192,7 @@ def standardise_tiles(tiles: Tensor) -> Tensor:
     solving puzzles by low-level statistics (bbrattoli/JigsawPuzzlePytorch ``JigsawImageLoader.py``:
     "Normalize the patches independently to avoid low level features shortcut").
 
-    Example:
+    Examples:
         >>> t = standardise_tiles(torch.rand(2, 9, 3, 8, 8))
         >>> bool(t.mean(dim=(-2, -1)).abs().max() < 1e-5)
         True

@@ -63,7 +63,7 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
     Returns:
         An :class:`Augmentation`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> views = recipe("dino", 32, n_local=2)(torch.rand(4, 3, 32, 32))
         >>> [tuple(v.shape[-2:]) for v in views]
@@ -135,7 +135,7 @@ def override(augmentation: Augmentation, *, view: dict[str, Any] | None = None,
             or local-crop settings on a recipe without local crops; the message names the key
             as ``view.<name>``, ``views[i].<name>``, ``local.<name>`` or ``n_local``.
 
-    Example:
+    Examples:
         >>> dino = override(recipe("dino", 28), n_local=4, local={"size": 12}, views=[{}, {"solarize_p": 0.5}])
         >>> dino.n_local, dino.local.size, dino.views[1].solarize_p
         (4, (12, 12), 0.5)

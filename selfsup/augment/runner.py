@@ -99,7 +99,7 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
     Returns:
         ``(B, C, view.size[0], view.size[1])`` float32 in [0, 1].
 
-    Example:
+    Examples:
         >>> augment_view(torch.rand(4, 3, 32, 32), View(size=(16, 16))).shape
         torch.Size([4, 3, 16, 16])
     """
@@ -299,7 +299,7 @@ class Augmentation(nn.Module):
         local: the recipe of the local crops, or None.
         n_local: how many local crops (0 when ``local`` is None).
 
-    Example:
+    Examples:
         >>> augment = Augmentation([View(size=(16, 16))], local=View(size=(8, 8), scale=(0.05, 0.4)), n_local=2)
         >>> [v.shape[-1] for v in augment(torch.rand(2, 3, 32, 32))]
         [16, 8, 8]

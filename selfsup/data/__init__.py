@@ -32,7 +32,7 @@ Names (``DATASETS``):
 - ``wav``: a folder of WAV files, ``root/<label>/*.wav``, streamed as windows of raw signal (a
   sequence source, not an image dataset: :class:`selfsup.data.sequences.WavFolder`).
 
-Example:
+Examples:
     >>> train = load("fashion_mnist", "train", size=32, channels=3).to("cuda")
     >>> train.images.shape, train.mean()
 """
@@ -158,7 +158,7 @@ def load(
         ValueError: unknown name, split, size or channels; a corrupt file.
         FileNotFoundError: ``root`` or a required file is missing.
 
-    Example:
+    Examples:
         >>> ds = load("cifar10", "test", channels=1)
         >>> ds.images.shape, ds.classes[ds.labels[0]]
         (torch.Size([10000, 1, 32, 32]), 'cat')

@@ -304,7 +304,7 @@ class ImageTextPairs(InMemoryImages):
     ``dataset`` and ``inputs`` are the whole split (what the probes read, held-out classes
     included); ``len()`` counts the images pretraining draws from.
 
-    Example:
+    Examples:
         >>> ds = ImageDataset(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 2, 0, 1, 2]),
         ...                   ["a", "b", "c"], "toy")
         >>> source = ImageTextPairs(from_templates(ds, "train", held_out=["c"]), batch_size=2)

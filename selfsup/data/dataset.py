@@ -30,7 +30,7 @@ class ImageDataset:
     Small datasets live whole on the training device: ``ds.to("cuda")`` once,
     then index batches there.
 
-    Example:
+    Examples:
         >>> ds = ImageDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), ["a", "b"], "toy")
         >>> len(ds), ds.channels, ds.size
         (4, 1, 8)
@@ -105,7 +105,7 @@ class ImageDataset:
     def subset(self, index: Tensor) -> ImageDataset:
         """The samples selected by ``index``: int64 positions ``(K,)`` or a bool mask ``(N,)``.
 
-        Example:
+        Examples:
             >>> ds.subset(ds.labels == 3)  # one class
         """
         if not isinstance(index, Tensor) or index.dim() != 1:
@@ -152,7 +152,7 @@ class ImageDataset:
         the gray plane; 3 -> 1 takes the ITU-R 601-2 luma exactly as PIL's
         ``convert("L")``.
 
-        Example:
+        Examples:
             >>> load("fashion_mnist").convert(size=32, channels=3)  # for an ImageNet-style ResNet
         """
         images = self.images

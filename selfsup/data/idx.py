@@ -83,7 +83,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     int32, then the values in row-major order. A malformed file is a
     ValueError naming the file and what is wrong.
 
-    Example:
+    Examples:
         >>> read_idx(Path("train-labels-idx1-ubyte.gz"), ndim=1).shape
         (60000,)
     """

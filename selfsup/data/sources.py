@@ -78,7 +78,7 @@ class InMemoryImages:
         seed: seeds the epoch orders.
         device: where the images live and the batches are made.
 
-    Example:
+    Examples:
         >>> ds = ImageDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), None, None, "toy")
         >>> source = InMemoryImages(ds, batch_size=4, world_size=2, seed=0)
         >>> source.steps_per_epoch(), source.batch(0, 1, 1).images.shape

@@ -48,7 +48,7 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
     Returns:
         float32 features ``(N, D)`` on the CPU.
 
-    Example:
+    Examples:
         >>> encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16))
         >>> images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
         >>> extract_features(encoder, images, batch_size=4).shape
@@ -132,7 +132,7 @@ def save_embeddings(directory: str | os.PathLike, features, labels=None, *,
     Returns:
         The paths written, features first.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> paths = save_embeddings(tempfile.mkdtemp(), torch.randn(5, 3), torch.arange(5))
         >>> [path.name for path in paths]

@@ -99,7 +99,7 @@ def sample_episodes(labels, n_way: int, k_shot: int, n_query: int, episodes: int
         ValueError: for sizes below 1, a class in ``classes`` that is absent or has fewer than
             ``k_shot + n_query`` rows, or fewer usable classes than ``n_way``.
 
-    Example:
+    Examples:
         >>> episodes = sample_episodes(torch.arange(40) % 4, n_way=3, k_shot=2, n_query=3, episodes=5)
         >>> episodes.support.shape, episodes.query.shape, episodes.classes.shape
         (torch.Size([5, 6]), torch.Size([5, 9]), torch.Size([5, 3]))
@@ -204,7 +204,7 @@ def fewshot_accuracy(features, labels, *, n_way: int = 5, k_shot: int = 1, n_que
     Returns:
         A :class:`FewShotResult`.
 
-    Example:
+    Examples:
         >>> features = torch.eye(4)[torch.arange(40) % 4]  # one-hot of the class: separable
         >>> fewshot_accuracy(features, torch.arange(40) % 4, n_way=3, n_query=5, episodes=10).accuracy
         1.0

@@ -55,7 +55,7 @@ def label_subset(labels, fraction: float, *, seed: int = 0) -> Tensor:
     Raises:
         ValueError: for a fraction outside (0, 1], or one so small that a class gets no row.
 
-    Example:
+    Examples:
         >>> label_subset(torch.arange(100) % 4, 0.1, seed=0).shape
         torch.Size([10])
     """
@@ -182,7 +182,7 @@ def finetune(encoder: nn.Module, train_images: Tensor, train_labels, test_images
         ValueError: for bad images, labels or settings.
         NonFiniteError: when the loss became NaN/Inf (lower ``lr``).
 
-    Example:
+    Examples:
         >>> encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16))
         >>> images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
         >>> labels = (images.float().mean(dim=(1, 2, 3)) > 127).long()
@@ -291,7 +291,7 @@ def few_label_finetune(pretrained: nn.Module, make_scratch: Callable[[], nn.Modu
         (``ddof=1``; None with one seed). Plain floats, ints, lists and None, so ``json.dumps``
         writes it as it is (the fraction keys become strings).
 
-    Example:
+    Examples:
         >>> make = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16))
         >>> images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
         >>> labels = (images.float().mean(dim=(1, 2, 3)) > 127).long()

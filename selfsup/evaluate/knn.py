@@ -62,7 +62,7 @@ def knn_predict(train_x, train_y, test_x, *, k: int = 200, temperature: float = 
     Returns:
         ``(M,)`` int64 predicted labels on the device of ``test_x``.
 
-    Example:
+    Examples:
         >>> train_x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
         >>> knn_predict(train_x, torch.tensor([0, 1]), torch.tensor([[0.9, 0.1]]), k=2)
         tensor([0])
@@ -110,7 +110,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = 200, temperature:
                  device: torch.device | str | None = None) -> float:
     """Top-1 accuracy of :func:`knn_predict` on ``(test_x, test_y)``; arguments as there.
 
-    Example:
+    Examples:
         >>> train_x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
         >>> knn_accuracy(train_x, torch.tensor([0, 1]), train_x, torch.tensor([0, 1]), k=1)
         1.0

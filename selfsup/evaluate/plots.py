@@ -96,7 +96,7 @@ def plot_embedding(features, labels, path: str | os.PathLike, *,
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> out = plot_embedding(torch.randn(100, 8), torch.arange(100) % 3, tempfile.mkdtemp() + "/map.png",
         ...                      method="tsne", classes=["cat", "dog", "bird"])
@@ -195,7 +195,7 @@ def plot_curves(history: Mapping[str, Sequence[tuple[float, float]]] | str | os.
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> out = plot_curves({"loss": [(0, 2.3), (100, 1.1)], "knn_acc": [(100, 0.71)]},
         ...                   tempfile.mkdtemp() + "/curves.png", title="SimCLR")
@@ -247,7 +247,7 @@ def plot_views(images, views: Sequence, path: str | os.PathLike, *, names: Seque
         names: column titles for the views (default ``view 1``, ``view 2``, ...).
         title: figure title.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> x = torch.rand(3, 1, 8, 8)
         >>> out = plot_views(x, [x, x[..., :4, :4]], tempfile.mkdtemp() + "/views.png")

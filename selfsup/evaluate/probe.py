@@ -124,7 +124,7 @@ def linear_probe(train_x, train_y, test_x, test_y, *,
     Returns:
         A :class:`ProbeResult`.
 
-    Example:
+    Examples:
         >>> train_x, test_x = torch.randn(200, 8), torch.randn(50, 8)
         >>> result = linear_probe(train_x, (train_x[:, 0] > 0).long(), test_x, (test_x[:, 0] > 0).long())
         >>> result.accuracy > 0.9

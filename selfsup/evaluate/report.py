@@ -429,7 +429,7 @@ def write_report(run_dir: str | os.PathLike, path: str | os.PathLike | None = No
     Raises:
         FileNotFoundError, DataError: as :func:`load_run`; also a picture that is not a PNG.
 
-    Example:
+    Examples:
         >>> write_report("runs/simclr_fashion_mnist")  # doctest: +SKIP
         PosixPath('runs/simclr_fashion_mnist/report.html')
     """
@@ -459,7 +459,7 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         ValueError: no run folder given.
         FileNotFoundError, DataError: as :func:`load_run`.
 
-    Example:
+    Examples:
         >>> print(results_table(["runs/simclr_fashion_mnist", "runs/moco_fashion_mnist"]))  # doctest: +SKIP
     """
     runs = [load_run(run_dir) for run_dir in run_dirs]

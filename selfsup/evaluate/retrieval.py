@@ -48,7 +48,7 @@ def nearest_neighbours(query_x, gallery_x, k: int, *, exclude_self: bool = False
         ``(indices, similarities)``: ``(Q, k)`` int64 gallery rows and their ``(Q, k)`` cosine
         similarities, on the device of ``query_x``.
 
-    Example:
+    Examples:
         >>> gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
         >>> nearest_neighbours(torch.tensor([[2.0, 0.1]]), gallery, k=2)[0]
         tensor([[0, 2]])
@@ -103,7 +103,7 @@ def recall_at_k(query_x, query_y, gallery_x, gallery_y, ks: Sequence[int] = (1, 
     Returns:
         ``{k: recall}`` for each distinct ``k`` in increasing order.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.5]])
         >>> y = torch.tensor([0, 0, 1, 1])
         >>> recall_at_k(x, y, x, y, ks=(1, 3), exclude_self=True)  # row 3 ranks rows 1, 0, 2
@@ -164,7 +164,7 @@ def plot_retrieval(query_images, gallery_images, neighbours, path: str | os.Path
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> images, labels = torch.rand(6, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2])
         >>> found, _ = nearest_neighbours(images.flatten(1), images.flatten(1), k=2, exclude_self=True)

@@ -68,7 +68,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
     Returns:
         0-d tensor (float32 for half-precision inputs).
 
-    Example:
+    Examples:
         >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
         >>> nt_xent(z1, z2, temperature=0.5).shape
         torch.Size([])
@@ -133,7 +133,7 @@ def info_nce(
     Returns:
         0-d tensor, mean over the N queries.
 
-    Example:
+    Examples:
         >>> q, k, queue = torch.randn(8, 16), torch.randn(8, 16), torch.randn(64, 16)
         >>> info_nce(q, k, queue).shape
         torch.Size([])
@@ -185,7 +185,7 @@ def invaspread(z1: Tensor, z2: Tensor, temperature: float = 0.1, *, detach_weigh
     Returns:
         0-d tensor, mean over the 2N anchors.
 
-    Example:
+    Examples:
         >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
         >>> invaspread(z1, z2).shape
         torch.Size([])
@@ -248,7 +248,7 @@ def clip(image_emb: Tensor, text_emb: Tensor, logit_scale: float | Tensor, *, ga
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> images, texts = torch.randn(8, 16), torch.randn(8, 16)
         >>> clip(images, texts, logit_scale=1 / 0.07).shape
         torch.Size([])
@@ -294,7 +294,7 @@ def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> features, labels = torch.randn(8, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
         >>> supcon(features, labels).shape
         torch.Size([])
@@ -348,7 +348,7 @@ def n_pair(anchor: Tensor, positive: Tensor, *, labels: Tensor | None = None) ->
     Returns:
         0-d tensor, mean over the N anchors.
 
-    Example:
+    Examples:
         >>> anchor, positive = torch.randn(8, 16), torch.randn(8, 16)
         >>> n_pair(anchor, positive).shape
         torch.Size([])
@@ -387,7 +387,7 @@ def cpc(context_pred: Tensor, future_codes: Tensor, temperature: float = 1.0) ->
     Returns:
         0-d tensor, mean over all predictions.
 
-    Example:
+    Examples:
         >>> predictions, codes = torch.randn(4, 8, 16), torch.randn(4, 8, 16)
         >>> cpc(predictions, codes).shape
         torch.Size([])
@@ -422,7 +422,7 @@ def nce_log_normalizer(scores: Tensor, noise_prob: float, temperature: float = 0
     Returns:
         0-d tensor log Z.
 
-    Example:
+    Examples:
         >>> scores = torch.rand(8, 1 + 16) * 2 - 1
         >>> nce_log_normalizer(scores, noise_prob=1 / 50_000).shape
         torch.Size([])
@@ -471,7 +471,7 @@ def nce(
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> scores = torch.rand(8, 1 + 16) * 2 - 1
         >>> log_z = nce_log_normalizer(scores, 1 / 50_000)
         >>> nce(scores, 1 / 50_000, log_normalizer=log_z).shape
@@ -527,7 +527,7 @@ def jsd_mi(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> jsd_mi(torch.randn(8), torch.randn(8, 4)).shape
         torch.Size([])
     """

@@ -31,7 +31,7 @@ def negative_cosine(p: Tensor, z: Tensor, *, stop_gradient: bool = True) -> Tens
     Returns:
         0-d tensor in [-1, 1].
 
-    Example:
+    Examples:
         >>> p, z = torch.randn(8, 16), torch.randn(8, 16)
         >>> negative_cosine(p, z).shape
         torch.Size([])
@@ -73,7 +73,7 @@ def dino(
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> student, teacher = torch.randn(6, 4, 32), torch.randn(2, 4, 32)
         >>> dino(student, teacher, center=torch.zeros(32)).shape
         torch.Size([])
@@ -114,7 +114,7 @@ class DINOLoss(nn.Module):
         teacher_temp: τ_t > 0 when a call does not give one.
         center_momentum: m in [0, 1) (paper: 0.9).
 
-    Example:
+    Examples:
         >>> criterion = DINOLoss(32)
         >>> loss = criterion(torch.randn(6, 4, 32), torch.randn(2, 4, 32))
         >>> criterion.center.shape

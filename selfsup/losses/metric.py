@@ -31,7 +31,7 @@ def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> a, p, n = torch.randn(8, 16), torch.randn(8, 16), torch.randn(8, 16)
         >>> triplet(a, p, n, margin=1.0).shape
         torch.Size([])
@@ -67,7 +67,7 @@ def batch_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2, 
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> x, y = torch.randn(8, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
         >>> batch_hard_triplet(x, y, margin=0.2).shape
         torch.Size([])
@@ -107,7 +107,7 @@ def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2, s
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> x, y = torch.randn(8, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
         >>> semi_hard_triplet(x, y, margin=0.2).shape
         torch.Size([])
@@ -165,7 +165,7 @@ def prototypical(support: Tensor, support_labels: Tensor, query: Tensor, query_l
     Returns:
         0-d tensor.
 
-    Example:
+    Examples:
         >>> support, query = torch.randn(10, 16), torch.randn(5, 16)
         >>> labels = torch.arange(5)
         >>> prototypical(support, labels.repeat(2), query, labels).shape

@@ -105,7 +105,7 @@ def with_in_channels(backbone: Backbone, in_channels: int, mean: Sequence[float]
     (CMC's per-view encoders: one for L, one for ab), normalising with ``mean`` and ``std``; with
     the backbone's own channel count, any network (no convolution needed).
 
-    Example:
+    Examples:
         >>> rgb = build_backbone("convnet", in_channels=3, image_size=28)
         >>> with_in_channels(rgb, 2, [0.5, 0.5], [0.25, 0.25])(torch.rand(4, 2, 28, 28)).shape
         torch.Size([4, 256])
@@ -298,7 +298,7 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
     ``timm/<model>`` from those libraries' registries (:mod:`selfsup.nn.registry`; ``pretrained``
     and ``small_stem`` apply to them, and pretrained weights bring their ImageNet mean and std).
 
-    Example:
+    Examples:
         >>> net = build_backbone("convnet", in_channels=1, image_size=28, mean=[0.29], std=[0.35])
         >>> net(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 256])

@@ -66,7 +66,7 @@ def convert_sync_batchnorm(module: nn.Module, device_type: str, exclude: tuple[s
         exclude: dotted submodule names whose BatchNorms stay per-device (MoCo's key encoder,
             which uses shuffle-BN instead).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
         >>> type(convert_sync_batchnorm(net, "cpu")[1]).__name__
         'GlobalBatchNorm'

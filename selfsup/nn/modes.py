@@ -15,7 +15,7 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     Each submodule's own flag, not just the root's: a caller may keep some layers (say frozen
     BatchNorms) in eval mode inside a module that trains.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2).eval())
         >>> with eval_mode(net):
         ...     net.training

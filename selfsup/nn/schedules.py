@@ -16,7 +16,7 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
     ``end + (start - end) * (1 + cos(pi * step / total)) / 2``: BYOL's target momentum
     (0.996 -> 1), DINO's teacher momentum and weight decay (0.04 -> 0.4), SGDR's LR.
 
-    Example:
+    Examples:
         >>> cosine(0, 100, 0.996, 1.0), cosine(50, 100, 0.996, 1.0), cosine(100, 100, 0.996, 1.0)
         (0.996, 0.998, 1.0)
     """
@@ -32,7 +32,7 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float, end: float = 
     Warmup step ``s`` (0-based) has ``peak * (s + 1) / warmup``, so the last warmup step reaches
     the peak; the cosine then runs over the remaining ``total - warmup`` steps.
 
-    Example:
+    Examples:
         >>> [round(warmup_cosine(s, 10, 2, 1.0), 3) for s in range(0, 10, 3)]
         [0.5, 0.962, 0.5, 0.038]
     """

@@ -1,0 +1,32 @@
+"""The documentation site: built with mkdocs --strict (a broken page, snippet or API reference fails),
+and its result pages equal what the commands they name generate from the committed run files."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from selfsup import sweep
+from selfsup.evaluate import results_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_site_builds_strictly(tmp_path):
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or "mkdocs"
+    done = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "site" / "reference" / "losses" / "index.html").is_file()
+    page = (tmp_path / "site" / "results" / "index.html").read_text()
+    assert "random init" in page  # the generated table was included
+
+
+def test_the_results_table_is_the_one_report_generates_from_the_run_files():
+    runs = sorted(p for p in (ROOT / "docs" / "runs" / "bar").iterdir() if p.is_dir())
+    assert runs, "docs/runs/bar holds the runs the results page is generated from"
+    assert (ROOT / "docs" / "results" / "bar.md").read_text() == results_table(runs)
+
+
+def test_the_study_list_is_the_one_sweep_generates_from_the_summaries():
+    assert (ROOT / "docs" / "studies" / "list.md").read_text() == sweep.study_list(ROOT / "docs" / "studies")
