@@ -1,4 +1,5 @@
-"""Atomic file writes, shared by checkpoints (engine) and evaluation outputs; imports nothing from selfsup."""
+"""Atomic file writes and tensor bytes, shared by checkpoints (engine), floors and evaluation outputs;
+imports nothing from selfsup."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -46,3 +49,8 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor (on the CPU, contiguous, any dtype, 0-d too), for digests."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()

@@ -1,4 +1,5 @@
-"""``selfsup`` command line: pretrain | sweep | evaluate | embed | plot | report | list (also ``python -m selfsup``).
+"""``selfsup`` command line: pretrain | sweep | evaluate | embed | export | verify | pack | plot | report | list
+(also ``python -m selfsup``).
 
 Errors a user can fix (a missing file, an unknown key, a bad value, a corrupt data file) are
 printed as one line ``selfsup: error: ...`` with exit status 2; a run that diverges (NaN/Inf)
@@ -299,6 +300,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from selfsup.engine import checkpoint
+    from selfsup.export import verify_export
+
+    path = Path(args.path)
+    if path.is_dir():
+        checked = verify_export(path)
+        print(f"ok: {path}: {', '.join(checked)} match the sha256 in encoder.json")
+        return 0
+    state = checkpoint.load(path, check=False)  # the digests are checked below, with the count
+    count = checkpoint.verify(state, path)
+    if not count:
+        print(f"{path}: no digests recorded (written by a selfsup from before they were): loadable, not verifiable")
+        return 0
+    print(f"ok: {path}: {count} tensors and the configuration match their {checkpoint.DIGEST} "
+          f"({state['config'].get('method')}, step {state['step']})")
+    return 0
+
+
 def _formats(text: str) -> list[str]:
     from selfsup.export import FORMATS
 
@@ -445,6 +465,11 @@ def parser() -> argparse.ArgumentParser:
                      help="continue <out_dir>/checkpoints/last.ckpt exactly where it stopped; overrides may "
                           "change train.epochs (the schedules are recomputed) and logging/evaluation keys")
     pre.set_defaults(func=cmd_pretrain)
+
+    ve = sub.add_parser("verify", help="check a checkpoint (or an export folder) against the digests written with "
+                                       "it, without building a model")
+    ve.add_argument("path", help="a checkpoint file, or a folder written by selfsup export")
+    ve.set_defaults(func=cmd_verify)
 
     sw = sub.add_parser("sweep", help="grids x seeds of ordinary runs, resumable; mean ± std, 95%% intervals, "
                                       "plots and the claim's verdict",

@@ -21,6 +21,7 @@ half-written file under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -32,9 +33,60 @@ import torch
 from torch import nn
 
 from selfsup._io import atomic_write
+from selfsup.engine.checkpoint import tensor_digest
 from selfsup.errors import ConfigError, DataError
 
 FORMATS = ("safetensors", "torchscript", "onnx")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_export(folder: str | os.PathLike) -> list[str]:
+    """Check an export folder against its ``encoder.json``: every file's sha256, and each
+    safetensors tensor against the digest in the file's metadata. Returns what was checked.
+
+    Raises:
+        FileNotFoundError: no ``encoder.json`` in ``folder``.
+        DataError: a file missing or changed, or a tensor that does not match (named).
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    card_path = folder / "encoder.json"
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a selfsup export: it has no encoder.json")
+    try:
+        card = json.loads(card_path.read_text())
+        files = card["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{card_path} is not a valid export card ({error})") from None
+    checked = []
+    for key, entry in files.items():
+        path = folder / entry["path"]
+        if not path.is_file():
+            raise DataError(f"export {folder}: {entry['path']} ({key}) is missing")
+        if "sha256" in entry and file_sha256(path) != entry["sha256"]:
+            detail = ""
+            if key == "safetensors":
+                try:
+                    with safe_open(str(path), framework="pt") as tensors:
+                        recorded = json.loads((tensors.metadata() or {}).get("integrity", "{}"))
+                        bad = [name for name in tensors.keys()
+                               if recorded.get(name) != tensor_digest(tensors.get_tensor(name))]
+                    detail = f": tensor {bad[0]} differs" if bad else ""
+                except Exception as error:  # noqa: BLE001 - a damaged file: its header may not parse
+                    detail = f": it does not even parse ({type(error).__name__})"
+            raise DataError(f"export {folder}: {entry['path']} does not match the sha256 in encoder.json{detail}; "
+                            f"export the checkpoint again")
+        checked.append(entry["path"])
+    return checked
 
 
 def _require_onnx():
@@ -102,7 +154,8 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
         module = encoder.net if is_backbone else encoder
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
         metadata = {"model": name, "mean": json.dumps(mean), "std": json.dumps(std),
-                    "input": card["input"], "whole_encoder": str(not is_backbone).lower()}
+                    "input": card["input"], "whole_encoder": str(not is_backbone).lower(),
+                    "integrity": json.dumps({k: tensor_digest(v) for k, v in tensors.items()})}
         blob = save(tensors, metadata=metadata)
         paths["safetensors"] = atomic_write(out / "encoder.safetensors", lambda file: file.write(blob))
         if registry == "timm":
@@ -151,9 +204,11 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
             "session = onnxruntime.InferenceSession('encoder.onnx')",
             "features = session.run(None, {'images': images})[0]  # float32 numpy in [0, 1]"]}
 
+    for key, path in paths.items():  # what `selfsup verify` checks the files against
+        card["files"][key]["sha256"] = file_sha256(path)
     text = (json.dumps(card, indent=2) + "\n").encode()
     paths["card"] = atomic_write(out / "encoder.json", lambda file: file.write(text))
     return paths
 
 
-__all__ = ["FORMATS", "export_encoder"]
+__all__ = ["FORMATS", "export_encoder", "file_sha256", "verify_export"]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from selfsup._io import atomic_write
+from selfsup._io import atomic_write, tensor_bytes
 from selfsup.evaluate import FEWSHOT_PROTOCOL, KNN_PROTOCOL, LINEAR_PROTOCOL, RETRIEVAL_PROTOCOL
 
 FLOOR_VERSION = 1
@@ -44,9 +44,8 @@ def cache_dir() -> Path:
 def _update(digest, value: Any) -> None:
     """Feed a tensor (dtype, shape and bytes), a split (its files or its tensors) or plain data."""
     if isinstance(value, Tensor):
-        tensor = value.detach().cpu().contiguous()
-        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+        digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(tensor_bytes(value))
     elif hasattr(value, "fingerprint"):  # a streamed split: the sha256 of its file names
         digest.update(f"files:{value.fingerprint()}:{len(value)}".encode())
     elif hasattr(value, "graph"):  # a graph's node set: the whole graph and which nodes
