@@ -51,6 +51,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The raw bytes of a tensor (on the CPU, contiguous, any dtype, 0-d too), for digests."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of a tensor (on the CPU, contiguous, any dtype, 0-d too), for digests: a view,
+    not a copy, of a CPU tensor's memory."""
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
