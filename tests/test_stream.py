@@ -304,6 +304,46 @@ def test_pack_killed_before_its_first_shard_is_recorded_resumes(tmp_path, monkey
     assert len(packing.open_pack(tmp_path / "pack", verify=True)) == 6
 
 
+@pytest.mark.parametrize("name", ["../outside.npy", "/etc/passwd", "sub/shard.npy", "..", ""])
+def test_a_pack_never_reads_outside_its_folder(tmp_path, name):
+    root = make_folder(tmp_path / "imgs", 4)
+    packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
+    outside = tmp_path / "outside.npy"  # a file the crafted index points at
+    np.save(outside, np.zeros((4, 3, 14, 14), dtype=np.uint8))
+    index = json.loads((tmp_path / "pack" / "index.json").read_text())
+    index["shards"][0]["file"] = name
+    (tmp_path / "pack" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="outside its folder"):
+        packing.open_pack(tmp_path / "pack")
+    with pytest.raises(DataError, match="outside its folder"):  # nor when resuming a pack into that folder
+        packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
+
+
+@pytest.mark.slow
+def test_selfsup_pack_killed_mid_shard_resumes_to_the_same_bytes(tmp_path, kill_after_checkpoint):
+    root = make_folder(tmp_path / "imgs", 300, size=(64, 48))
+    fresh = subprocess.run([sys.executable, "-m", "selfsup", "pack", str(root), str(tmp_path / "fresh"),
+                            "--size", "24", "--shard-size", "32"], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    command = [sys.executable, "-m", "selfsup", "pack", str(root), str(tmp_path / "pack"), "--size", "24",
+               "--shard-size", "32"]
+    # A real SIGKILL once three shards are on disk: whatever the process was doing (a shard half written,
+    # the index being replaced) is left as it was.
+    running = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after_checkpoint(running, tmp_path / "pack" / "shard-00002.npy")
+    assert not (tmp_path / "pack" / "shard-00009.npy").exists(), "the pack finished before it was killed"
+    with pytest.raises(DataError, match="unfinished pack"):
+        packing.open_pack(tmp_path / "pack")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shards = sorted(p.name for p in (tmp_path / "fresh").glob("shard-*.npy"))
+    assert shards == sorted(p.name for p in (tmp_path / "pack").glob("shard-*.npy")) and len(shards) == 10
+    for name in shards:
+        assert (tmp_path / "pack" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+    assert not list((tmp_path / "pack").glob(".*tmp*"))  # no temporary left behind
+    assert len(packing.open_pack(tmp_path / "pack", verify=True)) == 300
+
+
 def test_a_shard_that_does_not_match_its_index_is_named(tmp_path):
     root = make_folder(tmp_path / "imgs", 8)
     packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)

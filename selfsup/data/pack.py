@@ -182,6 +182,12 @@ def _read_index(path: Path) -> dict:
         raise DataError(f"packed: {path} is not a selfsup pack index (no \"format\": \"{FORMAT}\")")
     if index.get("version") != VERSION:
         raise DataError(f"packed: {path} is version {index.get('version')!r}; this selfsup reads version {VERSION}")
+    for shard in index.get("shards") or []:
+        name = shard.get("file") if isinstance(shard, dict) else None
+        # A pack someone sent is read from its own folder only: a shard is a plain file name there.
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise DataError(f"packed: {path} names a shard file {name!r} outside its folder; a pack's shards are "
+                            f"plain file names beside its {INDEX}, and this one is refused")
     return index
 
 
