@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from selfsup.errors import DataError, NonFiniteLossError, UsageError
+from selfsup.errors import DataError, NonFiniteLossError, Preempted, UsageError
 
 USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
@@ -112,6 +112,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.engine import pretrain
 
     _tune_allocator()
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in train.out_dir and --overwrite starts it over: choose one")
     if args.resume and args.recipe and Path(args.recipe).suffix in (".ckpt", ".pt"):
         from selfsup.engine import load_checkpoint
 
@@ -120,8 +122,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         cfg, resume = load_config(None, args.overrides, base=saved), Path(args.recipe)
     else:
         cfg = load_config(args.recipe, args.overrides)
-        resume = bool(args.resume)
-    result = pretrain(cfg, resume=resume, command=args.command_line)
+        resume = "auto" if args.resume == "auto" else bool(args.resume)
+    result = pretrain(cfg, resume=resume, overwrite=args.overwrite, command=args.command_line)
     if result.metrics:
         print(json.dumps({"run": str(result.out_dir), **{k: round(v, 4) for k, v in result.metrics.items()}}))
         for key, value in result.metrics.items():
@@ -461,9 +463,13 @@ def parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="pretrain an encoder from a YAML recipe")
     pre.add_argument("recipe", nargs="?", help="YAML recipe (recipes/*.yaml), or a checkpoint with --resume")
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 optim.lr=0.5")
-    pre.add_argument("--resume", action="store_true",
+    pre.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], metavar="auto",
                      help="continue <out_dir>/checkpoints/last.ckpt exactly where it stopped; overrides may "
-                          "change train.epochs (the schedules are recomputed) and logging/evaluation keys")
+                          "change train.epochs (the schedules are recomputed) and logging/evaluation keys. "
+                          "--resume auto: continue if there is a checkpoint, else start (what a requeued job runs)")
+    pre.add_argument("--overwrite", action="store_true",
+                     help="start over in a train.out_dir that holds another run (its files are replaced); "
+                          "without it such a folder is refused")
     pre.set_defaults(func=cmd_pretrain)
 
     ve = sub.add_parser("verify", help="check a checkpoint (or an export folder) against the digests written with "
@@ -565,7 +571,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    command_parser = parser()
+    args, extra = command_parser.parse_known_args(argv)
+    # `selfsup pretrain RECIPE --resume train.epochs=20`: overrides may come after the options too.
+    if args.command == "pretrain" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra
+    elif extra:
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command_line = shlex.join(["selfsup", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "pretrain" and args.recipe and "=" in args.recipe:
         args.overrides.insert(0, args.recipe)  # `selfsup pretrain key=value ...` without a recipe
@@ -582,6 +594,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"selfsup: training diverged: {error}", file=sys.stderr)
         return 3
+    except Preempted as error:
+        print(f"selfsup: {error} (exit status {Preempted.EXIT_STATUS}: requeue me)", file=sys.stderr)
+        return Preempted.EXIT_STATUS
+    except RuntimeError as error:
+        if os.environ.get("SELFSUP_DEBUG") or not _peer_failed(error):
+            raise
+        rank = os.environ.get("RANK", "?")
+        print(f"selfsup: rank {rank} stops: another rank of this job stopped first ({str(error).splitlines()[0][:160]}); "
+              f"the launcher's report names it. The last checkpoint written is whole: continue with --resume",
+              file=sys.stderr)
+        return 4
+
+
+def _peer_failed(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process is gone (gloo's and NCCL's words)."""
+    text = str(error)
+    return any(words in text for words in ("Connection reset by peer", "Connection closed by peer",
+                                            "NCCL communicator was aborted", "Broken pipe"))
 
 
 if __name__ == "__main__":

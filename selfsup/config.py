@@ -118,6 +118,10 @@ class TrainConfig:
     epochs: float = 10.0
     batch_size: int = 256
     """Global batch: split evenly over devices x nodes."""
+    stop_on_sigterm: bool = True
+    """On SIGTERM (a scheduler's notice before preemption) every rank finishes its step, a checkpoint is
+    written and the run stops (exit status 75 from the command line); ``--resume`` continues exactly.
+    The handler is set only while fitting, in the main thread, and the previous one put back."""
     micro_batch_size: int | None = None
     """Gradient caching (selfsup.engine.grad_cache): each rank computes its share of the batch this
     many images at a time, and the step still gets the exact gradient of the whole batch's

@@ -6,6 +6,8 @@ not initialised (or has one rank), so losses call it unconditionally.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -86,6 +88,21 @@ def gather(tensor: Tensor) -> Tensor:
     return _all_gather(tensor)
 
 
+def gather_list(tensor: Tensor) -> list[Tensor]:
+    """Every rank's ``tensor`` (same shape on every rank), in rank order, without gradients;
+    ``[tensor]`` on one process.
+
+    Examples:
+        >>> [t.tolist() for t in gather_list(torch.arange(2))]
+        [[0, 1]]
+    """
+    if not is_distributed():
+        return [tensor]
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return parts
+
+
 def _all_gather(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
@@ -149,6 +166,25 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     total = tensor.detach().clone()
     dist.all_reduce(total)
     return total
+
+
+def launch_rank() -> int:
+    """This process's rank, also before the process group starts (torchrun's ``RANK``); 0 alone."""
+    return rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+
+
+def any_of(flags: list[bool], device: torch.device | str = "cpu") -> list[bool]:
+    """For each flag, whether it is True on any rank (one all-reduce for all of them).
+
+    Examples:
+        >>> any_of([True, False])  # single process: the flags themselves
+        [True, False]
+    """
+    if not is_distributed():
+        return [bool(flag) for flag in flags]
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value > 0) for value in values.tolist()]
 
 
 def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:

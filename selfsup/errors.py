@@ -27,3 +27,11 @@ class NonFiniteError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged (a NaN or Inf loss, weights or statistics); the last good checkpoint is kept."""
+
+
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM, as schedulers send before preempting a job): every rank
+    finished its step and a checkpoint was written; ``--resume`` continues it exactly."""
+
+    EXIT_STATUS = 75
+    """What the command line exits with: EX_TEMPFAIL, "try again later", for a requeue script."""

@@ -9,8 +9,10 @@ line rebuild methods and data with them).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,31 @@ def start_fabric(t: TrainConfig, out_dir: Path) -> tuple[Fabric, str, str]:
                         precision=precision, loggers=[logger])
     except ValueError as error:  # Fabric checks accelerator, devices, strategy and precision names
         raise ConfigError(f"train: {error}") from None
+    if t.devices * t.num_nodes > 1:
+        join_restarted_torchrun(t.accelerator)
     fabric.launch()
     return fabric, precision, why
+
+
+def join_restarted_torchrun(accelerator: str) -> None:
+    """Under ``torchrun --max-restarts``, start the process group on keys of this attempt alone.
+
+    The workers of every attempt meet in the elastic agent's one store, where the previous
+    attempt's process-group keys (each rank's gloo address) are still written: a restarted rank that
+    reads its peer's key before the peer has written it again connects to a process that is gone,
+    and the restart fails. (Plain ``init_process_group`` is lucky when the ranks start in step;
+    Fabric's slower start is not.) So the group is started here, on a store prefixed by
+    ``TORCHELASTIC_RESTART_COUNT``; Fabric then finds it started. Nothing is done outside torchrun.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or torch.distributed.is_initialized():
+        return
+    world = int(os.environ["WORLD_SIZE"])
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                       is_master=False, timeout=timedelta(minutes=10))
+    attempt = torch.distributed.PrefixStore(f"selfsup/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}",
+                                            store)
+    backend = "nccl" if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend, store=attempt, rank=int(os.environ["RANK"]), world_size=world)
 
 
 def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.ImageDataset | None]:

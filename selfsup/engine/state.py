@@ -70,7 +70,9 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.history = {"images_per_s": [], **state["history"]}
     trainer.train_seconds = float(saved.get("train_seconds", 0.0))
     window_loss, trainer.window_steps = saved.get("loss_window", (0.0, 0))
-    trainer.window_loss.fill_(window_loss)
+    # Each rank's own loss sum since the last log (older checkpoints kept rank 0's only).
+    per_rank = saved.get("loss_windows")
+    trainer.window_loss.fill_(per_rank[trainer.fabric.global_rank] if per_rank else window_loss)
     set_rng_state(rng[trainer.fabric.global_rank], trainer.fabric.device)
     old_steps = int(saved.get("max_steps", trainer.max_steps))
     trainer.say(f"resuming at step {step} of {trainer.max_steps} (epoch {step / trainer.steps_per_epoch:g})")
@@ -86,13 +88,14 @@ def save(trainer: Trainer, step: int) -> None:
     if not distributed.all_true(finite_state(trainer.method), trainer.fabric.device):
         raise NonFiniteLossError(f"{trainer.cfg.method}: the weights or statistics hold NaN/Inf at step {step}; "
                                  f"{kept(trainer)}. {hint(trainer)}")
-    rng = trainer.fabric.all_gather(rng_state(trainer.fabric.device))
-    rng = [rng] if trainer.fabric.world_size == 1 else list(rng)
+    rng = distributed.gather_list(rng_state(trainer.fabric.device))
+    windows = [float(w) for w in distributed.gather_list(trainer.window_loss.detach().reshape(1).float())]
 
     def write() -> None:
         run = {"max_steps": trainer.max_steps, "precision": trainer.precision, "device": trainer.fabric.device.type,
                "train_seconds": trainer.train_seconds + time.perf_counter() - trainer.fit_started,
-               "loss_window": [float(trainer.window_loss), trainer.window_steps], "time_plan": trainer.time_plan}
+               "loss_window": [float(trainer.window_loss), trainer.window_steps], "loss_windows": windows,
+               "time_plan": trainer.time_plan}
         state = {"model": trainer.method.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                  "precision": trainer.fabric.strategy.precision.state_dict(), "step": step,
                  "epoch": step / trainer.steps_per_epoch, "config": to_dict(trainer.cfg), "run": run,

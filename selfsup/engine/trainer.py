@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +40,7 @@ from selfsup.engine.logs import MetricsCSV
 from selfsup.engine.optim import Schedule, build_optimizer
 from selfsup.engine.setup import (build_augmentation, build_method, check_view_sizes, load_data, prepare_method, say,
                                   start_fabric)
-from selfsup.errors import ConfigError, NonFiniteLossError
+from selfsup.errors import ConfigError, NonFiniteLossError, Preempted
 from selfsup.methods import METHODS, Batch, Progress
 from selfsup.methods.base import splits_into_embeddings
 
@@ -124,6 +127,7 @@ class Trainer:
         # run logs the same means as an uninterrupted one.
         self.window_loss, self.window_steps = torch.zeros((), device=fabric.device), 0
         self.time_plan: dict[str, float] = {}
+        self.stop_requested = self.stopping = False  # SIGTERM on this rank / on any rank (see _catch_sigterm)
         if resume_state is not None:
             state.restore(self, resume_state)
         else:
@@ -182,10 +186,13 @@ class Trainer:
         return outputs
 
     def check_finite(self, loss: Tensor, progress: Progress) -> None:
-        """Raise :class:`NonFiniteLossError` on every rank when the loss of any rank is NaN/Inf."""
+        """Raise :class:`NonFiniteLossError` on every rank when the loss of any rank is NaN/Inf. The same
+        all-reduce tells every rank whether any was asked to stop (SIGTERM), so they stop together."""
         loss = loss.detach()
         finite = bool(torch.isfinite(loss))
-        if not distributed.all_true(finite, self.fabric.device):
+        nonfinite_anywhere, stop_anywhere = distributed.any_of([not finite, self.stop_requested], self.fabric.device)
+        self.stopping = self.stopping or stop_anywhere
+        if nonfinite_anywhere:
             where = f"the loss is {loss.item()}" if not finite else "another rank's loss is NaN/Inf"
             raise NonFiniteLossError(f"{self.cfg.method}: {where} at step {progress.step} (epoch "
                                      f"{progress.epoch:.2f}); {state.kept(self)}. {state.hint(self)}")
@@ -219,6 +226,7 @@ class Trainer:
                    unit="step", disable=not (t.progress and self.is_main), dynamic_ncols=True)
         window_start = time.perf_counter()
         status = "failed"
+        previous = self._catch_sigterm()
         try:
             for step in range(self.start_step, self.max_steps):
                 outputs, lr = self.train_step(step)
@@ -252,11 +260,18 @@ class Trainer:
                         self.history["knn"].append((done, accuracy))
                         if t.progress:
                             self.say(f"epoch {done // self.steps_per_epoch}: kNN accuracy {accuracy:.4f}")
-                if done % t.checkpoint_every == 0 or epoch_end or done == self.max_steps:
+                if done % t.checkpoint_every == 0 or epoch_end or done == self.max_steps or self.stopping:
                     state.save(self, done)
+                if self.stopping and done < self.max_steps:
+                    status = "preempted"
+                    raise Preempted(f"stopped by SIGTERM after step {done} of {self.max_steps} (epoch "
+                                    f"{done / self.steps_per_epoch:.2f}); every rank finished the step and "
+                                    f"{self.ckpt_path} holds it: continue with --resume")
             state.gather_skipped(self)
             status = "success"
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.train_seconds += time.perf_counter() - self.fit_started
             bar.close()
             close = getattr(self.source, "close", None)
@@ -264,6 +279,18 @@ class Trainer:
                 close()
             for logger in fabric.loggers:
                 logger.finalize(status)
+
+    def _catch_sigterm(self):
+        """While fitting, SIGTERM asks the run to stop after the current step (every rank together,
+        with a checkpoint): what SLURM and most schedulers send before preempting a job. The previous
+        handler is put back when fit returns; None when not in the main thread (no handler set)."""
+        if not self.cfg.train.stop_on_sigterm or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def ask_to_stop(signum, frame) -> None:
+            self.stop_requested = True
+
+        return signal.signal(signal.SIGTERM, ask_to_stop)
 
     def train_step(self, step: int) -> tuple[dict[str, Tensor], float]:
         """One optimisation step (the method's outputs and the learning rate it used)."""
@@ -291,7 +318,23 @@ class Trainer:
             self.metrics_log.log(metrics, step)
 
 
-def pretrain(cfg: Config, *, resume: str | Path | bool = False, command: str | None = None) -> RunResult:
+RUN_FILES = ("results.json", "report.html", "config.yaml", "checkpoints", "evaluations", "logs", "tensorboard",
+             "curves.png", "views.png", "umap.png", "tsne.png", "retrieval.png", "test_embeddings.npy",
+             "test_embeddings_labels.npy", "embeddings", "export")
+"""What a run writes in its folder (what ``overwrite`` replaces)."""
+
+
+def _holds_a_run(folder: Path) -> str | None:
+    """What shows that ``folder`` holds a run (None: nothing)."""
+    if (folder / "checkpoints" / "last.ckpt").is_file():
+        return "a checkpoint"
+    if (folder / "results.json").is_file():
+        return "a finished run's results.json"
+    return None
+
+
+def pretrain(cfg: Config, *, resume: str | Path | bool = False, overwrite: bool = False,
+             command: str | None = None) -> RunResult:
     """Pretrain ``cfg.method`` on ``cfg.data``, evaluate, and return where everything went.
 
     Args:
@@ -300,13 +343,34 @@ def pretrain(cfg: Config, *, resume: str | Path | bool = False, command: str | N
             path. The run continues exactly as if it had never stopped (same data order, same
             random views, same weights). ``cfg`` must equal the checkpoint's configuration except
             for the keys in ``selfsup.config.RESUMABLE`` (``train.epochs`` extends or shortens the
-            run; the schedules are then recomputed over the new length).
+            run; the schedules are then recomputed over the new length). ``"auto"``: continue
+            when that checkpoint exists, else start (a requeued cluster job).
+        overwrite: start over in an ``out_dir`` that holds another run, replacing its files;
+            without it (and without ``resume``) such a folder is refused.
         command: the command line that started the run, recorded in ``results.json``.
 
     Raises:
-        ConfigError: ``cfg`` changes a setting a resumed run cannot change.
+        ConfigError: ``cfg`` changes a setting a resumed run cannot change, or ``out_dir`` holds a run.
         NonFiniteLossError: the loss or the weights became NaN/Inf (all ranks stop together).
+        Preempted: SIGTERM stopped the run after a checkpoint (see ``train.stop_on_sigterm``).
     """
+    out = Path(cfg.train.out_dir)
+    main_process = distributed.launch_rank() == 0  # the process group may not have started yet
+    if resume == "auto":
+        resume = (out / "checkpoints" / "last.ckpt").is_file()
+        if main_process:
+            say(f"--resume auto: {'continuing the checkpoint in' if resume else 'no checkpoint yet in'} {out}")
+    found = _holds_a_run(out)
+    if not resume and found:
+        if not overwrite:
+            raise ConfigError(f"train.out_dir: {out} holds another run ({found}); continue it with --resume, start "
+                              f"it over with --overwrite, or give this run another name (name=... or "
+                              f"train.out_dir=...)")
+        if main_process:  # the other ranks never read these files
+            say(f"--overwrite: replacing the run in {out}")
+            for name in RUN_FILES:
+                target = out / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     state = None
     if resume:
         path = Path(cfg.train.out_dir) / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
