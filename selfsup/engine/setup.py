@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 from lightning_fabric import Fabric
-from lightning_fabric.loggers import TensorBoardLogger
 from lightning_fabric.strategies import DDPStrategy
 from torch import nn
 
 from selfsup import augment, data
 from selfsup.config import AugmentConfig, Config, TrainConfig
+from selfsup.engine.logs import build_loggers
 from selfsup.errors import ConfigError, DataError
 from selfsup.methods import METHODS
 from selfsup.methods.base import view_count_problem
@@ -63,18 +63,20 @@ _DDP_STRATEGIES = {"auto": {}, "ddp": {}, "ddp_spawn": {"start_method": "spawn"}
                    "ddp_find_unused_parameters_true": {"find_unused_parameters": True}}
 
 
-def start_fabric(t: TrainConfig, out_dir: Path) -> tuple[Fabric, str, str]:
-    """Fabric on the configured devices, launched. DDP does not broadcast buffers: queues, banks,
+def start_fabric(t: TrainConfig, out_dir: Path, run_name: str = "selfsup", config: dict | None = None,
+                 run_ids: dict[str, str] | None = None) -> tuple[Fabric, str, str]:
+    """Fabric on the configured devices, launched, with the loggers of ``train.loggers`` (``run_ids``:
+    the W&B / MLflow runs a resumed run continues). DDP does not broadcast buffers: queues, banks,
     centres and global-BN statistics stay equal by construction, and per-device BN statistics
     (MoCo) are each rank's own, rank 0's being the ones saved."""
     precision, why = resolve_precision(t.precision, t.accelerator)
     strategy: Any = t.strategy
     if t.devices * t.num_nodes > 1 and strategy in _DDP_STRATEGIES:
         strategy = DDPStrategy(broadcast_buffers=False, **_DDP_STRATEGIES[strategy])
-    logger = TensorBoardLogger(out_dir, name="", version="tensorboard", default_hp_metric=False)
+    loggers = build_loggers(t.loggers, out_dir, run_name, config or {}, run_ids)
     try:
         fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-                        precision=precision, loggers=[logger])
+                        precision=precision, loggers=loggers)
     except ValueError as error:  # Fabric checks accelerator, devices, strategy and precision names
         raise ConfigError(f"train: {error}") from None
     if t.devices * t.num_nodes > 1:

@@ -95,7 +95,9 @@ def save(trainer: Trainer, step: int) -> None:
         run = {"max_steps": trainer.max_steps, "precision": trainer.precision, "device": trainer.fabric.device.type,
                "train_seconds": trainer.train_seconds + time.perf_counter() - trainer.fit_started,
                "loss_window": [float(trainer.window_loss), trainer.window_steps], "loss_windows": windows,
-               "time_plan": trainer.time_plan}
+               "time_plan": trainer.time_plan,
+               # The W&B / MLflow runs a resumed run goes on logging into.
+               "loggers": {lg.name: str(lg.version) for lg in trainer.fabric.loggers if lg.name in ("wandb", "mlflow")}}
         state = {"model": trainer.method.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                  "precision": trainer.fabric.strategy.precision.state_dict(), "step": step,
                  "epoch": step / trainer.steps_per_epoch, "config": to_dict(trainer.cfg), "run": run,

@@ -68,7 +68,8 @@ class Trainer:
         t = cfg.train
         self.out_dir = Path(t.out_dir)
         self.ckpt_path = self.out_dir / "checkpoints" / "last.ckpt"
-        self.fabric, self.precision, precision_reason = start_fabric(t, self.out_dir)
+        run_ids = (resume_state or {}).get("run", {}).get("loggers")
+        self.fabric, self.precision, precision_reason = start_fabric(t, self.out_dir, cfg.name, to_dict(cfg), run_ids)
         fabric = self.fabric
         self.is_main = fabric.global_rank == 0
         self.say(f"precision {self.precision}: {precision_reason}")
@@ -134,7 +135,8 @@ class Trainer:
             torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # different views on every rank
             if t.time_limit is not None:
                 monitor.plan_time_limit(self, parse_duration(t.time_limit))
-        if self.is_main:
+        self.metrics_log = None
+        if self.is_main and "csv" in t.loggers:
             log_path = self.out_dir / "logs" / "metrics.csv"
             self.metrics_log = MetricsCSV(log_path, self.start_step if resume_state is not None else None)
 
@@ -221,6 +223,9 @@ class Trainer:
             (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(cfg)))
         if self.start_step == 0:
             self.draw_views()
+            for logger in fabric.loggers:
+                if logger.name == "mlflow":  # W&B took the configuration when its run started
+                    logger.log_hyperparams(to_dict(cfg))
         self.fit_started = time.perf_counter()
         bar = tqdm(total=self.max_steps, initial=self.start_step, desc=f"{cfg.method} {cfg.name}",
                    unit="step", disable=not (t.progress and self.is_main), dynamic_ncols=True)
@@ -314,7 +319,7 @@ class Trainer:
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Write metrics to TensorBoard and (rank 0) ``logs/metrics.csv``."""
         self.fabric.log_dict(metrics, step=step)
-        if self.is_main:
+        if self.metrics_log is not None:
             self.metrics_log.log(metrics, step)
 
 
