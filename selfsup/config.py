@@ -145,6 +145,11 @@ class TrainConfig:
     from the step time of a few calibration steps (whose effects are undone), recorded in the
     checkpoint, and kept by a resume."""
     checkpoint_every: int = 500
+    keep_last: int = 0
+    """Besides checkpoints/last.ckpt, keep the last k checkpoints as checkpoints/step-<N>.ckpt (0: none)."""
+    save_best: str | None = None
+    """Keep checkpoints/best.ckpt, the checkpoint of the best ``knn`` monitor accuracy (needs
+    train.knn_every) or the lowest logged ``loss`` seen at a checkpoint; None: no best copy."""
     """Steps between checkpoints (also written at the end of every epoch and of the run)."""
     knn_every: int = 1
     """Epochs between online kNN accuracy checks (0: never)."""
@@ -330,6 +335,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {cfg.train.precision!r}")
     if not 0 <= cfg.train.knn_val_fraction < 1:
         raise ConfigError(f"train.knn_val_fraction: must be in [0, 1), got {cfg.train.knn_val_fraction}")
+    if cfg.train.keep_last < 0:
+        raise ConfigError(f"train.keep_last: must be >= 0, got {cfg.train.keep_last}")
+    if cfg.train.save_best not in (None, "knn", "loss"):
+        raise ConfigError(f"train.save_best: must be knn or loss (or null), got {cfg.train.save_best!r}")
     if cfg.train.time_limit is not None:
         parse_duration(cfg.train.time_limit)
     if cfg.data.max_samples is not None and cfg.data.max_samples <= 0:
@@ -393,7 +402,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 # Keys a resumed run may change: how long it runs, how it logs, and how it is evaluated. Anything
 # else (data, method, optimiser, batch, seed) would make the continuation a different run.
-RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.knn_every", "train.knn_train_samples",
+RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.keep_last", "train.knn_every", "train.knn_train_samples",
              "train.knn_val_fraction", "train.log_every", "train.progress", "train.loggers", "train.stop_on_sigterm",
              "data.workers", "eval.")
 

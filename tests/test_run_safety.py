@@ -3,6 +3,7 @@ auto), SIGTERM before preemption, a disk that fills during a checkpoint, a 2-ran
 resumed, a rank that dies. Each ends with a checkpoint that resumes to bit-identical weights, or one
 line saying what happened."""
 
+import json
 import os
 import signal
 import subprocess
@@ -231,3 +232,27 @@ def test_without_restarts_the_surviving_rank_stops_in_bounded_time_naming_the_de
     assert "selfsup: rank 0 stops: another rank of this job stopped first" in output  # one line, no traceback
     assert "Traceback" not in output.split("selfsup: rank 0 stops")[0].split("Initializing distributed")[-1]
     assert load_checkpoint(out / "checkpoints" / "last.ckpt")["step"] >= 22  # the last good checkpoint is whole
+
+
+def test_keep_last_and_save_best_keep_the_checkpoints_they_name(tmp_path):
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [*TINY, "train.epochs=4", "train.checkpoint_every=8", "train.keep_last=2",
+                             "train.save_best=knn", "train.knn_every=1", "train.knn_train_samples=300",
+                             f"train.out_dir={out}"])
+    pretrain(cfg)
+    folder = out / "checkpoints"
+    # Checkpoints at every 8 steps and every epoch end (22 steps): 8, 16, 22, 24, 32, 40, 44, 48, ..., 88.
+    saved = sorted({s for s in range(1, 89) if s % 8 == 0 or s % 22 == 0})
+    assert sorted(p.name for p in folder.glob("step-*.ckpt")) == sorted(f"step-{s}.ckpt" for s in saved[-2:])
+    history = load_checkpoint(folder / "last.ckpt")["history"]["knn"]  # measured at each epoch end
+    best_step, best_knn = max(history, key=lambda point: (point[1], -point[0]))
+    best = load_checkpoint(folder / "best.ckpt")
+    assert best["step"] == best_step and best["history"]["knn"][-1] == (best_step, best_knn)
+    listed = json.loads((out / "results.json").read_text())["checkpoints"]
+    assert listed["best"] == {"path": str(folder / "best.ckpt"), "metric": "knn", "value": best_knn, "step": best_step}
+    assert listed["steps"] == [str(folder / f"step-{s}.ckpt") for s in saved[-2:]]
+    with pytest.raises(Exception, match="train.save_best=knn keeps the checkpoint of the best kNN monitor"):
+        pretrain(load_config(None, [*TINY, "train.save_best=knn", f"train.out_dir={tmp_path / 'other'}"]))

@@ -87,6 +87,21 @@ def random_init_scores(trainer: Trainer, labelled: bool, own: bool) -> dict[str,
     return floor
 
 
+def kept_checkpoints(trainer: Trainer) -> dict[str, Any]:
+    """The checkpoint files the run keeps: last, step-<N> (train.keep_last), best (train.save_best)."""
+    folder = trainer.ckpt_path.parent
+    kept: dict[str, Any] = {"last": str(trainer.ckpt_path)}
+    steps = sorted(folder.glob("step-*.ckpt"), key=lambda p: int(p.stem.removeprefix("step-")))
+    if steps:
+        kept["steps"] = [str(p) for p in steps]
+    if trainer.best is not None and (folder / "best.ckpt").is_file():
+        best = dict(trainer.best)
+        if best["metric"] == "loss":
+            best["value"] = -best["value"]
+        kept["best"] = {"path": str(folder / "best.ckpt"), **best}
+    return kept
+
+
 def finish(trainer: Trainer) -> dict[str, float]:
     """Final evaluation and pictures on rank 0, on the test split (read here only): linear probe,
     kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``), each with its floor (the same
@@ -146,6 +161,7 @@ def finish(trainer: Trainer) -> dict[str, float]:
                "wall_time_s": round(time.perf_counter() - trainer.started, 1),
                "pretrain_time_s": round(trainer.train_seconds, 1),
                "images_per_s": round(float(np.median(rates)), 1) if rates else None,
+               "checkpoints": kept_checkpoints(trainer),
                **({"skipped_files": [{"path": p, "reason": r} for p, r in skipped.items()]} if skipped else {}),
                **metrics, "evaluations": evaluations}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -7,7 +7,10 @@ refuses what would break an exact resume (other process count, precision, device
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -67,6 +70,7 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
         trainer.fabric.strategy.precision.load_state_dict(state["precision"])
     trainer.start_step = step
     trainer.time_plan = dict(saved.get("time_plan", {}))
+    trainer.best = saved.get("best")
     trainer.history = {"images_per_s": [], **state["history"]}
     trainer.train_seconds = float(saved.get("train_seconds", 0.0))
     window_loss, trainer.window_steps = saved.get("loss_window", (0.0, 0))
@@ -95,7 +99,7 @@ def save(trainer: Trainer, step: int) -> None:
         run = {"max_steps": trainer.max_steps, "precision": trainer.precision, "device": trainer.fabric.device.type,
                "train_seconds": trainer.train_seconds + time.perf_counter() - trainer.fit_started,
                "loss_window": [float(trainer.window_loss), trainer.window_steps], "loss_windows": windows,
-               "time_plan": trainer.time_plan,
+               "time_plan": trainer.time_plan, "best": trainer.best,
                # The W&B / MLflow runs a resumed run goes on logging into.
                "loggers": {lg.name: str(lg.version) for lg in trainer.fabric.loggers if lg.name in ("wandb", "mlflow")}}
         state = {"model": trainer.method.state_dict(), "optimizer": trainer.optimizer.state_dict(),
@@ -105,8 +109,47 @@ def save(trainer: Trainer, step: int) -> None:
                  "data": {"channels": trainer.train_set.channels, "size": trainer.train_set.size,
                           "num_train": len(trainer.train_set), **data_fingerprint(trainer.train_set)}}
         checkpoint.save_atomic(state, trainer.ckpt_path)
+        retain(trainer, step)
 
     trainer.on_rank_zero(f"writing {trainer.ckpt_path}", write)
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` becomes ``source``'s bytes: a hard link (no second write) where the file system
+    allows, else a copy; replaced atomically."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
+def best_value(trainer: Trainer) -> float | None:
+    """The ``train.save_best`` metric now (higher is better: the loss is negated), None if not measured."""
+    metric = trainer.cfg.train.save_best
+    points = trainer.history.get("knn" if metric == "knn" else "loss") or []
+    if not points:
+        return None
+    return points[-1][1] if metric == "knn" else -points[-1][1]
+
+
+def retain(trainer: Trainer, step: int) -> None:
+    """After last.ckpt is written: keep it as step-<N>.ckpt (the last ``keep_last``) and as best.ckpt
+    when it is the best so far (``save_best``); the kept files are listed in ``trainer.kept_checkpoints``."""
+    t, folder = trainer.cfg.train, trainer.ckpt_path.parent
+    if t.keep_last:
+        _link(trainer.ckpt_path, folder / f"step-{step}.ckpt")
+        steps = sorted(int(p.stem.removeprefix("step-")) for p in folder.glob("step-*.ckpt")
+                       if p.stem.removeprefix("step-").isdigit())
+        for old in steps[:-t.keep_last]:
+            (folder / f"step-{old}.ckpt").unlink(missing_ok=True)
+    if t.save_best:
+        value = best_value(trainer)
+        if value is not None and (trainer.best is None or value > trainer.best["value"]):
+            _link(trainer.ckpt_path, folder / "best.ckpt")
+            trainer.best = {"metric": t.save_best, "value": value, "step": step}
 
 
 def gather_skipped(trainer: Trainer) -> None:

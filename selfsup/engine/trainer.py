@@ -129,6 +129,9 @@ class Trainer:
         self.window_loss, self.window_steps = torch.zeros((), device=fabric.device), 0
         self.time_plan: dict[str, float] = {}
         self.stop_requested = self.stopping = False  # SIGTERM on this rank / on any rank (see _catch_sigterm)
+        self.best: dict[str, Any] | None = None  # train.save_best: {"metric", "value", "step"} of best.ckpt
+        if t.save_best == "knn" and not t.knn_every:
+            raise ConfigError("train.save_best=knn keeps the checkpoint of the best kNN monitor: set train.knn_every")
         if resume_state is not None:
             state.restore(self, resume_state)
         else:
