@@ -277,7 +277,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True,
                                          kind=kind_of(cfg.data))
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
-    paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=f"{dataset.name}_{args.split}")
+    prefix = f"{dataset.name}_{args.split}"
+    files = getattr(dataset, "files", None)
+    if args.format == "npy":
+        paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=prefix)
+        # Which image each row is: the rows of the .npy files in order.
+        paths.append(evaluate.save_embedding_table(out / f"{prefix}_rows.csv", features[:, :0], files=files,
+                                                   labels=dataset.labels, classes=dataset.classes))
+    else:
+        paths = [evaluate.save_embedding_table(out / f"{prefix}.{args.format}", features, files=files,
+                                               labels=dataset.labels, classes=dataset.classes, fmt=args.format)]
     print(f"{features.shape[0]} embeddings of dimension {features.shape[1]} -> {', '.join(map(str, paths))}")
     return 0
 
@@ -527,6 +536,9 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("--split", default="test", choices=["train", "test"])
     em.add_argument("--root", help="folder holding the dataset's files")
     em.add_argument("--out", help="output folder (default: <run>/embeddings)")
+    em.add_argument("--format", choices=["npy", "csv", "parquet"], default="npy",
+                    help="npy: <name>.npy and _labels.npy, with _rows.csv naming each row's file (or index); csv / "
+                         "parquet: one table with the file (or index), label, class and embedding of every row")
     em.set_defaults(func=cmd_embed)
 
     ex = sub.add_parser("export", help="write a checkpoint's encoder as safetensors, TorchScript and ONNX",

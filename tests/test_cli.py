@@ -101,7 +101,11 @@ def digits_run(tmp_path_factory):
 def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path, here):
     run, out = digits_run
     summary = json.loads(out.stdout.splitlines()[0])
-    assert 0.1 < summary["linear_accuracy"] <= 1 and 0.1 < summary["knn_accuracy"] <= 1
+    results = json.loads((run / "results.json").read_text())["evaluations"]
+    for key in ("linear", "knn"):  # what the command prints is the run's file, beside its own floor
+        assert summary[f"{key}_accuracy"] == round(results[key]["accuracy"], 4)
+        assert f"{key} accuracy: {100 * results[key]['accuracy']:.2f}%" in out.stdout
+        assert results[key]["accuracy"] != results[key]["random_init"]["accuracy"]  # the encoder trained
     for name in ("curves.png", "tsne.png", "results.json", "logs/metrics.csv", "test_embeddings.npy"):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -128,6 +132,20 @@ def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path, here):
     assert features.shape == (360, 64)
     assert np.array_equal(np.load(tmp_path / "emb" / "digits_test_labels.npy"), np.load(run / "test_embeddings_labels.npy"))
     assert np.allclose(features, np.load(run / "test_embeddings.npy"), atol=1e-4)
+
+    # Tables that join every embedding back to its row: a standard set by position, a folder by file.
+    table = here("embed", str(ckpt), "digits", "--out", str(tmp_path / "emb"), "--format", "csv")
+    assert table.returncode == 0, table.stderr[-2000:]
+    import csv
+
+    with open(tmp_path / "emb" / "digits_test.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["index"]) for r in rows] == list(range(360))
+    assert [int(r["label"]) for r in rows] == np.load(run / "test_embeddings_labels.npy").tolist()
+    assert rows[7]["class"] == rows[7]["label"]  # digits' class names are the digits
+    assert np.allclose([[float(r[f"f{d}"]) for d in range(64)] for r in rows], features, atol=1e-6)
+    with open(tmp_path / "emb" / "digits_test_rows.csv") as file:  # beside the .npy files
+        assert [int(r["index"]) for r in csv.DictReader(file)] == list(range(360))
 
     plot = here("plot", str(run), "--method", "tsne")
     assert plot.returncode == 0, plot.stderr[-2000:]
@@ -162,7 +180,8 @@ def test_transfer_fewshot_and_finetune_write_their_entries(digits_run, here):
     fewshot = here("evaluate", "fewshot", ckpt, "--shots", "1", "--episodes", "50", "--classes", "5,6,7,8,9")
     assert fewshot.returncode == 0, fewshot.stderr[-2000:]
     entry = json.loads((run / "evaluations" / "fewshot_5way_1shot.json").read_text())
-    assert entry["classes"] == [5, 6, 7, 8, 9] and entry["episodes"] == 50 and 0.2 < entry["accuracy"] <= 1
+    assert entry["classes"] == [5, 6, 7, 8, 9] and entry["episodes"] == 50
+    assert entry["random_init"]["accuracy"] != entry["accuracy"] and "ci95" in entry["random_init"]
     finetune = here("evaluate", "finetune", ckpt, "--labels", "10%", "--seeds", "0,1", "--steps", "5")
     assert finetune.returncode == 0, finetune.stderr[-2000:]
     row = json.loads((run / "evaluations" / "finetune.json").read_text())["fractions"]["0.1"]
@@ -192,6 +211,14 @@ def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path, here)
     entry = json.loads((run / "evaluations" / "transfer_photos.json").read_text())
     assert entry["data"] == "photos" and "1x16x16" in entry["protocol"]
     assert entry["linear"] == 1.0 and entry["knn"] == 1.0  # dark and bright are trivially separable
+    pyarrow = pytest.importorskip("pyarrow.parquet")
+    out = here("embed", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "photos"), "--split", "train",
+               "--format", "parquet", "--out", str(tmp_path / "emb"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = pyarrow.read_table(tmp_path / "emb" / "folder_train.parquet").to_pydict()
+    expected = sorted(f"{name}/{i}.png" for name in ("bright", "dark") for i in range(12))
+    assert sorted(table["file"]) == expected and len(table["embedding"][0]) == 64
+    assert all(cls == path.split("/")[0] for cls, path in zip(table["class"], table["file"]))
 
 
 def test_label_methods_refuse_unlabelled_data_in_one_line(tmp_path):

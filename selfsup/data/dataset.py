@@ -26,6 +26,9 @@ class ImageDataset:
         labels: int64 ``(N,)`` class indices into ``classes``, or ``None``.
         classes: class names (``classes[k]`` names label ``k``), or ``None``.
         name: the name the dataset was loaded under (see ``selfsup.data.DATASETS``).
+        files: each row's file, relative to the folder it was read from (folders), or ``None``
+            (a standard set, whose rows are known by their position): what ``selfsup embed``
+            writes beside each embedding.
 
     Small datasets live whole on the training device: ``ds.to("cuda")`` once,
     then index batches there.
@@ -40,6 +43,7 @@ class ImageDataset:
     labels: Tensor | None
     classes: list[str] | None
     name: str
+    files: list[str] | None = None
 
     def __post_init__(self) -> None:
         images = self.images
@@ -53,6 +57,8 @@ class ImageDataset:
                 f"ImageDataset {self.name!r}: images must have 1 or 3 channels, got shape {tuple(images.shape)}; "
                 "channels go in dim 1 (N, C, H, W)"
             )
+        if self.files is not None and len(self.files) != images.shape[0]:
+            raise DataError(f"ImageDataset {self.name!r}: {len(self.files)} file names for {images.shape[0]} images")
         if self.labels is not None:
             labels = self.labels
             if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
@@ -100,7 +106,7 @@ class ImageDataset:
     def to(self, device: torch.device | str) -> ImageDataset:
         """The same dataset with images and labels on ``device`` (e.g. ``"cuda"``)."""
         labels = None if self.labels is None else self.labels.to(device)
-        return ImageDataset(self.images.to(device), labels, self.classes, self.name)
+        return ImageDataset(self.images.to(device), labels, self.classes, self.name, self.files)
 
     def subset(self, index: Tensor) -> ImageDataset:
         """The samples selected by ``index``: int64 positions ``(K,)`` or a bool mask ``(N,)``.
@@ -117,7 +123,11 @@ class ImageDataset:
             raise DataError(f"subset: index must hold integer positions or bools, got {index.dtype}")
         index = index.to(self.images.device)
         labels = None if self.labels is None else self.labels[index]
-        return ImageDataset(self.images[index], labels, self.classes, self.name)
+        files = None
+        if self.files is not None:
+            rows = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
+            files = [self.files[i] for i in rows.tolist()]
+        return ImageDataset(self.images[index], labels, self.classes, self.name, files)
 
     def mean(self) -> Tensor:
         """Per-channel mean in [0, 1] units: float32 ``(C,)`` on the images' device."""
@@ -160,7 +170,7 @@ class ImageDataset:
             images = resize_square(images, size)
         if channels is not None:
             images = to_channels(images, channels)
-        return ImageDataset(images, self.labels, self.classes, self.name)
+        return ImageDataset(images, self.labels, self.classes, self.name, self.files)
 
 
 def check_size(size: int | None) -> None:

@@ -195,8 +195,10 @@ def load_folder(root: str | Path, split: str, size: int, channels: int, progress
     skipped = len(files) - int(keep.sum())
     if skipped == len(files):
         raise DataError(f"folder: none of the {len(files)} image files under {base} could be read; see the warnings")
+    names = [path.relative_to(base).as_posix() for path in files]
     if skipped:
         warnings.warn(f"skipped {skipped} of {len(files)} image files under {base}", SkippedImageWarning, stacklevel=3)
         images = images[keep]
         labels = None if labels is None else labels[keep]
-    return ImageDataset(images, labels, classes, "folder")
+        names = [name for name, kept in zip(names, keep.tolist()) if kept]
+    return ImageDataset(images, labels, classes, "folder", names)

@@ -420,7 +420,12 @@ class StreamedDataset:
 
     def in_memory(self) -> ImageDataset:
         """The split's eval views read whole into an :class:`ImageDataset` (for what needs tensors)."""
-        return ImageDataset(self.images[:], self.labels, self.classes, self.name)
+        return ImageDataset(self.images[:], self.labels, self.classes, self.name, self.files)
+
+    @property
+    def files(self) -> list[str]:
+        """Each row's file (a folder's relative path, or the name a pack recorded)."""
+        return [self.images.reader.name(int(i)) for i in self.images.indices]
 
 
 class StreamedImages:

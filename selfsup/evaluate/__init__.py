@@ -18,7 +18,7 @@ only": it reads a finished run's folder. ``write_report(run_dir)`` writes the ru
 ``results_table(run_dirs)`` the README's results table.
 """
 
-from selfsup.evaluate.features import extract_features, save_embeddings
+from selfsup.evaluate.features import TABLE_FORMATS, extract_features, save_embedding_table, save_embeddings
 from selfsup.evaluate.fewshot import Episodes, FewShotResult, fewshot_accuracy, sample_episodes
 from selfsup.evaluate.finetune import FinetuneResult, few_label_finetune, finetune, label_subset
 from selfsup.evaluate.knn import KNN_PROTOCOL, knn_accuracy, knn_predict
@@ -36,6 +36,6 @@ __all__ = ["FEWSHOT_PROTOCOL", "FINETUNE_PROTOCOL", "KNN_PROTOCOL", "LINEAR_PROT
            "fewshot_accuracy", "fewshot_entry", "finetune", "finetune_entry", "frozen_evaluations", "knn_accuracy",
            "knn_predict", "label_subset", "linear_probe", "load_run", "nearest_neighbours", "plot_curves",
            "plot_embedding", "plot_retrieval", "plot_views", "recall_at_k", "results_table", "retrieval_picture",
-           "sample_episodes", "save_embeddings", "write_report", "TEXT_RETRIEVAL_PROTOCOL", "ZERO_SHOT_PROTOCOL",
+           "sample_episodes", "save_embedding_table", "save_embeddings", "TABLE_FORMATS", "write_report", "TEXT_RETRIEVAL_PROTOCOL", "ZERO_SHOT_PROTOCOL",
            "text_retrieval_entry", "text_retrieval_recall", "zero_shot_accuracy", "zero_shot_entry",
            "zero_shot_predict"]

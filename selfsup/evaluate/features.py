@@ -1,8 +1,11 @@
-"""Frozen-encoder features: batched extraction and export to ``.npy`` files."""
+"""Frozen-encoder features: batched extraction, export to ``.npy`` files, and tables that join
+each embedding back to its image (CSV, Parquet)."""
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from selfsup._optional import require_extra
+from selfsup.errors import ConfigError
 from selfsup.evaluate._common import as_features, as_labels, atomic_write
 from selfsup.nn import eval_mode
 
@@ -149,3 +154,51 @@ def save_embeddings(directory: str | os.PathLike, features, labels=None, *,
     directory = Path(directory)
     return [atomic_write(directory / name, lambda file, array=array: np.save(file, array))
             for name, array in arrays.items()]
+
+
+TABLE_FORMATS = ("npy", "csv", "parquet")
+
+
+def save_embedding_table(path: str | os.PathLike, features, *, files: Sequence[str] | None = None,
+                         labels=None, classes: Sequence[str] | None = None, fmt: str = "csv") -> Path:
+    """One row per embedding that joins back to the data: ``file`` (the image's path) or ``index``
+    (its position in the split), ``label`` and ``class`` when known, then the embedding as
+    ``f0 ... f{D-1}`` (CSV) or one fixed-size list column ``embedding`` (Parquet, through pyarrow:
+    the ``parquet`` extra). Written to a temporary name and renamed.
+
+    Raises:
+        ConfigError: an unknown format, or pyarrow missing for Parquet.
+    """
+    features = as_features(features, "features").detach().cpu().float().numpy()
+    count = features.shape[0]
+    if files is not None and len(files) != count:
+        raise ValueError(f"files has {len(files)} names for {count} embeddings")
+    key, ids = ("file", list(files)) if files is not None else ("index", list(range(count)))
+    columns: dict[str, list] = {key: ids}
+    if labels is not None:
+        labels = as_labels(labels, "labels", count, "features").cpu().tolist()
+        columns["label"] = labels
+        if classes is not None:
+            columns["class"] = [classes[k] for k in labels]
+    path = Path(path)
+    if fmt == "csv":
+        import csv
+
+        def write(file) -> None:
+            text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+            writer = csv.writer(text)
+            writer.writerow([*columns, *(f"f{d}" for d in range(features.shape[1]))])
+            for row, vector in enumerate(features):
+                writer.writerow([*(column[row] for column in columns.values()), *(repr(float(v)) for v in vector)])
+            text.flush()
+            text.detach()
+
+        return atomic_write(path, write)
+    if fmt == "parquet":
+        pyarrow = require_extra("pyarrow", "parquet")
+        import pyarrow.parquet as parquet
+
+        embedding = pyarrow.FixedSizeListArray.from_arrays(pyarrow.array(features.reshape(-1)), features.shape[1])
+        table = pyarrow.table({**columns, "embedding": embedding})
+        return atomic_write(path, lambda file: parquet.write_table(table, file))
+    raise ConfigError(f"--format: {fmt!r}; choose among {', '.join(TABLE_FORMATS)}")
