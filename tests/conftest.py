@@ -1,10 +1,24 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files, and the ``vision`` marker."""
 
+import importlib.util
 import os
 import signal
 import time
 
 import pytest
+
+VISION = all(importlib.util.find_spec(name) is not None for name in ("torchvision", "timm"))
+"""Whether torchvision and timm are installed: not in CI's lower-bound environment (torch 2.13's CPU
+build, beside which the registries' torchvision does not import), where ``vision`` tests skip."""
+
+
+def pytest_collection_modifyitems(config, items):
+    if VISION:
+        return
+    skip = pytest.mark.skip(reason="needs torchvision and timm, absent in the lower-bound torch environment")
+    for item in items:
+        if "vision" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -182,6 +182,7 @@ def official_sincos(h: int, w: int, dim: int) -> torch.Tensor:
     return torch.tensor(rows)[None]
 
 
+@pytest.mark.vision
 def test_mocov3_vit_is_the_official_vit_with_a_fixed_sincos_position_embedding():
     torch.manual_seed(0)
     backbone = build_backbone("vit_tiny", in_channels=1, image_size=16, mean=[0.5], std=[0.5])
@@ -209,6 +210,7 @@ def test_mocov3_vit_is_the_official_vit_with_a_fixed_sincos_position_embedding()
     assert torch.equal(pretrained.net.pos_embed, before) and pretrained.net.pos_embed.requires_grad
 
 
+@pytest.mark.vision
 def test_mocov3_vit_keeps_its_random_patch_projection():
     backbone = build_backbone("vit_tiny", in_channels=1, image_size=16, mean=[0.5], std=[0.5])
     method = MoCoV3(backbone, hidden_dim=32, proj_dim=16).train()

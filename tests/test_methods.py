@@ -328,7 +328,8 @@ def test_dino_clips_each_parameters_gradient_on_its_own():
     assert any(float(g.norm()) < clip for g in before) and any(float(g.norm()) > clip for g in before)
 
 
-@pytest.mark.parametrize("name, channels, size", [("convnet", 1, 28), ("resnet18", 3, 32), ("vit_tiny", 3, 32)])
+@pytest.mark.parametrize("name, channels, size", [("convnet", 1, 28), pytest.param("resnet18", 3, 32, marks=pytest.mark.vision),
+                                                  pytest.param("vit_tiny", 3, 32, marks=pytest.mark.vision)])
 def test_dino_trains_a_step_with_each_backbone_family(name, channels, size):
     torch.manual_seed(0)
     dino = DINO(build_backbone(name, in_channels=channels, image_size=size, width=4), out_dim=32, hidden_dim=16,

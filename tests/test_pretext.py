@@ -234,6 +234,7 @@ def test_tile_colour_jitter_shifts_each_channel_of_each_tile_by_at_most_two_leve
     assert dark.min() == 0 and dark.max() == pytest.approx(1 / 255)  # clipped at 0, as the 8-bit reference
 
 
+@pytest.mark.vision  # digits resized to 16 px (torchvision's resize)
 @pytest.mark.parametrize("name,chance,threshold", [("rotation", 0.25, 0.8), ("jigsaw", 1 / 24, 0.6)])
 def test_pretext_task_is_learnt_on_digits(name, chance, threshold):
     """A few dozen steps on scikit-learn's digits take the task's accuracy well above chance."""
