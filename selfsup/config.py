@@ -351,10 +351,10 @@ def validate(cfg: Config) -> None:
     if cfg.data.store_ratio < 1:
         raise ConfigError(f"data.store_ratio: must be >= 1 (the stored side is size x store_ratio), got "
                           f"{cfg.data.store_ratio}")
-    if cfg.data.stream and cfg.data.name not in ("folder", "packed"):
-        raise ConfigError(f"data.stream: streams folders and packs (data.name=folder or packed); "
-                          f"{cfg.data.name} is read into memory")
-    if (cfg.data.stream or cfg.data.name == "packed") and cfg.data.captions:
+    if cfg.data.stream and cfg.data.name not in ("folder", "packed", "webdataset"):
+        raise ConfigError(f"data.stream: streams folders, packs and webdataset shards (data.name=folder, packed "
+                          f"or webdataset); {cfg.data.name} is read into memory")
+    if (cfg.data.stream or cfg.data.name in ("packed", "webdataset")) and cfg.data.captions:
         raise ConfigError("data.captions: image-text pairs are read into memory; streamed images (data.stream, "
                           "data.name=packed) carry no captions")
     if cfg.data.channels not in (None, 1, 3):

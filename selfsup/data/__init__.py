@@ -21,6 +21,8 @@ Names (``DATASETS``):
 - ``folder``: the user's images under ``root`` (see ``selfsup.data.folder``),
   resized to ``size`` (default 64) and converted to ``channels`` (default 3).
 - ``packed``: the uint8 shards ``selfsup pack`` writes from a folder (:mod:`selfsup.data.pack`);
+- ``webdataset``: tar shards in the webdataset layout, local or any fsspec URL
+  (:mod:`selfsup.data.webdataset`), streamed;
   training streams them (``data.stream`` is implied), ``load`` reads a split whole, center-cropped
   to ``size`` (default: the crop the pack was made for).
 - With ``data.stream: true`` a ``folder`` is not decoded up front: DataLoader workers decode each
@@ -57,6 +59,7 @@ from .captions import CaptionedImages, ImageTextPairs, from_templates, read_capt
 from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
 from .stream import ImageStream, StreamedDataset, StreamedImages, center_crop, folder_split, packed_split
+from .webdataset import webdataset_split
 
 __all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "read_captions_splits", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
            "GraphSource", "ImageBatch", "ImageDataset", "ImageStream", "InMemoryImages", "StreamedDataset",
@@ -64,7 +67,8 @@ __all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions
            "WavFolder", "graph_from_config", "kind_of", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
-    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "packed", "wav", "karate",
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "packed",
+    "webdataset", "wav", "karate",
     "sbm", "planetoid", "captions")
 SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
 """Names that give sequences (windows of signal), not images."""
@@ -87,20 +91,25 @@ SPLITS = ("train", "test")
 def is_streamed(d) -> bool:
     """Whether a :class:`selfsup.config.DataConfig` names streamed images (a pack, or a folder with
     ``stream: true``)."""
-    return d.name == "packed" or (d.name == "folder" and bool(getattr(d, "stream", False)))
+    return d.name in ("packed", "webdataset") or (d.name == "folder" and bool(getattr(d, "stream", False)))
 
 
 def streamed_split(d, split: str, *, progress: bool = False) -> StreamedDataset:
     """``split`` of the streamed images a :class:`selfsup.config.DataConfig` names."""
     if d.root is None:
         raise DataError(f"data.root: dataset {d.name!r} needs "
-                        + ("the output folder of selfsup pack" if d.name == "packed" else "the folder of your images"))
+                        + {"packed": "the output folder of selfsup pack",
+                           "webdataset": "its shards, e.g. shards/{split}-{000..099}.tar (local or an fsspec URL)"}
+                        .get(d.name, "the folder of your images"))
     if d.name == "packed":
         streamed = packed_split(d.root, split, d.size, workers=d.workers, verify=d.verify, progress=progress)
         if d.channels not in (None, streamed.channels):
             raise DataError(f"data.channels={d.channels}: the pack at {d.root} holds {streamed.channels}-channel "
                             f"images; pack the folder again with --channels {d.channels}")
         return streamed
+    if d.name == "webdataset":
+        return webdataset_split(d.root, split, d.size or DEFAULT_SIZE, d.channels or 3, ratio=d.store_ratio,
+                                workers=d.workers, progress=progress)
     return folder_split(d.root, split, d.size or DEFAULT_SIZE, d.channels or 3, ratio=d.store_ratio,
                         workers=d.workers, progress=progress)
 
@@ -186,6 +195,11 @@ def load(
         if root is None:
             raise DataError("dataset 'packed' needs root=<the output folder of selfsup pack>")
         return packed_split(root, split, size, workers=0).in_memory().convert(channels=channels)
+    if name == "webdataset":
+        if root is None:
+            raise DataError("dataset 'webdataset' needs root=<its shards, e.g. shards/{split}-{000..099}.tar>")
+        return webdataset_split(str(root), split, size or DEFAULT_SIZE, channels or 3, ratio=1.0,
+                                workers=0).in_memory()
     if name in _IDX:
         dataset = load_idx(_IDX[name], split, root, download, progress)
     elif name in _CIFAR:

@@ -123,9 +123,9 @@ def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.
     try:
         test = read("test")
     except FileNotFoundError:
-        if cfg.data.name not in ("folder", "packed"):
+        if cfg.data.name not in ("folder", "packed", "webdataset"):
             raise
-        test = None  # a plain folder of unlabelled images has no test split
+        test = None  # a plain folder of unlabelled images, or training shards alone, has no test split
     if test is not None and (test.labels is None or train.labels is None):
         test = None
     return train, test

@@ -1,0 +1,133 @@
+"""webdataset shards (tar files the tests write in webdataset's layout): indexed, decoded as a folder
+decodes, batches of (epoch, position, rank) as the other streamed sources (exact, rank-split), a
+broken sample named and replaced, and a run trained from them."""
+
+import io
+import json
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup.data import folder
+from selfsup.data.folder import SkippedImageWarning
+from selfsup.data.stream import StreamedImages, folder_split
+from selfsup.data.webdataset import expand, shard_urls, webdataset_split
+from selfsup.errors import DataError
+
+
+def _picture(k: int) -> np.ndarray:
+    rng = np.random.default_rng(k)
+    return rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+
+
+def write_shards(root: Path, split: str, count: int, per_shard: int, *, broken: int | None = None,
+                 images: Path | None = None) -> list[Path]:
+    """``count`` samples of class k % 3 in ``{split}-00000.tar ...``: a JPEG and a .cls each (sample
+    ``broken``: bytes that are no image). ``images`` also gets the same pictures as a labelled folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for first in range(0, count, per_shard):
+        path = root / f"{split}-{first // per_shard:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for k in range(first, min(first + per_shard, count)):
+                buffer = io.BytesIO()
+                Image.fromarray(_picture(k)).save(buffer, format="PNG")
+                data = b"garbage" if k == broken else buffer.getvalue()
+                for name, payload in ((f"sample{k:05d}.png", data), (f"sample{k:05d}.cls", str(k % 3).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+                if images is not None and k != broken:
+                    (images / f"class{k % 3}").mkdir(parents=True, exist_ok=True)
+                    (images / f"class{k % 3}" / f"{k:05d}.png").write_bytes(buffer.getvalue())
+        shards.append(path)
+    return shards
+
+
+def test_brace_patterns_and_splits_expand_as_webdataset_writes_them(tmp_path):
+    assert expand("a-{000..002}.tar") == ["a-000.tar", "a-001.tar", "a-002.tar"]
+    assert expand("{train,test}-{9..10}.tar") == ["train-9.tar", "train-10.tar", "test-9.tar", "test-10.tar"]
+    assert shard_urls("s/{split}-{0..1}.tar", "test") == ["s/test-0.tar", "s/test-1.tar"]
+    with pytest.raises(FileNotFoundError, match="training shards only"):
+        shard_urls("s/train-{0..1}.tar", "test")
+    write_shards(tmp_path / "shards", "train", 4, 2)
+    assert shard_urls(str(tmp_path / "shards"), "train") == [str(tmp_path / "shards" / f"train-0000{k}.tar")
+                                                           for k in range(2)]
+
+
+def test_samples_decode_as_the_same_images_in_a_folder(tmp_path):
+    write_shards(tmp_path / "shards", "train", 9, 4, images=tmp_path / "images")
+    split = webdataset_split(str(tmp_path / "shards" / "train-{00000..00002}.tar"), "train", 16, 3, ratio=1.15,
+                             workers=0)
+    assert len(split) == 9 and split.labels.tolist() == [k % 3 for k in range(9)] and split.classes == ["0", "1", "2"]
+    reference = folder_split(tmp_path / "images", "train", 16, 3, workers=0)  # files sorted by class, then name
+    by_name = {Path(reference.reader.name(i)).stem: i for i in range(len(reference))}
+    for k in range(9):
+        assert torch.equal(split.images[k], reference.images[by_name[f"{k:05d}"]]), k
+    assert split.files[4].endswith("train-00001.tar:sample00004")
+
+
+def test_batches_are_a_function_of_epoch_position_rank_and_split_between_ranks(tmp_path):
+    write_shards(tmp_path / "shards", "train", 24, 5)
+    pattern = str(tmp_path / "shards" / "train-{00000..00004}.tar")
+    split = webdataset_split(pattern, "train", 16, 3, ratio=1.15, workers=0)
+    one = StreamedImages(split, batch_size=8, world_size=1, seed=3, workers=0)
+    again = StreamedImages(webdataset_split(pattern, "train", 16, 3, ratio=1.15, workers=0), batch_size=8,
+                           world_size=1, seed=3, workers=0)
+    two = [StreamedImages(split, batch_size=8, world_size=2, seed=3, workers=0, rank=r) for r in range(2)]
+    for epoch, position in ((0, 0), (1, 2), (4, 1)):
+        whole = one.batch(epoch, position, 0)
+        assert torch.equal(whole.images, again.batch(epoch, position, 0).images)  # a resumed run reads the same
+        halves = [two[r].batch(epoch, position, r) for r in range(2)]
+        assert torch.equal(torch.cat([h.images for h in halves]), whole.images)  # each rank its half
+        assert torch.equal(torch.cat([h.index for h in halves]), whole.index)
+
+
+def test_a_broken_sample_is_named_once_and_replaced_by_the_next(tmp_path):
+    write_shards(tmp_path / "shards", "train", 6, 3, broken=2)
+    split = webdataset_split(str(tmp_path / "shards"), "train", 16, 3, ratio=1.15, workers=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = split.images[torch.arange(6)]
+    assert torch.equal(images[2], images[3])  # the next readable sample fills the slot
+    named = [str(w.message) for w in caught if issubclass(w.category, SkippedImageWarning)]
+    assert len(named) == 1 and "train-00000.tar:sample00002" in named[0]
+
+
+def test_bad_labels_and_empty_shards_are_one_line(tmp_path):
+    root = tmp_path / "shards"
+    root.mkdir()
+    with tarfile.open(root / "train-0.tar", "w") as tar:
+        for name, payload in (("a.png", b"x"), ("a.cls", b"three")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(DataError, match=r"train-0.tar:a.cls: the label must be an integer"):
+        webdataset_split(str(root / "train-0.tar"), "train", 16, 3, ratio=1.15)
+    (root / "train-0.tar").write_bytes(b"not a tar")
+    with pytest.raises(DataError, match="cannot read shard"):
+        webdataset_split(str(root / "train-0.tar"), "train", 16, 3, ratio=1.15)
+
+
+def test_a_run_trains_and_evaluates_from_shards(tmp_path):
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    write_shards(tmp_path / "shards", "train", 64, 16)
+    write_shards(tmp_path / "shards", "test", 24, 12)
+    cfg = load_config(None, ["data.name=webdataset", f"data.root={tmp_path / 'shards' / '{split}-{00000..00003}.tar'}",
+                             "data.size=16", "data.workers=1", "backbone.width=4", "method_args.proj_hidden_dim=16",
+                             "method_args.proj_dim=8", "train.batch_size=16", "train.epochs=1", "train.progress=false",
+                             "train.knn_every=0", "eval.plots=false", "eval.floor=false", f"train.out_dir={tmp_path / 'run'}"])
+    # The test split has 2 shards: the pattern's missing ones are a clear error; give its own count.
+    with pytest.raises(DataError, match="test-00002.tar"):
+        pretrain(cfg)
+    cfg.data.root = str(tmp_path / "shards")  # the folder: train-*.tar and test-*.tar
+    result = pretrain(cfg)
+    results = json.loads((result.out_dir / "results.json").read_text())
+    assert results["steps"] == 4 and results["data"] == "webdataset" and "knn" in results["evaluations"]
