@@ -145,12 +145,12 @@ class TrainConfig:
     from the step time of a few calibration steps (whose effects are undone), recorded in the
     checkpoint, and kept by a resume."""
     checkpoint_every: int = 500
+    """Steps between checkpoints (also written at the end of every epoch and of the run)."""
     keep_last: int = 0
     """Besides checkpoints/last.ckpt, keep the last k checkpoints as checkpoints/step-<N>.ckpt (0: none)."""
     save_best: str | None = None
     """Keep checkpoints/best.ckpt, the checkpoint of the best ``knn`` monitor accuracy (needs
     train.knn_every) or the lowest logged ``loss`` seen at a checkpoint; None: no best copy."""
-    """Steps between checkpoints (also written at the end of every epoch and of the run)."""
     knn_every: int = 1
     """Epochs between online kNN accuracy checks (0: never)."""
     knn_train_samples: int = 10000

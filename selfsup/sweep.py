@@ -477,7 +477,8 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
         lines += [f"**Claim.** {study.claim}", ""]
     lines += [f"**Verdict: {word}.** {sentence}", ""]
     common = " ".join(f"`{o}`" for o in study.overrides) or "none"
-    lines += [f"Recipe `{study.recipe}`, overrides {common}; {len(study.points)} points x {len(study.seeds)} seeds "
+    recipe = f"Recipe `{study.recipe}`" if study.recipe else "No recipe (the defaults)"
+    lines += [f"{recipe}, overrides {common}; {len(study.points)} points x {len(study.seeds)} seeds "
               f"({', '.join(map(str, study.seeds))}). Each cell: mean ± sample std [95% interval of the mean], in "
               f"percent; *floor*: the same evaluation of the same encoder at random initialisation (for "
               f"fine-tuning: the same network trained from scratch on the same labels).", ""]

@@ -30,3 +30,20 @@ def test_the_results_table_is_the_one_report_generates_from_the_run_files():
 
 def test_the_study_list_is_the_one_sweep_generates_from_the_summaries():
     assert (ROOT / "docs" / "studies" / "list.md").read_text() == sweep.study_list(ROOT / "docs" / "studies")
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    """The README is the front door to docs/: a moved or renamed page must not leave a dead link."""
+    import re
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    dead = []
+    for page in pages:
+        prose = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # printed output is not a link
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            if not path.exists():
+                dead.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not dead, dead

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data import folder
 from selfsup.data.folder import SkippedImageWarning
 from selfsup.data.stream import StreamedImages, folder_split
 from selfsup.data.webdataset import expand, shard_urls, webdataset_split
