@@ -92,7 +92,9 @@ class BackboneConfig:
     (registry models: only when not pretrained)."""
     norm: str | None = None
     """cpc_audio: the normalisation after each convolution, ``batch`` (None: the default; what
-    CPC_audio runs to reproduce the paper), ``channel`` (per sample) or ``none`` (the paper's text)."""
+    CPC_audio runs to reproduce the paper), ``channel`` (per sample) or ``none`` (the paper's text).
+    convnet: ``batch`` (None: the default), ``group_ws`` (GroupNorm after weight-standardised
+    convolutions: no batch statistics anywhere) or ``none``."""
 
 
 @dataclass
@@ -162,6 +164,9 @@ class TrainConfig:
     """Where metrics go: any of tensorboard, csv (logs/metrics.csv, which the report draws), wandb and
     mlflow (the extras of the same names; offline: WANDB_MODE=offline, MLflow's local file store)."""
     log_every: int = 10
+    log_grad_norm: bool = False
+    """Log the gradient norm of every logged step (before any clipping) and count its spikes in
+    results.json's ``training`` (with ``log_every=1``, every step's)."""
     progress: bool = True
     out_dir: str = "runs/${name}"
 
@@ -176,6 +181,9 @@ class EvalConfig:
     embedding_map: str = "umap"
     """"umap" (falls back to t-SNE when umap-learn is missing) or "tsne"."""
     save_embeddings: bool = True
+    projection: bool = False
+    """Also evaluate the projection head's output (``z``) by linear probe and kNN: ``linear_projection``,
+    ``knn_projection`` and ``collapse_projection`` in results.json, each with its floor."""
     floor: bool = True
     """Beside every evaluation, its floor: the same evaluation of the evaluation encoder at the run's
     random initialisation (``random_init`` in results.json; cached, see ``selfsup.engine.floor``)."""
@@ -403,7 +411,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 # Keys a resumed run may change: how long it runs, how it logs, and how it is evaluated. Anything
 # else (data, method, optimiser, batch, seed) would make the continuation a different run.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.keep_last", "train.knn_every", "train.knn_train_samples",
-             "train.knn_val_fraction", "train.log_every", "train.progress", "train.loggers", "train.stop_on_sigterm",
+             "train.knn_val_fraction", "train.log_every", "train.log_grad_norm", "train.progress", "train.loggers", "train.stop_on_sigterm",
              "data.workers", "eval.")
 
 

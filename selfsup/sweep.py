@@ -27,6 +27,7 @@ The study file::
     metrics: [knn, linear, fewshot_5way_1shot]               # the first one decides the verdict
     finetune: [0.01]                                         # optional: 1%-label fine-tuning of every run
     verdict: {best: nonlinear}                               # or {order: [a, b, c]} or {better: a, than: [b, c]}
+                                                             # (+ metric: M, lower: true where lower is better)
 """
 
 from __future__ import annotations
@@ -49,8 +50,16 @@ import yaml
 
 from selfsup.errors import ConfigError, DataError
 
-METRICS = ("linear", "knn", "fewshot_5way_1shot", "fewshot_5way_5shot", "bank_knn")
-"""Evaluations a sweep can summarise (besides ``finetune_<fraction>`` when the study fine-tunes)."""
+METRICS = ("linear", "knn", "fewshot_5way_1shot", "fewshot_5way_5shot", "bank_knn", "linear_projection",
+           "knn_projection")
+"""Accuracies a sweep can summarise (besides ``finetune_<fraction>`` when the study fine-tunes)."""
+VALUE_METRICS = {"feature_std": ("evaluations", "collapse", "feature_std"),
+                 "effective_rank": ("evaluations", "collapse", "effective_rank"),
+                 "loss_spikes": ("training", "loss_spikes"),
+                 "grad_norm_spikes": ("training", "grad_norm_spikes"),
+                 "grad_norm_peak": ("training", "grad_norm_peak")}
+"""Other numbers a sweep can summarise, where they are in ``results.json``: not fractions, shown as
+they are. A verdict on a metric where lower is better says ``lower: true``."""
 STUDY_KEYS = {"name", "claim", "recipe", "overrides", "grid", "points", "seeds", "metrics", "finetune", "verdict",
               "notes", "out"}
 
@@ -217,15 +226,18 @@ def study_from_command_line(recipe: str, items: Sequence[str], seeds: int, out: 
 
 
 def _check(study: Study, where: str) -> None:
-    allowed = set(METRICS) | {f"finetune_{f:g}" for f in study.finetune}
+    allowed = set(METRICS) | set(VALUE_METRICS) | {f"finetune_{f:g}" for f in study.finetune}
     bad = [m for m in study.metrics if m not in allowed]
     if bad:
         raise ConfigError(f"{where}: unknown metrics {bad}; choose among {sorted(allowed)}")
     names = {p.name for p in study.points}
-    kind = set(study.verdict) - {"metric"}
+    kind = set(study.verdict) - {"metric", "lower"}
     if study.verdict and kind not in ({"best"}, {"order"}, {"better", "than"}):
         raise ConfigError(f"{where}: verdict is {{best: P}}, {{order: [P, Q, ...]}} or {{better: P, than: [Q, ...]}} "
-                          f"(and an optional metric), got {study.verdict!r}")
+                          f"(and optional metric and lower), got {study.verdict!r}")
+    if study.verdict.get("metric", study.metrics[0]) not in study.metrics:
+        raise ConfigError(f"{where}: the verdict's metric {study.verdict['metric']!r} is not among the metrics "
+                          f"{study.metrics}")
     mentioned = [study.verdict[k] for k in ("best", "better") if k in study.verdict]
     mentioned += [n for k in ("order", "than") for n in study.verdict.get(k, [])]
     missing = [n for n in mentioned if n not in names]
@@ -351,6 +363,15 @@ def statistics(values: Sequence[float]) -> dict[str, float | int | None]:
 def _scores(results: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
     """(score, floor) of ``metric`` in a run's results."""
     evaluations = results.get("evaluations") or {}
+    if metric in VALUE_METRICS:
+        where = VALUE_METRICS[metric]
+        entry: Any = results
+        for key in where[:-1]:
+            entry = (entry or {}).get(key) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            return None, None
+        floor = (entry.get("random_init") or {}).get(where[-1]) if where[0] == "evaluations" else None
+        return entry.get(where[-1]), floor
     if metric.startswith("finetune_"):
         fractions = (evaluations.get("finetune") or {}).get("fractions") or {}
         wanted = float(metric.removeprefix("finetune_"))
@@ -404,12 +425,14 @@ def verdict(study: Study, summary: dict[str, Any]) -> tuple[str, str]:
     if any(stats_of[name]["mean"] is None for name in stats_of):
         return "incomplete", f"Some points have no {metric} result yet."
 
+    sign = -1.0 if spec.get("lower") else 1.0  # lower is better: compare the negated values
+
     def above(a: str, b: str) -> tuple[bool, bool]:
-        """(mean above, interval above) of a over b."""
+        """(mean better, interval beyond) of a over b."""
         sa, sb = stats_of[a], stats_of[b]
-        low = sa["mean"] - (sa["ci95"] or 0.0)
-        high = sb["mean"] + (sb["ci95"] or 0.0)
-        return sa["mean"] > sb["mean"], low > high
+        low = sign * sa["mean"] - (sa["ci95"] or 0.0)
+        high = sign * sb["mean"] + (sb["ci95"] or 0.0)
+        return sign * sa["mean"] > sign * sb["mean"], low > high
 
     if "best" in spec:
         pairs = [(spec["best"], other) for other in stats_of if other != spec["best"]]
@@ -420,19 +443,32 @@ def verdict(study: Study, summary: dict[str, Any]) -> tuple[str, str]:
     checks = [above(a, b) for a, b in pairs]
     means = all(m for m, _ in checks)
     separated = all(s for _, s in checks)
-    described = "; ".join(f"{a} {100 * stats_of[a]['mean']:.2f}% vs {b} {100 * stats_of[b]['mean']:.2f}%"
+    unit = "" if metric in VALUE_METRICS else "%"
+    described = "; ".join(f"{a} {_shown(metric, stats_of[a]['mean'])}{unit} vs {b} {_shown(metric, stats_of[b]['mean'])}{unit}"
                           for a, b in pairs)
     if means and separated:
         return "reproduces", f"On {metric}, every comparison the claim makes holds with separated 95% intervals ({described})."
     if means:
         return "partly reproduces", (f"On {metric}, the means are ordered as claimed but some 95% intervals overlap "
                                      f"({described}).")
-    wrong = [f"{a} is not above {b}" for (a, b), (m, _) in zip(pairs, checks) if not m]
+    relation = "below" if spec.get("lower") else "above"
+    wrong = [f"{a} is not {relation} {b}" for (a, b), (m, _) in zip(pairs, checks) if not m]
     return "does not reproduce", f"On {metric}, {', '.join(wrong)} ({described})."
 
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _shown(metric: str, value: float | None) -> str:
+    """A metric's value as the page shows it: accuracies in percent, other numbers as they are."""
+    if metric not in VALUE_METRICS:
+        return _percent(value)
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _scale(metric: str) -> float:
+    return 1.0 if metric in VALUE_METRICS else 100.0
 
 
 def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
@@ -450,15 +486,16 @@ def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
         if all(s["mean"] is None for s in stats_of):
             continue
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.2))
-        means = [100 * (s["mean"] or 0) for s in stats_of]
-        errors = [100 * (s["ci95"] or 0) for s in stats_of]
+        scale = _scale(metric)
+        means = [scale * (s["mean"] or 0) for s in stats_of]
+        errors = [scale * (s["ci95"] or 0) for s in stats_of]
         ax.errorbar(range(len(names)), means, yerr=errors, fmt="o", capsize=4, color="#1f6feb")
         floors = [s["floor"] for s in stats_of if s["floor"] is not None]
         if floors:
-            ax.axhline(100 * sum(floors) / len(floors), color="#888", linestyle="--", label="random init (floor)")
+            ax.axhline(scale * sum(floors) / len(floors), color="#888", linestyle="--", label="random init (floor)")
             ax.legend(loc="best", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel(metric if metric in VALUE_METRICS else f"{metric} (%)")
         ax.set_title(f"{study.name}: {metric}, mean and 95% interval over {len(study.seeds)} seeds", fontsize=9)
         fig.tight_layout()
         path = folder / f"{study.name}_{metric}.png"
@@ -479,8 +516,8 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
     common = " ".join(f"`{o}`" for o in study.overrides) or "none"
     recipe = f"Recipe `{study.recipe}`" if study.recipe else "No recipe (the defaults)"
     lines += [f"{recipe}, overrides {common}; {len(study.points)} points x {len(study.seeds)} seeds "
-              f"({', '.join(map(str, study.seeds))}). Each cell: mean ± sample std [95% interval of the mean], in "
-              f"percent; *floor*: the same evaluation of the same encoder at random initialisation (for "
+              f"({', '.join(map(str, study.seeds))}). Each cell: mean ± sample std [95% interval of the mean], "
+              f"accuracies in percent; *floor*: the same evaluation of the same encoder at random initialisation (for "
               f"fine-tuning: the same network trained from scratch on the same labels).", ""]
     head = ["point", "overrides"] + [f"{m}" for m in study.metrics] + [f"{m} floor" for m in study.metrics[:1]]
     lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + " |"]
@@ -491,11 +528,12 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
             if s["mean"] is None:
                 cells.append("–")
             elif s["std"] is None:
-                cells.append(f"{_percent(s['mean'])} (n=1)")
+                cells.append(f"{_shown(metric, s['mean'])} (n=1)")
             else:
-                cells.append(f"{_percent(s['mean'])} ± {_percent(s['std'])} "
-                             f"[{_percent(s['mean'] - s['ci95'])}, {_percent(s['mean'] + s['ci95'])}]")
-        cells.append(_percent(summary["points"][point.name][study.metrics[0]]["floor"]))
+                cells.append(f"{_shown(metric, s['mean'])} ± {_shown(metric, s['std'])} "
+                             f"[{_shown(metric, s['mean'] - s['ci95'])}, {_shown(metric, s['mean'] + s['ci95'])}]")
+        first = study.metrics[0]
+        cells.append(_shown(first, summary["points"][point.name][first]["floor"]))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if summary["missing"]:

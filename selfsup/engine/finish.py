@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import data, evaluate
+from selfsup.engine import monitor
 from selfsup.engine.floor import random_init_floor, seeded_build, with_floor
 from selfsup.engine.setup import say
 
@@ -68,6 +69,17 @@ def frozen(trainer: Trainer, encoder: nn.Module, progress: bool = False) -> tupl
     return entries, train_x, test_x
 
 
+PROJECTED = ("linear", "knn", "collapse")
+"""The evaluations ``eval.projection`` repeats on the projection head's output."""
+
+
+def projection_evaluations(trainer: Trainer, encoder: nn.Module) -> dict[str, dict[str, Any]]:
+    """Linear probe, kNN and collapse of the projection head's output, keyed ``<name>_projection``."""
+    entries = frozen(trainer, encoder)[0]
+    return {f"{name}_projection": {**entries[name], "features": "projection head output (z)"}
+            for name in PROJECTED if name in entries}
+
+
 def random_init_scores(trainer: Trainer, labelled: bool, own: bool) -> dict[str, dict[str, float]]:
     """The floor of every evaluation :func:`finish` makes: the same evaluations of the method as the
     run's seed initialised it, before training (cached, see :mod:`selfsup.engine.floor`)."""
@@ -80,6 +92,9 @@ def random_init_scores(trainer: Trainer, labelled: bool, own: bool) -> dict[str,
     if labelled:
         floor.update(random_init_floor(fresh.eval_encoder(), lambda encoder: frozen(trainer, encoder)[0],
                                        data=data, settings=settings))
+    if labelled and cfg.eval.projection and fresh.projection_encoder() is not None:
+        floor.update(random_init_floor(fresh.projection_encoder(), lambda encoder: projection_evaluations(trainer, encoder),
+                                       data=data, settings={**settings, "projection": True}))
     if own:
         floor.update(random_init_floor(fresh, lambda method: method.to(trainer.fabric.device).extra_evaluations(
             trainer.test_set, data=cfg.data.name, device=trainer.fabric.device), data=data,
@@ -128,6 +143,12 @@ def finish(trainer: Trainer) -> dict[str, float]:
                                                      device=device)
         metrics.update({f"{key}_accuracy": evaluations[key]["accuracy"] for key in ("linear", "knn", "bank_knn")
                         if key in evaluations})
+        if cfg.eval.projection:
+            projection = trainer.method.projection_encoder()
+            if projection is None:
+                say(f"eval.projection: {cfg.method} has no projection head to evaluate; left out")
+            else:
+                evaluations.update(projection_evaluations(trainer, projection))
         if cfg.eval.save_embeddings:
             evaluate.save_embeddings(out, test_x, test.labels, prefix="test_embeddings")
         if cfg.eval.plots:
@@ -162,6 +183,7 @@ def finish(trainer: Trainer) -> dict[str, float]:
                "pretrain_time_s": round(trainer.train_seconds, 1),
                "images_per_s": round(float(np.median(rates)), 1) if rates else None,
                "checkpoints": kept_checkpoints(trainer),
+               "training": monitor.training_summary(trainer.history),
                **({"skipped_files": [{"path": p, "reason": r} for p, r in skipped.items()]} if skipped else {}),
                **metrics, "evaluations": evaluations}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

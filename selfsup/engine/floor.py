@@ -26,12 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from selfsup._io import atomic_write, tensor_bytes
-from selfsup.evaluate import FEWSHOT_PROTOCOL, KNN_PROTOCOL, LINEAR_PROTOCOL, RETRIEVAL_PROTOCOL
+from selfsup.evaluate import COLLAPSE_PROTOCOL, FEWSHOT_PROTOCOL, KNN_PROTOCOL, LINEAR_PROTOCOL, RETRIEVAL_PROTOCOL
 
-FLOOR_VERSION = 1
+FLOOR_VERSION = 2
 """Raised when what a floor means changes in a way the protocols' texts do not show."""
 
-SCORE_KEYS = ("accuracy", "ci95", "linear", "knn")
+SCORE_KEYS = ("accuracy", "ci95", "linear", "knn", "feature_std", "effective_rank")
 """The keys of an evaluation entry that are scores (besides ``recall@k``); the floor keeps these."""
 
 
@@ -80,12 +80,12 @@ def floor_key(encoder: nn.Module, data: Mapping[str, Any], settings: Mapping[str
         digest.update(f"data:{name}".encode())
         _update(digest, split)
     _update(digest, dict(settings))
-    _update(digest, [LINEAR_PROTOCOL, KNN_PROTOCOL, FEWSHOT_PROTOCOL, RETRIEVAL_PROTOCOL])
+    _update(digest, [LINEAR_PROTOCOL, KNN_PROTOCOL, FEWSHOT_PROTOCOL, RETRIEVAL_PROTOCOL, COLLAPSE_PROTOCOL])
     return digest.hexdigest()
 
 
 def scores(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """The score fields of each evaluation entry (accuracy, ci95, linear, knn, recall@k)."""
+    """The score fields of each evaluation entry (accuracy, ci95, linear, knn, feature_std, effective_rank, recall@k)."""
     return {name: {key: value for key, value in entry.items() if key in SCORE_KEYS or key.startswith("recall@")}
             for name, entry in entries.items()}
 

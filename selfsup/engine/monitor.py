@@ -1,8 +1,9 @@
-"""What a run measures about itself while it trains: the time plan and the kNN monitor.
+"""What a run measures about itself while it trains: the time plan, the kNN monitor, spikes.
 
 :func:`plan_time_limit` turns ``train.time_limit`` into a number of steps (timed calibration steps,
 undone); :func:`knn_monitor` measures the weighted kNN accuracy of the evaluation encoder on
-held-out training images (:func:`monitor_split`) at the end of an epoch.
+held-out training images (:func:`monitor_split`) at the end of an epoch; :func:`training_summary`
+counts the spikes of the logged loss and gradient norm (MoCo v3's instability, section 4).
 """
 
 from __future__ import annotations
@@ -22,6 +23,44 @@ from selfsup.evaluate._common import stratified_sample
 
 if TYPE_CHECKING:
     from selfsup.engine.trainer import Trainer
+
+SPIKE_WINDOW = 20
+"""Logged values a spike is measured against: the median of the ones before it."""
+LOSS_SPIKE, GRAD_NORM_SPIKE = 1.25, 3.0
+"""A logged loss above 1.25x, a gradient norm above 3x, the median of the previous ``SPIKE_WINDOW``."""
+
+
+def count_spikes(values: list[float], factor: float, window: int = SPIKE_WINDOW) -> int:
+    """How many values exceed ``factor`` times the median of the ``window`` values before them (the
+    first ``window`` values have too little history and are not counted).
+
+    Examples:
+        >>> count_spikes([1.0] * 30 + [5.0] + [1.0] * 10, factor=3.0)
+        1
+        >>> count_spikes([1.0 + 0.01 * k for k in range(50)], factor=1.25)  # a slow rise is no spike
+        0
+    """
+    spikes = 0
+    for k in range(window, len(values)):
+        if values[k] > factor * float(np.median(values[k - window:k])):
+            spikes += 1
+    return spikes
+
+
+def training_summary(history: dict[str, list[tuple[int, float]]]) -> dict[str, float | int]:
+    """``loss_spikes`` and, when the run logged it (``train.log_grad_norm``), ``grad_norm_spikes`` and
+    ``grad_norm_peak`` (the largest gradient norm over the median of all), over the logged values."""
+    summary: dict[str, float | int] = {"logged_steps": len(history.get("loss", [])),
+                                       "loss_spikes": count_spikes([v for _, v in history.get("loss", [])], LOSS_SPIKE)}
+    norms = [v for _, v in history.get("grad_norm", [])]
+    if norms:
+        summary["grad_norm_spikes"] = count_spikes(norms, GRAD_NORM_SPIKE)
+        summary["grad_norm_peak"] = float(max(norms) / max(float(np.median(norms)), 1e-12))
+    summary["definition"] = (f"a logged value above {LOSS_SPIKE}x (loss) or {GRAD_NORM_SPIKE}x (gradient norm) the median "
+                             f"of the {SPIKE_WINDOW} logged values before it; train.log_every sets how often values are "
+                             f"logged (1: every step)")
+    return summary
+
 
 CALIBRATION_STEPS, CALIBRATION_WARMUP = 12, 3
 """``train.time_limit``: steps timed before the run (undone), of which the first few warm up."""

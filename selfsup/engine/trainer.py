@@ -251,6 +251,8 @@ class Trainer:
                     self.history["loss"].append((done, mean_loss))
                     self.history["lr"].append((done, lr))
                     self.history["images_per_s"].append((done, images_per_s))
+                    if "grad_norm" in metrics:
+                        self.history.setdefault("grad_norm", []).append((done, metrics["grad_norm"]))
                     for key in getattr(self.method, "curves", ()):
                         if key in metrics:
                             self.history.setdefault(key, []).append((done, metrics[key]))
@@ -313,7 +315,11 @@ class Trainer:
         self.fabric.strategy.precision.unscale_gradients(self.optimizer.optimizer)  # a no-op without fp16
         self.method.after_backward(progress)
         if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
+        elif self.cfg.train.log_grad_norm:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.method.parameters() if p.grad is not None])
+        if self.cfg.train.log_grad_norm:  # before clipping: what the step would have been
+            outputs = {**outputs, "grad_norm": norm.detach()}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.on_step_end(progress)

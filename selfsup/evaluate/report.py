@@ -75,7 +75,10 @@ _HEADER_KEYS = ("name", "method", "data", "backbone", "epochs", "batch_size", "s
                 "device", "devices", "cpu_capability", "wall_time_s", "pretrain_time_s", "images_per_s",
                 "command", "commit", "linear_accuracy", "knn_accuracy", "evaluations")
 _SCORE_LABELS = {"accuracy": "", "linear": "linear", "knn": "kNN", "chance": "chance",
-                 "held_out_accuracy": "held-out", "held_out_chance": "held-out chance", "seen_accuracy": "seen"}
+                 "held_out_accuracy": "held-out", "held_out_chance": "held-out chance", "seen_accuracy": "seen",
+                 "feature_std": "feature std", "effective_rank": "effective rank"}
+# Scores that are not fractions: shown as numbers, not percentages.
+_PLAIN_SCORES = {"feature_std", "effective_rank"}
 # Shown in their own columns, or as part of a score, rather than as settings.
 _NOT_SETTINGS = {"ci95", "data", "protocol", "fractions", "mean", "std", "scratch_mean", "scratch_std", "random_init"}
 _FEWSHOT = re.compile(r"fewshot_(\d+)way_(\d+)shot")
@@ -255,6 +258,8 @@ def _scores_text(entry: Mapping[str, Any], where: str) -> str:
             continue
         label = _SCORE_LABELS.get(key, key)
         value = _percent(_number(entry, key, where))
+        if key in _PLAIN_SCORES:
+            value = f"{_number(entry, key, where):.4g}"
         if key == "accuracy" and entry.get("ci95") is not None:
             value = _spread(_number(entry, key, where), _number(entry, "ci95", where))
         parts.append(f"{label} {value}".strip())

@@ -28,6 +28,11 @@ FEWSHOT_PROTOCOL = ("{n_way}-way {k_shot}-shot episodes of the test split ({n_qu
 RETRIEVAL_PROTOCOL = ("every test image queries the training images by cosine similarity of frozen features; "
                       "recall@k is the share of queries with an image of their class among the k nearest "
                       "(Oh Song et al. 2016)")
+COLLAPSE_PROTOCOL = ("frozen features of the test split: feature_std is the standard deviation over images of the "
+                     "L2-normalised features, averaged over dimensions (SimSiam section 4.1: about 1/sqrt(d) for "
+                     "features spread over the sphere, 0 for a collapsed encoder); effective_rank is exp of the "
+                     "entropy of the normalised singular values of the centred features (Roy and Vetterli 2007): "
+                     "between 1 and d, 0 when every image has the same features")
 FINETUNE_PROTOCOL = ("the whole encoder and a linear head trained end to end on a class-balanced {percent} of the "
                      "training labels (seeded subsets), crop + flip augmentation, Nesterov SGD, lr {lr} per 256 "
                      "images with a cosine schedule, {steps} steps of batch {batch}; test top-1, mean ± std over "
@@ -38,13 +43,14 @@ FINETUNE_PROTOCOL = ("the whole encoder and a linear head trained end to end on 
 def frozen_evaluations(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, data: str,
                        linear: bool = True, knn: bool = True, knn_k: int = 200, knn_temperature: float = 0.1,
                        shots: Sequence[int] = (1, 5), n_way: int = 5, episodes: int = 600,
-                       recall_ks: Sequence[int] = (1, 5, 10),
+                       recall_ks: Sequence[int] = (1, 5, 10), collapse: bool = True,
                        device: torch.device | str | None = None) -> dict[str, dict[str, Any]]:
     """Linear probe, kNN, few-shot episodes and retrieval of frozen features, as results.json entries.
 
     Keys: ``linear``, ``knn``, ``fewshot_<n_way>way_<k>shot`` for each ``k`` in ``shots`` (left
     out when the test split has fewer than ``n_way`` classes with ``k + 15`` images), and
-    ``retrieval``. ``data`` names the dataset in every entry. The probe's L-BFGS and the kNN
+    ``retrieval``, and ``collapse`` (:func:`collapse_entry` of the test features). ``data`` names the
+    dataset in every entry. The probe's L-BFGS and the kNN
     search run on ``device`` (the GPU of a run that has one; default: where the features are).
     """
     entries: dict[str, dict[str, Any]] = {}
@@ -65,7 +71,34 @@ def frozen_evaluations(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y:
         recalls = recall_at_k(test_x, test_y, train_x, train_y, ks)
         entries["retrieval"] = {**{f"recall@{k}": value for k, value in recalls.items()}, "data": data,
                                 "protocol": RETRIEVAL_PROTOCOL}
+    if collapse:
+        entries["collapse"] = collapse_entry(test_x, data=data)
     return entries
+
+
+def collapse_entry(features: Tensor, *, data: str) -> dict[str, Any]:
+    """How far an encoder is from collapse, as a results.json entry: ``feature_std`` (SimSiam's measure),
+    ``effective_rank`` and ``dimension`` (see :data:`COLLAPSE_PROTOCOL`).
+
+    Examples:
+        >>> import torch
+        >>> entry = collapse_entry(torch.eye(4).repeat(25, 1), data="toy")  # 4 equal, orthogonal directions
+        >>> round(entry["effective_rank"], 6)
+        3.0
+        >>> collapse_entry(torch.ones(10, 3), data="toy")["effective_rank"]
+        0.0
+    """
+    x = features.detach().double()
+    std = float(torch.nn.functional.normalize(x, dim=1).std(dim=0).mean())
+    singular = torch.linalg.svdvals(x - x.mean(dim=0))
+    total = singular.sum()
+    if total <= 1e-12 * max(1.0, float(x.abs().max())):
+        rank = 0.0
+    else:
+        p = singular[singular > 0] / total
+        rank = float(torch.exp(-(p * p.log()).sum()))
+    return {"feature_std": std, "effective_rank": rank, "dimension": int(x.shape[1]), "data": data,
+            "protocol": COLLAPSE_PROTOCOL}
 
 
 def fewshot_entry(features: Tensor, labels: Tensor, *, data: str, n_way: int = 5, k_shot: int = 1,

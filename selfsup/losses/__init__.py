@@ -25,8 +25,8 @@ the global batch.)
 """
 
 from selfsup.losses._common import finite_checks
-from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, n_pair, nce, nce_log_normalizer,
-                                        nt_xent, supcon)
+from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, margin_triplet, n_pair, nce,
+                                        nce_log_normalizer, nt_logistic, nt_xent, supcon)
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import batch_hard_triplet, prototypical, semi_hard_triplet, triplet
 
@@ -40,10 +40,12 @@ __all__ = [
     "info_nce",
     "invaspread",
     "jsd_mi",
+    "margin_triplet",
     "n_pair",
     "negative_cosine",
     "nce",
     "nce_log_normalizer",
+    "nt_logistic",
     "nt_xent",
     "prototypical",
     "semi_hard_triplet",

@@ -97,6 +97,73 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
     return _softmax_cross_entropy(anchors, candidates, positive, excluded)
 
 
+def _pair_similarities(z1: Tensor, z2: Tensor, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Cosine similarities of the 2N local anchors to every candidate view (every rank's under
+    torch.distributed), with the positive's column and a mask of the negatives' columns."""
+    z1, z2 = _embeddings("z1", z1), _embeddings("z2", z2)
+    _same_shape("z1", z1, "z2", z2)
+    n = z1.shape[0]
+    u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    pairs = _maybe_gather(torch.stack((u1, u2), dim=1), gather)
+    total = pairs.shape[0]
+    candidates = torch.cat((pairs[:, 0], pairs[:, 1]), dim=0)
+    local = torch.arange(n, device=z1.device) + _local_offset(gather, n)
+    self_index = torch.cat((local, local + total))
+    positive = torch.cat((local + total, local))
+    similarities = torch.cat((u1, u2), dim=0) @ candidates.T
+    negatives = torch.ones_like(similarities, dtype=torch.bool)
+    rows = torch.arange(2 * n, device=z1.device)
+    negatives[rows, self_index] = False
+    negatives[rows, positive] = False
+    return similarities, positive, negatives
+
+
+@float32_loss
+def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.2, *, gather: bool = True) -> Tensor:
+    """NT-Logistic, SimCLR's Table 2 alternative to NT-Xent: each pair of views is a binary
+    classification of its cosine similarity scaled by ``1 / temperature``,
+
+        l_i = -log σ(s_{i,p(i)} / τ) - mean_{k negative} log σ(-s_ik / τ)
+
+    averaged over the 2N anchors. The positive and the 2N - 2 negatives of an anchor carry equal
+    total weight (a plain sum would let the negatives outweigh the one positive 2N - 2 to one),
+    which the paper's comparison needs to train at all; it reports its best temperature, 0.2.
+
+    Examples:
+        >>> u = torch.eye(2)                          # two images, each view equal to the other
+        >>> round(float(nt_logistic(u, u, temperature=1.0)), 4)   # -log σ(1) - log σ(0)
+        1.0064
+    """
+    _positive("temperature", temperature)
+    similarities, positive, negatives = _pair_similarities(z1, z2, gather)
+    rows = torch.arange(len(positive), device=similarities.device)
+    logits = similarities / temperature
+    positive_term = -F.logsigmoid(logits[rows, positive])
+    negative_term = -(F.logsigmoid(-logits) * negatives).sum(dim=1) / negatives.sum(dim=1).clamp_min(1)
+    return (positive_term + negative_term).mean()
+
+
+@float32_loss
+def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.4, *, gather: bool = True) -> Tensor:
+    """Margin triplet on cosine similarities, SimCLR's Table 2 third loss: every anchor's
+    positive against each of its 2N - 2 negatives,
+
+        l_i = mean_{k negative} max(0, s_ik - s_{i,p(i)} + margin)
+
+    averaged over the 2N anchors (the paper's best margin: 0.4).
+
+    Examples:
+        >>> u = torch.eye(2)                          # positive similarity 1, negatives 0
+        >>> float(margin_triplet(u, u, margin=0.4)), float(margin_triplet(u, u, margin=1.5))
+        (0.0, 0.5)
+    """
+    _positive("margin", margin)
+    similarities, positive, negatives = _pair_similarities(z1, z2, gather)
+    rows = torch.arange(len(positive), device=similarities.device)
+    hinge = (similarities - similarities[rows, positive][:, None] + margin).clamp_min(0)
+    return ((hinge * negatives).sum(dim=1) / negatives.sum(dim=1).clamp_min(1)).mean()
+
+
 @float32_loss
 def info_nce(
     query: Tensor,

@@ -180,6 +180,15 @@ class MethodBase(nn.Module):
         """The backbone."""
         return self.backbone
 
+    def projection_encoder(self) -> nn.Module | None:
+        """The backbone followed by the projection head whose output the loss sees (``z``), for
+        ``eval.projection`` (SimCLR section 4.2: features before the head are better than after it);
+        None (the default) for a method without one."""
+        projector = getattr(self, "projector", None)
+        if not isinstance(projector, nn.Module):
+            return None
+        return nn.Sequential(self.eval_encoder(), projector)
+
     def memory_bank(self) -> tuple[Tensor, nn.Module, float] | None:
         """A bank of one feature per training image (rows in dataset order), the module that maps
         images into its space and the temperature of its weighted kNN, for the paper's bank kNN

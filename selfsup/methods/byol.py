@@ -37,22 +37,43 @@ class BYOL(MethodBase):
         pred_hidden_dim: hidden width of the predictor (4096).
         base_momentum: τ_base (0.996).
         final_momentum: τ at the last step (1.0).
+        predictor: False removes the predictor (the online projection regresses the target's
+            directly): the paper's Table 5 ablation, which collapses.
+        head_norm: the projector's and predictor's hidden normalisation: ``batch`` (the paper's),
+            ``none``, or ``group`` (GroupNorm, no batch statistics). With ``backbone.norm=group_ws``
+            (convnet) no layer sees batch statistics, the test of "BYOL leaks through BatchNorm"
+            (Richemond et al. 2020, "BYOL works even without batch statistics").
     """
 
     augment_recipe = "byol"
     sync_batchnorm = True
 
+    HEAD_NORMS = ("batch", "group", "none")
+
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 4096, proj_dim: int = 256,
-                 pred_hidden_dim: int = 4096, base_momentum: float = 0.996, final_momentum: float = 1.0) -> None:
+                 pred_hidden_dim: int = 4096, base_momentum: float = 0.996, final_momentum: float = 1.0,
+                 predictor: bool = True, head_norm: str = "batch") -> None:
         super().__init__()
         check_momentum("base_momentum", base_momentum)
         check_momentum("final_momentum", final_momentum)
+        if head_norm not in self.HEAD_NORMS:
+            raise ValueError(f"head_norm must be one of {', '.join(self.HEAD_NORMS)}, got {head_norm!r}")
         self.backbone = backbone
-        self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, last_bias=False)
-        self.predictor = projection_mlp(proj_dim, pred_hidden_dim, proj_dim, last_bias=False)
+        self.projector = self._head(backbone.out_dim, proj_hidden_dim, proj_dim, head_norm)
+        self.predictor = self._head(proj_dim, pred_hidden_dim, proj_dim, head_norm) if predictor else nn.Identity()
+        self.head_norm = head_norm
         self.target = frozen_copy(nn.Sequential(backbone, self.projector))
         self.base_momentum = base_momentum
         self.final_momentum = final_momentum
+
+    @staticmethod
+    def _head(in_dim: int, hidden: int, out_dim: int, norm: str) -> nn.Sequential:
+        """The paper's MLP (BatchNorm on the hidden layer); ``none`` without it, ``group`` with a
+        GroupNorm of 16 groups in its place (batch-independent, as in Richemond et al. 2020)."""
+        head = projection_mlp(in_dim, hidden, out_dim, last_bias=False, batch_norm=norm == "batch")
+        if norm == "group":
+            head.insert(1, nn.GroupNorm(min(16, hidden), hidden))
+        return head
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
@@ -27,20 +27,37 @@ class SimCLR(MethodBase):
         backbone: encoder producing ``backbone.out_dim`` features.
         proj_hidden_dim: hidden width of the projection MLP (paper: 2048).
         proj_dim: output dimension of the projection (paper: 128).
-        temperature: NT-Xent temperature τ (paper: 0.5 on CIFAR-10, 0.1 on ImageNet at batch 4096).
+        temperature: NT-Xent temperature τ (paper: 0.5 on CIFAR-10, 0.1 on ImageNet at batch 4096);
+            NT-Logistic's too.
+        proj_layers: the head (section 4.2, Fig. 8): 2, the paper's nonlinear MLP; 1, a linear
+            projection to ``proj_dim``; 0, none (the loss sees the backbone's features).
+        loss: ``nt_xent`` (the paper's), or the alternatives of its Table 2 for comparison:
+            ``nt_logistic`` (:func:`selfsup.losses.nt_logistic`) and ``margin_triplet``
+            (:func:`selfsup.losses.margin_triplet`, with ``margin``).
+        margin: the margin triplet's margin (paper's best: 0.4).
     """
+
+    LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 
     augment_recipe = "simclr"
     sync_batchnorm = True
 
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 128,
-                 temperature: float = 0.5) -> None:
+                 temperature: float = 0.5, proj_layers: int = 2, loss: str = "nt_xent", margin: float = 0.4) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if proj_layers not in (0, 1, 2):
+            raise ValueError(f"proj_layers must be 0 (no head), 1 (linear) or 2 (the paper's MLP), got {proj_layers}")
+        if loss not in self.LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(self.LOSSES)}, got {loss!r}")
+        if margin <= 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
         self.backbone = backbone
-        self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim)
+        self.projector = (nn.Identity() if proj_layers == 0
+                          else projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers))
         self.temperature = temperature
+        self.loss_name, self.margin = loss, margin
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         return self.loss_from(self.embed(batch, progress), batch, progress)
@@ -51,4 +68,9 @@ class SimCLR(MethodBase):
         return {"z1": z1, "z2": z2}
 
     def loss_from(self, embeddings: dict[str, Tensor], batch: Batch, progress: Progress) -> dict[str, Tensor]:
-        return {"loss": losses.nt_xent(embeddings["z1"], embeddings["z2"], self.temperature)}
+        z1, z2 = embeddings["z1"], embeddings["z2"]
+        if self.loss_name == "nt_logistic":
+            return {"loss": losses.nt_logistic(z1, z2, self.temperature)}
+        if self.loss_name == "margin_triplet":
+            return {"loss": losses.margin_triplet(z1, z2, self.margin)}
+        return {"loss": losses.nt_xent(z1, z2, self.temperature)}

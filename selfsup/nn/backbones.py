@@ -141,20 +141,37 @@ def split_features(backbone: Backbone, images: Tensor) -> tuple[Tensor, Tensor]:
     raise ValueError(f"split_features does not know the stages of {type(net).__name__}")
 
 
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+CONVNET_NORMS = ("batch", "group_ws", "none")
+"""``backbone.norm`` of the ConvNet: BatchNorm (default), GroupNorm after weight-standardised
+convolutions (Richemond et al. 2020, "BYOL works even without batch statistics"), or none."""
+
+
+def _conv_bn_relu(cin: int, cout: int, norm: str = "batch") -> list[nn.Module]:
+    if norm == "group_ws":
+        from timm.layers import StdConv2d
+
+        return [StdConv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(16, cout), cout),
+                nn.ReLU(inplace=True)]
+    if norm == "none":
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def convnet(in_channels: int = 1, width: int = 32) -> tuple[nn.Module, int]:
+def convnet(in_channels: int = 1, width: int = 32, norm: str = "batch") -> tuple[nn.Module, int]:
     """Four conv-BN-ReLU stages (width, 2w, 4w, 8w) with 2x2 max-pooling between them.
 
     Sized for 28x28 inputs: about 0.4M parameters at width 32, and on a 2-core CPU in bf16
     it trains at several thousand images/s. Returns the network and its output dimension 8w.
+    ``norm`` (:data:`CONVNET_NORMS`): ``group_ws`` puts timm's weight-standardised convolution and
+    GroupNorm of 16 groups in place of each conv + BatchNorm, so no layer sees batch statistics
+    (the setting in which BYOL was shown to train without BatchNorm); ``none`` drops the norm.
     """
-    layers = [*_conv_bn_relu(in_channels, width), nn.MaxPool2d(2),
-              *_conv_bn_relu(width, 2 * width), nn.MaxPool2d(2),
-              *_conv_bn_relu(2 * width, 4 * width), nn.MaxPool2d(2),
-              *_conv_bn_relu(4 * width, 8 * width),
+    if norm not in CONVNET_NORMS:
+        raise ValueError(f"norm must be one of {', '.join(CONVNET_NORMS)}, got {norm!r}")
+    layers = [*_conv_bn_relu(in_channels, width, norm), nn.MaxPool2d(2),
+              *_conv_bn_relu(width, 2 * width, norm), nn.MaxPool2d(2),
+              *_conv_bn_relu(2 * width, 4 * width, norm), nn.MaxPool2d(2),
+              *_conv_bn_relu(4 * width, 8 * width, norm),
               nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers), 8 * width
 
@@ -305,8 +322,9 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
     """
     if name == "gcn":
         return GCNEncoder(in_channels, hidden=16 * width)
-    if norm is not None and name != "cpc_audio":
-        raise ValueError(f"backbone.norm chooses the normalisation of cpc_audio's convolutions; {name} has its own")
+    if norm is not None and name not in ("cpc_audio", "convnet"):
+        raise ValueError(f"backbone.norm chooses the normalisation of cpc_audio's and convnet's convolutions; "
+                         f"{name} has its own")
     if name == "cpc_audio":
         if in_channels != 1:
             raise ValueError(f"cpc_audio encodes mono signals (1 channel), got in_channels={in_channels}")
@@ -324,7 +342,7 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
         raise ValueError(f"backbone.pretrained: {name} has no pretrained weights here; use a registry model "
                          f"(torchvision/<model> or timm/<model>)")
     elif name == "convnet":
-        net, out_dim = convnet(in_channels, width)
+        net, out_dim = convnet(in_channels, width, norm=norm or "batch")
     elif name.startswith("resnet") and name in BACKBONES:
         net, out_dim = resnet(name, in_channels, small_stem=image_size <= 64 if small_stem is None else small_stem)
     elif name.startswith("vit_") and name in BACKBONES:
