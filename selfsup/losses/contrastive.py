@@ -84,17 +84,22 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
         # Anchors and candidates are the same 2N rows: the symmetric kernel does half the work.
         lse = _SelfLogSumExp.apply(torch.cat((u1, u2), dim=0), 1 / temperature, n if decoupled else None)
         return lse.mean() - (u1 * u2).sum(dim=1).mean() / temperature
-    # One gather for both views: rows (i, view) of every rank, then views stacked
-    # so the candidate layout is [all first views; all second views].
-    pairs = _maybe_gather(torch.stack((u1, u2), dim=1), gather)
-    total = pairs.shape[0]
-    candidates = torch.cat((pairs[:, 0], pairs[:, 1]), dim=0)
-    local = torch.arange(n, device=z1.device) + _local_offset(gather, n)
-    self_index = torch.cat((local, local + total))
-    positive = torch.cat((local + total, local))
+    candidates, self_index, positive = _two_view_candidates(u1, u2, gather)
     excluded = torch.stack((self_index, positive), dim=1) if decoupled else self_index[:, None]
     anchors = torch.cat((u1, u2), dim=0) / temperature
     return _softmax_cross_entropy(anchors, candidates, positive, excluded)
+
+
+def _two_view_candidates(u1: Tensor, u2: Tensor, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidates of the 2N local anchors ``[u1; u2]``: every rank's views under
+    torch.distributed (one gather for both views, laid out [all first views; all second views]),
+    with each anchor's own column and its positive's."""
+    n = u1.shape[0]
+    pairs = _maybe_gather(torch.stack((u1, u2), dim=1), gather)
+    total = pairs.shape[0]
+    candidates = torch.cat((pairs[:, 0], pairs[:, 1]), dim=0)
+    local = torch.arange(n, device=u1.device) + _local_offset(gather, n)
+    return candidates, torch.cat((local, local + total)), torch.cat((local + total, local))
 
 
 def _pair_similarities(z1: Tensor, z2: Tensor, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -104,12 +109,7 @@ def _pair_similarities(z1: Tensor, z2: Tensor, gather: bool) -> tuple[Tensor, Te
     _same_shape("z1", z1, "z2", z2)
     n = z1.shape[0]
     u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    pairs = _maybe_gather(torch.stack((u1, u2), dim=1), gather)
-    total = pairs.shape[0]
-    candidates = torch.cat((pairs[:, 0], pairs[:, 1]), dim=0)
-    local = torch.arange(n, device=z1.device) + _local_offset(gather, n)
-    self_index = torch.cat((local, local + total))
-    positive = torch.cat((local + total, local))
+    candidates, self_index, positive = _two_view_candidates(u1, u2, gather)
     similarities = torch.cat((u1, u2), dim=0) @ candidates.T
     negatives = torch.ones_like(similarities, dtype=torch.bool)
     rows = torch.arange(2 * n, device=z1.device)
@@ -126,8 +126,8 @@ def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.2, *, gather: boo
         l_i = -log σ(s_{i,p(i)} / τ) - mean_{k negative} log σ(-s_ik / τ)
 
     averaged over the 2N anchors. The positive and the 2N - 2 negatives of an anchor carry equal
-    total weight (a plain sum would let the negatives outweigh the one positive 2N - 2 to one),
-    which the paper's comparison needs to train at all; it reports its best temperature, 0.2.
+    total weight (our choice: a plain sum would let the negatives outweigh the one positive 2N - 2
+    to one; the paper's table gives the formula per pair, not its weighting).
 
     Examples:
         >>> u = torch.eye(2)                          # two images, each view equal to the other
