@@ -28,6 +28,12 @@ The study file::
     finetune: [0.01]                                         # optional: 1%-label fine-tuning of every run
     verdict: {best: nonlinear}                               # or {order: [a, b, c]} or {better: a, than: [b, c]}
                                                              # (+ metric: M, lower: true where lower is better)
+                                                             # or a list of them, each with its own claim: text
+    runs: other_study                                        # optional: share that study's run folders
+
+A point may name its own ``recipe`` (``{name: rotation, recipe: recipes/rotation_fashion_mnist.yaml}``),
+for studies that compare methods each at its own recipe. ``runs`` lets two studies read (and finish)
+the same runs, e.g. one summarising the frozen evaluations and one adding fine-tuning to them.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ VALUE_METRICS = {"feature_std": ("evaluations", "collapse", "feature_std"),
 """Other numbers a sweep can summarise, where they are in ``results.json``: not fractions, shown as
 they are. A verdict on a metric where lower is better says ``lower: true``."""
 STUDY_KEYS = {"name", "claim", "recipe", "overrides", "grid", "points", "seeds", "metrics", "finetune", "verdict",
-              "notes", "out"}
+              "notes", "out", "runs"}
+VERDICT_KEYS = {"best", "order", "better", "than", "metric", "lower", "claim"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Point:
 
     name: str
     overrides: tuple[str, ...]
+    recipe: str | None = None
+    """The point's own recipe (else the study's)."""
 
     @property
     def slug(self) -> str:
@@ -89,15 +98,28 @@ class Study:
     overrides: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["knn", "linear", "fewshot_5way_1shot"])
     finetune: list[float] = field(default_factory=list)
-    verdict: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] | list[dict[str, Any]] = field(default_factory=dict)
     notes: str = ""
     out: Path = Path("runs/sweeps")
+    runs: str | None = None
+    """Another study's name whose run folders this one shares (None: its own)."""
     source: str = ""
     """How the study was given: the YAML file, or the command line."""
 
     @property
     def folder(self) -> Path:
+        """Where the summary goes: ``<out>/<name>``."""
         return self.out / self.name
+
+    @property
+    def runs_folder(self) -> Path:
+        """Where the runs are: ``<out>/<runs or name>``."""
+        return self.out / (self.runs or self.name)
+
+    @property
+    def verdicts(self) -> list[dict[str, Any]]:
+        """The verdict specs as a list (one study may test several claims)."""
+        return [self.verdict] if isinstance(self.verdict, dict) else list(self.verdict)
 
 
 @dataclass(frozen=True)
@@ -179,18 +201,24 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     else:
         points = []
         for k, item in enumerate(spec["points"] or []):
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "overrides"}:
-                raise ConfigError(f"{path}: points[{k}] must be {{name: ..., overrides: [key=value, ...]}}, got {item!r}")
-            points.append(Point(item["name"], tuple(_overrides(item.get("overrides") or [], f"{path}: points[{k}]"))))
+            if (not isinstance(item, dict) or not isinstance(item.get("name"), str)
+                    or set(item) - {"name", "overrides", "recipe"}):
+                raise ConfigError(f"{path}: points[{k}] must be {{name: ..., overrides: [key=value, ...]}} (and an "
+                                  f"optional recipe), got {item!r}")
+            points.append(Point(item["name"], tuple(_overrides(item.get("overrides") or [], f"{path}: points[{k}]")),
+                                recipe=item.get("recipe")))
         if not points:
             raise ConfigError(f"{path}: points is empty")
     if len({p.slug for p in points}) != len(points):
         raise ConfigError(f"{path}: two points share a folder name: {[p.name for p in points]}")
+    verdict = spec.get("verdict") or {}
+    if not isinstance(verdict, (dict, list)) or (isinstance(verdict, list) and not all(isinstance(v, dict) for v in verdict)):
+        raise ConfigError(f"{path}: verdict must be a mapping or a list of mappings, got {verdict!r}")
     study = Study(name=str(spec.get("name") or path.stem), recipe=spec.get("recipe"), points=points,
                   seeds=_seeds(spec.get("seeds", 1), str(path)), claim=str(spec.get("claim", "")).strip(),
                   overrides=_overrides(spec.get("overrides") or [], f"{path}: overrides"),
                   metrics=list(spec.get("metrics") or ["knn", "linear", "fewshot_5way_1shot"]),
-                  finetune=[float(f) for f in spec.get("finetune") or []], verdict=dict(spec.get("verdict") or {}),
+                  finetune=[float(f) for f in spec.get("finetune") or []], verdict=verdict, runs=spec.get("runs"),
                   notes=str(spec.get("notes", "")).strip(), out=Path(out or spec.get("out") or "runs/sweeps"),
                   source=str(path))
     _check(study, str(path))
@@ -231,20 +259,23 @@ def _check(study: Study, where: str) -> None:
     if bad:
         raise ConfigError(f"{where}: unknown metrics {bad}; choose among {sorted(allowed)}")
     names = {p.name for p in study.points}
-    kind = set(study.verdict) - {"metric", "lower"}
-    if study.verdict and kind not in ({"best"}, {"order"}, {"better", "than"}):
-        raise ConfigError(f"{where}: verdict is {{best: P}}, {{order: [P, Q, ...]}} or {{better: P, than: [Q, ...]}} "
-                          f"(and optional metric and lower), got {study.verdict!r}")
-    if study.verdict.get("metric", study.metrics[0]) not in study.metrics:
-        raise ConfigError(f"{where}: the verdict's metric {study.verdict['metric']!r} is not among the metrics "
-                          f"{study.metrics}")
-    mentioned = [study.verdict[k] for k in ("best", "better") if k in study.verdict]
-    mentioned += [n for k in ("order", "than") for n in study.verdict.get(k, [])]
-    missing = [n for n in mentioned if n not in names]
-    if missing:
-        raise ConfigError(f"{where}: the verdict names points {missing} that the study does not have ({sorted(names)})")
-    if study.recipe is not None and not Path(study.recipe).is_file():
-        raise FileNotFoundError(f"{where}: recipe {study.recipe} does not exist")
+    for spec in study.verdicts:
+        kind = set(spec) - {"metric", "lower", "claim"}
+        if set(spec) - VERDICT_KEYS or (spec and kind not in ({"best"}, {"order"}, {"better", "than"})):
+            raise ConfigError(f"{where}: a verdict is {{best: P}}, {{order: [P, Q, ...]}} or {{better: P, than: [Q, ...]}} "
+                              f"(and optional metric, lower and claim), got {spec!r}")
+        if spec.get("metric", study.metrics[0]) not in study.metrics:
+            raise ConfigError(f"{where}: the verdict's metric {spec['metric']!r} is not among the metrics "
+                              f"{study.metrics}")
+        mentioned = [spec[k] for k in ("best", "better") if k in spec]
+        mentioned += [n for k in ("order", "than") for n in spec.get(k, [])]
+        missing = [n for n in mentioned if n not in names]
+        if missing:
+            raise ConfigError(f"{where}: the verdict names points {missing} that the study does not have "
+                              f"({sorted(names)})")
+    for recipe in {study.recipe, *(p.recipe for p in study.points)} - {None}:
+        if not Path(recipe).is_file():
+            raise FileNotFoundError(f"{where}: recipe {recipe} does not exist")
 
 
 def expand(study: Study) -> list[Run]:
@@ -252,7 +283,7 @@ def expand(study: Study) -> list[Run]:
     runs = []
     for point in study.points:
         for seed in study.seeds:
-            folder = study.folder / point.slug / f"seed{seed}"
+            folder = study.runs_folder / point.slug / f"seed{seed}"
             overrides = (*study.overrides, *point.overrides, f"train.seed={seed}",
                          f"name={study.name}-{point.slug}-seed{seed}", f"train.out_dir={folder}",
                          "train.progress=false")
@@ -267,7 +298,8 @@ def commands(study: Study, run: Run) -> list[list[str]]:
     steps = []
     status = run.status()
     if status != "done":
-        steps.append([*python, "pretrain", *([study.recipe] if study.recipe else []), *run.overrides,
+        recipe = run.point.recipe or study.recipe
+        steps.append([*python, "pretrain", *([recipe] if recipe else []), *run.overrides,
                       *(["--resume"] if status == "resume" else [])])
     if study.finetune and not (run.folder / "evaluations" / "finetune.json").is_file():
         labels = ",".join(f"{100 * f:g}%" for f in study.finetune)
@@ -409,15 +441,39 @@ def collect(study: Study) -> dict[str, Any]:
     return {"points": points, "missing": missing}
 
 
+def verdicts(study: Study, summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(claim, word, sentence)`` of each of the study's verdicts (:func:`verdict_of`)."""
+    return [(str(spec.get("claim", "")).strip(), *verdict_of(spec, study, summary)) for spec in study.verdicts]
+
+
 def verdict(study: Study, summary: dict[str, Any]) -> tuple[str, str]:
-    """``(word, sentence)``: whether the claim reproduces at this scale.
+    """``(word, sentence)`` of the whole study: its one verdict, or of several, ``reproduces`` when
+    all do, ``does not reproduce`` when none does, otherwise ``partly reproduces``, with each
+    claim's sentence."""
+    found = verdicts(study, summary)
+    if len(found) == 1:
+        return found[0][1], found[0][2]
+    words = [word for _, word, _ in found]
+    if "incomplete" in words:
+        return "incomplete", "Some points have no result yet."
+    if all(word == "reproduces" for word in words):
+        word = "reproduces"
+    elif all(word == "does not reproduce" for word in words):
+        word = "does not reproduce"
+    else:
+        word = "partly reproduces"
+    held = sum(w == "reproduces" for w in words)
+    return word, f"{held} of {len(found)} claims reproduce with separated intervals; each is below."
+
+
+def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> tuple[str, str]:
+    """``(word, sentence)``: whether the claim of one verdict ``spec`` reproduces at this scale.
 
     ``best: P`` reproduces when P has the highest mean and its 95% interval lies above every other
     point's; partly when it has the highest mean but the intervals overlap; does not otherwise.
     ``order: [P, Q, ...]``: the means in that order (partly), each interval above the next (reproduces).
     ``better: P, than: [Q, ...]``: P above each (partly), with separated intervals (reproduces).
     """
-    spec = study.verdict
     if not spec:
         return "no verdict", "The study states no claim to test."
     metric = spec.get("metric", study.metrics[0])
@@ -513,6 +569,9 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
     if study.claim:
         lines += [f"**Claim.** {study.claim}", ""]
     lines += [f"**Verdict: {word}.** {sentence}", ""]
+    if len(study.verdicts) > 1:
+        lines += [f"- {claim or 'Claim'}: **{each}.** {text}" for claim, each, text in verdicts(study, summary)]
+        lines.append("")
     common = " ".join(f"`{o}`" for o in study.overrides) or "none"
     recipe = f"Recipe `{study.recipe}`" if study.recipe else "No recipe (the defaults)"
     lines += [f"{recipe}, overrides {common}; {len(study.points)} points x {len(study.seeds)} seeds "
@@ -572,6 +631,7 @@ def summarise(study: Study, page_path: Path | None = None, commit: str | None = 
     summary = collect(study)
     word, sentence = verdict(study, summary)
     summary.update({"name": study.name, "claim": study.claim, "verdict": word, "verdict_text": sentence,
+                    "verdicts": [{"claim": c, "verdict": w, "text": t} for c, w, t in verdicts(study, summary)],
                     "seeds": study.seeds, "metrics": study.metrics, "recipe": study.recipe,
                     "overrides": study.overrides, "generated": time.strftime("%Y-%m-%d %H:%M:%S")})
     study.folder.mkdir(parents=True, exist_ok=True)
@@ -588,4 +648,5 @@ def summarise(study: Study, page_path: Path | None = None, commit: str | None = 
 
 
 __all__ = ["Point", "Run", "Study", "collect", "commands", "expand", "execute", "grid_points", "load_study", "page",
-           "statistics", "study_from_command_line", "study_list", "summarise", "t_quantile", "verdict"]
+           "statistics", "study_from_command_line", "study_list", "summarise", "t_quantile", "verdict", "verdict_of",
+           "verdicts"]

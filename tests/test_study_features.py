@@ -187,3 +187,31 @@ def test_a_run_evaluates_the_projection_and_counts_spikes(tmp_path):
     assert training["grad_norm_peak"] >= 1.0
     metrics = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
     assert "grad_norm" in metrics[0]
+
+
+def test_a_study_with_several_claims_points_with_their_own_recipes_and_shared_runs(tmp_path):
+    root = sweep.Path(__file__).resolve().parent.parent
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    points = (f"points:\n  - {{name: rotation, recipe: {root}/recipes/rotation_fashion_mnist.yaml}}\n"
+              f"  - {{name: simclr, recipe: {root}/recipes/simclr_fashion_mnist.yaml}}\n")
+    first.write_text(f"name: first\n{points}seeds: 2\nmetrics: [knn, linear]\nout: {tmp_path / 'runs'}\n"
+                     "verdict:\n  - {claim: kNN, better: simclr, than: [rotation]}\n"
+                     "  - {claim: linear, better: rotation, than: [simclr], metric: linear}\n")
+    second.write_text(f"name: second\nruns: first\n{points}seeds: 2\nmetrics: [finetune_0.01]\nfinetune: [0.01]\n"
+                      f"out: {tmp_path / 'runs'}\n")
+    a, b = sweep.load_study(first), sweep.load_study(second)
+    assert [run.folder for run in sweep.expand(a)] == [run.folder for run in sweep.expand(b)]
+    run = sweep.expand(a)[0]
+    assert str(root / "recipes/rotation_fashion_mnist.yaml") in sweep.commands(a, run)[0]
+    assert "finetune" in sweep.commands(b, run)[-1]
+    for k, run in enumerate(sweep.expand(a)):  # simclr above rotation in kNN, below it in linear, by far
+        run.folder.mkdir(parents=True)
+        knn, linear = (0.8, 0.7) if run.point.name == "simclr" else (0.6, 0.9)
+        (run.folder / "results.json").write_text(json.dumps({"evaluations": {
+            "knn": {"accuracy": knn + 0.001 * k}, "linear": {"accuracy": linear + 0.001 * k}}}))
+    summary = sweep.collect(a)
+    word, sentence = sweep.verdict(a, summary)
+    assert (word, sentence) == ("reproduces", "2 of 2 claims reproduce with separated intervals; each is below.")
+    page = sweep.page(a, summary, [], tmp_path / "page.md")
+    assert "- kNN: **reproduces.**" in page and "- linear: **reproduces.**" in page
+    assert sweep.summarise(b)["verdict"] == "no verdict" and b.folder != a.folder
