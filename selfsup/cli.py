@@ -325,7 +325,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not count:
         print(f"{path}: no digests recorded (written by a selfsup from before they were): loadable, not verifiable")
         return 0
-    print(f"ok: {path}: {count} tensors and the configuration match their {checkpoint.DIGEST} "
+    print(f"ok: {path}: {count} tensors and the configuration match their {state['integrity']['algorithm']} "
           f"({state['config'].get('method')}, step {state['step']})")
     return 0
 

@@ -90,6 +90,8 @@ class BackboneConfig:
     small_stem: bool | None = None
     """ResNets: a 3x3 stride-1 first convolution and no max-pool; None: for images of side <= 64
     (registry models: only when not pretrained)."""
+    patch_size: int | None = None
+    """vit_*: the patch side (None: 4 for images of side <= 64, else 16)."""
     norm: str | None = None
     """cpc_audio: the normalisation after each convolution, ``batch`` (None: the default; what
     CPC_audio runs to reproduce the paper), ``channel`` (per sample) or ``none`` (the paper's text).

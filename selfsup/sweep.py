@@ -28,7 +28,10 @@ The study file::
     finetune: [0.01]                                         # optional: 1%-label fine-tuning of every run
     verdict: {best: nonlinear}                               # or {order: [a, b, c]} or {better: a, than: [b, c]}
                                                              # (+ metric: M, lower: true where lower is better)
+                                                             # or {above_floor: a}: a's interval above its floor
+                                                             # or {point: a, beats: M2}: a's metric above its M2
                                                              # or a list of them, each with its own claim: text
+    finetune_steps: 100                                      # optional: fine-tuning steps (default 200)
     runs: other_study                                        # optional: share that study's run folders
 
 A point may name its own ``recipe`` (``{name: rotation, recipe: recipes/rotation_fashion_mnist.yaml}``),
@@ -67,8 +70,9 @@ VALUE_METRICS = {"feature_std": ("evaluations", "collapse", "feature_std"),
 """Other numbers a sweep can summarise, where they are in ``results.json``: not fractions, shown as
 they are. A verdict on a metric where lower is better says ``lower: true``."""
 STUDY_KEYS = {"name", "claim", "recipe", "overrides", "grid", "points", "seeds", "metrics", "finetune", "verdict",
-              "notes", "out", "runs"}
-VERDICT_KEYS = {"best", "order", "better", "than", "metric", "lower", "claim"}
+              "notes", "out", "runs", "finetune_steps"}
+VERDICT_KEYS = {"best", "order", "better", "than", "above_floor", "point", "beats", "metric", "lower", "claim"}
+VERDICT_KINDS = ({"best"}, {"order"}, {"better", "than"}, {"above_floor"}, {"point", "beats"})
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Study:
     overrides: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["knn", "linear", "fewshot_5way_1shot"])
     finetune: list[float] = field(default_factory=list)
+    finetune_steps: int | None = None
     verdict: dict[str, Any] | list[dict[str, Any]] = field(default_factory=dict)
     notes: str = ""
     out: Path = Path("runs/sweeps")
@@ -219,6 +224,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
                   overrides=_overrides(spec.get("overrides") or [], f"{path}: overrides"),
                   metrics=list(spec.get("metrics") or ["knn", "linear", "fewshot_5way_1shot"]),
                   finetune=[float(f) for f in spec.get("finetune") or []], verdict=verdict, runs=spec.get("runs"),
+                  finetune_steps=spec.get("finetune_steps"),
                   notes=str(spec.get("notes", "")).strip(), out=Path(out or spec.get("out") or "runs/sweeps"),
                   source=str(path))
     _check(study, str(path))
@@ -261,13 +267,16 @@ def _check(study: Study, where: str) -> None:
     names = {p.name for p in study.points}
     for spec in study.verdicts:
         kind = set(spec) - {"metric", "lower", "claim"}
-        if set(spec) - VERDICT_KEYS or (spec and kind not in ({"best"}, {"order"}, {"better", "than"})):
-            raise ConfigError(f"{where}: a verdict is {{best: P}}, {{order: [P, Q, ...]}} or {{better: P, than: [Q, ...]}} "
-                              f"(and optional metric, lower and claim), got {spec!r}")
+        if set(spec) - VERDICT_KEYS or (spec and kind not in VERDICT_KINDS):
+            raise ConfigError(f"{where}: a verdict is {{best: P}}, {{order: [P, Q, ...]}}, {{better: P, than: [Q, ...]}}, "
+                              f"{{above_floor: P}} or {{point: P, beats: METRIC}} (and optional metric, lower and "
+                              f"claim), got {spec!r}")
+        if "beats" in spec and spec["beats"] not in study.metrics:
+            raise ConfigError(f"{where}: the verdict's beats {spec['beats']!r} is not among the metrics {study.metrics}")
         if spec.get("metric", study.metrics[0]) not in study.metrics:
             raise ConfigError(f"{where}: the verdict's metric {spec['metric']!r} is not among the metrics "
                               f"{study.metrics}")
-        mentioned = [spec[k] for k in ("best", "better") if k in spec]
+        mentioned = [spec[k] for k in ("best", "better", "above_floor", "point") if k in spec]
         mentioned += [n for k in ("order", "than") for n in spec.get(k, [])]
         missing = [n for n in mentioned if n not in names]
         if missing:
@@ -285,7 +294,7 @@ def expand(study: Study) -> list[Run]:
         for seed in study.seeds:
             folder = study.runs_folder / point.slug / f"seed{seed}"
             overrides = (*study.overrides, *point.overrides, f"train.seed={seed}",
-                         f"name={study.name}-{point.slug}-seed{seed}", f"train.out_dir={folder}",
+                         f"name={study.runs or study.name}-{point.slug}-seed{seed}", f"train.out_dir={folder}",
                          "train.progress=false")
             runs.append(Run(point, seed, folder, overrides))
     return runs
@@ -304,7 +313,8 @@ def commands(study: Study, run: Run) -> list[list[str]]:
     if study.finetune and not (run.folder / "evaluations" / "finetune.json").is_file():
         labels = ",".join(f"{100 * f:g}%" for f in study.finetune)
         steps.append([*python, "evaluate", "finetune", str(run.folder / "checkpoints" / "last.ckpt"),
-                      "--labels", labels, "--seeds", "0"])
+                      "--labels", labels, "--seeds", "0",
+                      *(["--steps", str(study.finetune_steps)] if study.finetune_steps else [])])
     return steps
 
 
@@ -473,13 +483,33 @@ def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> t
     point's; partly when it has the highest mean but the intervals overlap; does not otherwise.
     ``order: [P, Q, ...]``: the means in that order (partly), each interval above the next (reproduces).
     ``better: P, than: [Q, ...]``: P above each (partly), with separated intervals (reproduces).
+    ``above_floor: P``: P's mean above its floor (partly), its whole interval above it (reproduces).
+    ``point: P, beats: M2``: P's mean on the verdict's metric above its mean on M2 (partly), with
+    separated intervals (reproduces).
     """
     if not spec:
         return "no verdict", "The study states no claim to test."
     metric = spec.get("metric", study.metrics[0])
-    stats_of = {name: summary["points"][name][metric] for name in summary["points"]}
-    if any(stats_of[name]["mean"] is None for name in stats_of):
-        return "incomplete", f"Some points have no {metric} result yet."
+    points = summary["points"]
+    if "above_floor" in spec:
+        name = spec["above_floor"]
+        floor = points[name][metric]["floor"]
+        stats_of = {name: points[name][metric], f"{name}'s floor": {"mean": floor, "ci95": 0.0}}
+        pairs = [(name, f"{name}'s floor")]
+    elif "beats" in spec:
+        name, other = spec["point"], spec["beats"]
+        stats_of = {f"{name} {metric}": points[name][metric], f"{name} {other}": points[name][other]}
+        pairs = [(f"{name} {metric}", f"{name} {other}")]
+    else:
+        stats_of = {name: points[name][metric] for name in points}
+        if "best" in spec:
+            pairs = [(spec["best"], other) for other in stats_of if other != spec["best"]]
+        elif "order" in spec:
+            pairs = list(zip(spec["order"], spec["order"][1:]))
+        else:
+            pairs = [(spec["better"], other) for other in spec["than"]]
+    if any(stats_of[label]["mean"] is None for pair in pairs for label in pair):
+        return "incomplete", f"Some points have no {metric} result (or floor) yet."
 
     sign = -1.0 if spec.get("lower") else 1.0  # lower is better: compare the negated values
 
@@ -490,12 +520,6 @@ def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> t
         high = sign * sb["mean"] + (sb["ci95"] or 0.0)
         return sign * sa["mean"] > sign * sb["mean"], low > high
 
-    if "best" in spec:
-        pairs = [(spec["best"], other) for other in stats_of if other != spec["best"]]
-    elif "order" in spec:
-        pairs = list(zip(spec["order"], spec["order"][1:]))
-    else:
-        pairs = [(spec["better"], other) for other in spec["than"]]
     checks = [above(a, b) for a, b in pairs]
     means = all(m for m, _ in checks)
     separated = all(s for _, s in checks)

@@ -251,3 +251,26 @@ def test_an_export_records_and_verifies_its_files(real_checkpoint, tmp_path, cap
     assert main(["verify", str(out)]) == 2
     err = capsys.readouterr().err
     assert "encoder.safetensors does not match the sha256 in encoder.json: tensor" in err
+
+
+def test_a_checkpoint_with_the_earlier_sha256_record_still_loads_and_is_checked(tmp_path):
+    """selfsup at ab69e0d recorded sha256 digests (hashlib, over the same bytes); they stay readable."""
+    import hashlib
+    import json
+
+    from selfsup.engine import checkpoint
+
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "config": {"method": "simclr"}, "step": 3,
+             "data": {"channels": 1, "size": 8}}
+
+    def sha(t):
+        digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.numpy().tobytes())
+        return digest.hexdigest()
+
+    record = {"algorithm": "sha256", "tensors": {"model/w": sha(state["model"]["w"])},
+              "config": hashlib.sha256(json.dumps(state["config"], sort_keys=True).encode()).hexdigest()}
+    assert checkpoint.verify({**state, "integrity": record}, "old.ckpt") == 1
+    damaged = {**state, "model": {"w": state["model"]["w"] + 1}, "integrity": record}
+    with pytest.raises(DataError, match="tensor model/w does not match its recorded sha256"):
+        checkpoint.verify(damaged, "old.ckpt")

@@ -215,3 +215,24 @@ def test_a_study_with_several_claims_points_with_their_own_recipes_and_shared_ru
     page = sweep.page(a, summary, [], tmp_path / "page.md")
     assert "- kNN: **reproduces.**" in page and "- linear: **reproduces.**" in page
     assert sweep.summarise(b)["verdict"] == "no verdict" and b.folder != a.folder
+
+
+def test_verdicts_against_the_floor_and_between_two_metrics_of_one_point(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\npoints:\n  - {{name: a, overrides: [x=1]}}\nseeds: 3\nmetrics: [linear, linear_projection]\n"
+                    f"out: {tmp_path}\nverdict:\n  - {{claim: learns, above_floor: a}}\n"
+                    "  - {claim: h beats z, point: a, beats: linear_projection}\n")
+    study = sweep.load_study(spec)
+    for run, (h, z) in zip(sweep.expand(study), [(0.90, 0.80), (0.91, 0.86), (0.89, 0.84)]):
+        run.folder.mkdir(parents=True)
+        (run.folder / "results.json").write_text(json.dumps({"evaluations": {
+            "linear": {"accuracy": h, "random_init": {"accuracy": 0.85}}, "linear_projection": {"accuracy": z}}}))
+    summary = sweep.collect(study)
+    (_, learns, _), (_, beats, text) = sweep.verdicts(study, summary)
+    # h: mean 0.90, std 0.01, t(0.975, 2) = 4.303: 0.90 - 4.303 * 0.01 / sqrt(3) = 0.8752 > 0.85.
+    assert learns == "reproduces"
+    # z: mean 0.8333, std 0.0306: its interval reaches 0.8333 + 4.303 * 0.0306 / sqrt(3) = 0.909 > h's low 0.875.
+    assert beats == "partly reproduces" and "a linear 90.00% vs a linear_projection 83.33%" in text
+    spec.write_text(spec.read_text().replace("beats: linear_projection", "beats: knn"))
+    with pytest.raises(sweep.ConfigError, match="beats 'knn' is not among the metrics"):
+        sweep.load_study(spec)

@@ -16,6 +16,7 @@ wrong with it (tested by fuzzing: random bytes, every cut of a real checkpoint, 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import pickle
 import re
@@ -49,15 +50,24 @@ def tensors_of(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor
             yield from tensors_of(item, f"{prefix}/{index}" if prefix else str(index))
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """CRC-32 (hex) of a tensor's dtype, shape and bytes."""
-    crc = zlib.crc32(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    return f"{zlib.crc32(tensor_bytes(tensor), crc):08x}"
+READABLE_DIGESTS = ("crc32", "sha256")
+"""Records :func:`verify` checks: CRC-32 (written now) and sha256 (written by selfsup at ab69e0d)."""
 
 
-def config_digest(config: Any) -> str:
-    """CRC-32 (hex) of a configuration's canonical JSON."""
-    return f"{zlib.crc32(json.dumps(config, sort_keys=True, default=str).encode()):08x}"
+def tensor_digest(tensor: torch.Tensor, algorithm: str = DIGEST) -> str:
+    """CRC-32 (hex; or ``algorithm="sha256"``, the earlier record) of a tensor's dtype, shape and bytes."""
+    head = f"{tensor.dtype}{tuple(tensor.shape)}".encode()
+    if algorithm == "sha256":
+        digest = hashlib.sha256(head)
+        digest.update(tensor_bytes(tensor))
+        return digest.hexdigest()
+    return f"{zlib.crc32(tensor_bytes(tensor), zlib.crc32(head)):08x}"
+
+
+def config_digest(config: Any, algorithm: str = DIGEST) -> str:
+    """CRC-32 (hex; or sha256) of a configuration's canonical JSON."""
+    text = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(text).hexdigest() if algorithm == "sha256" else f"{zlib.crc32(text):08x}"
 
 
 def digests(state: dict[str, Any]) -> dict[str, Any]:
@@ -78,8 +88,10 @@ def verify(state: dict[str, Any], path: str | Path) -> int:
     record = state.get("integrity")
     if record is None:
         return 0
-    if not isinstance(record, dict) or record.get("algorithm") != DIGEST or not isinstance(record.get("tensors"), dict):
+    if (not isinstance(record, dict) or record.get("algorithm") not in READABLE_DIGESTS
+            or not isinstance(record.get("tensors"), dict)):
         raise DataError(f"checkpoint {path}: its integrity record is malformed ({str(record)[:120]})")
+    algorithm = record["algorithm"]
     recorded = record["tensors"]
     body = {key: value for key, value in state.items() if key != "integrity"}
     found = dict(tensors_of(body))
@@ -89,11 +101,11 @@ def verify(state: dict[str, Any], path: str | Path) -> int:
         if name not in recorded:
             raise DataError(f"checkpoint {path}: tensor {name} is not in its integrity record (added after it "
                             f"was written?)")
-        if tensor_digest(tensor) != recorded[name]:
-            raise DataError(f"checkpoint {path}: tensor {name} does not match its recorded {DIGEST}: the file was "
+        if tensor_digest(tensor, algorithm) != recorded[name]:
+            raise DataError(f"checkpoint {path}: tensor {name} does not match its recorded {algorithm}: the file was "
                             f"changed or damaged after it was written; use an earlier checkpoint or retrain")
-    if record.get("config") != config_digest(state.get("config")):
-        raise DataError(f"checkpoint {path}: its configuration does not match its recorded {DIGEST}")
+    if record.get("config") != config_digest(state.get("config"), algorithm):
+        raise DataError(f"checkpoint {path}: its configuration does not match its recorded {algorithm}")
     return len(found)
 
 

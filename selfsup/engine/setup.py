@@ -224,7 +224,8 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
     try:
         backbone = build_backbone(cfg.backbone.name, in_channels=in_channels, image_size=image_size,
                                   mean=mean, std=std, width=cfg.backbone.width, pretrained=cfg.backbone.pretrained,
-                                  small_stem=cfg.backbone.small_stem, norm=cfg.backbone.norm)
+                                  small_stem=cfg.backbone.small_stem, norm=cfg.backbone.norm,
+                                  patch_size=cfg.backbone.patch_size)
     except ConfigError:
         raise  # names its key already
     except ValueError as error:

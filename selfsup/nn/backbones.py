@@ -310,7 +310,8 @@ class GCNEncoder(nn.Module):
 
 def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, width: int = 32, pretrained: bool = False,
-                   small_stem: bool | None = None, norm: str | None = None) -> Backbone:
+                   small_stem: bool | None = None, norm: str | None = None,
+                   patch_size: int | None = None) -> Backbone:
     """Build a :class:`Backbone` by name: one of :data:`BACKBONES`, or ``torchvision/<model>`` /
     ``timm/<model>`` from those libraries' registries (:mod:`selfsup.nn.registry`; ``pretrained``
     and ``small_stem`` apply to them, and pretrained weights bring their ImageNet mean and std).
@@ -322,6 +323,8 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
     """
     if name == "gcn":
         return GCNEncoder(in_channels, hidden=16 * width)
+    if patch_size is not None and not name.startswith("vit_"):
+        raise ValueError(f"backbone.patch_size is the patch side of selfsup's ViTs (vit_*); {name} has none")
     if norm is not None and name not in ("cpc_audio", "convnet"):
         raise ValueError(f"backbone.norm chooses the normalisation of cpc_audio's and convnet's convolutions; "
                          f"{name} has its own")
@@ -346,7 +349,7 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
     elif name.startswith("resnet") and name in BACKBONES:
         net, out_dim = resnet(name, in_channels, small_stem=image_size <= 64 if small_stem is None else small_stem)
     elif name.startswith("vit_") and name in BACKBONES:
-        net, out_dim = vit(name, in_channels, image_size)
+        net, out_dim = vit(name, in_channels, image_size, patch_size)
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, or a registry model "
                          f"torchvision/<model> or timm/<model>")

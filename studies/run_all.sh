@@ -1,0 +1,13 @@
+#!/bin/bash
+# Every study at its CPU setting, one run at a time, pages into docs/studies/ (about two hours on 2 cores).
+# Each sweep is resumable: run this again after an interruption and only what is missing runs.
+set -e
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+$PY studies/infonce_bound.py
+for study in projection_head loss_functions collapse augmentation batch_size pretext_vs_contrastive few_labels \
+             vit_patch_projection; do
+  $PY -m selfsup sweep studies/$study.yaml --page docs/studies/$study.md
+done
+# The Jensen study measures a fixed encoder: the projection-head study's nonlinear SimCLR run, seed 0.
+$PY studies/jensen.py --checkpoint runs/sweeps/projection_head/nonlinear/seed0/checkpoints/last.ckpt
