@@ -1,9 +1,13 @@
 """Optimisers (torch's SGD and AdamW, timm's LARS) over a method's parameter groups, and their schedules.
 
 A method's ``param_groups()`` says what each group needs (``lr_scale``, ``fixed_lr``,
-``weight_decay_scale``); here each group is split into decayed weights and undecayed biases and
-norms, and :class:`Schedule` sets every group's LR and weight decay at every step from the
-precomputed warmup + cosine LR and cosine weight-decay schedules.
+``weight_decay_scale``, or an ``optimizer`` of its own); here each group is split into decayed
+weights and undecayed biases and norms, and :class:`Schedule` sets every group's LR and weight
+decay at every step from the precomputed warmup + cosine LR and cosine weight-decay schedules.
+
+A group with ``optimizer: {"name": "adam", "lr": 1e-3, ...}`` is stepped by that optimiser at that
+constant LR instead (Viewmaker's generator, trained by Adam while the encoder takes SGD); the
+optimisers then step together as one :class:`ComposedOptimizer`, checkpointed and resumed as one.
 """
 
 from __future__ import annotations
@@ -16,7 +20,51 @@ from torch import nn
 from selfsup.config import OptimConfig, Optimizer
 from selfsup.nn import cosine, warmup_cosine
 
-GROUP_KEYS = frozenset({"params", "lr_scale", "fixed_lr", "weight_decay_scale"})
+GROUP_KEYS = frozenset({"params", "lr_scale", "fixed_lr", "weight_decay_scale", "optimizer"})
+OWN_OPTIMIZERS = ("adam", "sgd")
+"""What a group's own ``optimizer`` may name: torch's Adam (``lr``, ``betas``, ``weight_decay``) or SGD
+(``lr``, ``momentum``, ``weight_decay``), at a constant LR."""
+
+
+class ComposedOptimizer(torch.optim.Optimizer):
+    """Several torch optimisers stepped as one. Its ``param_groups`` are the members' own group
+    dicts (not copies), so a schedule that sets a group's LR here sets it where it is used; its
+    state dict holds each member's.
+
+    Examples:
+        >>> a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+        >>> both = ComposedOptimizer([torch.optim.SGD([a], lr=0.1), torch.optim.Adam([b], lr=0.01)])
+        >>> (a.sum() + b.sum()).backward(); both.step()
+        >>> [round(float(a[0]), 3), round(float(b[0]), 3)]   # SGD: 1 - 0.1; Adam's first step: 1 - 0.01
+        [0.9, 0.99]
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = list(optimizers)
+        super().__init__([group for member in self.optimizers for group in member.param_groups], defaults={})
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for member in self.optimizers:
+            member.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for member in self.optimizers:
+            member.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"members": [member.state_dict() for member in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        members = state_dict.get("members") if isinstance(state_dict, dict) else None
+        if not isinstance(members, list) or len(members) != len(self.optimizers):
+            raise ValueError(f"the optimiser state holds {len(members) if isinstance(members, list) else 'no'} member "
+                             f"optimisers; this method has {len(self.optimizers)}")
+        for member, state in zip(self.optimizers, members):
+            member.load_state_dict(state)
+        # Loading gives each member new group dicts: share them again, in place (wrappers hold this list).
+        self.param_groups[:] = [group for member in self.optimizers for group in member.param_groups]
 
 
 def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -39,6 +87,8 @@ def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
             raise ValueError(f"param group {index} repeats a parameter of an earlier group")
         seen |= {id(p) for p in params}
         meta = {"lr_scale": float(group.get("lr_scale", 1.0)), "fixed_lr": bool(group.get("fixed_lr", False))}
+        if "optimizer" in group:
+            meta["own"] = _own_optimizer(group["optimizer"], index)
         scale = float(group.get("weight_decay_scale", 1.0))
         if cfg.exclude_bias_norm:
             parts = [([p for p in params if p.ndim > 1], scale), ([p for p in params if p.ndim <= 1], 0.0)]
@@ -52,6 +102,18 @@ def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
+def _own_optimizer(spec: object, index: int) -> dict:
+    """A group's own optimiser, checked: ``{"name": "adam" | "sgd", "lr": float, ...}``."""
+    allowed = {"adam": {"name", "lr", "betas", "weight_decay"}, "sgd": {"name", "lr", "momentum", "weight_decay"}}
+    if not isinstance(spec, dict) or spec.get("name") not in OWN_OPTIMIZERS:
+        raise ValueError(f"param group {index}: optimizer must be a mapping with name among {OWN_OPTIMIZERS}, got {spec!r}")
+    unknown = set(spec) - allowed[spec["name"]]
+    if unknown or not isinstance(spec.get("lr"), (int, float)) or spec["lr"] <= 0:
+        raise ValueError(f"param group {index}: optimizer {spec['name']} takes {sorted(allowed[spec['name']])} with "
+                         f"lr > 0, got {spec!r}")
+    return dict(spec)
+
+
 def build_optimizer(method: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """The optimiser named by ``cfg.name`` over :func:`param_groups` of ``method``.
 
@@ -60,9 +122,31 @@ def build_optimizer(method: nn.Module, cfg: OptimConfig, lr: float) -> torch.opt
     are adapted even at zero weight decay, biases and norms get plain SGD with momentum, as in
     SimCLR and BYOL (timm alone would adapt a group only while its weight decay is non-zero).
     """
-    groups = param_groups(method, cfg)
+    every = param_groups(method, cfg)
+    groups = [group for group in every if "own" not in group]
     for group in groups:
         group["weight_decay"] = cfg.weight_decay * group["weight_decay_scale"]
+    main = _optimizer(groups, cfg, lr)
+    own = [group for group in every if "own" in group]
+    if not own:
+        return main
+    members = [main]
+    declared: dict[int, list[dict]] = {}  # the parts (weights, biases and norms) of each declared group
+    for group in own:
+        spec = group["own"]
+        group["lr"] = group["own_lr"] = float(spec["lr"])
+        group["weight_decay"] = group["own_weight_decay"] = float(spec.get("weight_decay", 0.0)) * group["weight_decay_scale"]
+        declared.setdefault(id(spec), []).append(group)
+    for parts in declared.values():
+        spec = parts[0]["own"]
+        if spec["name"] == "adam":
+            members.append(torch.optim.Adam(parts, betas=tuple(spec.get("betas", (0.9, 0.999)))))
+        else:
+            members.append(torch.optim.SGD(parts, momentum=float(spec.get("momentum", 0.9))))
+    return ComposedOptimizer(members)
+
+
+def _optimizer(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     if cfg.name == Optimizer.lars:
         from timm.optim import Lars  # here: timm takes a second to import
 
@@ -103,6 +187,9 @@ class Schedule:
         """Set every group's LR and weight decay for ``step``; returns the scheduled LR."""
         lr = self.lr[step]
         for group in optimizer.param_groups:
+            if "own_lr" in group:  # a group with its own optimiser keeps its constant settings
+                group["lr"], group["weight_decay"] = group["own_lr"], group["own_weight_decay"]
+                continue
             group["lr"] = (self.base_lr if group["fixed_lr"] else lr) * group["lr_scale"]
             group["weight_decay"] = self.weight_decay[step] * group["weight_decay_scale"]
         return lr

@@ -43,6 +43,7 @@ from selfsup.engine.setup import (build_augmentation, build_method, check_view_s
 from selfsup.errors import ConfigError, NonFiniteLossError, Preempted
 from selfsup.methods import METHODS, Batch, Progress
 from selfsup.methods.base import splits_into_embeddings
+from selfsup.nn import eval_mode
 
 
 @dataclass
@@ -213,6 +214,12 @@ class Trainer:
             views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
             n_global = len(self.augment.views)
             names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
+            learned = getattr(self.method, "learned_views", None)  # a method that makes views (Viewmaker)
+            if learned is not None:
+                with eval_mode(self.method), torch.random.fork_rng(devices=[] if images.device.type == "cpu"
+                                                                   else [images.device]):
+                    torch.manual_seed(self.cfg.train.seed)
+                    views, names = learned(views)
             evaluate.plot_views(images, views, self.out_dir / "views.png", names=names,
                                 title=f"{self.cfg.method} views of {self.cfg.data.name}")
 
@@ -278,6 +285,8 @@ class Trainer:
                                     f"{done / self.steps_per_epoch:.2f}); every rank finished the step and "
                                     f"{self.ckpt_path} holds it: continue with --resume")
             state.gather_skipped(self)
+            if getattr(self.method, "learned_views", None) is not None:
+                self.draw_views()  # the views it learned, at the end as at the start
             status = "success"
         finally:
             if previous is not None:

@@ -26,7 +26,7 @@ the global batch.)
 
 from selfsup.losses._common import finite_checks
 from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, margin_triplet, n_pair, nce,
-                                        nce_log_normalizer, nt_logistic, nt_xent, supcon)
+                                        nce_log_normalizer, nt_logistic, nt_xent, one_sided_nt_xent, supcon)
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import batch_hard_triplet, prototypical, semi_hard_triplet, triplet
 
@@ -46,6 +46,7 @@ __all__ = [
     "nce",
     "nce_log_normalizer",
     "nt_logistic",
+    "one_sided_nt_xent",
     "nt_xent",
     "prototypical",
     "semi_hard_triplet",

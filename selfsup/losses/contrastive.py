@@ -165,6 +165,30 @@ def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.4, *, gather: bool 
 
 
 @float32_loss
+def one_sided_nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.07, *, gather: bool = True) -> Tensor:
+    """The SimCLR objective of the Viewmaker code (alextamkin/viewmaker ``SimCLRObjective``): only
+    the first views are anchors, and each is scored against all 2N views, itself included,
+
+        l_i = -u1_i · u2_i / τ + logsumexp_j(u1_i · c_j / τ) - log(2N),   c = [u1; u2],
+
+    averaged over the N anchors (``log 2N`` is a constant: it centres the value, not the gradient).
+    Under torch.distributed with ``gather`` the candidates are every rank's views and N the global batch.
+
+    Examples:
+        >>> u = torch.eye(2)                    # two images, each view equal to its other view
+        >>> round(float(one_sided_nt_xent(u, u, temperature=1.0)), 4)   # log(2e + 2) - 1 - log 4
+        -0.3799
+    """
+    z1, z2 = _embeddings("z1", z1), _embeddings("z2", z2)
+    _same_shape("z1", z1, "z2", z2)
+    _positive("temperature", temperature)
+    u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    candidates, _, _ = _two_view_candidates(u1, u2, gather)
+    logits = u1 @ candidates.T / temperature
+    return (torch.logsumexp(logits, dim=1) - (u1 * u2).sum(dim=1) / temperature).mean() - math.log(len(candidates))
+
+
+@float32_loss
 def info_nce(
     query: Tensor,
     key: Tensor,

@@ -53,9 +53,13 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "dim": {"code_dim": 4, "embed_dim": 8, "global_weight": 0.5, "prior_weight": 0.1},
         "cpc": {"patch": 8, "stride": 4, "hidden": 8, "prediction_steps": [1, 2], "group": None},
         "jigsaw": {"num_permutations": 6, "patch": 4, "gap": 1, "hidden_dim": 8},
-        "relative_location": {"patch": 4, "gap": 1, "hidden_dim": 8}}
+        "relative_location": {"patch": 4, "gap": 1, "hidden_dim": 8},
+        "viewmaker": {"proj_dim": 4, "num_res_blocks": 1, "temperature": 0.5}}
 VARIANT_OF = {"instdisc_every_batch": "instdisc", "cmc_batch": "cmc"}
-CONV = ("rotation", "colorization", "dim", "cpc", "jigsaw", "relative_location")
+CONV = ("rotation", "colorization", "dim", "cpc", "jigsaw", "relative_location", "viewmaker")
+# Each rank draws its own views (Viewmaker's noise) and the loss gathers them: one process emulates
+# it by making each rank's views with that rank's seed, then takes the loss of all of them at once.
+RANK_VIEWS = ("viewmaker",)
 LOCAL = ("triplet", "npair", "dim", "cpc", "jigsaw", "relative_location")
 GLOBAL_BATCH, STEPS = 8, 3
 
@@ -97,6 +101,14 @@ def run(name: str) -> None:
         n_views = 1 if method.views_needed == (1, 1) else 2
         progress = Progress(step, STEPS, STEPS)
         loss = 0.0
+        if name in RANK_VIEWS and world == 1:
+            made = []
+            for share in (0, 1):
+                rows = slice(share * GLOBAL_BATCH // 2, (share + 1) * GLOBAL_BATCH // 2)
+                torch.manual_seed(1000 * step + share)
+                made.append(method.make_views(Batch([v[rows] for v in views[:n_views]], index[rows]))[0])
+            loss = method.loss_of_views(torch.cat([m[0] for m in made]), torch.cat([m[1] for m in made]))
+            shares = []
         for share in shares:
             rows = slice(share * GLOBAL_BATCH // parts, (share + 1) * GLOBAL_BATCH // parts)
             batch = Batch([v[rows] for v in views[:n_views]], index[rows], labels[rows],

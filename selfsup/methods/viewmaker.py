@@ -1,0 +1,118 @@
+"""Viewmaker networks (Tamkin et al. 2021, "Viewmaker Networks: Learning Views for Unsupervised
+Representation Learning"; official code alextamkin/viewmaker)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from selfsup import augment, losses
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.nn import Backbone, projection_mlp
+from selfsup.nn.viewmaker import ViewmakerNet, reverse_gradient
+
+
+class Viewmaker(MethodBase):
+    """SimCLR whose two views come from a learned, adversarial view generator.
+
+    Per batch::
+
+        x1, x2 = the images (or two hand-made views of them, hand_augment=True)
+        v1, v2 = viewmaker(x1), viewmaker(x2)        # fresh noise each: two views, mean |v - x| <= ε
+        z1, z2 = g(f(v1)), g(f(v2))
+        loss = one_sided_nt_xent(z1, z2, τ)          # the encoder f, g minimise it
+                                                     # the viewmaker maximises it (weight 1)
+
+    The game is played in one backward pass: the perturbation goes through a gradient reversal, so
+    the encoder receives the gradient of the loss and the viewmaker that of ``-adversary_weight x``
+    the loss, what the official code's second optimiser step on ``-encoder_loss`` gives. The official
+    code runs a second forward pass for the viewmaker's step (new noise, the same images); one pass
+    gives the same expected gradient at half the compute. Each side has its own optimiser through
+    :meth:`param_groups`: the encoder the run's (``optim.*``, the paper's SGD), the viewmaker Adam at a
+    constant ``viewmaker_lr`` (paper: 1e-3), as in the official ``configure_optimizers``.
+
+    The official CIFAR config: ε = 0.05, 3 residual blocks, no MLP projection head (the encoder's
+    last layer is a Linear to 128: ``proj_layers=1``), τ = 0.07, SGD lr 0.03, momentum 0.9, weight
+    decay 1e-4, no hand augmentation. The loss is the official ``SimCLRObjective`` (first views as
+    anchors, every view a candidate, the anchor itself included); ``objective="nt_xent"`` uses
+    SimCLR's symmetric NT-Xent instead.
+
+    Args:
+        backbone: the encoder f.
+        budget: ε, each view's mean absolute perturbation before clamping (paper: 0.05).
+        num_res_blocks: the viewmaker's residual blocks (official CIFAR config: 3).
+        proj_dim, proj_hidden_dim, proj_layers: the head g (1: a Linear to ``proj_dim``, the official).
+        temperature: τ (0.07).
+        viewmaker_lr: the viewmaker's Adam learning rate (1e-3), constant.
+        adversary_weight: the weight of the viewmaker's loss, ``-weight x loss`` (official: 1).
+        hand_augment: compose with the SimCLR augmentation first (the paper's ablation), else the
+            viewmaker sees the images themselves.
+        objective: ``official`` (:func:`selfsup.losses.one_sided_nt_xent`) or ``nt_xent``.
+    """
+
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 2)
+    sync_batchnorm = True
+    OBJECTIVES = ("official", "nt_xent")
+
+    def __init__(self, backbone: Backbone, *, budget: float = 0.05, num_res_blocks: int = 3, proj_dim: int = 128,
+                 proj_hidden_dim: int = 2048, proj_layers: int = 1, temperature: float = 0.07,
+                 viewmaker_lr: float = 1e-3, adversary_weight: float = 1.0, hand_augment: bool = False,
+                 objective: str = "official") -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if objective not in self.OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(self.OBJECTIVES)}, got {objective!r}")
+        if viewmaker_lr <= 0 or adversary_weight < 0:
+            raise ValueError(f"viewmaker_lr must be > 0 and adversary_weight >= 0, got {viewmaker_lr}, {adversary_weight}")
+        if proj_layers not in (1, 2):
+            raise ValueError(f"proj_layers must be 1 (the official Linear) or 2 (SimCLR's MLP), got {proj_layers}")
+        self.backbone = backbone
+        self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers)
+        self.viewmaker = ViewmakerNet(backbone.in_channels, budget=budget, num_res_blocks=num_res_blocks)
+        self.temperature, self.viewmaker_lr, self.adversary_weight = temperature, viewmaker_lr, adversary_weight
+        self.hand_augment, self.objective = hand_augment, objective
+
+    def augmentation(self, image_size: int) -> augment.Augmentation:
+        """The SimCLR views when ``hand_augment``, else the image itself (one view)."""
+        return augment.recipe("simclr" if self.hand_augment else "none", image_size)
+
+    def make_views(self, batch: Batch) -> tuple[list[Tensor], Tensor]:
+        """Two learned views of the batch (the gradient reaching the viewmaker reversed and weighted),
+        and their mean absolute distortion after clamping."""
+        check_views(batch, self)
+        sources = batch.views if len(batch.views) == 2 else [batch.views[0], batch.views[0]]
+        views = [(x + reverse_gradient(self.viewmaker.perturbation(x), self.adversary_weight)).clamp(0, 1)
+                 for x in sources]
+        distortion = sum((v.detach() - x).abs().mean() for v, x in zip(views, sources)) / 2
+        return views, distortion
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        (v1, v2), distortion = self.make_views(batch)
+        return {"loss": self.loss_of_views(v1, v2), "view_distortion": distortion}
+
+    def loss_of_views(self, v1: Tensor, v2: Tensor) -> Tensor:
+        """The contrastive loss of two batches of views (every rank's projections as candidates)."""
+        z1, z2 = self.projector(self.backbone(torch.cat((v1, v2)))).chunk(2)
+        if self.objective == "nt_xent":
+            return losses.nt_xent(z1, z2, self.temperature)
+        return losses.one_sided_nt_xent(z1, z2, self.temperature)
+
+    @torch.no_grad()
+    def learned_views(self, views: list[Tensor]) -> tuple[list[Tensor], list[str]]:
+        """For ``views.png`` (whose first column is the image): the hand-made views, if any, then the
+        viewmaker's two views of them."""
+        sources = views if len(views) == 2 else [views[0], views[0]]
+        learned = [self.viewmaker(x) for x in sources]
+        if self.hand_augment:
+            return [*views, *learned], ["view 1", "view 2", "learned 1", "learned 2"]
+        return learned, ["learned 1", "learned 2"]
+
+    def param_groups(self) -> list[dict]:
+        """The encoder and head with the run's optimiser; the viewmaker with its own constant Adam."""
+        encoder = [p for name, p in self.named_parameters() if not name.startswith("viewmaker.")]
+        return [{"params": encoder},
+                {"params": list(self.viewmaker.parameters()), "optimizer": {"name": "adam", "lr": self.viewmaker_lr},
+                 "weight_decay_scale": 0.0}]

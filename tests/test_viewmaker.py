@@ -1,0 +1,136 @@
+"""Viewmaker: the official network's shape and budget, the adversarial game's gradients, the official
+objective by hand, the viewmaker's own optimiser through param_groups, and a run that learns."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup import losses
+from selfsup.config import OptimConfig, load_config
+from selfsup.engine import pretrain
+from selfsup.engine.optim import ComposedOptimizer, Schedule, build_optimizer
+from selfsup.methods import Batch, Progress, Viewmaker
+from selfsup.nn import build_backbone
+from selfsup.nn.viewmaker import ViewmakerNet, reverse_gradient
+
+
+@pytest.mark.parametrize("shape, dims", [((3, 1, 28, 28), 2), ((2, 3, 17, 23), 2), ((4, 1, 9, 9), 2),
+                                         ((2, 1, 400), 1), ((3, 2, 37), 1)])
+def test_the_mean_absolute_perturbation_is_the_budget_for_any_input(shape, dims):
+    torch.manual_seed(0)
+    net = ViewmakerNet(channels=shape[1], budget=0.05, dims=dims)
+    for x in (torch.rand(shape), torch.zeros(shape), torch.ones(shape) * 0.5):
+        delta = net.perturbation(x)
+        assert delta.shape == x.shape
+        torch.testing.assert_close(delta.abs().mean(dim=tuple(range(1, len(shape)))),
+                                   torch.full((shape[0],), 0.05), atol=1e-5, rtol=0)
+        view = net(x)
+        assert view.min() >= 0 and view.max() <= 1 and view.shape == x.shape
+
+
+def test_the_official_budget_divides_by_the_magnitude_plus_1e4():
+    torch.manual_seed(0)
+    net = ViewmakerNet(channels=1, budget=0.05, exact_budget=False)
+    x = torch.rand(2, 1, 12, 12)
+    torch.manual_seed(1)
+    raw = torch.tanh(net.raw(x))
+    torch.manual_seed(1)
+    delta = net.perturbation(x)
+    magnitude = raw.abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(delta, raw * 0.05 / (magnitude + 1e-4))
+
+
+def test_two_calls_give_two_views_and_the_architecture_is_the_official_one():
+    net = ViewmakerNet(channels=3, num_res_blocks=3)
+    x = torch.rand(2, 3, 16, 16)
+    assert not torch.equal(net(x), net(x))  # fresh noise each call
+    # 9x9 stem on C + 1 channels, stride-2 3x3s to 64 and 128, residual blocks on 129, 130, 131 channels.
+    assert net.conv1.conv.weight.shape == (32, 4, 9, 9)
+    assert [block.conv1.conv.in_channels for block in net.res] == [129, 130, 131]
+    assert net.deconv1.conv.in_channels == 131 and net.deconv3.conv.weight.shape == (3, 32, 9, 9)
+
+
+def test_reverse_gradient_negates_and_scales():
+    x = torch.randn(5, requires_grad=True)
+    (reverse_gradient(x, 0.5) * torch.arange(5.0)).sum().backward()
+    torch.testing.assert_close(x.grad, -0.5 * torch.arange(5.0))
+
+
+def test_one_sided_nt_xent_by_hand():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(4, 3), torch.randn(4, 3)
+    u1, u2 = F.normalize(z1, dim=1).double(), F.normalize(z2, dim=1).double()
+    candidates = torch.cat((u1, u2))
+    want = 0.0
+    for i in range(4):  # the official SimCLRObjective, written out
+        logits = [float(u1[i] @ c) / 0.07 for c in candidates]
+        want += -(float(u1[i] @ u2[i]) / 0.07 - (math.log(sum(math.exp(v) for v in logits)) - math.log(8)))
+    assert float(losses.one_sided_nt_xent(z1, z2, 0.07)) == pytest.approx(want / 4, rel=1e-5)
+
+
+def _method(**kwargs):
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    return Viewmaker(backbone, proj_dim=8, num_res_blocks=1, **kwargs)
+
+
+def test_the_encoder_minimises_and_the_viewmaker_maximises_the_same_loss():
+    torch.manual_seed(0)
+    method = _method(adversary_weight=0.5)
+    batch = Batch([torch.rand(6, 1, 16, 16)], index=torch.arange(6))
+    torch.manual_seed(1)
+    method.training_step(batch, Progress(0, 1, 1))["loss"].backward()
+    game = {name: p.grad.clone() for name, p in method.named_parameters()}
+    method.zero_grad()
+    # The same views without the reversal: the plain gradient of the loss.
+    torch.manual_seed(1)
+    sources = [batch.views[0], batch.views[0]]
+    views = [(x + method.viewmaker.perturbation(x)).clamp(0, 1) for x in sources]
+    method.loss_of_views(*views).backward()
+    for name, p in method.named_parameters():
+        expected = -0.5 * p.grad if name.startswith("viewmaker.") else p.grad
+        torch.testing.assert_close(game[name], expected, msg=name)
+
+
+def test_the_viewmaker_gets_its_own_constant_adam_through_param_groups(tmp_path):
+    method = _method(viewmaker_lr=2e-3)
+    cfg = OptimConfig(name="sgd", lr=0.1, weight_decay=1e-4)
+    optimizer = build_optimizer(method, cfg, lr=0.1)
+    assert isinstance(optimizer, ComposedOptimizer)
+    kinds = [type(member).__name__ for member in optimizer.optimizers]
+    assert kinds == ["SGD", "Adam"]
+    schedule = Schedule.build(cfg, 0.1, max_steps=10, steps_per_epoch=5)
+    schedule.apply(optimizer, 7)
+    adam = optimizer.optimizers[1].param_groups
+    assert {g["lr"] for g in adam} == {2e-3} and {g["weight_decay"] for g in adam} == {0.0}
+    assert {g["lr"] for g in optimizer.optimizers[0].param_groups} == {schedule.lr[7]}
+    viewmaker = {id(p) for p in method.viewmaker.parameters()}
+    assert viewmaker == {id(p) for g in adam for p in g["params"]}
+    # One step, then its state through a save and a load: the members' state and groups come back.
+    for p in method.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    state = optimizer.state_dict()
+    again = build_optimizer(_method(viewmaker_lr=2e-3), cfg, lr=0.1)
+    again.load_state_dict(state)
+    assert again.param_groups[-1] is again.optimizers[1].param_groups[-1]
+    with pytest.raises(ValueError, match="member optimisers"):
+        again.load_state_dict({"members": [state["members"][0]]})
+
+
+@pytest.mark.slow
+def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
+    """Digits, 30 epochs: the learned views lift kNN over the random-weight floor."""
+    cfg = load_config("recipes/viewmaker_fashion_mnist.yaml", [
+        "data.name=digits", "data.size=16", "backbone.width=16", "train.batch_size=128", "train.epochs=30",
+        "train.progress=false", "train.knn_every=0", "eval.save_embeddings=false", "eval.embedding_map=tsne",
+        f"train.out_dir={tmp_path}"])
+    pretrain(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    knn = results["evaluations"]["knn"]
+    assert knn["accuracy"] > knn["random_init"]["accuracy"] + 0.02, knn
+    assert (tmp_path / "views.png").is_file()
