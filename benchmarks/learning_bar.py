@@ -7,6 +7,7 @@ see selfsup.engine.floor) by at least 1.5 points linear and 2 points kNN.
 
     .venv/bin/python benchmarks/learning_bar.py                      # every *_fashion_mnist recipe but the ViT
     .venv/bin/python benchmarks/learning_bar.py simclr byol key=value   # some recipes, with overrides
+    .venv/bin/python benchmarks/learning_bar.py --out docs/runs/bar --verdicts docs/results/bar_verdicts.md
 
 Runs go to runs/bar/<recipe> (a finished run is kept and read again; delete it to rerun), and the
 script prints ``selfsup report --table`` of them and one verdict line per recipe.
@@ -51,10 +52,28 @@ def verdict(results: dict) -> tuple[str, str]:
     return ("pass" if all(gain >= need for _, gain, need, _, _ in gains) else "FAIL"), text
 
 
+def verdict_table(runs: list[Path]) -> str:
+    """The verdict of every run as a markdown table (docs/results/bar_verdicts.md), from its results.json."""
+    rows = ["| recipe | verdict | linear over its floor | kNN over its floor |", "| --- | --- | ---: | ---: |"]
+    passed = 0
+    for run in runs:
+        results = json.loads((run / "results.json").read_text())
+        status, _ = verdict(results)
+        passed += status == "pass"
+        gains = [100 * (results["evaluations"][k]["accuracy"] - results["evaluations"][k]["random_init"]["accuracy"])
+                 for k in ("linear", "knn")]
+        rows.append(f"| {run.name} | {'clears the bar' if status == 'pass' else '**does not clear it**'} | "
+                    f"{gains[0]:+.2f} | {gains[1]:+.2f} |")
+    head = (f"{passed} of {len(runs)} recipes clear the bar (at least +{100 * LINEAR_GAIN:g} points linear and "
+            f"+{100 * KNN_GAIN:g} kNN over the floor).")
+    return "\n".join([head, "", *rows]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("items", nargs="*", help="recipe names (simclr, byol, ...) and key=value overrides")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bar"))
+    parser.add_argument("--verdicts", help="also write the verdict table (markdown) of the finished runs here")
     args = parser.parse_args()
     names = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
@@ -80,6 +99,8 @@ def main() -> None:
     for run in finished:
         status, text = verdict(json.loads((run / "results.json").read_text()))
         print(f"{status:4}  {run.name:20} {text}")
+    if args.verdicts and finished:
+        Path(args.verdicts).write_text(verdict_table(finished))
 
 
 if __name__ == "__main__":

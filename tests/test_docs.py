@@ -47,3 +47,13 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
             if not path.exists():
                 dead.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not dead, dead
+
+
+def test_the_bar_verdicts_are_the_ones_learning_bar_writes_from_the_run_files():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_bar", ROOT / "benchmarks" / "learning_bar.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = sorted(p for p in (ROOT / "docs" / "runs" / "bar").iterdir() if (p / "results.json").is_file())
+    assert (ROOT / "docs" / "results" / "bar_verdicts.md").read_text() == module.verdict_table(runs)
