@@ -167,7 +167,7 @@ def convnet(in_channels: int = 1, width: int = 32, norm: str = "batch") -> tuple
     (the setting in which BYOL was shown to train without BatchNorm); ``none`` drops the norm.
     """
     if norm not in CONVNET_NORMS:
-        raise ValueError(f"norm must be one of {', '.join(CONVNET_NORMS)}, got {norm!r}")
+        raise ValueError(f"backbone.norm: the convnet's norm must be one of {', '.join(CONVNET_NORMS)}, got {norm!r}")
     layers = [*_conv_bn_relu(in_channels, width, norm), nn.MaxPool2d(2),
               *_conv_bn_relu(width, 2 * width, norm), nn.MaxPool2d(2),
               *_conv_bn_relu(2 * width, 4 * width, norm), nn.MaxPool2d(2),
