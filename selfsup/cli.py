@@ -152,7 +152,7 @@ def _summary(key: str, entry: dict) -> str:
     if "ci95" in entry:
         episodes = f", {entry['episodes']} episodes" if "episodes" in entry else ""
         return f"{_percent(entry['accuracy'])} ± {_percent(entry['ci95'])} (95% CI{episodes}){floor}"
-    scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn", "held_out_accuracy") or "recall@" in k}
+    scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn", "held_out_accuracy") or "@" in k}
     return ", ".join(f"{'' if k == 'accuracy' else k + ' '}{_percent(v)}" for k, v in scores.items()) + floor
 
 
@@ -164,6 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _tune_allocator()
     if args.protocol == "zeroshot":
         return _zero_shot(args)
+    if args.protocol == "correspondence":
+        return _correspondence(args)
     cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
     if args.protocol == "transfer" and args.data is None:
         raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
@@ -253,6 +255,47 @@ def _zero_shot(args: argparse.Namespace) -> int:
     entries = {f"{key}{suffix}": entry
                for key, entry in method.to(device).extra_evaluations(test, data=data, device=device).items()}
     _write_entries(args.checkpoint, entries, data)
+    return 0
+
+
+def _correspondence(args: argparse.Namespace) -> int:
+    """``evaluate correspondence``: PCK@k of the checkpoint's per-pixel descriptors (a dense method's
+    own; any other method's upsampled last feature map) under known warps of test images, beside the
+    same network at random initialisation and raw-pixel patches; the matches drawn next to the run."""
+    import torch
+
+    from selfsup.engine.floor import random_init_floor, seeded_build, with_floor
+    from selfsup.evaluate.correspondence import correspondence_entry
+    from selfsup.nn import eval_mode
+    from selfsup.nn.dense import UpsampledFeatures
+
+    cfg, method, (channels, size), device, build = _load_method(args.checkpoint)
+    test = _dataset(cfg, args.data, args.root, "test", channels, size)
+    if not hasattr(test, "images"):
+        raise DataError(f"evaluate correspondence needs images; {cfg.method} was trained on {cfg.data.name}")
+    data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
+    suffix = "" if data == cfg.data.name else f"_{data}"
+    images = test.images[:args.images]
+
+    def describe(m):
+        encoder = m.descriptor_encoder() if hasattr(m, "descriptor_encoder") else UpsampledFeatures(m.eval_encoder())
+        return encoder.to(device).eval()
+
+    picture = _evaluations_dir(args.checkpoint).parent / f"correspondence{suffix}.png"
+    with eval_mode(method):
+        entry = correspondence_entry(describe(method), images, data=data, points=args.points, device=device,
+                                     picture=picture)
+    if not args.no_floor:
+        backbone = method.eval_encoder()
+        mean, std = (getattr(backbone, key).flatten().tolist() for key in ("mean", "std"))
+        fresh = seeded_build(lambda: build(mean, std), cfg.train.seed)
+        with torch.no_grad():
+            floor = random_init_floor(describe(fresh), lambda encoder: {"correspondence": correspondence_entry(
+                encoder, images, data=data, points=args.points, device=device)}, data={"test": test},
+                settings={"protocol": "correspondence", "points": args.points, "images": args.images})
+        with_floor({"correspondence": entry}, floor)
+    _write_entries(args.checkpoint, {f"correspondence{suffix}": entry}, data)
+    print(f"matches drawn in {picture}")
     return 0
 
 
@@ -508,8 +551,13 @@ def parser() -> argparse.ArgumentParser:
                                     "on another dataset; finetune: the whole encoder on 1%% / 10%% of the labels "
                                     "against the same network from scratch; zeroshot (image-text checkpoints): "
                                     "classification by prompts of the class names, and image<->text recall@k, on "
-                                    "the test split or on --data (zero-shot transfer).")
-    ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune", "zeroshot"])
+                                    "the test split or on --data (zero-shot transfer); correspondence: PCK@1/3/5 of "
+                                    "per-pixel descriptors under known random warps, beside random weights and raw "
+                                    "pixels, with <run>/correspondence.png.")
+    ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune", "zeroshot",
+                                         "correspondence"])
+    ev.add_argument("--images", type=int, default=500, help="correspondence: test images (default 500)")
+    ev.add_argument("--points", type=int, default=64, help="correspondence: sampled pixels per image (default 64)")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="dataset name or labelled folder (default: the one it was trained on)")
     ev.add_argument("--root", help="folder holding the dataset's files")

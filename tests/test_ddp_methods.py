@@ -11,10 +11,10 @@ import torch
 pytestmark = pytest.mark.distributed
 SCRIPT = Path(__file__).parent / "scripts" / "method_ranks.py"
 EXACT = ["moco", "instdisc", "instdisc_every_batch", "mocov3", "invaspread", "supcon", "simclr", "simsiam", "cmc",
-         "cmc_batch", "clip", "byol", "dino", "rotation", "colorization", "viewmaker"]
+         "cmc_batch", "clip", "byol", "dino", "rotation", "colorization", "viewmaker", "densecl"]
 # Mining, in-batch negatives and random tasks inside each rank's batch: compared with one process that
 # runs each rank's rows as its own batch (see tests/scripts/method_ranks.py).
-LOCAL = ["triplet", "npair", "dim", "cpc", "jigsaw", "relative_location"]
+LOCAL = ["triplet", "npair", "dim", "cpc", "jigsaw", "relative_location", "dense_object_net"]
 
 
 @pytest.fixture(scope="module")

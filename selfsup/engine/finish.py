@@ -157,6 +157,15 @@ def finish(trainer: Trainer) -> dict[str, float]:
             if trainer.source.kind in ("images", "image_text"):
                 evaluate.retrieval_picture(train_images, train_x, train_y, test.images, test_x, test.labels,
                                            out / "retrieval.png", classes=test.classes)
+    describe = getattr(trainer.method, "descriptor_encoder", None)  # a dense method: its matches, drawn
+    if cfg.eval.plots and describe is not None and test is not None and hasattr(test, "images"):
+        from selfsup.evaluate.correspondence import correspondence_pck, plot_matches
+        from selfsup.nn import eval_mode
+
+        with eval_mode(describe()):
+            pairs = correspondence_pck(describe(), test.images[:4], device=device, keep=4)["pairs"]
+        plot_matches(pairs, out / "correspondence.png",
+                     title=f"{cfg.method}: predicted matches under known warps (green: within 3 px)")
     own = getattr(trainer.method, "extra_evaluations", None)  # what only this method can measure (CLIP: zero-shot)
     if test is not None and own is not None:
         entries = own(test, data=cfg.data.name, device=device)

@@ -86,7 +86,7 @@ def floor_key(encoder: nn.Module, data: Mapping[str, Any], settings: Mapping[str
 
 def scores(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """The score fields of each evaluation entry (accuracy, ci95, linear, knn, feature_std, effective_rank, recall@k)."""
-    return {name: {key: value for key, value in entry.items() if key in SCORE_KEYS or key.startswith("recall@")}
+    return {name: {key: value for key, value in entry.items() if key in SCORE_KEYS or "@" in key}
             for name, entry in entries.items()}
 
 

@@ -342,8 +342,8 @@ class Trainer:
 
 
 RUN_FILES = ("results.json", "report.html", "config.yaml", "checkpoints", "evaluations", "logs", "tensorboard",
-             "curves.png", "views.png", "umap.png", "tsne.png", "retrieval.png", "test_embeddings.npy",
-             "test_embeddings_labels.npy", "embeddings", "export")
+             "curves.png", "views.png", "umap.png", "tsne.png", "retrieval.png", "correspondence.png",
+             "test_embeddings.npy", "test_embeddings_labels.npy", "embeddings", "export")
 """What a run writes in its folder (what ``overwrite`` replaces)."""
 
 

@@ -8,7 +8,8 @@ the configuration or the command line. A run folder, as ``selfsup pretrain`` wri
     <run>/config.yaml             the resolved configuration (absent in older runs)
     <run>/logs/metrics.csv        column ``step`` and one per metric (loss, lr, images_per_s, epoch,
                                   knn_accuracy, ...), empty where a metric was not logged at that step
-    <run>/curves.png, views.png, umap.png or tsne.png, retrieval.png      pictures; any may be absent
+    <run>/curves.png, views.png, umap.png or tsne.png, retrieval.png,
+    correspondence.png                                                    pictures; any may be absent
     <run>/evaluations/<key>.json  written by ``selfsup evaluate ...``: one object like an entry of
                                   ``evaluations`` below; it replaces that entry of results.json
 
@@ -80,10 +81,12 @@ _SCORE_LABELS = {"accuracy": "", "linear": "linear", "knn": "kNN", "chance": "ch
 # Scores that are not fractions: shown as numbers, not percentages.
 _PLAIN_SCORES = {"feature_std", "effective_rank"}
 # Shown in their own columns, or as part of a score, rather than as settings.
-_NOT_SETTINGS = {"ci95", "data", "protocol", "fractions", "mean", "std", "scratch_mean", "scratch_std", "random_init"}
+_NOT_SETTINGS = {"ci95", "data", "protocol", "fractions", "mean", "std", "scratch_mean", "scratch_std", "random_init",
+                 "raw_pixels"}
 _FEWSHOT = re.compile(r"fewshot_(\d+)way_(\d+)shot")
 _PICTURES = (("Training curves", ("curves.png",)), ("Views", ("views.png",)),
-             ("Embedding map", ("umap.png", "tsne.png")), ("Retrieval", ("retrieval.png",)))
+             ("Embedding map", ("umap.png", "tsne.png")), ("Retrieval", ("retrieval.png",)),
+             ("Dense correspondence", ("correspondence.png",)))
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -267,6 +270,9 @@ def _scores_text(entry: Mapping[str, Any], where: str) -> str:
     floor = entry.get("random_init")
     if isinstance(floor, Mapping) and floor:
         text += f" (random init: {_scores_text(floor, f'{where} random_init')})"
+    raw = entry.get("raw_pixels")
+    if isinstance(raw, Mapping) and raw:
+        text += f" (raw pixels: {_scores_text(raw, f'{where} raw_pixels')})"
     return text
 
 

@@ -28,7 +28,8 @@ from selfsup.losses._common import finite_checks
 from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, margin_triplet, n_pair, nce,
                                         nce_log_normalizer, nt_logistic, nt_xent, one_sided_nt_xent, supcon)
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
-from selfsup.losses.metric import batch_hard_triplet, prototypical, semi_hard_triplet, triplet
+from selfsup.losses.metric import (batch_hard_triplet, pixelwise_contrastive, prototypical, semi_hard_triplet,
+                                  triplet)
 
 __all__ = [
     "DINOLoss",
@@ -46,6 +47,7 @@ __all__ = [
     "nce",
     "nce_log_normalizer",
     "nt_logistic",
+    "pixelwise_contrastive",
     "one_sided_nt_xent",
     "nt_xent",
     "prototypical",

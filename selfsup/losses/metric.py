@@ -190,3 +190,36 @@ def prototypical(support: Tensor, support_labels: Tensor, query: Tensor, query_l
     prototypes = prototypes / torch.bincount(class_of, minlength=len(classes))[:, None]
     squared_distance = (query[:, None, :] - prototypes[None, :, :]).pow(2).sum(dim=-1)
     return F.cross_entropy(-squared_distance, target)
+
+
+@float32_loss
+def pixelwise_contrastive(match_a: Tensor, match_b: Tensor, non_match_a: Tensor, non_match_b: Tensor,
+                          margin: float = 0.5) -> Tensor:
+    """Dense Object Nets' pixelwise contrastive loss on descriptor pairs (Florence et al. 2018; the
+    official ``PixelwiseContrastiveLoss`` with ``scale_by_hard_negatives``):
+
+        match     = 1 / M  * sum_matches ||d_a - d_b||^2
+        non-match = 1 / H  * sum_non-matches max(0, margin - ||d_a - d_b||)^2
+
+    the sum of the two, where H is the number of hard negatives (non-matches still inside the margin,
+    at least 1): the non-match term does not fade as most pairs clear the margin.
+
+    Args:
+        match_a, match_b: ``(M, D)`` descriptors of corresponding points of the two images.
+        non_match_a, non_match_b: ``(K, D)`` descriptors of points that do not correspond.
+        margin: the non-match margin M (official: 0.5).
+
+    Examples:
+        >>> a = torch.tensor([[0.0, 0.0]])
+        >>> pixelwise_contrastive(a, a + 0.1, a, torch.tensor([[0.3, 0.4]]), margin=1.0)   # 0.02 + 0.5^2
+        tensor(0.2700)
+    """
+    match_a, match_b = _embeddings("match_a", match_a), _embeddings("match_b", match_b)
+    non_match_a, non_match_b = _embeddings("non_match_a", non_match_a), _embeddings("non_match_b", non_match_b)
+    _same_shape("match_a", match_a, "match_b", match_b)
+    _same_shape("non_match_a", non_match_a, "non_match_b", non_match_b)
+    _margin(margin)
+    match = (match_a - match_b).pow(2).sum(dim=1).mean()
+    hinge = (margin - (non_match_a - non_match_b).norm(dim=1)).clamp_min(0).pow(2)
+    hard = (hinge > 0).sum().clamp_min(1)
+    return match + hinge.sum() / hard

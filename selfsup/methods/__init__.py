@@ -6,6 +6,8 @@ from selfsup.methods.clip import CLIP
 from selfsup.methods.cmc import CMC
 from selfsup.methods.cpc import CPCImage, CPCSequence
 from selfsup.methods.colorization import Colorization
+from selfsup.methods.dense_object_net import DenseObjectNet
+from selfsup.methods.densecl import DenseCL
 from selfsup.methods.dgi import DGI
 from selfsup.methods.dim import DeepInfoMax
 from selfsup.methods.dino import DINO
@@ -29,11 +31,12 @@ METHODS: dict[str, type] = {
     "rotation": Rotation, "relative_location": RelativeLocation, "jigsaw": Jigsaw, "colorization": Colorization,
     "cmc": CMC, "cpc": CPCImage, "cpc_sequence": CPCSequence, "dim": DeepInfoMax,
     "dgi": DGI, "clip": CLIP, "viewmaker": Viewmaker,
+    "dense_object_net": DenseObjectNet, "densecl": DenseCL,
 }
 """Registry used by the CLI and recipes: lower-case name -> class."""
 
 __all__ = [
     "BYOL", "CLIP", "CMC", "CPCImage", "CPCSequence", "DGI", "DINO", "DeepInfoMax", "METHODS", "Batch", "Colorization", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase",
     "MoCo", "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet",
-    "Viewmaker",
+    "Viewmaker", "DenseObjectNet", "DenseCL",
 ]

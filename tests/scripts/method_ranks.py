@@ -54,13 +54,16 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "cpc": {"patch": 8, "stride": 4, "hidden": 8, "prediction_steps": [1, 2], "group": None},
         "jigsaw": {"num_permutations": 6, "patch": 4, "gap": 1, "hidden_dim": 8},
         "relative_location": {"patch": 4, "gap": 1, "hidden_dim": 8},
-        "viewmaker": {"proj_dim": 4, "num_res_blocks": 1, "temperature": 0.5}}
+        "viewmaker": {"proj_dim": 4, "num_res_blocks": 1, "temperature": 0.5},
+        "densecl": {"proj_dim": 4, "queue_size": 12, "momentum": 0.9, "warmup_steps": 1, "shuffle_splits": 2},
+        "dense_object_net": {"dim": 3, "matches": 8, "non_matches": 5}}
 VARIANT_OF = {"instdisc_every_batch": "instdisc", "cmc_batch": "cmc"}
-CONV = ("rotation", "colorization", "dim", "cpc", "jigsaw", "relative_location", "viewmaker")
+CONV = ("rotation", "colorization", "dim", "cpc", "jigsaw", "relative_location", "viewmaker", "densecl",
+        "dense_object_net")
 # Each rank draws its own views (Viewmaker's noise) and the loss gathers them: one process emulates
 # it by making each rank's views with that rank's seed, then takes the loss of all of them at once.
 RANK_VIEWS = ("viewmaker",)
-LOCAL = ("triplet", "npair", "dim", "cpc", "jigsaw", "relative_location")
+LOCAL = ("triplet", "npair", "dim", "cpc", "jigsaw", "relative_location", "dense_object_net")
 GLOBAL_BATCH, STEPS = 8, 3
 
 distributed = "WORLD_SIZE" in os.environ

@@ -1,0 +1,123 @@
+"""Dense Object Nets (Florence, Manuelli, Tedrake 2018, "Dense Object Nets: Learning Dense Visual Object
+Descriptors By and For Robotic Manipulation"; official code RobotLocomotion/pytorch-dense-correspondence)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from selfsup import augment, losses
+from selfsup.augment import warps
+from selfsup.methods.base import Batch, MethodBase, Progress, check_views
+from selfsup.nn import Backbone
+from selfsup.nn.dense import DescriptorNet
+
+
+class DenseObjectNet(MethodBase):
+    """Per-pixel descriptors trained by the pixelwise contrastive loss on known correspondences.
+
+    Per batch::
+
+        B, valid = warp(A, H)                      # a random homography per image (flip included),
+        B = colour_change(B)                       # then brightness and contrast changed
+        d_A, d_B = net(A), net(B)                  # (N, D, H, W) descriptors
+        for `matches` valid pixels p of B:         # their exact match in A: a = H^-1 p
+            match pair (d_A(a), d_B(p))            # d_A read bilinearly at a
+            `non_matches` pixels q of B more than `min_distance` pixels from p:
+                non-match pair (d_A(a), d_B(q))
+        loss = pixelwise_contrastive(matches, non-matches, margin)
+
+    The official code finds correspondences by 3-D reconstruction of a scene seen from several
+    cameras; single images with known warps give exact ones, so the method trains on any image set.
+    Its loss is the official one with ``scale_by_hard_negatives``, summed over the batch's image pairs
+    at once (the official normalises per pair). The descriptor network reads every stage of the
+    backbone (:class:`selfsup.nn.dense.DescriptorNet`), where the official one is a ResNet-34 FCN with
+    skip connections.
+
+    Args:
+        backbone: the encoder whose stages the descriptors read (its pooled features stay the
+            evaluation encoder of the global evaluations).
+        dim: descriptor dimension D (paper: 3 in most experiments).
+        margin: the non-match margin M (0.5).
+        matches: matches sampled per image pair.
+        non_matches: non-matches per match (the official samples about 150).
+        min_distance: a non-match lies more than this many pixels from the true match.
+        rotation, scale, shear, shift, perspective, flip_p: the warps (:func:`selfsup.augment.warps.random_homographies`).
+        colour: the largest relative brightness and contrast change of the warped image.
+    """
+
+    augment_recipe = "none"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+
+    def __init__(self, backbone: Backbone, *, dim: int = 3, margin: float = 0.5, matches: int = 64,
+                 non_matches: int = 150, min_distance: float = 2.0, rotation: float = 30.0,
+                 scale: tuple[float, float] = (0.8, 1.2), shear: float = 10.0, shift: float = 0.1,
+                 perspective: float = 0.1, flip_p: float = 0.5, colour: float = 0.3) -> None:
+        super().__init__()
+        if matches < 1 or non_matches < 1 or margin <= 0 or min_distance < 0 or not 0 <= colour < 1:
+            raise ValueError(f"need matches >= 1, non_matches >= 1, margin > 0, min_distance >= 0 and 0 <= colour "
+                             f"< 1; got {matches}, {non_matches}, {margin}, {min_distance}, {colour}")
+        self.backbone = backbone
+        self.descriptors = DescriptorNet(backbone, dim)
+        self.margin, self.matches, self.non_matches, self.min_distance = margin, matches, non_matches, min_distance
+        self.warp_args = {"rotation": rotation, "scale": tuple(scale), "shear": shear, "shift": shift,
+                          "perspective": perspective, "flip_p": flip_p}
+        self.colour = colour
+
+    def augmentation(self, image_size: int) -> augment.Augmentation:
+        """The image itself: the method warps it (and must know how)."""
+        return augment.recipe("none", image_size)
+
+    def pair(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(warped, valid, H)``: each image warped by a random homography, its colours changed."""
+        n = images.shape[0]
+        homographies = warps.random_homographies(n, tuple(images.shape[-2:]), device=images.device,
+                                                 **self.warp_args)
+        warped, valid = warps.warp(images, homographies)
+        brightness = 1 + self.colour * (2 * torch.rand(n, 1, 1, 1, device=images.device) - 1)
+        contrast = 1 + self.colour * (2 * torch.rand(n, 1, 1, 1, device=images.device) - 1)
+        mean = warped.mean(dim=(1, 2, 3), keepdim=True)
+        warped = (((warped - mean) * contrast + mean) * brightness).clamp(0, 1)
+        return warped, valid, homographies
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        check_views(batch, self)
+        images = batch.views[0]
+        warped, valid, homographies = self.pair(images)
+        d_a, d_b = self.descriptors(torch.cat((images, warped))).chunk(2)
+        n, _, height, width = images.shape
+        weights = valid.view(n, -1).float()
+        usable = weights.sum(dim=1) > 0
+        weights[~usable] = 1.0  # an image warped entirely outside itself: sampled, then dropped
+        picked = torch.multinomial(weights, self.matches, replacement=True)  # (n, M) pixels of B
+        centres = warps.pixel_centres((height, width), images.device)
+        p = centres[picked]  # (n, M, 2)
+        a = warps.map_points(torch.linalg.inv(homographies), p.double()).float()
+        keep = usable[:, None].expand(-1, self.matches)
+        flat_b = d_b.flatten(2).transpose(1, 2)  # (n, H*W, D)
+        at_a = warps.sample_at(d_a, a)  # (n, M, D), bilinear at the exact matches
+        match_a = at_a[keep]
+        match_b = torch.gather(flat_b, 1, picked[..., None].expand(-1, -1, flat_b.shape[-1]))[keep]
+        q = torch.randint(height * width, (n, self.matches, self.non_matches), device=images.device)
+        far = (centres[q] - p[:, :, None]).norm(dim=-1) > self.min_distance
+        far &= keep[..., None]
+        non_a = at_a[:, :, None].expand(-1, -1, self.non_matches, -1)[far]
+        non_b = torch.gather(flat_b, 1, q.view(n, -1, 1).expand(-1, -1, flat_b.shape[-1])).view(
+            n, self.matches, self.non_matches, -1)[far]
+        loss = losses.pixelwise_contrastive(match_a, match_b, non_a, non_b, self.margin)
+        with torch.no_grad():
+            match_distance = (match_a - match_b).norm(dim=1).mean()
+        return {"loss": loss, "match_distance": match_distance}
+
+    def descriptor_encoder(self) -> DescriptorNet:
+        """Images to per-pixel descriptors, for ``selfsup evaluate correspondence``."""
+        return self.descriptors
+
+    def extra_evaluations(self, test, *, data: str, device=None) -> dict:
+        """PCK@1/3/5 of dense correspondence under known warps (:mod:`selfsup.evaluate.correspondence`),
+        beside raw-pixel patches; the engine adds the random-initialisation floor."""
+        from selfsup.evaluate.correspondence import dense_evaluations
+
+        return dense_evaluations(self, test, data=data, device=device)

@@ -1,0 +1,100 @@
+"""Dense descriptors: a backbone's stage outputs and a per-pixel descriptor head on them.
+
+Dense Object Nets (Florence et al. 2018) train a fully convolutional network whose output, upsampled
+to the input's size, is a D-dimensional descriptor per pixel (the official network: a ResNet-34 with
+skip connections, 8x upsampled). Here the descriptor of a pixel is a hypercolumn: a 1x1 convolution
+of every stage's features at that point, each stage bilinearly upsampled to the input's size, which
+is the same idea (coarse semantic stages and fine early ones both reach every pixel) for any
+backbone whose stages :func:`stage_features` can read. The 1x1 convolution is applied to each stage
+at its own resolution and the results upsampled and summed, which equals convolving the upsampled
+concatenation (both are linear) at a fraction of the memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.nn.backbones import Backbone
+
+
+def stage_features(backbone: Backbone, images: Tensor) -> list[Tensor]:
+    """The backbone's feature maps after each stage, finest first: the ConvNet's four conv-BN-ReLU
+    stages, a torchvision ResNet's stem and ``layer1`` ... ``layer4``."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    x = (images - backbone.mean) / backbone.std
+    net = backbone.net
+    if isinstance(net, nn.Sequential) and isinstance(net[-2], nn.AdaptiveAvgPool2d):
+        stages = []
+        for layer in net[:-2]:
+            if isinstance(layer, nn.MaxPool2d):
+                stages.append(x)
+            x = layer(x)
+        return [*stages, x]
+    if hasattr(net, "layer4"):
+        x = net.relu(net.bn1(net.conv1(x)))
+        stages = [x]
+        x = net.maxpool(x)
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(net, name)(x)
+            stages.append(x)
+        return stages
+    raise ValueError(f"dense descriptors need a backbone with readable stages (convnet or a torchvision ResNet), "
+                     f"not {type(net).__name__}")
+
+
+class DescriptorNet(nn.Module):
+    """``(B, C, H, W)`` images to ``(B, dim, H, W)`` per-pixel descriptors from the backbone's stages.
+
+    Args:
+        backbone: the encoder (trained with the descriptors; its pooled features are still what
+            the global evaluations read).
+        dim: the descriptor dimension D (Dense Object Nets: 3 in most of the paper's experiments).
+        probe_size: side of the blank image used once to read the stages' channel counts.
+
+    Examples:
+        >>> from selfsup.nn import build_backbone
+        >>> net = DescriptorNet(build_backbone("convnet", in_channels=1, image_size=28, width=8), dim=3)
+        >>> net(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 3, 28, 28])
+    """
+
+    def __init__(self, backbone: Backbone, dim: int = 3, probe_size: int = 32) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.backbone = backbone
+        with torch.no_grad():
+            was = backbone.training
+            backbone.eval()
+            channels = [s.shape[1] for s in stage_features(backbone, torch.zeros(1, backbone.in_channels,
+                                                                                 probe_size, probe_size))]
+            backbone.train(was)
+        self.heads = nn.ModuleList(nn.Conv2d(c, dim, 1, bias=k == 0) for k, c in enumerate(channels))
+        self.dim = dim
+
+    def forward(self, images: Tensor) -> Tensor:
+        size = images.shape[-2:]
+        out = None
+        for head, stage in zip(self.heads, stage_features(self.backbone, images)):
+            part = F.interpolate(head(stage), size=size, mode="bilinear", align_corners=False)
+            out = part if out is None else out + part
+        return out
+
+
+class UpsampledFeatures(nn.Module):
+    """The backbone's last feature map (:func:`selfsup.nn.feature_map`), L2-normalised per position and
+    bilinearly upsampled to the input's size: the descriptors of a network trained without a dense
+    head (DenseCL's evaluation features, and every other method's in ``evaluate correspondence``)."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        from selfsup.nn.backbones import feature_map
+
+        fmap = F.normalize(feature_map(self.backbone, images), dim=1)
+        return F.interpolate(fmap, size=images.shape[-2:], mode="bilinear", align_corners=False)
