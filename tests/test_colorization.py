@@ -114,7 +114,17 @@ def test_loss_is_the_rebalanced_soft_cross_entropy_at_a_quarter_resolution():
     log_p = F.log_softmax(logits.permute(0, 2, 3, 1).reshape(-1, len(method.centres)), dim=1)
     expected = (-(targets * log_p).sum(1) * w).mean()
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert 0 <= out["task_accuracy"].item() <= 1
+    # task_accuracy: the share of quarter-resolution pixels whose most probable bin is the target's
+    # nearest. A head that always names the commonest nearest bin scores that bin's share.
+    nearest = targets.argmax(1)
+    common = int(nearest.mode().values)
+    biased = make()
+    with torch.no_grad():
+        biased.head.weight.zero_()
+        biased.head.bias.zero_()
+        biased.head.bias[common] = 5.0
+    scored = biased.training_step(Batch([x], torch.arange(2)), Progress(0, 10, 5))["task_accuracy"].item()
+    assert scored == pytest.approx(float((nearest == common).float().mean()), abs=1e-6) and scored > 0
 
     restored = make()
     restored.load_state_dict(method.state_dict())
