@@ -307,6 +307,19 @@ def test_results_table_shows_the_bank_knn_of_a_memory_bank_run(tmp_path):
     assert "bank kNN" not in table_rows(results_table([plain]))[0]
 
 
+def test_results_table_shows_a_dense_runs_pck_beside_its_random_network_and_raw_patches(tmp_path):
+    entry = {"pck@1": 0.38, "pck@3": 0.7183, "pck@5": 0.79, "points": 100,
+             "random_init": {"pck@1": 0.25, "pck@3": 0.4891, "pck@5": 0.61},
+             "raw_pixels": {"pck@1": 0.45, "pck@3": 0.7008, "pck@5": 0.77}}
+    dense = make_run(tmp_path / "dense", {**RESULTS, "evaluations": {**RESULTS["evaluations"], "correspondence": entry}},
+                     finetune=None)
+    plain = make_run(tmp_path / "plain", finetune=None)
+    head, _, with_pck, without = table_rows(results_table([dense, plain]))
+    column = head.index("PCK@3 (random init; raw patches)")
+    assert with_pck[column] == "71.83% (48.91%; raw 70.08%)" and without[column] == "–"
+    assert not any("PCK" in name for name in table_rows(results_table([plain]))[0])
+
+
 def test_every_recorded_floor_stands_beside_its_number_in_the_table_and_the_page(tmp_path):
     evaluations = json.loads(json.dumps(RESULTS["evaluations"]))
     evaluations["linear"]["random_init"] = {"accuracy": 0.8201}

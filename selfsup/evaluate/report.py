@@ -461,7 +461,8 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     One row per run, in the order given; beside each accuracy, in parentheses, its floor (the same
     evaluation of the same encoder at random initialisation, ``random_init``) when the run recorded
     it. Columns: run, method, epochs, batch, linear probe, kNN,
-    (bank kNN, when some run kept a memory bank), wall time (min), img/s, command; then, only when
+    (bank kNN, when some run kept a memory bank; correspondence PCK@3 with its floor and raw-pixel
+    patches, when some run is a dense method), wall time (min), img/s, command; then, only when
     some run has them, one column per
     fine-tuning label fraction (mean ± std, training from scratch in parentheses), one per
     few-shot setting (accuracy ± 95% CI) and transfer. A value a run lacks is ``–``.
@@ -485,11 +486,13 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         fewshot |= {(int(match[1]), int(match[2])) for match in map(_FEWSHOT.fullmatch, evaluations) if match}
     transfer = any(key.startswith("transfer_") for run in runs for key in run["results"]["evaluations"])
     bank = any("bank_knn" in run["results"]["evaluations"] for run in runs)
+    dense = any("correspondence" in run["results"]["evaluations"] for run in runs)
 
     head = ["run", "method", "epochs", "batch", "linear probe (random init)", "kNN (random init)",
-            *(["bank kNN"] if bank else []),
+            *(["bank kNN"] if bank else []), *(["PCK@3 (random init; raw patches)"] if dense else []),
             "wall time (min)", "img/s", "command"]
-    align = ["---", "---", "---:", "---:", "---:", "---:", *(["---:"] if bank else []), "---:", "---:", "---"]
+    align = ["---", "---", "---:", "---:", "---:", "---:", *(["---:"] if bank else []), *(["---:"] if dense else []),
+             "---:", "---:", "---"]
     head += [f"fine-tune {_fraction_label(value)} (scratch)" for value in sorted(fractions)]
     head += [f"few-shot {n_way}-way {k_shot}-shot (random init)" for n_way, k_shot in sorted(fewshot)]
     head += ["transfer"] if transfer else []
@@ -505,6 +508,8 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
                _plain(results.get("batch_size")), _accuracy(results, "linear", run_dir),
                _accuracy(results, "knn", run_dir),
                *([_accuracy(results, "bank_knn", run_dir) if "bank_knn" in evaluations else MISSING] if bank else []),
+               *([_pck_text(evaluations.get("correspondence"), f"{run_dir}: evaluation 'correspondence'")]
+                 if dense else []),
                MISSING if seconds is None else f"{seconds / 60:.1f}",
                MISSING if rate is None else f"{round(rate):,}",
                MISSING if results.get("command") is None else f"`{_plain(results['command'])}`"]
@@ -533,6 +538,16 @@ def _accuracy(results: Mapping[str, Any], name: str, run: Path) -> str:
     where = f"{run}: evaluation {name!r}"
     text = _spread(_number(entry, "accuracy", where), _number(entry, "ci95", where))
     return text + _floor_cell(entry, where)
+
+
+def _pck_text(entry: Mapping[str, Any] | None, where: str) -> str:
+    """``72.10% (48.90%; raw 70.10%)``: PCK@3 of a dense method beside its random network and raw patches."""
+    if entry is None:
+        return MISSING
+    text = _percent(_number(entry, "pck@3", where))
+    shown = [f"{label}{_percent(_number(entry[key], 'pck@3', f'{where} {key}'))}"
+             for label, key in (("", "random_init"), ("raw ", "raw_pixels")) if isinstance(entry.get(key), Mapping)]
+    return text + (f" ({'; '.join(shown)})" if shown else "")
 
 
 def _floor_cell(entry: Mapping[str, Any], where: str) -> str:
