@@ -134,3 +134,47 @@ def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
     knn = results["evaluations"]["knn"]
     assert knn["accuracy"] > knn["random_init"]["accuracy"] + 0.02, knn
     assert (tmp_path / "views.png").is_file()
+
+
+def test_speech_views_are_1d_perturbations_of_the_budget_within_the_sample_range():
+    from selfsup.methods import ViewmakerSequence
+
+    torch.manual_seed(0)
+    backbone = build_backbone("cpc_audio", in_channels=1, image_size=0, width=2)
+    method = ViewmakerSequence(backbone, budget=0.01, proj_dim=8)
+    assert method.viewmaker.conv1.conv.weight.shape == (32, 2, 9)  # 1-D: signal + noise channel, kernel 9
+    quiet = 0.3 * torch.rand(3, 1, 1600) - 0.15                     # far from the clamp at +-1
+    (v1, v2), distortion = method.make_views(Batch([quiet], torch.arange(3)))
+    for view in (v1, v2):
+        torch.testing.assert_close((view - quiet).abs().mean(dim=(1, 2)), torch.full((3,), 0.01), atol=1e-5, rtol=0)
+    assert not torch.equal(v1, v2) and float(distortion) == pytest.approx(0.01, abs=1e-5)
+    loud = torch.where(torch.rand(3, 1, 1600) < 0.5, -1.0, 1.0)
+    (view, _), _ = method.make_views(Batch([loud], torch.arange(3)))
+    assert view.min() >= -1 and view.max() <= 1 and view.min() < 0  # clamped to the samples' range, not [0, 1]
+    # f is the codes averaged over time, the same as the evaluation encoder's output.
+    codes = backbone(quiet)
+    torch.testing.assert_close(method.eval_encoder()(quiet), codes.mean(dim=1))
+    torch.testing.assert_close(method.encode(quiet), codes.mean(dim=1))
+    with pytest.raises(ValueError, match="signal encoder"):
+        ViewmakerSequence(build_backbone("convnet", in_channels=1, image_size=16, width=2))
+    with pytest.raises(ValueError, match="hand_augment"):
+        ViewmakerSequence(backbone, hand_augment=True)
+
+
+def test_the_speech_recipe_trains_through_the_engine(tmp_path):
+    from tests.test_sequences import tone, write_wav
+
+    root = tmp_path / "speech"
+    for s, freq in enumerate((220.0, 330.0)):
+        for i in range(5):
+            write_wav(root / f"spk{s}" / f"{i}.wav", tone(freq * (1 + 0.05 * i), 0.5, 8000), 8000)
+    out = tmp_path / "run"
+    cfg = load_config("recipes/viewmaker_speech.yaml", [
+        f"data.root={root}", "data.sample_rate=8000", "data.window=1600", "data.eval_windows=2", "backbone.width=2",
+        "method_args.proj_dim=8", "train.batch_size=4", "train.epochs=1", "train.knn_every=0", f"train.out_dir={out}",
+        "train.progress=false", "eval.plots=false"])
+    pretrain(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "viewmaker_sequence" and results["data"] == "wav" and results["steps"] >= 1
+    assert math.isfinite(results["evaluations"]["linear"]["accuracy"])
+    assert (out / "checkpoints" / "last.ckpt").is_file()

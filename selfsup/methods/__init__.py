@@ -23,14 +23,14 @@ from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.supcon import SupCon
 from selfsup.methods.triplet import Triplet
-from selfsup.methods.viewmaker import Viewmaker
+from selfsup.methods.viewmaker import Viewmaker, ViewmakerSequence
 
 METHODS: dict[str, type] = {
     "simclr": SimCLR, "moco": MoCo, "mocov3": MoCoV3, "instdisc": InstDisc, "invaspread": InvaSpread,
     "byol": BYOL, "simsiam": SimSiam, "dino": DINO, "supcon": SupCon, "triplet": Triplet, "npair": NPair,
     "rotation": Rotation, "relative_location": RelativeLocation, "jigsaw": Jigsaw, "colorization": Colorization,
     "cmc": CMC, "cpc": CPCImage, "cpc_sequence": CPCSequence, "dim": DeepInfoMax,
-    "dgi": DGI, "clip": CLIP, "viewmaker": Viewmaker,
+    "dgi": DGI, "clip": CLIP, "viewmaker": Viewmaker, "viewmaker_sequence": ViewmakerSequence,
     "dense_object_net": DenseObjectNet, "densecl": DenseCL,
 }
 """Registry used by the CLI and recipes: lower-case name -> class."""
@@ -38,5 +38,5 @@ METHODS: dict[str, type] = {
 __all__ = [
     "BYOL", "CLIP", "CMC", "CPCImage", "CPCSequence", "DGI", "DINO", "DeepInfoMax", "METHODS", "Batch", "Colorization", "InstDisc", "InvaSpread", "Jigsaw", "Method", "MethodBase",
     "MoCo", "MoCoV3", "NPair", "Progress", "RelativeLocation", "Rotation", "SimCLR", "SimSiam", "SupCon", "Triplet",
-    "Viewmaker", "DenseObjectNet", "DenseCL",
+    "Viewmaker", "ViewmakerSequence", "DenseObjectNet", "DenseCL",
 ]

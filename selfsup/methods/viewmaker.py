@@ -8,9 +8,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from torch import nn
+
 from selfsup import augment, losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, projection_mlp
+from selfsup.nn.backbones import SignalEncoder, WrappedEncoder
 from selfsup.nn.viewmaker import ViewmakerNet, reverse_gradient
 
 
@@ -55,6 +58,8 @@ class Viewmaker(MethodBase):
     views_needed: ClassVar[tuple[int, int | None]] = (1, 2)
     sync_batchnorm = True
     OBJECTIVES = ("official", "nt_xent")
+    dims: ClassVar[int] = 2                          # the viewmaker's convolutions: images
+    bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)  # where a view is clamped: pixel values
 
     def __init__(self, backbone: Backbone, *, budget: float = 0.05, num_res_blocks: int = 3, proj_dim: int = 128,
                  proj_hidden_dim: int = 2048, proj_layers: int = 1, temperature: float = 0.07,
@@ -69,9 +74,17 @@ class Viewmaker(MethodBase):
             raise ValueError(f"viewmaker_lr must be > 0 and adversary_weight >= 0, got {viewmaker_lr}, {adversary_weight}")
         if proj_layers not in (1, 2):
             raise ValueError(f"proj_layers must be 1 (the official Linear) or 2 (SimCLR's MLP), got {proj_layers}")
+        signals = isinstance(backbone, SignalEncoder)
+        if signals != (self.dims == 1):
+            raise ValueError(f"Viewmaker on sequences needs the signal encoder (backbone.name: cpc_audio), got "
+                             f"{type(backbone).__name__}" if self.dims == 1 else
+                             "the signal encoder (cpc_audio) goes with method viewmaker_sequence, on data.name=wav")
+        if signals and hand_augment:
+            raise ValueError("hand_augment: there are no hand-made views of signals to compose with")
         self.backbone = backbone
         self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers)
-        self.viewmaker = ViewmakerNet(backbone.in_channels, budget=budget, num_res_blocks=num_res_blocks)
+        self.viewmaker = ViewmakerNet(backbone.in_channels, budget=budget, num_res_blocks=num_res_blocks,
+                                      dims=self.dims)
         self.temperature, self.viewmaker_lr, self.adversary_weight = temperature, viewmaker_lr, adversary_weight
         self.hand_augment, self.objective = hand_augment, objective
 
@@ -84,7 +97,7 @@ class Viewmaker(MethodBase):
         and their mean absolute distortion after clamping."""
         check_views(batch, self)
         sources = batch.views if len(batch.views) == 2 else [batch.views[0], batch.views[0]]
-        views = [(x + reverse_gradient(self.viewmaker.perturbation(x), self.adversary_weight)).clamp(0, 1)
+        views = [(x + reverse_gradient(self.viewmaker.perturbation(x), self.adversary_weight)).clamp(*self.bounds)
                  for x in sources]
         distortion = sum((v.detach() - x).abs().mean() for v, x in zip(views, sources)) / 2
         return views, distortion
@@ -95,17 +108,21 @@ class Viewmaker(MethodBase):
 
     def loss_of_views(self, v1: Tensor, v2: Tensor) -> Tensor:
         """The contrastive loss of two batches of views (every rank's projections as candidates)."""
-        z1, z2 = self.projector(self.backbone(torch.cat((v1, v2)))).chunk(2)
+        z1, z2 = self.projector(self.encode(torch.cat((v1, v2)))).chunk(2)
         if self.objective == "nt_xent":
             return losses.nt_xent(z1, z2, self.temperature)
         return losses.one_sided_nt_xent(z1, z2, self.temperature)
+
+    def encode(self, views: Tensor) -> Tensor:
+        """f: the backbone's features of a batch of views."""
+        return self.backbone(views)
 
     @torch.no_grad()
     def learned_views(self, views: list[Tensor]) -> tuple[list[Tensor], list[str]]:
         """For ``views.png`` (whose first column is the image): the hand-made views, if any, then the
         viewmaker's two views of them."""
         sources = views if len(views) == 2 else [views[0], views[0]]
-        learned = [self.viewmaker(x) for x in sources]
+        learned = [(x + self.viewmaker.perturbation(x)).clamp(*self.bounds) for x in sources]
         if self.hand_augment:
             return [*views, *learned], ["view 1", "view 2", "learned 1", "learned 2"]
         return learned, ["learned 1", "learned 2"]
@@ -116,3 +133,50 @@ class Viewmaker(MethodBase):
         return [{"params": encoder},
                 {"params": list(self.viewmaker.parameters()), "optimizer": {"name": "adam", "lr": self.viewmaker_lr},
                  "weight_decay_scale": 0.0}]
+
+
+class SignalMean(WrappedEncoder):
+    """A signal's representation: the signal encoder's codes averaged over time, ``(B, D)``."""
+
+    wrapped = "encoder"
+
+    def __init__(self, encoder: SignalEncoder) -> None:
+        super().__init__()
+        self.encoder, self.out_dim = encoder, encoder.out_dim
+
+    def forward(self, signals: Tensor) -> Tensor:
+        return self.encoder(signals).mean(dim=1)
+
+
+class ViewmakerSequence(Viewmaker):
+    """Viewmaker on raw 1-D signals (speech windows, ``data.name: wav``): the same game with the
+    viewmaker's 1-D network on the waveform and the signal encoder's codes averaged over time as f.
+
+    The views are clamped to [-1, 1], the range of the decoded samples (images: [0, 1]); the budget
+    is the mean absolute change per window, so set it against the signal's own scale (the paper's
+    0.05 is for pixels in [0, 1]; the recipe's choice is measured on its speech). The paper's audio
+    experiments put the viewmaker on spectrograms; on the raw waveform it also sees the phase.
+    No hand augmentation exists for signals here, so ``hand_augment`` must stay false.
+
+    Args: as :class:`Viewmaker`, with a :class:`selfsup.nn.backbones.SignalEncoder` backbone
+    (``backbone.name: cpc_audio``).
+    """
+
+    data_kind: ClassVar[str] = "sequences"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+    dims: ClassVar[int] = 1
+    bounds: ClassVar[tuple[float, float]] = (-1.0, 1.0)
+
+    def augmentation(self, image_size: int) -> None:
+        """No hand augmentation: the windows as they are."""
+        return None
+
+    learned_views = None  # signals are not drawn as images
+
+    def encode(self, views: Tensor) -> Tensor:
+        """f: the signal encoder's codes averaged over time."""
+        return self.backbone(views).mean(dim=1)
+
+    def eval_encoder(self) -> nn.Module:
+        """The signal encoder's codes averaged over time."""
+        return SignalMean(self.backbone)
