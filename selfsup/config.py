@@ -143,6 +143,10 @@ class TrainConfig:
     """Global BatchNorm across devices; None: as the method's paper (SimCLR, BYOL yes; MoCo no)."""
     channels_last: bool = True
     compile: bool = False
+    matmul_precision: str = "high"
+    """float32 matrix products on a CUDA GPU with tensor cores (``torch.set_float32_matmul_precision``):
+    ``high`` (TF32, Lightning's advice on such GPUs; the default), ``medium`` or ``highest`` (full
+    float32). Nothing changes on CPUs or GPUs without tensor cores."""
     time_limit: str | None = None
     """Train for about this long instead of ``epochs``: ``"10m"``, ``"90s"``, ``"1h30m"`` (pretraining
     steps; the final evaluation comes after). The number of steps is fixed before the first step
@@ -343,6 +347,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.betas: must be two values in [0, 1), got {cfg.optim.betas}")
     if cfg.train.precision not in PRECISIONS:
         raise ConfigError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {cfg.train.precision!r}")
+    if cfg.train.matmul_precision not in ("highest", "high", "medium"):
+        raise ConfigError(f"train.matmul_precision: must be one of highest, high, medium, got "
+                          f"{cfg.train.matmul_precision!r}")
     if not 0 <= cfg.train.knn_val_fraction < 1:
         raise ConfigError(f"train.knn_val_fraction: must be in [0, 1), got {cfg.train.knn_val_fraction}")
     if cfg.train.keep_last < 0:

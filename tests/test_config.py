@@ -126,3 +126,26 @@ def test_every_recipe_takes_two_steps_through_the_trainer(recipe, tmp_path):
         assert torch.isfinite(outputs["loss"]), (step, outputs["loss"])
     after = encoder.state_dict()
     assert any(not torch.equal(after[k], value) for k, value in before.items()), "no weight moved"
+
+
+def test_tensor_cores_are_used_on_gpus_that_have_them_and_nothing_changes_elsewhere(monkeypatch):
+    import torch
+
+    from selfsup.engine.setup import use_tensor_cores
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert not use_tensor_cores(torch.device("cpu"), "high")
+        assert torch.get_float32_matmul_precision() == before
+        capability = {"value": (6, 1)}  # a Pascal GPU: no tensor cores
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+        assert not use_tensor_cores(torch.device("cuda", 0), "high")
+        assert torch.get_float32_matmul_precision() == before
+        capability["value"] = (9, 0)  # an H100/H200
+        assert use_tensor_cores(torch.device("cuda", 0), "medium")
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert load_config(None, []).train.matmul_precision == "high"
+    with pytest.raises(ConfigError, match="train.matmul_precision: must be one of"):
+        load_config(None, ["train.matmul_precision=tf32"])

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from selfsup import sweep
 from selfsup.evaluate import results_table
 
@@ -22,10 +24,11 @@ def test_the_site_builds_strictly(tmp_path):
     assert "random init" in page  # the generated table was included
 
 
-def test_the_results_table_is_the_one_report_generates_from_the_run_files():
-    runs = sorted(p for p in (ROOT / "docs" / "runs" / "bar").iterdir() if p.is_dir())
-    assert runs, "docs/runs/bar holds the runs the results page is generated from"
-    assert (ROOT / "docs" / "results" / "bar.md").read_text() == results_table(runs)
+@pytest.mark.parametrize("runs, table", [("bar", "bar.md"), ("views_dense", "views_dense.md")])
+def test_the_results_tables_are_the_ones_report_generates_from_the_run_files(runs, table):
+    folders = sorted(p for p in (ROOT / "docs" / "runs" / runs).iterdir() if p.is_dir())
+    assert folders, f"docs/runs/{runs} holds the runs the results page is generated from"
+    assert (ROOT / "docs" / "results" / table).read_text() == results_table(folders)
 
 
 def test_the_study_list_is_the_one_sweep_generates_from_the_summaries():

@@ -82,7 +82,18 @@ def start_fabric(t: TrainConfig, out_dir: Path, run_name: str = "selfsup", confi
     if t.devices * t.num_nodes > 1:
         join_restarted_torchrun(t.accelerator)
     fabric.launch()
+    use_tensor_cores(fabric.device, t.matmul_precision)
     return fabric, precision, why
+
+
+def use_tensor_cores(device: torch.device, precision: str) -> bool:
+    """On a CUDA GPU with tensor cores (compute capability 7.0 or more), float32 matrix products at
+    ``precision`` (``train.matmul_precision``; Lightning warns that "highest" leaves them unused).
+    True when set; CPUs and older GPUs are left as they are."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 7:
+        return False
+    torch.set_float32_matmul_precision(precision)
+    return True
 
 
 def join_restarted_torchrun(accelerator: str) -> None:
