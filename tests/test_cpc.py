@@ -131,3 +131,17 @@ def test_signal_encoder_norms_batch_channel_or_none():
         SignalEncoder(width=4, norm="layer")
     with pytest.raises(ValueError, match="backbone.norm"):
         build_backbone("convnet", in_channels=1, image_size=28, norm="channel")
+
+
+def test_accuracy_counts_the_predictions_whose_own_code_scores_highest():
+    backbone = SignalEncoder(16)                      # codes of 16 values
+    method = CPCSequence(backbone, hidden=16, prediction_steps=(1,))
+    with torch.no_grad():
+        method.predictors[0].weight.copy_(torch.eye(16))  # W_1 c_t = c_t
+    codes = torch.eye(16)[:10].reshape(2, 5, 16)       # ten distinct one-hot codes, 2 sequences x 5 times
+    context = torch.zeros(2, 5, 16)
+    context[:, :4] = codes[:, 1:]                       # c_t = z_{t+1}: every prediction names its own code
+    assert method.cpc_loss(context, codes)["accuracy"].item() == 1.0
+    context[0, 0] = codes[1, 3]                         # one of the 8 predictions names another code
+    context[1, 2] = 0.5 * codes[1, 3] + 0.4 * codes[0, 2]  # one leans towards its own (z_{1,3}): still a hit
+    assert method.cpc_loss(context, codes)["accuracy"].item() == pytest.approx(7 / 8)
