@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import shutil
 import statistics
 import tarfile
 from pathlib import Path
@@ -66,7 +68,9 @@ def main() -> None:
     folder = make_folder(Path(args.folder), args.images)
     shards = write_shards(folder, Path(f"{args.folder}-wds"))
     pack = Path(f"{args.folder}-pack")
-    if not (pack / "index.json").is_file():
+    index = pack / "index.json"
+    if not index.is_file() or json.loads(index.read_text())["files"] != args.images:  # a pack of another folder
+        shutil.rmtree(pack, ignore_errors=True)
         pack_folder(folder, pack, size=args.size)
     splits = {"folder JPEGs": folder_split(folder, "train", args.size, 3, workers=args.workers),
               "webdataset shards": webdataset_split(str(shards), "train", args.size, 3, ratio=1.15,
