@@ -4,7 +4,7 @@
 set -e
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-$PY studies/infonce_bound.py
+[ -f docs/studies/infonce_bound.json ] || $PY studies/infonce_bound.py
 for study in projection_head loss_functions collapse augmentation batch_size pretext_vs_contrastive few_labels \
              vit_patch_projection; do
   $PY -m selfsup sweep studies/$study.yaml --page docs/studies/$study.md
