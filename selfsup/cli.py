@@ -152,6 +152,10 @@ def _summary(key: str, entry: dict) -> str:
     if "ci95" in entry:
         episodes = f", {entry['episodes']} episodes" if "episodes" in entry else ""
         return f"{_percent(entry['accuracy'])} ± {_percent(entry['ci95'])} (95% CI{episodes}){floor}"
+    if "j_and_f" in entry:
+        return f"J&F {entry['j_and_f']:.4f} (J {entry['j']:.4f}, F {entry['f']:.4f}){floor}"
+    if "tau" in entry:
+        return f"temporal-order tau {entry['tau']:.4f}, same-video@1 {_percent(entry['same_video@1'])}{floor}"
     scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn", "held_out_accuracy") or "@" in k}
     return ", ".join(f"{'' if k == 'accuracy' else k + ' '}{_percent(v)}" for k, v in scores.items()) + floor
 
@@ -166,6 +170,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _zero_shot(args)
     if args.protocol == "correspondence":
         return _correspondence(args)
+    if args.protocol in ("propagate", "temporal"):
+        return _video(args)
     cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
     if args.protocol == "transfer" and args.data is None:
         raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
@@ -296,6 +302,72 @@ def _correspondence(args: argparse.Namespace) -> int:
         with_floor({"correspondence": entry}, floor)
     _write_entries(args.checkpoint, {f"correspondence{suffix}": entry}, data)
     print(f"matches drawn in {picture}")
+    return 0
+
+
+def _video(args: argparse.Namespace) -> int:
+    """``evaluate propagate`` / ``evaluate temporal`` on held-out videos (the test split of --data, a
+    video folder or DAVIS root; default the checkpoint's), beside the same network at random
+    initialisation; propagation also beside copying the first mask and raw Lab colours, with
+    <run>/propagation.png. Any image checkpoint's encoder can be evaluated so."""
+    import torch
+
+    from selfsup import evaluate
+    from selfsup.data import load_video_split
+    from selfsup.engine.floor import random_init_floor, seeded_build, with_floor
+    from selfsup.evaluate import video
+    from selfsup.methods.base import FeatureGrid
+
+    cfg, method, (channels, size), device, build = _load_method(args.checkpoint)
+    root = args.data or args.root or (cfg.data.root if cfg.data.name == "video" else None)
+    if root is None:
+        raise UsageError(f"evaluate {args.protocol} needs --data, a folder of videos or a DAVIS root "
+                         f"({cfg.method} was trained on {cfg.data.name})")
+    test = load_video_split(root, "test", size=size, channels=channels, max_frames=cfg.data.max_frames)
+    data = Path(root).name
+    suffix = "" if cfg.data.name == "video" and Path(root) == Path(cfg.data.root or "") else f"_{data}"
+
+    def dense(m):
+        return (m.dense_encoder() if hasattr(m, "dense_encoder") else FeatureGrid(m.eval_encoder())).to(device)
+
+    def measure(m) -> dict:
+        if args.protocol == "temporal":
+            features = evaluate.extract_features(m.eval_encoder().to(device), test.images, device=device)
+            return {"temporal": video.temporal_entry(features, test.video, test.time, data=data)}
+        encoder = dense(m)
+        return {"propagation": video.propagation_entry(
+            test, lambda frames: video.dense_features(encoder, frames, device=device), data=data, topk=args.topk,
+            radius=args.radius, context=args.context, temperature=args.propagation_temperature, keep=3)}
+
+    entries = measure(method)
+    if not args.no_floor:
+        backbone = method.eval_encoder()
+        mean, std = (getattr(backbone, key).flatten().tolist() for key in ("mean", "std"))
+        fresh = seeded_build(lambda: build(mean, std), cfg.train.seed)
+        settings = {"protocol": args.protocol, "topk": args.topk, "radius": args.radius, "context": args.context,
+                    "temperature": args.propagation_temperature}
+        with torch.no_grad():
+            floor = random_init_floor(fresh, measure, data={"test": test}, settings=settings)
+        with_floor(entries, floor)
+    if args.protocol == "propagate":
+        entry = entries["propagation"]
+        strips = entry.pop("strips")
+        grid = video.dense_features(dense(method), test.images[:1], device=device).shape[-1]
+        entry["baselines"] = {}
+        for baseline in ("copy", "lab"):
+            found = video.propagation_entry(test, None, data=data, baseline=baseline, topk=args.topk,
+                                            radius=args.radius, context=args.context,
+                                            temperature=args.propagation_temperature,
+                                            lab_stride=max(1, size // grid))
+            entry["baselines"][baseline] = {key: found[key] for key in ("j_and_f", "j", "f", "protocol")}
+        picture = _evaluations_dir(args.checkpoint).parent / f"propagation{suffix}.png"
+        video.plot_propagation(strips, picture, title=f"{cfg.method}: the first frame's masks propagated "
+                                                      f"(J&F {entry['j_and_f']:.3f})")
+        print(" | ".join(f"{name} J&F {values['j_and_f']:.4f}" for name, values in
+                         [("trained", entry), *(([("random init", entry["random_init"])]) if "random_init" in entry
+                                                 else []), *entry["baselines"].items()]))
+        print(f"propagated masks drawn in {picture}")
+    _write_entries(args.checkpoint, {f"{key}{suffix}": entry for key, entry in entries.items()}, data)
     return 0
 
 
@@ -553,11 +625,19 @@ def parser() -> argparse.ArgumentParser:
                                     "classification by prompts of the class names, and image<->text recall@k, on "
                                     "the test split or on --data (zero-shot transfer); correspondence: PCK@1/3/5 of "
                                     "per-pixel descriptors under known random warps, beside random weights and raw "
-                                    "pixels, with <run>/correspondence.png.")
+                                    "pixels, with <run>/correspondence.png; propagate: the first frame's instance "
+                                    "masks carried through held-out videos by feature affinity, DAVIS J&F beside "
+                                    "random weights, copying the first mask and raw Lab colours, with "
+                                    "<run>/propagation.png; temporal: temporal-order tau and same-video retrieval "
+                                    "of held-out videos' frames.")
     ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune", "zeroshot",
-                                         "correspondence"])
+                                         "correspondence", "propagate", "temporal"])
     ev.add_argument("--images", type=int, default=500, help="correspondence: test images (default 500)")
     ev.add_argument("--points", type=int, default=64, help="correspondence: sampled pixels per image (default 64)")
+    ev.add_argument("--topk", type=int, default=10, help="propagate: key pixels each pixel's labels come from")
+    ev.add_argument("--radius", type=float, default=12, help="propagate: neighbourhood in grid cells (context frames)")
+    ev.add_argument("--context", type=int, default=20, help="propagate: previous frames used as keys")
+    ev.add_argument("--propagation-temperature", type=float, default=0.05, help="propagate: affinity temperature")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="dataset name or labelled folder (default: the one it was trained on)")
     ev.add_argument("--root", help="folder holding the dataset's files")

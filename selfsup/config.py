@@ -73,6 +73,10 @@ class DataConfig:
     store_ratio: float = 1.15
     """Streamed folders: images are read at side ``round(size * store_ratio)``, the room random
     crops cut from; evaluation takes the centred ``size`` square (ImageNet's resize-then-crop)."""
+    clips_per_video: int = 8
+    """``video``: how many clips an epoch takes from each video (which frames: the method's choice)."""
+    max_frames: int | None = None
+    """``video``: decode at most this many frames of each video (None: all of them)."""
     verify: bool = False
     """``packed``: check every shard's sha256 against its index before training (headers and
     lengths are always checked)."""

@@ -102,6 +102,11 @@ def _small_data(recipe: Path, tmp_path: Path) -> list[str]:
         return [f"data.root={tmp_path / 'speech'}", "data.window=4096", "train.batch_size=4"]
     if cfg.data.name in ("sbm", "karate", "planetoid"):
         return []
+    if cfg.data.name == "video":
+        from selfsup.data.synthetic_video import write_synthetic_videos
+
+        root = write_synthetic_videos(tmp_path / "videos", videos=5, frames=6, size=32, sprites="digits")
+        return [f"data.root={root}", "data.size=32", "data.clips_per_video=4", "train.batch_size=8"]
     data = ["data.name=photos", "data.size=24"] if cfg.data.name == "photos" else ["data.name=digits", "data.size=28"]
     if cfg.data.captions:
         data.append("data.held_out_classes=[]")

@@ -63,11 +63,14 @@ from selfsup.augment.geometry import (
     sample_crop_boxes,
 )
 from selfsup.augment import pretext
+from selfsup.augment.clips import clip_to_float, clip_views
 from selfsup.augment.lab import lab_to_rgb, rgb_to_lab
 from selfsup.augment.recipes import RECIPES, override, recipe
 from selfsup.augment.runner import Augmentation, View, augment_view
 
 __all__ = [
+    "clip_to_float",
+    "clip_views",
     "RECIPES",
     "pretext",
     "lab_to_rgb",

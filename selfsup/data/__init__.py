@@ -31,6 +31,8 @@ Names (``DATASETS``):
 - ``captions``: the user's images named in a captions file (``data.captions``), paired with their
   captions (an image-text source, :mod:`selfsup.data.captions`); ``data.captions=templates`` pairs
   any labelled dataset above with prompts of its class names instead.
+- ``video``: a folder of videos or frame folders, or a DAVIS root (:mod:`selfsup.data.video`),
+  decoded into frames and sampled as clips (a video source, :class:`selfsup.data.video.VideoClips`).
 - ``wav``: a folder of WAV files, ``root/<label>/*.wav``, streamed as windows of raw signal (a
   sequence source, not an image dataset: :class:`selfsup.data.sequences.WavFolder`).
 
@@ -58,24 +60,25 @@ from .photos import load_photos
 from .captions import CaptionedImages, ImageTextPairs, from_templates, read_captions_file, read_captions_splits
 from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
+from .video import VideoClips, VideoSet, load_video_split
 from .stream import ImageStream, StreamedDataset, StreamedImages, center_crop, folder_split, packed_split
 from .webdataset import webdataset_split
 
 __all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "read_captions_splits", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
            "GraphSource", "ImageBatch", "ImageDataset", "ImageStream", "InMemoryImages", "StreamedDataset",
            "StreamedImages", "center_crop", "folder_split", "is_streamed", "packed_split", "streamed_split", "NodeSet", "SignalSet", "SkippedImageWarning",
-           "WavFolder", "graph_from_config", "kind_of", "load", "load_graph"]
+           "VideoClips", "VideoSet", "WavFolder", "graph_from_config", "load_video_split", "kind_of", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
     "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "packed",
-    "webdataset", "wav", "karate",
+    "webdataset", "wav", "video", "karate",
     "sbm", "planetoid", "captions")
 SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
 """Names that give sequences (windows of signal), not images."""
 
 
 def kind_of(data) -> str:
-    """The kind of data a dataset gives: "images", "image_text", "sequences" or "graph".
+    """The kind of data a dataset gives: "images", "image_text", "sequences", "video" or "graph".
 
     ``data``: a dataset name, or a :class:`selfsup.config.DataConfig` (with ``captions`` set, a
     labelled image dataset gives image-text pairs)."""
@@ -84,6 +87,8 @@ def kind_of(data) -> str:
         return "image_text"
     if name in GRAPH_DATASETS:
         return "graph"
+    if name == "video":
+        return "video"
     return "sequences" if name in SEQUENCE_DATASETS else "images"
 SPLITS = ("train", "test")
 
@@ -182,6 +187,9 @@ def load(
     if name == "captions":
         raise DataError("dataset 'captions' is images with captions: read it with "
                         "selfsup.data.read_captions_file(data.captions), and train an image-text method on it (clip)")
+    if name == "video":
+        raise DataError("dataset 'video' is videos, not images: read it with selfsup.data.load_video_split(root, "
+                        "split), and train a video method on it (tcn, r3m, video_colorization)")
     if name in SEQUENCE_DATASETS:
         raise DataError(f"dataset {name!r} is a folder of signals, not images: read it with "
                         f"selfsup.data.WavFolder(root, split), and train a sequence method on it (cpc_sequence)")

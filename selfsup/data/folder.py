@@ -99,12 +99,19 @@ def decode(path: Path, size: int, channels: int, draft: bool = False) -> np.ndar
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         image = _to_8bit(image)
+    return square(image, size, channels)
+
+
+def square(image: Image.Image, size: int, channels: int,
+           resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
+    """An 8-bit L or RGB image's centred square, resized to ``size`` -> uint8 ``(channels, size, size)``
+    (``resample=NEAREST`` for label maps, whose values are ids)."""
     if channels == 1 and image.mode == "RGB":
         image = image.convert("L")
     width, height = image.size
     side = min(width, height)
     box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
-    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    image = image.resize((size, size), resample, box=box)
     if channels == 3 and image.mode == "L":
         image = image.convert("RGB")
     pixels = np.asarray(image)

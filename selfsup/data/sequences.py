@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfsup.data.sources import ImageBatch, epoch_order
+from selfsup.data.sources import EpochOrdered, ImageBatch
 from selfsup.errors import DataError
 
 # Source samples read on each side of a resampled window, so that the filter has its context.
@@ -168,7 +168,7 @@ class SignalSet:
         return self.inputs.std().clamp(min=1e-6).reshape(1)
 
 
-class WavFolder:
+class WavFolder(EpochOrdered):
     """A folder of WAV files as a data source of windows of ``window`` samples at ``sample_rate``.
 
     The training windows are the slots ``k`` of each file (``⌊frames / window⌋`` of them, at least
@@ -209,7 +209,6 @@ class WavFolder:
         self.slack = torch.tensor([max(0, n - c * window) for n, c in zip(lengths, counts)], dtype=torch.int64)
         self.eval_windows = eval_windows
         self._dataset: SignalSet | None = None
-        self._order: tuple[int, Tensor] | None = None
 
     @classmethod
     def from_config(cls, data_config, split: str = "train", root: str | Path | None = None, **kwargs) -> WavFolder:
@@ -229,14 +228,6 @@ class WavFolder:
     def inputs(self) -> Tensor:
         """The evaluation windows of :attr:`dataset` (what evaluation encodes)."""
         return self.dataset.inputs
-
-    def steps_per_epoch(self) -> int:
-        return len(self) // self.batch_size
-
-    def order(self, epoch: int) -> Tensor:
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, epoch_order(len(self), self.seed, epoch))
-        return self._order[1]
 
     def start(self, epoch: int, slot: int) -> int:
         """First sample of window ``slot`` in ``epoch``."""

@@ -44,6 +44,26 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+class EpochOrdered:
+    """What the sources share: ``steps_per_epoch`` and each epoch's order of ``len(self)`` samples
+    (:func:`epoch_order` of ``seed``, cached for the current epoch, on ``order_device``)."""
+
+    batch_size: int
+    seed: int
+    order_device: torch.device | str = "cpu"
+    _order: tuple[int, Tensor] | None = None
+
+    def steps_per_epoch(self) -> int:
+        """Global batches in one epoch (the last incomplete batch is dropped)."""
+        return len(self) // self.batch_size
+
+    def order(self, epoch: int) -> Tensor:
+        """The data order of ``epoch``: a function of (seed, epoch) only."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self), self.seed, epoch).to(self.order_device))
+        return self._order[1]
+
+
 @runtime_checkable
 class DataSource(Protocol):
     """The interface every source gives the engine."""
@@ -63,7 +83,7 @@ class DataSource(Protocol):
         ...
 
 
-class InMemoryImages:
+class InMemoryImages(EpochOrdered):
     """A dataset that fits on the device as one uint8 tensor (Fashion-MNIST, CIFAR, small folders).
 
     Epoch ``e``'s order is a permutation drawn from ``seed`` and ``e`` alone. Global batch ``p``
@@ -98,7 +118,7 @@ class InMemoryImages:
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
         self.labels = None if dataset.labels is None else dataset.labels.to(self.device)
-        self._order: tuple[int, Tensor] | None = None
+        self.order_device = self.device
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -107,16 +127,6 @@ class InMemoryImages:
     def inputs(self) -> Tensor:
         """The training images on the device (what evaluation encodes)."""
         return self.images
-
-    def steps_per_epoch(self) -> int:
-        """Global batches in one epoch (the last incomplete batch is dropped)."""
-        return len(self) // self.batch_size
-
-    def order(self, epoch: int) -> Tensor:
-        """The data order of ``epoch``: a function of (seed, epoch) only."""
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, epoch_order(len(self), self.seed, epoch).to(self.device))
-        return self._order[1]
 
     def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:
         """Rank ``rank``'s slice of global batch ``position`` of ``epoch``'s order."""

@@ -154,7 +154,7 @@ def finish(trainer: Trainer) -> dict[str, float]:
         if cfg.eval.plots:
             evaluate.plot_embedding(test_x, test.labels, out / f"{cfg.eval.embedding_map}.png",
                                     method=cfg.eval.embedding_map, classes=test.classes)
-            if trainer.source.kind in ("images", "image_text"):
+            if trainer.source.kind in ("images", "image_text", "video"):
                 evaluate.retrieval_picture(train_images, train_x, train_y, test.images, test_x, test.labels,
                                            out / "retrieval.png", classes=test.classes)
     describe = getattr(trainer.method, "descriptor_encoder", None)  # a dense method: its matches, drawn

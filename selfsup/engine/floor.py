@@ -31,7 +31,7 @@ from selfsup.evaluate import COLLAPSE_PROTOCOL, FEWSHOT_PROTOCOL, KNN_PROTOCOL, 
 FLOOR_VERSION = 2
 """Raised when what a floor means changes in a way the protocols' texts do not show."""
 
-SCORE_KEYS = ("accuracy", "ci95", "linear", "knn", "feature_std", "effective_rank")
+SCORE_KEYS = ("accuracy", "ci95", "linear", "knn", "feature_std", "effective_rank", "tau", "mean_gap", "j_and_f", "j", "f")
 """The keys of an evaluation entry that are scores (besides ``recall@k``); the floor keeps these."""
 
 

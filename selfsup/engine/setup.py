@@ -166,6 +166,35 @@ def load_sequences(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.Wa
     return train, test
 
 
+def load_video(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.VideoClips, data.VideoSet | None]:
+    """A video folder's training clips (every frame decoded onto the device) and its test videos."""
+    d, t = cfg.data, cfg.train
+    if d.root is None:
+        raise ConfigError("data.root: dataset 'video' needs a folder of videos, of frame folders, or a DAVIS root")
+
+    def read(split: str) -> data.VideoSet:
+        return data.load_video_split(d.root, split, size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3,
+                                     max_frames=d.max_frames, progress=progress)
+    try:
+        train = read("train")
+        try:
+            test = read("test")
+        except DataError:
+            test = None  # a folder with too few videos for a test split
+        source = data.VideoClips(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
+                                 clips_per_video=d.clips_per_video)
+    except (DataError, ValueError) as error:
+        raise ConfigError(f"data: {error}") from None
+    if train.skipped and fabric.global_rank == 0:
+        shown = "; ".join(f"{path} ({why})" for path, why in list(train.skipped.items())[:5])
+        say(f"skipped {len(train.skipped)} unreadable video(s) of the training split: {shown}"
+            + (" ..." if len(train.skipped) > 5 else ""))
+    if source.steps_per_epoch() < 1:
+        raise ConfigError(f"train.batch_size: {d.root} gives {len(source)} clips per epoch ({len(train.names)} videos "
+                          f"x data.clips_per_video={d.clips_per_video}), fewer than train.batch_size={t.batch_size}")
+    return source, test
+
+
 def load_image_text(cfg: Config, progress: bool) -> tuple[data.CaptionedImages, data.CaptionedImages | None]:
     """Captioned train and test splits: a captions file's (``data.name: captions``) or a labelled
     dataset's with template captions (``data.captions: templates``)."""
@@ -200,6 +229,9 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSou
     kind = data.kind_of(cfg.data)
     if kind == "sequences":
         return load_sequences(cfg, fabric, progress)
+    if kind == "video":
+        with fabric.rank_zero_first():
+            return load_video(cfg, fabric, progress)
     if kind == "image_text":
         with fabric.rank_zero_first():
             train, test = load_image_text(cfg, progress)

@@ -107,6 +107,8 @@ class Trainer:
             raise ConfigError(f"train.micro_batch_size: {cfg.method} does not split into per-image embeddings and a "
                               f"batch loss, which gradient caching needs; methods that do: "
                               f"{', '.join(name for name, cls in METHODS.items() if splits_into_embeddings(cls))}")
+        if self.source.kind == "video":  # which frames of a video a clip holds is the method's choice
+            self.source.clip_times = method.clip_times
         self.method = prepare_method(method, t, fabric)
         self.augment = build_augmentation(self.method, cfg.augment, self.train_set.size)
         # No augmentation, or views without a random crop (pretext tasks' "flip", "none"), take a streamed

@@ -59,8 +59,8 @@ def extract_features(encoder: nn.Module, images: Tensor, *, batch_size: int = 10
         >>> extract_features(encoder, images, batch_size=4).shape
         torch.Size([10, 16])
     """
-    if kind not in ("images", "image_text", "sequences", "graph"):
-        raise ValueError(f"kind must be 'images', 'image_text', 'sequences' or 'graph', got {kind!r}")
+    if kind not in ("images", "image_text", "sequences", "graph", "video"):
+        raise ValueError(f"kind must be 'images', 'image_text', 'sequences', 'video' or 'graph', got {kind!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     from selfsup.data.stream import ImageStream

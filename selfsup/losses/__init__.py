@@ -30,6 +30,7 @@ from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi,
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import (batch_hard_triplet, pixelwise_contrastive, prototypical, semi_hard_triplet,
                                   triplet)
+from selfsup.losses.temporal import r3m_time_contrastive, time_contrastive_triplet
 
 __all__ = [
     "DINOLoss",
@@ -51,7 +52,9 @@ __all__ = [
     "one_sided_nt_xent",
     "nt_xent",
     "prototypical",
+    "r3m_time_contrastive",
     "semi_hard_triplet",
     "supcon",
+    "time_contrastive_triplet",
     "triplet",
 ]

@@ -113,6 +113,12 @@ def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2, s
         torch.Size([])
     """
     distances, positive_mask, negative_mask = _pair_masks(embeddings, labels, margin, squared)
+    return semi_hard_from_masks(distances, positive_mask, negative_mask, margin)
+
+
+def semi_hard_from_masks(distances: Tensor, positive_mask: Tensor, negative_mask: Tensor, margin: float) -> Tensor:
+    """:func:`semi_hard_triplet` on given ``(N, N)`` distances and positive / negative pair masks
+    (pairs in neither mask are ignored: TCN's frames between its two radii)."""
     # Sorting each anchor's negative distances turns "closest negative farther
     # than d_ap" into a binary search: O(N^2 log N) instead of an N^3 mask.
     negative_sorted, _ = distances.masked_fill(~negative_mask, float("inf")).sort(dim=1)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from selfsup import augment
@@ -217,3 +218,71 @@ def check_views(batch: Batch, method: nn.Module) -> None:
     problem = view_count_problem(method, len(batch.views))
     if problem:
         raise ValueError(f"{problem}; use an augmentation that returns the views the method needs")
+
+
+class VideoMethodBase(MethodBase):
+    """Defaults of the protocol for video methods (TCN, R3M, video colorization).
+
+    A video batch's single view is uint8 clips ``(B, k, C, H, W)`` (``batch.extra["times"]``: the
+    frames' times ``(B, k)``, ``["video"]``: ``(B,)``), whose ``k`` frames are those
+    :meth:`clip_times` chose; the method makes its own views of them (consistently across a clip,
+    :func:`selfsup.augment.clip_views`). Held-out videos get the time-contrastive measures and, when
+    they have instance masks, mask propagation with :meth:`dense_encoder`'s features
+    (:mod:`selfsup.evaluate.video`).
+    """
+
+    data_kind: ClassVar[str] = "video"
+    views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+
+    def augmentation(self, image_size: int) -> augment.Augmentation | None:
+        """None: the method augments whole clips itself."""
+        return None
+
+    def clip_times(self, lengths: Tensor, generator) -> Tensor:
+        """``(B, k)`` frame times for videos of ``lengths`` frames (every video method chooses)."""
+        raise NotImplementedError
+
+    def dense_encoder(self) -> nn.Module:
+        """Images ``(N, C, H, W)`` in [0, 1] -> per-pixel features ``(N, D, h, w)`` for propagation: a
+        hypercolumn of the backbone's stages on a grid of a quarter of the input's side
+        (:class:`FeatureGrid`)."""
+        return FeatureGrid(self.eval_encoder())
+
+    def extra_evaluations(self, test, *, data: str, device=None) -> dict[str, dict]:
+        """The ``temporal`` entry on the held-out videos, and ``propagation`` when they have masks."""
+        from selfsup import evaluate
+        from selfsup.evaluate import video
+
+        features = evaluate.extract_features(self.eval_encoder(), test.images, device=device)
+        entries = {"temporal": video.temporal_entry(features, test.video, test.time, data=data)}
+        if getattr(test, "masks", None) is not None:
+            dense = self.dense_encoder()
+            entries["propagation"] = video.propagation_entry(
+                test, lambda frames: video.dense_features(dense, frames, device=device), data=data)
+        return entries
+
+
+class FeatureGrid(nn.Module):
+    """A parameter-free hypercolumn: each of the backbone's stages (:func:`selfsup.nn.dense.stage_features`)
+    average-pooled or bilinearly resized onto a grid of side ``H / stride``, L2-normalised per position,
+    and concatenated, so that fine and coarse stages weigh the same in a cosine similarity. A backbone
+    whose stages cannot be read gives its last feature map."""
+
+    def __init__(self, backbone: nn.Module, stride: int = 4) -> None:
+        super().__init__()
+        self.backbone, self.stride = backbone, stride
+
+    def forward(self, images: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
+        from selfsup.nn.backbones import feature_map
+        from selfsup.nn.dense import stage_features
+
+        grid = tuple(max(1, side // self.stride) for side in images.shape[-2:])
+        try:
+            stages = stage_features(self.backbone, images)
+        except ValueError:
+            stages = [feature_map(self.backbone, images)]
+        parts = [F.adaptive_avg_pool2d(s, grid) if s.shape[-1] >= grid[-1]
+                 else F.interpolate(s, size=grid, mode="bilinear", align_corners=False) for s in stages]
+        return torch.cat([F.normalize(p.float(), dim=1) for p in parts], dim=1)

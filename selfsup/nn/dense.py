@@ -53,6 +53,8 @@ class DescriptorNet(nn.Module):
             the global evaluations read).
         dim: the descriptor dimension D (Dense Object Nets: 3 in most of the paper's experiments).
         probe_size: side of the blank image used once to read the stages' channel counts.
+        stride: descriptors on a grid this many times coarser than the input (``ceil(H / stride)``;
+            1: one per pixel).
 
     Examples:
         >>> from selfsup.nn import build_backbone
@@ -61,10 +63,11 @@ class DescriptorNet(nn.Module):
         torch.Size([2, 3, 28, 28])
     """
 
-    def __init__(self, backbone: Backbone, dim: int = 3, probe_size: int = 32) -> None:
+    def __init__(self, backbone: Backbone, dim: int = 3, probe_size: int = 32, stride: int = 1) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        if dim < 1 or stride < 1:
+            raise ValueError(f"dim and stride must be >= 1, got {dim} and {stride}")
+        self.stride = stride
         self.backbone = backbone
         with torch.no_grad():
             was = backbone.training
@@ -76,7 +79,7 @@ class DescriptorNet(nn.Module):
         self.dim = dim
 
     def forward(self, images: Tensor) -> Tensor:
-        size = images.shape[-2:]
+        size = tuple(-(-side // self.stride) for side in images.shape[-2:])
         out = None
         for head, stage in zip(self.heads, stage_features(self.backbone, images)):
             part = F.interpolate(head(stage), size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,164 @@
+"""Synthetic videos with exact instance masks, written in the DAVIS layout: data to learn and test
+video methods on where no video set can be downloaded.
+
+Each video shows one to three sprites (Fashion-MNIST garments, or scikit-learn's digits where
+Fashion-MNIST is not at hand), each tinted with its own colour, moving on a straight line that
+bounces off the borders, turning and occluding one another (the later sprite in front), over a
+crop of a real colour photo (scikit-learn's ``china`` and ``flower``) that pans at a constant speed.
+Everything is a function of the seed. The files::
+
+    root/JPEGImages/480p/<seq>/00000.jpg ...   the frames (JPEG, quality 95)
+    root/Annotations/480p/<seq>/00000.png ...  instance ids per pixel (0 background, 1.. sprites),
+                                               palette PNGs as DAVIS writes them
+    root/ImageSets/2017/train.txt, val.txt     the split, one sequence per line
+    root/labels.csv                            sequence,label: the class of the first sprite
+
+The first sprite is the largest, so a sequence's label is the class of what a viewer sees most.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+DAVIS_RESOLUTION = "480p"
+
+
+def davis_palette() -> list[int]:
+    """The PASCAL VOC colour map DAVIS annotations use: index ``i``'s RGB from the bits of ``i``."""
+    palette = []
+    for index in range(256):
+        rgb = [0, 0, 0]
+        value = index
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+        palette.extend(rgb)
+    return palette
+
+
+def _sprites(source: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(uint8 (N, h, w) gray sprites, class names, labels)."""
+    if source == "fashion_mnist":
+        from selfsup.data import load
+
+        data = load("fashion_mnist", "train", progress=False)
+        return data.images[:, 0].numpy(), list(data.classes), data.labels.numpy()
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)
+        return images, [str(d) for d in bunch.target_names], bunch.target
+    raise ValueError(f"sprites must be 'fashion_mnist' or 'digits', got {source!r}")
+
+
+def _backgrounds() -> list[np.ndarray]:
+    from sklearn.datasets import load_sample_images
+
+    return [np.asarray(image) for image in load_sample_images().images]
+
+
+def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: list[np.ndarray], *, frames: int,
+                 size: int, objects: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One video: uint8 RGB frames ``(T, size, size, 3)``, instance ids ``(T, size, size)`` and the
+    sprite indices it shows (first, largest, at the back)."""
+    photo = backgrounds[rng.integers(len(backgrounds))]
+    pan = rng.uniform(-1.5, 1.5, 2)  # pixels per frame at the output size
+    zoom = rng.uniform(1.0, 2.0)  # photo pixels per output pixel
+    span = size * zoom + np.abs(pan) * zoom * frames
+    top = rng.uniform(0, max(1, photo.shape[0] - span[0]))
+    left = rng.uniform(0, max(1, photo.shape[1] - span[1]))
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    video = np.empty((frames, size, size, 3), np.float64)
+    start = np.array([top, left]) + np.where(pan < 0, -pan * zoom * frames, 0)
+    for t in range(frames):
+        rows = np.clip(start[0] + (ys + pan[0] * t) * zoom, 0, photo.shape[0] - 1).astype(np.int64)
+        cols = np.clip(start[1] + (xs + pan[1] * t) * zoom, 0, photo.shape[1] - 1).astype(np.int64)
+        video[t] = photo[rows, cols]
+    masks = np.zeros((frames, size, size), np.uint8)
+    chosen = rng.choice(len(sprites), objects, replace=False).tolist()
+    for k, index in enumerate(chosen):
+        side = size * (0.55 if k == 0 else rng.uniform(0.3, 0.42))
+        position = rng.uniform(side / 2, size - side / 2, 2)
+        velocity = rng.uniform(-2.5, 2.5, 2)
+        angle, turn = rng.uniform(-0.4, 0.4), rng.uniform(-0.08, 0.08)
+        tint = rng.uniform(0.25, 1.0, 3)
+        tint /= tint.max()
+        sprite = torch.from_numpy(sprites[index]).float()[None, None] / 255
+        for t in range(frames):
+            centre = position + velocity * t
+            for axis in range(2):  # bounce: reflect the straight path into [side/2, size - side/2]
+                low, high = side / 2, size - side / 2
+                period = 2 * (high - low)
+                phase = (centre[axis] - low) % period
+                centre[axis] = low + (phase if phase <= high - low else period - phase)
+            theta = angle + turn * t
+            cos, sin = math.cos(theta), math.sin(theta)
+            scale = size / side
+            # Output pixel (normalised) -> sprite coordinates: rotate about the centre, then scale.
+            cy, cx = (2 * centre / size - 1)
+            matrix = torch.tensor([[scale * cos, scale * sin, -scale * (cos * cx + sin * cy)],
+                                   [-scale * sin, scale * cos, -scale * (-sin * cx + cos * cy)]],
+                                  dtype=torch.float32)[None]
+            grid = F.affine_grid(matrix, [1, 1, size, size], align_corners=False)
+            alpha = F.grid_sample(sprite, grid, align_corners=False)[0, 0].numpy().astype(np.float64)
+            inside = alpha > 0.15
+            shade = alpha[..., None] * tint * 255
+            video[t][inside] = shade[inside]
+            masks[t][inside] = k + 1
+    return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, chosen
+
+
+def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 24, size: int = 64,
+                           val_fraction: float = 0.25, max_objects: int = 3, sprites: str = "fashion_mnist",
+                           seed: int = 0, progress: bool = False) -> Path:
+    """Write ``videos`` synthetic videos of ``frames`` frames at ``size`` x ``size`` under ``root`` in
+    the DAVIS layout (see the module docstring); the last ``val_fraction`` of them are the ``val``
+    split. Returns ``root``."""
+    if videos < 2 or frames < 2 or size < 16 or not 0 < val_fraction < 1 or max_objects < 1:
+        raise ValueError(f"need videos >= 2, frames >= 2, size >= 16, 0 < val_fraction < 1 and max_objects >= 1; "
+                         f"got {videos}, {frames}, {size}, {val_fraction}, {max_objects}")
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    images, classes, labels = _sprites(sprites)
+    backgrounds = _backgrounds()
+    palette = davis_palette()
+    rng = np.random.default_rng(seed)
+    names, rows = [], []
+    for v in tqdm(range(videos), desc="synthetic videos", unit="video", disable=not progress):
+        name = f"video{v:04d}"
+        clip, masks, chosen = render_video(rng, images, backgrounds, frames=frames, size=size,
+                                           objects=int(rng.integers(1, max_objects + 1)))
+        frame_dir = root / "JPEGImages" / DAVIS_RESOLUTION / name
+        mask_dir = root / "Annotations" / DAVIS_RESOLUTION / name
+        frame_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for t in range(frames):
+            Image.fromarray(clip[t]).save(frame_dir / f"{t:05d}.jpg", quality=95)
+            mask = Image.fromarray(masks[t], "P")
+            mask.putpalette(palette)
+            mask.save(mask_dir / f"{t:05d}.png")
+        names.append(name)
+        rows.append((name, classes[int(labels[chosen[0]])]))
+    n_val = max(1, round(videos * val_fraction))
+    sets = root / "ImageSets" / "2017"
+    sets.mkdir(parents=True, exist_ok=True)
+    (sets / "train.txt").write_text("".join(f"{n}\n" for n in names[:-n_val]))
+    (sets / "val.txt").write_text("".join(f"{n}\n" for n in names[-n_val:]))
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sequence", "label"])
+        writer.writerows(rows)
+    return root
+
+
+__all__ = ["DAVIS_RESOLUTION", "davis_palette", "render_video", "write_synthetic_videos"]

@@ -1,0 +1,313 @@
+"""Video: folders of clips, decoded once into uint8 frames on the device, sampled as clips.
+
+Layouts ``root`` may have (looked for in this order):
+
+- **DAVIS**: ``root/JPEGImages/<resolution>/<seq>/*.jpg`` (``480p`` preferred), with instance masks
+  in ``root/Annotations/<resolution>/<seq>/*.png`` when present, and the split in
+  ``root/ImageSets/<year>/train.txt`` / ``val.txt`` (``test`` reads ``val``);
+- **a folder of videos**: ``root/train/`` and ``root/test/``, or ``root`` itself (then every fifth
+  video in sorted order is the test split), each holding video files (``.mp4 .webm .avi .mkv .mov
+  .m4v``, decoded by PyAV, which bundles FFmpeg: ``pip install 'selfsup[video]'``) or folders of
+  frames (``<video>/00000.jpg ...``, any image format, in sorted order).
+
+``root/labels.csv`` (``sequence,label`` rows) gives each video a class, which its frames inherit
+(the linear probe and kNN of frames then run as for images). Frames are resized like a folder's
+images (the centred square, ``size`` x ``size``; masks with nearest neighbours). A video or frame
+that cannot be decoded is named once and skipped (a video with an unreadable frame is dropped
+whole, so that clip times stay true).
+
+Why PyAV: it is the one video decoder on the package registries that installs everywhere with its
+own FFmpeg (torchcodec needs a system FFmpeg and is not available for every platform;
+torchvision's video reading is deprecated in its favour).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from selfsup.data.dataset import ImageDataset
+from selfsup.data.folder import IMAGE_EXTENSIONS, _to_8bit, square
+from selfsup.data.sources import EpochOrdered, ImageBatch
+from selfsup.errors import DataError
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
+_TEST_EVERY = 5
+
+
+@dataclass
+class VideoSet(ImageDataset):
+    """Every frame of a split's videos in memory, with where each frame comes from: an
+    :class:`selfsup.data.ImageDataset` of the frames (the frame-level evaluations read it as one).
+
+    Attributes (besides the frames' ``images``, ``labels``: each frame's video's class from
+    ``labels.csv`` or None, ``classes`` and ``name``):
+        video: ``(N,)`` int64, each frame's video (index into ``names``); frames are stored video
+            after video, in time order.
+        time: ``(N,)`` int64, each frame's position in its video.
+        names: the videos' names (sequence folder or file stem).
+        masks: uint8 ``(N, H, W)`` instance ids (0 background) when every video has them, else None.
+        skipped: unreadable files and why.
+    """
+
+    video: Tensor = None  # type: ignore[assignment]  (required: dataclass fields after defaults)
+    time: Tensor = None  # type: ignore[assignment]
+    names: list[str] = field(default_factory=list)
+    masks: Tensor | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.images.shape[0]
+        if self.video is None or self.time is None or self.video.shape != (n,) or self.time.shape != (n,):
+            raise DataError(f"VideoSet {self.name!r}: video and time must be (N,) = ({n},) int64 tensors")
+        if self.masks is not None and self.masks.shape != (n, *self.images.shape[-2:]):
+            raise DataError(f"VideoSet {self.name!r}: masks must be (N, H, W), got {tuple(self.masks.shape)}")
+
+    @property
+    def starts(self) -> Tensor:
+        """``(V,)`` the index of each video's first frame in :attr:`images`."""
+        lengths = self.lengths
+        return torch.cumsum(lengths, 0) - lengths
+
+    @property
+    def lengths(self) -> Tensor:
+        """``(V,)`` frames per video."""
+        return torch.bincount(self.video, minlength=len(self.names))
+
+    def frames(self, v: int) -> slice:
+        """The rows of :attr:`images` holding video ``v``."""
+        start = int(self.starts[v])
+        return slice(start, start + int(self.lengths[v]))
+
+
+def _davis_base(root: Path) -> tuple[Path, Path | None] | None:
+    """(frames folder, masks folder or None) of a DAVIS layout, else None."""
+    frames = root / "JPEGImages"
+    if not frames.is_dir():
+        return None
+    resolutions = sorted(p.name for p in frames.iterdir() if p.is_dir())
+    if not resolutions:
+        return None
+    resolution = "480p" if "480p" in resolutions else resolutions[0]
+    masks = root / "Annotations" / resolution
+    return frames / resolution, masks if masks.is_dir() else None
+
+
+def _davis_split(root: Path, names: list[str], split: str) -> list[str]:
+    sets = sorted((root / "ImageSets").glob("*/" + ("train" if split == "train" else "val") + ".txt"))
+    if sets:
+        listed = [line.strip() for line in sets[-1].read_text().splitlines() if line.strip()]
+        missing = [n for n in listed if n not in names]
+        if missing:
+            raise DataError(f"{sets[-1]} names sequences that {root / 'JPEGImages'} lacks: {', '.join(missing[:5])}")
+        return listed
+    return _every_fifth(names, split)
+
+
+def _every_fifth(names: list[str], split: str) -> list[str]:
+    return [n for i, n in enumerate(names) if (i % _TEST_EVERY == _TEST_EVERY - 1) == (split == "test")]
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan_videos(root: str | Path, split: str) -> list[tuple[str, Path, Path | None]]:
+    """``(name, frames folder or video file, masks folder or None)`` of each video of ``split``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"video folder {root} does not exist; data.root must be a folder of videos, of frame "
+                        f"folders, or a DAVIS root (JPEGImages/480p/<sequence>/)")
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    davis = _davis_base(root)
+    if davis is not None:
+        frames, masks = davis
+        names = sorted(p.name for p in frames.iterdir() if p.is_dir())
+        return [(n, frames / n, masks / n if masks is not None and (masks / n).is_dir() else None)
+                for n in _davis_split(root, names, split)]
+    split_folders = (root / "train").is_dir() and (root / "test").is_dir()
+    base = root / split if split_folders else root
+    entries = sorted(p for p in base.iterdir() if (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+                     or (p.is_dir() and p.name not in ("train", "test")))
+    entries = entries if split_folders else [p for p in entries if p.name in _every_fifth([e.name for e in entries], split)]
+    if not entries:
+        raise DataError(f"no video file ({' '.join(VIDEO_EXTENSIONS)}) or frame folder in {base} for split {split!r}")
+    return [(p.stem if p.is_file() else p.name, p, None) for p in entries]
+
+
+def _decode_video_file(path: Path, size: int, channels: int, max_frames: int | None) -> np.ndarray:
+    try:
+        import av
+    except ImportError:
+        raise DataError(f"{path}: reading video files needs PyAV: pip install 'selfsup[video]' (or give folders of "
+                        f"frames)") from None
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(square(frame.to_image(), size, channels))
+            if max_frames is not None and len(frames) == max_frames:
+                break
+    if not frames:
+        raise ValueError("no video frames")
+    return np.stack(frames)
+
+
+def _decode_frames(folder: Path, size: int, channels: int, max_frames: int | None) -> np.ndarray:
+    files = _frame_files(folder)[:max_frames]
+    if not files:
+        raise ValueError("no frame images")
+    frames = []
+    for path in files:
+        with Image.open(path) as image:
+            image.load()
+            frames.append(square(_to_8bit(image), size, channels))
+    return np.stack(frames)
+
+
+def _decode_masks(folder: Path, count: int, size: int) -> np.ndarray | None:
+    files = sorted(folder.glob("*.png"))[:count]
+    if len(files) != count:
+        return None
+    masks = []
+    for path in files:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("P", "L"):
+                raise DataError(f"{path}: instance masks must be palette or gray PNGs of object ids, got mode "
+                                f"{image.mode}")
+            masks.append(square(image, size, 1, Image.Resampling.NEAREST)[0])
+    return np.stack(masks)
+
+
+def _read_labels(root: Path) -> dict[str, str]:
+    path = root / "labels.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0][:2]] != ["sequence", "label"]:
+        raise DataError(f"{path}: the first row must be the header 'sequence,label'")
+    labels = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < 2:
+            raise DataError(f"{path}, line {line}: expected 'sequence,label', got {row!r}")
+        labels[row[0].strip()] = row[1].strip()
+    return labels
+
+
+def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: int = 3,
+                     max_frames: int | None = None, progress: bool = False) -> VideoSet:
+    """Decode every video of ``split`` under ``root`` (layouts in the module docstring) into a
+    :class:`VideoSet`; at most ``max_frames`` frames per video."""
+    root = Path(root)
+    entries = scan_videos(root, split)
+    named = _read_labels(root)
+    all_classes = sorted(set(named.values())) or None
+    images, videos, times, masks, names, labels = [], [], [], [], [], []
+    skipped: dict[str, str] = {}
+    for name, path, mask_dir in tqdm(entries, desc=f"decoding {root.name} {split}", unit="video",
+                                     disable=not progress):
+        try:
+            clip = (_decode_frames if path.is_dir() else _decode_video_file)(path, size, channels, max_frames)
+        except DataError:
+            raise
+        except Exception as error:  # decoders raise many types on corrupt data; each means "skip this video"
+            skipped[str(path)] = f"{type(error).__name__}: {error}"
+            continue
+        mask = _decode_masks(mask_dir, len(clip), size) if mask_dir is not None else None
+        if named and name not in named:
+            raise DataError(f"{root / 'labels.csv'} has no label for video {name!r}")
+        v = len(names)
+        names.append(name)
+        images.append(torch.from_numpy(clip))
+        videos.append(torch.full((len(clip),), v, dtype=torch.int64))
+        times.append(torch.arange(len(clip)))
+        masks.append(None if mask is None else torch.from_numpy(mask))
+        if all_classes is not None:
+            labels.append(torch.full((len(clip),), all_classes.index(named[name]), dtype=torch.int64))
+    if not names:
+        raise DataError(f"no readable video in {root} for split {split!r}"
+                        + (f" ({len(skipped)} skipped, e.g. {next(iter(skipped.items()))})" if skipped else ""))
+    return VideoSet(torch.cat(images), torch.cat(labels) if all_classes is not None else None, all_classes,
+                    f"video_{root.name}", video=torch.cat(videos), time=torch.cat(times), names=names,
+                    masks=torch.cat(masks) if all(m is not None for m in masks) else None, skipped=skipped)
+
+
+def window_times(length: int, stride: int = 1) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """The default clip sampler: ``length`` frames ``stride`` apart from a uniform start (a video
+    shorter than the span gives its last frame repeated)."""
+    def sample(lengths: Tensor, generator: torch.Generator) -> Tensor:
+        span = (length - 1) * stride + 1
+        room = (lengths - span + 1).clamp(min=1)
+        start = (torch.rand(len(lengths), generator=generator) * room).long()
+        times = start[:, None] + stride * torch.arange(length)
+        return torch.minimum(times, lengths[:, None] - 1)
+    return sample
+
+
+class VideoClips(EpochOrdered):
+    """A :class:`VideoSet` as a data source of clips: batch ``(epoch, position, rank)`` is ``(b, k, C,
+    H, W)`` uint8 frames of ``b`` videos at ``k`` times each.
+
+    An epoch visits every video ``clips_per_video`` times in a permutation drawn from ``(seed,
+    epoch)``. Which frames a visit takes is the method's choice (``clip_times``: the lengths of the
+    global batch's videos and a generator -> ``(B, k)`` frame times, e.g. R3M's five ordered frames;
+    default :func:`window_times`), drawn for the whole global batch from a generator seeded by
+    ``(seed, epoch, position)``, so a resumed run and any number of processes see the same clips.
+    ``ImageBatch.extra`` carries ``times`` ``(b, k)`` and ``video`` ``(b,)``.
+    """
+
+    kind = "video"
+
+    def __init__(self, dataset: VideoSet, batch_size: int, world_size: int = 1, seed: int = 0,
+                 device: torch.device | str = "cpu", clips_per_video: int = 8) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        self.dataset, self.batch_size, self.local_batch = dataset, batch_size, batch_size // world_size
+        self.seed, self.device, self.clips_per_video = seed, torch.device(device), clips_per_video
+        self.images = dataset.images.to(self.device)
+        self.starts, self.lengths = dataset.starts, dataset.lengths
+        self.clip_times: Callable[[Tensor, torch.Generator], Tensor] = window_times(2)
+        self.skipped = dataset.skipped
+
+    def __len__(self) -> int:
+        return len(self.dataset.names) * self.clips_per_video
+
+    def close(self) -> None:
+        """Nothing to release: the frames are one tensor (the streamed sources' interface)."""
+
+    @property
+    def inputs(self) -> Tensor:
+        return self.images
+
+    def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:
+        """Rank ``rank``'s clips of global batch ``position`` of ``epoch``."""
+        slots = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        videos = slots % len(self.dataset.names)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + position)
+        times = self.clip_times(self.lengths[videos], generator)
+        if times.ndim != 2 or len(times) != len(videos) or bool((times < 0).any()) or bool(
+                (times >= self.lengths[videos][:, None]).any()):
+            raise ValueError(f"clip_times must give (B, k) frame times inside each video, got shape "
+                             f"{tuple(times.shape)}")
+        mine = slice(rank * self.local_batch, (rank + 1) * self.local_batch)
+        videos, times, slots = videos[mine], times[mine], slots[mine]
+        rows = (self.starts[videos][:, None] + times).to(self.device)
+        labels = None if self.dataset.labels is None else self.dataset.labels.to(self.device)[rows[:, 0]]
+        return ImageBatch(self.images[rows], slots.to(self.device), labels,
+                          {"times": times.to(self.device), "video": videos.to(self.device)})
+
+
+__all__ = ["VIDEO_EXTENSIONS", "VideoClips", "VideoSet", "load_video_split", "scan_videos", "window_times"]

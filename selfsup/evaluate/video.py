@@ -1,0 +1,327 @@
+"""Video evaluations: mask propagation scored as DAVIS-2017 does, and time-contrastive measures.
+
+**Propagation** (the protocol of Jabri et al. 2020, ``ajabri/videowalk`` ``code/test.py``, which
+later video-correspondence work shares): per-pixel features of every frame (L2-normalised over
+channels, at the encoder's grid); the first frame's instance masks as soft one-hot labels resized
+to the grid (bilinear); each later frame's labels are the softmax-weighted sum of the ``topk`` most
+similar key pixels (similarity / ``temperature``) among the first frame (its true labels, anywhere)
+and the ``context`` previous frames (their predicted soft labels, only within ``radius`` grid cells);
+the labels are resized to the frame (bilinear) and each pixel takes its argmax. Scores as the
+DAVIS-2017 semi-supervised benchmark (``davisvideochallenge/davis2017-evaluation``): per object
+and frame, the region similarity J (IoU; 1 when both masks are empty) and the contour accuracy F
+(boundary precision/recall F-measure with a tolerance of ``ceil(0.008 x image diagonal)`` pixels),
+the first and last frames left out; J and F are averaged per object, then over all objects of
+all sequences, and J&F is their mean.
+
+**Time-contrastive measures** on held-out videos: the temporal-order τ (per video, Kendall's τ-b
+between the time gap ``|t_i - t_j|`` and the feature distance of every pair of frames, averaged
+over videos: 1 when the features order frames as time does) and same-video retrieval (the share of
+frames whose nearest other frame, by cosine similarity, is of the same video; and the mean time gap
+to it when it is).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PROPAGATION_PROTOCOL = ("the first frame's instance masks propagated through each held-out video by feature affinity "
+                        "(Jabri et al. 2020's protocol: top-{topk} key pixels, temperature {temperature}, the first "
+                        "frame plus the {context} previous predicted frames within a radius of {radius} grid cells); "
+                        "J (IoU) and F (boundary F-measure, tolerance ceil(0.008 x diagonal) px) per object and frame "
+                        "as DAVIS-2017 computes them, first and last frames left out, averaged per object then over "
+                        "all objects; J&F their mean")
+TEMPORAL_PROTOCOL = ("held-out videos: temporal-order tau is, per video, Kendall's tau-b between the time gap and the "
+                     "cosine distance of frozen features over every pair of frames, averaged over videos (1: the "
+                     "features order frames as time does); same_video@1 is the share of frames whose nearest other "
+                     "frame (cosine) is of the same video, mean_gap the mean time gap to it when it is")
+
+
+# ----------------------------------------------------------------------------- DAVIS-2017 J and F
+
+
+def region_similarity(truth: Tensor, prediction: Tensor) -> Tensor:
+    """J per frame: IoU of boolean masks ``(..., H, W)``; 1 where both are empty (DAVIS ``db_eval_iou``).
+
+    Examples:
+        >>> a = torch.zeros(1, 4, 4, dtype=torch.bool); a[0, :2] = True
+        >>> b = torch.zeros(1, 4, 4, dtype=torch.bool); b[0, 1:3] = True
+        >>> region_similarity(a, b).tolist()
+        [0.3333333432674408]
+    """
+    truth, prediction = truth.bool(), prediction.bool()
+    inter = (truth & prediction).sum(dim=(-2, -1)).float()
+    union = (truth | prediction).sum(dim=(-2, -1)).float()
+    return torch.where(union == 0, torch.ones_like(union), inter / union.clamp(min=1))
+
+
+def boundary_map(mask: Tensor) -> Tensor:
+    """DAVIS's ``seg2bmap`` of boolean masks ``(..., H, W)``: a pixel is on the boundary when it differs
+    from its right, lower or lower-right neighbour (the last row and column compare along the edge)."""
+    seg = mask.bool()
+    east, south, southeast = torch.zeros_like(seg), torch.zeros_like(seg), torch.zeros_like(seg)
+    east[..., :, :-1] = seg[..., :, 1:]
+    south[..., :-1, :] = seg[..., 1:, :]
+    southeast[..., :-1, :-1] = seg[..., 1:, 1:]
+    bmap = (seg ^ east) | (seg ^ south) | (seg ^ southeast)
+    bmap[..., -1, :] = seg[..., -1, :] ^ east[..., -1, :]
+    bmap[..., :, -1] = seg[..., :, -1] ^ south[..., :, -1]
+    bmap[..., -1, -1] = False
+    return bmap
+
+
+def _dilate(bmap: Tensor, radius: int) -> Tensor:
+    """Binary dilation of ``(N, H, W)`` maps by a disk of ``radius`` (skimage ``disk``: x² + y² <= r²)."""
+    span = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    disk = ((span[:, None] ** 2 + span[None, :] ** 2) <= radius ** 2).float()[None, None]
+    return F.conv2d(bmap.float()[:, None], disk, padding=radius)[:, 0] > 0
+
+
+def contour_accuracy(truth: Tensor, prediction: Tensor, bound_th: float = 0.008) -> Tensor:
+    """F per frame of boolean masks ``(N, H, W)`` (DAVIS ``f_measure``): boundary precision and recall
+    within ``ceil(bound_th * diagonal)`` pixels (or ``bound_th`` pixels if >= 1), F = 2PR / (P + R);
+    1 when neither mask has a boundary, 0 when only one has."""
+    truth, prediction = truth.bool(), prediction.bool()
+    h, w = truth.shape[-2:]
+    radius = int(bound_th) if bound_th >= 1 else math.ceil(bound_th * math.hypot(h, w))
+    fg, gt = boundary_map(prediction), boundary_map(truth)
+    fg_match = (fg & _dilate(gt, radius)).sum(dim=(-2, -1)).float()
+    gt_match = (gt & _dilate(fg, radius)).sum(dim=(-2, -1)).float()
+    n_fg, n_gt = fg.sum(dim=(-2, -1)).float(), gt.sum(dim=(-2, -1)).float()
+    precision = torch.where(n_fg == 0, torch.ones_like(n_fg), fg_match / n_fg.clamp(min=1))
+    recall = torch.where(n_gt == 0, torch.ones_like(n_gt), gt_match / n_gt.clamp(min=1))
+    f = torch.where(precision + recall == 0, torch.zeros_like(precision),
+                    2 * precision * recall / (precision + recall).clamp(min=1e-12))
+    f = torch.where((n_fg == 0) & (n_gt > 0), torch.zeros_like(f), f)
+    return torch.where((n_fg > 0) & (n_gt == 0), torch.zeros_like(f), f)
+
+
+def davis_scores(truth: Tensor, prediction: Tensor) -> dict[int, tuple[float, float]]:
+    """Per object id (1 .. the largest id of the first ground-truth frame): (J mean, F mean) over the
+    frames of one sequence, first and last left out; ``truth`` and ``prediction`` are ``(T, H, W)`` ids."""
+    if truth.shape != prediction.shape or truth.ndim != 3:
+        raise ValueError(f"truth and prediction must be (T, H, W) of one shape, got {tuple(truth.shape)} and "
+                         f"{tuple(prediction.shape)}")
+    frames = slice(1, -1) if truth.shape[0] > 2 else slice(None)
+    scores = {}
+    for obj in range(1, int(truth[0].max()) + 1):
+        gt, pred = truth[frames] == obj, prediction[frames] == obj
+        scores[obj] = (float(region_similarity(gt, pred).mean()), float(contour_accuracy(gt, pred).mean()))
+    return scores
+
+
+# ----------------------------------------------------------------------------- propagation
+
+
+def _neighbourhood(h: int, w: int, radius: float, device) -> Tensor:
+    """``(h*w, h*w)`` additive mask: 0 where two grid cells are closer than ``radius``, else -1e10."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    cells = torch.stack([ys.flatten(), xs.flatten()], 1).float()
+    near = torch.cdist(cells, cells) < radius
+    return torch.where(near, 0.0, -1e10)
+
+
+def propagate_masks(features: Tensor, first_mask: Tensor, *, topk: int = 10, radius: float = 12,
+                    context: int = 20, temperature: float = 0.05) -> Tensor:
+    """The first frame's instance ids carried through a video (the module docstring's protocol).
+
+    Args:
+        features: ``(T, D, h, w)`` per-pixel features of the video's frames (normalised here).
+        first_mask: ``(H, W)`` int ids of frame 0 (0: background).
+        topk, radius, context, temperature: the protocol's constants (videowalk's DAVIS settings).
+
+    Returns:
+        ``(T, H, W)`` int64 predicted ids (frame 0 is ``first_mask``).
+    """
+    t_count, _, h, w = features.shape
+    feats = F.normalize(features.float(), dim=1).flatten(2)  # (T, D, hw)
+    ids = torch.unique(first_mask)
+    onehot = (first_mask[None] == ids[:, None, None]).float()[None]  # (1, K, H, W)
+    size = tuple(first_mask.shape)
+    labels = [F.interpolate(onehot, size=(h, w), mode="bilinear", align_corners=False)[0].flatten(1)]  # (K, hw)
+    local = _neighbourhood(h, w, radius, feats.device)
+    out = [first_mask.long()]
+    for t in range(1, t_count):
+        previous = [max(0, t - k) for k in range(context, 0, -1)]  # frame-0 copies while t < context
+        keys = torch.stack([feats[0]] + [feats[p] for p in previous])  # (1 + context, D, hw)
+        key_labels = torch.stack([labels[0]] + [labels[p] for p in previous])  # (1 + context, K, hw)
+        affinity = torch.einsum("fdk,dq->fkq", keys, feats[t])  # (frames, key hw, query hw)
+        affinity[1:] += local
+        affinity = (affinity / temperature).flatten(0, 1)  # (frames * hw, hw)
+        weights, index = affinity.topk(min(topk, affinity.shape[0]), dim=0)
+        weights = weights.softmax(dim=0)  # (topk, hw)
+        flat_labels = key_labels.permute(1, 0, 2).flatten(1)  # (K, frames * hw)
+        predicted = (flat_labels[:, index] * weights[None]).sum(dim=1)  # (K, hw)
+        labels.append(predicted)
+        full = F.interpolate(predicted.view(1, -1, h, w), size=size, mode="bilinear", align_corners=False)[0]
+        out.append(ids[full.argmax(dim=0)].long())
+    return torch.stack(out)
+
+
+def lab_features(frames: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The raw-pixel baseline's features: Lab colour averaged onto ``grid``, each channel standardised
+    over the video (so cosine similarity compares colours, not brightness alone)."""
+    from selfsup.augment import rgb_to_lab
+
+    rgb = frames if frames.shape[1] == 3 else frames.expand(-1, 3, -1, -1)
+    lab = F.adaptive_avg_pool2d(rgb_to_lab(rgb), grid)
+    return (lab - lab.mean(dim=(0, 2, 3), keepdim=True)) / lab.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
+
+
+def propagation_entry(video_set, dense: Callable[[Tensor], Tensor] | None, *, data: str, topk: int = 10,
+                      radius: float = 12, context: int = 20, temperature: float = 0.05,
+                      baseline: str | None = None, lab_stride: int = 4, keep: int = 0) -> dict[str, Any]:
+    """J, F and J&F of propagating each held-out video's first masks, as a results.json entry.
+
+    ``dense`` maps uint8 frames ``(N, C, H, W)`` to ``(N, D, h, w)`` features; ``baseline`` instead
+    scores ``"copy"`` (the first mask for every frame) or ``"lab"`` (:func:`lab_features` on a grid
+    of side / ``lab_stride``). ``keep``: return the first ``keep`` videos' predictions too
+    (``"strips"``: (frames, truth, predicted) per video)."""
+    if video_set.masks is None:
+        raise ValueError(f"{data}: the held-out videos have no instance masks (Annotations/<res>/<seq>/*.png) to "
+                         f"propagate")
+    j_all, f_all, per_video, strips = [], [], {}, []
+    for v, name in enumerate(video_set.names):
+        rows = video_set.frames(v)
+        frames, truth = video_set.images[rows], video_set.masks[rows].long()
+        if baseline == "copy":
+            predicted = truth[:1].expand_as(truth)
+        else:
+            if baseline == "lab":
+                side = max(1, frames.shape[-1] // lab_stride)
+                feats = lab_features(frames, (side, side))
+            elif baseline is None and dense is not None:
+                feats = dense(frames)
+            else:
+                raise ValueError(f"baseline must be None (with dense features), 'copy' or 'lab', got {baseline!r}")
+            predicted = propagate_masks(feats.cpu(), truth[0].cpu(), topk=topk, radius=radius, context=context,
+                                        temperature=temperature)
+        scores = davis_scores(truth.cpu(), predicted.cpu())
+        j_all += [j for j, _ in scores.values()]
+        f_all += [f for _, f in scores.values()]
+        if scores:
+            per_video[name] = {"j": float(np.mean([j for j, _ in scores.values()])),
+                               "f": float(np.mean([f for _, f in scores.values()]))}
+        if v < keep:
+            strips.append((frames.cpu(), truth.cpu(), predicted.cpu()))
+    if not j_all:
+        raise ValueError(f"{data}: no held-out video has an object in its first frame's mask")
+    j, f = float(np.mean(j_all)), float(np.mean(f_all))
+    protocol = {"copy": "the first frame's masks copied to every frame (a baseline); J and F as DAVIS-2017",
+                "lab": PROPAGATION_PROTOCOL.format(topk=topk, temperature=temperature, context=context, radius=radius)
+                + "; the features are the frames' Lab colours (a baseline)"}.get(
+        baseline or "", PROPAGATION_PROTOCOL.format(topk=topk, temperature=temperature, context=context, radius=radius))
+    entry = {"j_and_f": (j + f) / 2, "j": j, "f": f, "objects": len(j_all), "videos": len(per_video),
+             "per_video": per_video, "data": data, "protocol": protocol}
+    if keep:
+        entry["strips"] = strips
+    return entry
+
+
+@torch.no_grad()
+def dense_features(encoder: nn.Module, frames: Tensor, device=None, batch_size: int = 64) -> Tensor:
+    """``encoder``'s ``(N, D, h, w)`` features of uint8 ``frames`` in eval mode, on ``device``, back on the CPU."""
+    from selfsup.nn import eval_mode
+
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    out = []
+    with eval_mode(encoder):
+        for start in range(0, len(frames), batch_size):
+            batch = frames[start:start + batch_size].to(device).float() / 255
+            out.append(encoder(batch).float().cpu())
+    return torch.cat(out)
+
+
+def plot_propagation(strips: list[tuple[Tensor, Tensor, Tensor]], path: str | Path, *, frames: int = 6,
+                     title: str = "") -> Path:
+    """``propagation.png``: for each video, ``frames`` evenly spaced frames, the true masks over them
+    and the propagated ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from selfsup.data.synthetic_video import davis_palette
+
+    palette = torch.tensor(davis_palette(), dtype=torch.float32).view(256, 3) / 255
+    fig, axes = plt.subplots(2 * len(strips), frames, figsize=(1.6 * frames, 3.2 * len(strips)), squeeze=False)
+    for row, (images, truth, predicted) in enumerate(strips):
+        picks = np.linspace(0, len(images) - 1, frames).round().astype(int)
+        for col, t in enumerate(picks):
+            rgb = images[t].float() / 255
+            rgb = rgb.expand(3, -1, -1) if rgb.shape[0] == 1 else rgb
+            for k, (mask, label) in enumerate(((truth[t], "true"), (predicted[t], "propagated"))):
+                colour = palette[mask.clamp(0, 255)].permute(2, 0, 1)
+                shown = torch.where(mask[None] > 0, 0.45 * rgb + 0.55 * colour, rgb)
+                ax = axes[2 * row + k, col]
+                ax.imshow(shown.permute(1, 2, 0).numpy())
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if col == 0:
+                    ax.set_ylabel(label, fontsize=8)
+                if k == 0:
+                    ax.set_title(f"t={t}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- time-contrastive
+
+
+def temporal_order_tau(features: Tensor, video: Tensor, time: Tensor) -> float:
+    """Per video, Kendall's τ-b between the time gaps and the cosine distances of all frame pairs
+    (``scipy.stats.kendalltau``), averaged over videos with at least three frames."""
+    from scipy.stats import kendalltau
+
+    x = F.normalize(features.float(), dim=1)
+    taus = []
+    for v in torch.unique(video):
+        rows = (video == v).nonzero().squeeze(1)
+        if len(rows) < 3:
+            continue
+        order = time[rows].argsort()
+        rows = rows[order]
+        i, j = torch.triu_indices(len(rows), len(rows), offset=1)
+        gap = (time[rows][i] - time[rows][j]).abs().numpy()
+        distance = (1 - (x[rows][i] * x[rows][j]).sum(1)).numpy()
+        tau = kendalltau(gap, distance).statistic
+        if not np.isnan(tau):
+            taus.append(tau)
+    if not taus:
+        raise ValueError("temporal_order_tau needs a video with at least three frames and varying features")
+    return float(np.mean(taus))
+
+
+def same_video_retrieval(features: Tensor, video: Tensor, time: Tensor) -> tuple[float, float]:
+    """(share of frames whose nearest other frame by cosine is of the same video, mean time gap to it
+    over those frames; NaN when none is)."""
+    x = F.normalize(features.float(), dim=1)
+    similarity = x @ x.T
+    similarity.fill_diagonal_(float("-inf"))
+    nearest = similarity.argmax(dim=1)
+    same = video[nearest] == video
+    gap = (time[nearest] - time).abs().float()
+    return float(same.float().mean()), float(gap[same].mean()) if bool(same.any()) else float("nan")
+
+
+def temporal_entry(features: Tensor, video: Tensor, time: Tensor, *, data: str) -> dict[str, Any]:
+    """:func:`temporal_order_tau` and :func:`same_video_retrieval` as the results.json ``temporal`` entry."""
+    share, gap = same_video_retrieval(features, video, time)
+    return {"tau": temporal_order_tau(features, video, time), "same_video@1": share, "mean_gap": gap,
+            "data": data, "protocol": TEMPORAL_PROTOCOL}
+
+
+__all__ = ["PROPAGATION_PROTOCOL", "TEMPORAL_PROTOCOL", "boundary_map", "contour_accuracy", "davis_scores",
+           "dense_features", "lab_features", "plot_propagation", "propagate_masks", "propagation_entry",
+           "region_similarity", "same_video_retrieval", "temporal_entry", "temporal_order_tau"]

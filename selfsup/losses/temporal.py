@@ -1,0 +1,100 @@
+"""Time-contrastive losses on the frames of videos: TCN's and R3M's."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from selfsup.losses._common import _embeddings, _labels, _same_shape, float32_loss
+from selfsup.losses.metric import _margin, semi_hard_from_masks
+
+
+@float32_loss
+def time_contrastive_triplet(embeddings: Tensor, times: Tensor, sequences: Tensor, *, pos_radius: float = 6,
+                             neg_radius: float = 12, margin: float = 0.2) -> Tensor:
+    """Single-view time-contrastive loss: semi-hard triplets whose positives are near in time.
+
+    Sermanet et al., "Time-Contrastive Networks: Self-Supervised Learning from Video", ICRA 2018;
+    official ``tensorflow/models`` ``research/tcn/estimators/svtcn_loss.py`` (``singleview_tcn_loss``
+    with ``multiseq``): frames i and j form a positive pair when they come from the same sequence
+    and ``|t_i - t_j| <= pos_radius`` (i ≠ j), a negative pair when they come from different
+    sequences or ``|t_i - t_j| > neg_radius``; pairs in between are neither. With squared distances
+    ``D_ij = ||e_i - e_j||²``, every positive pair (i, j) takes the semi-hard negative
+    ``min {D_ik : k negative for i, D_ik > D_ij}`` (the largest ``D_ik`` when none is farther):
+
+        L = mean over positive pairs of max(0, margin + D_ij - D_ik)
+
+    The official single-view TCN L2-normalises its embeddings first; so does the caller here.
+
+    Args:
+        embeddings: ``(N, D)`` frame embeddings.
+        times: ``(N,)`` each frame's time in its sequence (frames).
+        sequences: ``(N,)`` each frame's sequence id.
+        pos_radius, neg_radius: the two radii in frames (official 6 and 12; ``neg_radius > pos_radius``).
+        margin: the hinge margin on squared distances (official 0.2).
+
+    Examples:
+        >>> e = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> time_contrastive_triplet(e, torch.arange(8), torch.zeros(8, dtype=torch.long), pos_radius=1, neg_radius=3).shape
+        torch.Size([])
+    """
+    embeddings = _embeddings("embeddings", embeddings)
+    times = _labels("times", times, embeddings.shape[0], "embeddings")
+    sequences = _labels("sequences", sequences, embeddings.shape[0], "embeddings")
+    _margin(margin)
+    if not 0 <= pos_radius < neg_radius:
+        raise ValueError(f"need 0 <= pos_radius < neg_radius, got {pos_radius} and {neg_radius}")
+    gap = (times[:, None] - times[None, :]).abs()
+    same = sequences[:, None] == sequences[None, :]
+    itself = torch.eye(len(times), dtype=torch.bool, device=times.device)
+    positive = same & (gap <= pos_radius) & ~itself
+    negative = ~same | (gap > neg_radius)
+    distances = torch.cdist(embeddings, embeddings).square()
+    return semi_hard_from_masks(distances, positive, negative, margin)
+
+
+@float32_loss
+def r3m_time_contrastive(s0: Tensor, s1: Tensor, s2: Tensor, shuffles: Tensor, eps: float = 1e-8) -> Tensor:
+    """R3M's time-contrastive InfoNCE with similarity ``-||a - b||₂`` and no temperature.
+
+    Nair et al., "R3M: A Universal Visual Representation for Robot Manipulation", CoRL 2022;
+    official ``facebookresearch/r3m`` ``r3m/trainer.py``. For frames ``s0 < s1 <= s2`` of each video
+    (embeddings unnormalised), with ``sim(a, b) = -||a - b||₂`` and ``K`` shuffles ``π_k`` of the batch
+    (the official draws 3 and does not exclude the frame itself)::
+
+        L1 = -log(eps + e^{sim(s2,s1)} / (eps + e^{sim(s2,s0)} + e^{sim(s2,s1)} + Σ_k e^{sim(s2, s2[π_k])}))
+        L2 = -log(eps + e^{sim(s0,s1)} / (eps + e^{sim(s0,s1)} + e^{sim(s0,s2)} + Σ_k e^{sim(s0, s0[π_k])}))
+        L  = mean over videos of (L1 + L2) / 2
+
+    The frame nearer in time is the positive; the farther frame of the same video and the same
+    frame position of other videos are the negatives.
+
+    Args:
+        s0, s1, s2: ``(N, D)`` embeddings of the three ordered frames.
+        shuffles: ``(K, N)`` int64 permutations of the batch (the other videos' frames).
+        eps: the official's 1e-8 inside and outside the ratio.
+
+    Examples:
+        >>> s = [torch.randn(4, 8) for _ in range(3)]
+        >>> r3m_time_contrastive(*s, torch.stack([torch.randperm(4) for _ in range(3)])).shape
+        torch.Size([])
+    """
+    s0, s1, s2 = _embeddings("s0", s0), _embeddings("s1", s1), _embeddings("s2", s2)
+    _same_shape("s0", s0, "s1", s1)
+    _same_shape("s0", s0, "s2", s2)
+    if shuffles.ndim != 2 or shuffles.shape[1] != len(s0) or shuffles.dtype != torch.int64:
+        raise ValueError(f"shuffles must be int64 (K, N={len(s0)}) permutations, got {shuffles.dtype} "
+                         f"{tuple(shuffles.shape)}")
+
+    def sim(a: Tensor, b: Tensor) -> Tensor:
+        return -torch.linalg.vector_norm(a - b, dim=-1)
+
+    s02, s12, s01 = sim(s2, s0).exp(), sim(s2, s1).exp(), sim(s1, s0).exp()
+    neg2 = sim(s2[None], s2[shuffles]).exp().sum(0)
+    neg0 = sim(s0[None], s0[shuffles]).exp().sum(0)
+    l1 = -torch.log(eps + s12 / (eps + s02 + s12 + neg2))
+    l2 = -torch.log(eps + s01 / (eps + s01 + s02 + neg0))
+    return ((l1 + l2) / 2).mean()
+
+
+__all__ = ["r3m_time_contrastive", "time_contrastive_triplet"]

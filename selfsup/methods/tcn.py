@@ -1,0 +1,70 @@
+"""Time-Contrastive Networks (Sermanet et al. 2018, "Time-Contrastive Networks: Self-Supervised Learning
+from Video"; official code tensorflow/models research/tcn)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup import augment, data, losses
+from selfsup.methods.base import Batch, Progress, VideoMethodBase
+from selfsup.nn import Backbone
+
+
+class TCN(VideoMethodBase):
+    """Single-view TCN: frames near in time attract, frames far in time (or of other videos) repel.
+
+    Per batch of B clips of ``frames`` consecutive frames (``stride`` apart)::
+
+        e = normalize(W f(x))                           # (B * frames, D) frame embeddings
+        loss = time_contrastive_triplet(e, t, video,    # positives: same video, |Δt| <= pos_radius
+                                        pos_radius, neg_radius, margin)   # negatives: |Δt| > neg_radius
+                                                                          # or another video
+
+    As the official ``svtcn_loss.py`` with ``multiseq`` (the official single-view batch is one
+    sequence of consecutive frames; here a batch holds several clips, each from its own video, and
+    frames of different videos are negatives, the official's multi-sequence rule). Semi-hard
+    triplets on squared distances of L2-normalised embeddings, margin 0.2. The embedder is a linear
+    layer to ``dim`` on the backbone's pooled features, where the official adds two conv layers and a
+    spatial softmax to an Inception trunk. The multi-view form (synchronised cameras) needs clips
+    with views, which the video source does not give yet.
+
+    Args:
+        backbone: the frame encoder.
+        dim: embedding size (official 32).
+        frames: frames per clip.
+        stride: frames between a clip's frames.
+        pos_radius, neg_radius: in frames of the video (official 6 and 12 at about 30 fps).
+        margin: triplet margin on squared distances (official 0.2).
+        crop_scale: clip-consistent random resized crop area range (None: no augmentation; our choice,
+            the official trains on its frames as they are).
+    """
+
+    def __init__(self, backbone: Backbone, *, dim: int = 32, frames: int = 8, stride: int = 1,
+                 pos_radius: float = 6, neg_radius: float = 12, margin: float = 0.2,
+                 crop_scale: tuple[float, float] | None = (0.6, 1.0)) -> None:
+        super().__init__()
+        if frames < 2 or stride < 1 or not 0 <= pos_radius < neg_radius:
+            raise ValueError(f"need frames >= 2, stride >= 1 and 0 <= pos_radius < neg_radius; got {frames}, "
+                             f"{stride}, {pos_radius}, {neg_radius}")
+        self.backbone = backbone
+        self.embedder = nn.Linear(backbone.out_dim, dim)
+        self.frames, self.stride = frames, stride
+        self.pos_radius, self.neg_radius, self.margin = pos_radius, neg_radius, margin
+        self.crop_scale = None if crop_scale is None else tuple(crop_scale)
+
+    def clip_times(self, lengths: Tensor, generator: torch.Generator) -> Tensor:
+        return data.video.window_times(self.frames, self.stride)(lengths, generator)
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        clips = batch.views[0]
+        b, k = clips.shape[:2]
+        views = (augment.clip_views(clips, scale=self.crop_scale) if self.crop_scale is not None
+                 else augment.clip_to_float(clips))
+        embeddings = F.normalize(self.embedder(self.backbone(views.flatten(0, 1))), dim=1)
+        times = batch.extra["times"].flatten()
+        videos = batch.extra["video"].repeat_interleave(k)
+        loss = losses.time_contrastive_triplet(embeddings, times, videos, pos_radius=self.pos_radius,
+                                               neg_radius=self.neg_radius, margin=self.margin)
+        return {"loss": loss}

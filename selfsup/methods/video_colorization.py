@@ -1,0 +1,131 @@
+"""Tracking Emerges by Colorizing Videos (Vondrick, Shrivastava, Fathi, Guadarrama, Murphy 2018)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup import augment, data
+from selfsup.methods.base import Batch, Progress, VideoMethodBase
+from selfsup.nn import Backbone
+from selfsup.nn.dense import DescriptorNet
+
+
+class GrayInput(nn.Module):
+    """Frames to gray (the luminance, repeated over the network's channels) before ``module``: the
+    colorization network never sees colour, in training or evaluation."""
+
+    def __init__(self, module: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.module, self.channels = module, channels
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("mean", "std", "out_dim", "in_channels"):  # what evaluation and export read
+                return getattr(self.module, name)
+            raise
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = augment.to_float(images)
+        if x.shape[1] == 3:
+            gray = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]
+            x = gray.expand(-1, self.channels, -1, -1)
+        return self.module(x)
+
+
+class VideoColorization(VideoMethodBase):
+    """Copy the colours of reference frames to a gray target frame by attention over pixels.
+
+    Per batch of clips of ``references`` reference frames and one target (the last), all gray::
+
+        f = net(gray(x))                          # (B, frames, D, h, w) per-pixel features
+        c = onehot(kmeans16(ab(x)))               # reference colours, quantised Lab ab at the grid
+        A_ij = softmax_i(f_i · f_j / T)           # i: every pixel of the references, j: the target's
+        ĉ_j = Σ_i A_ij c_i                        # the target's predicted colour distribution
+        loss = cross_entropy(log ĉ_j, kmeans16(ab(target_j)))
+
+    As the paper: 3 reference frames, 16 k-means clusters of the ab channels, T = 1 in training
+    (0.5 is the paper's test temperature; propagation here uses its protocol's own, see
+    :mod:`selfsup.evaluate.video`). The clusters are fitted on the first training batch's colours
+    (20 Lloyd iterations from a seeded draw; a buffer, so checkpoints keep them), where the paper
+    fits them on its training videos. The per-pixel network is a hypercolumn of the backbone's
+    stages (:class:`selfsup.nn.dense.DescriptorNet`) at 1/``stride`` of the input, where the paper
+    uses a ResNet-18 and a 3-D convolutional network at 1/8; no official code was released.
+
+    Args:
+        backbone: the frame encoder (its pooled features remain the global evaluation encoder).
+        references: reference frames per target (paper: 3).
+        stride: frames between the clip's frames.
+        clusters: k-means colour clusters (paper: 16).
+        temperature: the attention's T in training (paper: 1).
+        dim: per-pixel feature dimension (paper: 64).
+        grid_stride: the features' grid is the input's side / ``grid_stride``.
+    """
+
+    def __init__(self, backbone: Backbone, *, references: int = 3, stride: int = 1, clusters: int = 16,
+                 temperature: float = 1.0, dim: int = 64, grid_stride: int = 4) -> None:
+        super().__init__()
+        if references < 1 or stride < 1 or clusters < 2 or temperature <= 0:
+            raise ValueError(f"need references >= 1, stride >= 1, clusters >= 2, temperature > 0; got {references}, "
+                             f"{stride}, {clusters}, {temperature}")
+        self.backbone = backbone
+        self.net = DescriptorNet(backbone, dim, stride=grid_stride)
+        self.references, self.stride, self.temperature = references, stride, temperature
+        self.register_buffer("centres", torch.zeros(clusters, 2))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def clip_times(self, lengths: Tensor, generator: torch.Generator) -> Tensor:
+        return data.video.window_times(self.references + 1, self.stride)(lengths, generator)
+
+    def eval_encoder(self) -> nn.Module:
+        return GrayInput(self.backbone, self.backbone.in_channels)
+
+    def dense_encoder(self) -> nn.Module:
+        return GrayInput(self.net, self.backbone.in_channels)
+
+    @torch.no_grad()
+    def fit_clusters(self, ab: Tensor, iterations: int = 20) -> None:
+        """k-means of ``(N, 2)`` ab values into :attr:`centres` (seeded; the same on every rank, whose
+        rank-0 result is broadcast under torch.distributed)."""
+        generator = torch.Generator().manual_seed(0)
+        points = ab[torch.randperm(len(ab), generator=generator)[:20000].to(ab.device)].float()
+        centres = points[torch.randperm(len(points), generator=generator)[:len(self.centres)].to(ab.device)]
+        for _ in range(iterations):
+            assign = torch.cdist(points, centres).argmin(dim=1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, points)
+            counts = torch.bincount(assign, minlength=len(centres)).float()[:, None]
+            centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(centres, src=0)
+        self.centres.copy_(centres)
+        self.fitted.fill_(True)
+
+    def quantise(self, frames: Tensor, grid: tuple[int, int]) -> Tensor:
+        """``(N, h, w)`` cluster of each grid cell's mean ab colour."""
+        ab = F.adaptive_avg_pool2d(augment.rgb_to_lab(frames)[:, 1:], grid)  # (N, 2, h, w)
+        flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+        if not bool(self.fitted):
+            self.fit_clusters(flat)
+        return torch.cdist(flat, self.centres).argmin(dim=1).view(ab.shape[0], *grid)
+
+    def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        clips = augment.clip_to_float(batch.views[0])  # (B, R + 1, 3, H, W)
+        b, k = clips.shape[:2]
+        if clips.shape[2] != 3:
+            raise ValueError(f"video colorization needs colour frames, got {clips.shape[2]} channel(s)")
+        features = self.dense_encoder()(clips.flatten(0, 1)).float()  # (B * k, D, h, w)
+        grid = tuple(features.shape[-2:])
+        with torch.no_grad():
+            colours = self.quantise(clips.flatten(0, 1), grid).view(b, k, -1)  # (B, k, hw)
+        features = features.view(b, k, features.shape[1], -1)  # (B, k, D, hw)
+        refs = features[:, :-1].permute(0, 1, 3, 2).flatten(1, 2)  # (B, R * hw, D)
+        target = features[:, -1]  # (B, D, hw)
+        attention = torch.softmax(refs @ target / self.temperature, dim=1)  # (B, R * hw, hw), over references
+        ref_colours = F.one_hot(colours[:, :-1].flatten(1), len(self.centres)).float()  # (B, R * hw, K)
+        predicted = ref_colours.transpose(1, 2) @ attention  # (B, K, hw)
+        loss = F.nll_loss(predicted.clamp(min=1e-8).log(), colours[:, -1])
+        accuracy = (predicted.argmax(dim=1) == colours[:, -1]).float().mean()
+        return {"loss": loss, "colour_accuracy": accuracy.detach()}

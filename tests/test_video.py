@@ -1,0 +1,473 @@
+"""Video: the synthetic generator, the video source, the time-contrastive losses, the DAVIS metrics,
+mask propagation, the three video methods and their command-line evaluations."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup import losses
+from selfsup.data import VideoClips, load_video_split
+from selfsup.data.sources import epoch_order
+from selfsup.data.synthetic_video import davis_palette, write_synthetic_videos
+from selfsup.data.video import window_times
+from selfsup.errors import DataError
+from selfsup.evaluate import video
+from selfsup.methods import R3M, TCN, VideoColorization
+from selfsup.nn import build_backbone
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """12 synthetic videos of 8 frames at 32x32 (digits sprites: no download), 3 of them held out."""
+    return write_synthetic_videos(tmp_path_factory.mktemp("videos") / "synthetic", videos=12, frames=8, size=32,
+                                  sprites="digits", seed=0)
+
+
+# ----------------------------------------------------------------------------- the generator
+
+
+def test_the_generator_writes_the_davis_layout_with_masks_over_the_sprites(videos):
+    names = sorted(p.name for p in (videos / "JPEGImages" / "480p").iterdir())
+    assert len(names) == 12
+    train = (videos / "ImageSets" / "2017" / "train.txt").read_text().split()
+    val = (videos / "ImageSets" / "2017" / "val.txt").read_text().split()
+    assert sorted(train + val) == names and len(val) == 3 and not set(train) & set(val)
+    mask = Image.open(videos / "Annotations" / "480p" / names[0] / "00000.png")
+    assert mask.mode == "P" and mask.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]  # DAVIS/VOC colours
+    ids = np.asarray(mask)
+    assert ids[ids > 0].size > 20 and set(np.unique(ids)) <= {0, 1, 2, 3}
+    rows = (videos / "labels.csv").read_text().splitlines()
+    assert rows[0] == "sequence,label" and len(rows) == 13
+
+
+def test_the_generator_is_a_function_of_its_seed(tmp_path):
+    first = write_synthetic_videos(tmp_path / "a", videos=2, frames=3, size=16, sprites="digits", seed=5)
+    second = write_synthetic_videos(tmp_path / "b", videos=2, frames=3, size=16, sprites="digits", seed=5)
+    other = write_synthetic_videos(tmp_path / "c", videos=2, frames=3, size=16, sprites="digits", seed=6)
+    frame = "JPEGImages/480p/video0000/00002.jpg"
+    assert (first / frame).read_bytes() == (second / frame).read_bytes() != (other / frame).read_bytes()
+
+
+def test_the_palette_is_pascal_voc():
+    palette = davis_palette()
+    # VOC's colour map, index 1..5: (128,0,0) (0,128,0) (128,128,0) (0,0,128) (128,0,128)
+    assert palette[3:18] == [128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128]
+
+
+# ----------------------------------------------------------------------------- reading videos
+
+
+def test_a_davis_root_reads_frames_masks_labels_and_its_split(videos):
+    test = load_video_split(videos, "test", size=32)
+    assert test.names == (videos / "ImageSets" / "2017" / "val.txt").read_text().split()
+    assert test.images.shape == (24, 3, 32, 32) and test.images.dtype == torch.uint8
+    assert test.video.tolist() == [0] * 8 + [1] * 8 + [2] * 8 and test.time.tolist() == list(range(8)) * 3
+    frame = np.asarray(Image.open(videos / "JPEGImages" / "480p" / test.names[1] / "00003.jpg"))
+    assert np.array_equal(test.images[8 + 3].permute(1, 2, 0).numpy(), frame)
+    truth = np.asarray(Image.open(videos / "Annotations" / "480p" / test.names[1] / "00003.png"))
+    assert np.array_equal(test.masks[8 + 3].numpy(), truth)
+    labels = dict(row.split(",") for row in (videos / "labels.csv").read_text().splitlines()[1:])
+    assert test.classes[int(test.labels[8])] == labels[test.names[1]]
+    assert int(test.lengths[2]) == 8 and int(test.starts[2]) == 16
+
+
+def _write_mp4(path, frames):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"qscale": "1"}
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def test_video_files_and_frame_folders_are_read_and_bad_ones_named_and_skipped(tmp_path):
+    pytest.importorskip("av")
+    root = tmp_path / "clips"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    # Smooth frames (a moving gradient) survive lossy coding nearly unchanged.
+    ys, xs = np.mgrid[0:32, 0:32]
+    frames = np.stack([np.stack([(xs * 8 + 10 * t) % 256, ys * 8, np.full_like(xs, 128)], -1).astype(np.uint8)
+                       for t in range(6)])
+    _write_mp4(root / "train" / "moving.mp4", frames)
+    folder = root / "train" / "stills"
+    folder.mkdir()
+    for t in range(4):
+        Image.fromarray(frames[t]).save(folder / f"{t:05d}.png")
+    (root / "train" / "broken.mp4").write_bytes(b"not a video at all" * 10)
+    _write_mp4(root / "test" / "held_out.mp4", frames[:3])
+    train = load_video_split(root, "train", size=32)
+    assert train.names == ["moving", "stills"] and train.lengths.tolist() == [6, 4]
+    assert list(train.skipped) == [str(root / "train" / "broken.mp4")]
+    decoded = train.images[:6].permute(0, 2, 3, 1).numpy().astype(int)
+    assert np.abs(decoded - frames).mean() < 6  # mpeg4 at its best quantiser
+    assert np.array_equal(train.images[6:].permute(0, 2, 3, 1).numpy(), frames[:4])  # PNG frames: exact
+    assert train.masks is None and train.labels is None
+    assert load_video_split(root, "test", size=16).images.shape == (3, 3, 16, 16)
+
+
+def test_without_a_split_every_fifth_video_is_held_out(tmp_path):
+    for v in range(10):
+        (tmp_path / f"v{v}").mkdir()
+        Image.fromarray(np.full((8, 8, 3), v, np.uint8)).save(tmp_path / f"v{v}" / "00000.png")
+        Image.fromarray(np.full((8, 8, 3), v, np.uint8)).save(tmp_path / f"v{v}" / "00001.png")
+    assert load_video_split(tmp_path, "test", size=8).names == ["v4", "v9"]
+    assert len(load_video_split(tmp_path, "train", size=8).names) == 8
+
+
+def test_bad_labels_and_missing_folders_are_named(tmp_path, videos):
+    with pytest.raises(DataError, match="does not exist"):
+        load_video_split(tmp_path / "nowhere", "train")
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / "0.png")
+    (tmp_path / "labels.csv").write_text("name,class\na,x\n")
+    with pytest.raises(DataError, match=r"labels.csv: the first row must be the header 'sequence,label'"):
+        load_video_split(tmp_path, "train", size=8)
+    (tmp_path / "labels.csv").write_text("sequence,label\nb,x\n")
+    with pytest.raises(DataError, match="no label for video 'a'"):
+        load_video_split(tmp_path, "train", size=8)
+
+
+def test_clips_are_a_function_of_epoch_and_position_and_split_over_ranks(videos):
+    train = load_video_split(videos, "train", size=32)
+    whole = VideoClips(train, batch_size=6, seed=3, clips_per_video=2)
+    whole.clip_times = window_times(3, 2)
+    halves = [VideoClips(train, batch_size=6, world_size=2, seed=3, clips_per_video=2) for _ in range(2)]
+    for half in halves:
+        half.clip_times = window_times(3, 2)
+    assert len(whole) == 18 and whole.steps_per_epoch() == 3
+    later = whole.batch(1, 2, 0)
+    whole.batch(0, 0, 0)  # asking for other batches first changes nothing (exact resume)
+    again = whole.batch(1, 2, 0)
+    assert torch.equal(later.images, again.images) and torch.equal(later.extra["times"], again.extra["times"])
+    slots = epoch_order(18, 3, 1)[12:18]
+    assert torch.equal(later.index, slots) and torch.equal(later.extra["video"], slots % 9)
+    times = later.extra["times"]
+    assert torch.equal(times[:, 1:] - times[:, :-1], torch.full((6, 2), 2))  # stride 2
+    for row, (v, t) in enumerate(zip(later.extra["video"].tolist(), times.tolist())):
+        assert torch.equal(later.images[row], train.images[train.frames(v)][t])
+    parts = [halves[r].batch(1, 2, r) for r in range(2)]
+    assert torch.equal(torch.cat([p.images for p in parts]), later.images)
+    assert torch.equal(torch.cat([p.labels for p in parts]), later.labels)
+
+
+def test_window_times_stay_inside_short_videos():
+    times = window_times(4, 3)(torch.tensor([20, 5]), torch.Generator().manual_seed(0))
+    assert times[0].tolist()[1:] == [t + 3 for t in times[0].tolist()[:-1]] and times[0, -1] < 20
+    assert times[1].tolist() == [0, 3, 4, 4]  # a 5-frame video cannot hold the span: its last frame repeats
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_time_contrastive_triplet_equals_a_double_loop():
+    torch.manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(10, 4, dtype=torch.float64), dim=1)
+    times = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    seqs = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    pos_radius, neg_radius, margin = 1, 2, 0.2
+    total, count = 0.0, 0
+    for i in range(10):
+        for j in range(10):
+            if i == j or seqs[i] != seqs[j] or abs(times[i] - times[j]) > pos_radius:
+                continue
+            d_ap = float(((e[i] - e[j]) ** 2).sum())
+            negatives = [float(((e[i] - e[k]) ** 2).sum()) for k in range(10)
+                         if seqs[k] != seqs[i] or abs(times[i] - times[k]) > neg_radius]
+            farther = [d for d in negatives if d > d_ap]
+            d_an = min(farther) if farther else max(negatives)
+            total += max(0.0, margin + d_ap - d_an)
+            count += 1
+    expected = total / count
+    got = losses.time_contrastive_triplet(e, times, seqs, pos_radius=pos_radius, neg_radius=neg_radius, margin=margin)
+    assert float(got) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="pos_radius < neg_radius"):
+        losses.time_contrastive_triplet(e, times, seqs, pos_radius=3, neg_radius=3)
+
+
+def test_r3m_loss_equals_the_official_formula_written_out():
+    torch.manual_seed(1)
+    s0, s1, s2 = (torch.randn(5, 3, dtype=torch.float64) for _ in range(3))
+    shuffles = torch.stack([torch.randperm(5) for _ in range(3)])
+    eps = 1e-8
+    terms = []
+    for n in range(5):
+        def sim(a, b):
+            return -math.sqrt(float(((a - b) ** 2).sum()))
+        neg2 = sum(math.exp(sim(s2[n], s2[shuffles[k, n]])) for k in range(3))
+        neg0 = sum(math.exp(sim(s0[n], s0[shuffles[k, n]])) for k in range(3))
+        e12, e02, e01 = math.exp(sim(s2[n], s1[n])), math.exp(sim(s2[n], s0[n])), math.exp(sim(s1[n], s0[n]))
+        l1 = -math.log(eps + e12 / (eps + e02 + e12 + neg2))
+        l2 = -math.log(eps + e01 / (eps + e01 + e02 + neg0))
+        terms.append((l1 + l2) / 2)
+    assert float(losses.r3m_time_contrastive(s0, s1, s2, shuffles)) == pytest.approx(sum(terms) / 5, rel=1e-9)
+
+
+def test_r3m_samples_frames_as_the_official_loader():
+    """The official draws (1-based, numpy's exclusive upper bound): start = randint(1, 2 + int(0.2 L)),
+    end = randint(int(0.8 L) - 1, L), s1 = randint(2, L), s0 = randint(1, s1), s2 = randint(s1, L + 1);
+    ours are those minus one, each value of the official's range reached and none outside it."""
+    method = R3M(build_backbone("convnet", in_channels=3, image_size=32, width=4))
+    length = 12
+    times = method.clip_times(torch.full((20000,), length), torch.Generator().manual_seed(0)) + 1  # 1-based
+    start, end, s0, s1, s2 = times.T
+    assert set(start.tolist()) == set(range(1, 2 + int(0.2 * length)))
+    assert set(end.tolist()) == set(range(int(0.8 * length) - 1, length))
+    assert set(s1.tolist()) == set(range(2, length))
+    assert bool((s0 < s1).all() & (s0 >= 1).all() & (s2 >= s1).all() & (s2 <= length).all())
+    assert {(int(a), int(b)) for a, b in zip(s0, s1)} == {(a, b) for b in range(2, length) for a in range(1, b)}
+
+
+# ----------------------------------------------------------------------------- DAVIS metrics
+
+
+def test_boundary_map_is_davis_seg2bmap():
+    seg = torch.zeros(5, 5, dtype=torch.bool)
+    seg[1:3, 1:3] = True
+    expected = torch.zeros(5, 5, dtype=torch.bool)
+    expected[0:3, 0:3] = True
+    expected[1, 1] = False  # davis2017-evaluation's seg2bmap: the ring shifted half a pixel to the origin
+    assert torch.equal(video.boundary_map(seg), expected)
+
+
+def _f_measure_reference(fg, gt, bound_th=0.008):
+    """DAVIS's f_measure with scikit-image's disk and scipy's binary dilation."""
+    from scipy.ndimage import binary_dilation
+    from skimage.morphology import disk
+
+    radius = math.ceil(bound_th * math.hypot(*fg.shape))
+    fg_b, gt_b = video.boundary_map(torch.from_numpy(fg)).numpy(), video.boundary_map(torch.from_numpy(gt)).numpy()
+    fg_d, gt_d = binary_dilation(fg_b, disk(radius)), binary_dilation(gt_b, disk(radius))
+    n_fg, n_gt = fg_b.sum(), gt_b.sum()
+    if n_fg == 0 and n_gt == 0:
+        return 1.0
+    if n_fg == 0 or n_gt == 0:
+        return 0.0
+    precision, recall = (fg_b & gt_d).sum() / n_fg, (gt_b & fg_d).sum() / n_gt
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def test_contour_accuracy_and_region_similarity_match_references():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        gt = np.zeros((120, 90), bool)
+        fg = np.zeros((120, 90), bool)
+        y, x = rng.integers(10, 60, 2)
+        gt[y:y + 40, x:x + 25] = True
+        dy, dx = rng.integers(-6, 7, 2)
+        fg[y + dy:y + dy + 38, x + dx:x + dx + 27] = True
+        got = float(video.contour_accuracy(torch.from_numpy(gt)[None], torch.from_numpy(fg)[None])[0])
+        assert got == pytest.approx(_f_measure_reference(fg, gt), abs=1e-6)
+        iou = (gt & fg).sum() / (gt | fg).sum()
+        assert float(video.region_similarity(torch.from_numpy(gt), torch.from_numpy(fg))) == pytest.approx(iou)
+    empty = torch.zeros(1, 8, 8, dtype=torch.bool)
+    full = torch.ones(1, 8, 8, dtype=torch.bool)
+    assert float(video.region_similarity(empty, empty)) == 1.0 and float(video.contour_accuracy(empty, empty)) == 1.0
+    some = empty.clone()
+    some[0, 2:5, 2:5] = True
+    assert float(video.contour_accuracy(some, empty)) == 0.0 and float(video.contour_accuracy(empty, some)) == 0.0
+    assert float(video.contour_accuracy(some, some)) == 1.0 and float(video.region_similarity(full, some)) == 9 / 64
+
+
+def test_davis_scores_leave_out_the_first_and_last_frames():
+    truth = torch.zeros(4, 6, 6, dtype=torch.long)
+    truth[:, 1:4, 1:4] = 1
+    predicted = truth.clone()
+    predicted[0] = 0  # wrong only where DAVIS does not look
+    predicted[3] = 0
+    assert video.davis_scores(truth, predicted) == {1: (1.0, 1.0)}
+    predicted[1] = 0
+    assert video.davis_scores(truth, predicted) == {1: (0.5, 0.5)}
+
+
+# ----------------------------------------------------------------------------- propagation
+
+
+def test_propagation_with_ideal_features_recovers_the_masks_and_copies_a_still_video():
+    masks = torch.zeros(5, 16, 16, dtype=torch.long)
+    for t in range(5):  # an object moving one grid cell (4 pixels) per frame
+        masks[t, 4:8, 2 + 2 * t:6 + 2 * t] = 1
+    onehot = torch.nn.functional.one_hot(masks, 2).permute(0, 3, 1, 2).float()
+    features = torch.nn.functional.avg_pool2d(onehot, 2) + 0.01  # (T, 2, 8, 8): which object is there
+    predicted = video.propagate_masks(features, masks[0], topk=5, temperature=0.01)
+    j = video.region_similarity(masks == 1, predicted == 1)
+    assert bool((j > 0.7).all()), j
+    still = video.propagate_masks(torch.randn(1, 6, 8, 8).expand(4, -1, -1, -1), masks[0], topk=1, radius=1)
+    assert torch.equal(still, masks[0].expand(4, -1, -1))
+
+
+def _kendall_tau_b(x, y):
+    """Kendall's tau-b by its definition: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))."""
+    n = len(x)
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            ties_x += dx == 0
+            ties_y += dy == 0
+            if dx * dy > 0:
+                concordant += 1
+            elif dx * dy < 0:
+                discordant += 1
+    pairs = n * (n - 1) / 2
+    return (concordant - discordant) / math.sqrt((pairs - ties_x) * (pairs - ties_y))
+
+
+def test_temporal_order_tau_is_kendalls_tau_b_of_gaps_and_distances_averaged_over_videos():
+    torch.manual_seed(0)
+    features = torch.randn(14, 5, dtype=torch.float64)
+    vid = torch.tensor([0] * 6 + [1] * 8)
+    time = torch.cat([torch.arange(6), torch.arange(8)])
+    expected = []
+    for v in (0, 1):
+        rows = (vid == v).nonzero().squeeze(1).tolist()
+        x = torch.nn.functional.normalize(features[rows], dim=1)
+        pairs = [(a, b) for a in range(len(rows)) for b in range(a + 1, len(rows))]
+        gaps = [abs(int(time[rows[a]]) - int(time[rows[b]])) for a, b in pairs]
+        distances = [1 - float(x[a] @ x[b]) for a, b in pairs]
+        expected.append(_kendall_tau_b(gaps, distances))
+    assert video.temporal_order_tau(features, vid, time) == pytest.approx(sum(expected) / 2, abs=1e-9)
+
+
+def test_temporal_measures_reward_features_that_follow_time():
+    time = torch.arange(10).repeat(2)
+    vid = torch.arange(2).repeat_interleave(10)
+    angle = 0.1 * time.float() + 2.0 * vid  # each video on its own arc: distance grows with the gap
+    features = torch.stack([angle.cos(), angle.sin()], 1).double()
+    assert video.temporal_order_tau(features, vid, time) > 0.95
+    assert video.same_video_retrieval(features, vid, time) == (1.0, 1.0)
+    shuffled = features[torch.randperm(20, generator=torch.Generator().manual_seed(0))]
+    assert video.temporal_order_tau(shuffled, vid, time) < 0.5
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def _clip_batch(videos, method, count=4):
+    from selfsup.methods.base import Batch, Progress
+
+    train = load_video_split(videos, "train", size=32)
+    source = VideoClips(train, batch_size=count, clips_per_video=2)
+    source.clip_times = method.clip_times
+    raw = source.batch(0, 0, 0)
+    return Batch([raw.images], raw.index, raw.labels, raw.extra), Progress(0, 10, 5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda b: TCN(b, frames=4, pos_radius=1, neg_radius=2),
+    lambda b: R3M(b),
+    lambda b: VideoColorization(b, references=2, dim=8),
+], ids=["tcn", "r3m", "video_colorization"])
+def test_each_video_method_takes_a_step_that_lowers_its_loss(videos, make):
+    torch.manual_seed(0)
+    method = make(build_backbone("convnet", in_channels=3, image_size=32, width=8))
+    batch, progress = _clip_batch(videos, method)
+    optimiser = torch.optim.Adam(method.parameters(), lr=1e-3)
+    before = None
+    for _ in range(8):  # the same batch: its loss must fall
+        torch.manual_seed(1)  # the same augmentation every time
+        loss = method.training_step(batch, progress)["loss"]
+        before = float(loss.detach()) if before is None else before
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    torch.manual_seed(1)
+    assert float(method.training_step(batch, progress)["loss"].detach()) < before
+
+
+class _PositionCode(torch.nn.Module):
+    """Features that say only where a grid cell is: one orthogonal unit vector per cell of an 8x8 grid."""
+
+    def forward(self, images):
+        return torch.eye(64).view(1, 64, 8, 8).expand(len(images), -1, -1, -1)
+
+
+def test_video_colorization_copies_the_colour_of_the_pixels_it_attends_to(videos, monkeypatch):
+    """With features that match each target pixel to the same place in the references only, and a
+    still clip, each predicted colour is the pixel's own: colour accuracy 1, loss near 0."""
+    method = VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8), references=2,
+                               dim=8, temperature=0.01)
+    monkeypatch.setattr(method, "dense_encoder", lambda: _PositionCode())
+    batch, progress = _clip_batch(videos, method, count=2)
+    batch.views[0] = batch.views[0][:, :1].expand(-1, 3, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        out = method.training_step(batch, progress)
+    assert float(out["colour_accuracy"]) == 1.0 and float(out["loss"]) < 1e-6
+    assert bool(method.fitted) and method.centres.shape == (16, 2)
+    batch.views[0] = torch.flip(batch.views[0], dims=[1, -1])  # target mirrored: its own place holds other colours
+    batch.views[0][:, -1] = torch.flip(batch.views[0][:, -1], dims=[-1])
+    with torch.no_grad():
+        assert float(method.training_step(batch, progress)["colour_accuracy"]) < 1.0
+
+
+def test_the_colorization_encoder_sees_gray_only():
+    method = VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8))
+    encoder = method.eval_encoder().eval()
+    x = torch.rand(2, 3, 32, 32)
+    gray = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(encoder(x), encoder(gray.contiguous()))
+    assert encoder.out_dim == method.backbone.out_dim and torch.equal(encoder.mean, method.backbone.mean)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def colorization_run(videos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vc"
+    cmd = [sys.executable, "-m", "selfsup", "pretrain", "recipes/video_colorization_synthetic_videos.yaml",
+           f"data.root={videos}", "data.size=32", "data.clips_per_video=4", "train.batch_size=9",
+           "train.epochs=2", "backbone.width=8", "method_args.dim=8", "method_args.references=2",
+           "train.progress=false", "eval.plots=false", "eval.save_embeddings=false", f"train.out_dir={out}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_a_video_recipe_trains_and_reports_propagation_and_temporal_measures_with_floors(colorization_run):
+    results = json.loads((colorization_run / "results.json").read_text())
+    assert results["steps"] == 8  # 9 videos x 4 clips, batch 9
+    for key in ("propagation", "temporal", "linear", "knn"):
+        entry = results["evaluations"][key]
+        assert "random_init" in entry and entry["data"] == "video", key
+    propagation = results["evaluations"]["propagation"]
+    assert propagation["j_and_f"] == pytest.approx((propagation["j"] + propagation["f"]) / 2)
+    assert propagation["objects"] >= 3 and propagation["videos"] == 3
+
+
+def test_evaluate_propagate_prints_the_baselines_and_draws_the_masks(colorization_run):
+    ckpt = colorization_run / "checkpoints" / "last.ckpt"
+    result = subprocess.run([sys.executable, "-m", "selfsup", "evaluate", "propagate", str(ckpt)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random init J&F" in result.stdout and "copy J&F" in result.stdout and "lab J&F" in result.stdout
+    entry = json.loads((colorization_run / "evaluations" / "propagation.json").read_text())
+    assert set(entry["baselines"]) == {"copy", "lab"} and (colorization_run / "propagation.png").is_file()
+    test = load_video_split(json.loads((colorization_run / "results.json").read_text())["command"].split(
+        "data.root=")[1].split()[0], "test", size=32)
+    copy = video.propagation_entry(test, None, data="x", baseline="copy")
+    assert entry["baselines"]["copy"]["j_and_f"] == pytest.approx(copy["j_and_f"])
+    result = subprocess.run([sys.executable, "-m", "selfsup", "evaluate", "temporal", str(ckpt)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "temporal-order tau" in result.stdout
+
+
+def test_an_image_method_cannot_train_on_videos(videos, tmp_path):
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+    from selfsup.errors import ConfigError
+
+    cfg = load_config(None, ["method=simclr", "data.name=video", f"data.root={videos}", "data.size=32",
+                             "train.batch_size=4", f"train.out_dir={tmp_path}", "train.progress=false"])
+    with pytest.raises(ConfigError, match="method simclr learns from images, but data.name=video gives video"):
+        pretrain(cfg)
