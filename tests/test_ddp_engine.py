@@ -87,7 +87,13 @@ def jobs(tmp_path_factory):
     streamed = ["--finish", "method=simsiam", "method_args.proj_hidden_dim=32", "method_args.proj_dim=16",
                 "method_args.pred_hidden_dim=32", "data.name=folder", f"data.root={folder}", "data.stream=true",
                 "data.size=16", "data.workers=1", "train.batch_size=32", "eval.plots=false", "eval.linear=false"]
-    (out / "jobs.json").write_text(json.dumps({**JOBS, "streamed": streamed}))
+    from selfsup.data.synthetic_video import write_synthetic_videos
+
+    videos = write_synthetic_videos(out / "videos", videos=10, frames=6, size=32, sprites="digits")  # 8 train, 2 test
+    video = ["--finish", "method=video_colorization", "data.name=video", f"data.root={videos}", "data.size=32",
+             "data.clips_per_video=4", "train.batch_size=8", "method_args.dim=8", "method_args.references=2",
+             "eval.plots=false", "eval.linear=false"]
+    (out / "jobs.json").write_text(json.dumps({**JOBS, "streamed": streamed, "video": video}))
     result = _train_ranks(out, "--jobs", str(out / "jobs.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -170,3 +176,18 @@ def test_a_streamed_folder_trains_under_torchrun_on_equal_global_batches(jobs):
     assert state["step"] == 4  # 128 images, global batch 32
     results = json.loads((jobs / "streamed" / "run" / "results.json").read_text())
     assert results["devices"] == 2 and 0 <= results["knn_accuracy"] <= 1
+
+
+def test_video_clips_split_over_ranks_and_both_ranks_share_one_colour_clustering(jobs):
+    """Each rank takes its half of every global batch of clips; the k-means colour centres fitted on
+    the first batch are rank 0's on both ranks (broadcast), and the evaluation reports propagation."""
+    first, second = _ranks(jobs / "video")
+    from selfsup.data.sources import epoch_order
+
+    assert torch.equal(torch.cat([first["first_batch"], second["first_batch"]]), epoch_order(32, 0, 0)[:8])
+    assert torch.equal(first["buffers"]["centres"], second["buffers"]["centres"])
+    for name, value in first["params"].items():
+        torch.testing.assert_close(second["params"][name], value, msg=name)
+    results = json.loads((jobs / "video" / "run" / "results.json").read_text())
+    assert results["devices"] == 2 and results["steps"] == 4  # 8 videos x 4 clips, global batch 8
+    assert "random_init" in results["evaluations"]["propagation"]

@@ -24,7 +24,8 @@ def test_the_site_builds_strictly(tmp_path):
     assert "random init" in page  # the generated table was included
 
 
-@pytest.mark.parametrize("runs, table", [("bar", "bar.md"), ("views_dense", "views_dense.md")])
+@pytest.mark.parametrize("runs, table", [("bar", "bar.md"), ("views_dense", "views_dense.md"),
+                                         ("video", "video_runs.md")])
 def test_the_results_tables_are_the_ones_report_generates_from_the_run_files(runs, table):
     folders = sorted(p for p in (ROOT / "docs" / "runs" / runs).iterdir() if p.is_dir())
     assert folders, f"docs/runs/{runs} holds the runs the results page is generated from"

@@ -358,3 +358,22 @@ def test_cli_says_in_one_line_that_a_folder_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     line, = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("selfsup: error:") and str(tmp_path) in line and "no results.json" in line
+
+
+def test_results_table_shows_a_video_runs_propagation_beside_its_baselines_and_its_tau(tmp_path):
+    import json
+
+    propagation = {"j_and_f": 0.5813, "j": 0.57, "f": 0.59, "random_init": {"j_and_f": 0.4638, "j": 0.45, "f": 0.47}}
+    temporal = {"tau": 0.7818, "same_video@1": 1.0, "random_init": {"tau": 0.6838, "same_video@1": 1.0}}
+    run = make_run(tmp_path / "video", {**RESULTS, "evaluations": {**RESULTS["evaluations"], "propagation": propagation,
+                                                                    "temporal": temporal}}, finetune=None)
+    # selfsup evaluate propagate's entry (with the baselines) replaces the run's own
+    (run / "evaluations").mkdir(exist_ok=True)
+    (run / "evaluations" / "propagation.json").write_text(json.dumps(
+        {**propagation, "baselines": {"copy": {"j_and_f": 0.2028}, "lab": {"j_and_f": 0.6834}}}))
+    plain = make_run(tmp_path / "plain", finetune=None)
+    head, _, video, without = table_rows(results_table([run, plain]))
+    column = head.index("propagation J&F (random init; Lab; copy)")
+    assert video[column] == "0.581 (0.464; Lab 0.683; copy 0.203)" and without[column] == "–"
+    assert video[head.index("temporal-order tau (random init)")] == "0.782 (0.684)"
+    assert not any("J&F" in name for name in table_rows(results_table([plain]))[0])

@@ -471,3 +471,24 @@ def test_an_image_method_cannot_train_on_videos(videos, tmp_path):
                              "train.batch_size=4", f"train.out_dir={tmp_path}", "train.progress=false"])
     with pytest.raises(ConfigError, match="method simclr learns from images, but data.name=video gives video"):
         pretrain(cfg)
+
+
+def test_a_video_run_resumed_ends_where_the_straight_run_ends(videos, tmp_path):
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    def run(out, epochs, resume=False):  # a constant lr, so that extending the run keeps the first epoch's
+        cfg = load_config(None, [
+            "method=r3m", "data.name=video", f"data.root={videos}", "data.size=32", "data.clips_per_video=2",
+            "backbone.width=4", "train.batch_size=6", f"train.epochs={epochs}", "optim.min_lr_ratio=1.0",
+            "optim.warmup_epochs=0", "train.knn_every=0", f"train.out_dir={out}", "train.progress=false",
+            "eval.plots=false", "eval.floor=false", "eval.save_embeddings=false", "train.precision=32-true"])
+        return pretrain(cfg, resume=resume)
+
+    run(tmp_path / "a", 2)
+    run(tmp_path / "b", 1)
+    run(tmp_path / "b", 2, resume=True)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["step"] == b["step"] == 6  # 9 videos x 2 clips, batch 6: 3 steps an epoch
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -462,7 +462,9 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     evaluation of the same encoder at random initialisation, ``random_init``) when the run recorded
     it. Columns: run, method, epochs, batch, linear probe, kNN,
     (bank kNN, when some run kept a memory bank; correspondence PCK@3 with its floor and raw-pixel
-    patches, when some run is a dense method), wall time (min), img/s, command; then, only when
+    patches, when some run is a dense method; propagation J&F with its floor and the Lab and
+    copy-first-mask baselines, and the temporal-order tau with its floor, when some run is a video
+    method), wall time (min), img/s, command; then, only when
     some run has them, one column per
     fine-tuning label fraction (mean ± std, training from scratch in parentheses), one per
     few-shot setting (accuracy ± 95% CI) and transfer. A value a run lacks is ``–``.
@@ -487,12 +489,14 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     transfer = any(key.startswith("transfer_") for run in runs for key in run["results"]["evaluations"])
     bank = any("bank_knn" in run["results"]["evaluations"] for run in runs)
     dense = any("correspondence" in run["results"]["evaluations"] for run in runs)
+    videos = any("propagation" in run["results"]["evaluations"] for run in runs)
 
     head = ["run", "method", "epochs", "batch", "linear probe (random init)", "kNN (random init)",
             *(["bank kNN"] if bank else []), *(["PCK@3 (random init; raw patches)"] if dense else []),
+            *(["propagation J&F (random init; Lab; copy)", "temporal-order tau (random init)"] if videos else []),
             "wall time (min)", "img/s", "command"]
     align = ["---", "---", "---:", "---:", "---:", "---:", *(["---:"] if bank else []), *(["---:"] if dense else []),
-             "---:", "---:", "---"]
+             *(["---:", "---:"] if videos else []), "---:", "---:", "---"]
     head += [f"fine-tune {_fraction_label(value)} (scratch)" for value in sorted(fractions)]
     head += [f"few-shot {n_way}-way {k_shot}-shot (random init)" for n_way, k_shot in sorted(fewshot)]
     head += ["transfer"] if transfer else []
@@ -510,6 +514,9 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
                *([_accuracy(results, "bank_knn", run_dir) if "bank_knn" in evaluations else MISSING] if bank else []),
                *([_pck_text(evaluations.get("correspondence"), f"{run_dir}: evaluation 'correspondence'")]
                  if dense else []),
+               *([_video_text(evaluations.get("propagation"), "j_and_f", f"{run_dir}: evaluation 'propagation'"),
+                  _video_text(evaluations.get("temporal"), "tau", f"{run_dir}: evaluation 'temporal'")]
+                 if videos else []),
                MISSING if seconds is None else f"{seconds / 60:.1f}",
                MISSING if rate is None else f"{round(rate):,}",
                MISSING if results.get("command") is None else f"`{_plain(results['command'])}`"]
@@ -548,6 +555,24 @@ def _pck_text(entry: Mapping[str, Any] | None, where: str) -> str:
     shown = [f"{label}{_percent(_number(entry[key], 'pck@3', f'{where} {key}'))}"
              for label, key in (("", "random_init"), ("raw ", "raw_pixels")) if isinstance(entry.get(key), Mapping)]
     return text + (f" ({'; '.join(shown)})" if shown else "")
+
+
+def _video_text(entry: Mapping[str, Any] | None, score: str, where: str) -> str:
+    """``0.581 (0.464; Lab 0.683; copy 0.203)``: a video score beside its random network and, for
+    propagation, the baselines ``selfsup evaluate propagate`` recorded."""
+    if entry is None:
+        return MISSING
+
+    def text(mapping: Mapping[str, Any], at: str) -> str:
+        value = _number(mapping, score, at)
+        return MISSING if value is None else f"{value:.3f}"
+
+    parts = [(label, value) for label, value in (("", entry.get("random_init")),
+                                                ("Lab ", (entry.get("baselines") or {}).get("lab")),
+                                                ("copy ", (entry.get("baselines") or {}).get("copy")))
+             if isinstance(value, Mapping)]
+    shown = [label + text(value, f"{where} {label or 'random_init'}") for label, value in parts]
+    return text(entry, where) + (f" ({'; '.join(shown)})" if shown else "")
 
 
 def _floor_cell(entry: Mapping[str, Any], where: str) -> str:

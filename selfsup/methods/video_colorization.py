@@ -53,7 +53,9 @@ class VideoColorization(VideoMethodBase):
     (20 Lloyd iterations from a seeded draw; a buffer, so checkpoints keep them), where the paper
     fits them on its training videos. The per-pixel network is a hypercolumn of the backbone's
     stages (:class:`selfsup.nn.dense.DescriptorNet`) at 1/``stride`` of the input, where the paper
-    uses a ResNet-18 and a 3-D convolutional network at 1/8; no official code was released.
+    uses a ResNet-18 and a 3-D convolutional network at 1/8 (two 3x3 convolutions on the hypercolumn,
+    tried on the synthetic videos, propagated worse: J&F 0.562 against 0.578 at 20 and 10 epochs). No
+    official code was released.
 
     Args:
         backbone: the frame encoder (its pooled features remain the global evaluation encoder).

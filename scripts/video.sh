@@ -1,0 +1,27 @@
+#!/bin/bash
+# The figures of docs/results/video.md: TCN, R3M and video colorization on the synthetic videos of
+# benchmarks/make_videos.py (120 videos of 24 frames, 64x64: 90 to train, 30 held out with their masks),
+# each then evaluated by `selfsup evaluate propagate` (J&F beside the random network, raw Lab colours and
+# copying the first mask; propagation.png). Resumable: a run whose results.json is in docs/runs/video is
+# skipped. Then the table: selfsup report --table docs/runs/video/* --out docs/results/video_runs.md.
+set -e
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-docs/runs/video}
+VIDEOS=runs/data/synthetic_videos
+[ -f $VIDEOS/labels.csv ] || $PY benchmarks/make_videos.py $VIDEOS
+run() {  # name recipe overrides...
+  local name=$1 recipe=$2; shift 2
+  [ -f "$OUT/$name/results.json" ] && return
+  $PY -m selfsup pretrain "recipes/$recipe.yaml" "$@" name="$name" train.out_dir="runs/video/$name" \
+      train.progress=false --overwrite
+  $PY -m selfsup evaluate propagate "runs/video/$name/checkpoints/last.ckpt"
+  mkdir -p "$OUT/$name/evaluations" docs/results/img
+  cp "runs/video/$name/results.json" "runs/video/$name/config.yaml" "$OUT/$name/"
+  cp "runs/video/$name/evaluations/propagation.json" "$OUT/$name/evaluations/"
+  cp "runs/video/$name/propagation.png" "docs/results/img/$name-propagation.png"
+}
+run video_colorization video_colorization_synthetic_videos
+run tcn tcn_synthetic_videos
+run r3m r3m_synthetic_videos
+$PY -m selfsup report --table "$OUT"/* --out docs/results/video_runs.md
