@@ -492,8 +492,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from selfsup import evaluate
 
-    if args.table:
-        table = evaluate.results_table(args.runs)
+    if args.table or args.headlines:
+        table = (evaluate.headline_table if args.headlines else evaluate.results_table)(args.runs)
         if args.out:
             Path(args.out).write_text(table, encoding="utf-8")
             print(args.out)
@@ -701,7 +701,10 @@ def parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="a run's results as one self-contained HTML page, or runs as a markdown table")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run folder (train.out_dir)")
-    rp.add_argument("--table", action="store_true", help="print the README results table of the runs instead")
+    rp.add_argument("--table", action="store_true", help="print the results table of the runs instead")
+    rp.add_argument("--headlines", action="store_true",
+                    help="print the README's headline table of the runs (linear, kNN, own measure, each beside "
+                         "its floor) instead")
     rp.add_argument("--out", help="output file (default: <run>/report.html; with --table, standard output)")
     rp.set_defaults(func=cmd_report)
 

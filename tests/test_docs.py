@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from selfsup import sweep
-from selfsup.evaluate import results_table
+from selfsup.evaluate import headline_table, results_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,3 +61,15 @@ def test_the_bar_verdicts_are_the_ones_learning_bar_writes_from_the_run_files():
     spec.loader.exec_module(module)
     runs = sorted(p for p in (ROOT / "docs" / "runs" / "bar").iterdir() if (p / "results.json").is_file())
     assert (ROOT / "docs" / "results" / "bar_verdicts.md").read_text() == module.verdict_table(runs)
+
+
+def test_the_readme_headlines_are_the_ones_report_generates_from_the_run_files():
+    import glob
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- headlines: selfsup report --headlines (.+?) -->\n(.*?)<!-- /headlines -->", readme, re.S)
+    assert block, "the README's headline table sits between its <!-- headlines: ... --> markers"
+    folders = [Path(p) for pattern in block[1].split() for p in sorted(glob.glob(str(ROOT / pattern)))]
+    assert len(folders) >= 20
+    assert block[2] == headline_table(folders)

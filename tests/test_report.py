@@ -377,3 +377,20 @@ def test_results_table_shows_a_video_runs_propagation_beside_its_baselines_and_i
     assert video[column] == "0.581 (0.464; Lab 0.683; copy 0.203)" and without[column] == "–"
     assert video[head.index("temporal-order tau (random init)")] == "0.782 (0.684)"
     assert not any("J&F" in name for name in table_rows(results_table([plain]))[0])
+
+
+def test_headline_table_gives_each_runs_gain_over_its_floor_and_its_own_measure(tmp_path):
+    from selfsup.evaluate import headline_table
+
+    floors = {"linear": {"accuracy": 0.8415, "random_init": {"accuracy": 0.8201}},
+              "knn": {"accuracy": 0.7526, "random_init": {"accuracy": 0.7295}}}
+    plain = make_run(tmp_path / "plain", {**RESULTS, "evaluations": floors}, finetune=None)
+    video = make_run(tmp_path / "video", {**RESULTS, "name": "vc", "data": "video", "evaluations": {
+        **floors, "propagation": {"j_and_f": 0.5782, "random_init": {"j_and_f": 0.4638}}}}, finetune=None)
+    unfloored = make_run(tmp_path / "old", {**RESULTS, "name": "old"}, finetune=None)
+    head, _, first, second, third = table_rows(headline_table([plain, video, unfloored]))
+    gain, own = head.index("gain linear / kNN"), head.index("own measure")
+    assert first[gain] == "+2.14 / +2.31" and first[own] == "–"
+    assert first[head.index("linear (random init)")] == "84.15% (82.01%)"
+    assert second[own] == "J&F 0.578 (0.464)" and second[head.index("data")] == "video"
+    assert third[gain] == "– / –"  # no floor recorded: no gain claimed

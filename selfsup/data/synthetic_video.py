@@ -2,7 +2,7 @@
 video methods on where no video set can be downloaded.
 
 Each video shows one to three sprites (Fashion-MNIST garments, or scikit-learn's digits where
-Fashion-MNIST is not at hand), each tinted with its own colour, moving on a straight line that
+Fashion-MNIST is not at hand), each tinted with its own colour (or, ``shared_colour``, all with one), moving on a straight line that
 bounces off the borders, turning and occluding one another (the later sprite in front), over a
 crop of a real colour photo (scikit-learn's ``china`` and ``flower``) that pans at a constant speed.
 Everything is a function of the seed. The files::
@@ -67,9 +67,10 @@ def _backgrounds() -> list[np.ndarray]:
 
 
 def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: list[np.ndarray], *, frames: int,
-                 size: int, objects: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+                 size: int, objects: int, shared_colour: bool = False) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """One video: uint8 RGB frames ``(T, size, size, 3)``, instance ids ``(T, size, size)`` and the
-    sprite indices it shows (first, largest, at the back)."""
+    sprite indices it shows (first, largest, at the back). ``shared_colour``: every sprite takes the
+    first one's colour (the random draws are the same, so the motions are those of the other setting)."""
     photo = backgrounds[rng.integers(len(backgrounds))]
     pan = rng.uniform(-1.5, 1.5, 2)  # pixels per frame at the output size
     zoom = rng.uniform(1.0, 2.0)  # photo pixels per output pixel
@@ -92,6 +93,9 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
         angle, turn = rng.uniform(-0.4, 0.4), rng.uniform(-0.08, 0.08)
         tint = rng.uniform(0.25, 1.0, 3)
         tint /= tint.max()
+        if shared_colour and k == 0:
+            first_tint = tint
+        tint = first_tint if shared_colour else tint
         sprite = torch.from_numpy(sprites[index]).float()[None, None] / 255
         for t in range(frames):
             centre = position + velocity * t
@@ -119,10 +123,11 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
 
 def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 24, size: int = 64,
                            val_fraction: float = 0.25, max_objects: int = 3, sprites: str = "fashion_mnist",
-                           seed: int = 0, progress: bool = False) -> Path:
+                           shared_colour: bool = False, seed: int = 0, progress: bool = False) -> Path:
     """Write ``videos`` synthetic videos of ``frames`` frames at ``size`` x ``size`` under ``root`` in
     the DAVIS layout (see the module docstring); the last ``val_fraction`` of them are the ``val``
-    split. Returns ``root``."""
+    split. ``shared_colour``: the sprites of a video share one colour, so that colour alone cannot tell
+    them apart (the same videos otherwise). Returns ``root``."""
     if videos < 2 or frames < 2 or size < 16 or not 0 < val_fraction < 1 or max_objects < 1:
         raise ValueError(f"need videos >= 2, frames >= 2, size >= 16, 0 < val_fraction < 1 and max_objects >= 1; "
                          f"got {videos}, {frames}, {size}, {val_fraction}, {max_objects}")
@@ -137,7 +142,7 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
     for v in tqdm(range(videos), desc="synthetic videos", unit="video", disable=not progress):
         name = f"video{v:04d}"
         clip, masks, chosen = render_video(rng, images, backgrounds, frames=frames, size=size,
-                                           objects=int(rng.integers(1, max_objects + 1)))
+                                           objects=int(rng.integers(1, max_objects + 1)), shared_colour=shared_colour)
         frame_dir = root / "JPEGImages" / DAVIS_RESOLUTION / name
         mask_dir = root / "Annotations" / DAVIS_RESOLUTION / name
         frame_dir.mkdir(parents=True, exist_ok=True)

@@ -24,14 +24,14 @@ from selfsup.evaluate.finetune import FinetuneResult, few_label_finetune, finetu
 from selfsup.evaluate.knn import KNN_PROTOCOL, knn_accuracy, knn_predict
 from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_views
 from selfsup.evaluate.probe import LINEAR_PROTOCOL, ProbeResult, linear_probe
-from selfsup.evaluate.report import load_run, results_table, write_report
+from selfsup.evaluate.report import headline_table, load_run, results_table, write_report
 from selfsup.evaluate.retrieval import nearest_neighbours, plot_retrieval, recall_at_k
 from selfsup.evaluate.zeroshot import (TEXT_RETRIEVAL_PROTOCOL, ZERO_SHOT_PROTOCOL, text_retrieval_entry,
                                        text_retrieval_recall, zero_shot_accuracy, zero_shot_entry, zero_shot_predict)
 from selfsup.evaluate.suite import (COLLAPSE_PROTOCOL, FEWSHOT_PROTOCOL, FINETUNE_PROTOCOL, RETRIEVAL_PROTOCOL,
                                     collapse_entry, fewshot_entry, finetune_entry, frozen_evaluations, retrieval_picture)
 
-__all__ = ["COLLAPSE_PROTOCOL", "collapse_entry", "FEWSHOT_PROTOCOL", "FINETUNE_PROTOCOL", "KNN_PROTOCOL", "LINEAR_PROTOCOL", "RETRIEVAL_PROTOCOL",
+__all__ = ["headline_table", "COLLAPSE_PROTOCOL", "collapse_entry", "FEWSHOT_PROTOCOL", "FINETUNE_PROTOCOL", "KNN_PROTOCOL", "LINEAR_PROTOCOL", "RETRIEVAL_PROTOCOL",
            "Episodes", "FewShotResult", "FinetuneResult", "ProbeResult", "extract_features", "few_label_finetune",
            "fewshot_accuracy", "fewshot_entry", "finetune", "finetune_entry", "frozen_evaluations", "knn_accuracy",
            "knn_predict", "label_subset", "linear_probe", "load_run", "nearest_neighbours", "plot_curves",

@@ -536,6 +536,43 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline_table(run_dirs: Iterable[str | os.PathLike]) -> str:
+    """The README's method list in numbers: one row per run with its data, its budget, the linear
+    probe and kNN beside their floors (``random_init``), the gain over each floor in points, and the
+    method's own measure where it has one (PCK@3 of a dense method, propagation J&F of a video
+    method, each beside its random network and baselines). From the runs' files only.
+
+    Raises:
+        ValueError: no run folder given.
+    """
+    runs = [load_run(run_dir) for run_dir in run_dirs]
+    if not runs:
+        raise ValueError("headline_table needs at least one run folder")
+    lines = ["| run | data | epochs | linear (random init) | kNN (random init) | gain linear / kNN | own measure |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for run in runs:
+        run_dir, results = run["dir"], run["results"]
+        evaluations = results["evaluations"]
+        gains = []
+        for name in ("linear", "knn"):
+            entry = evaluations.get(name) or {}
+            score = _number(entry, "accuracy", f"{run_dir}: evaluation {name!r}")
+            floor = entry.get("random_init")
+            base = _number(floor, "accuracy", f"{run_dir}: {name} random_init") if isinstance(floor, Mapping) else None
+            gains.append(MISSING if score is None or base is None else f"{100 * (score - base):+.2f}")
+        own = MISSING
+        if "correspondence" in evaluations:
+            own = "PCK@3 " + _pck_text(evaluations["correspondence"], f"{run_dir}: evaluation 'correspondence'")
+        elif "propagation" in evaluations:
+            own = "J&F " + _video_text(evaluations["propagation"], "j_and_f", f"{run_dir}: evaluation 'propagation'")
+        data = _plain(results.get("data"))
+        row = [_plain(results["name"]), data, _plain(results.get("epochs")),
+               _accuracy(results, "linear", run_dir) if "linear" in evaluations else MISSING,
+               _accuracy(results, "knn", run_dir) if "knn" in evaluations else MISSING, " / ".join(gains), own]
+        lines.append("| " + " | ".join(map(_markdown_cell, row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _accuracy(results: Mapping[str, Any], name: str, run: Path) -> str:
     """The ``accuracy`` of evaluation ``name`` with its floor in parentheses (the same evaluation at
     random initialisation, when recorded), else results.json's ``<name>_accuracy`` (older runs)."""
