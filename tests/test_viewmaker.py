@@ -178,3 +178,32 @@ def test_the_speech_recipe_trains_through_the_engine(tmp_path):
     assert results["method"] == "viewmaker_sequence" and results["data"] == "wav" and results["steps"] >= 1
     assert math.isfinite(results["evaluations"]["linear"]["accuracy"])
     assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_speech_viewmakers_learned_views_are_drawn_as_waveforms(tmp_path, monkeypatch):
+    from selfsup import evaluate
+    from selfsup.engine import Trainer
+    from tests.test_sequences import tone, write_wav
+
+    root = tmp_path / "speech"
+    for s, freq in enumerate((220.0, 330.0)):
+        for i in range(5):
+            write_wav(root / f"spk{s}" / f"{i}.wav", tone(freq * (1 + 0.05 * i), 0.5, 8000), 8000)
+    cfg = load_config("recipes/viewmaker_speech.yaml", [
+        f"data.root={root}", "data.sample_rate=8000", "data.window=1600", "backbone.width=2", "method_args.proj_dim=8",
+        "train.batch_size=4", f"train.out_dir={tmp_path / 'run'}", "train.progress=false", "eval.plots=true"])
+    trainer = Trainer(cfg)
+    drawn = {}
+    real = evaluate.plot_signal_views
+
+    def spy(signals, views, path, **kwargs):
+        drawn.update(signals=signals, views=views, **kwargs)
+        return real(signals, views, path, **kwargs)
+
+    monkeypatch.setattr(evaluate, "plot_signal_views", spy)
+    trainer.draw_views()
+    assert (tmp_path / "run" / "views.png").is_file() and drawn["names"] == ["learned 1", "learned 2"]
+    signals = drawn["signals"]
+    assert signals.shape == (4, 1, 1600) and torch.equal(signals, trainer.source.inputs[:4])
+    for view in drawn["views"]:  # each window changed by exactly the budget (mean |delta| = 0.005)
+        torch.testing.assert_close((view - signals).abs().mean(dim=(1, 2)), torch.full((4,), 0.005), atol=1e-5, rtol=0)

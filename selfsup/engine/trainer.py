@@ -206,24 +206,30 @@ class Trainer:
                                      f"{progress.epoch:.2f}); {state.kept(self)}. {state.hint(self)}")
 
     def draw_views(self, count: int = 8) -> None:
-        """``views.png``: a few training images and the views the method gets from them."""
-        if not (self.cfg.eval.plots and self.augment is not None):
+        """``views.png``: a few training images (or signal windows) and the views the method gets from
+        them (hand-made, and a viewmaker's learned ones)."""
+        learned = getattr(self.method, "learned_views", None)  # a method that makes views (Viewmaker)
+        signals = self.source.kind == "sequences"
+        if not (self.cfg.eval.plots and (self.augment is not None or (signals and learned is not None))):
             return
 
         def draw() -> None:
-            images = self.source.images[:count].to(self.fabric.device)
-            generator = torch.Generator(images.device).manual_seed(self.cfg.train.seed)
-            views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
-            n_global = len(self.augment.views)
-            names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
-            learned = getattr(self.method, "learned_views", None)  # a method that makes views (Viewmaker)
+            images = (self.source.inputs[:4] if signals else self.source.images[:count]).to(self.fabric.device)
+            if self.augment is not None:
+                generator = torch.Generator(images.device).manual_seed(self.cfg.train.seed)
+                views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
+                n_global = len(self.augment.views)
+                names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
+            else:
+                views, names = [images], ["signal"]
             if learned is not None:
                 with eval_mode(self.method), torch.random.fork_rng(devices=[] if images.device.type == "cpu"
                                                                    else [images.device]):
                     torch.manual_seed(self.cfg.train.seed)
                     views, names = learned(views)
-            evaluate.plot_views(images, views, self.out_dir / "views.png", names=names,
-                                title=f"{self.cfg.method} views of {self.cfg.data.name}")
+            draw_views = evaluate.plot_signal_views if signals else evaluate.plot_views
+            draw_views(images, views, self.out_dir / "views.png", names=names,
+                       title=f"{self.cfg.method} views of {self.cfg.data.name}")
 
         self.on_rank_zero("drawing views.png", draw)
 

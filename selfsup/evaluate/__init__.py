@@ -22,7 +22,7 @@ from selfsup.evaluate.features import TABLE_FORMATS, extract_features, save_embe
 from selfsup.evaluate.fewshot import Episodes, FewShotResult, fewshot_accuracy, sample_episodes
 from selfsup.evaluate.finetune import FinetuneResult, few_label_finetune, finetune, label_subset
 from selfsup.evaluate.knn import KNN_PROTOCOL, knn_accuracy, knn_predict
-from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_views
+from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_signal_views, plot_views
 from selfsup.evaluate.probe import LINEAR_PROTOCOL, ProbeResult, linear_probe
 from selfsup.evaluate.report import headline_table, load_run, results_table, write_report
 from selfsup.evaluate.retrieval import nearest_neighbours, plot_retrieval, recall_at_k
@@ -35,7 +35,7 @@ __all__ = ["headline_table", "COLLAPSE_PROTOCOL", "collapse_entry", "FEWSHOT_PRO
            "Episodes", "FewShotResult", "FinetuneResult", "ProbeResult", "extract_features", "few_label_finetune",
            "fewshot_accuracy", "fewshot_entry", "finetune", "finetune_entry", "frozen_evaluations", "knn_accuracy",
            "knn_predict", "label_subset", "linear_probe", "load_run", "nearest_neighbours", "plot_curves",
-           "plot_embedding", "plot_retrieval", "plot_views", "recall_at_k", "results_table", "retrieval_picture",
+           "plot_embedding", "plot_retrieval", "plot_signal_views", "plot_views", "recall_at_k", "results_table", "retrieval_picture",
            "sample_episodes", "save_embedding_table", "save_embeddings", "TABLE_FORMATS", "write_report", "TEXT_RETRIEVAL_PROTOCOL", "ZERO_SHOT_PROTOCOL",
            "text_retrieval_entry", "text_retrieval_recall", "zero_shot_accuracy", "zero_shot_entry",
            "zero_shot_predict"]

@@ -273,3 +273,52 @@ def plot_views(images, views: Sequence, path: str | os.PathLike, *, names: Seque
     if title:
         figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_signal_views(signals, views: Sequence, path: str | os.PathLike, *, names: Sequence[str] | None = None,
+                      title: str | None = None, samples: int = 800) -> Path:
+    """Windows of signal (one row each) and their views as waveforms: the signal, each view drawn
+    over it, and each view's change from the signal (its own scale), over the first ``samples``
+    samples so the waveform stays readable.
+
+    Args:
+        signals: ``(N, 1, T)`` float windows.
+        views: a list of ``(N, 1, T)`` views of them.
+        path: output ``.png`` file.
+        names: the views' names (default ``view 1``, ...).
+        title: figure title.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> x = torch.randn(2, 1, 1000) / 10
+        >>> out = plot_signal_views(x, [x + 0.01, x - 0.01], tempfile.mkdtemp() + "/views.png")
+    """
+    path = _png_path(path)
+    rows = len(signals)
+    if rows == 0 or any(tuple(view.shape) != tuple(signals.shape) for view in views):
+        raise ValueError(f"every view must have the signals' shape {tuple(signals.shape)}, got "
+                         f"{[tuple(v.shape) for v in views]}")
+    names = list(names or [f"view {i + 1}" for i in range(len(views))])
+    figure = Figure(figsize=(3.2 * (1 + len(views)), 1.3 * rows + (0.4 if title else 0)), dpi=DPI,
+                    layout="constrained")
+    axes = figure.subplots(rows, 1 + len(views), squeeze=False)
+    x = signals.detach().cpu().float()[:, 0, :samples]
+    for row in range(rows):
+        axes[row, 0].plot(x[row].numpy(), linewidth=0.6, color="black")
+        for column, (name, view) in enumerate(zip(names, views), start=1):
+            v = view.detach().cpu().float()[row, 0, :samples]
+            cell = axes[row, column]
+            cell.plot(x[row].numpy(), linewidth=0.6, color="0.75")
+            cell.plot(v.numpy(), linewidth=0.6, color="tab:blue")
+            change = cell.twinx()
+            change.plot((v - x[row]).numpy(), linewidth=0.4, color="tab:red", alpha=0.6)
+            change.tick_params(labelsize=5, colors="tab:red")
+            if row == 0:
+                cell.set_title(f"{name} (blue; its change in red)", fontsize=8)
+        for cell in axes[row]:
+            cell.tick_params(labelsize=5)
+        if row == 0:
+            axes[row, 0].set_title("signal", fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)

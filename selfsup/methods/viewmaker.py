@@ -171,8 +171,6 @@ class ViewmakerSequence(Viewmaker):
         """No hand augmentation: the windows as they are."""
         return None
 
-    learned_views = None  # signals are not drawn as images
-
     def encode(self, views: Tensor) -> Tensor:
         """f: the signal encoder's codes averaged over time."""
         return self.backbone(views).mean(dim=1)
