@@ -548,12 +548,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     class_width = max(len(cls.__name__) for cls in METHODS.values())
     for name, cls in sorted(METHODS.items()):
         summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
-        learns_from = cls.data_kind + (" + labels" if getattr(cls, "needs_labels", False) else "")
+        learns_from = " | ".join(getattr(cls, "data_kinds", (cls.data_kind,))) + (
+            " + labels" if getattr(cls, "needs_labels", False) else "")
         print(f"  {name:<{name_width}} {cls.__name__:<{class_width}} [{learns_from}] {summary}")
     kinds = {**dict.fromkeys(SEQUENCE_BACKBONES, " [sequences]"), **dict.fromkeys(GRAPH_BACKBONES, " [graph]")}
     print("backbones:  " + ", ".join(name + kinds.get(name, "") for name in BACKBONES))
     kinds = {**dict.fromkeys(data.SEQUENCE_DATASETS, " [sequences]"), **dict.fromkeys(data.GRAPH_DATASETS, " [graph]"),
-             "captions": " [image_text]"}
+             "captions": " [image_text]", "video": " [video]", "pairs": " [image_pairs]"}
     print("datasets:   " + ", ".join(name + kinds.get(name, "") for name in data.DATASETS))
     print("augment:    " + ", ".join(augment.RECIPES))
     recipes = Path(__file__).resolve().parent.parent / "recipes"

@@ -73,6 +73,10 @@ class DataConfig:
     store_ratio: float = 1.15
     """Streamed folders: images are read at side ``round(size * store_ratio)``, the room random
     crops cut from; evaluation takes the centred ``size`` square (ImageNet's resize-then-crop)."""
+    correspondences: str | None = None
+    """``pairs``: the JSON-lines file of image pairs and their matches (see ``selfsup.data.pairs``)."""
+    test_correspondences: str | None = None
+    """``pairs``: the held-out pairs' file (None: no test split)."""
     clips_per_video: int = 8
     """``video``: how many clips an epoch takes from each video (which frames: the method's choice)."""
     max_frames: int | None = None

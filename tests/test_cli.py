@@ -46,9 +46,11 @@ def test_list_names_every_method_and_recipe():
 
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
     for name, cls in METHODS.items():  # every method, with what it learns from
-        assert f"[{cls.data_kind}{' + labels' if cls.needs_labels else ''}]" in lines[name]
+        kinds = " | ".join(getattr(cls, "data_kinds", (cls.data_kind,)))
+        assert f"[{kinds}{' + labels' if cls.needs_labels else ''}]" in lines[name]
     assert "[images + labels]" in lines["supcon"] and "[images]" in lines["instdisc"]
     assert "[sequences]" in lines["cpc_sequence"] and "wav [sequences]" in out.stdout
+    assert "[images | image_pairs]" in lines["dense_object_net"] and "[video]" in lines["tcn"]
 
 
 def assert_one_line_error(args, message, run=selfsup):

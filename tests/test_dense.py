@@ -174,3 +174,98 @@ def test_a_short_dense_object_net_run_beats_its_random_network_and_the_command_a
     assert main(["evaluate", "correspondence", str(tmp_path / "checkpoints" / "last.ckpt"), "--images", "50"]) == 0
     again = json.loads((tmp_path / "evaluations" / "correspondence.json").read_text())
     assert again["pck@3"] > again["random_init"]["pck@3"] and math.isfinite(again["raw_pixels"]["pck@3"])
+
+
+# ----------------------------------------------------------------------------- pairs with given matches
+
+
+def _shifted_pairs(folder, count: int, *, side: int = 32, shift: int = 4, seed: int = 0) -> list[dict]:
+    """Pairs of random-texture images where b is a shifted ``shift`` pixels right: a's pixel (x, y) is
+    b's (x + shift, y). Returns the JSON rows (matches in whole pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        smooth = np.kron(rng.integers(0, 256, (side // 4, side // 4, 3)), np.ones((4, 4, 1))).astype(np.uint8)
+        a = np.clip(smooth.astype(int) + rng.integers(-30, 30, smooth.shape), 0, 255).astype(np.uint8)
+        b = np.zeros_like(a)
+        b[:, shift:] = a[:, :-shift]
+        Image.fromarray(a).save(folder / f"a{i}.png")
+        Image.fromarray(b).save(folder / f"b{i}.png")
+        matches = [[x, y, x + shift, y] for x, y in rng.integers(2, side - shift - 2, (40, 2)).tolist()]
+        rows.append({"a": f"a{i}.png", "b": f"b{i}.png", "matches": matches})
+    return rows
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_pairs_are_read_with_their_matches_moved_to_the_resized_square(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data import read_pairs
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "wide.png")  # 40 wide
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "square.png")
+    file = _write_jsonl(tmp_path / "pairs.jsonl", [
+        {"a": "wide.png", "b": "square.png", "matches": [[10, 4, 2, 3], [1, 1, 5, 5]]},  # (1, 1): outside a's square
+        {"a": "missing.png", "b": "square.png", "matches": [[1, 1, 1, 1]]},
+        {"a": "wide.png", "b": "square.png", "matches": [[1, 1, 5, 5]]},  # no match left inside
+    ])
+    (tmp_path / "pairs.jsonl").write_text(file.read_text() + "not json\n")
+    pairs = read_pairs(file, size=15, channels=3)
+    assert len(pairs) == 1 and pairs.images.shape == pairs.images_b.shape == (1, 3, 15, 15)
+    # a: the centred 30x30 square (x offset 5) scaled by 15/30; b: 20x20 scaled by 15/20; pixel centres +0.5
+    expected = [(10 + 0.5 - 5) * 0.5, (4 + 0.5) * 0.5, (2 + 0.5) * 0.75, (3 + 0.5) * 0.75]
+    assert pairs.counts.tolist() == [1] and pairs.matches[0, 0].tolist() == pytest.approx(expected)
+    assert sorted(pairs.skipped) == [f"{file}, line 2", f"{file}, line 3", f"{file}, line 4"]
+    assert "no match inside" in pairs.skipped[f"{file}, line 3"]
+    _write_jsonl(tmp_path / "bad.jsonl", [{"a": "missing.png", "b": "square.png", "matches": [[1, 1, 1, 1]]}])
+    from selfsup.errors import DataError
+
+    with pytest.raises(DataError, match=r"bad.jsonl: no readable pair with matches \(1 skipped"):
+        read_pairs(tmp_path / "bad.jsonl")
+
+
+def test_given_matches_point_at_the_same_pixel_in_both_images_and_raw_patches_find_them(tmp_path):
+    from selfsup.data import read_pairs
+    from selfsup.evaluate.correspondence import pairs_pck
+
+    file = _write_jsonl(tmp_path / "pairs.jsonl", _shifted_pairs(tmp_path, 3))
+    pairs = read_pairs(file, size=32)
+    a, b = pairs.images.float(), pairs.images_b.float()
+    for i in range(3):
+        m = pairs.matches[i, :int(pairs.counts[i])]
+        torch.testing.assert_close(warps.sample_at(a[i:i + 1], m[None, :, :2]), warps.sample_at(b[i:i + 1], m[None, :, 2:]))
+    # 5x5 patches of a noisy texture are unique: shifted, each is found exactly; constant descriptors are not
+    assert pairs_pck(patch_descriptors, pairs)["pck@1"] == 1.0
+    assert pairs_pck(lambda x: torch.ones_like(x), pairs)["pck@1"] < 0.2
+
+
+def test_dense_object_net_learns_from_given_pairs_through_the_engine(tmp_path):
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    _write_jsonl(tmp_path / "train.jsonl", _shifted_pairs(tmp_path, 32, seed=0))
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    _write_jsonl(held_out / "test.jsonl", _shifted_pairs(held_out, 8, seed=1))
+    cfg = load_config("recipes/dense_object_net_fashion_mnist.yaml", [
+        "data.name=pairs", f"data.root={tmp_path}", f"data.correspondences={tmp_path / 'train.jsonl'}",
+        f"data.test_correspondences={held_out / 'test.jsonl'}", "data.size=32", "backbone.width=8",
+        "train.batch_size=8", "train.epochs=25", "optim.lr=0.08", "train.progress=false", "train.knn_every=0",
+        "eval.plots=false",
+        f"train.out_dir={tmp_path / 'run'}"])
+    pretrain(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    entry = results["evaluations"]["correspondence_pairs"]
+    assert results["data"] == "pairs" and results["steps"] == 100 and entry["points"] == 8 * 40
+    # Measured: PCK@3 0.98 against 0.74 at random initialisation (raw 5x5 patches: 1.0 on this noisy texture).
+    assert entry["pck@3"] > entry["random_init"]["pck@3"] + 0.15, entry
+    assert "linear" not in results["evaluations"]  # pairs carry no labels

@@ -45,7 +45,7 @@ def clip_views(clips: Tensor, size: int | None = None, *, scale: tuple[float, fl
 
 
 def clip_to_float(clips: Tensor) -> Tensor:
-    """uint8 clips (any shape) to float in [0, 1]; float clips as they are."""
+    """uint8 clips (or images, any shape) to float in [0, 1]; float ones as they are."""
     return clips.float().div_(255) if clips.dtype == torch.uint8 else clips.float()
 
 

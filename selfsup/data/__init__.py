@@ -33,6 +33,8 @@ Names (``DATASETS``):
   any labelled dataset above with prompts of its class names instead.
 - ``video``: a folder of videos or frame folders, or a DAVIS root (:mod:`selfsup.data.video`),
   decoded into frames and sampled as clips (a video source, :class:`selfsup.data.video.VideoClips`).
+- ``pairs``: image pairs with given correspondences, from a JSON-lines file (``data.correspondences``;
+  :mod:`selfsup.data.pairs`), for Dense Object Nets.
 - ``wav``: a folder of WAV files, ``root/<label>/*.wav``, streamed as windows of raw signal (a
   sequence source, not an image dataset: :class:`selfsup.data.sequences.WavFolder`).
 
@@ -60,6 +62,7 @@ from .photos import load_photos
 from .captions import CaptionedImages, ImageTextPairs, from_templates, read_captions_file, read_captions_splits
 from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
+from .pairs import ImagePairs, PairSource, read_pairs
 from .video import VideoClips, VideoSet, load_video_split
 from .stream import ImageStream, StreamedDataset, StreamedImages, center_crop, folder_split, packed_split
 from .webdataset import webdataset_split
@@ -67,18 +70,19 @@ from .webdataset import webdataset_split
 __all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "read_captions_splits", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
            "GraphSource", "ImageBatch", "ImageDataset", "ImageStream", "InMemoryImages", "StreamedDataset",
            "StreamedImages", "center_crop", "folder_split", "is_streamed", "packed_split", "streamed_split", "NodeSet", "SignalSet", "SkippedImageWarning",
-           "VideoClips", "VideoSet", "WavFolder", "graph_from_config", "load_video_split", "kind_of", "load", "load_graph"]
+           "ImagePairs", "PairSource", "read_pairs", "VideoClips", "VideoSet", "WavFolder", "graph_from_config", "load_video_split", "kind_of", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
     "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "packed",
-    "webdataset", "wav", "video", "karate",
+    "webdataset", "wav", "video", "pairs", "karate",
     "sbm", "planetoid", "captions")
 SEQUENCE_DATASETS: tuple[str, ...] = ("wav",)
 """Names that give sequences (windows of signal), not images."""
 
 
 def kind_of(data) -> str:
-    """The kind of data a dataset gives: "images", "image_text", "sequences", "video" or "graph".
+    """The kind of data a dataset gives: "images", "image_text", "sequences", "video", "image_pairs" or
+    "graph".
 
     ``data``: a dataset name, or a :class:`selfsup.config.DataConfig` (with ``captions`` set, a
     labelled image dataset gives image-text pairs)."""
@@ -89,6 +93,8 @@ def kind_of(data) -> str:
         return "graph"
     if name == "video":
         return "video"
+    if name == "pairs":
+        return "image_pairs"
     return "sequences" if name in SEQUENCE_DATASETS else "images"
 SPLITS = ("train", "test")
 
@@ -187,6 +193,9 @@ def load(
     if name == "captions":
         raise DataError("dataset 'captions' is images with captions: read it with "
                         "selfsup.data.read_captions_file(data.captions), and train an image-text method on it (clip)")
+    if name == "pairs":
+        raise DataError("dataset 'pairs' is image pairs with correspondences: read it with "
+                        "selfsup.data.read_pairs(data.correspondences), and train dense_object_net on it")
     if name == "video":
         raise DataError("dataset 'video' is videos, not images: read it with selfsup.data.load_video_split(root, "
                         "split), and train a video method on it (tcn, r3m, video_colorization)")

@@ -195,6 +195,28 @@ def load_video(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.VideoC
     return source, test
 
 
+def load_pairs(cfg: Config, fabric: Fabric) -> tuple[data.PairSource, data.ImagePairs | None]:
+    """Image pairs with given correspondences: the training file's and the held-out file's."""
+    d, t = cfg.data, cfg.train
+    if not d.correspondences:
+        raise ConfigError("data.correspondences: data.name=pairs needs the JSON-lines file of image pairs and their "
+                          "matches (see selfsup.data.pairs)")
+    try:
+        def read(file: str) -> data.ImagePairs:
+            return data.read_pairs(file, root=d.root, size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3)
+        train = read(d.correspondences)
+        test = read(d.test_correspondences) if d.test_correspondences else None
+    except DataError as error:
+        raise ConfigError(f"data: {error}") from None
+    if train.skipped and fabric.global_rank == 0:
+        shown = "; ".join(f"{where} ({why})" for where, why in list(train.skipped.items())[:5])
+        say(f"skipped {len(train.skipped)} pair(s) of {d.correspondences}: {shown}" + (" ..." if len(train.skipped) > 5 else ""))
+    if len(train) < t.batch_size:
+        raise ConfigError(f"train.batch_size: {d.correspondences} gives {len(train)} pairs, fewer than "
+                          f"train.batch_size={t.batch_size}; lower the batch size")
+    return data.PairSource(train, t.batch_size, fabric.world_size, t.seed, fabric.device), test
+
+
 def load_image_text(cfg: Config, progress: bool) -> tuple[data.CaptionedImages, data.CaptionedImages | None]:
     """Captioned train and test splits: a captions file's (``data.name: captions``) or a labelled
     dataset's with template captions (``data.captions: templates``)."""
@@ -232,6 +254,8 @@ def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSou
     if kind == "video":
         with fabric.rank_zero_first():
             return load_video(cfg, fabric, progress)
+    if kind == "image_pairs":
+        return load_pairs(cfg, fabric)
     if kind == "image_text":
         with fabric.rank_zero_first():
             train, test = load_image_text(cfg, progress)

@@ -85,8 +85,10 @@ class Trainer:
         if t.time_limit is not None and resume_state is not None:  # the plan of the first start, not a new one
             self.max_steps = int(resume_state.get("run", {}).get("max_steps", self.max_steps))
 
-        kind = METHODS[cfg.method].data_kind if cfg.method in METHODS else self.source.kind
-        if kind != self.source.kind:
+        cls = METHODS.get(cfg.method)
+        kinds = getattr(cls, "data_kinds", (cls.data_kind,)) if cls is not None else (self.source.kind,)
+        kind = kinds[0]
+        if self.source.kind not in kinds:
             hint = ("; pair images with captions: data.captions=templates (class-name prompts) or "
                     "data.name=captions with data.captions=<file>") if kind == "image_text" else ""
             raise ConfigError(f"method {cfg.method} learns from {kind}, but data.name={cfg.data.name} "

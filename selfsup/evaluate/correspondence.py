@@ -137,16 +137,51 @@ def correspondence_entry(describe: Callable[[Tensor], Tensor], images: Tensor, *
     return entry
 
 
+PAIRS_PROTOCOL = ("held-out image pairs with given correspondences: each given match's point in the first image is "
+                  "matched to the pixel of the second image with the nearest descriptor (Euclidean); PCK@k: the "
+                  "share of matches (at most {points} per pair) predicted within k pixels of the given point")
+
+
+@torch.no_grad()
+def pairs_pck(describe: Callable[[Tensor], Tensor], pairs, *, points: int = 64, ks: Sequence[int] = (1, 3, 5),
+              device: torch.device | str | None = None) -> dict:
+    """PCK@k of ``describe`` on :class:`selfsup.data.pairs.ImagePairs`: the given matches (the first
+    ``points`` of each pair) as the truth."""
+    device = torch.device(device) if device is not None else pairs.images.device
+    errors = []
+    for i in range(len(pairs)):
+        a, b = (x[i:i + 1].to(device).float() / 255 for x in (pairs.images, pairs.images_b))
+        m = pairs.matches[i, :min(points, int(pairs.counts[i]))].to(device)
+        d_a, d_b = describe(a).float(), describe(b).float()
+        queries = warps.sample_at(d_a, m[None, :, :2])[0]  # (P, D) at the given points of a
+        nearest = torch.cdist(queries, d_b[0].flatten(1).T).argmin(dim=1)
+        centres = warps.pixel_centres(tuple(b.shape[-2:]), device)
+        errors.append((centres[nearest] - m[:, 2:]).norm(dim=1).cpu())
+    every = torch.cat(errors)
+    return {**{f"pck@{k}": float((every <= k).float().mean()) for k in ks}, "points": len(every)}
+
+
+def pairs_entry(describe: Callable[[Tensor], Tensor], pairs, *, data: str, points: int = 64, device=None) -> dict:
+    """:func:`pairs_pck` as the results.json ``correspondence_pairs`` entry, raw-pixel patches beside it."""
+    found = pairs_pck(describe, pairs, points=points, device=device)
+    raw = pairs_pck(patch_descriptors, pairs, points=points, device=device)
+    return {**found, "data": data, "raw_pixels": {k: v for k, v in raw.items() if k.startswith("pck@")},
+            "protocol": PAIRS_PROTOCOL.format(points=points)}
+
+
 CORRESPONDENCE_IMAGES = 500
 """Test images a run's own correspondence evaluation uses (the first ones of the test split)."""
 
 
 def dense_evaluations(method, test, *, data: str, device=None) -> dict:
     """A dense method's ``extra_evaluations``: ``correspondence`` on the first test images, with its
-    ``descriptor_encoder`` in eval mode."""
+    ``descriptor_encoder`` in eval mode (and ``correspondence_pairs`` on image pairs with given matches)."""
     from selfsup.nn import eval_mode
 
     images = test.images[:CORRESPONDENCE_IMAGES]
     encoder = method.descriptor_encoder()
     with eval_mode(encoder):
-        return {"correspondence": correspondence_entry(encoder, images, data=data, device=device)}
+        entries = {"correspondence": correspondence_entry(encoder, images, data=data, device=device)}
+        if hasattr(test, "matches"):  # pairs with given correspondences: PCK on them too
+            entries["correspondence_pairs"] = pairs_entry(encoder, test, data=data, device=device)
+    return entries

@@ -81,7 +81,9 @@ class Method(Protocol):
     """The method protocol (see the module docstring for when the engine calls what).
 
     Attributes:
-        data_kind: the data it learns from: "images", "image_text", "sequences" or "graph".
+        data_kind: the data it learns from: "images", "image_text", "sequences", "video" or "graph"; a
+            method that learns from several kinds lists them in ``data_kinds`` (Dense Object Nets:
+            images, and image pairs with given matches), the first its ``data_kind``.
         views_needed: (fewest, most) views a batch must have (most None: no limit), checked when
             a run is configured.
         sync_batchnorm: whether the paper uses BatchNorm statistics of the global batch under DDP.

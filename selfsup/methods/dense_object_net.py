@@ -31,6 +31,9 @@ class DenseObjectNet(MethodBase):
 
     The official code finds correspondences by 3-D reconstruction of a scene seen from several
     cameras; single images with known warps give exact ones, so the method trains on any image set.
+    Image pairs with given correspondences (``data.name: pairs``, :mod:`selfsup.data.pairs`) train on
+    those instead: ``matches`` of each pair's given matches are sampled, a read bilinearly in A and p
+    in B, the non-matches as above.
     Its loss is the official one with ``scale_by_hard_negatives``, summed over the batch's image pairs
     at once (the official normalises per pair). The descriptor network reads every stage of the
     backbone (:class:`selfsup.nn.dense.DescriptorNet`), where the official one is a ResNet-34 FCN with
@@ -50,6 +53,7 @@ class DenseObjectNet(MethodBase):
 
     augment_recipe = "none"
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
+    data_kinds: ClassVar[tuple[str, ...]] = ("images", "image_pairs")
 
     def __init__(self, backbone: Backbone, *, dim: int = 3, margin: float = 0.5, matches: int = 64,
                  non_matches: int = 150, min_distance: float = 2.0, rotation: float = 30.0,
@@ -84,22 +88,30 @@ class DenseObjectNet(MethodBase):
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
-        images = batch.views[0]
-        warped, valid, homographies = self.pair(images)
-        d_a, d_b = self.descriptors(torch.cat((images, warped))).chunk(2)
+        images = augment.clip_to_float(batch.views[0])  # image pairs arrive as uint8, views as float
         n, _, height, width = images.shape
-        weights = valid.view(n, -1).float()
-        usable = weights.sum(dim=1) > 0
-        weights[~usable] = 1.0  # an image warped entirely outside itself: sampled, then dropped
-        picked = torch.multinomial(weights, self.matches, replacement=True)  # (n, M) pixels of B
         centres = warps.pixel_centres((height, width), images.device)
-        p = centres[picked]  # (n, M, 2)
-        a = warps.map_points(torch.linalg.inv(homographies), p.double()).float()
-        keep = usable[:, None].expand(-1, self.matches)
+        if batch.extra is not None and "matches" in batch.extra:  # image pairs with given correspondences
+            other = augment.clip_to_float(batch.extra["b"])
+            counts = batch.extra["counts"]
+            slots = torch.arange(batch.extra["matches"].shape[1], device=images.device)
+            weights = (slots[None] < counts[:, None]).float()
+            picked = torch.multinomial(weights, self.matches, replacement=True)
+            given = torch.gather(batch.extra["matches"], 1, picked[..., None].expand(-1, -1, 4))  # (n, M, 4)
+            a, p = given[..., :2], given[..., 2:]
+            keep = torch.ones(n, self.matches, dtype=torch.bool, device=images.device)
+        else:  # single images: a known warp makes the pair, every pixel's match exact
+            other, valid, homographies = self.pair(images)
+            weights = valid.view(n, -1).float()
+            usable = weights.sum(dim=1) > 0
+            weights[~usable] = 1.0  # an image warped entirely outside itself: sampled, then dropped
+            p = centres[torch.multinomial(weights, self.matches, replacement=True)]  # (n, M, 2) pixels of B
+            a = warps.map_points(torch.linalg.inv(homographies), p.double()).float()
+            keep = usable[:, None].expand(-1, self.matches)
+        d_a, d_b = self.descriptors(torch.cat((images, other))).chunk(2)
         flat_b = d_b.flatten(2).transpose(1, 2)  # (n, H*W, D)
         at_a = warps.sample_at(d_a, a)  # (n, M, D), bilinear at the exact matches
-        match_a = at_a[keep]
-        match_b = torch.gather(flat_b, 1, picked[..., None].expand(-1, -1, flat_b.shape[-1]))[keep]
+        match_a, match_b = at_a[keep], warps.sample_at(d_b, p)[keep]
         q = torch.randint(height * width, (n, self.matches, self.non_matches), device=images.device)
         far = (centres[q] - p[:, :, None]).norm(dim=-1) > self.min_distance
         far &= keep[..., None]
