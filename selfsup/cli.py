@@ -33,6 +33,16 @@ def _tune_allocator() -> None:
               "SELFSUP_MALLOC=default keeps glibc's)", file=sys.stderr)
 
 
+def _close_process_group() -> None:
+    """Under DDP, end this rank's process group before the interpreter exits: a rank whose gloo or NCCL
+    threads are still running at exit can abort ("terminate called without an active exception") after
+    the run has finished, and torchrun then reports the job failed. No collective follows the run."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _load_encoder(checkpoint_path: str):
     """The checkpoint's configuration, its method's eval encoder (on the best device), and the
     factory of a freshly initialised encoder of the same architecture and normalisation."""
@@ -124,6 +134,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         cfg = load_config(args.recipe, args.overrides)
         resume = "auto" if args.resume == "auto" else bool(args.resume)
     result = pretrain(cfg, resume=resume, overwrite=args.overwrite, command=args.command_line)
+    _close_process_group()
     if result.metrics:
         print(json.dumps({"run": str(result.out_dir), **{k: round(v, 4) for k, v in result.metrics.items()}}))
         for key, value in result.metrics.items():
