@@ -105,7 +105,9 @@ def _pack_split(folder: Path, split: str, out: Path, size: int, side: int, chann
     settings = {"format": FORMAT, "version": VERSION, "size": size, "side": side, "channels": channels,
                 "shard_size": shard_size, "files": len(names), "files_sha256": _fingerprint(names)}
     out.mkdir(parents=True, exist_ok=True)
-    for leftover in out.glob(".shard-*.tmp"):  # a shard a kill interrupted mid-write
+    # A shard or the index that a kill interrupted mid-write leaves its temporary (selfsup._io.atomic_write's
+    # name: ".<file>.<hex>.tmp"); the resumed pack writes both again.
+    for leftover in [*out.glob(".shard-*.tmp"), *out.glob(f".{INDEX}.*.tmp")]:
         leftover.unlink()
     index = {**settings, "source": str(base), "classes": classes, "complete": False, "shards": [], "skipped": []}
     kept = _resumable(out, settings)
