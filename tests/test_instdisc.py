@@ -36,7 +36,7 @@ def test_instdisc_is_registered_and_follows_the_protocol():
     assert len(method.augmentation(28).output_views) == 1
     with pytest.raises(ValueError, match="views"):
         method.training_step(Batch([images(3, 0)] * 2, torch.arange(3)), at(0))
-    for bad, match in (({"num_noise": 0}, "num_noise"), ({"temperature": 0.0}, "temperature"),
+    for bad, match in (({"num_noise": -1}, "num_noise"), ({"temperature": 0.0}, "temperature"),
                        ({"bank_momentum": 1.5}, "bank_momentum")):
         with pytest.raises(ValueError, match=match):
             InstDisc(make().backbone, num_samples=10, **bad)
@@ -68,6 +68,29 @@ def test_first_step_by_hand_loss_normaliser_and_bank_update():
         np.testing.assert_allclose(bank[row], moved / np.linalg.norm(moved), atol=1e-6)
     untouched = [r for r in range(10) if r not in index.tolist()]
     np.testing.assert_array_equal(bank[untouched], bank_before[untouched])
+
+
+def test_num_noise_zero_is_the_exact_softmax_over_the_bank_by_hand():
+    """The official code's --nce-k 0: LinearAverage scores bank · f / τ and CrossEntropyLoss (eq. 2)."""
+    method = make(num_samples=10, num_noise=0, temperature=0.5)
+    x, index = images(3, 1), torch.tensor([7, 2, 4])
+    bank_before = method.bank.features.clone().double().numpy()
+    out = method.training_step(Batch([x], index), at(0))
+    with torch.no_grad():
+        f = F.normalize(method.projector(method.backbone(x)), dim=1).double().numpy()
+    expected, log_z = 0.0, 0.0
+    for i in range(3):
+        scores = [f[i] @ bank_before[j] / 0.5 for j in range(10)]
+        normaliser = math.log(sum(math.exp(s) for s in scores))
+        expected += -(scores[index[i]] - normaliser) / 3
+        log_z += normaliser / 3
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert out["log_z"].item() == pytest.approx(log_z, rel=1e-5)  # the exact normaliser, not an estimate
+    out["loss"].backward()
+    assert method.projector.weight.grad.abs().sum() > 0
+    method.on_step_end(at(0))  # the bank moves as with NCE
+    moved = 0.5 * bank_before[7] + 0.5 * f[0]
+    np.testing.assert_allclose(method.bank.features[7].double().numpy(), moved / np.linalg.norm(moved), atol=1e-6)
 
 
 def test_proximal_term_adds_lambda_times_the_distance_to_the_bank_entry_by_hand():

@@ -24,6 +24,7 @@ class InstDisc(MethodBase):
         v = bank[i], v'_1..m = bank[uniform noise]      # its own entry and m = 4096 noise entries
         x_ik = (v_ik · f / τ) − log Z                   # log P(i | f) of the non-parametric softmax
         J = −log h(i, v) − Σ_k log(1 − h(k, v'))        # losses.nce, h = P / (P + m/N)
+        (num_noise=0: J = −log softmax_i(bank · f / τ), the exact softmax over all N entries)
         J += λ · ‖f − bank[i]‖²                           # proximal term (section 3.4), λ = proximal
         bank[i] ← normalize(0.5 · bank[i] + 0.5 · f)    # after the optimiser step
 
@@ -50,7 +51,12 @@ class InstDisc(MethodBase):
         backbone: encoder producing ``backbone.out_dim`` features.
         num_samples: N, the number of training images (the engine passes it).
         proj_dim: feature dimension of the bank (128).
-        num_noise: m noise samples per image (4096).
+        num_noise: m noise samples per image (4096). 0: no NCE, the exact non-parametric softmax
+            over all N bank entries with cross-entropy (paper eq. 2; the official code's
+            ``--nce-k 0``, its ``LinearAverage`` + ``CrossEntropyLoss``). Affordable while N is small
+            (the B x N scores of 8,192 images cost less than one conv layer of the ConvNet), and with
+            every entry a negative on every step it learns far faster than 4,096 noise draws.
+            ``log_z`` then holds the batch's mean exact log-normaliser, log Σ_j exp(v_j · f / τ).
         temperature: τ (0.07).
         bank_momentum: m of the bank update (0.5).
         noise_seed: seed of the noise draws (combined with the step).
@@ -77,8 +83,8 @@ class InstDisc(MethodBase):
                  temperature: float = 0.07, bank_momentum: float = 0.5, noise_seed: int = 0,
                  normalizer: str = "first_batch", scoring: str = "auto", proximal: float = 0.0) -> None:
         super().__init__()
-        if num_noise < 1:
-            raise ValueError(f"num_noise must be >= 1, got {num_noise}")
+        if num_noise < 0:
+            raise ValueError(f"num_noise must be >= 0 (0: the full softmax), got {num_noise}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0 <= bank_momentum <= 1:
@@ -121,12 +127,20 @@ class InstDisc(MethodBase):
         check_views(batch, self)
         f = self.embed(batch.views[0]).float()
         index = batch.index.to(f.device)
-        candidates = torch.cat([index[:, None], self.noise(progress.step, len(index), f.device)], dim=1)
-        scores = self.scores(f, candidates)                               # v · f for own entry and noise
-        if self.normalizer == "every_batch" or not self._z_known():
-            self.estimate_log_z(scores)
-        loss = losses.nce(scores, self.noise_prob, self.temperature, log_normalizer=self.log_z)
-        outputs = {"log_z": self.log_z.clone()}
+        if self.num_noise == 0:                                           # exact softmax over the bank
+            with torch.autocast(f.device.type, enabled=False):  # scores / 0.07 need float32
+                logits = f @ self.bank.features.float().T / self.temperature
+            loss = F.cross_entropy(logits, index)
+            with torch.no_grad():  # the exact normaliser, logged where NCE logs its estimate
+                self.log_z.copy_(torch.logsumexp(logits, dim=1).mean())
+            outputs = {"log_z": self.log_z.clone()}
+        else:
+            candidates = torch.cat([index[:, None], self.noise(progress.step, len(index), f.device)], dim=1)
+            scores = self.scores(f, candidates)                           # v · f for own entry and noise
+            if self.normalizer == "every_batch" or not self._z_known():
+                self.estimate_log_z(scores)
+            loss = losses.nce(scores, self.noise_prob, self.temperature, log_normalizer=self.log_z)
+            outputs = {"log_z": self.log_z.clone()}
         if self.proximal:
             outputs["proximal"] = (f - self.bank.features[index].float()).square().sum(dim=1).mean()
             loss = loss + self.proximal * outputs["proximal"]
