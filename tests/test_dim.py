@@ -29,6 +29,37 @@ def test_local_global_pairing_on_two_images_by_hand():
     assert losses.jsd_mi(positives, negatives).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_infonce_estimator_is_the_official_softmax_over_every_position_by_hand():
+    """The official infonce_loss: for (i, p), softmax over [l_ip·g_i, l_jq·g_i for all j, q], own image's
+    negatives replaced by -10 (kept in the denominator)."""
+    local = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[0.0, 1.0], [3.0, 1.0]]])
+    global_ = torch.tensor([[1.0, 1.0], [2.0, -1.0]])
+    # Scores with g0: image 0's positions 1, 2 (positives), image 1's 1, 4. With g1: image 1's -1, 5, image 0's 2, -2.
+    rows = [(1.0, [-10.0, -10.0, 1.0, 4.0]), (2.0, [-10.0, -10.0, 1.0, 4.0]),
+            (-1.0, [2.0, -2.0, -10.0, -10.0]), (5.0, [2.0, -2.0, -10.0, -10.0])]
+    expected = sum(math.log(math.exp(pos) + sum(math.exp(n) for n in neg)) - pos for pos, neg in rows) / 4
+    assert losses.local_global_info_nce(local, global_).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="disagree"):
+        losses.local_global_info_nce(local, torch.ones(3, 2))
+
+
+def test_the_estimator_option_picks_the_local_term():
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    images = Batch([torch.rand(4, 1, 16, 16)], torch.arange(4))
+    jsd = DeepInfoMax(backbone, code_dim=8, embed_dim=16, prior_weight=0.0)
+    nce = DeepInfoMax(backbone, code_dim=8, embed_dim=16, prior_weight=0.0, estimator="nce")
+    nce.load_state_dict(jsd.state_dict())
+    out = nce.training_step(images, Progress(0, 1, 1))
+    maps, features = nce.features(images.views[0])
+    local = nce.local_embed(maps).flatten(2).transpose(1, 2)
+    expected = losses.local_global_info_nce(local, nce.global_embed(nce.code(features)))
+    assert out["local_mi"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out["local_mi"].item() != pytest.approx(jsd.training_step(images, Progress(0, 1, 1))["local_mi"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="estimator"):
+        DeepInfoMax(backbone, estimator="dv")
+
+
 def test_local_pairs_count():
     positives, negatives = local_global_scores(torch.randn(5, 9, 4), torch.randn(5, 4))
     assert positives.shape == (5, 9) and negatives.shape == (5, 4, 9)  # B·P positives, B·(B-1)·P negatives

@@ -25,7 +25,8 @@ the global batch.)
 """
 
 from selfsup.losses._common import finite_checks
-from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, margin_triplet, n_pair, nce,
+from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, local_global_info_nce,
+                                        margin_triplet, n_pair, nce,
                                         nce_log_normalizer, nt_logistic, nt_xent, one_sided_nt_xent, supcon)
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import (batch_hard_triplet, pixelwise_contrastive, prototypical, semi_hard_triplet,
@@ -42,6 +43,7 @@ __all__ = [
     "info_nce",
     "invaspread",
     "jsd_mi",
+    "local_global_info_nce",
     "margin_triplet",
     "n_pair",
     "negative_cosine",

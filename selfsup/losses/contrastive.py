@@ -625,3 +625,40 @@ def jsd_mi(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     pos_scores = _float_tensor("pos_scores", pos_scores, tuple(range(0, 9)))
     neg_scores = _float_tensor("neg_scores", neg_scores, tuple(range(0, 9)))
     return F.softplus(-pos_scores).mean() + F.softplus(neg_scores).mean()
+
+
+def local_global_info_nce(local: Tensor, global_: Tensor, *, own_score: float = -10.0) -> Tensor:
+    """Deep InfoMax's infoNCE between local and global features, as the official code computes it
+    (rdevon/DIM, ``cortex_DIM/functions/dim_losses.py``, ``infonce_loss`` with one global vector).
+
+    For image i and position p the positive score is ``l_{i,p} · g_i``; the negatives are the
+    scores ``l_{j,q} · g_i`` of every position q of every image j in the batch. The official code
+    keeps image i's own positions in the softmax with their score replaced by -10 (``own_score``),
+    so each costs ``exp(-10)`` in the denominator::
+
+        loss = mean_{i,p} −log( exp(l_{i,p}·g_i) / (exp(l_{i,p}·g_i) + Σ_{j,q} exp(s_{i,j,q})) )
+        s_{i,j,q} = l_{j,q} · g_i  for j ≠ i,   own_score for j = i
+
+    Args:
+        local: ``(B, P, D)`` embedded local features (P positions per image).
+        global_: ``(B, D)`` embedded global features.
+        own_score: the score that stands in for image i's own positions among its negatives.
+
+    Returns:
+        0-d tensor.
+
+    Examples:
+        >>> local_global_info_nce(torch.randn(4, 9, 8), torch.randn(4, 8)).shape
+        torch.Size([])
+    """
+    local = _float_tensor("local", local, 3)
+    global_ = _float_tensor("global_", global_, 2)
+    if local.shape[0] != global_.shape[0] or local.shape[2] != global_.shape[1]:
+        raise ValueError(f"local (B, P, D) and global_ (B, D) disagree: {tuple(local.shape)} and {tuple(global_.shape)}")
+    b, p = local.shape[:2]
+    scores = torch.einsum("jqd,id->ijq", local, global_)                    # (B, B, P): l_{j,q} · g_i
+    own = torch.eye(b, dtype=torch.bool, device=local.device)
+    positives = scores[own]                                                 # (B, P): l_{i,p} · g_i
+    negatives = scores.masked_fill(own[:, :, None], own_score).reshape(b, b * p)
+    log_denominator = torch.logaddexp(positives, torch.logsumexp(negatives, dim=1, keepdim=True))
+    return (log_denominator - positives).mean()
