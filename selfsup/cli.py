@@ -163,8 +163,10 @@ def _summary(key: str, entry: dict) -> str:
     if "ci95" in entry:
         episodes = f", {entry['episodes']} episodes" if "episodes" in entry else ""
         return f"{_percent(entry['accuracy'])} ± {_percent(entry['ci95'])} (95% CI{episodes}){floor}"
-    if "j_and_f" in entry:
-        return f"J&F {entry['j_and_f']:.4f} (J {entry['j']:.4f}, F {entry['f']:.4f}){floor}"
+    if "j_and_f" in entry or "pck@0.1" in entry:
+        parts = [f"J&F {entry['j_and_f']:.4f} (J {entry['j']:.4f}, F {entry['f']:.4f})"] if "j_and_f" in entry else []
+        parts += [f"PCK@{alpha} {_percent(entry[f'pck@{alpha}'])}" for alpha in (0.1, 0.2) if f"pck@{alpha}" in entry]
+        return ", ".join(parts) + floor
     if "tau" in entry:
         return f"temporal-order tau {entry['tau']:.4f}, same-video@1 {_percent(entry['same_video@1'])}{floor}"
     scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn", "held_out_accuracy") or "@" in k}
@@ -370,14 +372,19 @@ def _video(args: argparse.Namespace) -> int:
                                             radius=args.radius, context=args.context,
                                             temperature=args.propagation_temperature,
                                             lab_stride=max(1, size // grid))
-            entry["baselines"][baseline] = {key: found[key] for key in ("j_and_f", "j", "f", "protocol")}
+            entry["baselines"][baseline] = {key: found[key] for key in ("j_and_f", "j", "f", "pck@0.1", "pck@0.2",
+                                                                        "protocol") if key in found}
         picture = _evaluations_dir(args.checkpoint).parent / f"propagation{suffix}.png"
-        video.plot_propagation(strips, picture, title=f"{cfg.method}: the first frame's masks propagated "
-                                                      f"(J&F {entry['j_and_f']:.3f})")
-        print(" | ".join(f"{name} J&F {values['j_and_f']:.4f}" for name, values in
-                         [("trained", entry), *(([("random init", entry["random_init"])]) if "random_init" in entry
-                                                 else []), *entry["baselines"].items()]))
-        print(f"propagated masks drawn in {picture}")
+        if strips:
+            video.plot_propagation(strips, picture, title=f"{cfg.method}: the first frame's masks propagated "
+                                                          f"(J&F {entry['j_and_f']:.3f})")
+        rows = [("trained", entry), *(([("random init", entry["random_init"])]) if "random_init" in entry else []),
+                *entry["baselines"].items()]
+        for key, label in (("j_and_f", "J&F"), ("pck@0.1", "PCK@0.1"), ("pck@0.2", "PCK@0.2")):
+            if key in entry:
+                print(" | ".join(f"{name} {label} {values[key]:.4f}" for name, values in rows if key in values))
+        if strips:
+            print(f"propagated masks drawn in {picture}")
     _write_entries(args.checkpoint, {f"{key}{suffix}": entry for key, entry in entries.items()}, data)
     return 0
 

@@ -46,6 +46,47 @@ def test_the_generator_writes_the_davis_layout_with_masks_over_the_sprites(video
     assert rows[0] == "sequence,label" and len(rows) == 13
 
 
+def test_generated_keypoints_move_rigidly_with_their_sprite_and_are_visible_on_it(videos):
+    """Each sprite's five points keep the geometry of KEYPOINTS (a rotation and a shift of the sprite
+    frame: corners 0.3536 side from the centre, a square of side 0.5 side) through bounces and turns,
+    and a point is visible exactly where the mask shows its own sprite."""
+    from selfsup.data.synthetic_video import KEYPOINTS
+
+    for name in sorted(p.stem for p in (videos / "Keypoints" / "480p").glob("*.json"))[:4]:
+        data = json.loads((videos / "Keypoints" / "480p" / f"{name}.json").read_text())
+        track, scale = np.array(data["keypoints"]), np.array(data["scale"])
+        assert track.shape == (8, len(scale), 3) and len(scale) % len(KEYPOINTS) == 0
+        for k in range(len(scale) // 5):
+            points, side = track[:, 5 * k:5 * k + 5, :2], scale[5 * k]
+            centre_to_corner = np.linalg.norm(points[:, 1:] - points[:, :1], axis=2)
+            np.testing.assert_allclose(centre_to_corner, 0.5 * math.sqrt(2) * side / 2, atol=0.01)
+            np.testing.assert_allclose(np.linalg.norm(points[:, 2] - points[:, 1], axis=1), 0.5 * side, atol=0.01)
+        for t in range(8):
+            mask = np.asarray(Image.open(videos / "Annotations" / "480p" / name / f"{t:05d}.png"))
+            for i, (x, y, visible) in enumerate(track[t]):
+                owner = i // 5 + 1
+                assert bool(visible) == (mask[min(int(y), 31), min(int(x), 31)] == owner)
+
+
+def test_keypoint_files_move_with_the_square_crop_and_bad_ones_are_named(tmp_path):
+    from selfsup.data.video import read_keypoints
+
+    path = tmp_path / "seq.json"  # a 100 x 60 frame: the centred square is x in [20, 80), resized to 30
+    path.write_text(json.dumps({"keypoints": [[[20, 0, 1], [50, 30, 1], [10, 30, 1]]] * 2, "scale": [60, 30, 6]}))
+    track, scale = read_keypoints(path, 2, 100, 60, 30)
+    assert track[0].tolist() == [[0.0, 0.0, 1.0], [15.0, 15.0, 1.0], [-5.0, 15.0, 0.0]]  # cropped away: not visible
+    assert scale.tolist() == [30.0, 15.0, 3.0]
+    track, scale = read_keypoints(path, 1, 100, 60, 30)  # data.max_frames read fewer frames
+    assert track.shape == (1, 3, 3)
+    for text, message in (("{", "not a readable JSON"), ('{"keypoints": [[[1, 2, 1]]]}', "each of the 2 frames"),
+                          ('{"keypoints": [[[1, 2, 1]], [[1, 2]]]}', "same K"),
+                          ('{"keypoints": [[[1, 2, 1]], [[1, 2, 1]]], "scale": [0]}', "positive size")):
+        path.write_text(text)
+        with pytest.raises(DataError, match=message) as error:
+            read_keypoints(path, 2, 100, 60, 30)
+        assert "seq.json" in str(error.value)
+
+
 def test_the_generator_is_a_function_of_its_seed(tmp_path):
     first = write_synthetic_videos(tmp_path / "a", videos=2, frames=3, size=16, sprites="digits", seed=5)
     second = write_synthetic_videos(tmp_path / "b", videos=2, frames=3, size=16, sprites="digits", seed=5)
@@ -421,6 +462,38 @@ def test_the_colorization_encoder_sees_gray_only():
 # ----------------------------------------------------------------------------- end to end
 
 
+def test_keypoint_maps_peak_at_the_point_and_sum_to_one():
+    maps = video.keypoint_maps(torch.tensor([[7.0, 3.0], [0.5, 15.5], [6.0, 2.0]]), (16, 16), (8, 8), sigma=0.5)
+    assert maps.shape == (3, 8, 8) and torch.allclose(maps.sum(dim=(1, 2)), torch.ones(3))
+    assert divmod(int(maps[0].argmax()), 8) == (1, 3) and divmod(int(maps[1].argmax()), 8) == (7, 0)
+    # Gaussian weights by hand: a cell one cell away weighs exp(-1 / (2 sigma^2)) of the centre's
+    assert float(maps[0, 1, 4] / maps[0, 1, 3]) == pytest.approx(math.exp(-2.0), rel=1e-5)
+    # (6, 2) px lies at the corner of cells (row 0-1, col 2-3): the four cells around it weigh the same
+    assert torch.allclose(maps[2, 0:2, 2:4], maps[2, 1, 3].expand(2, 2))
+
+
+def test_pck_counts_visible_later_points_within_alpha_times_their_scale_by_hand():
+    truth = torch.tensor([[[0.0, 0, 1], [0, 0, 1]], [[10, 0, 1], [10, 0, 0]], [[0, 10, 1], [0, 0, 1]]])
+    predicted = torch.tensor([[[0.0, 0], [0, 0]], [[12, 0], [0, 0]], [[0, 13], [5, 0]]])
+    scale = torch.tensor([20.0, 40.0])
+    # frame 1: point 0 off by 2 (<= 0.1 * 20), point 1 invisible; frame 2: point 0 off by 3, point 1 by 5 (> 4)
+    assert video.pck(predicted, truth, scale, 0.1) == (1, 3)
+    assert video.pck(predicted, truth, scale, 0.2) == (3, 3)
+
+
+def test_keypoints_propagate_with_features_that_move_with_the_scene():
+    """A noise texture shifting one grid cell (2 px) right per frame (cyclically, so every cell has its
+    match): each keypoint must follow it, to within the half pixel of reading a peak off a 2x upsampling."""
+    texture = torch.randn(16, 8, 8, generator=torch.Generator().manual_seed(0))
+    features = torch.stack([texture.roll(t, dims=-1) for t in range(5)])  # (T, 16, 8, 8), content moves right
+    first = torch.tensor([[5.0, 7.0], [3.0, 13.0]])  # (x, y) px of a 16 x 16 frame, at cell centres
+    moved = video.propagate_keypoints(features, first, (16, 16), topk=1, temperature=0.01, radius=2)
+    expected = first[None] + torch.tensor([2.0, 0.0]) * torch.arange(5)[:, None, None]
+    assert bool(((moved - expected).abs() <= 0.5).all()), moved
+    truth = torch.cat([expected, torch.ones(5, 2, 1)], dim=2)
+    assert video.pck(moved, truth, torch.tensor([16.0, 16.0]), 0.1) == (8, 8)
+
+
 @pytest.fixture(scope="module")
 def colorization_run(videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "vc"
@@ -442,6 +515,8 @@ def test_a_video_recipe_trains_and_reports_propagation_and_temporal_measures_wit
     propagation = results["evaluations"]["propagation"]
     assert propagation["j_and_f"] == pytest.approx((propagation["j"] + propagation["f"]) / 2)
     assert propagation["objects"] >= 3 and propagation["videos"] == 3
+    assert 0 <= propagation["pck@0.1"] <= propagation["pck@0.2"] <= 1 and propagation["keypoints"] > 10
+    assert "pck@0.2" in propagation["random_init"]
 
 
 def test_evaluate_propagate_prints_the_baselines_and_draws_the_masks(colorization_run):
@@ -456,6 +531,15 @@ def test_evaluate_propagate_prints_the_baselines_and_draws_the_masks(colorizatio
         "data.root=")[1].split()[0], "test", size=32)
     copy = video.propagation_entry(test, None, data="x", baseline="copy")
     assert entry["baselines"]["copy"]["j_and_f"] == pytest.approx(copy["j_and_f"])
+    # the copy baseline's PCK by hand: the first frame's visible points against every later frame
+    hits = counted = 0
+    for track, scale in test.keypoints.values():
+        seen = track[0, :, 2] > 0
+        later = track[1:, seen]
+        near = (later[:, :, :2] - track[:1, seen, :2]).norm(dim=2) <= 0.2 * scale[seen]
+        hits += int((near & (later[:, :, 2] > 0)).sum())
+        counted += int((later[:, :, 2] > 0).sum())
+    assert entry["baselines"]["copy"]["pck@0.2"] == pytest.approx(hits / counted)
     result = subprocess.run([sys.executable, "-m", "selfsup", "evaluate", "temporal", str(ckpt)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

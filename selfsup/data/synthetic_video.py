@@ -10,6 +10,9 @@ Everything is a function of the seed. The files::
     root/JPEGImages/480p/<seq>/00000.jpg ...   the frames (JPEG, quality 95)
     root/Annotations/480p/<seq>/00000.png ...  instance ids per pixel (0 background, 1.. sprites),
                                                palette PNGs as DAVIS writes them
+    root/Keypoints/480p/<seq>.json             five keypoints per sprite (KEYPOINTS) per frame, each with
+                                               whether its pixel shows its sprite, and the sprite's side
+                                               as its PCK scale (selfsup.data.video's keypoint files)
     root/ImageSets/2017/train.txt, val.txt     the split, one sequence per line
     root/labels.csv                            sequence,label: the class of the first sprite
 
@@ -19,6 +22,7 @@ The first sprite is the largest, so a sequence's label is the class of what a vi
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -28,6 +32,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 DAVIS_RESOLUTION = "480p"
+KEYPOINTS = ((0.0, 0.0), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
+"""Each sprite's keypoints in its own coordinates (-1..1 across the sprite image, x right, y down):
+its centre and the centres of its four quadrants, carried with its motion and rotation."""
 
 
 def davis_palette() -> list[int]:
@@ -67,10 +74,13 @@ def _backgrounds() -> list[np.ndarray]:
 
 
 def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: list[np.ndarray], *, frames: int,
-                 size: int, objects: int, shared_colour: bool = False) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """One video: uint8 RGB frames ``(T, size, size, 3)``, instance ids ``(T, size, size)`` and the
-    sprite indices it shows (first, largest, at the back). ``shared_colour``: every sprite takes the
-    first one's colour (the random draws are the same, so the motions are those of the other setting)."""
+                 size: int, objects: int, shared_colour: bool = False) -> tuple[np.ndarray, np.ndarray, list[int], dict]:
+    """One video: uint8 RGB frames ``(T, size, size, 3)``, instance ids ``(T, size, size)``, the
+    sprite indices it shows (first, largest, at the back) and its keypoints (:data:`KEYPOINTS` of
+    each sprite, in the keypoint file's form: ``{"keypoints": T x K x [x, y, visible], "scale": K
+    sprite sides}``; a point is visible where its pixel shows its own sprite). ``shared_colour``: every
+    sprite takes the first one's colour (the random draws are the same, so the motions are those of
+    the other setting)."""
     photo = backgrounds[rng.integers(len(backgrounds))]
     pan = rng.uniform(-1.5, 1.5, 2)  # pixels per frame at the output size
     zoom = rng.uniform(1.0, 2.0)  # photo pixels per output pixel
@@ -85,6 +95,8 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
         cols = np.clip(start[1] + (xs + pan[1] * t) * zoom, 0, photo.shape[1] - 1).astype(np.int64)
         video[t] = photo[rows, cols]
     masks = np.zeros((frames, size, size), np.uint8)
+    points = np.zeros((frames, objects * len(KEYPOINTS), 2))
+    scales = []
     chosen = rng.choice(len(sprites), objects, replace=False).tolist()
     for k, index in enumerate(chosen):
         side = size * (0.55 if k == 0 else rng.uniform(0.3, 0.42))
@@ -112,13 +124,23 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
             matrix = torch.tensor([[scale * cos, scale * sin, -scale * (cos * cx + sin * cy)],
                                    [-scale * sin, scale * cos, -scale * (-sin * cx + cos * cy)]],
                                   dtype=torch.float32)[None]
+            for p, (u, v) in enumerate(KEYPOINTS):  # sprite coordinates -> output pixels: the inverse map
+                xn = cx + (cos * u - sin * v) / scale
+                yn = cy + (sin * u + cos * v) / scale
+                points[t, k * len(KEYPOINTS) + p] = ((xn + 1) * size / 2, (yn + 1) * size / 2)
             grid = F.affine_grid(matrix, [1, 1, size, size], align_corners=False)
             alpha = F.grid_sample(sprite, grid, align_corners=False)[0, 0].numpy().astype(np.float64)
             inside = alpha > 0.15
             shade = alpha[..., None] * tint * 255
             video[t][inside] = shade[inside]
             masks[t][inside] = k + 1
-    return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, chosen
+        scales += [side] * len(KEYPOINTS)
+    owner = np.repeat(np.arange(1, objects + 1), len(KEYPOINTS))
+    pixel = np.clip(np.floor(points).astype(np.int64), 0, size - 1)
+    visible = masks[np.arange(frames)[:, None], pixel[..., 1], pixel[..., 0]] == owner[None]
+    track = np.concatenate([np.round(points, 3), visible[..., None]], axis=2)
+    keypoints = {"keypoints": track.tolist(), "scale": [round(float(x), 3) for x in scales]}
+    return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, chosen, keypoints
 
 
 def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 24, size: int = 64,
@@ -141,7 +163,7 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
     names, rows = [], []
     for v in tqdm(range(videos), desc="synthetic videos", unit="video", disable=not progress):
         name = f"video{v:04d}"
-        clip, masks, chosen = render_video(rng, images, backgrounds, frames=frames, size=size,
+        clip, masks, chosen, keypoints = render_video(rng, images, backgrounds, frames=frames, size=size,
                                            objects=int(rng.integers(1, max_objects + 1)), shared_colour=shared_colour)
         frame_dir = root / "JPEGImages" / DAVIS_RESOLUTION / name
         mask_dir = root / "Annotations" / DAVIS_RESOLUTION / name
@@ -152,6 +174,9 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
             mask = Image.fromarray(masks[t], "P")
             mask.putpalette(palette)
             mask.save(mask_dir / f"{t:05d}.png")
+        points_dir = root / "Keypoints" / DAVIS_RESOLUTION
+        points_dir.mkdir(parents=True, exist_ok=True)
+        (points_dir / f"{name}.json").write_text(json.dumps(keypoints, separators=(",", ":")))
         names.append(name)
         rows.append((name, classes[int(labels[chosen[0]])]))
     n_val = max(1, round(videos * val_fraction))
@@ -166,4 +191,4 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
     return root
 
 
-__all__ = ["DAVIS_RESOLUTION", "davis_palette", "render_video", "write_synthetic_videos"]
+__all__ = ["DAVIS_RESOLUTION", "KEYPOINTS", "davis_palette", "render_video", "write_synthetic_videos"]

@@ -4,7 +4,8 @@ Layouts ``root`` may have (looked for in this order):
 
 - **DAVIS**: ``root/JPEGImages/<resolution>/<seq>/*.jpg`` (``480p`` preferred), with instance masks
   in ``root/Annotations/<resolution>/<seq>/*.png`` when present, and the split in
-  ``root/ImageSets/<year>/train.txt`` / ``val.txt`` (``test`` reads ``val``);
+  ``root/ImageSets/<year>/train.txt`` / ``val.txt`` (``test`` reads ``val``), and keypoints in
+  ``root/Keypoints/<resolution>/<seq>.json`` when present (below);
 - **a folder of videos**: ``root/train/`` and ``root/test/``, or ``root`` itself (then every fifth
   video in sorted order is the test split), each holding video files (``.mp4 .webm .avi .mkv .mov
   .m4v``, decoded by PyAV, which bundles FFmpeg: ``pip install 'selfsup[video]'``) or folders of
@@ -15,6 +16,12 @@ Layouts ``root`` may have (looked for in this order):
 images (the centred square, ``size`` x ``size``; masks with nearest neighbours). A video or frame
 that cannot be decoded is named once and skipped (a video with an unreadable frame is dropped
 whole, so that clip times stay true).
+
+A keypoint file holds ``{"keypoints": [[[x, y, visible], ...] for each frame], "scale": [s, ...]}``:
+per frame, the same K points in the frame's pixels (x right, y down, from the top-left corner;
+``visible`` 0 or 1), and per point the size in pixels its PCK is measured against (JHMDB: the
+larger side of the person's box; default the frame's shorter side). They move with the frames'
+square crop and resize. A malformed file is refused naming the file and what is wrong.
 
 Why PyAV: it is the one video decoder on the package registries that installs everywhere with its
 own FFmpeg (torchcodec needs a system FFmpeg and is not available for every platform;
@@ -55,6 +62,8 @@ class VideoSet(ImageDataset):
         time: ``(N,)`` int64, each frame's position in its video.
         names: the videos' names (sequence folder or file stem).
         masks: uint8 ``(N, H, W)`` instance ids (0 background) when every video has them, else None.
+        keypoints: per video index that has them, ``(points, scale)``: ``(T, K, 3)`` float32 ``(x, y,
+            visible)`` in pixels of the stored frames, and ``(K,)`` each point's PCK scale in those pixels.
         skipped: unreadable files and why.
     """
 
@@ -62,6 +71,7 @@ class VideoSet(ImageDataset):
     time: Tensor = None  # type: ignore[assignment]
     names: list[str] = field(default_factory=list)
     masks: Tensor | None = None
+    keypoints: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -189,6 +199,47 @@ def _decode_masks(folder: Path, count: int, size: int) -> np.ndarray | None:
     return np.stack(masks)
 
 
+def _keypoint_file(frames: Path) -> Path | None:
+    """``root/Keypoints/<resolution>/<seq>.json`` beside a DAVIS sequence's ``JPEGImages/<resolution>/<seq>``."""
+    if frames.is_dir() and frames.parent.parent.name == "JPEGImages":
+        path = frames.parent.parent.parent / "Keypoints" / frames.parent.name / f"{frames.name}.json"
+        return path if path.is_file() else None
+    return None
+
+
+def read_keypoints(path: Path, count: int, width: int, height: int, size: int) -> tuple[Tensor, Tensor]:
+    """A keypoint file (module docstring) of a video of ``count`` frames of ``width`` x ``height`` pixels,
+    moved to the ``size`` x ``size`` centred square the frames are stored as: ``((T, K, 3), (K,))``."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable JSON keypoint file ({error})") from None
+    points = data.get("keypoints") if isinstance(data, dict) else None
+    if not isinstance(points, list) or len(points) < count:
+        raise DataError(f"{path}: 'keypoints' must list the points of each of the {count} frames read, got "
+                        f"{len(points) if isinstance(points, list) else type(points).__name__}")
+    points = points[:count]  # data.max_frames may read fewer frames than the video has
+    try:
+        track = torch.tensor(points, dtype=torch.float32)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{path}: every frame must hold the same K [x, y, visible] points ({error})") from None
+    if track.ndim != 3 or track.shape[2] != 3 or track.shape[1] == 0:
+        raise DataError(f"{path}: every frame must hold the same K [x, y, visible] points, got shape "
+                        f"{tuple(track.shape)}")
+    side = min(width, height)
+    scale = torch.tensor(data.get("scale", [side] * track.shape[1]), dtype=torch.float32)
+    if scale.shape != (track.shape[1],) or not bool((scale > 0).all()):
+        raise DataError(f"{path}: 'scale' must give each of the {track.shape[1]} points a positive size")
+    factor = size / side  # the centred square's crop, then the resize
+    track[:, :, 0] = (track[:, :, 0] - (width - side) / 2) * factor
+    track[:, :, 1] = (track[:, :, 1] - (height - side) / 2) * factor
+    inside = (track[:, :, :2] >= 0).all(dim=2) & (track[:, :, :2] < size).all(dim=2)
+    track[:, :, 2] = ((track[:, :, 2] > 0) & inside).float()  # cropped away: not visible
+    return track, scale * factor
+
+
 def _read_labels(root: Path) -> dict[str, str]:
     path = root / "labels.csv"
     if not path.is_file():
@@ -214,6 +265,7 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
     named = _read_labels(root)
     all_classes = sorted(set(named.values())) or None
     images, videos, times, masks, names, labels = [], [], [], [], [], []
+    keypoints: dict[int, tuple[Tensor, Tensor]] = {}
     skipped: dict[str, str] = {}
     for name, path, mask_dir in tqdm(entries, desc=f"decoding {root.name} {split}", unit="video",
                                      disable=not progress):
@@ -233,6 +285,12 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
         videos.append(torch.full((len(clip),), v, dtype=torch.int64))
         times.append(torch.arange(len(clip)))
         masks.append(None if mask is None else torch.from_numpy(mask))
+        points = _keypoint_file(path)
+        if points is not None:
+            first = _frame_files(path)[0]
+            with Image.open(first) as image:
+                width, height = image.size
+            keypoints[v] = read_keypoints(points, len(clip), width, height, size)
         if all_classes is not None:
             labels.append(torch.full((len(clip),), all_classes.index(named[name]), dtype=torch.int64))
     if not names:
@@ -240,7 +298,8 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
                         + (f" ({len(skipped)} skipped, e.g. {next(iter(skipped.items()))})" if skipped else ""))
     return VideoSet(torch.cat(images), torch.cat(labels) if all_classes is not None else None, all_classes,
                     f"video_{root.name}", video=torch.cat(videos), time=torch.cat(times), names=names,
-                    masks=torch.cat(masks) if all(m is not None for m in masks) else None, skipped=skipped)
+                    masks=torch.cat(masks) if all(m is not None for m in masks) else None, keypoints=keypoints,
+                    skipped=skipped)
 
 
 def window_times(length: int, stride: int = 1) -> Callable[[Tensor, torch.Generator], Tensor]:

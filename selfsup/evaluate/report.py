@@ -490,13 +490,15 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     bank = any("bank_knn" in run["results"]["evaluations"] for run in runs)
     dense = any("correspondence" in run["results"]["evaluations"] for run in runs)
     videos = any("propagation" in run["results"]["evaluations"] for run in runs)
+    keypoints = any("pck@0.1" in (run["results"]["evaluations"].get("propagation") or {}) for run in runs)
 
     head = ["run", "method", "epochs", "batch", "linear probe (random init)", "kNN (random init)",
             *(["bank kNN"] if bank else []), *(["PCK@3 (random init; raw patches)"] if dense else []),
             *(["propagation J&F (random init; Lab; copy)", "temporal-order tau (random init)"] if videos else []),
+            *(["keypoint PCK@0.1 (random init; Lab; copy)"] if keypoints else []),
             "wall time (min)", "img/s", "command"]
     align = ["---", "---", "---:", "---:", "---:", "---:", *(["---:"] if bank else []), *(["---:"] if dense else []),
-             *(["---:", "---:"] if videos else []), "---:", "---:", "---"]
+             *(["---:", "---:"] if videos else []), *(["---:"] if keypoints else []), "---:", "---:", "---"]
     head += [f"fine-tune {_fraction_label(value)} (scratch)" for value in sorted(fractions)]
     head += [f"few-shot {n_way}-way {k_shot}-shot (random init)" for n_way, k_shot in sorted(fewshot)]
     head += ["transfer"] if transfer else []
@@ -517,6 +519,8 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
                *([_video_text(evaluations.get("propagation"), "j_and_f", f"{run_dir}: evaluation 'propagation'"),
                   _video_text(evaluations.get("temporal"), "tau", f"{run_dir}: evaluation 'temporal'")]
                  if videos else []),
+               *([_video_text(evaluations.get("propagation"), "pck@0.1", f"{run_dir}: evaluation 'propagation'")
+                  if "pck@0.1" in (evaluations.get("propagation") or {}) else MISSING] if keypoints else []),
                MISSING if seconds is None else f"{seconds / 60:.1f}",
                MISSING if rate is None else f"{round(rate):,}",
                MISSING if results.get("command") is None else f"`{_plain(results['command'])}`"]
@@ -564,7 +568,9 @@ def headline_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         if "correspondence" in evaluations:
             own = "PCK@3 " + _pck_text(evaluations["correspondence"], f"{run_dir}: evaluation 'correspondence'")
         elif "propagation" in evaluations:
-            own = "J&F " + _video_text(evaluations["propagation"], "j_and_f", f"{run_dir}: evaluation 'propagation'")
+            propagation = evaluations["propagation"]
+            own = "; ".join(f"{label} " + _video_text(propagation, key, f"{run_dir}: evaluation 'propagation'")
+                            for key, label in (("j_and_f", "J&F"), ("pck@0.1", "PCK@0.1")) if key in propagation)
         data = _plain(results.get("data"))
         row = [_plain(results["name"]), data, _plain(results.get("epochs")),
                _accuracy(results, "linear", run_dir) if "linear" in evaluations else MISSING,

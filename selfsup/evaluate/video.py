@@ -13,6 +13,12 @@ and frame, the region similarity J (IoU; 1 when both masks are empty) and the co
 the first and last frames left out; J and F are averaged per object, then over all objects of
 all sequences, and J&F is their mean.
 
+**Keypoints** (JHMDB's pose propagation as the same line of work reports it): each keypoint visible
+in the first frame becomes a Gaussian heat map on the grid, the maps are propagated as the masks
+are, and a keypoint is then where its map, resized to the frame, peaks; PCK@α is the share of the
+later frames' visible true keypoints within α times the keypoint's scale (its object's size) of
+the prediction (α = 0.1 and 0.2).
+
 **Time-contrastive measures** on held-out videos: the temporal-order τ (per video, Kendall's τ-b
 between the time gap ``|t_i - t_j|`` and the feature distance of every pair of frames, averaged
 over videos: 1 when the features order frames as time does) and same-video retrieval (the share of
@@ -128,26 +134,23 @@ def _neighbourhood(h: int, w: int, radius: float, device) -> Tensor:
     return torch.where(near, 0.0, -1e10)
 
 
-def propagate_masks(features: Tensor, first_mask: Tensor, *, topk: int = 10, radius: float = 12,
-                    context: int = 20, temperature: float = 0.05) -> Tensor:
-    """The first frame's instance ids carried through a video (the module docstring's protocol).
+def propagate_labels(features: Tensor, first_labels: Tensor, *, topk: int = 10, radius: float = 12,
+                     context: int = 20, temperature: float = 0.05) -> Tensor:
+    """Soft labels of frame 0 carried through a video by feature affinity (the module docstring's protocol).
 
     Args:
         features: ``(T, D, h, w)`` per-pixel features of the video's frames (normalised here).
-        first_mask: ``(H, W)`` int ids of frame 0 (0: background).
+        first_labels: ``(K, h, w)`` soft labels of frame 0 at the feature grid (instance one-hots,
+            keypoint heat maps).
         topk, radius, context, temperature: the protocol's constants (videowalk's DAVIS settings).
 
     Returns:
-        ``(T, H, W)`` int64 predicted ids (frame 0 is ``first_mask``).
+        ``(T, K, h, w)`` labels of every frame (frame 0's as given).
     """
     t_count, _, h, w = features.shape
     feats = F.normalize(features.float(), dim=1).flatten(2)  # (T, D, hw)
-    ids = torch.unique(first_mask)
-    onehot = (first_mask[None] == ids[:, None, None]).float()[None]  # (1, K, H, W)
-    size = tuple(first_mask.shape)
-    labels = [F.interpolate(onehot, size=(h, w), mode="bilinear", align_corners=False)[0].flatten(1)]  # (K, hw)
+    labels = [first_labels.float().flatten(1)]  # (K, hw)
     local = _neighbourhood(h, w, radius, feats.device)
-    out = [first_mask.long()]
     for t in range(1, t_count):
         previous = [max(0, t - k) for k in range(context, 0, -1)]  # frame-0 copies while t < context
         keys = torch.stack([feats[0]] + [feats[p] for p in previous])  # (1 + context, D, hw)
@@ -158,11 +161,70 @@ def propagate_masks(features: Tensor, first_mask: Tensor, *, topk: int = 10, rad
         weights, index = affinity.topk(min(topk, affinity.shape[0]), dim=0)
         weights = weights.softmax(dim=0)  # (topk, hw)
         flat_labels = key_labels.permute(1, 0, 2).flatten(1)  # (K, frames * hw)
-        predicted = (flat_labels[:, index] * weights[None]).sum(dim=1)  # (K, hw)
-        labels.append(predicted)
-        full = F.interpolate(predicted.view(1, -1, h, w), size=size, mode="bilinear", align_corners=False)[0]
+        labels.append((flat_labels[:, index] * weights[None]).sum(dim=1))  # (K, hw)
+    return torch.stack(labels).view(t_count, -1, h, w)
+
+
+def propagate_masks(features: Tensor, first_mask: Tensor, *, topk: int = 10, radius: float = 12,
+                    context: int = 20, temperature: float = 0.05) -> Tensor:
+    """The first frame's instance ids carried through a video (:func:`propagate_labels` of their
+    one-hot maps resized to the grid, each pixel taking the argmax of its labels resized back).
+
+    Args:
+        features: ``(T, D, h, w)`` per-pixel features of the video's frames.
+        first_mask: ``(H, W)`` int ids of frame 0 (0: background).
+
+    Returns:
+        ``(T, H, W)`` int64 predicted ids (frame 0 is ``first_mask``).
+    """
+    h, w = features.shape[-2:]
+    ids = torch.unique(first_mask)
+    onehot = (first_mask[None] == ids[:, None, None]).float()[None]  # (1, K, H, W)
+    first = F.interpolate(onehot, size=(h, w), mode="bilinear", align_corners=False)[0]
+    labels = propagate_labels(features, first, topk=topk, radius=radius, context=context, temperature=temperature)
+    out = [first_mask.long()]
+    for frame in labels[1:]:  # one frame at a time: full-size labels of a whole video can be large
+        full = F.interpolate(frame[None], size=tuple(first_mask.shape), mode="bilinear", align_corners=False)[0]
         out.append(ids[full.argmax(dim=0)].long())
     return torch.stack(out)
+
+
+def keypoint_maps(points: Tensor, image_size: tuple[int, int], grid: tuple[int, int], sigma: float = 0.5) -> Tensor:
+    """``(K, h, w)`` heat maps of ``K`` points ``(x, y)`` in pixels of an ``image_size`` = (H, W) frame
+    on a ``grid`` = (h, w): a Gaussian of ``sigma`` grid cells about each point, summing to 1."""
+    (height, width), (h, w) = image_size, grid
+    cy = (torch.arange(h, dtype=torch.float32) + 0.5) * height / h  # grid cell centres in pixels
+    cx = (torch.arange(w, dtype=torch.float32) + 0.5) * width / w
+    dy = (cy[None, :] - points[:, 1:2].float()) * h / height  # (K, h) distances in cells
+    dx = (cx[None, :] - points[:, 0:1].float()) * w / width
+    maps = torch.exp(-(dy[:, :, None] ** 2 + dx[:, None, :] ** 2) / (2 * sigma ** 2))
+    return maps / maps.sum(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+
+
+def propagate_keypoints(features: Tensor, first_points: Tensor, image_size: tuple[int, int], *, sigma: float = 0.5,
+                        topk: int = 10, radius: float = 12, context: int = 20, temperature: float = 0.05) -> Tensor:
+    """Frame 0's keypoints carried through a video: their heat maps (:func:`keypoint_maps`) propagated
+    by :func:`propagate_labels`, each point then where its map, resized to the frame (bilinear), peaks.
+
+    Returns:
+        ``(T, K, 2)`` float ``(x, y)`` pixel positions (frame 0's as given); a pixel's position is its centre.
+    """
+    grid = tuple(features.shape[-2:])
+    first = keypoint_maps(first_points, image_size, grid, sigma)
+    labels = propagate_labels(features, first, topk=topk, radius=radius, context=context, temperature=temperature)
+    peak = torch.stack([F.interpolate(frame[None], size=image_size, mode="bilinear", align_corners=False)[0]
+                        .flatten(1).argmax(dim=1) for frame in labels[1:]])  # (T - 1, K) flat pixel index
+    later = torch.stack([peak % image_size[1], peak // image_size[1]], dim=2).float() + 0.5
+    return torch.cat([first_points[None, :, :2].float(), later])
+
+
+def pck(predicted: Tensor, truth: Tensor, scale: Tensor, alpha: float) -> tuple[int, int]:
+    """(hits, counted): visible true points (``truth[..., 2] > 0``) of frames 1.. whose prediction lies
+    within ``alpha`` x their ``scale`` (pixels, per point) of them, as JHMDB's PCK counts."""
+    visible = truth[1:, :, 2] > 0
+    distance = (predicted[1:, :, :2] - truth[1:, :, :2]).norm(dim=2)
+    hits = (distance <= alpha * scale[None]) & visible
+    return int(hits.sum()), int(visible.sum())
 
 
 def lab_features(frames: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -175,51 +237,89 @@ def lab_features(frames: Tensor, grid: tuple[int, int]) -> Tensor:
     return (lab - lab.mean(dim=(0, 2, 3), keepdim=True)) / lab.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
 
 
+PCK_ALPHAS = (0.1, 0.2)
+KEYPOINT_PROTOCOL = ("the first frame's visible keypoints propagated the same way as Gaussian heat maps (sigma "
+                     "{sigma} grid cells), each then at its map's peak; PCK@alpha: the share of later frames' "
+                     "visible true keypoints within alpha x the keypoint's scale (its object's size) of the "
+                     "prediction, as JHMDB's PCK")
+
+
 def propagation_entry(video_set, dense: Callable[[Tensor], Tensor] | None, *, data: str, topk: int = 10,
                       radius: float = 12, context: int = 20, temperature: float = 0.05,
-                      baseline: str | None = None, lab_stride: int = 4, keep: int = 0) -> dict[str, Any]:
-    """J, F and J&F of propagating each held-out video's first masks, as a results.json entry.
+                      baseline: str | None = None, lab_stride: int = 4, keep: int = 0,
+                      sigma: float = 0.5) -> dict[str, Any]:
+    """J, F and J&F of propagating each held-out video's first masks, and PCK@0.1 / 0.2 of propagating
+    its first keypoints when the videos have them (``video_set.keypoints``), as a results.json entry.
 
     ``dense`` maps uint8 frames ``(N, C, H, W)`` to ``(N, D, h, w)`` features; ``baseline`` instead
-    scores ``"copy"`` (the first mask for every frame) or ``"lab"`` (:func:`lab_features` on a grid
-    of side / ``lab_stride``). ``keep``: return the first ``keep`` videos' predictions too
-    (``"strips"``: (frames, truth, predicted) per video)."""
-    if video_set.masks is None:
-        raise ValueError(f"{data}: the held-out videos have no instance masks (Annotations/<res>/<seq>/*.png) to "
-                         f"propagate")
+    scores ``"copy"`` (the first masks and keypoints for every frame) or ``"lab"`` (:func:`lab_features`
+    on a grid of side / ``lab_stride``). ``keep``: return the first ``keep`` videos' predictions too
+    (``"strips"``: (frames, truth, predicted) per video, of the videos with masks)."""
+    keypoints = getattr(video_set, "keypoints", None) or {}
+    if video_set.masks is None and not keypoints:
+        raise ValueError(f"{data}: the held-out videos have neither instance masks (Annotations/<res>/<seq>/*.png) "
+                         f"nor keypoints (Keypoints/<res>/<seq>.json) to propagate")
+    if baseline not in (None, "copy", "lab") or (baseline is None and dense is None):
+        raise ValueError(f"baseline must be None (with dense features), 'copy' or 'lab', got {baseline!r}")
     j_all, f_all, per_video, strips = [], [], {}, []
+    hits = {alpha: [0, 0] for alpha in PCK_ALPHAS}
     for v, name in enumerate(video_set.names):
         rows = video_set.frames(v)
-        frames, truth = video_set.images[rows], video_set.masks[rows].long()
-        if baseline == "copy":
-            predicted = truth[:1].expand_as(truth)
-        else:
-            if baseline == "lab":
-                side = max(1, frames.shape[-1] // lab_stride)
-                feats = lab_features(frames, (side, side))
-            elif baseline is None and dense is not None:
-                feats = dense(frames)
+        frames = video_set.images[rows]
+        truth = video_set.masks[rows].long() if video_set.masks is not None else None
+        points = keypoints.get(v)
+        feats = None
+        if baseline == "lab":
+            side = max(1, frames.shape[-1] // lab_stride)
+            feats = lab_features(frames, (side, side)).cpu()
+        elif baseline is None:
+            feats = dense(frames).cpu()
+        if truth is not None:
+            predicted = (truth[:1].expand_as(truth) if feats is None else
+                         propagate_masks(feats, truth[0].cpu(), topk=topk, radius=radius, context=context,
+                                         temperature=temperature))
+            scores = davis_scores(truth.cpu(), predicted.cpu())
+            j_all += [j for j, _ in scores.values()]
+            f_all += [f for _, f in scores.values()]
+            if scores:
+                per_video[name] = {"j": float(np.mean([j for j, _ in scores.values()])),
+                                   "f": float(np.mean([f for _, f in scores.values()]))}
+            if len(strips) < keep:
+                strips.append((frames.cpu(), truth.cpu(), predicted.cpu()))
+        if points is not None:
+            track, scale = points
+            if feats is None:
+                moved = track[:1, :, :2].expand(len(track), -1, -1)
             else:
-                raise ValueError(f"baseline must be None (with dense features), 'copy' or 'lab', got {baseline!r}")
-            predicted = propagate_masks(feats.cpu(), truth[0].cpu(), topk=topk, radius=radius, context=context,
-                                        temperature=temperature)
-        scores = davis_scores(truth.cpu(), predicted.cpu())
-        j_all += [j for j, _ in scores.values()]
-        f_all += [f for _, f in scores.values()]
-        if scores:
-            per_video[name] = {"j": float(np.mean([j for j, _ in scores.values()])),
-                               "f": float(np.mean([f for _, f in scores.values()]))}
-        if v < keep:
-            strips.append((frames.cpu(), truth.cpu(), predicted.cpu()))
-    if not j_all:
-        raise ValueError(f"{data}: no held-out video has an object in its first frame's mask")
-    j, f = float(np.mean(j_all)), float(np.mean(f_all))
-    protocol = {"copy": "the first frame's masks copied to every frame (a baseline); J and F as DAVIS-2017",
-                "lab": PROPAGATION_PROTOCOL.format(topk=topk, temperature=temperature, context=context, radius=radius)
-                + "; the features are the frames' Lab colours (a baseline)"}.get(
-        baseline or "", PROPAGATION_PROTOCOL.format(topk=topk, temperature=temperature, context=context, radius=radius))
-    entry = {"j_and_f": (j + f) / 2, "j": j, "f": f, "objects": len(j_all), "videos": len(per_video),
-             "per_video": per_video, "data": data, "protocol": protocol}
+                moved = propagate_keypoints(feats, track[0, :, :2], tuple(frames.shape[-2:]), sigma=sigma, topk=topk,
+                                            radius=radius, context=context, temperature=temperature)
+            seen = track[0, :, 2] > 0  # only what the first frame shows can be propagated
+            for alpha in PCK_ALPHAS:
+                hit, counted = pck(moved[:, seen], track[:, seen], scale[seen], alpha)
+                hits[alpha][0] += hit
+                hits[alpha][1] += counted
+    settings = {"topk": topk, "temperature": temperature, "context": context, "radius": radius}
+    entry: dict[str, Any] = {"data": data}
+    protocols = []
+    if video_set.masks is not None:
+        if not j_all:
+            raise ValueError(f"{data}: no held-out video has an object in its first frame's mask")
+        j, f = float(np.mean(j_all)), float(np.mean(f_all))
+        entry.update({"j_and_f": (j + f) / 2, "j": j, "f": f, "objects": len(j_all), "videos": len(per_video),
+                      "per_video": per_video})
+        protocols.append("the first frame's masks copied to every frame (a baseline); J and F as DAVIS-2017"
+                         if baseline == "copy" else PROPAGATION_PROTOCOL.format(**settings))
+    if keypoints:
+        counted = hits[PCK_ALPHAS[0]][1]
+        if not counted:
+            raise ValueError(f"{data}: no keypoint visible in a held-out video's first frame is visible later")
+        entry.update({f"pck@{alpha}": hits[alpha][0] / counted for alpha in PCK_ALPHAS})
+        entry["keypoints"] = counted
+        protocols.append("the first frame's keypoints copied to every frame (a baseline); PCK as JHMDB"
+                         if baseline == "copy" else KEYPOINT_PROTOCOL.format(sigma=sigma))
+    if baseline == "lab":
+        protocols.append("the features are the frames' Lab colours (a baseline)")
+    entry["protocol"] = "; ".join(protocols)
     if keep:
         entry["strips"] = strips
     return entry
@@ -323,5 +423,6 @@ def temporal_entry(features: Tensor, video: Tensor, time: Tensor, *, data: str) 
 
 
 __all__ = ["PROPAGATION_PROTOCOL", "TEMPORAL_PROTOCOL", "boundary_map", "contour_accuracy", "davis_scores",
-           "dense_features", "lab_features", "plot_propagation", "propagate_masks", "propagation_entry",
+           "dense_features", "keypoint_maps", "lab_features", "pck", "plot_propagation", "propagate_keypoints",
+           "propagate_labels", "propagate_masks", "propagation_entry",
            "region_similarity", "same_video_retrieval", "temporal_entry", "temporal_order_tau"]

@@ -251,13 +251,13 @@ class VideoMethodBase(MethodBase):
         return FeatureGrid(self.eval_encoder())
 
     def extra_evaluations(self, test, *, data: str, device=None) -> dict[str, dict]:
-        """The ``temporal`` entry on the held-out videos, and ``propagation`` when they have masks."""
+        """The ``temporal`` entry on the held-out videos, and ``propagation`` when they have masks or keypoints."""
         from selfsup import evaluate
         from selfsup.evaluate import video
 
         features = evaluate.extract_features(self.eval_encoder(), test.images, device=device)
         entries = {"temporal": video.temporal_entry(features, test.video, test.time, data=data)}
-        if getattr(test, "masks", None) is not None:
+        if getattr(test, "masks", None) is not None or getattr(test, "keypoints", None):
             dense = self.dense_encoder()
             entries["propagation"] = video.propagation_entry(
                 test, lambda frames: video.dense_features(dense, frames, device=device), data=data)
