@@ -93,6 +93,31 @@ def test_num_noise_zero_is_the_exact_softmax_over_the_bank_by_hand():
     np.testing.assert_allclose(method.bank.features[7].double().numpy(), moved / np.linalg.norm(moved), atol=1e-6)
 
 
+def test_first_visit_fills_an_entry_with_its_feature_and_leaves_unseen_entries_out_of_the_softmax():
+    method = make(num_samples=10, num_noise=0, temperature=0.5)
+    method = InstDisc(method.backbone, num_samples=10, proj_dim=4, num_noise=0, temperature=0.5,
+                      bank_init="first_visit").train()
+    bank_before = method.bank.features.clone().double().numpy()
+    x, index = images(3, 1), torch.tensor([7, 2, 4])
+    out = method.training_step(Batch([x], index), at(0))
+    with torch.no_grad():
+        f = F.normalize(method.projector(method.backbone(x)), dim=1).double().numpy()
+    np.testing.assert_allclose(method.bank.features[[7, 2, 4]].double().numpy(), f, atol=1e-6)
+    np.testing.assert_array_equal(method.bank.features[[0, 1, 3]].double().numpy(), bank_before[[0, 1, 3]])
+    assert method.visited.tolist() == [i in (2, 4, 7) for i in range(10)]
+    expected = 0.0  # the softmax runs over the three seen entries only, each image's own feature its positive
+    for i in range(3):
+        scores = [f[i] @ f[j] / 0.5 for j in range(3)]
+        expected += -(scores[i] - math.log(sum(math.exp(s) for s in scores))) / 3
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    x2, index2 = images(2, 2), torch.tensor([7, 5])  # 7 seen: left as it was until the momentum update
+    seen = method.bank.features[7].clone()
+    method.training_step(Batch([x2], index2), at(1))
+    assert torch.equal(method.bank.features[7], seen) and method.visited[5]
+    with pytest.raises(ValueError, match="num_noise=0"):
+        InstDisc(method.backbone, num_samples=10, num_noise=5, bank_init="first_visit")
+
+
 def test_proximal_term_adds_lambda_times_the_distance_to_the_bank_entry_by_hand():
     plain, proximal = make(), make()
     proximal.proximal = 0.3
