@@ -8,7 +8,7 @@ its random initialisation (the run's floor).
   the share of held-out views whose nearest other view is the other view of the same image.
 - Label methods (triplet, SupCon, N-pair): class retrieval, the share of held-out images whose
   nearest other held-out image (cosine) has their class.
-- Deep InfoMax: its own JSD objective on held-out images.
+- Deep InfoMax: its own local objective (the recipe's infoNCE) on held-out images.
 
 InstDisc, MoCo v3, SimSiam, SupCon and N-pair need 60 short epochs (seconds each) before their
 measure moves; at 10-20 they sit at or below their floor, the slow start that the learning bar on
@@ -85,7 +85,7 @@ INSTANCES = [  # partner retrieval among 720 views, floor 0.036
     ("moco_v1", 16, 20, 16, ["method_args.queue_size=512"], 1.4),  # -> 0.064
     ("cmc", 16, 20, 16, [], 1.2),  # -> 0.051
     # Slower starters (at 20 epochs: 0.029, 0.015 and 0.042, below or at their floor):
-    ("instdisc", 16, 60, 16, ["method_args.num_noise=256"], 1.6),  # -> 0.078
+    ("instdisc", 16, 60, 16, [], 1.6),
     ("mocov3", 16, 60, 16, ["method_args.hidden_dim=128", "method_args.proj_dim=64"], 1.4),  # -> 0.067
     ("simsiam", 16, 60, 16, ["method_args.proj_hidden_dim=128", "method_args.proj_dim=128",
                              "method_args.pred_hidden_dim=32"], 1.6),  # -> 0.081
@@ -126,7 +126,7 @@ def test_label_recipes_learn_their_classes(tmp_path, recipe, size, epochs, width
 
 
 def held_out_objective(trainer: Trainer) -> float:
-    """DIM's local JSD term (its training objective with the recipe's weights: local 1, global 0) on
+    """DIM's local infoNCE term (its training objective with the recipe's weights: local 1, global 0) on
     the held-out digits; the prior's gradient reversal needs autograd on, nothing is stepped."""
     method, images = trainer.method, trainer.test_set.images
     with torch.random.fork_rng(devices=[]), eval_mode(method):
@@ -138,7 +138,7 @@ def held_out_objective(trainer: Trainer) -> float:
 
 def test_deep_infomax_raises_its_mutual_information_estimate_on_held_out_images(tmp_path):
     trainer = _trainer(tmp_path, "dim", 16, 12, 8, [])
-    before = held_out_objective(trainer)  # about 2 log 2 = 1.386, the JSD loss of a critic at chance
+    before = held_out_objective(trainer)  # at chance log(1 + (B - 1) P): 8.66 for 360 digits of 4x4 positions
     trainer.fit()
     after = held_out_objective(trainer)
-    assert after < before - 0.07, (before, after)  # measured 1.400 -> 1.260
+    assert after < before - 0.5, (before, after)  # measured 8.657 -> 7.093
