@@ -10,7 +10,7 @@ import torch
 
 pytestmark = pytest.mark.distributed
 SCRIPT = Path(__file__).parent / "scripts" / "method_ranks.py"
-EXACT = ["moco", "instdisc", "instdisc_every_batch", "mocov3", "invaspread", "supcon", "simclr", "simsiam", "cmc",
+EXACT = ["moco", "instdisc", "instdisc_every_batch", "instdisc_softmax", "mocov3", "invaspread", "supcon", "simclr", "simsiam", "cmc",
          "cmc_batch", "clip", "byol", "dino", "rotation", "colorization", "viewmaker", "densecl"]
 # Mining, in-batch negatives and random tasks inside each rank's batch: compared with one process that
 # runs each rank's rows as its own batch (see tests/scripts/method_ranks.py).

@@ -150,8 +150,8 @@ class InstDisc(MethodBase):
             if self.bank_init == "first_visit":
                 logits = logits.masked_fill(~self.visited, float("-inf"))
             loss = F.cross_entropy(logits, index)
-            with torch.no_grad():  # the exact normaliser, logged where NCE logs its estimate
-                self.log_z.copy_(torch.logsumexp(logits, dim=1).mean())
+            with torch.no_grad():  # the exact normaliser of the global batch, logged where NCE logs its estimate
+                self.log_z.copy_(distributed.gather(torch.logsumexp(logits, dim=1)).mean())
             outputs = {"log_z": self.log_z.clone()}
         else:
             candidates = torch.cat([index[:, None], self.noise(progress.step, len(index), f.device)], dim=1)

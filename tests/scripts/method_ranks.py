@@ -37,6 +37,8 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "instdisc": {"num_samples": 40, "proj_dim": 4, "num_noise": 16, "temperature": 0.2},
         "instdisc_every_batch": {"num_samples": 40, "proj_dim": 4, "num_noise": 16, "temperature": 0.2,
                                  "normalizer": "every_batch"},
+        "instdisc_softmax": {"num_samples": 40, "proj_dim": 4, "num_noise": 0, "temperature": 0.2,
+                             "bank_init": "first_visit"},
         "mocov3": {"hidden_dim": 8, "proj_dim": 4, "temperature": 0.5},
         "invaspread": {"proj_dim": 4},
         "supcon": {"proj_hidden_dim": 8, "proj_dim": 4},
@@ -57,7 +59,7 @@ ARGS = {"moco": {"proj_hidden_dim": 8, "proj_dim": 4, "queue_size": 12, "momentu
         "viewmaker": {"proj_dim": 4, "num_res_blocks": 1, "temperature": 0.5},
         "densecl": {"proj_dim": 4, "queue_size": 12, "momentum": 0.9, "warmup_steps": 1, "shuffle_splits": 2},
         "dense_object_net": {"dim": 3, "matches": 8, "non_matches": 5}}
-VARIANT_OF = {"instdisc_every_batch": "instdisc", "cmc_batch": "cmc"}
+VARIANT_OF = {"instdisc_every_batch": "instdisc", "instdisc_softmax": "instdisc", "cmc_batch": "cmc"}
 CONV = ("rotation", "colorization", "dim", "cpc", "jigsaw", "relative_location", "viewmaker", "densecl",
         "dense_object_net")
 # Each rank draws its own views (Viewmaker's noise) and the loss gathers them: one process emulates
