@@ -425,6 +425,110 @@ def test_each_video_method_takes_a_step_that_lowers_its_loss(videos, make):
     assert float(method.training_step(batch, progress)["loss"].detach()) < before
 
 
+@pytest.fixture(scope="module")
+def two_camera_videos(tmp_path_factory):
+    """6 scenes seen by 2 synchronised cameras, 6 frames at 32x32, 2 scenes (4 sequences) held out."""
+    return write_synthetic_videos(tmp_path_factory.mktemp("views") / "synthetic", videos=6, frames=6, size=32,
+                                  sprites="digits", views=2, val_fraction=0.3, seed=1)
+
+
+def test_the_second_camera_sees_the_same_scene_zoomed_and_rolled(two_camera_videos, videos):
+    """Each scene's first view is the single-camera video of the same seed, and the second view's
+    keypoints are a similarity transform of the first's: every distance between two of a frame's
+    points grows by one zoom (1.15-1.4), which is also the ratio of the points' recorded scales."""
+    single = write_synthetic_videos(two_camera_videos.parent / "single", videos=6, frames=6, size=32,
+                                    sprites="digits", val_fraction=0.3, seed=1)
+    first = np.asarray(Image.open(two_camera_videos / "JPEGImages" / "480p" / "video0002_view0" / "00003.jpg"))
+    assert np.array_equal(first, np.asarray(Image.open(single / "JPEGImages" / "480p" / "video0002" / "00003.jpg")))
+    names = (two_camera_videos / "ImageSets" / "2017" / "val.txt").read_text().split()
+    assert names == ["video0004_view0", "video0004_view1", "video0005_view0", "video0005_view1"]
+    for scene in ("video0000", "video0003"):
+        a, b = (json.loads((two_camera_videos / "Keypoints" / "480p" / f"{scene}_view{k}.json").read_text())
+                for k in (0, 1))
+        pa, pb = np.array(a["keypoints"])[..., :2], np.array(b["keypoints"])[..., :2]
+        da = np.linalg.norm(pa[:, :, None] - pa[:, None, :], axis=3)
+        db = np.linalg.norm(pb[:, :, None] - pb[:, None, :], axis=3)
+        zoom = np.array(b["scale"]) / np.array(a["scale"])
+        assert 1.15 <= zoom[0] <= 1.4 and np.allclose(zoom, zoom[0], rtol=1e-4)  # scales kept to 3 decimals
+        np.testing.assert_allclose(db[da > 1], zoom[0] * da[da > 1], rtol=1e-3, atol=0.01)
+        for t in range(6):  # visible where the warped mask shows the point's own sprite
+            mask = np.asarray(Image.open(two_camera_videos / "Annotations" / "480p" / f"{scene}_view1" / f"{t:05d}.png"))
+            for i, (x, y, visible) in enumerate(np.array(b["keypoints"])[t]):
+                inside = 0 <= x < 32 and 0 <= y < 32
+                assert bool(visible) == (inside and mask[int(y), int(x)] == i // 5 + 1)
+
+
+def test_views_of_a_scene_are_paired_at_the_same_times(two_camera_videos):
+    train = load_video_split(two_camera_videos, "train", size=32)
+    assert train.scenes.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    source = VideoClips(train, batch_size=4, seed=0, clips_per_video=2)
+    source.clip_times, source.clip_views = window_times(3), 2
+    batch = source.batch(0, 1, 0)
+    videos, partners, times = batch.extra["video"], batch.extra["partner"], batch.extra["times"]
+    assert batch.images.shape == (4, 6, 3, 32, 32) and torch.equal(times[:, :3], times[:, 3:])
+    assert torch.equal(train.scenes[videos], train.scenes[partners]) and bool((videos != partners).all())
+    assert torch.equal(batch.extra["scene"], train.scenes[videos])
+    for row in range(4):
+        rows = train.frames(int(partners[row]))
+        assert torch.equal(batch.images[row, 3:], train.images[rows][times[row, :3]])
+    halves = [VideoClips(train, batch_size=4, world_size=2, seed=0, clips_per_video=2) for _ in range(2)]
+    for half in halves:
+        half.clip_times, half.clip_views = window_times(3), 2
+    assert torch.equal(torch.cat([halves[r].batch(0, 1, r).images for r in range(2)]), batch.images)
+    alone = VideoClips(load_video_split(two_camera_videos, "train", size=32), batch_size=2, clips_per_video=1)
+    alone.scenes = torch.arange(8)  # no other view: each clip is paired with itself
+    alone.clip_times, alone.clip_views = window_times(2), 2
+    lonely = alone.batch(0, 0, 0)
+    assert torch.equal(lonely.extra["partner"], lonely.extra["video"])
+
+
+def test_multi_view_time_contrastive_is_the_official_semi_hard_triplet_over_timestep_labels():
+    """By a double loop: labels (scene, time); positives share the label, every other label is negative."""
+    torch.manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(12, 5), dim=1)
+    times = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    scenes = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])  # two scenes x two views x three times
+    d = torch.cdist(e, e).square()
+    terms = []
+    for i in range(12):
+        for j in range(12):
+            if i == j or scenes[i] != scenes[j] or times[i] != times[j]:
+                continue
+            negatives = [d[i, k] for k in range(12) if scenes[k] != scenes[i] or times[k] != times[i]]
+            farther = [n for n in negatives if n > d[i, j]]
+            chosen = min(farther) if farther else max(negatives)
+            terms.append(max(0.0, 0.2 + float(d[i, j]) - float(chosen)))
+    expected = sum(terms) / len(terms)
+    assert losses.multi_view_time_contrastive(e, times, scenes).item() == pytest.approx(expected, rel=1e-5)
+    # neg_radius 1 spares the neighbouring times of the same scene
+    near = losses.multi_view_time_contrastive(e, times, scenes, neg_radius=1)
+    terms = []
+    for i in range(12):
+        for j in range(12):
+            if i == j or scenes[i] != scenes[j] or times[i] != times[j]:
+                continue
+            negatives = [d[i, k] for k in range(12) if scenes[k] != scenes[i] or abs(times[k] - times[i]) > 1]
+            farther = [n for n in negatives if n > d[i, j]]
+            terms.append(max(0.0, 0.2 + float(d[i, j]) - float(min(farther) if farther else max(negatives))))
+    assert near.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_multi_view_tcn_trains_on_paired_views_through_the_engine(two_camera_videos, tmp_path):
+    from selfsup.config import load_config
+    from selfsup.engine import Trainer
+
+    trainer = Trainer(load_config("recipes/tcn_synthetic_videos.yaml", [
+        f"data.root={two_camera_videos}", "data.size=32", "data.clips_per_video=2", "train.batch_size=4",
+        "train.epochs=1", "backbone.width=8", "method_args.multi_view=true", "method_args.frames=3",
+        "train.progress=false", "eval.plots=false", f"train.out_dir={tmp_path}"]))
+    assert trainer.source.clip_views == 2
+    batch = trainer.make_batch(0, 0)
+    assert batch.views[0].shape[:2] == (4, 6) and "scene" in batch.extra
+    trainer.fit()
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 class _PositionCode(torch.nn.Module):
     """Features that say only where a grid cell is: one orthogonal unit vector per cell of an 8x8 grid."""
 

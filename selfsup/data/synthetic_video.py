@@ -143,16 +143,51 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
     return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, chosen, keypoints
 
 
+def second_camera(rng: np.random.Generator, clip: np.ndarray, masks: np.ndarray,
+                  keypoints: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The same moments seen by another, fixed camera: every frame zoomed in (1.15-1.4x), rolled
+    (±0.3 rad) and shifted (up to ±0.1 of the side) by one similarity transform drawn for the video,
+    frames bilinear, masks nearest; keypoints moved by the same transform, visible where the new
+    mask shows their sprite."""
+    frames, size = clip.shape[:2]
+    zoom, roll = rng.uniform(1.15, 1.4), rng.uniform(-0.3, 0.3)
+    shift = rng.uniform(-0.1, 0.1, 2)
+    cos, sin = math.cos(roll) / zoom, math.sin(roll) / zoom
+    # output (normalised x, y) -> source: p_src = A p_out + b
+    a = np.array([[cos, -sin], [sin, cos]])
+    theta = torch.tensor(np.concatenate([a, shift[:, None]], axis=1), dtype=torch.float32)[None].expand(frames, -1, -1)
+    grid = F.affine_grid(theta, [frames, 1, size, size], align_corners=False)
+    pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float()
+    warped = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    ids = F.grid_sample(torch.from_numpy(masks)[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False)[:, 0].round().to(torch.uint8).numpy()
+    track = np.array(keypoints["keypoints"], dtype=np.float64)
+    source = 2 * track[..., :2] / size - 1                                     # normalised source points
+    moved = (source - shift) @ np.linalg.inv(a).T                              # p_out = A^-1 (p_src - b)
+    points = (moved + 1) * size / 2
+    owner = np.repeat(np.arange(1, track.shape[1] // len(KEYPOINTS) + 1), len(KEYPOINTS))
+    inside = ((points >= 0) & (points < size)).all(axis=2)
+    pixel = np.clip(np.floor(points).astype(np.int64), 0, size - 1)
+    visible = inside & (ids[np.arange(frames)[:, None], pixel[..., 1], pixel[..., 0]] == owner[None])
+    view = {"keypoints": np.concatenate([np.round(points, 3), visible[..., None]], axis=2).tolist(),
+            "scale": [round(float(x) * zoom, 3) for x in keypoints["scale"]]}
+    frames_out = warped.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
+    return frames_out, ids, view
+
+
 def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 24, size: int = 64,
                            val_fraction: float = 0.25, max_objects: int = 3, sprites: str = "fashion_mnist",
-                           shared_colour: bool = False, seed: int = 0, progress: bool = False) -> Path:
+                           shared_colour: bool = False, views: int = 1, seed: int = 0, progress: bool = False) -> Path:
     """Write ``videos`` synthetic videos of ``frames`` frames at ``size`` x ``size`` under ``root`` in
     the DAVIS layout (see the module docstring); the last ``val_fraction`` of them are the ``val``
     split. ``shared_colour``: the sprites of a video share one colour, so that colour alone cannot tell
-    them apart (the same videos otherwise). Returns ``root``."""
-    if videos < 2 or frames < 2 or size < 16 or not 0 < val_fraction < 1 or max_objects < 1:
-        raise ValueError(f"need videos >= 2, frames >= 2, size >= 16, 0 < val_fraction < 1 and max_objects >= 1; "
-                         f"got {videos}, {frames}, {size}, {val_fraction}, {max_objects}")
+    them apart (the same videos otherwise). ``views`` > 1: each video is a scene seen by ``views``
+    synchronised cameras, written as sequences ``<name>_view0``, ``<name>_view1``, ... (the first the
+    camera of ``views=1``, the others :func:`second_camera`s; the views of a scene share a split and a
+    label). Returns ``root``."""
+    if videos < 2 or frames < 2 or size < 16 or not 0 < val_fraction < 1 or max_objects < 1 or views < 1:
+        raise ValueError(f"need videos >= 2, frames >= 2, size >= 16, 0 < val_fraction < 1, max_objects >= 1 and "
+                         f"views >= 1; got {videos}, {frames}, {size}, {val_fraction}, {max_objects}, {views}")
     from tqdm.auto import tqdm
 
     root = Path(root)
@@ -160,30 +195,29 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
     backgrounds = _backgrounds()
     palette = davis_palette()
     rng = np.random.default_rng(seed)
-    names, rows = [], []
+    names, rows, scenes = [], [], []
     for v in tqdm(range(videos), desc="synthetic videos", unit="video", disable=not progress):
-        name = f"video{v:04d}"
+        scene = f"video{v:04d}"
         clip, masks, chosen, keypoints = render_video(rng, images, backgrounds, frames=frames, size=size,
                                            objects=int(rng.integers(1, max_objects + 1)), shared_colour=shared_colour)
-        frame_dir = root / "JPEGImages" / DAVIS_RESOLUTION / name
-        mask_dir = root / "Annotations" / DAVIS_RESOLUTION / name
-        frame_dir.mkdir(parents=True, exist_ok=True)
-        mask_dir.mkdir(parents=True, exist_ok=True)
-        for t in range(frames):
-            Image.fromarray(clip[t]).save(frame_dir / f"{t:05d}.jpg", quality=95)
-            mask = Image.fromarray(masks[t], "P")
-            mask.putpalette(palette)
-            mask.save(mask_dir / f"{t:05d}.png")
-        points_dir = root / "Keypoints" / DAVIS_RESOLUTION
-        points_dir.mkdir(parents=True, exist_ok=True)
-        (points_dir / f"{name}.json").write_text(json.dumps(keypoints, separators=(",", ":")))
-        names.append(name)
-        rows.append((name, classes[int(labels[chosen[0]])]))
+        shots = [(clip, masks, keypoints)]
+        if views > 1:
+            camera = np.random.default_rng([seed, v])  # its own stream: the first view stays that of views=1
+            shots += [second_camera(camera, clip, masks, keypoints) for _ in range(views - 1)]
+        label = classes[int(labels[chosen[0]])]
+        scene_names = []
+        for k, (clip_k, masks_k, keypoints_k) in enumerate(shots):
+            name = scene if views == 1 else f"{scene}_view{k}"
+            _write_sequence(root, name, clip_k, masks_k, keypoints_k, palette)
+            scene_names.append(name)
+            rows.append((name, label))
+        scenes.append(scene_names)
     n_val = max(1, round(videos * val_fraction))
+    names = [name for group in scenes[:-n_val] for name in group], [name for group in scenes[-n_val:] for name in group]
     sets = root / "ImageSets" / "2017"
     sets.mkdir(parents=True, exist_ok=True)
-    (sets / "train.txt").write_text("".join(f"{n}\n" for n in names[:-n_val]))
-    (sets / "val.txt").write_text("".join(f"{n}\n" for n in names[-n_val:]))
+    (sets / "train.txt").write_text("".join(f"{n}\n" for n in names[0]))
+    (sets / "val.txt").write_text("".join(f"{n}\n" for n in names[1]))
     with open(root / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["sequence", "label"])
@@ -191,4 +225,19 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
     return root
 
 
-__all__ = ["DAVIS_RESOLUTION", "KEYPOINTS", "davis_palette", "render_video", "write_synthetic_videos"]
+def _write_sequence(root: Path, name: str, clip: np.ndarray, masks: np.ndarray, keypoints: dict,
+                    palette: list[int]) -> None:
+    frame_dir = root / "JPEGImages" / DAVIS_RESOLUTION / name
+    mask_dir = root / "Annotations" / DAVIS_RESOLUTION / name
+    points_dir = root / "Keypoints" / DAVIS_RESOLUTION
+    for folder in (frame_dir, mask_dir, points_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for t in range(len(clip)):
+        Image.fromarray(clip[t]).save(frame_dir / f"{t:05d}.jpg", quality=95)
+        mask = Image.fromarray(masks[t], "P")
+        mask.putpalette(palette)
+        mask.save(mask_dir / f"{t:05d}.png")
+    (points_dir / f"{name}.json").write_text(json.dumps(keypoints, separators=(",", ":")))
+
+
+__all__ = ["DAVIS_RESOLUTION", "KEYPOINTS", "davis_palette", "render_video", "second_camera", "write_synthetic_videos"]

@@ -11,7 +11,8 @@ Layouts ``root`` may have (looked for in this order):
   .m4v``, decoded by PyAV, which bundles FFmpeg: ``pip install 'selfsup[video]'``) or folders of
   frames (``<video>/00000.jpg ...``, any image format, in sorted order).
 
-``root/labels.csv`` (``sequence,label`` rows) gives each video a class, which its frames inherit
+Videos named ``<scene>_view0``, ``<scene>_view1``, ... are synchronised views of one scene (frame
+t of each shows the same moment; multi-view TCN pairs them). ``root/labels.csv`` (``sequence,label`` rows) gives each video a class, which its frames inherit
 (the linear probe and kNN of frames then run as for images). Frames are resized like a folder's
 images (the centred square, ``size`` x ``size``; masks with nearest neighbours). A video or frame
 that cannot be decoded is named once and skipped (a video with an unreadable frame is dropped
@@ -31,6 +32,7 @@ torchvision's video reading is deprecated in its favour).
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ from selfsup.data.sources import EpochOrdered, ImageBatch
 from selfsup.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
+_VIEW = re.compile(r"_view\d+$")
 _TEST_EVERY = 5
 
 
@@ -92,6 +95,14 @@ class VideoSet(ImageDataset):
     def lengths(self) -> Tensor:
         """``(V,)`` frames per video."""
         return torch.bincount(self.video, minlength=len(self.names))
+
+    @property
+    def scenes(self) -> Tensor:
+        """``(V,)`` each video's scene: videos named ``<scene>_view<k>`` are synchronised views of one
+        scene (frame t of each shows the same moment) and share an index; any other video is its own."""
+        keys = [name[:match.start()] if (match := _VIEW.search(name)) else name for name in self.names]
+        index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        return torch.tensor([index[key] for key in keys], dtype=torch.int64)
 
     def frames(self, v: int) -> slice:
         """The rows of :attr:`images` holding video ``v``."""
@@ -324,6 +335,11 @@ class VideoClips(EpochOrdered):
     default :func:`window_times`), drawn for the whole global batch from a generator seeded by
     ``(seed, epoch, position)``, so a resumed run and any number of processes see the same clips.
     ``ImageBatch.extra`` carries ``times`` ``(b, k)`` and ``video`` ``(b,)``.
+
+    ``clip_views`` = 2 (a method's, e.g. multi-view TCN's): each clip is also read, at the same times,
+    from another view of its video's scene (drawn with the same generator; a video without other
+    views is its own partner): frames ``(b, 2k, C, H, W)``, the first k of the video, the next k of
+    the partner, with ``times`` ``(b, 2k)``, ``partner`` ``(b,)`` and ``scene`` ``(b,)`` in ``extra``.
     """
 
     kind = "video"
@@ -339,6 +355,8 @@ class VideoClips(EpochOrdered):
         self.images = dataset.images.to(self.device)
         self.starts, self.lengths = dataset.starts, dataset.lengths
         self.clip_times: Callable[[Tensor, torch.Generator], Tensor] = window_times(2)
+        self.clip_views = 1
+        self.scenes = dataset.scenes
         self.skipped = dataset.skipped
 
     def __len__(self) -> int:
@@ -356,17 +374,29 @@ class VideoClips(EpochOrdered):
         slots = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
         videos = slots % len(self.dataset.names)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + position)
-        times = self.clip_times(self.lengths[videos], generator)
+        partners = self.partners(videos, generator) if self.clip_views > 1 else videos
+        times = self.clip_times(torch.minimum(self.lengths[videos], self.lengths[partners]), generator)
         if times.ndim != 2 or len(times) != len(videos) or bool((times < 0).any()) or bool(
                 (times >= self.lengths[videos][:, None]).any()):
             raise ValueError(f"clip_times must give (B, k) frame times inside each video, got shape "
                              f"{tuple(times.shape)}")
         mine = slice(rank * self.local_batch, (rank + 1) * self.local_batch)
-        videos, times, slots = videos[mine], times[mine], slots[mine]
+        videos, times, slots, partners = videos[mine], times[mine], slots[mine], partners[mine]
         rows = (self.starts[videos][:, None] + times).to(self.device)
         labels = None if self.dataset.labels is None else self.dataset.labels.to(self.device)[rows[:, 0]]
-        return ImageBatch(self.images[rows], slots.to(self.device), labels,
-                          {"times": times.to(self.device), "video": videos.to(self.device)})
+        extra = {"times": times.to(self.device), "video": videos.to(self.device)}
+        if self.clip_views > 1:
+            rows = torch.cat([rows, (self.starts[partners][:, None] + times).to(self.device)], dim=1)
+            extra.update(times=torch.cat([times, times], dim=1).to(self.device), partner=partners.to(self.device),
+                         scene=self.scenes[videos].to(self.device))
+        return ImageBatch(self.images[rows], slots.to(self.device), labels, extra)
+
+    def partners(self, videos: Tensor, generator: torch.Generator) -> Tensor:
+        """For each video, another view of its scene drawn uniformly (itself when it has none)."""
+        same = self.scenes[videos][:, None] == self.scenes[None, :]
+        same[torch.arange(len(videos)), videos] = same.sum(dim=1) == 1  # itself only when alone
+        draws = torch.rand(same.shape, generator=generator).masked_fill(~same, -1.0)
+        return draws.argmax(dim=1)
 
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoClips", "VideoSet", "load_video_split", "scan_videos", "window_times"]

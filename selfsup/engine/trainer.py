@@ -111,6 +111,7 @@ class Trainer:
                               f"{', '.join(name for name, cls in METHODS.items() if splits_into_embeddings(cls))}")
         if self.source.kind == "video":  # which frames of a video a clip holds is the method's choice
             self.source.clip_times = method.clip_times
+            self.source.clip_views = getattr(method, "clip_views", 1)  # synchronised views per clip
         self.method = prepare_method(method, t, fabric)
         self.augment = build_augmentation(self.method, cfg.augment, self.train_set.size)
         # No augmentation, or views without a random crop (pretext tasks' "flip", "none"), take a streamed

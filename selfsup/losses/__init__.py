@@ -31,7 +31,7 @@ from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi,
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import (batch_hard_triplet, pixelwise_contrastive, prototypical, semi_hard_triplet,
                                   triplet)
-from selfsup.losses.temporal import r3m_time_contrastive, time_contrastive_triplet
+from selfsup.losses.temporal import multi_view_time_contrastive, r3m_time_contrastive, time_contrastive_triplet
 
 __all__ = [
     "DINOLoss",
@@ -45,6 +45,7 @@ __all__ = [
     "jsd_mi",
     "local_global_info_nce",
     "margin_triplet",
+    "multi_view_time_contrastive",
     "n_pair",
     "negative_cosine",
     "nce",

@@ -54,6 +54,50 @@ def time_contrastive_triplet(embeddings: Tensor, times: Tensor, sequences: Tenso
 
 
 @float32_loss
+def multi_view_time_contrastive(embeddings: Tensor, times: Tensor, scenes: Tensor, *, margin: float = 0.2,
+                                neg_radius: float = 0) -> Tensor:
+    """Multi-view time-contrastive loss: a moment seen by another camera is the positive.
+
+    Sermanet et al. 2018, section III-A; official ``tensorflow/models`` ``research/tcn``
+    (``estimators/mvtcn_estimator.py``: ``triplet_semihard_loss`` with each frame labelled by its
+    timestep, so that the co-occurring frame of the other view shares the label and every other
+    timestep is a negative). Frames i and j form a positive pair when they show the same scene at the
+    same time (i ≠ j: the other views); a negative pair when they show other scenes or times more
+    than ``neg_radius`` apart (0, the official: every other time). Semi-hard triplets on squared
+    distances, as :func:`time_contrastive_triplet`::
+
+        L = mean over positive pairs (i, j) of max(0, margin + D_ij - D_ik),   D = ||e_i - e_j||²
+        k = argmin {D_ik : k negative for i, D_ik > D_ij}  (the largest D_ik when none is farther)
+
+    Args:
+        embeddings: ``(N, D)`` frame embeddings (L2-normalised by the caller, as the official).
+        times: ``(N,)`` each frame's time.
+        scenes: ``(N,)`` each frame's scene (the views of one scene share it).
+        margin: the hinge margin on squared distances (official 0.2).
+        neg_radius: frames of the same scene at most this far apart in time are neither positive
+            nor negative (0: only the same moment is spared).
+
+    Examples:
+        >>> e = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> t = torch.arange(4).repeat(2)                       # two views of times 0..3
+        >>> multi_view_time_contrastive(e, t, torch.zeros(8, dtype=torch.long)).shape
+        torch.Size([])
+    """
+    embeddings = _embeddings("embeddings", embeddings)
+    times = _labels("times", times, embeddings.shape[0], "embeddings")
+    scenes = _labels("scenes", scenes, embeddings.shape[0], "embeddings")
+    _margin(margin)
+    if not neg_radius >= 0:
+        raise ValueError(f"neg_radius must be >= 0, got {neg_radius}")
+    gap = (times[:, None] - times[None, :]).abs()
+    same = scenes[:, None] == scenes[None, :]
+    itself = torch.eye(len(times), dtype=torch.bool, device=times.device)
+    positive = same & (gap == 0) & ~itself
+    negative = ~same | (gap > neg_radius)
+    distances = torch.cdist(embeddings, embeddings).square()
+    return semi_hard_from_masks(distances, positive, negative, margin)
+
+
 def r3m_time_contrastive(s0: Tensor, s1: Tensor, s2: Tensor, shuffles: Tensor, eps: float = 1e-8) -> Tensor:
     """R3M's time-contrastive InfoNCE with similarity ``-||a - b||₂`` and no temperature.
 
@@ -97,4 +141,4 @@ def r3m_time_contrastive(s0: Tensor, s1: Tensor, s2: Tensor, shuffles: Tensor, e
     return ((l1 + l2) / 2).mean()
 
 
-__all__ = ["r3m_time_contrastive", "time_contrastive_triplet"]
+__all__ = ["multi_view_time_contrastive", "r3m_time_contrastive", "time_contrastive_triplet"]

@@ -27,8 +27,15 @@ class TCN(VideoMethodBase):
     frames of different videos are negatives, the official's multi-sequence rule). Semi-hard
     triplets on squared distances of L2-normalised embeddings, margin 0.2. The embedder is a linear
     layer to ``dim`` on the backbone's pooled features, where the official adds two conv layers and a
-    spatial softmax to an Inception trunk. The multi-view form (synchronised cameras) needs clips
-    with views, which the video source does not give yet.
+    spatial softmax to an Inception trunk.
+
+    ``multi_view=True`` is the paper's multi-view TCN (its main form): each clip is read at the same
+    times from two synchronised views of its scene (videos named ``<scene>_view<k>``, see
+    :mod:`selfsup.data.video`; ``benchmarks/make_videos.py --views 2`` writes such data), and the
+    loss is :func:`selfsup.losses.multi_view_time_contrastive` — the same moment in the other view is
+    the positive, every other moment of the scene and every other scene a negative (the official
+    ``mvtcn_estimator``: semi-hard triplets over timestep labels). A video without another view is
+    paired with itself (its frames then have no positive).
 
     Args:
         backbone: the frame encoder.
@@ -39,11 +46,13 @@ class TCN(VideoMethodBase):
         margin: triplet margin on squared distances (official 0.2).
         crop_scale: clip-consistent random resized crop area range (None: no augmentation; our choice,
             the official trains on its frames as they are).
+        multi_view: the multi-view objective on pairs of synchronised views (``pos_radius`` and
+            ``neg_radius`` are then unused: the official multi-view loss has no radii).
     """
 
     def __init__(self, backbone: Backbone, *, dim: int = 32, frames: int = 8, stride: int = 1,
                  pos_radius: float = 6, neg_radius: float = 12, margin: float = 0.2,
-                 crop_scale: tuple[float, float] | None = (0.6, 1.0)) -> None:
+                 crop_scale: tuple[float, float] | None = (0.6, 1.0), multi_view: bool = False) -> None:
         super().__init__()
         if frames < 2 or stride < 1 or not 0 <= pos_radius < neg_radius:
             raise ValueError(f"need frames >= 2, stride >= 1 and 0 <= pos_radius < neg_radius; got {frames}, "
@@ -53,6 +62,8 @@ class TCN(VideoMethodBase):
         self.frames, self.stride = frames, stride
         self.pos_radius, self.neg_radius, self.margin = pos_radius, neg_radius, margin
         self.crop_scale = None if crop_scale is None else tuple(crop_scale)
+        self.multi_view = multi_view
+        self.clip_views = 2 if multi_view else 1
 
     def clip_times(self, lengths: Tensor, generator: torch.Generator) -> Tensor:
         return data.video.window_times(self.frames, self.stride)(lengths, generator)
@@ -64,6 +75,9 @@ class TCN(VideoMethodBase):
                  else augment.clip_to_float(clips))
         embeddings = F.normalize(self.embedder(self.backbone(views.flatten(0, 1))), dim=1)
         times = batch.extra["times"].flatten()
+        if self.multi_view:  # the first k // 2 frames of a clip are one view, the rest the other view's
+            scenes = batch.extra["scene"].repeat_interleave(k)
+            return {"loss": losses.multi_view_time_contrastive(embeddings, times, scenes, margin=self.margin)}
         videos = batch.extra["video"].repeat_interleave(k)
         loss = losses.time_contrastive_triplet(embeddings, times, videos, pos_radius=self.pos_radius,
                                                neg_radius=self.neg_radius, margin=self.margin)
