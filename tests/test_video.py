@@ -19,6 +19,7 @@ from selfsup.data.video import window_times
 from selfsup.errors import DataError
 from selfsup.evaluate import video
 from selfsup.methods import R3M, TCN, VideoColorization
+from selfsup.methods.base import Batch
 from selfsup.nn import build_backbone
 
 
@@ -178,6 +179,35 @@ def test_bad_labels_and_missing_folders_are_named(tmp_path, videos):
         load_video_split(tmp_path, "train", size=8)
 
 
+def test_captions_are_read_per_video_and_drawn_per_visit(tmp_path):
+    for split, name in (("train", "a"), ("train", "b"), ("train", "c"), ("test", "d")):
+        (tmp_path / split / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / name / "0.png")
+    (tmp_path / "captions.csv").write_text('sequence,caption\na,one\nb,"two, with a comma"\na,three\nz,unused\n')
+    train = load_video_split(tmp_path, "train", size=8)
+    assert train.names == ["a", "b", "c"] and train.captions == [("one", "three"), ("two, with a comma",), ()]
+    whole = VideoClips(train, batch_size=6, seed=1, clips_per_video=100)
+    whole.clip_times = window_times(1)
+    assert whole.captions == ["one", "three", "two, with a comma"]
+    drawn = {v: set() for v in range(3)}
+    for position in range(whole.steps_per_epoch()):
+        batch = whole.batch(0, position, 0)
+        for v, c in zip(batch.extra["video"].tolist(), batch.extra["caption_ids"].tolist()):
+            drawn[v].add(c)
+    assert drawn == {0: {0, 1}, 1: {2}, 2: {-1}}
+    halves = [VideoClips(train, batch_size=6, world_size=2, seed=1, clips_per_video=100) for _ in range(2)]
+    for half in halves:
+        half.clip_times = window_times(1)
+    assert torch.equal(torch.cat([halves[r].batch(2, 7, r).extra["caption_ids"] for r in range(2)]),
+                       whole.batch(2, 7, 0).extra["caption_ids"])
+    (tmp_path / "captions.csv").write_text("sequence,text\na,one\n")
+    with pytest.raises(DataError, match=r"captions.csv: the first row must be the header 'sequence,caption'"):
+        load_video_split(tmp_path, "train", size=8)
+    (tmp_path / "captions.csv").write_text("sequence,caption\na,one\nb,\n")
+    with pytest.raises(DataError, match=r"captions.csv, line 3: expected 'sequence,caption'"):
+        load_video_split(tmp_path, "train", size=8)
+
+
 def test_clips_are_a_function_of_epoch_and_position_and_split_over_ranks(videos):
     train = load_video_split(videos, "train", size=32)
     whole = VideoClips(train, batch_size=6, seed=3, clips_per_video=2)
@@ -251,6 +281,61 @@ def test_r3m_loss_equals_the_official_formula_written_out():
         l2 = -math.log(eps + e01 / (eps + e01 + e02 + neg0))
         terms.append((l1 + l2) / 2)
     assert float(losses.r3m_time_contrastive(s0, s1, s2, shuffles)) == pytest.approx(sum(terms) / 5, rel=1e-9)
+
+
+def test_r3m_language_reward_equals_the_official_formula_written_out():
+    """trainer.py: rewloss = -log(eps + e^p / (eps + e^p + sum_k e^n_k)), masked, then the mean over every row."""
+    torch.manual_seed(2)
+    positive, negatives = torch.randn(6, dtype=torch.float64) * 2, torch.randn(6, 4, dtype=torch.float64) * 2
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    eps = 1e-8
+    rows = [-math.log(eps + math.exp(p) / (eps + math.exp(p) + sum(math.exp(n) for n in negs)))
+            for p, negs in zip(positive.tolist(), negatives.tolist())]
+    expected = sum(r * m for r, m in zip(rows, mask.tolist())) / 6
+    assert float(losses.r3m_language_reward(positive, negatives, mask)) == pytest.approx(expected, rel=1e-7)
+    assert float(losses.r3m_language_reward(positive, negatives)) == pytest.approx(sum(rows) / 6, rel=1e-7)
+    big = losses.r3m_language_reward(torch.tensor([800.0], dtype=torch.float64), torch.tensor([[790.0]], dtype=torch.float64))  # e^800 overflows the official
+    assert float(big) == pytest.approx(-math.log(1e-8 + 1 / (1 + math.exp(-10))), rel=1e-5)
+
+
+def test_r3m_language_term_ranks_later_frames_under_the_caption_as_the_official(videos):
+    """The three official terms G(e0, eg|es1|es2, l) against G(e0, e0|es0|es1, l) and other videos' (e0*, e*)
+    under this caption, by hand with a known linear score and the method's own shuffles replayed."""
+    train = load_video_split(videos, "train", size=32)
+    source = VideoClips(train, batch_size=4, clips_per_video=1)
+    method = R3M(build_backbone("convnet", in_channels=3, image_size=32, width=4), captions=source.captions,
+                 language_weight=1.0, text_tower="transformer", reward_hidden=8, shuffles=2)
+    source.clip_times = method.clip_times
+    raw = source.batch(0, 0, 0)
+    ids = raw.extra["caption_ids"].clone()
+    ids[1] = -1  # a clip without a caption counts as zero
+    batch = Batch([raw.images], raw.index, raw.labels, {**raw.extra, "caption_ids": ids})
+    weight = torch.randn(2 * method.backbone.out_dim + 128, generator=torch.Generator().manual_seed(0))  # ConvNet width 4: 32-d
+    method.reward = torch.nn.Linear(len(weight), 1, bias=False)
+    with torch.no_grad():
+        method.reward.weight.copy_(weight[None])
+    embeddings = torch.randn(4, 5, 32)
+    with torch.no_grad():
+        language = method.text(method.caption_table[ids.clamp(min=0)])
+    torch.manual_seed(5)
+    got = method.language_loss(embeddings, batch)
+    torch.manual_seed(5)
+
+    def g(first, later, n):
+        return float(torch.cat([first, later, language[n]]) @ weight)
+
+    start, end, s0, s1, s2 = embeddings.unbind(1)
+    total = 0.0
+    for later, earlier in ((end, start), (s1, s0), (s2, s1)):
+        others = [torch.randperm(4) for _ in range(2)]
+        for n in range(4):
+            scores = [g(start[n], later[n], n), g(start[n], earlier[n], n)]
+            scores += [g(start[o[n]], later[o[n]], n) for o in others]
+            ratio = math.exp(scores[0]) / sum(math.exp(x) for x in scores)
+            total += float(ids[n] >= 0) * -math.log(1e-8 + ratio) / 4
+    assert float(got.detach()) == pytest.approx(total / 3, rel=1e-4)
+    with pytest.raises(ValueError, match="captions.csv"):
+        R3M(build_backbone("convnet", in_channels=3, image_size=32, width=4), captions=[], language_weight=1.0)
 
 
 def test_r3m_samples_frames_as_the_official_loader():
@@ -662,12 +747,15 @@ def test_an_image_method_cannot_train_on_videos(videos, tmp_path):
 
 
 def test_a_video_run_resumed_ends_where_the_straight_run_ends(videos, tmp_path):
+    """R3M with its language term (the fixture's videos have captions.csv): its shuffles resume too."""
+    from selfsup.cli import _load_method
     from selfsup.config import load_config
     from selfsup.engine import pretrain
 
     def run(out, epochs, resume=False):  # a constant lr, so that extending the run keeps the first epoch's
         cfg = load_config(None, [
             "method=r3m", "data.name=video", f"data.root={videos}", "data.size=32", "data.clips_per_video=2",
+            "method_args.language_weight=1", "method_args.text_tower=transformer", "method_args.reward_hidden=16",
             "backbone.width=4", "train.batch_size=6", f"train.epochs={epochs}", "optim.min_lr_ratio=1.0",
             "optim.warmup_epochs=0", "train.knn_every=0", f"train.out_dir={out}", "train.progress=false",
             "eval.plots=false", "eval.floor=false", "eval.save_embeddings=false", "train.precision=32-true"])
@@ -680,3 +768,6 @@ def test_a_video_run_resumed_ends_where_the_straight_run_ends(videos, tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["step"] == b["step"] == 6  # 9 videos x 2 clips, batch 6: 3 steps an epoch
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert any(k.startswith("reward.") for k in a["model"]) and any(k.startswith("text.") for k in a["model"])
+    _, method, *_ = _load_method(str(tmp_path / "a" / "checkpoints" / "last.ckpt"))  # rebuilt without captions
+    assert torch.equal(method.reward[0].weight, a["model"]["reward.0.weight"])

@@ -15,8 +15,13 @@ Everything is a function of the seed. The files::
                                                as its PCK scale (selfsup.data.video's keypoint files)
     root/ImageSets/2017/train.txt, val.txt     the split, one sequence per line
     root/labels.csv                            sequence,label: the class of the first sprite
+    root/captions.csv                          sequence,caption: a narration of the first sprite and the
+                                               camera ("a red sneaker moves up and to the left while the
+                                               camera pans right")
 
 The first sprite is the largest, so a sequence's label is the class of what a viewer sees most.
+The caption names its colour (the nearest of :data:`COLOURS`), its class, the direction of its first
+motion (before any bounce) and the camera's pan, so that it says what happens over the video.
 """
 
 from __future__ import annotations
@@ -35,6 +40,29 @@ DAVIS_RESOLUTION = "480p"
 KEYPOINTS = ((0.0, 0.0), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5))
 """Each sprite's keypoints in its own coordinates (-1..1 across the sprite image, x right, y down):
 its centre and the centres of its four quadrants, carried with its motion and rotation."""
+COLOURS = {"red": (1.0, 0.25, 0.25), "green": (0.25, 1.0, 0.25), "blue": (0.25, 0.25, 1.0),
+           "yellow": (1.0, 1.0, 0.25), "magenta": (1.0, 0.25, 1.0), "cyan": (0.25, 1.0, 1.0), "white": (1.0, 1.0, 1.0)}
+"""The colour names captions use, with their tints (the nearest one names a sprite's tint)."""
+
+
+def _direction(velocity: np.ndarray, still: float) -> str:
+    """Words for a motion ``(dy, dx)`` in image axes (y down): "up and to the left", "right", "nowhere"."""
+    vertical = "up" if velocity[0] < -still else "down" if velocity[0] > still else ""
+    horizontal = "left" if velocity[1] < -still else "right" if velocity[1] > still else ""
+    if vertical and horizontal:
+        return f"{vertical} and to the {horizontal}"
+    return vertical or horizontal or "nowhere"
+
+
+def caption(colour: np.ndarray, name: str, velocity: np.ndarray, pan: np.ndarray) -> str:
+    """A video's narration from its first sprite's tint, class name and velocity and the camera's pan
+    (pixels per frame; the scene drifts opposite to the pan)."""
+    tint = min(COLOURS, key=lambda key: float(np.sum((np.asarray(COLOURS[key]) - colour) ** 2)))
+    motion = _direction(velocity, 0.5)
+    moves = "stays still" if motion == "nowhere" else f"moves {motion}"
+    camera = _direction(pan, 0.3)
+    pans = "the camera is still" if camera == "nowhere" else f"the camera pans {camera}"
+    return f"a {tint} {name.lower()} {moves} while {pans}"
 
 
 def davis_palette() -> list[int]:
@@ -74,11 +102,15 @@ def _backgrounds() -> list[np.ndarray]:
 
 
 def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: list[np.ndarray], *, frames: int,
-                 size: int, objects: int, shared_colour: bool = False) -> tuple[np.ndarray, np.ndarray, list[int], dict]:
+                 size: int, objects: int, shared_colour: bool = False,
+                 classes: list[str] | None = None, labels: np.ndarray | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, list[int], dict, str]:
     """One video: uint8 RGB frames ``(T, size, size, 3)``, instance ids ``(T, size, size)``, the
-    sprite indices it shows (first, largest, at the back) and its keypoints (:data:`KEYPOINTS` of
+    sprite indices it shows (first, largest, at the back), its keypoints (:data:`KEYPOINTS` of
     each sprite, in the keypoint file's form: ``{"keypoints": T x K x [x, y, visible], "scale": K
-    sprite sides}``; a point is visible where its pixel shows its own sprite). ``shared_colour``: every
+    sprite sides}``; a point is visible where its pixel shows its own sprite) and its caption
+    (:func:`caption`; the first sprite's class ``classes[labels[index]]``, "sprite" without them; no
+    random draw of its own, so the frames are those of a run without captions). ``shared_colour``: every
     sprite takes the first one's colour (the random draws are the same, so the motions are those of
     the other setting)."""
     photo = backgrounds[rng.integers(len(backgrounds))]
@@ -108,6 +140,9 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
         if shared_colour and k == 0:
             first_tint = tint
         tint = first_tint if shared_colour else tint
+        if k == 0:
+            name = "sprite" if classes is None or labels is None else classes[int(labels[index])]
+            narration = caption(tint, name, velocity, pan)
         sprite = torch.from_numpy(sprites[index]).float()[None, None] / 255
         for t in range(frames):
             centre = position + velocity * t
@@ -140,7 +175,7 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
     visible = masks[np.arange(frames)[:, None], pixel[..., 1], pixel[..., 0]] == owner[None]
     track = np.concatenate([np.round(points, 3), visible[..., None]], axis=2)
     keypoints = {"keypoints": track.tolist(), "scale": [round(float(x), 3) for x in scales]}
-    return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, chosen, keypoints
+    return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, chosen, keypoints, narration
 
 
 def second_camera(rng: np.random.Generator, clip: np.ndarray, masks: np.ndarray,
@@ -195,11 +230,12 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
     backgrounds = _backgrounds()
     palette = davis_palette()
     rng = np.random.default_rng(seed)
-    names, rows, scenes = [], [], []
+    names, rows, scenes, narrations = [], [], [], []
     for v in tqdm(range(videos), desc="synthetic videos", unit="video", disable=not progress):
         scene = f"video{v:04d}"
-        clip, masks, chosen, keypoints = render_video(rng, images, backgrounds, frames=frames, size=size,
-                                           objects=int(rng.integers(1, max_objects + 1)), shared_colour=shared_colour)
+        clip, masks, chosen, keypoints, narration = render_video(
+            rng, images, backgrounds, frames=frames, size=size, objects=int(rng.integers(1, max_objects + 1)),
+            shared_colour=shared_colour, classes=classes, labels=labels)
         shots = [(clip, masks, keypoints)]
         if views > 1:
             camera = np.random.default_rng([seed, v])  # its own stream: the first view stays that of views=1
@@ -211,6 +247,7 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
             _write_sequence(root, name, clip_k, masks_k, keypoints_k, palette)
             scene_names.append(name)
             rows.append((name, label))
+            narrations.append((name, narration))
         scenes.append(scene_names)
     n_val = max(1, round(videos * val_fraction))
     names = [name for group in scenes[:-n_val] for name in group], [name for group in scenes[-n_val:] for name in group]
@@ -222,6 +259,10 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
         writer = csv.writer(f)
         writer.writerow(["sequence", "label"])
         writer.writerows(rows)
+    with open(root / "captions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sequence", "caption"])
+        writer.writerows(narrations)
     return root
 
 
@@ -240,4 +281,5 @@ def _write_sequence(root: Path, name: str, clip: np.ndarray, masks: np.ndarray, 
     (points_dir / f"{name}.json").write_text(json.dumps(keypoints, separators=(",", ":")))
 
 
-__all__ = ["DAVIS_RESOLUTION", "KEYPOINTS", "davis_palette", "render_video", "second_camera", "write_synthetic_videos"]
+__all__ = ["COLOURS", "DAVIS_RESOLUTION", "KEYPOINTS", "caption", "davis_palette", "render_video", "second_camera",
+           "write_synthetic_videos"]

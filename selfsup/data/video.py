@@ -13,7 +13,9 @@ Layouts ``root`` may have (looked for in this order):
 
 Videos named ``<scene>_view0``, ``<scene>_view1``, ... are synchronised views of one scene (frame
 t of each shows the same moment; multi-view TCN pairs them). ``root/labels.csv`` (``sequence,label`` rows) gives each video a class, which its frames inherit
-(the linear probe and kNN of frames then run as for images). Frames are resized like a folder's
+(the linear probe and kNN of frames then run as for images). ``root/captions.csv`` (``sequence,caption``
+rows; several rows per video allowed, each visit of a clip draws one) gives videos captions, for R3M's
+language term; a video with no row has none. Frames are resized like a folder's
 images (the centred square, ``size`` x ``size``; masks with nearest neighbours). A video or frame
 that cannot be decoded is named once and skipped (a video with an unreadable frame is dropped
 whole, so that clip times stay true).
@@ -68,6 +70,8 @@ class VideoSet(ImageDataset):
         keypoints: per video index that has them, ``(points, scale)``: ``(T, K, 3)`` float32 ``(x, y,
             visible)`` in pixels of the stored frames, and ``(K,)`` each point's PCK scale in those pixels.
         skipped: unreadable files and why.
+        captions: per video, its captions from ``captions.csv`` (an empty tuple: none); None when the
+            root has no captions file.
     """
 
     video: Tensor = None  # type: ignore[assignment]  (required: dataclass fields after defaults)
@@ -76,6 +80,7 @@ class VideoSet(ImageDataset):
     masks: Tensor | None = None
     keypoints: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    captions: list[tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,6 +89,9 @@ class VideoSet(ImageDataset):
             raise DataError(f"VideoSet {self.name!r}: video and time must be (N,) = ({n},) int64 tensors")
         if self.masks is not None and self.masks.shape != (n, *self.images.shape[-2:]):
             raise DataError(f"VideoSet {self.name!r}: masks must be (N, H, W), got {tuple(self.masks.shape)}")
+        if self.captions is not None and len(self.captions) != len(self.names):
+            raise DataError(f"VideoSet {self.name!r}: captions must hold one tuple per video ({len(self.names)}), "
+                            f"got {len(self.captions)}")
 
     @property
     def starts(self) -> Tensor:
@@ -251,20 +259,32 @@ def read_keypoints(path: Path, count: int, width: int, height: int, size: int) -
     return track, scale * factor
 
 
+def _sequence_rows(path: Path, column: str) -> list[tuple[str, str]]:
+    """The ``(sequence, value)`` rows of a ``sequence,<column>`` CSV, both non-empty."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0][:2]] != ["sequence", column]:
+        raise DataError(f"{path}: the first row must be the header 'sequence,{column}'")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{path}, line {line}: expected 'sequence,{column}' with both non-empty (quote a "
+                            f"value that holds a comma), got {row!r}")
+    return [(row[0].strip(), row[1].strip()) for row in rows[1:]]
+
+
 def _read_labels(root: Path) -> dict[str, str]:
     path = root / "labels.csv"
+    return dict(_sequence_rows(path, "label")) if path.is_file() else {}
+
+
+def _read_captions(root: Path) -> dict[str, list[str]] | None:
+    path = root / "captions.csv"
     if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip() for c in rows[0][:2]] != ["sequence", "label"]:
-        raise DataError(f"{path}: the first row must be the header 'sequence,label'")
-    labels = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) < 2:
-            raise DataError(f"{path}, line {line}: expected 'sequence,label', got {row!r}")
-        labels[row[0].strip()] = row[1].strip()
-    return labels
+        return None
+    captions: dict[str, list[str]] = {}
+    for name, caption in _sequence_rows(path, "caption"):
+        captions.setdefault(name, []).append(caption)
+    return captions
 
 
 def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: int = 3,
@@ -274,6 +294,7 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
     root = Path(root)
     entries = scan_videos(root, split)
     named = _read_labels(root)
+    captioned = _read_captions(root)
     all_classes = sorted(set(named.values())) or None
     images, videos, times, masks, names, labels = [], [], [], [], [], []
     keypoints: dict[int, tuple[Tensor, Tensor]] = {}
@@ -310,7 +331,8 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
     return VideoSet(torch.cat(images), torch.cat(labels) if all_classes is not None else None, all_classes,
                     f"video_{root.name}", video=torch.cat(videos), time=torch.cat(times), names=names,
                     masks=torch.cat(masks) if all(m is not None for m in masks) else None, keypoints=keypoints,
-                    skipped=skipped)
+                    skipped=skipped,
+                    captions=None if captioned is None else [tuple(captioned.get(name, ())) for name in names])
 
 
 def window_times(length: int, stride: int = 1) -> Callable[[Tensor, torch.Generator], Tensor]:
@@ -340,6 +362,10 @@ class VideoClips(EpochOrdered):
     from another view of its video's scene (drawn with the same generator; a video without other
     views is its own partner): frames ``(b, 2k, C, H, W)``, the first k of the video, the next k of
     the partner, with ``times`` ``(b, 2k)``, ``partner`` ``(b,)`` and ``scene`` ``(b,)`` in ``extra``.
+
+    Captioned videos (``captions.csv``): :attr:`captions` is the table of distinct caption strings (empty
+    without captions), and ``extra["caption_ids"]`` ``(b,)`` the row of the caption each visit drew
+    (uniformly among its video's, from the same generator), -1 for a video without one.
     """
 
     kind = "video"
@@ -358,6 +384,10 @@ class VideoClips(EpochOrdered):
         self.clip_views = 1
         self.scenes = dataset.scenes
         self.skipped = dataset.skipped
+        per_video = dataset.captions or []
+        self.captions: list[str] = list(dict.fromkeys(c for captions in per_video for c in captions))
+        row = {caption: i for i, caption in enumerate(self.captions)}
+        self._caption_rows = [torch.tensor([row[c] for c in captions], dtype=torch.int64) for captions in per_video]
 
     def __len__(self) -> int:
         return len(self.dataset.names) * self.clips_per_video
@@ -380,6 +410,7 @@ class VideoClips(EpochOrdered):
                 (times >= self.lengths[videos][:, None]).any()):
             raise ValueError(f"clip_times must give (B, k) frame times inside each video, got shape "
                              f"{tuple(times.shape)}")
+        captions = self.caption_ids(videos, generator) if self.captions else None
         mine = slice(rank * self.local_batch, (rank + 1) * self.local_batch)
         videos, times, slots, partners = videos[mine], times[mine], slots[mine], partners[mine]
         rows = (self.starts[videos][:, None] + times).to(self.device)
@@ -389,7 +420,18 @@ class VideoClips(EpochOrdered):
             rows = torch.cat([rows, (self.starts[partners][:, None] + times).to(self.device)], dim=1)
             extra.update(times=torch.cat([times, times], dim=1).to(self.device), partner=partners.to(self.device),
                          scene=self.scenes[videos].to(self.device))
+        if captions is not None:
+            extra["caption_ids"] = captions[mine].to(self.device)
         return ImageBatch(self.images[rows], slots.to(self.device), labels, extra)
+
+    def caption_ids(self, videos: Tensor, generator: torch.Generator) -> Tensor:
+        """For each video, one of its captions drawn uniformly (a row of :attr:`captions`), -1 for none."""
+        draws = torch.rand(len(videos), generator=generator)
+        ids = []
+        for video, draw in zip(videos.tolist(), draws.tolist()):
+            rows = self._caption_rows[video]
+            ids.append(int(rows[min(int(draw * len(rows)), len(rows) - 1)]) if len(rows) else -1)
+        return torch.tensor(ids, dtype=torch.int64)
 
     def partners(self, videos: Tensor, generator: torch.Generator) -> Tensor:
         """For each video, another view of its scene drawn uniformly (itself when it has none)."""

@@ -31,7 +31,8 @@ from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi,
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import (batch_hard_triplet, pixelwise_contrastive, prototypical, semi_hard_triplet,
                                   triplet)
-from selfsup.losses.temporal import multi_view_time_contrastive, r3m_time_contrastive, time_contrastive_triplet
+from selfsup.losses.temporal import (multi_view_time_contrastive, r3m_language_reward, r3m_time_contrastive,
+                                    time_contrastive_triplet)
 
 __all__ = [
     "DINOLoss",
@@ -55,6 +56,7 @@ __all__ = [
     "one_sided_nt_xent",
     "nt_xent",
     "prototypical",
+    "r3m_language_reward",
     "r3m_time_contrastive",
     "semi_hard_triplet",
     "supcon",

@@ -142,3 +142,43 @@ def r3m_time_contrastive(s0: Tensor, s1: Tensor, s2: Tensor, shuffles: Tensor, e
 
 
 __all__ = ["multi_view_time_contrastive", "r3m_time_contrastive", "time_contrastive_triplet"]
+
+
+@float32_loss
+def r3m_language_reward(positive: Tensor, negatives: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """R3M's language term: a caption-conditioned score of progress, InfoNCE over candidate frames.
+
+    Nair et al., "R3M: A Universal Visual Representation for Robot Manipulation", CoRL 2022;
+    official ``facebookresearch/r3m`` ``r3m/trainer.py`` (the ``langweight`` branch). With ``G(e_0,
+    e_t, l)`` a score of "frame t is further along the caption's task than the first frame", each
+    positive score ``p`` (a later frame of the video) is contrasted with its negatives ``n_k`` (an
+    earlier frame of the same video, and frames of other videos under this video's caption)::
+
+        L = -log(eps + e^p / (e^p + Σ_k e^{n_k}))      per row
+        L = mean over rows of mask * L                 (rows without a caption count as 0)
+
+    The official puts a second ``eps`` inside the denominator; here the ratio is computed in log
+    space (a softmax), which only differs from it where every score is below about -18, and does
+    not overflow for large scores. The mean runs over every row, captioned or not, as the
+    official's ``(rewloss * mask).mean()``.
+
+    Args:
+        positive: ``(N,)`` scores of the positives.
+        negatives: ``(N, K)`` scores of each row's negatives.
+        mask: ``(N,)`` 1 where the row has a caption, 0 where not; None: every row counts.
+        eps: the official's 1e-8.
+
+    Examples:
+        >>> r3m_language_reward(torch.tensor([2.0, 0.5]), torch.zeros(2, 3)).shape
+        torch.Size([])
+    """
+    if positive.ndim != 1 or negatives.ndim != 2 or negatives.shape[0] != positive.shape[0]:
+        raise ValueError(f"positive must be (N,) and negatives (N, K); got {tuple(positive.shape)} and "
+                         f"{tuple(negatives.shape)}")
+    if mask is not None and mask.shape != positive.shape:
+        raise ValueError(f"mask must be (N,) = {tuple(positive.shape)}, got {tuple(mask.shape)}")
+    scores = torch.cat([positive[:, None], negatives], dim=1)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # half precision up, float64 kept
+    ratio = torch.softmax(scores, dim=1)[:, 0]
+    loss = -torch.log(eps + ratio)
+    return (loss if mask is None else loss * mask.to(loss.dtype)).mean()
