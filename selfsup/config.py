@@ -67,7 +67,8 @@ class DataConfig:
     """Classes whose images and captions pretraining never sees (zero-shot on them afterwards)."""
     stream: bool = False
     """``folder``: decode each batch in DataLoader workers instead of the whole folder up front (for
-    folders larger than memory; ``packed`` always streams). See ``selfsup.data.stream``."""
+    folders larger than memory; ``packed`` always streams). See ``selfsup.data.stream``. ``video``:
+    decode each batch's clips in DataLoader workers (``selfsup.data.video_stream``)."""
     workers: int = 2
     """Streamed data: DataLoader worker processes decoding batches (0: in the training process)."""
     store_ratio: float = 1.15
@@ -376,9 +377,9 @@ def validate(cfg: Config) -> None:
     if cfg.data.store_ratio < 1:
         raise ConfigError(f"data.store_ratio: must be >= 1 (the stored side is size x store_ratio), got "
                           f"{cfg.data.store_ratio}")
-    if cfg.data.stream and cfg.data.name not in ("folder", "packed", "webdataset"):
-        raise ConfigError(f"data.stream: streams folders, packs and webdataset shards (data.name=folder, packed "
-                          f"or webdataset); {cfg.data.name} is read into memory")
+    if cfg.data.stream and cfg.data.name not in ("folder", "packed", "webdataset", "video"):
+        raise ConfigError(f"data.stream: streams folders, packs, webdataset shards and videos (data.name=folder, "
+                          f"packed, webdataset or video); {cfg.data.name} is read into memory")
     if (cfg.data.stream or cfg.data.name in ("packed", "webdataset")) and cfg.data.captions:
         raise ConfigError("data.captions: image-text pairs are read into memory; streamed images (data.stream, "
                           "data.name=packed) carry no captions")

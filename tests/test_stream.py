@@ -437,7 +437,7 @@ def test_stream_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="streamed images .* carry no captions"):
         load_config(None, ["method=clip", "data.name=folder", "data.stream=true", "data.captions=templates"])
 
-    with pytest.raises(ConfigError, match="data.stream: streams folders, packs and webdataset shards"):
+    with pytest.raises(ConfigError, match="data.stream: streams folders, packs, webdataset shards and videos"):
         load_config(None, ["data.name=digits", "data.stream=true"])
     with pytest.raises(ConfigError, match="data.workers: must be >= 0"):
         load_config(None, ["data.workers=-1"])

@@ -32,7 +32,8 @@ Names (``DATASETS``):
   captions (an image-text source, :mod:`selfsup.data.captions`); ``data.captions=templates`` pairs
   any labelled dataset above with prompts of its class names instead.
 - ``video``: a folder of videos or frame folders, or a DAVIS root (:mod:`selfsup.data.video`),
-  decoded into frames and sampled as clips (a video source, :class:`selfsup.data.video.VideoClips`).
+  decoded into frames and sampled as clips (a video source, :class:`selfsup.data.video.VideoClips`; with
+  ``stream: true`` decoded clip by clip in DataLoader workers, :mod:`selfsup.data.video_stream`).
 - ``pairs``: image pairs with given correspondences, from a JSON-lines file (``data.correspondences``;
   :mod:`selfsup.data.pairs`), for Dense Object Nets.
 - ``wav``: a folder of WAV files, ``root/<label>/*.wav``, streamed as windows of raw signal (a
@@ -64,13 +65,14 @@ from .sequences import SignalSet, WavFolder
 from .sources import DataSource, ImageBatch, InMemoryImages
 from .pairs import ImagePairs, PairSource, read_pairs
 from .video import VideoClips, VideoSet, load_video_split
+from .video_stream import StreamedVideoClips, StreamedVideoSet, streamed_video_split
 from .stream import ImageStream, StreamedDataset, StreamedImages, center_crop, folder_split, packed_split
 from .webdataset import webdataset_split
 
 __all__ = ["CaptionedImages", "ImageTextPairs", "from_templates", "read_captions_file", "read_captions_splits", "DATASETS", "GRAPH_DATASETS", "SEQUENCE_DATASETS", "ChecksumError", "DataSource", "DownloadError", "Graph",
            "GraphSource", "ImageBatch", "ImageDataset", "ImageStream", "InMemoryImages", "StreamedDataset",
            "StreamedImages", "center_crop", "folder_split", "is_streamed", "packed_split", "streamed_split", "NodeSet", "SignalSet", "SkippedImageWarning",
-           "ImagePairs", "PairSource", "read_pairs", "VideoClips", "VideoSet", "WavFolder", "graph_from_config", "load_video_split", "kind_of", "load", "load_graph"]
+           "ImagePairs", "PairSource", "read_pairs", "VideoClips", "VideoSet", "StreamedVideoClips", "StreamedVideoSet", "streamed_video_split", "WavFolder", "graph_from_config", "load_video_split", "kind_of", "load", "load_graph"]
 
 DATASETS: tuple[str, ...] = (
     "fashion_mnist", "mnist", "cifar10", "cifar100", "cifar100_coarse", "digits", "photos", "folder", "packed",

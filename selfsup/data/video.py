@@ -108,14 +108,18 @@ class VideoSet(ImageDataset):
     def scenes(self) -> Tensor:
         """``(V,)`` each video's scene: videos named ``<scene>_view<k>`` are synchronised views of one
         scene (frame t of each shows the same moment) and share an index; any other video is its own."""
-        keys = [name[:match.start()] if (match := _VIEW.search(name)) else name for name in self.names]
-        index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
-        return torch.tensor([index[key] for key in keys], dtype=torch.int64)
+        return _scenes(self.names)
 
     def frames(self, v: int) -> slice:
         """The rows of :attr:`images` holding video ``v``."""
         start = int(self.starts[v])
         return slice(start, start + int(self.lengths[v]))
+
+
+def _scenes(names: list[str]) -> Tensor:
+    keys = [name[:match.start()] if (match := _VIEW.search(name)) else name for name in names]
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    return torch.tensor([index[key] for key in keys], dtype=torch.int64)
 
 
 def _davis_base(root: Path) -> tuple[Path, Path | None] | None:
@@ -174,12 +178,17 @@ def scan_videos(root: str | Path, split: str) -> list[tuple[str, Path, Path | No
     return [(p.stem if p.is_file() else p.name, p, None) for p in entries]
 
 
-def _decode_video_file(path: Path, size: int, channels: int, max_frames: int | None) -> np.ndarray:
+def _require_av(path: Path):
     try:
         import av
     except ImportError:
         raise DataError(f"{path}: reading video files needs PyAV: pip install 'selfsup[video]' (or give folders of "
                         f"frames)") from None
+    return av
+
+
+def _decode_video_file(path: Path, size: int, channels: int, max_frames: int | None) -> np.ndarray:
+    av = _require_av(path)
     frames = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
@@ -347,7 +356,102 @@ def window_times(length: int, stride: int = 1) -> Callable[[Tensor, torch.Genera
     return sample
 
 
-class VideoClips(EpochOrdered):
+@dataclass
+class ClipPlan:
+    """What global batch ``(epoch, position)`` of a clip source holds, before any frame is read:
+    ``slots`` ``(B,)`` positions in the epoch's order, ``videos`` ``(B,)``, ``partners`` ``(B,)`` (the
+    videos themselves without ``clip_views``), ``times`` ``(B, k)`` and ``captions`` ``(B,)`` rows of the
+    caption table (-1: none) or None for uncaptioned data."""
+
+    slots: Tensor
+    videos: Tensor
+    partners: Tensor
+    times: Tensor
+    captions: Tensor | None
+
+    def rank(self, rank: int, local_batch: int) -> ClipPlan:
+        """The share of process ``rank``."""
+        mine = slice(rank * local_batch, (rank + 1) * local_batch)
+        return ClipPlan(self.slots[mine], self.videos[mine], self.partners[mine], self.times[mine],
+                        None if self.captions is None else self.captions[mine])
+
+
+class ClipPlanner(EpochOrdered):
+    """The clip sampling that in-memory and streamed video sources share: which videos, times,
+    partner views and captions each global batch holds, from ``(seed, epoch, position)`` alone."""
+
+    kind = "video"
+
+    def __init__(self, names: list[str], lengths: Tensor, captions: list[tuple[str, ...]] | None, batch_size: int,
+                 world_size: int, seed: int, clips_per_video: int) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        self.names, self.lengths = names, lengths
+        self.starts = torch.cumsum(lengths, 0) - lengths
+        self.batch_size, self.local_batch = batch_size, batch_size // world_size
+        self.seed, self.clips_per_video = seed, clips_per_video
+        self.clip_times: Callable[[Tensor, torch.Generator], Tensor] = window_times(2)
+        self.clip_views = 1
+        self.scenes = _scenes(names)
+        per_video = captions or []
+        self.captions: list[str] = list(dict.fromkeys(c for texts in per_video for c in texts))
+        row = {caption: i for i, caption in enumerate(self.captions)}
+        self._caption_rows = [torch.tensor([row[c] for c in texts], dtype=torch.int64) for texts in per_video]
+
+    def __len__(self) -> int:
+        return len(self.names) * self.clips_per_video
+
+    def plan(self, epoch: int, position: int) -> ClipPlan:
+        """The clips of global batch ``position`` of ``epoch``."""
+        slots = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        videos = slots % len(self.names)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + position)
+        partners = self.partners(videos, generator) if self.clip_views > 1 else videos
+        times = self.clip_times(torch.minimum(self.lengths[videos], self.lengths[partners]), generator)
+        if times.ndim != 2 or len(times) != len(videos) or bool((times < 0).any()) or bool(
+                (times >= self.lengths[videos][:, None]).any()):
+            raise ValueError(f"clip_times must give (B, k) frame times inside each video, got shape "
+                             f"{tuple(times.shape)}")
+        captions = self.caption_ids(videos, generator) if self.captions else None
+        return ClipPlan(slots, videos, partners, times, captions)
+
+    def rows(self, plan: ClipPlan) -> Tensor:
+        """``(b, k)`` (``(b, 2k)`` with partner views) frame rows of the split, video after video."""
+        rows = self.starts[plan.videos][:, None] + plan.times
+        if self.clip_views > 1:
+            rows = torch.cat([rows, self.starts[plan.partners][:, None] + plan.times], dim=1)
+        return rows
+
+    def extra(self, plan: ClipPlan, device: torch.device) -> dict[str, Tensor]:
+        """``ImageBatch.extra`` of a rank's plan."""
+        extra = {"times": plan.times.to(device), "video": plan.videos.to(device)}
+        if self.clip_views > 1:
+            extra.update(times=torch.cat([plan.times, plan.times], dim=1).to(device), partner=plan.partners.to(device),
+                         scene=self.scenes[plan.videos].to(device))
+        if plan.captions is not None:
+            extra["caption_ids"] = plan.captions.to(device)
+        return extra
+
+    def caption_ids(self, videos: Tensor, generator: torch.Generator) -> Tensor:
+        """For each video, one of its captions drawn uniformly (a row of :attr:`captions`), -1 for none."""
+        draws = torch.rand(len(videos), generator=generator)
+        ids = []
+        for video, draw in zip(videos.tolist(), draws.tolist()):
+            rows = self._caption_rows[video]
+            ids.append(int(rows[min(int(draw * len(rows)), len(rows) - 1)]) if len(rows) else -1)
+        return torch.tensor(ids, dtype=torch.int64)
+
+    def partners(self, videos: Tensor, generator: torch.Generator) -> Tensor:
+        """For each video, another view of its scene drawn uniformly (itself when it has none)."""
+        same = self.scenes[videos][:, None] == self.scenes[None, :]
+        same[torch.arange(len(videos)), videos] = same.sum(dim=1) == 1  # itself only when alone
+        draws = torch.rand(same.shape, generator=generator).masked_fill(~same, -1.0)
+        return draws.argmax(dim=1)
+
+
+class VideoClips(ClipPlanner):
     """A :class:`VideoSet` as a data source of clips: batch ``(epoch, position, rank)`` is ``(b, k, C,
     H, W)`` uint8 frames of ``b`` videos at ``k`` times each.
 
@@ -368,29 +472,13 @@ class VideoClips(EpochOrdered):
     (uniformly among its video's, from the same generator), -1 for a video without one.
     """
 
-    kind = "video"
-
     def __init__(self, dataset: VideoSet, batch_size: int, world_size: int = 1, seed: int = 0,
                  device: torch.device | str = "cpu", clips_per_video: int = 8) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
-        if clips_per_video < 1:
-            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
-        self.dataset, self.batch_size, self.local_batch = dataset, batch_size, batch_size // world_size
-        self.seed, self.device, self.clips_per_video = seed, torch.device(device), clips_per_video
+        super().__init__(dataset.names, dataset.lengths, dataset.captions, batch_size, world_size, seed,
+                         clips_per_video)
+        self.dataset, self.device = dataset, torch.device(device)
         self.images = dataset.images.to(self.device)
-        self.starts, self.lengths = dataset.starts, dataset.lengths
-        self.clip_times: Callable[[Tensor, torch.Generator], Tensor] = window_times(2)
-        self.clip_views = 1
-        self.scenes = dataset.scenes
         self.skipped = dataset.skipped
-        per_video = dataset.captions or []
-        self.captions: list[str] = list(dict.fromkeys(c for captions in per_video for c in captions))
-        row = {caption: i for i, caption in enumerate(self.captions)}
-        self._caption_rows = [torch.tensor([row[c] for c in captions], dtype=torch.int64) for captions in per_video]
-
-    def __len__(self) -> int:
-        return len(self.dataset.names) * self.clips_per_video
 
     def close(self) -> None:
         """Nothing to release: the frames are one tensor (the streamed sources' interface)."""
@@ -401,44 +489,10 @@ class VideoClips(EpochOrdered):
 
     def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:
         """Rank ``rank``'s clips of global batch ``position`` of ``epoch``."""
-        slots = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
-        videos = slots % len(self.dataset.names)
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + position)
-        partners = self.partners(videos, generator) if self.clip_views > 1 else videos
-        times = self.clip_times(torch.minimum(self.lengths[videos], self.lengths[partners]), generator)
-        if times.ndim != 2 or len(times) != len(videos) or bool((times < 0).any()) or bool(
-                (times >= self.lengths[videos][:, None]).any()):
-            raise ValueError(f"clip_times must give (B, k) frame times inside each video, got shape "
-                             f"{tuple(times.shape)}")
-        captions = self.caption_ids(videos, generator) if self.captions else None
-        mine = slice(rank * self.local_batch, (rank + 1) * self.local_batch)
-        videos, times, slots, partners = videos[mine], times[mine], slots[mine], partners[mine]
-        rows = (self.starts[videos][:, None] + times).to(self.device)
+        plan = self.plan(epoch, position).rank(rank, self.local_batch)
+        rows = self.rows(plan).to(self.device)
         labels = None if self.dataset.labels is None else self.dataset.labels.to(self.device)[rows[:, 0]]
-        extra = {"times": times.to(self.device), "video": videos.to(self.device)}
-        if self.clip_views > 1:
-            rows = torch.cat([rows, (self.starts[partners][:, None] + times).to(self.device)], dim=1)
-            extra.update(times=torch.cat([times, times], dim=1).to(self.device), partner=partners.to(self.device),
-                         scene=self.scenes[videos].to(self.device))
-        if captions is not None:
-            extra["caption_ids"] = captions[mine].to(self.device)
-        return ImageBatch(self.images[rows], slots.to(self.device), labels, extra)
-
-    def caption_ids(self, videos: Tensor, generator: torch.Generator) -> Tensor:
-        """For each video, one of its captions drawn uniformly (a row of :attr:`captions`), -1 for none."""
-        draws = torch.rand(len(videos), generator=generator)
-        ids = []
-        for video, draw in zip(videos.tolist(), draws.tolist()):
-            rows = self._caption_rows[video]
-            ids.append(int(rows[min(int(draw * len(rows)), len(rows) - 1)]) if len(rows) else -1)
-        return torch.tensor(ids, dtype=torch.int64)
-
-    def partners(self, videos: Tensor, generator: torch.Generator) -> Tensor:
-        """For each video, another view of its scene drawn uniformly (itself when it has none)."""
-        same = self.scenes[videos][:, None] == self.scenes[None, :]
-        same[torch.arange(len(videos)), videos] = same.sum(dim=1) == 1  # itself only when alone
-        draws = torch.rand(same.shape, generator=generator).masked_fill(~same, -1.0)
-        return draws.argmax(dim=1)
+        return ImageBatch(self.images[rows], plan.slots.to(self.device), labels, self.extra(plan, self.device))
 
 
-__all__ = ["VIDEO_EXTENSIONS", "VideoClips", "VideoSet", "load_video_split", "scan_videos", "window_times"]
+__all__ = ["VIDEO_EXTENSIONS", "ClipPlan", "ClipPlanner", "VideoClips", "VideoSet", "load_video_split", "scan_videos", "window_times"]

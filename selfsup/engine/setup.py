@@ -167,22 +167,34 @@ def load_sequences(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.Wa
 
 
 def load_video(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.VideoClips, data.VideoSet | None]:
-    """A video folder's training clips (every frame decoded onto the device) and its test videos."""
+    """A video folder's training clips (every frame decoded onto the device, or with ``data.stream``
+    decoded batch by batch in workers) and its test videos (in memory)."""
     d, t = cfg.data, cfg.train
     if d.root is None:
         raise ConfigError("data.root: dataset 'video' needs a folder of videos, of frame folders, or a DAVIS root")
 
+    size, channels = d.size or data.folder.DEFAULT_SIZE, d.channels or 3
+
     def read(split: str) -> data.VideoSet:
-        return data.load_video_split(d.root, split, size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3,
-                                     max_frames=d.max_frames, progress=progress)
+        return data.load_video_split(d.root, split, size=size, channels=channels, max_frames=d.max_frames,
+                                     progress=progress)
     try:
-        train = read("train")
+        if d.stream:  # counted now, decoded clip by clip in workers
+            train = data.streamed_video_split(d.root, "train", size=size, channels=channels, max_frames=d.max_frames,
+                                              workers=d.workers)
+        else:
+            train = read("train")
         try:
             test = read("test")
         except DataError:
             test = None  # a folder with too few videos for a test split
-        source = data.VideoClips(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
-                                 clips_per_video=d.clips_per_video)
+        if d.stream:
+            source = data.StreamedVideoClips(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
+                                             clips_per_video=d.clips_per_video, workers=d.workers,
+                                             rank=fabric.global_rank)
+        else:
+            source = data.VideoClips(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
+                                     clips_per_video=d.clips_per_video)
     except (DataError, ValueError) as error:
         raise ConfigError(f"data: {error}") from None
     if train.skipped and fabric.global_rank == 0:
