@@ -66,7 +66,10 @@ VALUE_METRICS = {"feature_std": ("evaluations", "collapse", "feature_std"),
                  "effective_rank": ("evaluations", "collapse", "effective_rank"),
                  "loss_spikes": ("training", "loss_spikes"),
                  "grad_norm_spikes": ("training", "grad_norm_spikes"),
-                 "grad_norm_peak": ("training", "grad_norm_peak")}
+                 "grad_norm_peak": ("training", "grad_norm_peak"),
+                 "tau": ("evaluations", "temporal", "tau"),
+                 "same_video": ("evaluations", "temporal", "same_video@1"),
+                 "j_and_f": ("evaluations", "propagation", "j_and_f")}
 """Other numbers a sweep can summarise, where they are in ``results.json``: not fractions, shown as
 they are. A verdict on a metric where lower is better says ``lower: true``."""
 STUDY_KEYS = {"name", "claim", "recipe", "overrides", "grid", "points", "seeds", "metrics", "finetune", "verdict",
@@ -276,6 +279,10 @@ def _check(study: Study, where: str) -> None:
         if spec.get("metric", study.metrics[0]) not in study.metrics:
             raise ConfigError(f"{where}: the verdict's metric {spec['metric']!r} is not among the metrics "
                               f"{study.metrics}")
+        for key in ("order", "than"):
+            if key in spec and not isinstance(spec[key], list):
+                raise ConfigError(f"{where}: the verdict's {key} must be a list of points, e.g. {key}: "
+                                  f"[{spec[key]}], got {spec[key]!r}")
         mentioned = [spec[k] for k in ("best", "better", "above_floor", "point") if k in spec]
         mentioned += [n for k in ("order", "than") for n in spec.get(k, [])]
         missing = [n for n in mentioned if n not in names]

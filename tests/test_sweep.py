@@ -62,6 +62,7 @@ def test_a_command_line_sweep_makes_axes_of_comma_lists(tmp_path):
     ({"metrics": ["accuracy"]}, "unknown metrics"),
     ({"verdict": {"best": "nowhere"}}, "does not have"),
     ({"verdict": {"winner": "x"}}, "verdict is"),
+    ({"verdict": {"better": "method_args.temperature=0.2", "than": "method_args.temperature=0.5"}}, "must be a list"),
     ({"colour": "red"}, "unknown keys"),
 ])
 def test_bad_studies_are_named_in_one_line(tmp_path, change, message):
@@ -164,3 +165,13 @@ def test_submitit_local_executor_runs_the_same_commands(tmp_path):
     study = sweep.load_study(study_path)
     run, = sweep.expand(study)
     assert run.status() == "done" and any((study.folder / "submitit").iterdir())
+
+
+def test_video_measures_are_read_with_their_floors():
+    results = {"evaluations": {"temporal": {"tau": 0.71, "same_video@1": 0.9, "random_init": {"tau": 0.70,
+                                                                                              "same_video@1": 0.8}},
+                               "propagation": {"j_and_f": 0.65, "random_init": {"j_and_f": 0.64}}}}
+    assert sweep._scores(results, "tau") == (0.71, 0.70)
+    assert sweep._scores(results, "same_video") == (0.9, 0.8)
+    assert sweep._scores(results, "j_and_f") == (0.65, 0.64)
+    assert sweep._scores({"evaluations": {}}, "tau") == (None, None)
