@@ -1,10 +1,14 @@
-"""Decoding speed of the video source: the same clips as MPEG-4 files (PyAV) and as JPEG frame folders (PIL).
+"""Decoding speed of the video source: the same clips as MPEG-4 files (PyAV) and as JPEG frame folders (PIL),
+decoded whole up front (the in-memory source) and clip by clip (the streamed source, data.stream=true).
 
-    python benchmarks/video_decode.py [--videos 40 --frames 48 --side 256 --size 64]
+    python benchmarks/video_decode.py [--videos 40 --frames 48 --side 256 --size 64 --workers 2]
 
 Writes the videos once (smooth moving gradients with noise, side x side), then times
 selfsup.data.load_video_split on each layout (decode, centred square, resize to size), best of 3,
-and prints frames/s and the ratio in one run. torchcodec, the other candidate, is not on this
+and prints frames/s and the ratio in one run. Then, per layout, the streamed source: its start-up
+(frame counts only) against the whole decode, and the clips/s its DataLoader workers deliver for
+R3M's five-frame clips at batch 32 (after the first 2 x workers + 1 batches), beside the frames each
+clip decodes. torchcodec, the other candidate, is not on this
 machine's package registries; PyAV is the decoder that installs everywhere with its own FFmpeg.
 """
 
@@ -50,6 +54,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=20)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.videos} videos x {args.frames} frames "
           f"of {args.side}x{args.side}, decoded to {args.size}x{args.size}")
@@ -65,7 +71,31 @@ def main() -> None:
                 best = min(best, time.perf_counter() - started)
             rates[layout] = frames / best
             print(f"{layout:5} {frames} frames in {best:.2f} s: {rates[layout]:,.0f} frames/s")
-    print(f"MPEG-4 through PyAV / JPEG frames through PIL: {rates['mp4'] / rates['jpeg']:.2f}x")
+        print(f"MPEG-4 through PyAV / JPEG frames through PIL: {rates['mp4'] / rates['jpeg']:.2f}x")
+        for layout in ("mp4", "jpeg"):
+            stream(root / layout, layout, args)
+
+
+def stream(root: Path, layout: str, args) -> None:
+    from selfsup.data import StreamedVideoClips, streamed_video_split
+    from selfsup.methods import R3M
+    from selfsup.nn import build_backbone
+
+    started = time.perf_counter()
+    train = streamed_video_split(root, "train", size=args.size, workers=args.workers)
+    scan = time.perf_counter() - started
+    source = StreamedVideoClips(train, batch_size=32, clips_per_video=64, workers=args.workers)
+    source.clip_times = R3M(build_backbone("convnet", in_channels=3, image_size=args.size, width=4)).clip_times
+    skip = 2 * args.workers + 1
+    for position in range(skip):
+        source.batch(0, position, 0)
+    started = time.perf_counter()
+    for position in range(skip, skip + args.batches):
+        source.batch(0, position, 0)
+    rate = 32 * args.batches / (time.perf_counter() - started)
+    source.close()
+    print(f"{layout:5} streamed, {args.workers} workers: start-up {scan:.2f} s (frame counts), {rate:,.0f} clips/s of "
+          f"5 frames ({5 * rate:,.0f} frames/s)")
 
 
 if __name__ == "__main__":

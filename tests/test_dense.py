@@ -140,6 +140,28 @@ def test_densecl_matches_each_query_position_to_the_most_similar_key_position_an
         assert any(torch.allclose(stored[i:i + 3], keys, atol=1e-6) for i in range(len(stored) - 2))
 
 
+def test_densecl_can_contrast_the_grid_before_the_last_pooling():
+    """dense_layer=intermediate: the dense task, its matching and the descriptors on the 7x7 stage of a
+    28-pixel ConvNet; the global task on the backbone's output."""
+    from selfsup.nn import split_features
+
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", in_channels=1, image_size=28, width=4)
+    method = DenseCL(backbone, proj_dim=4, queue_size=16, shuffle_bn=False, dense_layer="intermediate")
+    images = torch.rand(2, 1, 28, 28)
+    local, features = split_features(backbone, images)
+    assert local.shape[-2:] == (7, 7) and method.channels == local.shape[1]
+    q, _, grid, fmap = unpack(method.encoder(images), 4, method.channels)
+    assert grid.shape == (2, 4, 49) and torch.allclose(fmap, F.normalize(local.flatten(2), dim=1), atol=1e-5)
+    assert torch.allclose(q, F.normalize(method.neck.mlp(features), dim=1), atol=1e-5)
+    expected = F.interpolate(F.normalize(local, dim=1), size=(28, 28), mode="bilinear", align_corners=False)
+    assert torch.allclose(method.descriptor_encoder()(images), expected, atol=1e-5)
+    assert torch.isfinite(method.training_step(Batch([images, images.flip(3)], index=torch.arange(2)),
+                                               Progress(0, 10, 5))["loss"])
+    with pytest.raises(ValueError, match="dense_layer"):
+        DenseCL(backbone, dense_layer="first")
+
+
 def test_pck_is_one_for_descriptors_that_name_the_point_and_low_for_constant_ones():
     images = coordinate_images(8, (16, 16)) / 16
     perfect = correspondence_pck(lambda x: x, images, points=40, seed=0)
