@@ -8,7 +8,8 @@ of ``(epoch, position, rank)`` is planned in the training process exactly as
 videos, times, partner views and captions, the method's ``clip_times`` included), and
 DataLoader workers decode only those frames, at ``data.size`` as the in-memory source stores
 them: the batches of the two sources are equal, and a resumed run reads the batches it would
-have read.
+have read. (The normalisation statistics are those of a seeded sample of 512 frames, as for a
+streamed folder, where the in-memory source takes every frame.)
 
 Frames of a frame folder are decoded one file each; a video file is decoded once per clip from
 its start (decoders seek to key frames only, and a clip's frames are usually close together),
