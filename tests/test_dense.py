@@ -147,7 +147,7 @@ def test_densecl_can_contrast_the_grid_before_the_last_pooling():
 
     torch.manual_seed(0)
     backbone = build_backbone("convnet", in_channels=1, image_size=28, width=4)
-    method = DenseCL(backbone, proj_dim=4, queue_size=16, shuffle_bn=False, dense_layer="intermediate")
+    method = DenseCL(backbone, proj_dim=4, queue_size=16, shuffle_bn=False, dense_layer="intermediate", warmup_steps=0)
     images = torch.rand(2, 1, 28, 28)
     local, features = split_features(backbone, images)
     assert local.shape[-2:] == (7, 7) and method.channels == local.shape[1]
@@ -160,6 +160,9 @@ def test_densecl_can_contrast_the_grid_before_the_last_pooling():
                                                Progress(0, 10, 5))["loss"])
     with pytest.raises(ValueError, match="dense_layer"):
         DenseCL(backbone, dense_layer="first")
+    with pytest.warns(UserWarning, match="the dense loss never turns on"):  # a warm-up as long as the run
+        DenseCL(backbone, proj_dim=4, queue_size=16, shuffle_bn=False, warmup_steps=96).training_step(
+            Batch([images, images], index=torch.arange(2)), Progress(0, 96, 16))
 
 
 def test_pck_is_one_for_descriptors_that_name_the_point_and_low_for_constant_ones():

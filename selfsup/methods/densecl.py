@@ -3,6 +3,8 @@ official code WXinlong/DenseCL, ``openselfsup/models/densecl.py``)."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -136,6 +138,9 @@ class DenseCL(MethodBase):
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
+        if progress.step == 0 and self.loss_lambda > 0 and self.warmup_steps >= progress.max_steps:
+            warnings.warn(f"DenseCL: warmup_steps={self.warmup_steps} covers the whole run of {progress.max_steps} "
+                          f"steps, so the dense loss never turns on; lower method_args.warmup_steps", stacklevel=2)
         x_q, x_k = batch.views
         q, _, q_grid, q_b = unpack(self.encoder(x_q), self.proj_dim, self.channels)
         with torch.no_grad():
