@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from selfsup import distributed, losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, KeyQueue, check_momentum, feature_map, frozen_copy, momentum_update, shuffled_forward
-from selfsup.nn import split_batchnorm, split_features
+from selfsup.nn import split_batchnorm
 from selfsup.nn.dense import UpsampledFeatures
 
 
@@ -20,18 +20,15 @@ class DenseCLNeck(nn.Module):
     """The official ``DenseCLNeck``: a global MLP (fc-ReLU-fc) on the pooled feature map and a dense
     one (1x1 conv-ReLU-1x1 conv) on every position, plus the pooled dense output."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, global_dim: int | None = None) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(global_dim or in_dim, hidden_dim), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden_dim, out_dim))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
         self.mlp2 = nn.Sequential(nn.Conv2d(in_dim, hidden_dim, 1), nn.ReLU(inplace=True),
                                   nn.Conv2d(hidden_dim, out_dim, 1))
 
-    def forward(self, fmap: Tensor, features: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(global (N, D), dense grid (N, D, S*S), pooled dense (N, D))``; the global MLP reads
-        ``features`` when given (the backbone's output, for a dense grid of an earlier stage), else the
-        pooled ``fmap``."""
-        pooled = self.mlp(fmap.mean(dim=(2, 3)) if features is None else features)
+    def forward(self, fmap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(global (N, D), dense grid (N, D, S*S), pooled dense (N, D))``."""
+        pooled = self.mlp(fmap.mean(dim=(2, 3)))
         grid = self.mlp2(fmap)
         return pooled, grid.flatten(2), grid.mean(dim=(2, 3))
 
@@ -40,17 +37,13 @@ class _DenseEncoder(nn.Module):
     """Backbone and neck, every output L2-normalised and packed in one row per image (so the key
     encoder runs through shuffle-BN like any other): global, pooled dense, dense grid, backbone grid."""
 
-    def __init__(self, backbone: Backbone, neck: DenseCLNeck, dense_layer: str = "last") -> None:
+    def __init__(self, backbone: Backbone, neck: DenseCLNeck) -> None:
         super().__init__()
-        self.backbone, self.neck, self.dense_layer = backbone, neck, dense_layer
+        self.backbone, self.neck = backbone, neck
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.dense_layer == "last":
-            fmap = feature_map(self.backbone, images)
-            pooled, grid, pooled_dense = self.neck(fmap)
-        else:
-            fmap, features = split_features(self.backbone, images)
-            pooled, grid, pooled_dense = self.neck(fmap, features)
+        fmap = feature_map(self.backbone, images)
+        pooled, grid, pooled_dense = self.neck(fmap)
         parts = [F.normalize(pooled, dim=1), F.normalize(pooled_dense, dim=1), F.normalize(grid, dim=1),
                  F.normalize(fmap.flatten(2), dim=1)]
         return torch.cat([p.flatten(1) for p in parts], dim=1)
@@ -94,11 +87,6 @@ class DenseCL(MethodBase):
         loss_lambda: λ, the dense loss's weight (0.5).
         warmup_steps: steps with λ = 0 (1000).
         shuffle_bn, shuffle_splits: as :class:`~selfsup.methods.MoCo`.
-        dense_layer: the grid of the dense task and of the correspondence descriptors: ``last`` (the
-            official: the backbone's last feature map, 7x7 at ImageNet's 224 pixels) or ``intermediate``
-            (the stage before the last pooling, :func:`selfsup.nn.split_features`: 7x7 at 28 pixels,
-            where the last map is 3x3 and every position sees nearly the whole image). The global task
-            reads the backbone's output either way.
     """
 
     augment_recipe = "moco_v2"
@@ -108,24 +96,18 @@ class DenseCL(MethodBase):
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int | None = None, proj_dim: int = 128,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
                  loss_lambda: float = 0.5, warmup_steps: int = 1000, shuffle_bn: bool = True,
-                 shuffle_splits: int = 8, dense_layer: str = "last") -> None:
+                 shuffle_splits: int = 8) -> None:
         super().__init__()
-        if dense_layer not in ("last", "intermediate"):
-            raise ValueError(f"dense_layer must be 'last' or 'intermediate', got {dense_layer!r}")
         check_momentum("momentum", momentum)
         if temperature <= 0 or not 0 <= loss_lambda <= 1 or warmup_steps < 0:
             raise ValueError(f"need temperature > 0, 0 <= loss_lambda <= 1 and warmup_steps >= 0; got {temperature}, "
                              f"{loss_lambda}, {warmup_steps}")
-        self.backbone, self.dense_layer = backbone, dense_layer
+        self.backbone = backbone
         channels = backbone.out_dim
-        if dense_layer == "intermediate":
-            with torch.no_grad():
-                channels = split_features(backbone, torch.zeros(2, backbone.in_channels, 32, 32))[0].shape[1]
-        self.neck = DenseCLNeck(channels, channels if proj_hidden_dim is None else proj_hidden_dim, proj_dim,
-                                global_dim=backbone.out_dim)
+        self.neck = DenseCLNeck(channels, channels if proj_hidden_dim is None else proj_hidden_dim, proj_dim)
         if shuffle_bn:
             split_batchnorm(backbone, shuffle_splits)
-        self.encoder = _DenseEncoder(backbone, self.neck, dense_layer)
+        self.encoder = _DenseEncoder(backbone, self.neck)
         self.key_encoder = frozen_copy(self.encoder)
         self.queue, self.queue2 = KeyQueue(queue_size, proj_dim), KeyQueue(queue_size, proj_dim)
         self.momentum, self.temperature = momentum, temperature
@@ -162,10 +144,9 @@ class DenseCL(MethodBase):
         momentum_update(self.key_encoder, (self.encoder,), self.momentum)
 
     def descriptor_encoder(self) -> nn.Module:
-        """Per-position descriptors for ``selfsup evaluate correspondence``: the backbone's feature map
-        (``dense_layer``'s), L2-normalised (what the official ``forward_test`` returns), upsampled to the
-        input's size."""
-        return UpsampledFeatures(self.backbone, self.dense_layer)
+        """Per-position descriptors for ``selfsup evaluate correspondence``: the backbone's feature map,
+        L2-normalised (what the official ``forward_test`` returns), upsampled to the input's size."""
+        return UpsampledFeatures(self.backbone)
 
     def extra_evaluations(self, test, *, data: str, device=None) -> dict:
         """PCK@1/3/5 of dense correspondence under known warps (:mod:`selfsup.evaluate.correspondence`),

@@ -88,18 +88,16 @@ class DescriptorNet(nn.Module):
 
 
 class UpsampledFeatures(nn.Module):
-    """The backbone's last feature map (:func:`selfsup.nn.feature_map`; ``layer="intermediate"``: the
-    stage before its last pooling, :func:`selfsup.nn.split_features`), L2-normalised per position and
+    """The backbone's last feature map (:func:`selfsup.nn.feature_map`), L2-normalised per position and
     bilinearly upsampled to the input's size: the descriptors of a network trained without a dense
     head (DenseCL's evaluation features, and every other method's in ``evaluate correspondence``)."""
 
-    def __init__(self, backbone: Backbone, layer: str = "last") -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
-        self.backbone, self.layer = backbone, layer
+        self.backbone = backbone
 
     def forward(self, images: Tensor) -> Tensor:
-        from selfsup.nn.backbones import feature_map, split_features
+        from selfsup.nn.backbones import feature_map
 
-        fmap = feature_map(self.backbone, images) if self.layer == "last" else split_features(self.backbone, images)[0]
-        fmap = F.normalize(fmap, dim=1)
+        fmap = F.normalize(feature_map(self.backbone, images), dim=1)
         return F.interpolate(fmap, size=images.shape[-2:], mode="bilinear", align_corners=False)
