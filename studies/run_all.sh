@@ -1,5 +1,5 @@
 #!/bin/bash
-# Every study at its CPU setting, one run at a time, pages into docs/studies/ (about two hours on 2 cores).
+# Every study at its CPU setting, one run at a time, pages into docs/studies/ (about two and a half hours on 2 cores).
 # Each sweep is resumable: run this again after an interruption and only what is missing runs.
 set -e
 cd "$(dirname "$0")/.."
@@ -9,5 +9,8 @@ for study in projection_head loss_functions collapse augmentation batch_size pre
              vit_patch_projection; do
   $PY -m selfsup sweep studies/$study.yaml --page docs/studies/$study.md
 done
+# The R3M study learns from the synthetic videos (with their captions).
+[ -f runs/data/synthetic_videos/captions.csv ] || $PY benchmarks/make_videos.py runs/data/synthetic_videos
+$PY -m selfsup sweep studies/r3m_language.yaml --page docs/studies/r3m_language.md
 # The Jensen study measures a fixed encoder: the projection-head study's nonlinear SimCLR run, seed 0.
 $PY studies/jensen.py --checkpoint runs/sweeps/projection_head/nonlinear/seed0/checkpoints/last.ckpt
