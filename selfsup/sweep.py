@@ -583,7 +583,7 @@ def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
             ax.legend(loc="best", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(metric if metric in VALUE_METRICS else f"{metric} (%)")
-        ax.set_title(f"{study.name}: {metric}, mean and 95% interval over {len(study.seeds)} seeds", fontsize=9)
+        ax.set_title(f"{study.name}: {metric}\nmean and 95% interval over {len(study.seeds)} seeds", fontsize=9)
         fig.tight_layout()
         path = folder / f"{study.name}_{metric}.png"
         fig.savefig(path, dpi=110)
