@@ -147,9 +147,15 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(float(torch.logsumexp(row, 0) - row[k]) for row, k in zip(logits, labels.tolist())) / len(labels)
 
 
-def test_relative_location_loss_by_hand():
+@pytest.mark.parametrize("head", ["paper", "small"])
+def test_relative_location_loss_by_hand(head):
     # Patches as large as their cells and no gap: no jitter, so each patch is its cell exactly.
-    method = RelativeLocation(linear_backbone(4), patch=4, gap=0).train()
+    method = RelativeLocation(linear_backbone(4), patch=4, gap=0, hidden_dim=6, head=head).train()
+    linears = [m for m in (*method.fc6.modules(), *method.head.modules()) if isinstance(m, torch.nn.Linear)]
+    out_dim = method.backbone.out_dim
+    # The paper's Figure 3: fc6 per patch, then fc7, fc8 on the pair and fc9 to the 8 positions.
+    assert [tuple(m.weight.shape) for m in linears] == (
+        [(6, out_dim), (6, 12), (6, 6), (8, 6)] if head == "paper" else [(6, 2 * out_dim), (8, 6)])
     x = augment.to_float(images(5, 12))
     torch.manual_seed(3)
     out = method.training_step(Batch([x], torch.arange(5)), Progress(0, 10, 5))
@@ -160,7 +166,7 @@ def test_relative_location_loss_by_hand():
         for i, label in enumerate(labels.tolist()):
             centre = _cell(x[i:i + 1], 4, 4)
             neighbour = _cell(x[i:i + 1], pretext.NEIGHBOURS[label], 4)
-            pair = torch.cat([method.backbone(centre), method.backbone(neighbour)], dim=1)
+            pair = torch.cat([method.fc6(method.backbone(centre)), method.fc6(method.backbone(neighbour))], dim=1)
             logits.append(method.head(pair)[0])
     logits = torch.stack(logits)
     assert out["loss"].item() == pytest.approx(_cross_entropy(logits, labels), rel=1e-5)

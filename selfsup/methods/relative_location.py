@@ -45,16 +45,22 @@ class RelativeLocation(MethodBase):
     Per batch (section 3 of the paper)::
 
         c, n, k = centre patch, one of its 8 neighbours, which one       # pretext.relative_patches
-        loss = CE(head([f(c), f(n)]), k)                                 # f shared, head an MLP
+        loss = CE(head([fc6(f(c)), fc6(f(n))]), k)                       # f and fc6 shared
 
     Patches sit in their cells with a gap and a random jitter, so the network cannot solve the
     task by continuing edges across the border. The reported number is the linear probe of the
     frozen backbone on whole images; the task's accuracy is logged.
 
+    The pair classifier (``head``): ``paper`` is the paper's Figure 3 at ``hidden_dim`` wide, fc6 on
+    each patch's features (shared), then fc7 and fc8 on the pair and fc9 to the 8 positions, ReLU
+    after all but fc9; ``small`` is one hidden layer on the concatenated features (no fc6), the
+    shape of the other pretext heads here.
+
     Args:
         backbone: the shared patch encoder.
         patch, gap, input_size: patch geometry (see :class:`PatchGrid`).
-        hidden_dim: width of the pair classifier's hidden layer (512).
+        hidden_dim: width of the pair classifier's layers (512; the paper's 4096 for AlexNet).
+        head: ``paper`` or ``small`` (above).
     """
 
     augment_recipe: ClassVar[str] = "flip"
@@ -62,12 +68,20 @@ class RelativeLocation(MethodBase):
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
 
     def __init__(self, backbone: Backbone, *, patch: int | None = None, gap: int | None = None,
-                 input_size: int | None = None, hidden_dim: int = 512) -> None:
+                 input_size: int | None = None, hidden_dim: int = 512, head: str = "paper") -> None:
         super().__init__()
+        if head not in ("paper", "small"):
+            raise ValueError(f"head must be 'paper' or 'small', got {head!r}")
         self.backbone = backbone
         self.grid = PatchGrid(patch, gap, input_size)
-        self.head = nn.Sequential(nn.Linear(2 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden_dim, 8))
+        if head == "paper":
+            self.fc6 = nn.Sequential(nn.Linear(backbone.out_dim, hidden_dim), nn.ReLU(inplace=True))
+            self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, 8))
+        else:
+            self.fc6 = nn.Identity()
+            self.head = nn.Sequential(nn.Linear(2 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden_dim, 8))
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
@@ -75,7 +89,7 @@ class RelativeLocation(MethodBase):
         patch, gap, size = self.grid.resolve(x.shape[-1])
         centre, neighbour, labels = pretext.relative_patches(x, patch=patch, gap=gap)
         pair = pretext.resize_patches(torch.cat([centre, neighbour]), size)
-        features = self.backbone(pair).chunk(2)
+        features = self.fc6(self.backbone(pair)).chunk(2)
         logits = self.head(torch.cat(features, dim=1))
         return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
 
