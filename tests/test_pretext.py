@@ -173,8 +173,15 @@ def test_relative_location_loss_by_hand(head):
     assert out["task_accuracy"].item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
 
 
-def test_jigsaw_loss_by_hand_with_standardised_tiles():
-    method = Jigsaw(linear_backbone(4), num_permutations=12, patch=4, gap=0, input_size=4).train()
+@pytest.mark.parametrize("head", ["paper", "small"])
+def test_jigsaw_loss_by_hand_with_standardised_tiles(head):
+    method = Jigsaw(linear_backbone(4), num_permutations=12, patch=4, gap=0, input_size=4, hidden_dim=5,
+                    head=head).train()
+    linears = [m for m in (*method.fc6.modules(), *method.head.modules()) if isinstance(m, torch.nn.Linear)]
+    out_dim = method.backbone.out_dim
+    # The reference network (JigsawPuzzlePytorch): fc6 per tile, fc7 4x as wide on the 9, the classifier.
+    assert [tuple(m.weight.shape) for m in linears] == (
+        [(5, out_dim), (20, 45), (12, 20)] if head == "paper" else [(5, 9 * out_dim), (12, 5)])
     x = augment.to_float(images(5, 12))
     torch.manual_seed(4)
     out = method.training_step(Batch([x], torch.arange(5)), Progress(0, 10, 5))
@@ -188,7 +195,7 @@ def test_jigsaw_loss_by_hand_with_standardised_tiles():
                 cell = _cell(x[i:i + 1], tile, 4)
                 mean = cell.mean(dim=(2, 3), keepdim=True)
                 std = cell.std(dim=(2, 3), keepdim=True)  # the reference loader: tile.view(3, -1).std(dim=1)
-                features.append(method.backbone.net((cell - mean) / std))  # what the network must read
+                features.append(method.fc6(method.backbone.net((cell - mean) / std)))  # what the network reads
             logits.append(method.head(torch.cat(features, dim=1))[0])
     logits = torch.stack(logits)
     assert out["loss"].item() == pytest.approx(_cross_entropy(logits, labels), rel=1e-5)

@@ -22,7 +22,7 @@ class Jigsaw(MethodBase):
     Per batch (section 3 of the paper)::
 
         tiles, k = 9 tiles shuffled by permutation k of a fixed set   # pretext.jigsaw, P of them
-        loss = CE(head([f(t_1), ..., f(t_9)]), k)                     # f shared, head an MLP
+        loss = CE(head([fc6(f(t_1)), ..., fc6(f(t_9))]), k)           # f and fc6 shared
 
     The permutation set is chosen once for maximal Hamming distance (``hamming_permutations``;
     P from ``num_permutations``, default 100, the paper's best trade-off) and kept as a buffer, so
@@ -40,7 +40,11 @@ class Jigsaw(MethodBase):
         backbone: the shared tile encoder.
         num_permutations: P.
         patch, gap, input_size: tile geometry (see :class:`~selfsup.methods.relative_location.PatchGrid`).
-        hidden_dim: width of the classifier's hidden layer (1024).
+        hidden_dim: width of fc6 (the paper's and the reference's 1024).
+        head: ``paper``: the reference network's classifier, fc6 on each tile's features (shared),
+            fc7 ``4 x hidden_dim`` wide on the 9 concatenated, then the P-way layer (ReLU between; the
+            reference's dropout left out, as in every head here); ``small``: one hidden layer
+            ``hidden_dim`` wide on the concatenated features (no fc6).
         tile_norm: normalise each tile by its own statistics (the reference loader's; False: as the
             encoder normalises whole images).
         colour_jitter: the reference loader's per-tile channel shifts and per-image grayscale (p 0.3).
@@ -52,15 +56,23 @@ class Jigsaw(MethodBase):
 
     def __init__(self, backbone: Backbone, *, num_permutations: int = 100, patch: int | None = None,
                  gap: int | None = None, input_size: int | None = None, hidden_dim: int = 1024,
-                 tile_norm: bool = True, colour_jitter: bool = False) -> None:
+                 tile_norm: bool = True, colour_jitter: bool = False, head: str = "paper") -> None:
         super().__init__()
         if num_permutations < 2:
             raise ValueError(f"num_permutations must be >= 2, got {num_permutations}")
+        if head not in ("paper", "small"):
+            raise ValueError(f"head must be 'paper' or 'small', got {head!r}")
         self.backbone = backbone
         self.grid = PatchGrid(patch, gap, input_size)
         self.register_buffer("permutations", pretext.hamming_permutations(num_permutations))
-        self.head = nn.Sequential(nn.Linear(9 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden_dim, num_permutations))
+        if head == "paper":
+            self.fc6 = nn.Sequential(nn.Linear(backbone.out_dim, hidden_dim), nn.ReLU(inplace=True))
+            self.head = nn.Sequential(nn.Linear(9 * hidden_dim, 4 * hidden_dim), nn.ReLU(inplace=True),
+                                      nn.Linear(4 * hidden_dim, num_permutations))
+        else:
+            self.fc6 = nn.Identity()
+            self.head = nn.Sequential(nn.Linear(9 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden_dim, num_permutations))
         self.tile_norm, self.colour_jitter = tile_norm, colour_jitter
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
@@ -75,7 +87,7 @@ class Jigsaw(MethodBase):
             flat = pretext.jitter_tile_colours(flat)
         if self.tile_norm:  # standardised tiles reach the network: the backbone's normalisation undone
             flat = pretext.standardise_tiles(flat) * self.backbone.std + self.backbone.mean
-        features = self.backbone(flat).view(x.shape[0], -1)           # (B, 9 d), tiles in puzzle order
+        features = self.fc6(self.backbone(flat)).view(x.shape[0], -1)  # (B, 9 d), tiles in puzzle order
         logits = self.head(features)
         return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
 
