@@ -342,3 +342,21 @@ def test_dino_trains_a_step_with_each_backbone_family(name, channels, size):
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(p.grad is not None for p in dino.backbone.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", [n for n, cls in METHODS.items()
+                                  if getattr(cls, "data_kind", "images") in ("images", "video", "image_text")
+                                  and not getattr(cls, "needs_graph", False)])
+def test_building_a_method_leaves_its_backbone_as_it_was(name):
+    """A method's constructor may probe shapes, but must not run the backbone in training mode: that
+    would move BatchNorm's running statistics, and the "random weights" floor would no longer be the
+    freshly initialised network (DIM's and colorization's probes once did)."""
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", in_channels=3, image_size=32, width=4)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    cls = METHODS[name]
+    extra = {"num_samples": 16} if getattr(cls, "needs_num_samples", False) else {}
+    cls(backbone, **extra)
+    after = backbone.state_dict()
+    changed = [k for k, v in before.items() if k in after and not torch.equal(after[k], v)]
+    assert not changed, f"{name} changed {changed[:3]}"

@@ -12,7 +12,7 @@ from selfsup import distributed
 from selfsup.augment import rgb_to_lab
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.methods.rotation import task_accuracy
-from selfsup.nn import Backbone, WrappedEncoder, feature_map
+from selfsup.nn import Backbone, WrappedEncoder, eval_mode, feature_map
 
 
 def ab_bins(grid: int = 10, samples: int = 64) -> Tensor:
@@ -121,7 +121,7 @@ class Colorization(MethodBase):
         q = self.centres.shape[0]
         if not 1 <= neighbours <= q:
             raise ValueError(f"neighbours must be between 1 and {q} bins, got {neighbours}")
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(backbone):  # a shape probe must not move BatchNorm's running statistics
             channels = feature_map(backbone, torch.zeros(1, 3, 32, 32)).shape[1]
         self.head = nn.Conv2d(channels, q, kernel_size=1)
         self.register_buffer("prior", torch.full((q,), float("nan")))

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
-from selfsup.nn import Backbone, feature_map, split_features
+from selfsup.nn import Backbone, eval_mode, feature_map, split_features
 
 # The global discriminator reads the feature map pooled to this grid, so its size does not depend on the image's.
 _GLOBAL_GRID = 3
@@ -147,7 +147,7 @@ class DeepInfoMax(MethodBase):
         if local_layer not in ("intermediate", "last"):
             raise ValueError(f"local_layer must be 'intermediate' or 'last', got {local_layer!r}")
         self.backbone, self.local_layer = backbone, local_layer
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(backbone):  # a shape probe must not move BatchNorm's running statistics
             channels = self.features(torch.zeros(2, backbone.in_channels, 32, 32))[0].shape[1]
         self.code = nn.Linear(backbone.out_dim, code_dim)
         self.weights = (global_weight, local_weight, prior_weight)
