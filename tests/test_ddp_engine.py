@@ -93,7 +93,9 @@ def jobs(tmp_path_factory):
     video = ["--finish", "method=video_colorization", "data.name=video", f"data.root={videos}", "data.size=32",
              "data.clips_per_video=4", "train.batch_size=8", "method_args.dim=8", "method_args.references=2",
              "eval.plots=false", "eval.linear=false"]
-    (out / "jobs.json").write_text(json.dumps({**JOBS, "streamed": streamed, "video": video}))
+    video_streamed = [*video, "data.stream=true", "data.workers=1"]  # clips decoded by each rank's workers
+    (out / "jobs.json").write_text(json.dumps({**JOBS, "streamed": streamed, "video": video,
+                                               "video_streamed": video_streamed}))
     result = _train_ranks(out, "--jobs", str(out / "jobs.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -191,3 +193,14 @@ def test_video_clips_split_over_ranks_and_both_ranks_share_one_colour_clustering
     results = json.loads((jobs / "video" / "run" / "results.json").read_text())
     assert results["devices"] == 2 and results["steps"] == 4  # 8 videos x 4 clips, global batch 8
     assert "random_init" in results["evaluations"]["propagation"]
+
+
+def test_streamed_video_under_torchrun_ends_where_the_in_memory_run_ends(jobs):
+    """Each rank's DataLoader workers decode its half of every global batch of clips: the same clips as
+    the in-memory source's, so the two 2-rank runs end with the same weights."""
+    for rank, (memory, streamed) in enumerate(zip(_ranks(jobs / "video"), _ranks(jobs / "video_streamed"))):
+        assert torch.equal(streamed["first_batch"], memory["first_batch"])
+        for name, value in memory["params"].items():
+            torch.testing.assert_close(streamed["params"][name], value, atol=1e-6, rtol=1e-5, msg=f"rank {rank}: {name}")
+    results = json.loads((jobs / "video_streamed" / "run" / "results.json").read_text())
+    assert results["devices"] == 2 and results["steps"] == 4
