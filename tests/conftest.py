@@ -46,3 +46,59 @@ def kill_after_checkpoint():
         run.wait()
 
     return kill
+
+
+def knn_by_hand(train_x, train_y, test_x, k: int, temperature: float) -> list[int]:
+    """InstDisc's weighted kNN vote written out row by row in NumPy float64: cosine similarity, the k
+    most similar train rows (ties in train order), each voting exp(s / T) for its class."""
+    import numpy as np
+
+    train = np.asarray(train_x, dtype=np.float64)
+    train = train / np.linalg.norm(train, axis=1, keepdims=True).clip(1e-12)
+    labels = np.asarray(train_y)
+    predictions = []
+    for row in np.asarray(test_x, dtype=np.float64):
+        similarity = train @ (row / max(np.linalg.norm(row), 1e-12))
+        nearest = np.argsort(-similarity, kind="stable")[:k]
+        votes = np.zeros(int(labels.max()) + 1)
+        for j in nearest:
+            votes[labels[j]] += np.exp((similarity[j] - similarity[nearest[0]]) / temperature)
+        predictions.append(int(np.argmax(votes)))
+    return predictions
+
+
+@pytest.fixture(name="knn_by_hand")
+def knn_by_hand_fixture():
+    """:func:`knn_by_hand`, for test files (conftest is not imported by name)."""
+    return knn_by_hand
+
+
+@pytest.fixture
+def recheck_knn():
+    """``recheck_knn(run_dir)``: reload the run's last checkpoint from disk, embed its own train and test
+    splits afresh, check the saved test embeddings are that checkpoint's, and return the kNN accuracy the
+    run reported beside the one :func:`knn_by_hand` gives on those features (with the run's k and
+    temperature), so that a test can assert they agree: a run that evaluated another network, another
+    split or a stale copy of its weights disagrees."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    def recheck(run) -> tuple[float, float]:
+        from selfsup import cli, data, evaluate
+
+        run = Path(run)
+        results = json.loads((run / "results.json").read_text())
+        entry = results["evaluations"]["knn"]
+        cfg, encoder, (channels, size), device, _ = cli._load_encoder(str(run / "checkpoints" / "last.ckpt"))
+        kind = data.kind_of(cfg.data)
+        train, test = (cli._dataset(cfg, None, None, split, channels, size) for split in ("train", "test"))
+        train_x, test_x = (evaluate.extract_features(encoder, d.inputs, kind=kind) for d in (train, test))
+        saved = np.load(run / "test_embeddings.npy")
+        np.testing.assert_allclose(saved, test_x.numpy(), rtol=1e-4, atol=1e-5)
+        predicted = knn_by_hand(train_x.numpy(), train.labels.numpy(), test_x.numpy(), entry.get("k", 200),
+                                entry.get("temperature", 0.1))
+        return entry["accuracy"], float(np.mean(np.asarray(predicted) == test.labels.numpy()))
+
+    return recheck

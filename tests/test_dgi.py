@@ -147,7 +147,7 @@ def test_missing_extra_names_it(monkeypatch):
         data.graphs.karate()
 
 
-def test_dgi_trains_through_the_engine_on_karate(tmp_path, monkeypatch):
+def test_dgi_trains_through_the_engine_on_karate(tmp_path, monkeypatch, recheck_knn):
     from selfsup.config import load_config
     from selfsup.engine import pretrain
 
@@ -158,7 +158,9 @@ def test_dgi_trains_through_the_engine_on_karate(tmp_path, monkeypatch):
     import json
 
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["data"] == "karate" and results["steps"] == 20 and 0 <= results["linear_accuracy"] <= 1
+    assert results["data"] == "karate" and results["steps"] == 20
+    reported, by_hand = recheck_knn(tmp_path)  # the checkpoint's nodes, embedded afresh and voted by hand
+    assert reported == pytest.approx(by_hand, abs=1e-6)
     embeddings = np.load(tmp_path / "test_embeddings.npy")
     assert embeddings.shape == (int(data.graphs.karate().test_mask.sum()), 32)
     from selfsup import cli
