@@ -174,6 +174,38 @@ def test_relative_location_loss_by_hand(head):
 
 
 @pytest.mark.parametrize("head", ["paper", "small"])
+def test_relative_location_with_all_neighbours_is_the_mean_over_the_eight_pairs_of_each_image(head):
+    method = RelativeLocation(linear_backbone(4), patch=4, gap=0, hidden_dim=6, head=head, all_neighbours=True).train()
+    x = augment.to_float(images(3, 12))
+    out = method.training_step(Batch([x], torch.arange(3)), Progress(0, 10, 5))
+    with torch.no_grad():
+        logits, labels = [], []
+        for i in range(3):
+            centre = method.fc6(method.backbone(_cell(x[i:i + 1], 4, 4)))
+            for label, cell in enumerate(pretext.NEIGHBOURS):
+                neighbour = method.fc6(method.backbone(_cell(x[i:i + 1], cell, 4)))
+                logits.append(method.head(torch.cat([centre, neighbour], dim=1))[0])
+                labels.append(label)
+    logits, labels = torch.stack(logits), torch.tensor(labels)
+    assert out["loss"].item() == pytest.approx(_cross_entropy(logits, labels), rel=1e-5)
+    assert out["task_accuracy"].item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+
+
+def test_pretext_heads_put_dropout_where_the_reference_networks_do():
+    # JigsawPuzzlePytorch's Network: fc6 = Linear, ReLU, Dropout(0.5); fc7 = Linear, ReLU, Dropout(0.5); fc8.
+    jigsaw = Jigsaw(linear_backbone(4), num_permutations=12, hidden_dim=5, dropout=0.5)
+    kinds = [type(m).__name__ for m in (*jigsaw.fc6, *jigsaw.head)]
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert all(m.p == 0.5 for m in jigsaw.modules() if isinstance(m, nn.Dropout))
+    pair = RelativeLocation(linear_backbone(4), hidden_dim=6, head="small", dropout=0.3)
+    assert [type(m).__name__ for m in pair.head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert not any(isinstance(m, nn.Dropout) for m in Jigsaw(linear_backbone(4), num_permutations=12).modules())
+    for cls in (Jigsaw, RelativeLocation):
+        with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1"):
+            cls(linear_backbone(4), dropout=1)
+
+
+@pytest.mark.parametrize("head", ["paper", "small"])
 def test_jigsaw_loss_by_hand_with_standardised_tiles(head):
     method = Jigsaw(linear_backbone(4), num_permutations=12, patch=4, gap=0, input_size=4, hidden_dim=5,
                     head=head).train()
