@@ -69,6 +69,8 @@ VALUE_METRICS = {"feature_std": ("evaluations", "collapse", "feature_std"),
                  "grad_norm_peak": ("training", "grad_norm_peak"),
                  "tau": ("evaluations", "temporal", "tau"),
                  "same_video": ("evaluations", "temporal", "same_video@1"),
+                 "alignment_tau": ("evaluations", "temporal", "alignment_tau"),
+                 "alignment_error": ("evaluations", "temporal", "alignment_error"),
                  "j_and_f": ("evaluations", "propagation", "j_and_f")}
 """Other numbers a sweep can summarise, where they are in ``results.json``: not fractions, shown as
 they are. A verdict on a metric where lower is better says ``lower: true``."""

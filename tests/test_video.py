@@ -475,6 +475,29 @@ def test_temporal_measures_reward_features_that_follow_time():
     assert video.temporal_order_tau(shuffled, vid, time) < 0.5
 
 
+def test_cross_view_alignment_matches_each_frame_to_the_other_views_nearest_and_scores_the_matched_order():
+    # Scene 0 has two views of 4 frames: view 0's frame t is unit vector t; view 1's frame t is unit vector
+    # m(t), m = (0, 2, 1, 3), so each view's frame t finds the other's frame m(t) (m is its own inverse).
+    # Video 2 is a scene of its own (no other view): it adds no pair.
+    m = [0, 2, 1, 3]
+    eye = torch.eye(4, dtype=torch.float64)
+    features = torch.cat([eye, eye[m], torch.randn(3, 4, dtype=torch.float64)])
+    vid = torch.tensor([0] * 4 + [1] * 4 + [2] * 3)
+    time = torch.cat([torch.arange(4), torch.arange(4), torch.arange(3)])
+    scenes = torch.tensor([0, 0, 1])
+    # Matched times (0, 2, 1, 3) against (0, 1, 2, 3): 5 concordant pairs, 1 discordant -> tau (5 - 1) / 6;
+    # |t - m(t)| = (0, 1, 1, 0): mean 0.5 over a 4-frame view -> 0.125. Both ordered pairs alike.
+    tau, error, pairs = video.cross_view_alignment(features, vid, time, scenes)
+    assert (tau, error, pairs) == (pytest.approx(_kendall_tau_b([0, 1, 2, 3], m)), pytest.approx(0.125), 2)
+    assert _kendall_tau_b([0, 1, 2, 3], m) == pytest.approx(4 / 6)
+    entry = video.temporal_entry(features, vid, time, data="toy", scenes=scenes)
+    assert entry["alignment_tau"] == pytest.approx(4 / 6) and entry["view_pairs"] == 2
+    assert "XIRL" in entry["protocol"]
+    solo = video.temporal_entry(features, vid, time, data="toy", scenes=torch.tensor([0, 1, 2]))
+    assert "alignment_tau" not in solo and "XIRL" not in solo["protocol"]
+    assert video.cross_view_alignment(features, vid, time, torch.tensor([0, 1, 2]))[2] == 0
+
+
 # ----------------------------------------------------------------------------- methods
 
 
@@ -612,6 +635,13 @@ def test_multi_view_tcn_trains_on_paired_views_through_the_engine(two_camera_vid
     trainer.fit()
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    # The held-out scenes' two views are aligned frame by frame, beside the random network's alignment.
+    from selfsup import cli
+
+    assert cli.main(["evaluate", "temporal", str(tmp_path / "checkpoints" / "last.ckpt")]) == 0
+    entry = json.loads((tmp_path / "evaluations" / "temporal.json").read_text())
+    assert entry["view_pairs"] == 4  # 2 held-out scenes x 2 ordered pairs of views
+    assert {"alignment_tau", "alignment_error"} <= entry.keys() & entry["random_init"].keys()
 
 
 class _PositionCode(torch.nn.Module):

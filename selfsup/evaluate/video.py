@@ -48,6 +48,11 @@ TEMPORAL_PROTOCOL = ("held-out videos: temporal-order tau is, per video, Kendall
                      "cosine distance of frozen features over every pair of frames, averaged over videos (1: the "
                      "features order frames as time does); same_video@1 is the share of frames whose nearest other "
                      "frame (cosine) is of the same video, mean_gap the mean time gap to it when it is")
+ALIGNMENT_PROTOCOL = ("synchronised views of a scene (videos <scene>_view<k>): each frame of one view is matched to "
+                      "the frame of another view of the same scene with the nearest frozen feature (cosine); "
+                      "alignment_tau is Kendall's tau-b between the frames' times and their matches' times (as XIRL "
+                      "reports alignment), alignment_error the mean |time - matched time| over the view's length "
+                      "(TCN's alignment error), both averaged over every ordered pair of views of every scene")
 
 
 # ----------------------------------------------------------------------------- DAVIS-2017 J and F
@@ -415,14 +420,62 @@ def same_video_retrieval(features: Tensor, video: Tensor, time: Tensor) -> tuple
     return float(same.float().mean()), float(gap[same].mean()) if bool(same.any()) else float("nan")
 
 
-def temporal_entry(features: Tensor, video: Tensor, time: Tensor, *, data: str) -> dict[str, Any]:
-    """:func:`temporal_order_tau` and :func:`same_video_retrieval` as the results.json ``temporal`` entry."""
+def cross_view_alignment(features: Tensor, video: Tensor, time: Tensor, scenes: Tensor) -> tuple[float, float, int]:
+    """How well frozen features align synchronised views of one scene (Sermanet et al. 2018, sec. 5.1:
+    each frame's nearest neighbour in the other view; Zakka et al. 2021 (XIRL): Kendall's τ of the
+    matched times).
+
+    Args:
+        features: ``(N, D)`` per-frame features.
+        video: ``(N,)`` each frame's video; ``time``: ``(N,)`` its time in the video.
+        scenes: ``(V,)`` each video's scene (:attr:`selfsup.data.video.VideoSet.scenes`): videos of one
+            scene are synchronised views, frame t of each showing the same moment.
+
+    Returns:
+        ``(alignment_tau, alignment_error, pairs)``: for every ordered pair (a, b) of views of a scene,
+        Kendall's τ-b between the times of a's frames and the times of their nearest frames of b
+        (cosine), and the mean ``|t - t_match| / len(a)``, each averaged over the ``pairs``; ``(nan,
+        nan, 0)`` when no scene has two views.
+    """
+    from scipy.stats import kendalltau
+
+    x = F.normalize(features.float(), dim=1)
+    taus, errors = [], []
+    for scene in torch.unique(scenes):
+        views = (scenes == scene).nonzero().squeeze(1).tolist()
+        for a in views:
+            for b in views:
+                if a == b:
+                    continue
+                rows_a, rows_b = (video == a).nonzero().squeeze(1), (video == b).nonzero().squeeze(1)
+                if len(rows_a) < 2 or len(rows_b) < 1:
+                    continue
+                matched = time[rows_b][(x[rows_a] @ x[rows_b].T).argmax(dim=1)]
+                tau = kendalltau(time[rows_a].numpy(), matched.numpy()).statistic
+                taus.append(0.0 if np.isnan(tau) else float(tau))  # every match one frame: no order recovered
+                errors.append(float((time[rows_a] - matched).abs().float().mean()) / len(rows_a))
+    if not taus:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(taus)), float(np.mean(errors)), len(taus)
+
+
+def temporal_entry(features: Tensor, video: Tensor, time: Tensor, *, data: str,
+                   scenes: Tensor | None = None) -> dict[str, Any]:
+    """:func:`temporal_order_tau` and :func:`same_video_retrieval` as the results.json ``temporal`` entry,
+    with :func:`cross_view_alignment` when ``scenes`` (each video's scene) holds synchronised views."""
     share, gap = same_video_retrieval(features, video, time)
-    return {"tau": temporal_order_tau(features, video, time), "same_video@1": share, "mean_gap": gap,
-            "data": data, "protocol": TEMPORAL_PROTOCOL}
+    entry = {"tau": temporal_order_tau(features, video, time), "same_video@1": share, "mean_gap": gap,
+             "data": data, "protocol": TEMPORAL_PROTOCOL}
+    if scenes is not None:
+        tau, error, pairs = cross_view_alignment(features, video, time, scenes)
+        if pairs:
+            entry.update(alignment_tau=tau, alignment_error=error, view_pairs=pairs,
+                         protocol=f"{TEMPORAL_PROTOCOL}; {ALIGNMENT_PROTOCOL}")
+    return entry
 
 
-__all__ = ["PROPAGATION_PROTOCOL", "TEMPORAL_PROTOCOL", "boundary_map", "contour_accuracy", "davis_scores",
+__all__ = ["ALIGNMENT_PROTOCOL", "PROPAGATION_PROTOCOL", "TEMPORAL_PROTOCOL", "boundary_map", "contour_accuracy",
+           "cross_view_alignment", "davis_scores",
            "dense_features", "keypoint_maps", "lab_features", "pck", "plot_propagation", "propagate_keypoints",
            "propagate_labels", "propagate_masks", "propagation_entry",
            "region_similarity", "same_video_retrieval", "temporal_entry", "temporal_order_tau"]

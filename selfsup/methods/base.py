@@ -256,7 +256,8 @@ class VideoMethodBase(MethodBase):
         from selfsup.evaluate import video
 
         features = evaluate.extract_features(self.eval_encoder(), test.images, device=device)
-        entries = {"temporal": video.temporal_entry(features, test.video, test.time, data=data)}
+        entries = {"temporal": video.temporal_entry(features, test.video, test.time, data=data,
+                                                    scenes=getattr(test, "scenes", None))}
         if getattr(test, "masks", None) is not None or getattr(test, "keypoints", None):
             dense = self.dense_encoder()
             entries["propagation"] = video.propagation_entry(
