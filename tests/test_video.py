@@ -20,7 +20,7 @@ from selfsup.errors import DataError
 from selfsup.evaluate import video
 from selfsup.methods import R3M, TCN, VideoColorization
 from selfsup.methods.base import Batch
-from selfsup.nn import build_backbone
+from selfsup.nn import Backbone, build_backbone
 
 
 @pytest.fixture(scope="module")
@@ -619,6 +619,35 @@ def test_multi_view_time_contrastive_is_the_official_semi_hard_triplet_over_time
             farther = [n for n in negatives if n > d[i, j]]
             terms.append(max(0.0, 0.2 + float(d[i, j]) - float(min(farther) if farther else max(negatives))))
     assert near.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_multi_view_tcn_npairs_is_the_official_npairs_loss_between_the_two_views():
+    # Two scenes' clips of 3 frames in each of 2 views (times 4, 5, 6 and 0, 1, 2): 6 anchors (view 0),
+    # each with the same moment of view 1 as its positive and the 5 other positives as negatives,
+    # on raw embeddings, plus TF npairs_loss's 0.25 * 0.002 * (mean |a|^2 + mean |p|^2).
+    from selfsup.methods.base import Batch, Progress
+
+    torch.manual_seed(0)
+    backbone = Backbone(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 6)), 6, 3, [0.0] * 3,
+                        [1.0] * 3)
+    method = TCN(backbone, dim=4, frames=3, multi_view=True, loss="npairs", crop_scale=None).train()
+    clips = torch.randint(0, 256, (2, 6, 3, 8, 8), dtype=torch.uint8)
+    times = torch.tensor([[4, 5, 6, 4, 5, 6], [0, 1, 2, 0, 1, 2]])
+    extra = {"times": times, "scene": torch.tensor([0, 1]), "video": torch.tensor([0, 2]), "partner": torch.tensor([1, 3])}
+    out = method.training_step(Batch([clips], torch.arange(2), None, extra), Progress(0, 10, 5))
+    with torch.no_grad():
+        e = method.embedder(method.backbone(clips.flatten(0, 1).float() / 255)).double().view(2, 6, 4)
+        a, p = e[:, :3].reshape(6, 4), e[:, 3:].reshape(6, 4)
+    expected = 0.0
+    for i in range(6):
+        logits = [float(a[i] @ p[j]) for j in range(6)]
+        expected += math.log(sum(math.exp(v) for v in logits)) - logits[i]
+    expected = expected / 6 + 0.25 * 0.002 * (float((a ** 2).sum(1).mean()) + float((p ** 2).sum(1).mean()))
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="multi_view=True"):
+        TCN(backbone, loss="npairs")
+    with pytest.raises(ValueError, match="'triplet' or 'npairs'"):
+        TCN(backbone, multi_view=True, loss="lifted")
 
 
 def test_multi_view_tcn_trains_on_paired_views_through_the_engine(two_camera_videos, tmp_path):

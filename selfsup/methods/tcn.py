@@ -48,12 +48,28 @@ class TCN(VideoMethodBase):
             the official trains on its frames as they are).
         multi_view: the multi-view objective on pairs of synchronised views (``pos_radius`` and
             ``neg_radius`` are then unused: the official multi-view loss has no radii).
+        loss: the multi-view loss, as the official ``mvtcn_estimator`` offers it: ``triplet``
+            (``MVTCNTripletEstimator``, above) or ``npairs`` (``MVTCNNpairsEstimator``): each frame of the
+            first view an anchor whose positive is the same moment in the other view, the other pairs'
+            positives its negatives (:func:`selfsup.losses.n_pair`, pairs of one scene and time sharing a
+            class), on embeddings that are not normalised (the official config's ``npairs.embedding_l2:
+            false``), plus TF ``npairs_loss``'s norm penalty ``0.25 * l2_reg * (mean |a|^2 + mean |p|^2)``.
+        l2_reg: λ of that penalty (TF's default 0.002).
     """
 
     def __init__(self, backbone: Backbone, *, dim: int = 32, frames: int = 8, stride: int = 1,
                  pos_radius: float = 6, neg_radius: float = 12, margin: float = 0.2,
-                 crop_scale: tuple[float, float] | None = (0.6, 1.0), multi_view: bool = False) -> None:
+                 crop_scale: tuple[float, float] | None = (0.6, 1.0), multi_view: bool = False,
+                 loss: str = "triplet", l2_reg: float = 0.002) -> None:
         super().__init__()
+        if loss not in ("triplet", "npairs"):
+            raise ValueError(f"loss must be 'triplet' or 'npairs', got {loss!r}")
+        if loss == "npairs" and not multi_view:
+            raise ValueError("loss='npairs' is the multi-view objective (the official single-view TCN has the "
+                             "triplet loss only): set multi_view=True")
+        if not l2_reg >= 0:
+            raise ValueError(f"l2_reg must be >= 0, got {l2_reg}")
+        self.loss, self.l2_reg = loss, l2_reg
         if frames < 2 or stride < 1 or not 0 <= pos_radius < neg_radius:
             raise ValueError(f"need frames >= 2, stride >= 1 and 0 <= pos_radius < neg_radius; got {frames}, "
                              f"{stride}, {pos_radius}, {neg_radius}")
@@ -73,8 +89,16 @@ class TCN(VideoMethodBase):
         b, k = clips.shape[:2]
         views = (augment.clip_views(clips, scale=self.crop_scale) if self.crop_scale is not None
                  else augment.clip_to_float(clips))
-        embeddings = F.normalize(self.embedder(self.backbone(views.flatten(0, 1))), dim=1)
+        raw = self.embedder(self.backbone(views.flatten(0, 1)))
         times = batch.extra["times"].flatten()
+        if self.loss == "npairs":  # frames (b, 2 * half): the first half of each clip one view, the rest the other
+            half = k // 2
+            pairs = raw.view(b, 2, half, -1)
+            anchor, positive = pairs[:, 0].flatten(0, 1), pairs[:, 1].flatten(0, 1)
+            moments = batch.extra["scene"].repeat_interleave(half) * (int(times.max()) + 1) + times.view(b, 2, half)[:, 0].flatten()
+            penalty = 0.25 * self.l2_reg * (anchor.square().sum(1).mean() + positive.square().sum(1).mean())
+            return {"loss": losses.n_pair(anchor, positive, labels=moments) + penalty}
+        embeddings = F.normalize(raw, dim=1)
         if self.multi_view:  # the first k // 2 frames of a clip are one view, the rest the other view's
             scenes = batch.extra["scene"].repeat_interleave(k)
             return {"loss": losses.multi_view_time_contrastive(embeddings, times, scenes, margin=self.margin)}
