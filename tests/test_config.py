@@ -105,7 +105,8 @@ def _small_data(recipe: Path, tmp_path: Path) -> list[str]:
     if cfg.data.name == "video":
         from selfsup.data.synthetic_video import write_synthetic_videos
 
-        root = write_synthetic_videos(tmp_path / "videos", videos=5, frames=6, size=32, sprites="digits")
+        views = 2 if cfg.method_args.get("multi_view") else 1  # a multi-view recipe's synchronised cameras
+        root = write_synthetic_videos(tmp_path / "videos", videos=5, frames=6, size=32, sprites="digits", views=views)
         return [f"data.root={root}", "data.size=32", "data.clips_per_video=4", "train.batch_size=8"]
     data = ["data.name=photos", "data.size=24"] if cfg.data.name == "photos" else ["data.name=digits", "data.size=28"]
     if cfg.data.captions:
