@@ -388,9 +388,18 @@ def test_headline_table_gives_each_runs_gain_over_its_floor_and_its_own_measure(
     video = make_run(tmp_path / "video", {**RESULTS, "name": "vc", "data": "video", "evaluations": {
         **floors, "propagation": {"j_and_f": 0.5782, "random_init": {"j_and_f": 0.4638}}}}, finetune=None)
     unfloored = make_run(tmp_path / "old", {**RESULTS, "name": "old"}, finetune=None)
-    head, _, first, second, third = table_rows(headline_table([plain, video, unfloored]))
+    temporal = {"tau": 0.7049, "alignment_tau": 0.7338, "same_video@1": 1.0,
+                "random_init": {"tau": 0.6908, "alignment_tau": 0.6830}}
+    views = make_run(tmp_path / "views", {**RESULTS, "name": "mv", "data": "video", "evaluations": {
+        **floors, "propagation": {"j_and_f": 0.6973, "random_init": {"j_and_f": 0.6520}}, "temporal": temporal}},
+        finetune=None)
+    timed = make_run(tmp_path / "timed", {**RESULTS, "name": "r3m", "data": "video", "evaluations": {
+        **floors, "temporal": {"tau": 0.7667, "random_init": {"tau": 0.7240}}}}, finetune=None)
+    head, _, first, second, third, fourth, fifth = table_rows(headline_table([plain, video, unfloored, views, timed]))
     gain, own = head.index("gain linear / kNN"), head.index("own measure")
     assert first[gain] == "+2.14 / +2.31" and first[own] == "–"
     assert first[head.index("linear (random init)")] == "84.15% (82.01%)"
     assert second[own] == "J&F 0.578 (0.464)" and second[head.index("data")] == "video"
     assert third[gain] == "– / –"  # no floor recorded: no gain claimed
+    assert fourth[own] == "J&F 0.697 (0.652); tau 0.705 (0.691); alignment tau 0.734 (0.683)"
+    assert fifth[own] == "tau 0.767 (0.724)"

@@ -543,8 +543,9 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
 def headline_table(run_dirs: Iterable[str | os.PathLike]) -> str:
     """The README's method list in numbers: one row per run with its data, its budget, the linear
     probe and kNN beside their floors (``random_init``), the gain over each floor in points, and the
-    method's own measure where it has one (PCK@3 of a dense method, propagation J&F of a video
-    method, each beside its random network and baselines). From the runs' files only.
+    method's own measure where it has one (PCK@3 of a dense method; a video method's propagation
+    J&F and keypoint PCK, its temporal-order tau and, for synchronised views, its cross-view alignment
+    tau; each beside its random network and baselines). From the runs' files only.
 
     Raises:
         ValueError: no run folder given.
@@ -567,10 +568,14 @@ def headline_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         own = MISSING
         if "correspondence" in evaluations:
             own = "PCK@3 " + _pck_text(evaluations["correspondence"], f"{run_dir}: evaluation 'correspondence'")
-        elif "propagation" in evaluations:
-            propagation = evaluations["propagation"]
-            own = "; ".join(f"{label} " + _video_text(propagation, key, f"{run_dir}: evaluation 'propagation'")
-                            for key, label in (("j_and_f", "J&F"), ("pck@0.1", "PCK@0.1")) if key in propagation)
+        elif "propagation" in evaluations or "temporal" in evaluations:
+            parts = []
+            for name, keys in (("propagation", (("j_and_f", "J&F"), ("pck@0.1", "PCK@0.1"))),
+                               ("temporal", (("tau", "tau"), ("alignment_tau", "alignment tau")))):
+                entry = evaluations.get(name) or {}
+                parts += [f"{label} " + _video_text(entry, key, f"{run_dir}: evaluation {name!r}")
+                          for key, label in keys if key in entry]
+            own = "; ".join(parts) or MISSING
         data = _plain(results.get("data"))
         row = [_plain(results["name"]), data, _plain(results.get("epochs")),
                _accuracy(results, "linear", run_dir) if "linear" in evaluations else MISSING,
