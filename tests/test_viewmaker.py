@@ -124,9 +124,13 @@ def test_the_viewmaker_gets_its_own_constant_adam_through_param_groups(tmp_path)
 
 @pytest.mark.slow
 def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
-    """Digits, 30 epochs: the learned views lift kNN over the random-weight floor."""
+    """Digits, 12 epochs (132 steps): the learned views lift kNN over the random-weight floor.
+
+    Measured at 6dd5d59 (kNN gain over the floor, 360 test digits): +5.28 points under bf16 autocast, +4.72
+    in float32; 30 epochs read +3.89 in 2.4 times the time. The gain depends on the seed at this size
+    (seed 1: -0.56 at 12 epochs, +0.56 at 30; seed 2: +3.33), so the check is of seed 0, the default."""
     cfg = load_config("recipes/viewmaker_fashion_mnist.yaml", [
-        "data.name=digits", "data.size=16", "backbone.width=16", "train.batch_size=128", "train.epochs=30",
+        "data.name=digits", "data.size=16", "backbone.width=16", "train.batch_size=128", "train.epochs=12",
         "train.progress=false", "train.knn_every=0", "eval.save_embeddings=false", "eval.embedding_map=tsne",
         f"train.out_dir={tmp_path}"])
     pretrain(cfg)
