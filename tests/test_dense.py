@@ -142,32 +142,6 @@ def test_densecl_matches_each_query_position_to_the_most_similar_key_position_an
         assert any(torch.allclose(stored[i:i + 3], keys, atol=1e-6) for i in range(len(stored) - 2))
 
 
-def test_densecl_positions_as_negatives_contrast_each_match_with_the_other_positions_of_its_image():
-    torch.manual_seed(1)
-    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
-    method = DenseCL(backbone, proj_dim=4, queue_size=16, warmup_steps=0, loss_lambda=1.0, shuffle_bn=False,
-                     dense_negatives="queue_and_positions")
-    views = [torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)]
-    queue2 = method.queue2.keys.clone()
-    _, _, q_grid, q_b = unpack(method.encoder(views[0]), 4, method.channels)
-    with torch.no_grad():
-        _, _, k_grid, k_b = unpack(method.key_encoder(views[1]), 4, method.channels)
-    positions = q_grid.shape[2]
-    terms = []
-    for n in range(2):
-        for i in range(positions):
-            j = max(range(positions), key=lambda j: float((q_b[n, :, i] @ k_b[n, :, j]).detach()))
-            within = [float(q_grid[n, :, i].detach() @ k_grid[n, :, m]) for m in range(positions)]
-            across = [float(q_grid[n, :, i].detach() @ key) for key in queue2]
-            scores = torch.tensor(within + across, dtype=torch.float64) / 0.2
-            terms.append(float(torch.logsumexp(scores, 0)) - within[j] / 0.2)
-    out = method.training_step(Batch(views, index=torch.arange(2)), Progress(0, 10, 5))
-    assert float(out["loss_dense"]) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
-    assert float(out["loss"].detach()) == pytest.approx(float(out["loss_dense"]), rel=1e-6)  # lambda 1
-    with pytest.raises(ValueError, match="dense_negatives"):
-        DenseCL(backbone, dense_negatives="positions")
-
-
 def test_densecl_warns_when_its_warm_up_covers_the_whole_run():
     backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
     images = torch.rand(2, 1, 16, 16)

@@ -87,12 +87,6 @@ class DenseCL(MethodBase):
         loss_lambda: λ, the dense loss's weight (0.5).
         warmup_steps: steps with λ = 0 (1000).
         shuffle_bn, shuffle_splits: as :class:`~selfsup.methods.MoCo`.
-        dense_negatives: ``"queue"`` (the official): each query position's negatives are the
-            queue of pooled dense keys of other images only, so nothing in the loss asks two
-            positions of one image to differ. ``"queue_and_positions"`` (ours) adds the other
-            positions of the same key grid as negatives (the dense logits are every key position
-            and the queue, the target the matched position), the within-image contrast that
-            point correspondence needs; docs/results/views_and_dense.md measures both.
     """
 
     augment_recipe = "moco_v2"
@@ -102,11 +96,8 @@ class DenseCL(MethodBase):
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int | None = None, proj_dim: int = 128,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
                  loss_lambda: float = 0.5, warmup_steps: int = 1000, shuffle_bn: bool = True,
-                 shuffle_splits: int = 8, dense_negatives: str = "queue") -> None:
+                 shuffle_splits: int = 8) -> None:
         super().__init__()
-        if dense_negatives not in ("queue", "queue_and_positions"):
-            raise ValueError(f"dense_negatives must be 'queue' or 'queue_and_positions', got {dense_negatives!r}")
-        self.dense_negatives = dense_negatives
         check_momentum("momentum", momentum)
         if temperature <= 0 or not 0 <= loss_lambda <= 1 or warmup_steps < 0:
             raise ValueError(f"need temperature > 0, 0 <= loss_lambda <= 1 and warmup_steps >= 0; got {temperature}, "
@@ -140,15 +131,9 @@ class DenseCL(MethodBase):
             match = torch.bmm(q_b.detach().float().transpose(1, 2), k_b).argmax(dim=2)  # (N, S2)
             matched = torch.gather(k_grid, 2, match[:, None].expand(-1, k_grid.shape[1], -1))
         global_loss = losses.info_nce(q, k, negatives=self.queue.keys.clone(), temperature=self.temperature)
-        if self.dense_negatives == "queue":
-            dense_q = q_grid.transpose(1, 2).reshape(-1, self.proj_dim)
-            dense_k = matched.transpose(1, 2).reshape(-1, self.proj_dim)
-            dense_loss = losses.info_nce(dense_q, dense_k, negatives=self.queue2.keys.clone(),
-                                         temperature=self.temperature)
-        else:  # every key position of the same image, then the queue; the target is the matched one
-            dense_q = q_grid.float().transpose(1, 2)  # (N, S2, D)
-            logits = torch.cat((torch.bmm(dense_q, k_grid), dense_q @ self.queue2.keys.clone().T), dim=2)
-            dense_loss = F.cross_entropy(logits.flatten(0, 1) / self.temperature, match.flatten())
+        dense_q = q_grid.transpose(1, 2).reshape(-1, self.proj_dim)
+        dense_k = matched.transpose(1, 2).reshape(-1, self.proj_dim)
+        dense_loss = losses.info_nce(dense_q, dense_k, negatives=self.queue2.keys.clone(), temperature=self.temperature)
         weight = self.lambda_at(progress)
         loss = (1 - weight) * global_loss + weight * dense_loss
         self.queue.enqueue(distributed.gather(k))
