@@ -97,7 +97,7 @@ def pretrain_digits(run: Path, *overrides: str) -> subprocess.CompletedProcess:
 def digits_run(tmp_path_factory):
     """One SimCLR run on digits, shared by the tests that evaluate it: (run folder, pretrain output)."""
     run = tmp_path_factory.mktemp("cli") / "run"
-    return run, pretrain_digits(run, "method_args.proj_hidden_dim=32", "eval.embedding_map=tsne")
+    return run, pretrain_digits(run, "method_args.proj_hidden_dim=32", "optim.warmup_epochs=0", "eval.embedding_map=tsne")
 
 
 def test_pretrain_evaluate_embed_plot_round_trip(digits_run, tmp_path, here):
