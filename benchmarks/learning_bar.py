@@ -8,6 +8,8 @@ see selfsup.engine.floor) by at least 1.5 points linear and 2 points kNN.
     .venv/bin/python benchmarks/learning_bar.py                      # every *_fashion_mnist recipe but the ViT
     .venv/bin/python benchmarks/learning_bar.py simclr byol key=value   # some recipes, with overrides
     .venv/bin/python benchmarks/learning_bar.py --out docs/runs/bar --verdicts docs/results/bar_verdicts.md
+    .venv/bin/python benchmarks/learning_bar.py train.seed=1 --out runs/bar_seeds/seed1   # another seed
+    .venv/bin/python benchmarks/learning_bar.py --across docs/runs/bar runs/bar_seeds/seed1 runs/bar_seeds/seed2
 
 Runs go to runs/bar/<recipe> (a finished run is kept and read again; delete it to rerun), and the
 script prints ``selfsup report --table`` of them and one verdict line per recipe.
@@ -69,12 +71,64 @@ def verdict_table(runs: list[Path]) -> str:
     return "\n".join([head, "", *rows]) + "\n"
 
 
+ACROSS = (("linear", "linear"), ("knn", "kNN"), ("fewshot_5way_5shot", "5-way 5-shot"))
+
+
+def _gain(results: dict, key: str) -> float:
+    entry = results["evaluations"][key]
+    return 100 * (entry["accuracy"] - entry["random_init"]["accuracy"])
+
+
+def _shown(folder: Path) -> str:
+    try:
+        return str(folder.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(folder)
+
+
+def across_seeds_table(folders: list[Path]) -> str:
+    """Each recipe's gains over its own floor at every seed (one folder of bar runs per seed, a recipe
+    counted where every folder has it): mean ± sample standard deviation, and the seeds that clear the bar."""
+    names = sorted(set.intersection(*({run.parent.name for run in folder.glob("*/results.json")} for folder in folders)))
+    rows = ["| recipe | seeds clearing the bar | linear over its floor | kNN over its floor | 5-way 5-shot over its "
+            "floor | linear floor |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    every = 0
+    for name in names:
+        results = [json.loads((folder / name / "results.json").read_text()) for folder in folders]
+        cleared = sum(verdict(r)[0] == "pass" for r in results)
+        every += cleared == len(results)
+        cells = []
+        for key, _ in ACROSS:
+            gains = [_gain(r, key) for r in results]
+            mean = sum(gains) / len(gains)
+            std = (sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) ** 0.5 if len(gains) > 1 else 0.0
+            cells.append(f"{mean:+.2f} ± {std:.2f} ({', '.join(f'{g:+.2f}' for g in gains)})")
+        floors = [100 * r["evaluations"]["linear"]["random_init"]["accuracy"] for r in results]
+        rows.append(f"| {name} | {cleared} of {len(results)} | {' | '.join(cells)} | "
+                    f"{min(floors):.2f}-{max(floors):.2f}% |")
+    head = (f"{every} of {len(names)} recipes clear the bar (at least +{100 * LINEAR_GAIN:g} points linear and "
+            f"+{100 * KNN_GAIN:g} kNN over the floor) at every one of {len(folders)} seeds "
+            f"({', '.join(_shown(folder) for folder in folders)}). Gains in points: mean ± standard deviation over the "
+            f"seeds (each seed's gain in brackets, in the folders' order); every gain is over that seed's own floor, "
+            f"the same network at that seed's random initialisation.")
+    return "\n".join([head, "", *rows]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("items", nargs="*", help="recipe names (simclr, byol, ...) and key=value overrides")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bar"))
     parser.add_argument("--verdicts", help="also write the verdict table (markdown) of the finished runs here")
+    parser.add_argument("--across", nargs="+", type=Path, metavar="FOLDER",
+                        help="run nothing: print (and write to --verdicts) the table across seeds of these "
+                             "folders of finished bar runs, one folder per seed")
     args = parser.parse_args()
+    if args.across:
+        table = across_seeds_table(args.across)
+        print(table, end="")
+        if args.verdicts:
+            Path(args.verdicts).write_text(table)
+        return
     names = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     selfsup = str(Path(sys.executable).parent / "selfsup")

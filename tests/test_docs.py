@@ -1,6 +1,7 @@
 """The documentation site: built with mkdocs --strict (a broken page, snippet or API reference fails),
 and its result pages equal what the commands they name generate from the committed run files."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -53,14 +54,44 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
     assert not dead, dead
 
 
-def test_the_bar_verdicts_are_the_ones_learning_bar_writes_from_the_run_files():
+
+
+def _learning_bar():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("learning_bar", ROOT / "benchmarks" / "learning_bar.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bar_verdicts_are_the_ones_learning_bar_writes_from_the_run_files():
     runs = sorted(p for p in (ROOT / "docs" / "runs" / "bar").iterdir() if (p / "results.json").is_file())
-    assert (ROOT / "docs" / "results" / "bar_verdicts.md").read_text() == module.verdict_table(runs)
+    assert (ROOT / "docs" / "results" / "bar_verdicts.md").read_text() == _learning_bar().verdict_table(runs)
+
+
+def test_the_table_across_seeds_takes_each_seed_over_its_own_floor(tmp_path):
+    def run(folder, name, linear, knn, shot, floors):
+        (tmp_path / folder / name).mkdir(parents=True)
+        evaluations = {key: {"accuracy": value, "random_init": {"accuracy": floor}} for key, value, floor in
+                       zip(("linear", "knn", "fewshot_5way_5shot"), (linear, knn, shot), floors)}
+        (tmp_path / folder / name / "results.json").write_text(json.dumps({"evaluations": evaluations}))
+
+    run("s0", "a", 0.84, 0.75, 0.70, (0.82, 0.73, 0.66))  # gains 2, 2, 4 points: clears the bar
+    run("s1", "a", 0.84, 0.76, 0.70, (0.83, 0.73, 0.68))  # gains 1, 3, 2: not (linear)
+    run("s0", "b", 0.90, 0.90, 0.90, (0.80, 0.80, 0.80))  # only in one folder: left out
+    table = _learning_bar().across_seeds_table([tmp_path / "s0", tmp_path / "s1"])
+    assert table.startswith("0 of 1 recipes clear the bar")
+    # linear: gains 2 and 1, mean 1.5, sample std sqrt(((0.5)^2 + (0.5)^2) / 1) = 0.7071
+    row = "| a | 1 of 2 | +1.50 ± 0.71 (+2.00, +1.00) | +2.50 ± 0.71 (+2.00, +3.00) | +3.00 ± 1.41 (+4.00, +2.00) | " \
+          "82.00-83.00% |"
+    assert row in table.splitlines() and "| b |" not in table
+
+
+def test_the_bar_across_seeds_is_the_table_learning_bar_writes_from_the_run_files():
+    folders = [ROOT / "docs" / "runs" / "bar", *sorted((ROOT / "docs" / "runs" / "bar_seeds").iterdir())]
+    assert len(folders) >= 2
+    assert (ROOT / "docs" / "results" / "bar_seeds.md").read_text() == _learning_bar().across_seeds_table(folders)
 
 
 def test_the_readme_headlines_are_the_ones_report_generates_from_the_run_files():
