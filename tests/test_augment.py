@@ -421,6 +421,27 @@ def test_one_channel_views_ignore_saturation_hue_and_grayscale():
     assert (A.augment_view(x, view, _gen()) - x).abs().amax(dim=(1, 2, 3)).min() > 1e-3
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_flip_recipe_mirrors_about_half_the_images_and_leaves_the_rest_exact(channels):
+    # The pretext tasks' view (rotation, jigsaw, relative location, DIM, CPC, colorization): the whole
+    # image, mirrored with probability 0.5 and nothing else. (Until 2026-12-06 a view without a crop
+    # never drew its flip, so this recipe never mirrored anything.)
+    x = torch.randint(0, 256, (400, channels, 12, 10), dtype=torch.uint8, generator=_gen())
+    (out,) = A.recipe("flip", (12, 10))(x, generator=_gen(4))
+    xf = A.to_float(x)
+    same = (out == xf).flatten(1).all(1)
+    mirrored = (out == xf.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # every image exactly itself or exactly its mirror
+    flipped = int((mirrored & ~same).sum())
+    assert 200 - 3 * 10 < flipped < 200 + 3 * 10  # Binomial(400, 0.5): sd 10
+    # The same recipe at another size resizes the whole image (no crop) and mirrors the same way.
+    (small,) = A.recipe("flip", 6)(x, generator=_gen(4))
+    assert small.shape == (400, channels, 6, 6)
+    # Views without a flip draw nothing more than before (the "none" view: the image itself).
+    (plain,) = A.recipe("none", (12, 10))(x, generator=_gen(4))
+    assert torch.equal(plain, xf)
+
+
 def test_cpu_chunking_does_not_change_views(monkeypatch):
     # Parameters are drawn for the whole batch before the chunked image work.
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=_gen())

@@ -142,8 +142,14 @@ def _plan_view(
     if view.scale is not None:
         boxes = sample_crop_boxes(batch, height, width, view.scale, view.ratio, generator=generator, device=device)
         flip = _bernoulli(batch, view.flip_p, device, generator)
-    elif (height, width) != view.size:
-        boxes = torch.tensor([[0, 0, height, width]], device=device).expand(batch, 4)
+    else:
+        # The whole image, resized where the view's size differs and mirrored where drawn (the "flip"
+        # recipe of the pretext tasks): its interpolation matrices are then exact identities or
+        # exact mirrors, so an image that is neither resized nor flipped comes out bit for bit.
+        if view.flip_p > 0:
+            flip = _bernoulli(batch, view.flip_p, device, generator)
+        if flip is not None or (height, width) != view.size:
+            boxes = torch.tensor([[0, 0, height, width]], device=device).expand(batch, 4)
     steps = hue = group = gray = sigma = solarize = None
     if view.jitter_p > 0:
         params = sample_jitter(batch, *view.jitter, view.jitter_p, generator=generator, device=device)
