@@ -13,6 +13,10 @@ random resized crop (scale 0.08-1) -> horizontal flip 0.5 -> colour jitter
   refuses saturation and hue (identities there anyway), so it gets
   brightness and contrast only.
 
+``--compiled`` adds selfsup's compiled path (what ``train.compile`` gives a GPU run, and a CPU run
+of one-channel images): the same views through ``torch.compile`` of the reference arithmetic, its
+compilation (5-15 s per view shape on a CPU) before the timing.
+
 Run: ``.venv/bin/python benchmarks/augment.py`` (about a minute). By default
 everything runs on one thread, a per-core comparison (torchvision would use one
 DataLoader worker per core); ``--threads 2`` lets the batched pipelines use
@@ -31,7 +35,7 @@ import torch
 import torchvision.transforms.v2 as T
 from torch import nn
 
-from selfsup.augment import blur_kernel_size, recipe
+from selfsup.augment import blur_kernel_size, recipe, runner, to_float
 from selfsup.engine import tune_allocator
 
 
@@ -77,7 +81,8 @@ def kornia_pipeline(side: int, channels: int) -> nn.Module:
     )
 
 
-def run(channels: int, side: int, batch_size: int, per_sample_images: int, min_seconds: float) -> dict[str, float]:
+def run(channels: int, side: int, batch_size: int, per_sample_images: int, min_seconds: float,
+        compiled: bool = False) -> dict[str, float]:
     images = torch.randint(0, 256, (batch_size, channels, side, side), dtype=torch.uint8)
     ours = recipe("simclr", side)
     reference = torchvision_pipeline(side, channels)
@@ -97,9 +102,16 @@ def run(channels: int, side: int, batch_size: int, per_sample_images: int, min_s
         floats = images.float().div_(255)
         return peer(floats).shape[0] + peer(floats).shape[0]
 
+    def compiled_views() -> int:  # the compiled path itself, which Augmentation(compiled=True) skips for RGB on a CPU
+        xf = to_float(images)
+        return sum(runner._run_view_compiled(xf, view, runner._plan_view(view, xf.shape, xf.device, None)).shape[0]
+                   for view in ours.output_views)
+
     with torch.inference_mode():
-        return {
-            "selfsup": views_per_second(selfsup_views, min_seconds),
+        rates = {"selfsup": views_per_second(selfsup_views, min_seconds)}
+        if compiled:
+            rates["selfsup compiled"] = views_per_second(compiled_views, min_seconds)
+        return rates | {
             "torchvision v2 per sample": views_per_second(torchvision_views, min_seconds),
             "kornia batched": views_per_second(kornia_views, min_seconds),
         }
@@ -118,17 +130,18 @@ def main() -> None:
     )
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="keep glibc's default mmap/trim thresholds instead of the engine's (see selfsup.engine.allocator)")
+    parser.add_argument("--compiled", action="store_true", help="also time the compiled views (train.compile)")
     args = parser.parse_args()
     if not args.glibc_malloc:
         tune_allocator()  # what the engine does; it applies to all three pipelines in this process
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, recipe simclr")
     for channels, side in ((3, 32), (1, 28)):
-        rates = run(channels, side, args.batch_size, args.per_sample_images, args.min_seconds)
+        rates = run(channels, side, args.batch_size, args.per_sample_images, args.min_seconds, args.compiled)
         ours = rates["selfsup"]
         print(f"\n{channels}x{side}x{side} uint8")
         for name, rate in rates.items():
-            ratio = "" if name == "selfsup" else f"   selfsup is {ours / rate:6.1f}x faster"
+            ratio = "" if name == "selfsup" else f"   selfsup is {ours / rate:6.2f}x faster"
             print(f"  {name:28s} {rate:10.0f} views/s{ratio}")
 
 

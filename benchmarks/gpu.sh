@@ -6,7 +6,7 @@
 #   SMOKE=1 bash benchmarks/gpu.sh         # tiny sizes, any machine (CPU too): checks the script itself
 #
 # Prints, in order: the machine; the augmentation's views/s and the SimCLR step against the bare backbone
-# at 3x32x32 and 3x64x64 (R18, bf16), with and without torch.compile; the plain PyTorch peer loop against
+# at 3x32x32 and 3x64x64 (R18, bf16), with and without torch.compile (the backbone and the views); the plain PyTorch peer loop against
 # the engine's step; the engine's epoch at CIFAR shape with and without compile; every recipe's step
 # (benchmarks/methods.py); gradient caching's peak memory against the batch; folder decoding (processes
 # against threads, all cores); a streamed JPEG folder against the bare step.
@@ -36,7 +36,7 @@ for size in 32 64; do
     batch=$([ "$size" = 32 ] && echo $B || echo $B64)
     part 60 "step vs bare, $BACKBONE 3x${size}x${size}, batch $batch" \
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP
-    part 120 "step vs bare, compiled, $BACKBONE 3x${size}x${size}, batch $batch" \
+    part 150 "step vs bare, compiled (backbone and views), $BACKBONE 3x${size}x${size}, batch $batch" \
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP --compile
 done
 part 90 "plain PyTorch peer loop vs the engine, $BACKBONE 3x32x32" \

@@ -152,6 +152,10 @@ class TrainConfig:
     """Global BatchNorm across devices; None: as the method's paper (SimCLR, BYOL yes; MoCo no)."""
     channels_last: bool = True
     compile: bool = False
+    """``torch.compile`` the backbone's network and the augmentation's arithmetic (its crop, jitter,
+    grayscale, blur and solarize fused into a few kernels, the parameters drawn as without it;
+    ``selfsup.augment.augment_view``; RGB views on a CPU keep the faster C kernel). Compilation costs
+    tens of seconds at the start."""
     matmul_precision: str = "high"
     """float32 matrix products on a CUDA GPU with tensor cores (``torch.set_float32_matmul_precision``):
     ``high`` (TF32, Lightning's advice on such GPUs; the default), ``medium`` or ``highest`` (full

@@ -477,6 +477,37 @@ def test_cpu_paths_equal_masked_path(name, channels, path, monkeypatch):
         torch.testing.assert_close(run(x, view, plan), runner._run_view(x, view, plan), atol=tol, rtol=0)
 
 
+@pytest.mark.slow  # compiles three graphs, 5-15 s each on a CPU
+def test_compiled_views_equal_the_reference_arithmetic():
+    # train.compile makes the views through torch.compile of the masked path's arithmetic (inductor
+    # fuses it into a few kernels). The parameters are drawn by the same RNG calls, so a seeded
+    # Augmentation gives the same views with and without it, to float rounding.
+    x = torch.randint(0, 256, (48, 1, 28, 28), dtype=torch.uint8, generator=_gen())
+    augment = A.recipe("simclr", 28)  # two views of one recipe: one graph
+    eager = augment(x, generator=_gen(3))
+    before = runner._compiled_view.cache_info().currsize
+    augment.compiled = True
+    compiled = augment(x, generator=_gen(3))
+    assert runner._compiled_view.cache_info().currsize == before + 1
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    # RGB: every step (BYOL's two views: blur 1.0 / 0.1, solarize 0 / 0.2), and a view that only
+    # resizes (no crop boxes drawn), against the masked path itself.
+    xf = A.to_float(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=_gen()))
+    for view in [*A.recipe("byol", 32).views, A.recipe("eval", (24, 20)).views[0]]:
+        plan = runner._plan_view(view, xf.shape, xf.device, _gen(7))
+        out = runner._run_view_compiled(xf, view, plan)
+        torch.testing.assert_close(out, runner._run_view(xf, view, plan).clamp(0, 1), atol=1e-5, rtol=0)
+        assert out.min() >= 0 and out.max() <= 1
+    # RGB on a CPU with the C kernel built keeps the kernel (2.1x the compiled path, benchmarks/augment.py).
+    if _kernels.available():
+        rgb = A.recipe("byol", 32)
+        rgb.compiled = True
+        count = runner._compiled_view.cache_info().currsize
+        rgb(x.expand(-1, 3, -1, -1), generator=_gen(3))
+        assert runner._compiled_view.cache_info().currsize == count
+
+
 def test_fused_kernel_matches_torchvision_ops_in_each_samples_order():
     _require_kernel()
     n, k = 96, 5

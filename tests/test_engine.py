@@ -417,3 +417,23 @@ def test_the_knn_monitor_queries_held_out_training_images_not_the_test_split(tmp
     assert torch.equal(bank, bank_again) and torch.equal(queries, queries_again)  # seeded
     bank, queries = monitor.monitor_split(Trainer(tiny_config(tmp_path, "train.knn_val_fraction=0")))
     assert queries is None and len(bank) == 1437  # monitors on the test split, as before
+
+
+@pytest.mark.slow  # compiles one view graph (5-15 s on a CPU)
+def test_train_compile_compiles_the_views_too(tmp_path):
+    # train.compile: the backbone's network and the augmentation's arithmetic. The training batches of a
+    # compiled run are those of an eager one (same seed) to float rounding, and come from a compiled graph.
+    from selfsup.augment import runner
+
+    eager = Trainer(tiny_config(tmp_path))
+    assert not eager.augment.compiled
+    trainer = Trainer(tiny_config(tmp_path, "train.compile=true"))
+    assert trainer.augment.compiled and trainer.method.backbone.net._compiled_call_impl is not None
+    before = runner._compiled_view.cache_info().currsize
+    torch.manual_seed(5)
+    batch = trainer.make_batch(0, 0)
+    assert runner._compiled_view.cache_info().currsize == before + 1  # digits: one channel, one graph
+    torch.manual_seed(5)
+    reference = eager.make_batch(0, 0)
+    for got, want in zip(batch.views, reference.views, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -1,12 +1,13 @@
 """The view runner: a :class:`View` recipe, its per-sample plan, and the paths that make it.
 
 ``_run_view`` (every step masked per sample, no synchronisation) is the
-reference; the CPU paths ``_run_view_grouped`` and ``_run_view_fused`` are
-tested against it.
+reference; the CPU paths ``_run_view_grouped`` and ``_run_view_fused`` and the
+compiled path ``_run_view_compiled`` are tested against it.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -88,13 +89,19 @@ class View:
             put(name, _check_p(getattr(self, name), name))
 
 
-def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = None) -> Tensor:
+def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = None, *,
+                 compiled: bool = False) -> Tensor:
     """Make one augmented view of a float batch, every parameter drawn per sample.
 
     Args:
         xf: ``(B, C, H, W)`` float32 batch in [0, 1] (see :func:`to_float`).
         view: the recipe of the view.
         generator: optional RNG.
+        compiled: make the pixels with ``torch.compile`` of the reference arithmetic (one graph
+            per view, batch shape and device; see ``_run_view_compiled``) instead of the eager
+            paths, except for RGB on a CPU where the C kernel is built (the faster there). The
+            parameters are drawn as without it, so the views are the same to float rounding (1e-5)
+            and a resumed run draws what an uninterrupted one did.
 
     Returns:
         ``(B, C, view.size[0], view.size[1])`` float32 in [0, 1].
@@ -104,12 +111,14 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
         torch.Size([4, 3, 16, 16])
     """
     plan = _plan_view(view, xf.shape, xf.device, generator)
-    # RGB on the CPU: the fused C kernel where it could be built (1.5x the grouped path), else the
-    # grouped torch path, which skips the hue rotation and blur where a sample has none (1.3-1.9x
-    # the masked path at one thread). One-channel views have only cheap blend passes: there the
-    # masked path is 10-20% faster than grouping at 28x28, and the kernel measured no gain.
-    # benchmarks/augment.py measures both shapes.
+    # RGB on the CPU: the fused C kernel where it could be built (1.5x the grouped path; 2.1x the
+    # compiled one), else the grouped torch path, which skips the hue rotation and blur where a sample
+    # has none (1.3-1.9x the masked path at one thread). One-channel views have only cheap blend
+    # passes: there the masked path is 10-20% faster than grouping at 28x28, the kernel measured no
+    # gain, and the compiled path is 1.3x the masked one. benchmarks/augment.py measures both shapes.
     rgb_cpu = xf.device.type == "cpu" and xf.shape[1] == 3
+    if compiled and not (rgb_cpu and _kernels.available()):
+        return _run_view_compiled(xf, view, plan)
     out = _run_view_fused(xf, view, plan) if rgb_cpu else None
     if out is None:
         out = _run_view_grouped(xf, view, plan) if rgb_cpu else _run_view(xf, view, plan)
@@ -288,6 +297,37 @@ def _run_view_fused(xf: Tensor, view: View, plan: _ViewPlan) -> Tensor | None:
     return out
 
 
+def _clamped_view(view: View, xf: Tensor, *plan: Tensor | None) -> Tensor:
+    return _run_view(xf, view, _ViewPlan(*plan)).clamp_(0.0, 1.0)
+
+
+@functools.cache
+def _compiled_view(view: View, device_type: str, shape: tuple[int, ...], present: tuple[bool, ...]):
+    """``_run_view`` with its final clamp, compiled for one view, device type, batch shape and set of
+    steps (the key; torch.compile specialises on the same things). Each gets a compiled function of
+    its own (``isolate_recompiles``), so that the views of a run (DINO: two sizes) and of a process never
+    share torch.compile's per-function recompile limit."""
+    def run(xf: Tensor, *plan: Tensor | None) -> Tensor:
+        return _clamped_view(view, xf, *plan)
+
+    return torch.compile(run, dynamic=False, fullgraph=True, isolate_recompiles=True)
+
+
+def _run_view_compiled(xf: Tensor, view: View, plan: _ViewPlan) -> Tensor:
+    """The view through ``torch.compile`` of ``_run_view``: on a GPU, inductor fuses the crop
+    matrices, the jitter's blends and hue rotation, grayscale, the blur's taps and solarize into a
+    handful of Triton kernels around the crop's two ``bmm`` (the eager masked path launches one
+    kernel per operation, some 150 per view: at 3x32x32 the view is launch-bound). The plan is
+    drawn eagerly, by the same RNG calls as the other paths. On the CPU (``benchmarks/augment.py
+    --compiled``, one thread) it makes 1.34x the masked path's views of 1x28x28 images and 0.49x the
+    C kernel's of 3x32x32 ones, which therefore keep the kernel."""
+    present = tuple(p is not None for p in plan)
+    if not any(present):  # the image as it is ("none", "eval" at the stored size): nothing to fuse
+        return xf.clamp(0.0, 1.0)
+    run = _compiled_view(view, xf.device.type, tuple(xf.shape), present)
+    return run(xf, *plan)
+
+
 def _overlaps(ranges: list[tuple[int, int]], start: int, stop: int) -> list[tuple[int, int]]:
     """The parts of ``ranges`` inside [start, stop), relative to start."""
     return [(max(a, start) - start, min(b, stop) - start) for a, b in ranges if a < stop and b > start]
@@ -304,6 +344,8 @@ class Augmentation(nn.Module):
         views: the :class:`View` recipes of the global views, in output order.
         local: the recipe of the local crops, or None.
         n_local: how many local crops (0 when ``local`` is None).
+        compiled: make every view with ``torch.compile`` (see :func:`augment_view`); the engine sets
+            it with ``train.compile``.
 
     Examples:
         >>> augment = Augmentation([View(size=(16, 16))], local=View(size=(8, 8), scale=(0.05, 0.4)), n_local=2)
@@ -311,7 +353,8 @@ class Augmentation(nn.Module):
         [16, 8, 8]
     """
 
-    def __init__(self, views: list[View], local: View | None = None, n_local: int = 0) -> None:
+    def __init__(self, views: list[View], local: View | None = None, n_local: int = 0, *,
+                 compiled: bool = False) -> None:
         super().__init__()
         if not views:
             raise ValueError("an Augmentation needs at least one View")
@@ -322,6 +365,7 @@ class Augmentation(nn.Module):
         self.views = list(views)
         self.local = local
         self.n_local = n_local
+        self.compiled = compiled
 
     @property
     def output_views(self) -> list[View]:
@@ -336,7 +380,7 @@ class Augmentation(nn.Module):
             generator: optional RNG for reproducible views.
         """
         xf = to_float(x)
-        return [augment_view(xf, view, generator) for view in self.output_views]
+        return [augment_view(xf, view, generator, compiled=self.compiled) for view in self.output_views]
 
     def extra_repr(self) -> str:
         lines = [repr(view) for view in self.views]

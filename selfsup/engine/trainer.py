@@ -121,6 +121,8 @@ class Trainer:
         check_view_sizes(self.method.backbone, self.augment, self.train_set.channels)
         if t.compile:  # after the size check, which would otherwise compile for each view size
             self.method.backbone.net.compile()
+            if self.augment is not None:  # RGB views on a CPU keep the C kernel, the faster there
+                self.augment.compiled = True
 
         base_lr = cfg.optim.lr * t.batch_size / 256
         optimizer = build_optimizer(self.method, cfg.optim, base_lr)
@@ -220,7 +222,11 @@ class Trainer:
             images = (self.source.inputs[:4] if signals else self.source.images[:count]).to(self.fabric.device)
             if self.augment is not None:
                 generator = torch.Generator(images.device).manual_seed(self.cfg.train.seed)
-                views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
+                compiled, self.augment.compiled = self.augment.compiled, False  # 8 images: no compile per view
+                try:
+                    views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
+                finally:
+                    self.augment.compiled = compiled
                 n_global = len(self.augment.views)
                 names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
             else:
