@@ -73,8 +73,8 @@ def test_each_distinct_caption_once_gives_the_same_loss_and_gradients_as_every_r
     reference = losses.clip(images, texts, method.scale())
     reference_grads = torch.autograd.grad(reference, list(method.text.parameters()))
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
-    for got, want in zip(grads, reference_grads):
-        assert torch.allclose(got, want, atol=1e-6)
+    for got, want in zip(grads, reference_grads):  # to float32 rounding of sums in another order, at each tensor's scale
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
 
 
 def test_tokenizer_is_open_clips_and_padding_after_the_last_end_token_changes_nothing():

@@ -307,7 +307,9 @@ def test_fp16_gradient_scaler_state_is_saved_and_restored(tmp_path, monkeypatch)
 
 def test_precision_auto_says_why():
     precision, reason = resolve_precision("auto", "cpu")
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # Native: the CPU has the instructions and oneDNN may use them (ONEDNN_MAX_CPU_ISA can forbid them).
+    native = (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()) and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert precision == ("bf16-mixed" if native else "32-true")
     assert torch.backends.cpu.get_cpu_capability() in reason
     assert resolve_precision("bf16-mixed", "cpu") == ("bf16-mixed", "set by train.precision")
