@@ -46,6 +46,8 @@ class Viewmaker(MethodBase):
         backbone: the encoder f.
         budget: ε, each view's mean absolute perturbation before clamping (paper: 0.05).
         num_res_blocks: the viewmaker's residual blocks (official CIFAR config: 3).
+        viewmaker_width: the viewmaker's first width, doubled twice (official: 32; see
+            :class:`~selfsup.nn.viewmaker.ViewmakerNet`).
         proj_dim, proj_hidden_dim, proj_layers: the head g (1: a Linear to ``proj_dim``, the official).
         temperature: τ (0.07).
         viewmaker_lr: the viewmaker's Adam learning rate (1e-3), constant.
@@ -64,7 +66,7 @@ class Viewmaker(MethodBase):
     def __init__(self, backbone: Backbone, *, budget: float = 0.05, num_res_blocks: int = 3, proj_dim: int = 128,
                  proj_hidden_dim: int = 2048, proj_layers: int = 1, temperature: float = 0.07,
                  viewmaker_lr: float = 1e-3, adversary_weight: float = 1.0, hand_augment: bool = False,
-                 objective: str = "official") -> None:
+                 objective: str = "official", viewmaker_width: int = 32) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -84,7 +86,7 @@ class Viewmaker(MethodBase):
         self.backbone = backbone
         self.projector = projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers)
         self.viewmaker = ViewmakerNet(backbone.in_channels, budget=budget, num_res_blocks=num_res_blocks,
-                                      dims=self.dims)
+                                      dims=self.dims, width=viewmaker_width)
         self.temperature, self.viewmaker_lr, self.adversary_weight = temperature, viewmaker_lr, adversary_weight
         self.hand_augment, self.objective = hand_augment, objective
 

@@ -72,6 +72,9 @@ class ViewmakerNet(nn.Module):
         dims: 2 for images ``(B, C, H, W)``, 1 for signals ``(B, C, T)``.
         clamp: clamp the view to [0, 1].
         exact_budget: divide by the mean magnitude exactly (default), or by it plus 1e-4 (official).
+        width: channels of the first convolution, doubled by each stride-2 one (official: 32, so 32, 64,
+            128). The official network has 1.1 M parameters, 11 times the Fashion-MNIST ConvNet encoder's,
+            and takes most of a step on a CPU; 16 or 8 make it about 4 or 16 times cheaper.
 
     Examples:
         >>> net = ViewmakerNet(channels=1, budget=0.05)
@@ -82,24 +85,27 @@ class ViewmakerNet(nn.Module):
     """
 
     def __init__(self, channels: int = 3, budget: float = 0.05, num_res_blocks: int = 3, dims: int = 2,
-                 clamp: bool = True, exact_budget: bool = True) -> None:
+                 clamp: bool = True, exact_budget: bool = True, width: int = 32) -> None:
         super().__init__()
         if budget <= 0:
             raise ValueError(f"budget must be > 0, got {budget}")
         if not 0 <= num_res_blocks <= 5:
             raise ValueError(f"num_res_blocks must be between 0 and 5 (the official network's), got {num_res_blocks}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
         _, norm, _ = _layers(dims)
+        w1, w2, w3 = width, 2 * width, 4 * width
         self.channels, self.budget, self.dims = channels, float(budget), dims
         self.clamp, self.exact_budget = clamp, exact_budget
-        self.conv1, self.in1 = _Conv(channels + 1, 32, 9, dims=dims), norm(32, affine=True)
-        self.conv2, self.in2 = _Conv(32, 64, 3, stride=2, dims=dims), norm(64, affine=True)
-        self.conv3, self.in3 = _Conv(64, 128, 3, stride=2, dims=dims), norm(128, affine=True)
-        self.res = nn.ModuleList(_Residual(128 + k + 1, dims) for k in range(num_res_blocks))
-        self.deconv1 = _Conv(128 + num_res_blocks, 64, 3, upsample=True, dims=dims)
-        self.in4 = norm(64, affine=True)
-        self.deconv2 = _Conv(64, 32, 3, upsample=True, dims=dims)
-        self.in5 = norm(32, affine=True)
-        self.deconv3 = _Conv(32, channels, 9, dims=dims)
+        self.conv1, self.in1 = _Conv(channels + 1, w1, 9, dims=dims), norm(w1, affine=True)
+        self.conv2, self.in2 = _Conv(w1, w2, 3, stride=2, dims=dims), norm(w2, affine=True)
+        self.conv3, self.in3 = _Conv(w2, w3, 3, stride=2, dims=dims), norm(w3, affine=True)
+        self.res = nn.ModuleList(_Residual(w3 + k + 1, dims) for k in range(num_res_blocks))
+        self.deconv1 = _Conv(w3 + num_res_blocks, w2, 3, upsample=True, dims=dims)
+        self.in4 = norm(w2, affine=True)
+        self.deconv2 = _Conv(w2, w1, 3, upsample=True, dims=dims)
+        self.in5 = norm(w1, affine=True)
+        self.deconv3 = _Conv(w1, channels, 9, dims=dims)
 
     @staticmethod
     def _noise(x: Tensor) -> Tensor:
