@@ -491,10 +491,11 @@ def test_compiled_views_equal_the_reference_arithmetic():
     assert runner._compiled_view.cache_info().currsize == before + 1
     for a, b in zip(eager, compiled, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-    # RGB: every step (BYOL's two views: blur 1.0 / 0.1, solarize 0 / 0.2), and a view that only
-    # resizes (no crop boxes drawn), against the masked path itself.
+    # RGB: every step (BYOL's second view: crop, flip, jitter, grayscale, blur 0.1, solarize 0.2), and a
+    # view that only resizes (no crop boxes drawn), against the masked path itself.
     xf = A.to_float(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=_gen()))
-    for view in [*A.recipe("byol", 32).views, A.recipe("eval", (24, 20)).views[0]]:
+    for view in [A.recipe("byol", 32).views[1], A.recipe("eval", (24, 20)).views[0]]:
+        assert view.scale is None or (view.blur_p > 0 and view.solarize_p > 0 and view.gray_p > 0)
         plan = runner._plan_view(view, xf.shape, xf.device, _gen(7))
         out = runner._run_view_compiled(xf, view, plan)
         torch.testing.assert_close(out, runner._run_view(xf, view, plan).clamp(0, 1), atol=1e-5, rtol=0)
