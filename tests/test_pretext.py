@@ -142,6 +142,14 @@ def _cell(x: torch.Tensor, cell: int, side: int) -> torch.Tensor:
     return x[:, :, row * side:(row + 1) * side, col * side:(col + 1) * side]
 
 
+def _deepcontext(patch: torch.Tensor) -> torch.Tensor:
+    """What the reference's ``prep_image`` (cdoersch/deepcontext train.py) feeds its network, for patches
+    ``(N, C, h, w)`` without its colour dropping: each channel's mean removed, the patch divided by
+    ``sqrt(mean(im ** 2))`` over all its values (and scaled by 50, which only the AlexNet inputs need)."""
+    centred = patch - patch.mean(dim=(2, 3), keepdim=True)
+    return centred / centred.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+
+
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     logits = logits.double()
     return sum(float(torch.logsumexp(row, 0) - row[k]) for row, k in zip(logits, labels.tolist())) / len(labels)
@@ -164,31 +172,53 @@ def test_relative_location_loss_by_hand(head):
     with torch.no_grad():
         logits = []
         for i, label in enumerate(labels.tolist()):
-            centre = _cell(x[i:i + 1], 4, 4)
-            neighbour = _cell(x[i:i + 1], pretext.NEIGHBOURS[label], 4)
-            pair = torch.cat([method.fc6(method.backbone(centre)), method.fc6(method.backbone(neighbour))], dim=1)
+            centre = _deepcontext(_cell(x[i:i + 1], 4, 4))  # each patch normalised as the reference does
+            neighbour = _deepcontext(_cell(x[i:i + 1], pretext.NEIGHBOURS[label], 4))
+            pair = torch.cat([method.fc6(method.backbone.net(centre)), method.fc6(method.backbone.net(neighbour))],
+                             dim=1)
             logits.append(method.head(pair)[0])
     logits = torch.stack(logits)
     assert out["loss"].item() == pytest.approx(_cross_entropy(logits, labels), rel=1e-5)
     assert out["task_accuracy"].item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
 
 
-@pytest.mark.parametrize("head", ["paper", "small"])
-def test_relative_location_with_all_neighbours_is_the_mean_over_the_eight_pairs_of_each_image(head):
-    method = RelativeLocation(linear_backbone(4), patch=4, gap=0, hidden_dim=6, head=head, all_neighbours=True).train()
+@pytest.mark.parametrize("head,patch_norm", [("paper", True), ("small", True), ("small", False)])
+def test_relative_location_with_all_neighbours_is_the_mean_over_the_eight_pairs_of_each_image(head, patch_norm):
+    method = RelativeLocation(linear_backbone(4), patch=4, gap=0, hidden_dim=6, head=head, all_neighbours=True,
+                              patch_norm=patch_norm).train()
     x = augment.to_float(images(3, 12))
     out = method.training_step(Batch([x], torch.arange(3)), Progress(0, 10, 5))
+
+    def encode(patch):  # the reference's normalised patch straight into the network, or the backbone's own
+        return method.fc6(method.backbone.net(_deepcontext(patch)) if patch_norm else method.backbone(patch))
+
     with torch.no_grad():
         logits, labels = [], []
         for i in range(3):
-            centre = method.fc6(method.backbone(_cell(x[i:i + 1], 4, 4)))
+            centre = encode(_cell(x[i:i + 1], 4, 4))
             for label, cell in enumerate(pretext.NEIGHBOURS):
-                neighbour = method.fc6(method.backbone(_cell(x[i:i + 1], cell, 4)))
+                neighbour = encode(_cell(x[i:i + 1], cell, 4))
                 logits.append(method.head(torch.cat([centre, neighbour], dim=1))[0])
                 labels.append(label)
     logits, labels = torch.stack(logits), torch.tensor(labels)
     assert out["loss"].item() == pytest.approx(_cross_entropy(logits, labels), rel=1e-5)
     assert out["task_accuracy"].item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+
+
+def test_relative_location_patches_lose_brightness_and_contrast_and_its_images_are_not_flipped():
+    # The reference (deepcontext prep_image): a patch's brightness and contrast are no cue.
+    patches = torch.rand(6, 3, 5, 5)
+    changed = patches * torch.rand(6, 1, 1, 1).add(0.5) + torch.rand(6, 3, 1, 1) * 0.2
+    torch.testing.assert_close(pretext.standardise_patches(changed), pretext.standardise_patches(patches))
+    torch.testing.assert_close(pretext.standardise_patches(patches), _deepcontext(patches))
+    flat = torch.full((1, 3, 2, 2), 0.3)
+    assert torch.equal(pretext.standardise_patches(flat), torch.zeros_like(flat))  # rms 0 counts as 1
+    # Neither reference loader flips (deepcontext samples grids of unflipped images, JigsawImageLoader
+    # centre-crops): the two methods' views are the images as they are.
+    x = images(8, 12)
+    for cls in (RelativeLocation, Jigsaw):
+        (view,) = cls(linear_backbone(4)).augmentation(12)(x, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(view, augment.to_float(x)), cls.__name__
 
 
 def test_pretext_heads_put_dropout_where_the_reference_networks_do():

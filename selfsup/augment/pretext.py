@@ -203,6 +203,26 @@ def standardise_tiles(tiles: Tensor) -> Tensor:
     return ((flat - mean) / std).view(tiles.shape)
 
 
+def standardise_patches(patches: Tensor) -> Tensor:
+    """Each patch ``(..., C, s, s)`` with each channel's mean removed, then divided by its root mean
+    square over channels and pixels (0 taken as 1): the relative-location reference's per-patch
+    normalisation (cdoersch/deepcontext ``train.py``, ``prep_image``: "Normalize the mean and variance
+    so that gradients are a less useful cue"). One scale per patch, not per channel, so the channels'
+    relative contrast is kept; for one channel it is the patch standardised by its population standard
+    deviation.
+
+    Examples:
+        >>> p = standardise_patches(torch.rand(4, 3, 8, 8))
+        >>> bool(p.pow(2).mean(dim=(-3, -2, -1)).sub(1).abs().max() < 1e-5)
+        True
+    """
+    flat = patches.float().flatten(-2)
+    centred = flat - flat.mean(dim=-1, keepdim=True)
+    rms = centred.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
+    rms = torch.where(rms == 0, torch.ones_like(rms), rms)
+    return (centred / rms).view(patches.shape)
+
+
 def jitter_tile_colours(tiles: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     """Each channel of each tile ``(..., C, s, s)`` (values in [0, 1]) shifted by ``k / 255``, ``k``
     uniform in {-2, -1, 0, 1}, then clipped to [0, 1]: the reference loader's ``rgb_jittering``
@@ -212,4 +232,4 @@ def jitter_tile_colours(tiles: Tensor, *, generator: torch.Generator | None = No
 
 
 __all__ = ["NEIGHBOURS", "grid_geometry", "grid_patches", "hamming_permutations", "jigsaw", "jitter_tile_colours",
-           "relative_patches", "resize_patches", "rotations", "standardise_tiles"]
+           "relative_patches", "resize_patches", "rotations", "standardise_patches", "standardise_tiles"]

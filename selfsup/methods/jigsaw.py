@@ -32,7 +32,8 @@ class Jigsaw(MethodBase):
     cannot be solved from the tiles' brightness and contrast; the encoder receives exactly those
     standardised tiles (its own input normalisation is undone for them). ``colour_jitter`` adds the
     loader's defences against chromatic aberration: every channel of every tile shifted by up to two
-    8-bit levels, and colour images made gray with probability 0.3 (per image). The reported
+    8-bit levels, and colour images made gray with probability 0.3 (per image). The images are not
+    flipped (the method's views are ``none``), as in the reference loader. The reported
     number is the linear probe of the frozen backbone on whole images; the task's accuracy is
     logged.
 
@@ -54,7 +55,7 @@ class Jigsaw(MethodBase):
         colour_jitter: the reference loader's per-tile channel shifts and per-image grayscale (p 0.3).
     """
 
-    augment_recipe: ClassVar[str] = "flip"
+    augment_recipe: ClassVar[str] = "none"  # the reference loader centre-crops and never flips
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
 

@@ -48,7 +48,13 @@ class RelativeLocation(MethodBase):
         loss = CE(head([fc6(f(c)), fc6(f(n))]), k)                       # f and fc6 shared
 
     Patches sit in their cells with a gap and a random jitter, so the network cannot solve the
-    task by continuing edges across the border. The reported number is the linear probe of the
+    task by continuing edges across the border, and, as in the reference code (cdoersch/deepcontext
+    ``train.py``, ``prep_image``), each patch is normalised by its own statistics (``patch_norm``): its
+    channels' means removed and the patch divided by its root mean square, so that brightness and
+    contrast are no cue. The images are not flipped (the method's views are ``none``): the reference
+    samples its grids from unflipped images. Its other defences against chromatic aberration (all but
+    one colour channel dropped, a third of the patches downsampled to as few as 100 pixels) are for
+    96-pixel colour patches and are not implemented. The reported number is the linear probe of the
     frozen backbone on whole images; the task's accuracy is logged.
 
     The pair classifier (``head``): ``paper`` is the paper's Figure 3 at ``hidden_dim`` wide, fc6 on
@@ -67,15 +73,17 @@ class RelativeLocation(MethodBase):
             work. The loss is the mean over all pairs.
         dropout: dropout after every hidden layer of the pair classifier; 0 leaves it out, as the other
             heads here.
+        patch_norm: normalise each patch by its own statistics (``pretext.standardise_patches``; the
+            reference's); False: patches as the encoder normalises whole images.
     """
 
-    augment_recipe: ClassVar[str] = "flip"
+    augment_recipe: ClassVar[str] = "none"
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
 
     def __init__(self, backbone: Backbone, *, patch: int | None = None, gap: int | None = None,
                  input_size: int | None = None, hidden_dim: int = 512, head: str = "paper",
-                 all_neighbours: bool = False, dropout: float = 0.0) -> None:
+                 all_neighbours: bool = False, dropout: float = 0.0, patch_norm: bool = True) -> None:
         super().__init__()
         if head not in ("paper", "small"):
             raise ValueError(f"head must be 'paper' or 'small', got {head!r}")
@@ -94,6 +102,7 @@ class RelativeLocation(MethodBase):
             self.head = nn.Sequential(nn.Linear(2 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True), *drop,
                                       nn.Linear(hidden_dim, 8))
         self.all_neighbours = all_neighbours
+        self.patch_norm = patch_norm
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
@@ -102,7 +111,7 @@ class RelativeLocation(MethodBase):
         if self.all_neighbours:
             return self._all_pairs(x, patch, gap, size)
         centre, neighbour, labels = pretext.relative_patches(x, patch=patch, gap=gap)
-        pair = pretext.resize_patches(torch.cat([centre, neighbour]), size)
+        pair = self._prepare(pretext.resize_patches(torch.cat([centre, neighbour]), size))
         features = self.fc6(self.backbone(pair)).chunk(2)
         logits = self.head(torch.cat(features, dim=1))
         return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
@@ -111,11 +120,19 @@ class RelativeLocation(MethodBase):
         b = x.shape[0]
         cells = torch.tensor((4, *pretext.NEIGHBOURS), device=x.device).expand(b, 9)
         patches = pretext.grid_patches(x, cells, patch=patch, gap=gap)          # (B, 9, C, p, p), centre first
-        features = self.fc6(self.backbone(pretext.resize_patches(patches.flatten(0, 1), size))).unflatten(0, (b, 9))
+        flat = self._prepare(pretext.resize_patches(patches.flatten(0, 1), size))
+        features = self.fc6(self.backbone(flat)).unflatten(0, (b, 9))
         pairs = torch.cat([features[:, :1].expand(-1, 8, -1), features[:, 1:]], dim=2).flatten(0, 1)
         logits = self.head(pairs)                                                # (B * 8, 8)
         labels = torch.arange(8, device=x.device).repeat(b)
         return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
+
+    def _prepare(self, patches: Tensor) -> Tensor:
+        """Patches as the encoder receives them: with ``patch_norm`` exactly the normalised patches (the
+        backbone's own input normalisation undone for them), else as they are."""
+        if not self.patch_norm:
+            return patches
+        return pretext.standardise_patches(patches) * self.backbone.std + self.backbone.mean
 
 
 __all__ = ["PatchGrid", "RelativeLocation"]
