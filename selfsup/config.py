@@ -226,6 +226,9 @@ class ViewConfig:
     blur_p: float | None = None
     blur_sigma: list[float] | None = None
     solarize_p: float | None = None
+    pad: int | None = None
+    """Shift the whole image by up to this many pixels, the border black (``scale: whole`` views only;
+    torchvision's ``RandomCrop(size, padding=pad)``)."""
 
 
 @dataclass

@@ -442,6 +442,37 @@ def test_the_flip_recipe_mirrors_about_half_the_images_and_leaves_the_rest_exact
     assert torch.equal(plain, xf)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pad_shifts_whole_images_as_torchvision_random_crop_with_zero_padding(channels):
+    # View.pad: torchvision's RandomCrop(size, padding=pad) (the CIFAR loaders' translation, RotNet's
+    # included): pad every side with zeros, take an image-sized crop at a random corner. For the drawn
+    # corner of each sample, our view equals torchvision's crop of the zero-padded image, mirrored
+    # where the flip was drawn, pixel for pixel.
+    x = torch.randint(0, 256, (300, channels, 10, 12), dtype=torch.uint8, generator=_gen())
+    view = runner.View(size=(10, 12), scale=None, flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0, pad=3)
+    xf = A.to_float(x)
+    plan = runner._plan_view(view, xf.shape, xf.device, _gen(2))
+    out = runner._run_view(xf, view, plan)
+    shifts = plan.boxes[:, :2]
+    assert set(shifts.flatten().tolist()) == set(range(-3, 4))  # uniform over [-pad, pad], 2 x 300 draws
+    assert torch.equal(plan.boxes[:, 2:], torch.tensor([[10, 12]]).expand(300, 2))
+    for i in range(300):
+        top, left = (int(v) + 3 for v in shifts[i])  # the corner in the padded image
+        want = TF.crop(TF.pad(x[i], [3, 3, 3, 3], fill=0), top, left, 10, 12)
+        if plan.flip[i]:
+            want = TF.horizontal_flip(want)
+        torch.testing.assert_close(out[i], A.to_float(want[None])[0], atol=1e-6, rtol=0)
+    # The engine's paths draw the same and give the same views.
+    (again,) = A.Augmentation([view])(x, generator=_gen(2))
+    torch.testing.assert_close(again, out, atol=1e-6, rtol=0)
+    # Bad values fail where they are set.
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="pad must be a whole number"):
+            runner.View(size=(8, 8), scale=None, pad=bad)
+    with pytest.raises(ValueError, match="pad shifts the whole image"):
+        runner.View(size=(8, 8), pad=2)
+
+
 def test_cpu_chunking_does_not_change_views(monkeypatch):
     # Parameters are drawn for the whole batch before the chunked image work.
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=_gen())

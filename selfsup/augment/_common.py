@@ -64,6 +64,13 @@ def _param_device(device: torch.device | str | None, generator: torch.Generator 
     return torch.device(device)
 
 
+def _randint(high: int, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """Uniform integers in [0, high) on ``device``, drawn from ``generator`` (on its own device) when given."""
+    if generator is None:
+        return torch.randint(high, shape, device=device)
+    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+
+
 def _bernoulli(batch_size: int, p: float, device: torch.device, generator: torch.Generator | None) -> Tensor:
     return _rand((batch_size,), device, generator) < p
 

@@ -119,7 +119,10 @@ def _interpolation_matrix(
     inverse_support = scale.clamp(min=1.0).reciprocal_().view(-1, 1, 1)
     distance = (pixels.unsqueeze(1) - centre.unsqueeze(2)).mul_(inverse_support)
     weights = distance.abs_().neg_().add_(1.0).clamp_(min=0.0)
-    return weights.div_(weights.sum(dim=2, keepdim=True))
+    # An output pixel centred outside the image (a shifted crop, View.pad) has no input pixel: a zero
+    # row, the black border of zero padding, instead of 0 / 0.
+    total = weights.sum(dim=2, keepdim=True)
+    return weights.div_(torch.where(total > 0, total, torch.ones_like(total)))
 
 
 def resized_crop(x: Tensor, boxes: Tensor, size: int | tuple[int, int], flip: Tensor | None = None) -> Tensor:

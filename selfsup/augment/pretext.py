@@ -15,17 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.augment._common import _check_images
+from selfsup.augment._common import _check_images, _randint
 
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
 """Cells of a 3x3 grid around the centre (4), in row-major order: label k is cell NEIGHBOURS[k]."""
-
-
-def _randint(high: int, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
-    """Uniform integers in [0, high) on ``device``, drawn from ``generator`` (on its own device) when given."""
-    if generator is None:
-        return torch.randint(high, shape, device=device)
-    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
 
 
 def rotations(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import _kernels
-from selfsup.augment._common import _bernoulli, _check_p, _check_range, _gray, _pair, to_float
+from selfsup.augment._common import _bernoulli, _check_p, _check_range, _gray, _pair, _randint, to_float
 from selfsup.augment.blur import _blur_taps, _draw_sigmas, _separable_blur, blur_kernel_size
 from selfsup.augment.colour import (
     _blend,
@@ -49,6 +49,10 @@ class View:
         blur_p: Gaussian blur probability.
         blur_sigma: sigma range of the blur.
         solarize_p: solarize probability (threshold 0.5).
+        pad: with ``scale`` None, shift the whole image by a whole number of pixels drawn uniformly in
+            ``[-pad, pad]`` down and across, the uncovered border black: torchvision's
+            ``RandomCrop(size, padding=pad)`` (zero padding), the CIFAR loaders' translation (RotNet:
+            4 pixels at 32). 0: no shift.
     """
 
     size: tuple[int, int]
@@ -61,6 +65,7 @@ class View:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
+    pad: int = 0
 
     def __post_init__(self) -> None:
         # Checked here, where a recipe's or a YAML override's value enters, so that a bad value
@@ -87,6 +92,10 @@ class View:
             raise ValueError(f"blur_sigma must be a positive (min, max) range, got {self.blur_sigma!r}")
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
             put(name, _check_p(getattr(self, name), name))
+        if isinstance(self.pad, bool) or not isinstance(self.pad, int) or self.pad < 0:
+            raise ValueError(f"pad must be a whole number of pixels >= 0, got {self.pad!r}")
+        if self.pad and self.scale is not None:
+            raise ValueError("pad shifts the whole image (scale: whole); a random resized crop already moves it")
 
 
 def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = None, *,
@@ -155,9 +164,13 @@ def _plan_view(
         # The whole image, resized where the view's size differs and mirrored where drawn (the "flip"
         # recipe of the pretext tasks): its interpolation matrices are then exact identities or
         # exact mirrors, so an image that is neither resized nor flipped comes out bit for bit.
+        if view.pad > 0:  # RandomCrop(padding=pad): the crop's corner in the padded image, as an offset
+            shift = _randint(2 * view.pad + 1, (batch, 2), device, generator) - view.pad
+            size = torch.tensor([[height, width]], device=device).expand(batch, 2)
+            boxes = torch.cat([shift, size], dim=1)
         if view.flip_p > 0:
             flip = _bernoulli(batch, view.flip_p, device, generator)
-        if flip is not None or (height, width) != view.size:
+        if boxes is None and (flip is not None or (height, width) != view.size):
             boxes = torch.tensor([[0, 0, height, width]], device=device).expand(batch, 4)
     steps = hue = group = gray = sigma = solarize = None
     if view.jitter_p > 0:
