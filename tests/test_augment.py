@@ -473,6 +473,16 @@ def test_pad_shifts_whole_images_as_torchvision_random_crop_with_zero_padding(ch
         runner.View(size=(8, 8), pad=2)
 
 
+def test_shift_flip_is_rotnets_cifar_loader_and_rotations_views():
+    # RotNet's CIFAR loader: RandomCrop(32, padding=4), RandomHorizontalFlip(): 4 pixels at 32, an eighth.
+    from selfsup.methods import Rotation
+
+    for side, pad in ((32, 4), (28, 4), (64, 8), (16, 2)):
+        (view,) = A.recipe("shift_flip", side).views
+        assert (view.pad, view.scale, view.flip_p, view.jitter_p, view.gray_p, view.blur_p) == (pad, None, 0.5, 0, 0, 0)
+    assert Rotation.augment_recipe == "shift_flip"
+
+
 def test_cpu_chunking_does_not_change_views(monkeypatch):
     # Parameters are drawn for the whole batch before the chunked image work.
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=_gen())
@@ -487,7 +497,8 @@ def test_cpu_chunking_does_not_change_views(monkeypatch):
 
 @pytest.mark.parametrize("name, channels, path", [
     ("simclr", 3, "grouped"), ("simclr", 1, "grouped"), ("byol", 3, "grouped"), ("eval", 3, "grouped"),
-    ("simclr", 3, "fused"), ("byol", 3, "fused"), ("eval", 3, "fused")])
+    ("simclr", 3, "fused"), ("byol", 3, "fused"), ("eval", 3, "fused"), ("shift_flip", 3, "grouped"),
+    ("shift_flip", 3, "fused")])
 def test_cpu_paths_equal_masked_path(name, channels, path, monkeypatch):
     # The grouped CPU path sorts the samples and runs each step only on the rows
     # it changes; the masked path runs every step on every row with exact

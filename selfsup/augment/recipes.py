@@ -8,7 +8,8 @@ from typing import Any
 from selfsup.augment._common import _pair
 from selfsup.augment.runner import Augmentation, View
 
-RECIPES = ("simclr", "instdisc", "moco_v1", "moco_v2", "byol", "dino", "cmc", "clip", "flip", "none", "eval")
+RECIPES = ("simclr", "instdisc", "moco_v1", "moco_v2", "byol", "dino", "cmc", "clip", "flip", "shift_flip", "none",
+           "eval")
 
 # SimCLR's colour distortion of strength s is ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) applied with
 # probability 0.8, then grayscale with probability 0.2 (Chen et al. 2020, appendix A).
@@ -52,6 +53,9 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
       scale range is ours, so that small images still see some variety.
     * ``"flip"``: one view, the image with a random horizontal flip (p 0.5) and nothing else: the
       pretext tasks (rotation, jigsaw, relative patch location) make their own inputs from it.
+    * ``"shift_flip"`` (RotNet's CIFAR loader, gidariss/FeatureLearningRotNet ``dataloader.py``:
+      ``RandomCrop(32, padding=4)`` then ``RandomHorizontalFlip``): one view, the whole image shifted by
+      up to ``round(side / 8)`` pixels (4 at 32, 4 at 28) with a black border, and flipped (p 0.5).
     * ``"none"`` / ``"eval"``: one view, the image as float (resized to ``size`` with
       antialiased bilinear if it differs).
 
@@ -98,6 +102,9 @@ def recipe(name: str, size: int | tuple[int, int], *, n_local: int | None = None
         return Augmentation([View(size=pair, scale=(0.5, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
     if name == "flip":
         return Augmentation([View(size=pair, scale=None, flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
+    if name == "shift_flip":
+        pad = max(1, round(min(pair) / 8))
+        return Augmentation([View(size=pair, scale=None, flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0, pad=pad)])
     if name in ("none", "eval"):
         return Augmentation([View(size=pair, scale=None, flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
     raise ValueError(f"unknown augmentation recipe {name!r}; known recipes: {', '.join(RECIPES)}")

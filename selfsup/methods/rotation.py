@@ -28,13 +28,15 @@ class Rotation(MethodBase):
 
     Only the backbone is kept: the reported number is the linear probe of its frozen features,
     not the task; the task's own accuracy (``task_accuracy``) is logged and drawn in curves.png.
-    Square images only.
+    Square images only. The views are the official CIFAR loader's (gidariss/FeatureLearningRotNet):
+    each image shifted by up to an eighth of its side with a black border (``RandomCrop(32,
+    padding=4)``) and flipped with p 0.5, the ``shift_flip`` recipe.
 
     Args:
         backbone: encoder producing ``backbone.out_dim`` features.
     """
 
-    augment_recipe: ClassVar[str] = "flip"
+    augment_recipe: ClassVar[str] = "shift_flip"  # the official CIFAR loader's shift (padding 4) and flip
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
 
