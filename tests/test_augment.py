@@ -626,3 +626,45 @@ def test_views_stay_exactly_in_unit_range_for_saturated_images(name):
     images = torch.where(torch.rand(64, 3, 32, 32) < 0.5, 255, 0).to(torch.uint8)
     for view in A.recipe(name, 32)(images):
         assert view.min().item() >= 0.0 and view.max().item() <= 1.0
+
+
+def test_view_geometry_carries_each_views_pixels_back_to_where_they_came_from():
+    # Each image is black with one bright 3x3 dot at a known place; every view (random resized crops
+    # with flips, a whole-image view shifted with a black border, a resized whole image) is made by the
+    # engine's path, the dot found in it by its centroid, and carried back with the view's box and flip:
+    # it must land on the dot's true centre (to the antialiasing's blur, 0.1 pixel) wherever the dot
+    # lies wholly inside the view's box. The views themselves are forward's, draw for draw.
+    n, side = 200, 28
+    gen = _gen(5)
+    ys, xs = torch.randint(4, 24, (n,), generator=gen), torch.randint(4, 24, (n,), generator=gen)
+    x = torch.zeros(n, 1, side, side)
+    for i in range(n):
+        x[i, 0, ys[i] - 1:ys[i] + 2, xs[i] - 1:xs[i] + 2] = 1.0
+    plain = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    augmentation = A.Augmentation([runner.View(size=(28, 28), scale=(0.3, 1.0), **plain),
+                                   runner.View(size=(20, 24), scale=(0.3, 1.0), **plain),
+                                   runner.View(size=(28, 28), scale=None, pad=5, **plain),
+                                   runner.View(size=(14, 14), scale=None, flip_p=0.0, **plain)])
+    views, boxes, flips = augmentation.views_and_geometry(x, generator=_gen(6))
+    for view, again in zip(views, augmentation(x, generator=_gen(6))):
+        assert torch.equal(view, again)
+    assert boxes.shape == (n, 4, 4) and flips.shape == (n, 4) and flips[:, 0].any() and not flips[:, 0].all()
+    assert torch.equal(boxes[:, 3], torch.tensor([[0.0, 0.0, 28.0, 28.0]]).expand(n, 4))
+    truth = torch.stack((ys.float() + 0.5, xs.float() + 0.5), dim=1)
+    for v, view in enumerate(views):
+        mass = view[:, 0]
+        rows = torch.arange(mass.shape[1], dtype=torch.float32) + 0.5
+        cols = torch.arange(mass.shape[2], dtype=torch.float32) + 0.5
+        total = mass.sum(dim=(1, 2)).clamp(min=1e-6)
+        centroid = torch.stack(((mass.sum(2) * rows).sum(1) / total, (mass.sum(1) * cols).sum(1) / total), dim=1)
+        back = A.geometry.view_to_image(centroid[:, None], boxes[:, v], flips[:, v], tuple(view.shape[-2:]))[:, 0]
+        box = boxes[:, v]
+        inside = ((truth[:, 0] - 2 >= box[:, 0]) & (truth[:, 0] + 2 <= box[:, 0] + box[:, 2])
+                  & (truth[:, 1] - 2 >= box[:, 1]) & (truth[:, 1] + 2 <= box[:, 1] + box[:, 3])
+                  & (truth[:, 0] - 2 >= 0) & (truth[:, 1] - 2 >= 0))
+        assert inside.sum() > n // 3, (v, int(inside.sum()))
+        assert (back - truth)[inside].abs().max() < 0.1, v
+        # And the inverse carries the true centre into the view.
+        there = A.geometry.image_to_view(truth[:, None], boxes[:, v], flips[:, v], tuple(view.shape[-2:]))[:, 0]
+        assert (there - centroid)[inside].abs().max() < 0.1, v
+

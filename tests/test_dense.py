@@ -18,7 +18,7 @@ from selfsup import losses
 from selfsup.augment import warps
 from selfsup.evaluate.correspondence import correspondence_pck, patch_descriptors
 from selfsup.methods import Batch, DenseCL, DenseObjectNet, Progress
-from selfsup.methods.densecl import unpack
+from selfsup.methods.densecl import geometric_matches, unpack
 from selfsup.nn import build_backbone
 
 
@@ -140,6 +140,80 @@ def test_densecl_matches_each_query_position_to_the_most_similar_key_position_an
     for queue, keys in ((method.queue, k), (method.queue2, k2)):
         stored = queue.keys
         assert any(torch.allclose(stored[i:i + 3], keys, atol=1e-6) for i in range(len(stored) - 2))
+
+
+def test_densecl_geometry_matches_the_key_cell_showing_the_same_point_by_hand():
+    # Query view: the whole 28x28 image; key view: its left half (columns 0-13) stretched to 28x28.
+    # On a 2x2 grid the query cells' centres are at columns 7 and 21 of the image: column 7 is the
+    # key view's column 14, in its right cell; column 21 is not in the key view at all.
+    boxes = torch.tensor([[[0.0, 0.0, 28.0, 28.0], [0.0, 0.0, 28.0, 14.0]]])
+    match, valid = geometric_matches(boxes, torch.tensor([[False, False]]), ((28, 28), (28, 28)), (2, 2))
+    assert match[0, valid[0]].tolist() == [1, 3] and valid.tolist() == [[True, False, True, False]]
+    # The same view twice, the key mirrored: every cell matches its mirror image on a 3x3 grid.
+    boxes = torch.tensor([[[0.0, 0.0, 28.0, 28.0], [0.0, 0.0, 28.0, 28.0]]])
+    match, valid = geometric_matches(boxes, torch.tensor([[False, True]]), ((28, 28), (28, 28)), (3, 3))
+    assert match.tolist() == [[2, 1, 0, 5, 4, 3, 8, 7, 6]] and bool(valid.all())
+    # A query view of the image's lower-right quarter (rows, columns 14-27) at 16x16, the key the
+    # whole image at 32x32, 4x4 grids: query cell (r, c) shows image point (14 + 3.5 (r + 0.5), ...),
+    # which is key pixel 32/28 of that, in key cell floor(pixel / 8): cells 2, 2, 3, 3.
+    boxes = torch.tensor([[[14.0, 14.0, 14.0, 14.0], [0.0, 0.0, 28.0, 28.0]]])
+    match, valid = geometric_matches(boxes, torch.tensor([[False, False]]), ((16, 16), (32, 32)), (4, 4))
+    cell = [2, 2, 3, 3]
+    assert match.tolist() == [[cell[r] * 4 + cell[c] for r in range(4) for c in range(4)]] and bool(valid.all())
+
+
+def test_densecl_geometry_contrasts_only_the_positions_both_views_show():
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    method = DenseCL(backbone, proj_dim=4, queue_size=16, warmup_steps=0, shuffle_bn=False, match="geometry")
+    assert method.view_geometry
+    views = [torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)]
+    # Image 0: the key view is the query's left half; image 1: the same box, mirrored.
+    boxes = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 16.0, 8.0]],
+                          [[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 16.0, 16.0]]])
+    flips = torch.tensor([[False, False], [False, True]])
+    queue2 = method.queue2.keys.clone()
+    _, _, q_grid, _ = unpack(method.encoder(views[0]), 4, method.channels)
+    with torch.no_grad():
+        _, _, k_grid, _ = unpack(method.key_encoder(views[1]), 4, method.channels)
+    side = int(math.isqrt(q_grid.shape[2]))
+    pairs = []  # (image, query position, key position), written out from the boxes above
+    for r in range(side):
+        for c in range(side):
+            if (c + 0.5) / side < 0.5:  # image 0: the left half of the query is all the key shows
+                pairs.append((0, r * side + c, r * side + int(2 * (c + 0.5) / side * side // 1)))
+            pairs.append((1, r * side + c, r * side + side - 1 - c))
+    dense_q = torch.stack([q_grid[n, :, i] for n, i, _ in pairs])
+    dense_k = torch.stack([k_grid[n, :, j] for n, _, j in pairs])
+    logits = torch.cat(((dense_q * dense_k).sum(1, keepdim=True), dense_q @ queue2.T), dim=1) / 0.2
+    want = F.cross_entropy(logits, torch.zeros(len(pairs), dtype=torch.long))
+    out = method.training_step(Batch(views, index=torch.arange(2), extra={"view_boxes": boxes, "view_flips": flips}),
+                               Progress(0, 10, 5))
+    assert float(out["loss_dense"]) == pytest.approx(float(want.detach()), rel=1e-5)
+    assert float(out["dense_matched"]) == pytest.approx(len(pairs) / (2 * side * side))
+    with pytest.raises(ValueError, match="view_boxes"):
+        method.training_step(Batch(views, index=torch.arange(2)), Progress(1, 10, 5))
+    with pytest.raises(ValueError, match="match must be"):
+        DenseCL(backbone, match="nearest")
+
+
+def test_the_engine_hands_densecl_the_boxes_its_views_were_cut_from(tmp_path):
+    # With match=geometry the engine's batches carry each view's box and flip; the boxes lie in the
+    # image and are not all the whole image (MoCo v2's random resized crops), and two steps train.
+    from selfsup.config import load_config
+    from selfsup.engine.trainer import Trainer
+
+    cfg = load_config("recipes/densecl_fashion_mnist.yaml", [
+        "data.name=digits", "data.size=16", "backbone.width=4", "method_args.match=geometry", "method_args.warmup_steps=0", "train.batch_size=16",
+        "train.epochs=1", "train.progress=false", "train.knn_every=0", "eval.plots=false", f"train.out_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    batch = trainer.make_batch(0, 0)
+    boxes, flips = batch.extra["view_boxes"], batch.extra["view_flips"]
+    assert boxes.shape == (16, 2, 4) and flips.shape == (16, 2) and flips.dtype == torch.bool
+    assert (boxes[..., :2] >= 0).all() and (boxes[..., 0] + boxes[..., 2] <= 16).all()
+    assert (boxes[..., 2] * boxes[..., 3] < 256).any()
+    out = trainer.model(batch, Progress(0, 2, 1))
+    assert torch.isfinite(out["loss"]) and 0 < float(out["dense_matched"]) <= 1
 
 
 def test_densecl_warns_when_its_warm_up_covers_the_whole_run():

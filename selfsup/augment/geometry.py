@@ -257,3 +257,41 @@ def horizontal_flip(x: Tensor, p: float = 0.5, *, generator: torch.Generator | N
     """
     _check_images(x)
     return apply_hflip(x, _bernoulli(x.shape[0], _check_p(p), x.device, generator))
+
+
+def view_to_image(points: Tensor, boxes: Tensor, flip: Tensor | None, size: tuple[int, int]) -> Tensor:
+    """Where points of a view lie in the image it was cut from.
+
+    Coordinates are continuous ``(y, x)`` with pixel ``j`` covering ``[j, j + 1)`` (its centre at
+    ``j + 0.5``), the convention of :func:`resized_crop`: the view's point ``u`` comes from the
+    image's ``top + u * box_h / size_h`` down and, across, ``left + u * box_w / size_w``, or
+    ``left + (size_w - u) * box_w / size_w`` where the view is mirrored.
+
+    Args:
+        points: ``(B, P, 2)`` points in the views' coordinates.
+        boxes: ``(B, 4)`` the views' ``(top, left, height, width)`` in the image (a shifted view,
+            ``View.pad``, has a box reaching past the border).
+        flip: ``(B,)`` bool, True where the view is mirrored, or None.
+        size: the views' ``(height, width)``.
+
+    Returns:
+        ``(B, P, 2)`` float points in the images' coordinates.
+    """
+    boxes = boxes.to(points.device, torch.float32)
+    y, x = points.float().unbind(2)
+    if flip is not None:
+        x = torch.where(flip.to(points.device).view(-1, 1), size[1] - x, x)
+    return torch.stack((boxes[:, :1] + y * (boxes[:, 2:3] / size[0]),
+                        boxes[:, 1:2] + x * (boxes[:, 3:4] / size[1])), dim=2)
+
+
+def image_to_view(points: Tensor, boxes: Tensor, flip: Tensor | None, size: tuple[int, int]) -> Tensor:
+    """The inverse of :func:`view_to_image`: where points of the image lie in its view (outside
+    ``[0, size)`` where the view does not show them)."""
+    boxes = boxes.to(points.device, torch.float32)
+    y, x = points.float().unbind(2)
+    y = (y - boxes[:, :1]) * (size[0] / boxes[:, 2:3])
+    x = (x - boxes[:, 1:2]) * (size[1] / boxes[:, 3:4])
+    if flip is not None:
+        x = torch.where(flip.to(points.device).view(-1, 1), size[1] - x, x)
+    return torch.stack((y, x), dim=2)

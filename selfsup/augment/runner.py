@@ -119,6 +119,12 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
         >>> augment_view(torch.rand(4, 3, 32, 32), View(size=(16, 16))).shape
         torch.Size([4, 3, 16, 16])
     """
+    return _augment_view(xf, view, generator, compiled)[0]
+
+
+def _augment_view(xf: Tensor, view: View, generator: torch.Generator | None,
+                  compiled: bool) -> tuple[Tensor, _ViewPlan]:
+    """:func:`augment_view` and the plan it drew."""
     plan = _plan_view(view, xf.shape, xf.device, generator)
     # RGB on the CPU: the fused C kernel where it could be built (1.5x the grouped path; 2.1x the
     # compiled one), else the grouped torch path, which skips the hue rotation and blur where a sample
@@ -127,13 +133,13 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
     # gain, and the compiled path is 1.3x the masked one. benchmarks/augment.py measures both shapes.
     rgb_cpu = xf.device.type == "cpu" and xf.shape[1] == 3
     if compiled and not (rgb_cpu and _kernels.available()):
-        return _run_view_compiled(xf, view, plan)
+        return _run_view_compiled(xf, view, plan), plan
     out = _run_view_fused(xf, view, plan) if rgb_cpu else None
     if out is None:
         out = _run_view_grouped(xf, view, plan) if rgb_cpu else _run_view(xf, view, plan)
     # Interpolation weights sum to 1 only up to rounding, so a saturated pixel can come out as
     # 1 + 1e-7; clamp so the promised range holds exactly (evaluation refuses values outside it).
-    return out.clamp_(0.0, 1.0)
+    return out.clamp_(0.0, 1.0), plan
 
 
 _CPU_CHUNK_BYTES = 1 << 21
@@ -394,6 +400,28 @@ class Augmentation(nn.Module):
         """
         xf = to_float(x)
         return [augment_view(xf, view, generator, compiled=self.compiled) for view in self.output_views]
+
+    def views_and_geometry(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[
+            list[Tensor], Tensor, Tensor]:
+        """The views :meth:`forward` makes (the same draws from ``generator``) and where each came from.
+
+        Returns:
+            ``(views, boxes, flips)``: ``boxes`` ``(B, V, 4)`` float ``(top, left, height, width)`` of
+            each view in its image and ``flips`` ``(B, V)`` bool, True where the view is mirrored, for
+            the ``V`` views in output order; :func:`~selfsup.augment.geometry.view_to_image` maps a
+            view's points into the image with them (dense methods that match positions by the views'
+            geometry: DenseCL's ``match="geometry"``).
+        """
+        xf = to_float(x)
+        batch, _, height, width = xf.shape
+        views, boxes, flips = [], [], []
+        for view in self.output_views:
+            out, plan = _augment_view(xf, view, generator, self.compiled)
+            views.append(out)
+            whole = torch.tensor([[0, 0, height, width]], device=xf.device).expand(batch, 4)
+            boxes.append(whole if plan.boxes is None else plan.boxes)
+            flips.append(torch.zeros(batch, dtype=torch.bool, device=xf.device) if plan.flip is None else plan.flip)
+        return views, torch.stack(boxes, dim=1).float(), torch.stack(flips, dim=1)
 
     def extra_repr(self) -> str:
         lines = [repr(view) for view in self.views]

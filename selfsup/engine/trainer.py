@@ -180,11 +180,16 @@ class Trainer:
         images = data.stream.eval_view(raw.images, self.train_set.view, self.train_set.size) if self.center_first else raw.images
         if self.augment is None:  # the images as they are, one float view
             return Batch([augment.to_float(images)], raw.index, raw.labels, raw.extra)
+        extra = raw.extra
         with torch.no_grad():
-            views = self.augment(images)
+            if getattr(self.method, "view_geometry", False):  # where each view came from, for dense matching
+                views, boxes, flips = self.augment.views_and_geometry(images)
+                extra = {**(extra or {}), "view_boxes": boxes, "view_flips": flips}
+            else:
+                views = self.augment(images)
         if self.cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return Batch(views, raw.index, raw.labels, raw.extra)
+        return Batch(views, raw.index, raw.labels, extra)
 
     def forward(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         """``training_step`` through the Fabric/DDP wrapper; every rank stops together on NaN/Inf.

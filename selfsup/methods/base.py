@@ -67,7 +67,8 @@ class Batch:
         index: ``(B,)`` positions of the images in the dataset (for memory banks).
         labels: ``(B,)`` class labels when the dataset has them, else None; methods with
             ``needs_labels`` (SupCon, triplet, N-pair) learn from them, the others never look.
-        extra: what else the data source gives (a graph's ``edge_index``).
+        extra: what else the data source gives (a graph's ``edge_index``) and, for a method with
+            ``view_geometry``, where the views came from (``view_boxes``, ``view_flips``).
     """
 
     views: list[Tensor]
@@ -143,6 +144,10 @@ class MethodBase(nn.Module):
     """Learns from class labels (SupCon, triplet, N-pair): the engine refuses data without them."""
     needs_num_samples: ClassVar[bool] = False
     """Takes ``num_samples=`` (the training set's size, for a memory bank); the engine passes it."""
+    view_geometry: bool = False
+    """Wants where each view came from: the engine then puts ``view_boxes`` ``(B, V, 4)`` (each
+    view's ``(top, left, height, width)`` in its image) and ``view_flips`` ``(B, V)`` in the batch's
+    ``extra`` (:meth:`selfsup.augment.Augmentation.views_and_geometry`)."""
     needs_graph: ClassVar[bool] = False
     """Takes ``graph=`` (the :class:`selfsup.data.graphs.Graph` it learns on, which its evaluation
     encoder holds); the engine passes it."""

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup import distributed, losses
+from selfsup.augment.geometry import image_to_view, view_to_image
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, KeyQueue, check_momentum, feature_map, frozen_copy, momentum_update, shuffled_forward
 from selfsup.nn import split_batchnorm
@@ -43,6 +44,7 @@ class _DenseEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         fmap = feature_map(self.backbone, images)
+        self.grid_shape = tuple(fmap.shape[-2:])  # for matching positions by the views' geometry
         pooled, grid, pooled_dense = self.neck(fmap)
         parts = [F.normalize(pooled, dim=1), F.normalize(pooled_dense, dim=1), F.normalize(grid, dim=1),
                  F.normalize(fmap.flatten(2), dim=1)]
@@ -57,6 +59,36 @@ def unpack(packed: Tensor, dim: int, channels: int) -> tuple[Tensor, Tensor, Ten
     grid = packed[:, 2 * dim:2 * dim + dim * positions].view(n, dim, positions)
     fmap = packed[:, 2 * dim + dim * positions:].view(n, channels, positions)
     return q, q2, grid, fmap
+
+
+def geometric_matches(boxes: Tensor, flips: Tensor, sizes: tuple[tuple[int, int], tuple[int, int]],
+                      grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Each query position's key position by where the two views came from (PixPro's and VADeR's
+    positives, not DenseCL's): the centre of query cell ``i`` of the ``grid`` is carried from the
+    query view into the image (:func:`~selfsup.augment.geometry.view_to_image`) and on into the key
+    view; its match is the key cell it falls in, valid where the key view shows that point.
+
+    Args:
+        boxes: ``(N, 2, 4)`` ``(top, left, height, width)`` of the query and key views in the image.
+        flips: ``(N, 2)`` bool, True where a view is mirrored.
+        sizes: the query and key views' ``(height, width)``.
+        grid: the feature grid's ``(rows, columns)``, the same for both views.
+
+    Returns:
+        ``(match (N, rows*columns) int64, valid (N, rows*columns) bool)``, positions in row-major order.
+    """
+    rows, cols = grid
+    device = boxes.device
+    r = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) * (sizes[0][0] / rows)
+    c = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) * (sizes[0][1] / cols)
+    centres = torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=2).view(1, -1, 2).expand(boxes.shape[0], -1, 2)
+    in_image = view_to_image(centres, boxes[:, 0], flips[:, 0], sizes[0])
+    in_key = image_to_view(in_image, boxes[:, 1], flips[:, 1], sizes[1])
+    y, x = in_key.unbind(2)
+    valid = (y >= 0) & (y < sizes[1][0]) & (x >= 0) & (x < sizes[1][1])
+    key_row = (y * (rows / sizes[1][0])).floor().clamp(0, rows - 1).long()
+    key_col = (x * (cols / sizes[1][1])).floor().clamp(0, cols - 1).long()
+    return key_row * cols + key_col, valid
 
 
 class DenseCL(MethodBase):
@@ -87,6 +119,14 @@ class DenseCL(MethodBase):
         loss_lambda: λ, the dense loss's weight (0.5).
         warmup_steps: steps with λ = 0 (1000).
         shuffle_bn, shuffle_splits: as :class:`~selfsup.methods.MoCo`.
+        match: how a query position finds its key position. ``"features"`` (the official): the key
+            position most similar in backbone features. ``"geometry"``: the key position showing the
+            same point of the image, from the views' crop boxes and flips
+            (:func:`geometric_matches`; PixPro's and VADeR's positives), query positions the key view
+            does not show left out of the dense loss. Our option, not the paper's: at the start of
+            training the most similar features are those of a random network, and on the small grids
+            of small images (3x3 at 28 pixels) the official matches never taught the positions to
+            correspond (docs/results/views_and_dense.md).
     """
 
     augment_recipe = "moco_v2"
@@ -96,9 +136,12 @@ class DenseCL(MethodBase):
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int | None = None, proj_dim: int = 128,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
                  loss_lambda: float = 0.5, warmup_steps: int = 1000, shuffle_bn: bool = True,
-                 shuffle_splits: int = 8) -> None:
+                 shuffle_splits: int = 8, match: str = "features") -> None:
         super().__init__()
         check_momentum("momentum", momentum)
+        if match not in ("features", "geometry"):
+            raise ValueError(f"match must be 'features' or 'geometry', got {match!r}")
+        self.match, self.view_geometry = match, match == "geometry"
         if temperature <= 0 or not 0 <= loss_lambda <= 1 or warmup_steps < 0:
             raise ValueError(f"need temperature > 0, 0 <= loss_lambda <= 1 and warmup_steps >= 0; got {temperature}, "
                              f"{loss_lambda}, {warmup_steps}")
@@ -125,20 +168,38 @@ class DenseCL(MethodBase):
                           f"steps, so the dense loss never turns on; lower method_args.warmup_steps", stacklevel=2)
         x_q, x_k = batch.views
         q, _, q_grid, q_b = unpack(self.encoder(x_q), self.proj_dim, self.channels)
+        grid = self.encoder.grid_shape
         with torch.no_grad():
             packed = shuffled_forward(self.key_encoder, x_k) if self.shuffle_bn else self.key_encoder(x_k)
             k, k2, k_grid, k_b = unpack(packed.float(), self.proj_dim, self.channels)
-            match = torch.bmm(q_b.detach().float().transpose(1, 2), k_b).argmax(dim=2)  # (N, S2)
+            if self.view_geometry:
+                if batch.extra is None or "view_boxes" not in batch.extra:
+                    raise ValueError("DenseCL match='geometry' needs the views' boxes in batch.extra['view_boxes'] "
+                                     "and ['view_flips'] (the engine adds them; see Augmentation.views_and_geometry)")
+                match, valid = geometric_matches(batch.extra["view_boxes"][:, :2], batch.extra["view_flips"][:, :2],
+                                                 (tuple(x_q.shape[-2:]), tuple(x_k.shape[-2:])), grid)
+            else:
+                match = torch.bmm(q_b.detach().float().transpose(1, 2), k_b).argmax(dim=2)  # (N, S2)
+                valid = None
             matched = torch.gather(k_grid, 2, match[:, None].expand(-1, k_grid.shape[1], -1))
         global_loss = losses.info_nce(q, k, negatives=self.queue.keys.clone(), temperature=self.temperature)
         dense_q = q_grid.transpose(1, 2).reshape(-1, self.proj_dim)
         dense_k = matched.transpose(1, 2).reshape(-1, self.proj_dim)
-        dense_loss = losses.info_nce(dense_q, dense_k, negatives=self.queue2.keys.clone(), temperature=self.temperature)
+        out = {}
+        if valid is not None:  # only the positions the key view shows
+            keep = valid.reshape(-1)
+            dense_q, dense_k = dense_q[keep], dense_k[keep]
+            out["dense_matched"] = keep.float().mean()
+        if dense_q.shape[0]:
+            dense_loss = losses.info_nce(dense_q, dense_k, negatives=self.queue2.keys.clone(),
+                                         temperature=self.temperature)
+        else:  # no view of the batch overlaps its pair: nothing to contrast
+            dense_loss = q_grid.sum() * 0.0
         weight = self.lambda_at(progress)
         loss = (1 - weight) * global_loss + weight * dense_loss
         self.queue.enqueue(distributed.gather(k))
         self.queue2.enqueue(distributed.gather(k2))
-        return {"loss": loss, "loss_global": global_loss.detach(), "loss_dense": dense_loss.detach()}
+        return {"loss": loss, "loss_global": global_loss.detach(), "loss_dense": dense_loss.detach(), **out}
 
     def on_step_end(self, progress: Progress) -> None:
         momentum_update(self.key_encoder, (self.encoder,), self.momentum)
