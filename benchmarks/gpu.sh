@@ -6,8 +6,9 @@
 #   SMOKE=1 bash benchmarks/gpu.sh         # tiny sizes, any machine (CPU too): checks the script itself
 #
 # Prints, in order: the machine; the augmentation's views/s and the SimCLR step against the bare backbone
-# at 3x32x32 and 3x64x64 (R18, bf16), with and without torch.compile (the backbone and the views); the plain PyTorch peer loop against
-# the engine's step; the engine's epoch at CIFAR shape with and without compile; every recipe's step
+# at 3x32x32 and 3x64x64 (R18, bf16), with and without torch.compile (the backbone and the views) and with the
+# fused views (train.fused_views, one Triton kernel per view, against the unfused in the same run); the plain PyTorch peer loop against
+# the engine's step; the engine's epoch at CIFAR shape eager, compiled and with fused views; every recipe's step
 # (benchmarks/methods.py); gradient caching's peak memory against the batch; folder decoding (processes
 # against threads, all cores); a streamed JPEG folder against the bare step.
 set -uo pipefail
@@ -38,15 +39,20 @@ for size in 32 64; do
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP
     part 150 "step vs bare, compiled (backbone and views), $BACKBONE 3x${size}x${size}, batch $batch" \
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP --compile
+    [ "$DEV" = cuda ] && part 90 "step vs bare, fused views (one Triton kernel per view), $BACKBONE 3x${size}x${size}, batch $batch" \
+        $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP --fused
 done
 part 90 "plain PyTorch peer loop vs the engine, $BACKBONE 3x32x32" \
     $PY benchmarks/peer.py --batch $B --steps $STEPS --workers $WORK --backbone $BACKBONE
-for compile in false true; do
-    part 120 "engine epoch at CIFAR shape (Fashion-MNIST as 3x32x32), train.compile=$compile" \
+MODES="eager compile"
+[ "$DEV" = cuda ] && MODES="eager compile fused"
+for mode in $MODES; do
+    part 120 "engine epoch at CIFAR shape (Fashion-MNIST as 3x32x32), $mode" \
         $PY -m selfsup pretrain recipes/simclr_fashion_mnist.yaml backbone.name=$BACKBONE data.size=32 data.channels=3 \
         train.batch_size=$B train.epochs=$EPOCHS train.knn_every=0 train.progress=false eval.plots=false \
-        eval.floor=false train.compile=$compile name=gpu_epoch_$compile train.out_dir=/tmp/gpu_epoch_$compile
-    $PY -c "import json; r = json.load(open('/tmp/gpu_epoch_$compile/results.json')); print('pretraining', r['pretrain_time_s'], 's,', r['images_per_s'], 'images/s, linear', r.get('linear_accuracy'), 'wall', r['wall_time_s'], 's')" 2>/dev/null
+        eval.floor=false train.compile=$([ $mode = compile ] && echo true || echo false) \
+        train.fused_views=$([ $mode = fused ] && echo true || echo false) name=gpu_epoch_$mode train.out_dir=/tmp/gpu_epoch_$mode
+    $PY -c "import json; r = json.load(open('/tmp/gpu_epoch_$mode/results.json')); print('pretraining', r['pretrain_time_s'], 's,', r['images_per_s'], 'images/s, linear', r.get('linear_accuracy'), 'wall', r['wall_time_s'], 's')" 2>/dev/null
 done
 part 90 "every recipe's step against SimCLR's" $PY benchmarks/methods.py $METHODS --device "$DEV"
 part 90 "gradient caching: peak memory against the batch" \

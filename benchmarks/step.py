@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--contiguous", action="store_true", help="NCHW memory instead of channels-last")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the backbone and the views (train.compile)")
+    parser.add_argument("--fused", action="store_true",
+                        help="make the views in one Triton kernel each (train.fused_views; CUDA only), and also time "
+                             "the unfused views in the same run")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (the engine raises them; see "
                              "selfsup.engine.allocator) to see what the page faults cost both sides")
@@ -61,6 +64,9 @@ def main() -> None:
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
     augment = recipe("simclr", args.size)
     augment.compiled = args.compile  # as the engine (RGB views on a CPU keep the C kernel)
+    if args.fused and device.type != "cuda":
+        parser.error("--fused needs --device cuda (train.fused_views is refused on a CPU)")
+    augment.fused = args.fused
     images = torch.randint(0, 256, (args.batch, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
     fixed_views = [v.contiguous(memory_format=memory) for v in augment(images)]
     progress = Progress(0, 1, 1)
@@ -102,11 +108,21 @@ def main() -> None:
     for _ in range(3):
         full_step()
         bare_step()
-    full, bare, views = [], [], []
+
+    def augment_unfused() -> None:  # the reference for --fused, in the same run
+        augment.fused = False
+        try:
+            augment_only()
+        finally:
+            augment.fused = True
+
+    full, bare, views, unfused = [], [], [], []
     for _ in range(args.repeats):
         full.append(timed(full_step))
         bare.append(timed(bare_step))
         views.append(timed(augment_only))
+        if args.fused:
+            unfused.append(timed(augment_unfused))
     full_ips, bare_ips = args.batch / statistics.median(full), args.batch / statistics.median(bare)
     print(f"{args.backbone} {args.channels}x{args.size}x{args.size} batch {args.batch} on {device} ({precision}: {why}), "
           f"CPU kernels {torch.backends.cpu.get_cpu_capability()}, {'NCHW' if args.contiguous else 'channels-last'}, "
@@ -115,7 +131,10 @@ def main() -> None:
     print(f"  SimCLR step (augment+head+loss+optimiser)  : {full_ips:9,.0f} images/s")
     print(f"  ratio SimCLR / bare                       : {full_ips / bare_ips:9.2f}")
     print(f"  augmentation alone (2 views per image)    : {2 * args.batch / statistics.median(views):9,.0f} views/s"
-          f"{'  (compiled)' if args.compile else ''}")
+          f"{'  (compiled)' if args.compile else ''}{'  (fused)' if args.fused else ''}")
+    if args.fused:
+        print(f"  augmentation unfused, same run            : {2 * args.batch / statistics.median(unfused):9,.0f} views/s"
+              f"  (fused / unfused {statistics.median(unfused) / statistics.median(views):.2f}x)")
 
 
 if __name__ == "__main__":

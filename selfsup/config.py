@@ -156,6 +156,11 @@ class TrainConfig:
     grayscale, blur and solarize fused into a few kernels, the parameters drawn as without it;
     ``selfsup.augment.augment_view``; RGB views on a CPU keep the faster C kernel). Compilation costs
     tens of seconds at the start."""
+    fused_views: bool = False
+    """On a CUDA GPU, make each view's pixels in one Triton kernel (crop, jitter, grayscale, blur and
+    solarize; ``selfsup.augment._triton``) for images and views up to 64 pixels a side, instead of
+    the eager path's many small kernels; the same views to float rounding. Needs Triton (torch's
+    CUDA wheels bring it); refused on a CPU, where the C kernel already fuses RGB views."""
     matmul_precision: str = "high"
     """float32 matrix products on a CUDA GPU with tensor cores (``torch.set_float32_matmul_precision``):
     ``high`` (TF32, Lightning's advice on such GPUs; the default), ``medium`` or ``highest`` (full

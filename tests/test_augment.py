@@ -668,3 +668,56 @@ def test_view_geometry_carries_each_views_pixels_back_to_where_they_came_from():
         there = A.geometry.image_to_view(truth[:, None], boxes[:, v], flips[:, v], tuple(view.shape[-2:]))[:, 0]
         assert (there - centroid)[inside].abs().max() < 0.1, v
 
+
+def _interpreted_triton(monkeypatch):
+    """Triton's CPU interpreter for the fused views (the kernel is loaded per mode)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from selfsup.augment import _triton
+
+    assert _triton.available() and _triton.interpreted()
+    return _triton
+
+
+@pytest.mark.parametrize("channels, side, views", [
+    (1, 28, [("simclr", 0), ("moco_v2", 0), ("shift_flip", 0), ("none", 0)]),
+    (3, 32, [("byol", 0), ("byol", 1), ("dino", 2)]),
+])
+def test_fused_views_equal_the_reference_arithmetic_in_tritons_interpreter(monkeypatch, channels, side, views):
+    # train.fused_views: one Triton program per image makes the whole view (crop, resize and flip as
+    # two matrix products, the jitter in each sample's order with its hue rotation, grayscale, the blur
+    # as two more products, solarize, the clamp). For the same drawn plan its pixels are the masked
+    # reference path's to float rounding, for every step (BYOL's two views between them draw every
+    # one, solarize included; DINO's local crops are 12-pixel views; the pretext tasks' views have no
+    # crop or only a shift), from uint8 and float input alike; an Augmentation with fused=True draws
+    # what one without does. The interpreter runs about 0.3 s per image, hence 4 images.
+    _triton = _interpreted_triton(monkeypatch)
+    x = torch.randint(0, 256, (4, channels, side, side), dtype=torch.uint8, generator=_gen())
+    xf = A.to_float(x)
+    steps_seen = set()
+    for name, index in views:
+        view = A.recipe(name, side).output_views[index]
+        plan = runner._plan_view(view, xf.shape, xf.device, _gen(3))
+        steps_seen |= {field for field, value in plan._asdict().items() if value is not None}
+        want = runner._run_view(xf, view, plan).clamp(0.0, 1.0)
+        torch.testing.assert_close(_triton.run_view(x, view, plan), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_triton.run_view(xf, view, plan), want, atol=1e-5, rtol=0)
+    every = {"boxes", "flip", "steps", "group", "sigma"} | ({"hue", "gray", "solarize"} if channels == 3 else set())
+    assert steps_seen >= every
+    augmentation = A.recipe(views[0][0], side)
+    fused = A.Augmentation(augmentation.views, fused=True)(x, generator=_gen(4))
+    for a, b in zip(augmentation(x, generator=_gen(4)), fused, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    # A view the kernel cannot hold (over 64 pixels a side) keeps the other paths.
+    big = torch.rand(2, channels, 80, 80)
+    assert not _triton.usable(big, runner.View(size=(72, 72)))
+    (out,) = A.Augmentation([runner.View(size=(72, 72))], fused=True)(big, generator=_gen(5))
+    (ref,) = A.Augmentation([runner.View(size=(72, 72))])(big, generator=_gen(5))
+    assert torch.equal(out, ref)
+
+
+def test_the_fused_kernel_uses_the_references_luma_weights():
+    pytest.importorskip("triton")
+    from selfsup.augment import _common, _triton_kernel
+
+    assert (_triton_kernel.LUMA_R.value, _triton_kernel.LUMA_G.value, _triton_kernel.LUMA_B.value) == _common._LUMA

@@ -421,6 +421,23 @@ def test_the_knn_monitor_queries_held_out_training_images_not_the_test_split(tmp
     assert queries is None and len(bank) == 1437  # monitors on the test split, as before
 
 
+def test_fused_views_make_the_engines_batches_and_are_refused_without_a_gpu(tmp_path, monkeypatch):
+    # train.fused_views: on a CPU the run is refused, naming the key (the C kernel already fuses RGB
+    # views there). In Triton's interpreter (as on a GPU) the engine's batches are an eager run's.
+    with pytest.raises(ConfigError, match="train.fused_views: needs a CUDA GPU"):
+        Trainer(tiny_config(tmp_path, "train.fused_views=true"))
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    eager = Trainer(tiny_config(tmp_path, "train.batch_size=4"))
+    fused = Trainer(tiny_config(tmp_path, "train.batch_size=4", "train.fused_views=true"))
+    assert fused.augment.fused and not eager.augment.fused
+    torch.manual_seed(5)
+    batch = fused.make_batch(0, 0)
+    torch.manual_seed(5)
+    for got, want in zip(batch.views, eager.make_batch(0, 0).views, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.slow  # compiles one view graph (5-15 s on a CPU)
 def test_train_compile_compiles_the_views_too(tmp_path):
     # train.compile: the backbone's network and the augmentation's arithmetic. The training batches of a

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import _kernels
+from selfsup.augment import _triton
 from selfsup.augment._common import _bernoulli, _check_p, _check_range, _gray, _pair, _randint, to_float
 from selfsup.augment.blur import _blur_taps, _draw_sigmas, _separable_blur, blur_kernel_size
 from selfsup.augment.colour import (
@@ -99,7 +100,7 @@ class View:
 
 
 def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = None, *,
-                 compiled: bool = False) -> Tensor:
+                 compiled: bool = False, fused: bool = False) -> Tensor:
     """Make one augmented view of a float batch, every parameter drawn per sample.
 
     Args:
@@ -111,6 +112,11 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
             paths, except for RGB on a CPU where the C kernel is built (the faster there). The
             parameters are drawn as without it, so the views are the same to float rounding (1e-5)
             and a resumed run draws what an uninterrupted one did.
+        fused: on a CUDA GPU, make the pixels in one Triton kernel per view (:mod:`selfsup.augment._triton`:
+            crop, jitter, grayscale, blur and solarize, one program per image) for images and views up
+            to 64 pixels a side; the parameters are drawn as without it, the views the same to float
+            rounding (1e-5). Elsewhere, or for larger images, the other paths (it takes precedence
+            over ``compiled``).
 
     Returns:
         ``(B, C, view.size[0], view.size[1])`` float32 in [0, 1].
@@ -119,13 +125,15 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
         >>> augment_view(torch.rand(4, 3, 32, 32), View(size=(16, 16))).shape
         torch.Size([4, 3, 16, 16])
     """
-    return _augment_view(xf, view, generator, compiled)[0]
+    return _augment_view(xf, view, generator, compiled, fused)[0]
 
 
 def _augment_view(xf: Tensor, view: View, generator: torch.Generator | None,
-                  compiled: bool) -> tuple[Tensor, _ViewPlan]:
+                  compiled: bool, fused: bool = False) -> tuple[Tensor, _ViewPlan]:
     """:func:`augment_view` and the plan it drew."""
     plan = _plan_view(view, xf.shape, xf.device, generator)
+    if fused and _triton.usable(xf, view):
+        return _triton.run_view(xf, view, plan), plan
     # RGB on the CPU: the fused C kernel where it could be built (1.5x the grouped path; 2.1x the
     # compiled one), else the grouped torch path, which skips the hue rotation and blur where a sample
     # has none (1.3-1.9x the masked path at one thread). One-channel views have only cheap blend
@@ -365,6 +373,8 @@ class Augmentation(nn.Module):
         n_local: how many local crops (0 when ``local`` is None).
         compiled: make every view with ``torch.compile`` (see :func:`augment_view`); the engine sets
             it with ``train.compile``.
+        fused: make every view in one Triton kernel on a CUDA GPU (see :func:`augment_view`); the
+            engine sets it with ``train.fused_views``.
 
     Examples:
         >>> augment = Augmentation([View(size=(16, 16))], local=View(size=(8, 8), scale=(0.05, 0.4)), n_local=2)
@@ -373,7 +383,7 @@ class Augmentation(nn.Module):
     """
 
     def __init__(self, views: list[View], local: View | None = None, n_local: int = 0, *,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, fused: bool = False) -> None:
         super().__init__()
         if not views:
             raise ValueError("an Augmentation needs at least one View")
@@ -385,6 +395,7 @@ class Augmentation(nn.Module):
         self.local = local
         self.n_local = n_local
         self.compiled = compiled
+        self.fused = fused
 
     @property
     def output_views(self) -> list[View]:
@@ -399,7 +410,8 @@ class Augmentation(nn.Module):
             generator: optional RNG for reproducible views.
         """
         xf = to_float(x)
-        return [augment_view(xf, view, generator, compiled=self.compiled) for view in self.output_views]
+        return [augment_view(xf, view, generator, compiled=self.compiled, fused=self.fused)
+                for view in self.output_views]
 
     def views_and_geometry(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[
             list[Tensor], Tensor, Tensor]:
@@ -416,7 +428,7 @@ class Augmentation(nn.Module):
         batch, _, height, width = xf.shape
         views, boxes, flips = [], [], []
         for view in self.output_views:
-            out, plan = _augment_view(xf, view, generator, self.compiled)
+            out, plan = _augment_view(xf, view, generator, self.compiled, self.fused)
             views.append(out)
             whole = torch.tensor([[0, 0, height, width]], device=xf.device).expand(batch, 4)
             boxes.append(whole if plan.boxes is None else plan.boxes)

@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from selfsup import augment, data, distributed, evaluate, losses
+from selfsup.augment import _triton
 from selfsup.config import Config, check_resume, from_dict, parse_duration, to_dict
 from selfsup.engine import checkpoint, grad_cache, monitor, state
 from selfsup.engine.finish import finish
@@ -119,6 +120,12 @@ class Trainer:
         self.center_first = isinstance(self.source, data.StreamedImages) and (
             self.augment is None or all(view.scale is None for view in self.augment.output_views))
         check_view_sizes(self.method.backbone, self.augment, self.train_set.channels)
+        if t.fused_views and self.augment is not None:
+            if not _triton.available() or not (fabric.device.type == "cuda" or _triton.interpreted()):
+                raise ConfigError("train.fused_views: needs a CUDA GPU and Triton (torch's CUDA wheels bring it); "
+                                  f"this run is on {fabric.device.type} with Triton "
+                                  f"{'available' if _triton.available() else 'missing'}")
+            self.augment.fused = True
         if t.compile:  # after the size check, which would otherwise compile for each view size
             self.method.backbone.net.compile()
             if self.augment is not None:  # RGB views on a CPU keep the C kernel, the faster there
