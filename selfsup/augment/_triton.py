@@ -4,9 +4,10 @@ jitter, grayscale, blur, solarize and the final clamp, one program per image.
 On a GPU the eager masked path (``runner._run_view``) launches some 150 small kernels per view, and
 at 3x32x32 a view is launch-bound (issue 21: 126,000 views/s on an H200). Here every linear step is a
 small matrix product on the image, held whole by its program: the crop is ``R @ X @ C^T`` with the
-interpolation matrices of :func:`~selfsup.augment.geometry._crop_matrices` (mirroring folded in), the
+interpolation weights of :func:`~selfsup.augment.geometry._crop_matrices` (mirroring folded in), the
 blur ``B_y @ Y @ B_x^T`` with the separable taps and reflect padding folded into ``(size, size)``
-matrices (the identity where a sample is not blurred); the jitter's blends, hue rotation, grayscale and
+matrices (the identity where a sample is not blurred), both made in the kernel from the plan's boxes
+and sigmas, so a view is one launch besides the plan's draws; the jitter's blends, hue rotation, grayscale and
 solarize are the reference's arithmetic element by element, in each sample's own order. The per-sample
 parameters are the plan the other paths draw (``runner._plan_view``), so the views equal the
 reference's to float rounding (the order of the sums differs; tests: 1e-5), and a resumed run draws
@@ -80,26 +81,12 @@ def _kernel(interpret: bool):
     return module.view_kernel
 
 
-def _pad_to(t: Tensor, rows: int, cols: int) -> Tensor:
-    """``(B, r, c)`` zero-padded to ``(B, rows, cols)``, contiguous."""
-    return torch.nn.functional.pad(t, (0, cols - t.shape[2], 0, rows - t.shape[1])).contiguous()
-
-
-def _blur_matrix(taps: Tensor, side: int) -> Tensor:
-    """``(B, side, side)`` matrices ``M`` with ``M @ v`` the 1-D blur of ``v`` by the ``(B, K)`` taps
-    with reflect padding (``blur._separable_blur`` along one axis, applied to the identity)."""
-    from selfsup.augment.blur import _separable_blur
-
-    eye = torch.eye(side, device=taps.device, dtype=torch.float32).expand(taps.shape[0], 1, side, side).contiguous()
-    return _separable_blur(eye, taps, taps.new_ones(taps.shape[0], 1))[:, 0]
-
-
 def run_view(x: Tensor, view, plan) -> Tensor:
     """The view of ``x`` (``(B, C, H, W)`` uint8 or float in [0, 1]) for a drawn ``plan`` (runner's
-    ``_ViewPlan``), as ``runner._run_view`` makes it with its final clamp; one kernel launch besides
-    the plan's matrices. Needs :func:`available` and :func:`fits`."""
-    from selfsup.augment.geometry import _crop_matrices
-    from selfsup.augment.runner import _view_taps
+    ``_ViewPlan``), as ``runner._run_view`` makes it with its final clamp, in one kernel launch (the
+    crop's interpolation weights and the blur's taps are made in the kernel from the plan's boxes and
+    sigmas). Needs :func:`available` and :func:`fits`."""
+    from selfsup.augment.blur import blur_kernel_size
 
     batch, channels, height, width = x.shape
     out_h, out_w = view.size
@@ -111,32 +98,25 @@ def run_view(x: Tensor, view, plan) -> Tensor:
     crop = plan.boxes is not None
     if not crop and (height, width) != (out_h, out_w):
         raise ValueError(f"a view without crop boxes keeps the image's size, got {height}x{width} -> {view.size}")
-    rows = cols = empty
-    if crop:
-        rows, cols = _crop_matrices(plan.boxes, view.size, height, width, plan.flip)
-        rows, cols = _pad_to(rows, ohp, hp), _pad_to(cols, owp, wp)
+    boxes = plan.boxes.float().contiguous() if crop else empty
     jitter = plan.steps is not None and plan.group is not None
     steps = plan.steps.float().contiguous() if jitter else empty
-    s = steps.shape[1] if jitter else 1
     hue = plan.hue.float().contiguous() if jitter and plan.hue is not None else torch.zeros(batch, device=device)
     position = (plan.group - 1).to(torch.int32).contiguous() if jitter else empty
-    flags = torch.zeros(batch, dtype=torch.int32, device=device)
-    if plan.gray is not None:
-        flags |= plan.gray.to(torch.int32)
-    if plan.solarize is not None:
-        flags |= plan.solarize.to(torch.int32) << 1
+    flags = torch.zeros(batch, dtype=torch.int32, device=device)  # 1 gray, 2 solarize, 4 mirror
+    for bit, drawn in ((1, plan.gray), (2, plan.solarize), (4, plan.flip)):
+        if drawn is not None:
+            flags |= drawn.to(torch.int32) * bit
     blur = plan.sigma is not None
-    by = bx = empty
-    if blur:
-        taps_y, taps_x = _view_taps(plan.sigma, view)
-        by, bx = _pad_to(_blur_matrix(taps_y, out_h), ohp, ohp), _pad_to(_blur_matrix(taps_x, out_w), owp, owp)
+    sigma = plan.sigma.float().contiguous() if blur else empty
     source = x.contiguous()
     scale = 1.0 / 255.0 if source.dtype == torch.uint8 else 1.0
     out = torch.empty(batch, channels, out_h, out_w, device=device, dtype=torch.float32)
     _kernel(interpreted())[(batch,)](
-        source, rows, cols, by, bx, steps, hue, position, flags, out, height, width, out_h, out_w, scale,
+        source, boxes, sigma, steps, hue, position, flags, out, height, width, out_h, out_w, scale,
         float(out_h * out_w),
-        C=channels, S=s, HP=hp, WP=wp, OHP=ohp, OWP=owp, CROP=crop, JITTER=jitter, GRAY=plan.gray is not None,
-        BLUR=blur, SOLARIZE=plan.solarize is not None,
+        C=channels, S=steps.shape[1] if jitter else 1, HP=hp, WP=wp, OHP=ohp, OWP=owp, CROP=crop, JITTER=jitter,
+        GRAY=plan.gray is not None, BLUR=blur, SOLARIZE=plan.solarize is not None,
+        KY=blur_kernel_size(out_h), KX=blur_kernel_size(out_w),
         num_warps=4 if max(hp, wp, ohp, owp) <= 32 else 8)  # 64-pixel tiles: more threads to hold them
     return out

@@ -69,21 +69,64 @@ def _load_plane(plane_ptr, height, width, OHP: tl.constexpr, OWP: tl.constexpr):
 
 
 @triton.jit
-def view_kernel(x_ptr, rows_ptr, cols_ptr, by_ptr, bx_ptr, steps_ptr, hue_ptr, position_ptr, flags_ptr, out_ptr,
+def _crop_weights(start, length, out_size, in_size, flip, OP: tl.constexpr, IP: tl.constexpr):
+    """(OP, IP) resampling weights of [start, start + length) to out_size: geometry._interpolation_matrix
+    (antialiased triangle filter, pixel centres at j + 0.5, rows normalised, mirrored where flip)."""
+    o = tl.arange(0, OP)[:, None].to(tl.float32)
+    i = tl.arange(0, IP)[None, :].to(tl.float32)
+    scale = length / out_size
+    index = tl.where(flip, out_size - 1.0 - o, o)
+    centre = (index + 0.5) * scale + (start - 0.5)
+    offset = i - start
+    inside = (offset >= 0.0) & (offset < length) & (i < in_size) & (o < out_size)
+    weights = tl.maximum(1.0 - tl.abs(i - centre) * (1.0 / tl.maximum(scale, 1.0)), 0.0)
+    weights = tl.where(inside, weights, 0.0)
+    total = tl.reduce(weights, 1, _add)[:, None]
+    return weights / tl.where(total > 0.0, total, 1.0)
+
+
+@triton.jit
+def _blur_weights(sigma, size, NP: tl.constexpr, K: tl.constexpr):
+    """(NP, NP) matrix M with M @ v the blur of v by K Gaussian taps exp(-t^2 / (2 sigma^2)) (normalised)
+    with reflect padding, blur._separable_blur along one axis; the identity where sigma <= 0."""
+    o = tl.arange(0, NP)[:, None]
+    j = tl.arange(0, NP)[None, :]
+    blurred = sigma > 0.0
+    width = tl.where(blurred, sigma, 1.0)
+    total = 0.0
+    for t in tl.static_range(K):
+        distance = (t - K // 2) / width
+        total += tl.exp(-distance * distance * 0.5)
+    matrix = (o + j).to(tl.float32) * 0.0  # zeros (tl.zeros is a jit function: see _mean)
+    for t in tl.static_range(K):
+        distance = (t - K // 2) / width
+        tap = tl.where(blurred, tl.exp(-distance * distance * 0.5) / total, 1.0 if t == K // 2 else 0.0)
+        source = o + (t - K // 2)
+        source = tl.where(source < 0, -source, source)
+        source = tl.where(source >= size, 2 * (size - 1) - source, source)
+        matrix += tl.where((j == source) & (o < size), tap, 0.0)
+    return matrix
+
+
+@triton.jit
+def view_kernel(x_ptr, boxes_ptr, sigma_ptr, steps_ptr, hue_ptr, position_ptr, flags_ptr, out_ptr,
                 height, width, out_h, out_w, scale, count,
                 C: tl.constexpr, S: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, OHP: tl.constexpr,
                 OWP: tl.constexpr, CROP: tl.constexpr, JITTER: tl.constexpr, GRAY: tl.constexpr,
-                BLUR: tl.constexpr, SOLARIZE: tl.constexpr):
+                BLUR: tl.constexpr, SOLARIZE: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     oy = tl.arange(0, OHP)[:, None]
     ox = tl.arange(0, OWP)[None, :]
     valid = (oy < out_h) & (ox < out_w)
     plane_in = height * width
     source = x_ptr + n * C * plane_in
-    # 1. Crop, resize and mirror: R @ X @ C^T per channel (rows (OHP, HP), cols stored (OWP, WP)).
+    flags = tl.load(flags_ptr + n)
+    # 1. Crop, resize and mirror: R @ X @ C^T per channel, the weights made here from the box.
     if CROP:
-        rows = tl.load(rows_ptr + n * OHP * HP + oy * HP + tl.arange(0, HP)[None, :])
-        cols_t = tl.load(cols_ptr + n * OWP * WP + ox * WP + tl.arange(0, WP)[:, None])
+        top = tl.load(boxes_ptr + n * 4)
+        left = tl.load(boxes_ptr + n * 4 + 1)
+        rows = _crop_weights(top, tl.load(boxes_ptr + n * 4 + 2), out_h, height, False, OHP, HP)
+        cols_t = tl.trans(_crop_weights(left, tl.load(boxes_ptr + n * 4 + 3), out_w, width, (flags & 4) != 0, OWP, WP))
         r = _resample(source, rows, cols_t, height, width, HP, WP) * scale
         if C == 3:
             g = _resample(source + plane_in, rows, cols_t, height, width, HP, WP) * scale
@@ -123,7 +166,6 @@ def view_kernel(x_ptr, rows_ptr, cols_ptr, by_ptr, bx_ptr, steps_ptr, hue_ptr, p
                 else:
                     offset = _mean(r, valid, count) * fc
                     r = tl.minimum(tl.maximum(offset + r * fa, 0.0), 1.0)
-    flags = tl.load(flags_ptr + n)
     # 3. Grayscale (3 channels): the blend with a = keep, b = 1 - keep.
     if GRAY and C == 3:
         keep = tl.where((flags & 1) != 0, 0.0, 1.0)
@@ -133,8 +175,9 @@ def view_kernel(x_ptr, rows_ptr, cols_ptr, by_ptr, bx_ptr, steps_ptr, hue_ptr, p
         b = tl.minimum(tl.maximum(offset + b * keep, 0.0), 1.0)
     # 4. Blur: B_y @ Y @ B_x^T (the identity where the sample is not blurred).
     if BLUR:
-        by = tl.load(by_ptr + n * OHP * OHP + oy * OHP + tl.arange(0, OHP)[None, :])
-        bx_t = tl.load(bx_ptr + n * OWP * OWP + ox * OWP + tl.arange(0, OWP)[:, None])
+        sigma = tl.load(sigma_ptr + n)
+        by = _blur_weights(sigma, out_h, OHP, KY)
+        bx_t = tl.trans(_blur_weights(sigma, out_w, OWP, KX))
         r = tl.dot(tl.dot(by, r, input_precision="ieee"), bx_t, input_precision="ieee")
         if C == 3:
             g = tl.dot(tl.dot(by, g, input_precision="ieee"), bx_t, input_precision="ieee")
