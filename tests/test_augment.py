@@ -721,3 +721,33 @@ def test_the_fused_kernel_uses_the_references_luma_weights():
     from selfsup.augment import _common, _triton_kernel
 
     assert (_triton_kernel.LUMA_R.value, _triton_kernel.LUMA_G.value, _triton_kernel.LUMA_B.value) == _common._LUMA
+
+
+@pytest.mark.slow  # the real compiler and ptxas, 5-10 s per specialisation
+@pytest.mark.parametrize("channels, side, out", [(3, 32, 32), (1, 28, 28), (3, 32, 12)])
+def test_the_fused_kernel_compiles_for_a_hopper_gpu_without_one(channels, side, out):
+    # The interpreter checks the arithmetic; this checks that Triton's compiler and ptxas accept the
+    # kernel for an H100/H200 (sm_90), ahead of time and without a GPU, for each specialisation a run
+    # meets: RGB CIFAR-size views with every step, one-channel views (no hue), DINO's 12-pixel crops.
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from selfsup.augment import _triton
+    from selfsup.augment._triton_kernel import view_kernel
+
+    types = {"x_ptr": "*u8", "boxes_ptr": "*fp32", "sigma_ptr": "*fp32", "steps_ptr": "*fp32", "hue_ptr": "*fp32",
+             "position_ptr": "*i32", "flags_ptr": "*i32", "out_ptr": "*fp32", "height": "i32", "width": "i32",
+             "out_h": "i32", "out_w": "i32", "scale": "fp32", "count": "fp32"}
+    constants = dict(C=channels, S=3 if channels == 3 else 2, HP=_triton._padded(side), WP=_triton._padded(side),
+                     OHP=_triton._padded(out), OWP=_triton._padded(out), CROP=True, JITTER=True, GRAY=True, BLUR=True,
+                     SOLARIZE=True, KY=A.blur_kernel_size(out), KX=A.blur_kernel_size(out))
+    signature = {**types, **{name: "constexpr" for name in constants}}
+    assert list(signature) == list(view_kernel.arg_names)
+    source = ASTSource(fn=view_kernel, signature=signature,
+                       constexprs={(list(signature).index(name),): value for name, value in constants.items()})
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    except FileNotFoundError as missing:  # a Triton without its bundled ptxas
+        pytest.skip(f"no ptxas: {missing}")
+    assert ".entry view_kernel" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 0
