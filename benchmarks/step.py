@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--fused", action="store_true",
                         help="make the views in one Triton kernel each (train.fused_views; CUDA only), and also time "
                              "the unfused views in the same run")
+    parser.add_argument("--fused-draws", action="store_true",
+                        help="with --fused, the kernel also draws the parameters (train.fused_draws)")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="keep glibc's default mmap/trim thresholds (the engine raises them; see "
                              "selfsup.engine.allocator) to see what the page faults cost both sides")
@@ -67,6 +69,9 @@ def main() -> None:
     if args.fused and device.type != "cuda":
         parser.error("--fused needs --device cuda (train.fused_views is refused on a CPU)")
     augment.fused = args.fused
+    augment.fused_draws = args.fused_draws
+    if args.fused_draws and not args.fused:
+        parser.error("--fused-draws needs --fused")
     images = torch.randint(0, 256, (args.batch, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
     fixed_views = [v.contiguous(memory_format=memory) for v in augment(images)]
     progress = Progress(0, 1, 1)
@@ -110,11 +115,11 @@ def main() -> None:
         bare_step()
 
     def augment_unfused() -> None:  # the reference for --fused, in the same run
-        augment.fused = False
+        augment.fused = augment.fused_draws = False
         try:
             augment_only()
         finally:
-            augment.fused = True
+            augment.fused, augment.fused_draws = True, args.fused_draws
 
     full, bare, views, unfused = [], [], [], []
     for _ in range(args.repeats):
@@ -131,7 +136,7 @@ def main() -> None:
     print(f"  SimCLR step (augment+head+loss+optimiser)  : {full_ips:9,.0f} images/s")
     print(f"  ratio SimCLR / bare                       : {full_ips / bare_ips:9.2f}")
     print(f"  augmentation alone (2 views per image)    : {2 * args.batch / statistics.median(views):9,.0f} views/s"
-          f"{'  (compiled)' if args.compile else ''}{'  (fused)' if args.fused else ''}")
+          f"{'  (compiled)' if args.compile else ''}{'  (fused' + (', drawn in the kernel)' if args.fused_draws else ')') if args.fused else ''}")
     if args.fused:
         print(f"  augmentation unfused, same run            : {2 * args.batch / statistics.median(unfused):9,.0f} views/s"
               f"  (fused / unfused {statistics.median(unfused) / statistics.median(views):.2f}x)")

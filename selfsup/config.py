@@ -161,6 +161,11 @@ class TrainConfig:
     solarize; ``selfsup.augment._triton``) for images and views up to 64 pixels a side, instead of
     the eager path's many small kernels; the same views to float rounding. Needs Triton (torch's
     CUDA wheels bring it); refused on a CPU, where the C kernel already fuses RGB views."""
+    fused_draws: bool = False
+    """With ``fused_views``, the kernel also draws each view's parameters (Philox, seeded from the run's
+    RNG, so a resume draws the same): one launch per view. The same distributions as the other paths
+    (tested), not the same draws; without it the parameters are drawn by the other paths' dozens of
+    small kernels."""
     matmul_precision: str = "high"
     """float32 matrix products on a CUDA GPU with tensor cores (``torch.set_float32_matmul_precision``):
     ``high`` (TF32, Lightning's advice on such GPUs; the default), ``medium`` or ``highest`` (full

@@ -700,8 +700,8 @@ def test_fused_views_equal_the_reference_arithmetic_in_tritons_interpreter(monke
         plan = runner._plan_view(view, xf.shape, xf.device, _gen(3))
         steps_seen |= {field for field, value in plan._asdict().items() if value is not None}
         want = runner._run_view(xf, view, plan).clamp(0.0, 1.0)
-        torch.testing.assert_close(_triton.run_view(x, view, plan), want, atol=1e-5, rtol=0)
-    torch.testing.assert_close(_triton.run_view(xf, view, plan), want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(_triton.run_view(x, view, plan)[0], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_triton.run_view(xf, view, plan)[0], want, atol=1e-5, rtol=0)
     every = {"boxes", "flip", "steps", "group", "sigma"} | ({"hue", "gray", "solarize"} if channels == 3 else set())
     assert steps_seen >= every
     augmentation = A.recipe(views[0][0], side)
@@ -724,11 +724,13 @@ def test_the_fused_kernel_uses_the_references_luma_weights():
 
 
 @pytest.mark.slow  # the real compiler and ptxas, 5-10 s per specialisation
-@pytest.mark.parametrize("channels, side, out", [(3, 32, 32), (1, 28, 28), (3, 32, 12)])
-def test_the_fused_kernel_compiles_for_a_hopper_gpu_without_one(channels, side, out):
+@pytest.mark.parametrize("channels, side, out, draw", [(3, 32, 32, False), (3, 32, 32, True), (1, 28, 28, True),
+                                                       (3, 32, 12, False)])
+def test_the_fused_kernel_compiles_for_a_hopper_gpu_without_one(channels, side, out, draw):
     # The interpreter checks the arithmetic; this checks that Triton's compiler and ptxas accept the
-    # kernel for an H100/H200 (sm_90), ahead of time and without a GPU, for each specialisation a run
-    # meets: RGB CIFAR-size views with every step, one-channel views (no hue), DINO's 12-pixel crops.
+    # kernel for an H100/H200 (sm_90), ahead of time and without a GPU, for the specialisations a run
+    # meets: RGB CIFAR-size views with every step (parameters given, or drawn in the kernel), one-channel
+    # views (no hue), DINO's 12-pixel crops.
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -736,14 +738,15 @@ def test_the_fused_kernel_compiles_for_a_hopper_gpu_without_one(channels, side, 
     from selfsup.augment import _triton
     from selfsup.augment._triton_kernel import view_kernel
 
-    types = {"x_ptr": "*u8", "boxes_ptr": "*fp32", "sigma_ptr": "*fp32", "steps_ptr": "*fp32", "hue_ptr": "*fp32",
-             "position_ptr": "*i32", "flags_ptr": "*i32", "out_ptr": "*fp32", "height": "i32", "width": "i32",
-             "out_h": "i32", "out_w": "i32", "scale": "fp32", "count": "fp32"}
+    pointers = {"x_ptr": "*u8", "position_ptr": "*i32", "flags_ptr": "*i32", "seed_ptr": "*i64"}
     constants = dict(C=channels, S=3 if channels == 3 else 2, HP=_triton._padded(side), WP=_triton._padded(side),
                      OHP=_triton._padded(out), OWP=_triton._padded(out), CROP=True, JITTER=True, GRAY=True, BLUR=True,
-                     SOLARIZE=True, KY=A.blur_kernel_size(out), KX=A.blur_kernel_size(out))
-    signature = {**types, **{name: "constexpr" for name in constants}}
-    assert list(signature) == list(view_kernel.arg_names)
+                     SOLARIZE=True, KY=A.blur_kernel_size(out), KX=A.blur_kernel_size(out), DRAW=draw,
+                     RANDOM_CROP=True, SHIFT=False)
+    signature = {name: "constexpr" if name in constants else pointers.get(name, "*fp32") if name.endswith("_ptr")
+                 else "i32" if name in ("height", "width", "out_h", "out_w") else "fp32"
+                 for name in view_kernel.arg_names}
+    assert set(constants) <= set(signature) and sum(t == "constexpr" for t in signature.values()) == len(constants)
     source = ASTSource(fn=view_kernel, signature=signature,
                        constexprs={(list(signature).index(name),): value for name, value in constants.items()})
     try:
@@ -751,3 +754,81 @@ def test_the_fused_kernel_compiles_for_a_hopper_gpu_without_one(channels, side, 
     except FileNotFoundError as missing:  # a Triton without its bundled ptxas
         pytest.skip(f"no ptxas: {missing}")
     assert ".entry view_kernel" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 0
+
+
+def _plan_from_draws(record: torch.Tensor, view, channels: int):
+    """A runner plan from the fused kernel's recorded draws (_triton.draw_parameters' columns)."""
+    n = record.shape[0]
+    f = record[:, 5:9]
+    slots = record[:, 9:12].long()
+    position = record[:, 12].long()
+    steps = torch.zeros(n, 3 if channels == 3 else 2, 3)
+    ops = range(3 if channels == 3 else 2)
+    for o in ops:  # brightness (f, 0, 0), contrast (f, 0, 1 - f), saturation (f, 1 - f, 0) at the op's slot
+        coefficients = torch.stack((f[:, o], (1 - f[:, o]) * (o == 2), (1 - f[:, o]) * (o == 1)), dim=1)
+        steps[torch.arange(n), slots[:, o]] = coefficients
+    group = torch.where(position >= 0, position + 1, 0)
+    crop = view.scale is not None or view.pad > 0 or view.flip_p > 0
+    return runner._ViewPlan(
+        record[:, :4].round().long() if crop else None, record[:, 4] > 0.5 if crop else None,
+        steps if view.jitter_p > 0 else None, f[:, 3] if view.jitter_p > 0 and channels == 3 else None,
+        group if view.jitter_p > 0 else None, record[:, 13] > 0.5 if view.gray_p > 0 and channels == 3 else None,
+        record[:, 14] if view.blur_p > 0 else None, record[:, 15] > 0.5 if view.solarize_p > 0 else None)
+
+
+@pytest.mark.slow  # Triton's interpreter draws 2,000 samples' parameters and makes 12 views: 15-20 s
+def test_fused_draws_come_from_the_papers_distributions_and_make_the_reference_views(monkeypatch):
+    # train.fused_draws: the kernel also draws every parameter (Philox, seeded by one draw of the run's
+    # RNG). Not the other paths' draws, so the test is of distributions, against independent references:
+    # the crop boxes against torchvision's RandomResizedCrop.get_params (area, aspect ratio, position),
+    # the jitter factors against their uniform ranges, the order uniform over the 24 permutations, every
+    # probability within 4.5 binomial standard deviations. Then the pixels: the views the kernel makes
+    # with its own draws equal the reference path's for those draws (recorded by draw_parameters with the
+    # same seed) to 1e-5, and one seed always gives the same views.
+    _triton = _interpreted_triton(monkeypatch)
+    n, side = 2000, 32
+    view = A.recipe("byol", side).views[1]  # every step: crop, flip, jitter, gray, blur, solarize
+    record = _triton.draw_parameters(torch.tensor([2024]), view, 3, side, side, n)
+    top, left, height, width = record[:, :4].T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= side).all() and (left + width <= side).all()
+    torch.manual_seed(0)
+    image = torch.zeros(1, side, side)
+    reference = torch.tensor([T.RandomResizedCrop.get_params(image, list(view.scale), list(view.ratio))
+                              for _ in range(n)], dtype=torch.float32)  # (top, left, height, width)
+    ours = torch.stack((height * width, width / height, top / (side - height + 1), left / (side - width + 1)), dim=1)
+    theirs = torch.stack((reference[:, 2] * reference[:, 3], reference[:, 3] / reference[:, 2],
+                          reference[:, 0] / (side - reference[:, 2] + 1), reference[:, 1] / (side - reference[:, 3] + 1)), dim=1)
+    for column in range(4):
+        assert scipy.stats.ks_2samp(ours[:, column].numpy(), theirs[:, column].numpy()).pvalue > 1e-4, column
+
+    def rate(values, p):
+        assert abs(float(values.float().mean()) - p) < 4.5 * math.sqrt(p * (1 - p) / n) + 1e-9
+
+    rate(record[:, 4] > 0.5, view.flip_p)
+    b, c, s, h = view.jitter
+    for column, (low, high) in zip(range(5, 9), [(1 - b, 1 + b), (1 - c, 1 + c), (1 - s, 1 + s), (-h, h)]):
+        assert scipy.stats.kstest(record[:, column].numpy(), "uniform", args=(low, high - low)).pvalue > 1e-4
+    applied = record[:, 12] >= 0
+    rate(applied, view.jitter_p)
+    ranks = record[applied][:, 9:13].long()  # slots of the three blends and the hue's position: a permutation
+    hue_rank = ranks[:, 3:]
+    full = torch.cat((ranks[:, :3] + (ranks[:, :3] >= hue_rank).long(), hue_rank), dim=1)
+    assert torch.equal(full.sort(dim=1).values, torch.arange(4).expand(len(full), 4))
+    counts = torch.unique(full, dim=0, return_counts=True)[1]
+    assert len(counts) == 24 and scipy.stats.chisquare(counts.numpy()).pvalue > 1e-4
+    rate(record[:, 13] > 0.5, view.gray_p)
+    blurred = record[:, 14] > 0
+    rate(blurred, view.blur_p)
+    assert scipy.stats.kstest(record[blurred, 14].numpy(), "uniform", args=(0.1, 1.9)).pvalue > 1e-4
+    rate(record[:, 15] > 0.5, view.solarize_p)
+
+    for channels, name in ((3, "byol"), (1, "moco_v2")):
+        x = torch.randint(0, 256, (3, channels, side, side), dtype=torch.uint8, generator=_gen(channels))
+        for view in A.recipe(name, side).views:
+            seed = torch.tensor([7])
+            out, boxes = _triton.run_view(x, view, seed=seed)
+            drawn = _triton.draw_parameters(seed, view, channels, side, side, 3)
+            want = runner._run_view(A.to_float(x), view, _plan_from_draws(drawn, view, channels)).clamp(0.0, 1.0)
+            torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+            assert torch.equal(boxes, drawn[:, :5])
+    assert torch.equal(_triton.run_view(x, view, seed=seed)[0], out)  # one seed, one set of views

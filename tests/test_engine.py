@@ -436,6 +436,18 @@ def test_fused_views_make_the_engines_batches_and_are_refused_without_a_gpu(tmp_
     torch.manual_seed(5)
     for got, want in zip(batch.views, eager.make_batch(0, 0).views, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # train.fused_draws: the kernel draws too, seeded from the run's RNG, so the same RNG state gives the
+    # same batch (what an exact resume needs); it is refused without the fused views.
+    with pytest.raises(ConfigError, match="train.fused_draws: .* needs train.fused_views=true"):
+        Trainer(tiny_config(tmp_path, "train.fused_draws=true"))
+    drawing = Trainer(tiny_config(tmp_path, "train.batch_size=4", "train.fused_views=true", "train.fused_draws=true"))
+    assert drawing.augment.fused_draws
+    torch.manual_seed(5)
+    first = drawing.make_batch(0, 0).views
+    torch.manual_seed(5)
+    again = drawing.make_batch(0, 0).views
+    assert [v.shape for v in first] == [v.shape for v in batch.views] and all(0 <= v.min() and v.max() <= 1 for v in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True)) and not torch.equal(first[0], first[1])
 
 
 @pytest.mark.slow  # compiles one view graph (5-15 s on a CPU)

@@ -14,6 +14,10 @@ reference's to float rounding (the order of the sums differs; tests: 1e-5), and 
 what an uninterrupted one did. The products run in full float32 (``input_precision="ieee"``), not
 TF32, which would move pixels by 1e-3.
 
+With ``fused_draws`` the kernel draws the parameters too (``_triton_kernel._draw``: Philox seeded by
+one draw of the run's RNG per view, from the distributions ``_plan_view`` draws from), one launch per
+view in all; the same distributions, not the same draws.
+
 Images up to 64 pixels a side (padded to powers of two) fit a program; larger ones keep the other
 paths. Without a GPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before the
 kernel is first built), which is how the tests check it on a CPU.
@@ -65,58 +69,117 @@ def usable(x: Tensor, view) -> bool:
 
 
 @functools.cache
-def _kernel(interpret: bool):
-    """The kernel, loaded once per mode: Triton picks its interpreter when ``triton.jit`` runs, at the
-    kernel module's import, so the interpreted one is a module object of its own."""
+def _module(interpret: bool):
+    """The kernel module, loaded once per mode: Triton picks its interpreter when ``triton.jit`` runs, at
+    import, so the interpreted kernels (and the copy of ``triton.language.random`` they draw with) are
+    module objects of their own."""
     if not interpret:
-        from selfsup.augment._triton_kernel import view_kernel
+        from selfsup.augment import _triton_kernel
 
-        return view_kernel
+        return _triton_kernel
     import importlib.util
 
-    path = os.path.join(os.path.dirname(__file__), "_triton_kernel.py")
-    spec = importlib.util.spec_from_file_location("selfsup.augment._triton_kernel_interpreted", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.view_kernel
+    import triton.language
+
+    def fresh(name: str, path: str, package: str, **extra):
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = package
+        module.__dict__.update(extra)
+        spec.loader.exec_module(module)
+        return module
+
+    random = fresh("triton.language._random_interpreted", os.path.join(os.path.dirname(triton.language.__file__),
+                                                                       "random.py"), "triton.language")
+    return fresh("selfsup.augment._triton_kernel_interpreted", os.path.join(os.path.dirname(__file__),
+                 "_triton_kernel.py"), "selfsup.augment", _INTERPRETED_RAND=random.rand)
 
 
-def run_view(x: Tensor, view, plan) -> Tensor:
-    """The view of ``x`` (``(B, C, H, W)`` uint8 or float in [0, 1]) for a drawn ``plan`` (runner's
-    ``_ViewPlan``), as ``runner._run_view`` makes it with its final clamp, in one kernel launch (the
-    crop's interpolation weights and the blur's taps are made in the kernel from the plan's boxes and
-    sigmas). Needs :func:`available` and :func:`fits`."""
+def _draw_arguments(view, channels: int, height: int, width: int) -> tuple[list[float], dict]:
+    """The scalar arguments and constexprs of the kernels' ``_draw`` for a :class:`~selfsup.augment.View`:
+    the distributions ``runner._plan_view`` draws from."""
+    import math
+
+    random_crop = view.scale is not None
+    scale_lo, scale_hi = view.scale if random_crop else (1.0, 1.0)
+    ratio_lo, ratio_hi = view.ratio
+    aspect = width / height  # torchvision's central fallback crop, clamped to the ratio range
+    if aspect < ratio_lo:
+        fallback = (round(width / ratio_lo), width)
+    elif aspect > ratio_hi:
+        fallback = (height, round(height * ratio_hi))
+    else:
+        fallback = (height, width)
+    b, c, sat, hue = view.jitter
+    scalars = [scale_lo, scale_hi, math.log(ratio_lo), math.log(ratio_hi), float(fallback[0]), float(fallback[1]),
+               view.flip_p, float(view.pad), max(0.0, 1 - b), 1 + b, max(0.0, 1 - c), 1 + c, max(0.0, 1 - sat), 1 + sat,
+               -hue, hue, view.jitter_p, view.gray_p, view.blur_p, *view.blur_sigma, view.solarize_p]
+    return scalars, dict(RANDOM_CROP=random_crop, SHIFT=not random_crop and view.pad > 0, C=channels)
+
+
+def draw_parameters(seed: Tensor, view, channels: int, height: int, width: int, batch: int) -> Tensor:
+    """The parameters the fused kernel draws with ``seed`` for ``batch`` images (``fused_draws``), as a
+    ``(batch, 16)`` float tensor: top, left, height, width, flip, the four jitter factors, the slots of
+    brightness, contrast and saturation, the hue rotation's position (-1: no jitter), gray, sigma,
+    solarize. For tests and inspection; a run never needs them."""
+    scalars, constants = _draw_arguments(view, channels, height, width)
+    record = torch.empty(batch, 16, device=seed.device)
+    block = 256
+    _module(interpreted()).draw_kernel[(-(-batch // block),)](seed, record, batch, height, width, *scalars,
+                                                                  BLOCK=block, **constants)
+    return record
+
+
+def run_view(x: Tensor, view, plan=None, seed: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The view of ``x`` (``(B, C, H, W)`` uint8 or float in [0, 1]) in one kernel launch, the crop's
+    interpolation weights and the blur's taps made in the kernel.
+
+    With a drawn ``plan`` (runner's ``_ViewPlan``), the view ``runner._run_view`` makes from it, with
+    its final clamp. With ``seed`` instead (a one-element int64 tensor on the device), the kernel draws
+    every parameter itself from the view's distributions (:func:`draw_parameters`) and also returns
+    each image's crop box and flip ``(B, 5)`` (None when the view has no box). Needs :func:`available`
+    and :func:`fits`.
+    """
     from selfsup.augment.blur import blur_kernel_size
 
     batch, channels, height, width = x.shape
     out_h, out_w = view.size
     if not fits(height, width, view.size):
         raise ValueError(f"fused views hold images up to {MAX_SIDE} pixels a side, got {height}x{width} -> {view.size}")
+    if (plan is None) == (seed is None):
+        raise ValueError("run_view takes a drawn plan or a seed to draw with, one of them")
     hp, wp, ohp, owp = _padded(height), _padded(width), _padded(out_h), _padded(out_w)
     device = x.device
     empty = torch.zeros(1, device=device)
-    crop = plan.boxes is not None
-    if not crop and (height, width) != (out_h, out_w):
-        raise ValueError(f"a view without crop boxes keeps the image's size, got {height}x{width} -> {view.size}")
-    boxes = plan.boxes.float().contiguous() if crop else empty
-    jitter = plan.steps is not None and plan.group is not None
-    steps = plan.steps.float().contiguous() if jitter else empty
-    hue = plan.hue.float().contiguous() if jitter and plan.hue is not None else torch.zeros(batch, device=device)
-    position = (plan.group - 1).to(torch.int32).contiguous() if jitter else empty
-    flags = torch.zeros(batch, dtype=torch.int32, device=device)  # 1 gray, 2 solarize, 4 mirror
-    for bit, drawn in ((1, plan.gray), (2, plan.solarize), (4, plan.flip)):
-        if drawn is not None:
-            flags |= drawn.to(torch.int32) * bit
-    blur = plan.sigma is not None
-    sigma = plan.sigma.float().contiguous() if blur else empty
+    scalars, constants = _draw_arguments(view, channels, height, width)
+    record = None
+    if plan is None:  # the kernel draws: which steps there are follows from the view, as in _plan_view
+        crop = view.scale is not None or view.pad > 0 or view.flip_p > 0 or (height, width) != view.size
+        jitter, gray, blur, solarize = view.jitter_p > 0, view.gray_p > 0 and channels == 3, view.blur_p > 0, view.solarize_p > 0
+        boxes = steps = hue = position = flags = sigma = empty
+        record = torch.empty(batch, 5, device=device) if crop else None
+    else:
+        crop = plan.boxes is not None
+        if not crop and (height, width) != (out_h, out_w):
+            raise ValueError(f"a view without crop boxes keeps the image's size, got {height}x{width} -> {view.size}")
+        boxes = plan.boxes.float().contiguous() if crop else empty
+        jitter = plan.steps is not None and plan.group is not None
+        steps = plan.steps.float().contiguous() if jitter else empty
+        hue = plan.hue.float().contiguous() if jitter and plan.hue is not None else empty
+        position = (plan.group - 1).to(torch.int32).contiguous() if jitter else empty
+        flags = torch.zeros(batch, dtype=torch.int32, device=device)  # 1 gray, 2 solarize, 4 mirror
+        for bit, drawn in ((1, plan.gray), (2, plan.solarize), (4, plan.flip)):
+            if drawn is not None:
+                flags |= drawn.to(torch.int32) * bit
+        gray, blur, solarize = plan.gray is not None, plan.sigma is not None, plan.solarize is not None
+        sigma = plan.sigma.float().contiguous() if blur else empty
     source = x.contiguous()
     scale = 1.0 / 255.0 if source.dtype == torch.uint8 else 1.0
     out = torch.empty(batch, channels, out_h, out_w, device=device, dtype=torch.float32)
-    _kernel(interpreted())[(batch,)](
+    _module(interpreted()).view_kernel[(batch,)](
         source, boxes, sigma, steps, hue, position, flags, out, height, width, out_h, out_w, scale,
-        float(out_h * out_w),
-        C=channels, S=steps.shape[1] if jitter else 1, HP=hp, WP=wp, OHP=ohp, OWP=owp, CROP=crop, JITTER=jitter,
-        GRAY=plan.gray is not None, BLUR=blur, SOLARIZE=plan.solarize is not None,
-        KY=blur_kernel_size(out_h), KX=blur_kernel_size(out_w),
-        num_warps=4 if max(hp, wp, ohp, owp) <= 32 else 8)  # 64-pixel tiles: more threads to hold them
-    return out
+        float(out_h * out_w), empty if seed is None else seed, empty if record is None else record, *scalars,
+        S=3 if channels == 3 else 2, HP=hp, WP=wp, OHP=ohp, OWP=owp, CROP=crop, JITTER=jitter, GRAY=gray, BLUR=blur,
+        SOLARIZE=solarize, KY=blur_kernel_size(out_h), KX=blur_kernel_size(out_w), DRAW=seed is not None,
+        num_warps=4 if max(hp, wp, ohp, owp) <= 32 else 8, **constants)  # 64-pixel tiles: more threads to hold them
+    return out, record

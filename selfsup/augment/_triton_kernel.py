@@ -3,6 +3,11 @@ is chosen when this module is loaded: see ``_triton._kernel``)."""
 
 import triton
 import triton.language as tl
+from triton.language.random import rand as _philox_rand
+
+# Philox uniforms (tl.rand). In the interpreter, _triton._kernel hands in a copy of triton.language.random
+# built in the interpreter's mode (a jit function built otherwise cannot be called from an interpreted one).
+_uniform = globals().get("_INTERPRETED_RAND", _philox_rand)
 
 # The luma weights of selfsup.augment._common._LUMA (a test checks that they agree).
 LUMA_R = tl.constexpr(0.2989)
@@ -108,25 +113,154 @@ def _blur_weights(sigma, size, NP: tl.constexpr, K: tl.constexpr):
     return matrix
 
 
+# Where each sample's draws sit in its block of Philox counters (sample n uses n * DRAWS + k).
+DRAWS = tl.constexpr(40)
+
+
+@triton.jit
+def _draw(seed, n, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi, fallback_h, fallback_w, flip_p, pad,
+          b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue_lo, hue_hi, jitter_p, gray_p, blur_p, sigma_lo, sigma_hi,
+          solarize_p, RANDOM_CROP: tl.constexpr, SHIFT: tl.constexpr, C: tl.constexpr):
+    """One sample's view parameters (or a block's: ``n`` may be a block of sample indices), drawn from
+    the distributions runner._plan_view draws from: the crop box by torchvision's ten tries of area and
+    log aspect ratio, then a uniform position (or a whole-image shift of up to ``pad`` pixels), the flip,
+    ColorJitter's factors and a uniform order (ranks of four uniforms), applied with ``jitter_p``,
+    grayscale, the blur's sigma, solarize. Returns the box, flip, four factors, the three non-hue
+    adjustments' slots and the hue rotation's position (-1: no jitter), gray, sigma, solarize."""
+    base = n * DRAWS
+    hf = height * 1.0
+    wf = width * 1.0
+    if RANDOM_CROP:
+        found = n < 0  # False, of n's shape
+        box_h = hf * 0.0 + fallback_h
+        box_w = wf * 0.0 + fallback_w + box_h * 0.0
+        for attempt in tl.static_range(10):
+            area = (scale_lo + (scale_hi - scale_lo) * _uniform(seed, base + 2 * attempt)) * (hf * wf)
+            aspect = tl.exp(log_ratio_lo + (log_ratio_hi - log_ratio_lo) * _uniform(seed, base + 2 * attempt + 1))
+            w = tl.floor(tl.sqrt(area * aspect) + 0.5)
+            h = tl.floor(tl.sqrt(area / aspect) + 0.5)
+            fits = (w > 0.0) & (w <= wf) & (h > 0.0) & (h <= hf)
+            take = fits & (found == 0)
+            box_w = tl.where(take, w, box_w)
+            box_h = tl.where(take, h, box_h)
+            found = found | fits
+        top = tl.where(found, tl.floor(_uniform(seed, base + 20) * (hf - box_h + 1.0)), tl.floor((hf - fallback_h) * 0.5))
+        left = tl.where(found, tl.floor(_uniform(seed, base + 21) * (wf - box_w + 1.0)), tl.floor((wf - fallback_w) * 0.5))
+        top = tl.minimum(top, hf - box_h)
+        left = tl.minimum(left, wf - box_w)
+    else:
+        box_h = hf + _uniform(seed, base + 20) * 0.0
+        box_w = wf + box_h * 0.0
+        top = box_h * 0.0
+        left = box_h * 0.0
+        if SHIFT:  # RandomCrop(size, padding=pad): the corner's offset, uniform in [-pad, pad]
+            top = tl.floor(_uniform(seed, base + 20) * (2.0 * pad + 1.0)) - pad
+            left = tl.floor(_uniform(seed, base + 21) * (2.0 * pad + 1.0)) - pad
+    flip = _uniform(seed, base + 22) < flip_p
+    f0 = b_lo + (b_hi - b_lo) * _uniform(seed, base + 23)
+    f1 = c_lo + (c_hi - c_lo) * _uniform(seed, base + 24)
+    f2 = s_lo + (s_hi - s_lo) * _uniform(seed, base + 25)
+    f3 = hue_lo + (hue_hi - hue_lo) * _uniform(seed, base + 26)
+    k0 = _uniform(seed, base + 27)
+    k1 = _uniform(seed, base + 28)
+    k2 = _uniform(seed, base + 29)
+    k3 = _uniform(seed, base + 30)
+    applied = _uniform(seed, base + 31) < jitter_p
+    if C == 3:  # the order: each adjustment's rank among the four keys; the non-hue ones' slots skip the hue's
+        rank0 = (k1 < k0).to(tl.int32) + (k2 < k0).to(tl.int32) + (k3 < k0).to(tl.int32)
+        rank1 = (k0 < k1).to(tl.int32) + (k2 < k1).to(tl.int32) + (k3 < k1).to(tl.int32)
+        rank2 = (k0 < k2).to(tl.int32) + (k1 < k2).to(tl.int32) + (k3 < k2).to(tl.int32)
+        rank3 = (k0 < k3).to(tl.int32) + (k1 < k3).to(tl.int32) + (k2 < k3).to(tl.int32)
+        slot0 = rank0 - (rank3 < rank0).to(tl.int32)
+        slot1 = rank1 - (rank3 < rank1).to(tl.int32)
+        slot2 = rank2 - (rank3 < rank2).to(tl.int32)
+        position = tl.where(applied, rank3, -1)
+    else:  # one channel: brightness and contrast in their drawn order, no saturation or hue
+        slot0 = (k1 < k0).to(tl.int32)
+        slot1 = 1 - slot0
+        slot2 = slot0 * 0 + 2
+        position = tl.where(applied, 2, -1)
+    gray = _uniform(seed, base + 32) < gray_p
+    sigma = tl.where(_uniform(seed, base + 33) < blur_p, sigma_lo + (sigma_hi - sigma_lo) * _uniform(seed, base + 34), 0.0)
+    solarize = _uniform(seed, base + 35) < solarize_p
+    return top, left, box_h, box_w, flip, f0, f1, f2, f3, slot0, slot1, slot2, position, gray, sigma, solarize
+
+
+@triton.jit
+def _slot(s, f0, f1, f2, slot0, slot1, slot2):
+    """Blend coefficients (a, b, c) of jitter slot s: brightness (f, 0, 0), contrast (f, 0, 1 - f),
+    saturation (f, 1 - f, 0), as colour._jitter_plan."""
+    fa = tl.where(slot0 == s, f0, tl.where(slot1 == s, f1, f2))
+    fb = tl.where(slot2 == s, 1.0 - f2, 0.0)
+    fc = tl.where(slot1 == s, 1.0 - f1, 0.0)
+    return fa, fb, fc
+
+
+@triton.jit
+def draw_kernel(seed_ptr, record_ptr, batch, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi,
+                fallback_h, fallback_w, flip_p, pad, b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue_lo, hue_hi, jitter_p,
+                gray_p, blur_p, sigma_lo, sigma_hi, solarize_p, RANDOM_CROP: tl.constexpr, SHIFT: tl.constexpr,
+                C: tl.constexpr, BLOCK: tl.constexpr):
+    """The parameters view_kernel draws, written out (RECORD columns per sample) for a block of samples."""
+    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = n < batch
+    values = _draw(tl.load(seed_ptr), n, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi, fallback_h,
+                   fallback_w, flip_p, pad, b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue_lo, hue_hi, jitter_p, gray_p,
+                   blur_p, sigma_lo, sigma_hi, solarize_p, RANDOM_CROP, SHIFT, C)
+    for column in tl.static_range(16):
+        tl.store(record_ptr + n * 16 + column, values[column].to(tl.float32), mask=keep)
+
+
 @triton.jit
 def view_kernel(x_ptr, boxes_ptr, sigma_ptr, steps_ptr, hue_ptr, position_ptr, flags_ptr, out_ptr,
                 height, width, out_h, out_w, scale, count,
+                seed_ptr, record_ptr, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi, fallback_h, fallback_w, flip_p,
+                pad, b_lo, b_hi, c_lo, c_hi, s_lo, s_hi, hue_lo, hue_hi, jitter_p, gray_p, blur_p, sigma_lo, sigma_hi,
+                solarize_p,
                 C: tl.constexpr, S: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, OHP: tl.constexpr,
                 OWP: tl.constexpr, CROP: tl.constexpr, JITTER: tl.constexpr, GRAY: tl.constexpr,
-                BLUR: tl.constexpr, SOLARIZE: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr):
+                BLUR: tl.constexpr, SOLARIZE: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
+                DRAW: tl.constexpr, RANDOM_CROP: tl.constexpr, SHIFT: tl.constexpr):
+    """One image's view. The parameters come from the plan's tensors, or with DRAW are drawn here (_draw;
+    then the crop box and flip are written to record_ptr, 5 columns, for views_and_geometry)."""
     n = tl.program_id(0).to(tl.int64)
     oy = tl.arange(0, OHP)[:, None]
     ox = tl.arange(0, OWP)[None, :]
     valid = (oy < out_h) & (ox < out_w)
     plane_in = height * width
     source = x_ptr + n * C * plane_in
-    flags = tl.load(flags_ptr + n)
+    if DRAW:
+        (top, left, box_h, box_w, flip, f0, f1, f2, hue, slot0, slot1, slot2, position, gray, sigma,
+         solarize) = _draw(tl.load(seed_ptr), n.to(tl.int32), height, width, scale_lo, scale_hi, log_ratio_lo,
+                           log_ratio_hi, fallback_h, fallback_w, flip_p, pad, b_lo, b_hi, c_lo, c_hi, s_lo, s_hi,
+                           hue_lo, hue_hi, jitter_p, gray_p, blur_p, sigma_lo, sigma_hi, solarize_p, RANDOM_CROP,
+                           SHIFT, C)
+        if CROP:
+            tl.store(record_ptr + n * 5, top)
+            tl.store(record_ptr + n * 5 + 1, left)
+            tl.store(record_ptr + n * 5 + 2, box_h)
+            tl.store(record_ptr + n * 5 + 3, box_w)
+            tl.store(record_ptr + n * 5 + 4, flip.to(tl.float32))
+    else:
+        flags = tl.load(flags_ptr + n)
+        flip = (flags & 4) != 0
+        gray = (flags & 1) != 0
+        solarize = (flags & 2) != 0
+        if CROP:
+            top = tl.load(boxes_ptr + n * 4)
+            left = tl.load(boxes_ptr + n * 4 + 1)
+            box_h = tl.load(boxes_ptr + n * 4 + 2)
+            box_w = tl.load(boxes_ptr + n * 4 + 3)
+        if JITTER:
+            position = tl.load(position_ptr + n)  # slots before the hue rotation; -1: no jitter
+            if C == 3:
+                hue = tl.load(hue_ptr + n)
+        if BLUR:
+            sigma = tl.load(sigma_ptr + n)
     # 1. Crop, resize and mirror: R @ X @ C^T per channel, the weights made here from the box.
     if CROP:
-        top = tl.load(boxes_ptr + n * 4)
-        left = tl.load(boxes_ptr + n * 4 + 1)
-        rows = _crop_weights(top, tl.load(boxes_ptr + n * 4 + 2), out_h, height, False, OHP, HP)
-        cols_t = tl.trans(_crop_weights(left, tl.load(boxes_ptr + n * 4 + 3), out_w, width, (flags & 4) != 0, OWP, WP))
+        rows = _crop_weights(top, box_h, out_h, height, False, OHP, HP)
+        cols_t = tl.trans(_crop_weights(left, box_w, out_w, width, flip, OWP, WP))
         r = _resample(source, rows, cols_t, height, width, HP, WP) * scale
         if C == 3:
             g = _resample(source + plane_in, rows, cols_t, height, width, HP, WP) * scale
@@ -141,11 +275,10 @@ def view_kernel(x_ptr, boxes_ptr, sigma_ptr, steps_ptr, hue_ptr, position_ptr, f
         b = r
     # 2. Colour jitter: S blends before the hue rotation's slot, the rotation, S after it.
     if JITTER:
-        position = tl.load(position_ptr + n)  # slots before the hue rotation; -1: no jitter
         applied = position >= 0
         for half in tl.static_range(2):
             if half == 1 and C == 3:
-                hr, hg, hb = _rotate_hue(r, g, b, tl.load(hue_ptr + n))
+                hr, hg, hb = _rotate_hue(r, g, b, hue)
                 r = tl.where(applied, hr, r)
                 g = tl.where(applied, hg, g)
                 b = tl.where(applied, hb, b)
@@ -154,12 +287,18 @@ def view_kernel(x_ptr, boxes_ptr, sigma_ptr, steps_ptr, hue_ptr, position_ptr, f
                     use = applied & (s < position)
                 else:
                     use = applied & (s >= position)
-                fa = tl.where(use, tl.load(steps_ptr + n * S * 3 + s * 3), 1.0)
-                fb = tl.where(use, tl.load(steps_ptr + n * S * 3 + s * 3 + 1), 0.0)
-                fc = tl.where(use, tl.load(steps_ptr + n * S * 3 + s * 3 + 2), 0.0)
+                if DRAW:
+                    fa, fb, fc = _slot(s, f0, f1, f2, slot0, slot1, slot2)
+                else:
+                    fa = tl.load(steps_ptr + n * S * 3 + s * 3)
+                    fb = tl.load(steps_ptr + n * S * 3 + s * 3 + 1)
+                    fc = tl.load(steps_ptr + n * S * 3 + s * 3 + 2)
+                fa = tl.where(use, fa, 1.0)
+                fb = tl.where(use, fb, 0.0)
+                fc = tl.where(use, fc, 0.0)
                 if C == 3:
-                    gray = _gray(r, g, b)
-                    offset = gray * fb + _mean(gray, valid, count) * fc
+                    luma = _gray(r, g, b)
+                    offset = luma * fb + _mean(luma, valid, count) * fc
                     r = tl.minimum(tl.maximum(offset + r * fa, 0.0), 1.0)
                     g = tl.minimum(tl.maximum(offset + g * fa, 0.0), 1.0)
                     b = tl.minimum(tl.maximum(offset + b * fa, 0.0), 1.0)
@@ -168,14 +307,13 @@ def view_kernel(x_ptr, boxes_ptr, sigma_ptr, steps_ptr, hue_ptr, position_ptr, f
                     r = tl.minimum(tl.maximum(offset + r * fa, 0.0), 1.0)
     # 3. Grayscale (3 channels): the blend with a = keep, b = 1 - keep.
     if GRAY and C == 3:
-        keep = tl.where((flags & 1) != 0, 0.0, 1.0)
+        keep = tl.where(gray, 0.0, 1.0)
         offset = _gray(r, g, b) * (1.0 - keep)
         r = tl.minimum(tl.maximum(offset + r * keep, 0.0), 1.0)
         g = tl.minimum(tl.maximum(offset + g * keep, 0.0), 1.0)
         b = tl.minimum(tl.maximum(offset + b * keep, 0.0), 1.0)
     # 4. Blur: B_y @ Y @ B_x^T (the identity where the sample is not blurred).
     if BLUR:
-        sigma = tl.load(sigma_ptr + n)
         by = _blur_weights(sigma, out_h, OHP, KY)
         bx_t = tl.trans(_blur_weights(sigma, out_w, OWP, KX))
         r = tl.dot(tl.dot(by, r, input_precision="ieee"), bx_t, input_precision="ieee")
@@ -184,7 +322,7 @@ def view_kernel(x_ptr, boxes_ptr, sigma_ptr, steps_ptr, hue_ptr, position_ptr, f
             b = tl.dot(tl.dot(by, b, input_precision="ieee"), bx_t, input_precision="ieee")
     # 5. Solarize at 0.5: min(x, 1 - x) where drawn; then the final clamp.
     if SOLARIZE:
-        sol = (flags & 2) != 0
+        sol = solarize
         r = tl.where(sol, tl.minimum(r, 1.0 - r), r)
         if C == 3:
             g = tl.where(sol, tl.minimum(g, 1.0 - g), g)

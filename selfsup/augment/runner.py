@@ -100,7 +100,7 @@ class View:
 
 
 def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = None, *,
-                 compiled: bool = False, fused: bool = False) -> Tensor:
+                 compiled: bool = False, fused: bool = False, fused_draws: bool = False) -> Tensor:
     """Make one augmented view of a float batch, every parameter drawn per sample.
 
     Args:
@@ -117,6 +117,9 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
             to 64 pixels a side; the parameters are drawn as without it, the views the same to float
             rounding (1e-5). Elsewhere, or for larger images, the other paths (it takes precedence
             over ``compiled``).
+        fused_draws: with ``fused``, the kernel also draws the parameters (Philox, seeded by one draw from
+            ``generator``): one launch per view in all. The same distributions as the other paths
+            (tested), not the same draws.
 
     Returns:
         ``(B, C, view.size[0], view.size[1])`` float32 in [0, 1].
@@ -125,15 +128,24 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
         >>> augment_view(torch.rand(4, 3, 32, 32), View(size=(16, 16))).shape
         torch.Size([4, 3, 16, 16])
     """
-    return _augment_view(xf, view, generator, compiled, fused)[0]
+    return _augment_view(xf, view, generator, compiled, fused, fused_draws)[0]
 
 
 def _augment_view(xf: Tensor, view: View, generator: torch.Generator | None,
-                  compiled: bool, fused: bool = False) -> tuple[Tensor, _ViewPlan]:
-    """:func:`augment_view` and the plan it drew."""
+                  compiled: bool, fused: bool = False, fused_draws: bool = False) -> tuple[Tensor, _ViewPlan]:
+    """:func:`augment_view` and the plan it drew (with ``fused_draws``, only its boxes and flips)."""
+    if fused and fused_draws and _triton.usable(xf, view):
+        # One int64 seed from the run's RNG per view: the kernel's Philox draws follow from it, so a resumed
+        # run (its RNG state restored) draws what an uninterrupted one did.
+        seed = _randint(2**31 - 1, (1,), xf.device, generator)
+        out, record = _triton.run_view(xf, view, seed=seed)
+        empty = _ViewPlan(None, None, None, None, None, None, None, None)
+        if record is None:
+            return out, empty
+        return out, empty._replace(boxes=record[:, :4].round().long(), flip=record[:, 4] > 0.5)
     plan = _plan_view(view, xf.shape, xf.device, generator)
     if fused and _triton.usable(xf, view):
-        return _triton.run_view(xf, view, plan), plan
+        return _triton.run_view(xf, view, plan)[0], plan
     # RGB on the CPU: the fused C kernel where it could be built (1.5x the grouped path; 2.1x the
     # compiled one), else the grouped torch path, which skips the hue rotation and blur where a sample
     # has none (1.3-1.9x the masked path at one thread). One-channel views have only cheap blend
@@ -375,6 +387,7 @@ class Augmentation(nn.Module):
             it with ``train.compile``.
         fused: make every view in one Triton kernel on a CUDA GPU (see :func:`augment_view`); the
             engine sets it with ``train.fused_views``.
+        fused_draws: with ``fused``, draw the parameters in the kernel too (``train.fused_draws``).
 
     Examples:
         >>> augment = Augmentation([View(size=(16, 16))], local=View(size=(8, 8), scale=(0.05, 0.4)), n_local=2)
@@ -383,7 +396,7 @@ class Augmentation(nn.Module):
     """
 
     def __init__(self, views: list[View], local: View | None = None, n_local: int = 0, *,
-                 compiled: bool = False, fused: bool = False) -> None:
+                 compiled: bool = False, fused: bool = False, fused_draws: bool = False) -> None:
         super().__init__()
         if not views:
             raise ValueError("an Augmentation needs at least one View")
@@ -396,6 +409,7 @@ class Augmentation(nn.Module):
         self.n_local = n_local
         self.compiled = compiled
         self.fused = fused
+        self.fused_draws = fused_draws
 
     @property
     def output_views(self) -> list[View]:
@@ -410,8 +424,8 @@ class Augmentation(nn.Module):
             generator: optional RNG for reproducible views.
         """
         xf = to_float(x)
-        return [augment_view(xf, view, generator, compiled=self.compiled, fused=self.fused)
-                for view in self.output_views]
+        return [augment_view(xf, view, generator, compiled=self.compiled, fused=self.fused,
+                             fused_draws=self.fused_draws) for view in self.output_views]
 
     def views_and_geometry(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[
             list[Tensor], Tensor, Tensor]:
@@ -428,7 +442,7 @@ class Augmentation(nn.Module):
         batch, _, height, width = xf.shape
         views, boxes, flips = [], [], []
         for view in self.output_views:
-            out, plan = _augment_view(xf, view, generator, self.compiled, self.fused)
+            out, plan = _augment_view(xf, view, generator, self.compiled, self.fused, self.fused_draws)
             views.append(out)
             whole = torch.tensor([[0, 0, height, width]], device=xf.device).expand(batch, 4)
             boxes.append(whole if plan.boxes is None else plan.boxes)

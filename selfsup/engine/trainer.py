@@ -126,6 +126,9 @@ class Trainer:
                                   f"this run is on {fabric.device.type} with Triton "
                                   f"{'available' if _triton.available() else 'missing'}")
             self.augment.fused = True
+            self.augment.fused_draws = t.fused_draws
+        elif t.fused_draws:
+            raise ConfigError("train.fused_draws: draws in the fused kernel, which needs train.fused_views=true")
         if t.compile:  # after the size check, which would otherwise compile for each view size
             self.method.backbone.net.compile()
             if self.augment is not None:  # RGB views on a CPU keep the C kernel, the faster there
