@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu.sh                 # the real sizes
 #   SMOKE=1 bash benchmarks/gpu.sh         # tiny sizes, any machine (CPU too): checks the script itself
 #
-# Prints, in order: the machine; the augmentation's views/s and the SimCLR step against the bare backbone
+# Prints, in order: the machine; the fused views checked against the reference path on this GPU
+# (benchmarks/fused_check.py); the augmentation's views/s and the SimCLR step against the bare backbone
 # at 3x32x32 and 3x64x64 (R18, bf16), with and without torch.compile (the backbone and the views) and with the
 # fused views (train.fused_views, one Triton kernel per view, against the unfused in the same run); the plain PyTorch peer loop against
 # the engine's step; the engine's epoch at CIFAR shape eager, compiled and with fused views; every recipe's step
@@ -33,6 +34,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), 'cores', os.cpu_count())"
 DEV=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 
+[ "$DEV" = cuda ] && part 150 "fused views against the reference path (compiled for this GPU)" \
+    $PY benchmarks/fused_check.py $([ "${SMOKE:-0}" = 1 ] && echo "--images 8 --draws 2000")
 for size in 32 64; do
     batch=$([ "$size" = 32 ] && echo $B || echo $B64)
     part 60 "step vs bare, $BACKBONE 3x${size}x${size}, batch $batch" \

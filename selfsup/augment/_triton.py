@@ -130,6 +130,29 @@ def draw_parameters(seed: Tensor, view, channels: int, height: int, width: int, 
     return record
 
 
+def plan_from_draws(record: Tensor, view, channels: int):
+    """The runner plan (``runner._ViewPlan``) of the parameters the kernel drew, as :func:`draw_parameters`
+    records them: what the other paths would need to make the same views (``benchmarks/fused_check.py``)."""
+    from selfsup.augment.runner import _ViewPlan
+
+    n = record.shape[0]
+    factors, slots, position = record[:, 5:9], record[:, 9:12].long(), record[:, 12].long()
+    steps = torch.zeros(n, 3 if channels == 3 else 2, 3, device=record.device)
+    for op in range(3 if channels == 3 else 2):
+        f = factors[:, op]
+        steps[torch.arange(n, device=record.device), slots[:, op]] = torch.stack(
+            (f, (1 - f) * (op == 2), (1 - f) * (op == 1)), dim=1)
+    whole = tuple(record[0, 2:4].long().tolist()) if n else tuple(view.size)  # the image's size, where not cropped
+    crop = view.scale is not None or view.pad > 0 or view.flip_p > 0 or whole != tuple(view.size)
+    jitter = view.jitter_p > 0
+    return _ViewPlan(
+        record[:, :4].round().long() if crop else None, record[:, 4] > 0.5 if crop else None,
+        steps if jitter else None, factors[:, 3] if jitter and channels == 3 else None,
+        torch.where(position >= 0, position + 1, 0) if jitter else None,
+        record[:, 13] > 0.5 if view.gray_p > 0 and channels == 3 else None,
+        record[:, 14] if view.blur_p > 0 else None, record[:, 15] > 0.5 if view.solarize_p > 0 else None)
+
+
 def run_view(x: Tensor, view, plan=None, seed: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """The view of ``x`` (``(B, C, H, W)`` uint8 or float in [0, 1]) in one kernel launch, the crop's
     interpolation weights and the blur's taps made in the kernel.
