@@ -832,3 +832,29 @@ def test_fused_draws_come_from_the_papers_distributions_and_make_the_reference_v
             torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
             assert torch.equal(boxes, drawn[:, :5])
     assert torch.equal(_triton.run_view(x, view, seed=seed)[0], out)  # one seed, one set of views
+
+
+def test_fused_draws_report_where_each_view_came_from(monkeypatch):
+    # views_and_geometry with the kernel drawing: the boxes and flips it reports carry each view's bright
+    # dot back to the dot's place in its image (as for the other paths, above).
+    _interpreted_triton(monkeypatch)
+    n, side = 12, 28
+    gen = _gen(8)
+    ys, xs = torch.randint(6, 22, (n,), generator=gen), torch.randint(6, 22, (n,), generator=gen)
+    x = torch.zeros(n, 1, side, side)
+    for i in range(n):
+        x[i, 0, ys[i] - 1:ys[i] + 2, xs[i] - 1:xs[i] + 2] = 1.0
+    view = runner.View(size=(28, 28), scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    augmentation = A.Augmentation([view], fused=True, fused_draws=True)
+    (out,), boxes, flips = augmentation.views_and_geometry(x, generator=_gen(9))
+    truth = torch.stack((ys.float() + 0.5, xs.float() + 0.5), dim=1)
+    mass = out[:, 0]
+    centre = torch.arange(side, dtype=torch.float32) + 0.5
+    total = mass.sum(dim=(1, 2)).clamp(min=1e-6)
+    centroid = torch.stack(((mass.sum(2) * centre).sum(1) / total, (mass.sum(1) * centre).sum(1) / total), dim=1)
+    back = A.geometry.view_to_image(centroid[:, None], boxes[:, 0], flips[:, 0], (side, side))[:, 0]
+    box = boxes[:, 0]
+    inside = ((truth[:, 0] - 2 >= box[:, 0]) & (truth[:, 0] + 2 <= box[:, 0] + box[:, 2])
+              & (truth[:, 1] - 2 >= box[:, 1]) & (truth[:, 1] + 2 <= box[:, 1] + box[:, 3]))
+    assert inside.sum() >= 3 and (back - truth)[inside].abs().max() < 0.1
+    assert flips[:, 0].any() and not flips[:, 0].all()  # both kinds, so the mirror is exercised
