@@ -7,9 +7,10 @@
 #
 # Prints, in order: the machine; the fused views checked against the reference path on this GPU
 # (benchmarks/fused_check.py); the augmentation's views/s and the SimCLR step against the bare backbone
-# at 3x32x32 and 3x64x64 (R18, bf16), with and without torch.compile (the backbone and the views) and with the
-# fused views (train.fused_views, one Triton kernel per view, against the unfused in the same run); the plain PyTorch peer loop against
-# the engine's step; the engine's epoch at CIFAR shape eager, compiled and with fused views; every recipe's step
+# at 3x32x32 and 3x64x64 (R18, bf16), with and without torch.compile (the backbone and the views), and at 3x32x32 with
+# the fused views (train.fused_views, one Triton kernel per view, with and without train.fused_draws, against the
+# unfused in the same run); the plain PyTorch peer loop against the engine's step; the engine's epoch at CIFAR
+# shape eager, compiled and with the fused views drawing their parameters; every recipe's step
 # (benchmarks/methods.py); gradient caching's peak memory against the batch; folder decoding (processes
 # against threads, all cores); a streamed JPEG folder against the bare step.
 set -uo pipefail
@@ -42,7 +43,7 @@ for size in 32 64; do
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP
     part 150 "step vs bare, compiled (backbone and views), $BACKBONE 3x${size}x${size}, batch $batch" \
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP --compile
-    [ "$DEV" = cuda ] && part 90 "step vs bare, fused views (one Triton kernel per view), $BACKBONE 3x${size}x${size}, batch $batch" \
+    [ "$DEV" = cuda ] && [ "$size" = 32 ] && part 90 "step vs bare, fused views (one Triton kernel per view), $BACKBONE 3x${size}x${size}, batch $batch" \
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP --fused
     [ "$DEV" = cuda ] && [ "$size" = 32 ] && part 90 "step vs bare, fused views drawing their parameters, $BACKBONE 3x${size}x${size}, batch $batch" \
         $PY benchmarks/step.py --device "$DEV" --backbone $BACKBONE --size $size --channels 3 --batch $batch --repeats $REP --fused --fused-draws
@@ -50,7 +51,7 @@ done
 part 90 "plain PyTorch peer loop vs the engine, $BACKBONE 3x32x32" \
     $PY benchmarks/peer.py --batch $B --steps $STEPS --workers $WORK --backbone $BACKBONE
 MODES="eager compile"
-[ "$DEV" = cuda ] && MODES="eager compile fused draws"
+[ "$DEV" = cuda ] && MODES="eager compile draws"  # draws: train.fused_views and train.fused_draws
 for mode in $MODES; do
     part 120 "engine epoch at CIFAR shape (Fashion-MNIST as 3x32x32), $mode" \
         $PY -m selfsup pretrain recipes/simclr_fashion_mnist.yaml backbone.name=$BACKBONE data.size=32 data.channels=3 \
