@@ -821,6 +821,15 @@ def test_fused_draws_come_from_the_papers_distributions_and_make_the_reference_v
     rate(blurred, view.blur_p)
     assert scipy.stats.kstest(record[blurred, 14].numpy(), "uniform", args=(0.1, 1.9)).pvalue > 1e-4
     rate(record[:, 15] > 0.5, view.solarize_p)
+    # RotNet's shifted views (View.pad = 4 at 28 pixels): RandomCrop(28, padding=4)'s corner offsets, uniform
+    # over -4..4 on each axis, the box the image's size.
+    shifted = A.recipe("shift_flip", 28).views[0]
+    record = _triton.draw_parameters(torch.tensor([5]), shifted, 1, 28, 28, n)
+    assert torch.equal(record[:, 2:4], torch.full((n, 2), 28.0))
+    for column in (0, 1):
+        values, counts = torch.unique(record[:, column], return_counts=True)
+        assert values.tolist() == list(range(-4, 5)) and scipy.stats.chisquare(counts.numpy()).pvalue > 1e-4
+    rate(record[:, 4] > 0.5, shifted.flip_p)
 
     for channels, name in ((3, "byol"), (1, "moco_v2")):
         x = torch.randint(0, 256, (3, channels, side, side), dtype=torch.uint8, generator=_gen(channels))
