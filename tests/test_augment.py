@@ -724,13 +724,12 @@ def test_the_fused_kernel_uses_the_references_luma_weights():
 
 
 @pytest.mark.slow  # the real compiler and ptxas, 5-10 s per specialisation
-@pytest.mark.parametrize("channels, side, out, draw", [(3, 32, 32, False), (3, 32, 32, True), (1, 28, 28, True),
-                                                       (3, 32, 12, False)])
+@pytest.mark.parametrize("channels, side, out, draw", [(3, 32, 32, False), (3, 32, 32, True), (1, 28, 12, True)])
 def test_the_fused_kernel_compiles_for_a_hopper_gpu_without_one(channels, side, out, draw):
     # The interpreter checks the arithmetic; this checks that Triton's compiler and ptxas accept the
-    # kernel for an H100/H200 (sm_90), ahead of time and without a GPU, for the specialisations a run
-    # meets: RGB CIFAR-size views with every step (parameters given, or drawn in the kernel), one-channel
-    # views (no hue), DINO's 12-pixel crops.
+    # kernel for an H100/H200 (sm_90), ahead of time and without a GPU, for the branches a run meets: RGB
+    # CIFAR-size views with every step (parameters given, or drawn in the kernel), one-channel views (no
+    # hue) drawn in the kernel at a 12-pixel size (DINO's local crops: 16-wide tiles).
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
