@@ -421,7 +421,7 @@ def test_the_knn_monitor_queries_held_out_training_images_not_the_test_split(tmp
     assert queries is None and len(bank) == 1437  # monitors on the test split, as before
 
 
-def test_fused_views_make_the_engines_batches_and_are_refused_without_a_gpu(tmp_path, monkeypatch):
+def test_fused_views_make_the_engines_batches_and_are_refused_without_a_gpu(tmp_path, monkeypatch, capfd):
     # train.fused_views: on a CPU the run is refused, naming the key (the C kernel already fuses RGB
     # views there). In Triton's interpreter (as on a GPU) the engine's batches are an eager run's.
     with pytest.raises(ConfigError, match="train.fused_views: needs a CUDA GPU"):
@@ -431,6 +431,9 @@ def test_fused_views_make_the_engines_batches_and_are_refused_without_a_gpu(tmp_
     eager = Trainer(tiny_config(tmp_path, "train.batch_size=4"))
     fused = Trainer(tiny_config(tmp_path, "train.batch_size=4", "train.fused_views=true"))
     assert fused.augment.fused and not eager.augment.fused
+    assert "exceed the kernel" not in capfd.readouterr().err
+    Trainer(tiny_config(tmp_path, "data.size=72", "train.fused_views=true"))  # larger than a program holds: said
+    assert "views of 72x72 exceed the kernel's 64 pixels a side; those views take the unfused path" in capfd.readouterr().err
     torch.manual_seed(5)
     batch = fused.make_batch(0, 0)
     torch.manual_seed(5)

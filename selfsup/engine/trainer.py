@@ -127,6 +127,11 @@ class Trainer:
                                   f"{'available' if _triton.available() else 'missing'}")
             self.augment.fused = True
             self.augment.fused_draws = t.fused_draws
+            side = self.train_set.size
+            large = sorted({view.size for view in self.augment.output_views if not _triton.fits(side, side, view.size)})
+            if large and fabric.global_rank == 0:
+                say(f"train.fused_views: images of {side}x{side} or views of {', '.join(f'{h}x{w}' for h, w in large)} "
+                    f"exceed the kernel's {_triton.MAX_SIDE} pixels a side; those views take the unfused path")
         elif t.fused_draws:
             raise ConfigError("train.fused_draws: draws in the fused kernel, which needs train.fused_views=true")
         if t.compile:  # after the size check, which would otherwise compile for each view size
