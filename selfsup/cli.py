@@ -368,14 +368,9 @@ def _video(args: argparse.Namespace) -> int:
         entry = entries["propagation"]
         strips = entry.pop("strips")
         grid = video.dense_features(dense(method), test.images[:1], device=device).shape[-1]
-        entry["baselines"] = {}
-        for baseline in ("copy", "lab"):
-            found = video.propagation_entry(test, None, data=data, baseline=baseline, topk=args.topk,
-                                            radius=args.radius, context=args.context,
-                                            temperature=args.propagation_temperature,
-                                            lab_stride=max(1, size // grid))
-            entry["baselines"][baseline] = {key: found[key] for key in ("j_and_f", "j", "f", "pck@0.1", "pck@0.2",
-                                                                        "protocol") if key in found}
+        entry["baselines"] = video.propagation_baselines(test, data=data, lab_stride=max(1, size // grid),
+                                                         topk=args.topk, radius=args.radius, context=args.context,
+                                                         temperature=args.propagation_temperature)
         picture = _evaluations_dir(args.checkpoint).parent / f"propagation{suffix}.png"
         if strips:
             video.plot_propagation(strips, picture, title=f"{cfg.method}: the first frame's masks propagated "

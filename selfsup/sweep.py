@@ -71,7 +71,11 @@ VALUE_METRICS = {"feature_std": ("evaluations", "collapse", "feature_std"),
                  "same_video": ("evaluations", "temporal", "same_video@1"),
                  "alignment_tau": ("evaluations", "temporal", "alignment_tau"),
                  "alignment_error": ("evaluations", "temporal", "alignment_error"),
-                 "j_and_f": ("evaluations", "propagation", "j_and_f")}
+                 "j_and_f": ("evaluations", "propagation", "j_and_f"),
+                 "j_and_f_lab": ("evaluations", "propagation", "baselines", "lab", "j_and_f"),
+                 "j_and_f_copy": ("evaluations", "propagation", "baselines", "copy", "j_and_f"),
+                 "pck": ("evaluations", "propagation", "pck@0.1"),
+                 "pck_lab": ("evaluations", "propagation", "baselines", "lab", "pck@0.1")}
 """Other numbers a sweep can summarise, where they are in ``results.json``: not fractions, shown as
 they are. A verdict on a metric where lower is better says ``lower: true``."""
 STUDY_KEYS = {"name", "claim", "recipe", "overrides", "grid", "points", "seeds", "metrics", "finetune", "verdict",

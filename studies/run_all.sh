@@ -12,5 +12,6 @@ done
 # The R3M study learns from the synthetic videos (with their captions).
 [ -f runs/data/synthetic_videos/captions.csv ] || $PY benchmarks/make_videos.py runs/data/synthetic_videos
 $PY -m selfsup sweep studies/r3m_language.yaml --page docs/studies/r3m_language.md
+$PY -m selfsup sweep studies/colorization_input.yaml --page docs/studies/colorization_input.md
 # The Jensen study measures a fixed encoder: the projection-head study's nonlinear SimCLR run, seed 0.
 $PY studies/jensen.py --checkpoint runs/sweeps/projection_head/nonlinear/seed0/checkpoints/last.ckpt

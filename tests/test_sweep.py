@@ -170,8 +170,15 @@ def test_submitit_local_executor_runs_the_same_commands(tmp_path):
 def test_video_measures_are_read_with_their_floors():
     results = {"evaluations": {"temporal": {"tau": 0.71, "same_video@1": 0.9, "random_init": {"tau": 0.70,
                                                                                               "same_video@1": 0.8}},
-                               "propagation": {"j_and_f": 0.65, "random_init": {"j_and_f": 0.64}}}}
+                               "propagation": {"j_and_f": 0.65, "pck@0.1": 0.4, "random_init": {"j_and_f": 0.64},
+                                               "baselines": {"lab": {"j_and_f": 0.68, "pck@0.1": 0.13},
+                                                             "copy": {"j_and_f": 0.2}}}}}
     assert sweep._scores(results, "tau") == (0.71, 0.70)
     assert sweep._scores(results, "same_video") == (0.9, 0.8)
     assert sweep._scores(results, "j_and_f") == (0.65, 0.64)
+    assert sweep._scores(results, "pck") == (0.4, None)
+    # the baselines do not depend on the network: no floor
+    assert sweep._scores(results, "j_and_f_lab") == (0.68, None)
+    assert sweep._scores(results, "pck_lab") == (0.13, None)
+    assert sweep._scores(results, "j_and_f_copy") == (0.2, None)
     assert sweep._scores({"evaluations": {}}, "tau") == (None, None)

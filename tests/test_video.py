@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from selfsup import losses
@@ -707,6 +708,56 @@ def test_the_colorization_encoder_sees_gray_only():
     assert encoder.out_dim == method.backbone.out_dim and torch.equal(encoder.mean, method.backbone.mean)
 
 
+def _skimage_lab_input(x):
+    """LabInput's mapping by an independent route: skimage's rgb2lab, then L / 100, a / 255 + 1/2, b / 255 + 1/2."""
+    color = pytest.importorskip("skimage.color")
+    lab = torch.from_numpy(color.rgb2lab(x.permute(0, 2, 3, 1).double().numpy())).permute(0, 3, 1, 2).float()
+    return torch.cat([lab[:, :1] / 100, lab[:, 1:] / 255 + 0.5], dim=1)
+
+
+class _Spy(torch.nn.Module):
+    """Records its inputs; answers with a fixed per-pixel map."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.weight = [], torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.weight * F.avg_pool2d(x, 4)
+
+
+def test_lab_dropout_input_feeds_lab_frames_with_one_chromatic_channel_neutral_per_step(videos):
+    method = VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8), references=2,
+                               input="lab_dropout", seed=3)
+    x = torch.rand(2, 3, 32, 32)
+    spy = _Spy()
+    method.net = spy
+    method.dense_encoder()(x)  # evaluation: whole Lab frames
+    torch.testing.assert_close(spy.seen[-1], _skimage_lab_input(x), atol=2e-4, rtol=0)
+    # training: every frame of the step's batch loses the same channel, the one the step's coin names
+    batch, progress = _clip_batch(videos, method, count=2)
+    drops = []
+    for step in range(4):
+        progress.step = step
+        method.training_step(batch, progress)
+        seen, drop = spy.seen[-1], method.dropped_channel(step)
+        kept = 3 - drop
+        frames = batch.views[0].flatten(0, 1).float() / 255
+        reference = _skimage_lab_input(frames)
+        assert bool((seen[:, drop] == 0.5).all()), step
+        torch.testing.assert_close(seen[:, [0, kept]], reference[:, [0, kept]], atol=2e-4, rtol=0)
+        drops.append(drop)
+    # the coin: fair, the same for a seed and step (a resume draws alike), another seed another sequence
+    coins = [method.dropped_channel(step) for step in range(2000)]
+    assert set(coins) == {1, 2} and abs(coins.count(1) - 1000) <= 4.5 * math.sqrt(500)
+    assert drops == coins[:4]
+    other = VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8), seed=4)
+    assert [other.dropped_channel(step) for step in range(50)] != coins[:50]
+    with pytest.raises(ValueError, match="input must be one of gray, lab_dropout"):
+        VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8), input="rgb")
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -765,6 +816,12 @@ def test_a_video_recipe_trains_and_reports_propagation_and_temporal_measures_wit
     assert propagation["objects"] >= 3 and propagation["videos"] == 3
     assert 0 <= propagation["pck@0.1"] <= propagation["pck@0.2"] <= 1 and propagation["keypoints"] > 10
     assert "pck@0.2" in propagation["random_init"]
+    # the baselines beside it (the network's grid: 32 px / 4), not repeated in the floor
+    assert set(propagation["baselines"]) == {"copy", "lab"} and "baselines" not in propagation["random_init"]
+    test = load_video_split(json.loads((colorization_run / "results.json").read_text())["command"].split(
+        "data.root=")[1].split()[0], "test", size=32)
+    lab = video.propagation_entry(test, None, data="x", baseline="lab", lab_stride=4)
+    assert propagation["baselines"]["lab"]["j_and_f"] == pytest.approx(lab["j_and_f"])
 
 
 def test_evaluate_propagate_prints_the_baselines_and_draws_the_masks(colorization_run):

@@ -124,10 +124,11 @@ def random_init_floor(encoder: nn.Module, evaluations: Callable[[nn.Module], dic
 
 
 def with_floor(entries: dict[str, dict[str, Any]], floor: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, Any]]:
-    """``entries`` with each evaluation's floor added as its ``random_init`` field."""
+    """``entries`` with each evaluation's floor added as its ``random_init`` field (without the
+    floor's own ``baselines``, which do not depend on the network)."""
     for name, entry in entries.items():
         if floor.get(name):
-            entry["random_init"] = dict(floor[name])
+            entry["random_init"] = {key: value for key, value in floor[name].items() if key != "baselines"}
     return entries
 
 

@@ -330,6 +330,20 @@ def propagation_entry(video_set, dense: Callable[[Tensor], Tensor] | None, *, da
     return entry
 
 
+def propagation_baselines(video_set, *, data: str, lab_stride: int, topk: int = 10, radius: float = 12,
+                          context: int = 20, temperature: float = 0.05) -> dict[str, dict[str, Any]]:
+    """The baselines printed beside a network's propagation: ``copy`` (the first frame's masks and
+    keypoints for every frame) and ``lab`` (raw Lab colours on a grid of side / ``lab_stride``, the
+    network's grid), each with its J&F, J, F and PCK where the videos have them, and its protocol."""
+    found = {}
+    for baseline in ("copy", "lab"):
+        entry = propagation_entry(video_set, None, data=data, baseline=baseline, topk=topk, radius=radius,
+                                  context=context, temperature=temperature, lab_stride=lab_stride)
+        found[baseline] = {key: entry[key] for key in ("j_and_f", "j", "f", "pck@0.1", "pck@0.2", "protocol")
+                           if key in entry}
+    return found
+
+
 @torch.no_grad()
 def dense_features(encoder: nn.Module, frames: Tensor, device=None, batch_size: int = 64) -> Tensor:
     """``encoder``'s ``(N, D, h, w)`` features of uint8 ``frames`` in eval mode, on ``device``, back on the CPU."""
@@ -478,4 +492,4 @@ __all__ = ["ALIGNMENT_PROTOCOL", "PROPAGATION_PROTOCOL", "TEMPORAL_PROTOCOL", "b
            "cross_view_alignment", "davis_scores",
            "dense_features", "keypoint_maps", "lab_features", "pck", "plot_propagation", "propagate_keypoints",
            "propagate_labels", "propagate_masks", "propagation_entry",
-           "region_similarity", "same_video_retrieval", "temporal_entry", "temporal_order_tau"]
+           "propagation_baselines", "region_similarity", "same_video_retrieval", "temporal_entry", "temporal_order_tau"]

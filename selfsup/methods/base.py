@@ -256,7 +256,8 @@ class VideoMethodBase(MethodBase):
         return FeatureGrid(self.eval_encoder())
 
     def extra_evaluations(self, test, *, data: str, device=None) -> dict[str, dict]:
-        """The ``temporal`` entry on the held-out videos, and ``propagation`` when they have masks or keypoints."""
+        """The ``temporal`` entry on the held-out videos, and ``propagation`` when they have masks or
+        keypoints, with the copy-first-frame and raw-Lab baselines beside it."""
         from selfsup import evaluate
         from selfsup.evaluate import video
 
@@ -265,8 +266,12 @@ class VideoMethodBase(MethodBase):
                                                     scenes=getattr(test, "scenes", None))}
         if getattr(test, "masks", None) is not None or getattr(test, "keypoints", None):
             dense = self.dense_encoder()
-            entries["propagation"] = video.propagation_entry(
-                test, lambda frames: video.dense_features(dense, frames, device=device), data=data)
+            entry = video.propagation_entry(test, lambda frames: video.dense_features(dense, frames, device=device),
+                                            data=data)
+            grid = video.dense_features(dense, test.images[:1], device=device).shape[-1]
+            entry["baselines"] = video.propagation_baselines(test, data=data,
+                                                             lab_stride=max(1, test.images.shape[-1] // grid))
+            entries["propagation"] = entry
         return entries
 
 

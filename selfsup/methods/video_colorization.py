@@ -36,6 +36,25 @@ class GrayInput(nn.Module):
         return self.module(x)
 
 
+class LabInput(GrayInput):
+    """Frames to Lab before ``module``, each channel mapped into [0, 1] (L / 100, a / 255 + 1/2,
+    b / 255 + 1/2, so that the backbone's input stays on the scale of images); ``drop`` = 1 or 2 sets
+    that chromatic channel (a or b) to neutral (1/2, i.e. 0) in every frame, MAST's channel dropout.
+    The colorization input of ``input: lab_dropout``; evaluation gives it whole Lab frames."""
+
+    def forward(self, images: Tensor, drop: int | None = None) -> Tensor:
+        lab = augment.rgb_to_lab(augment.to_float(images))
+        x = torch.cat([lab[:, :1] / 100, lab[:, 1:] / 255 + 0.5], dim=1)
+        if drop is not None:
+            if drop not in (1, 2):
+                raise ValueError(f"drop must be 1 (a) or 2 (b), got {drop}")
+            x[:, drop] = 0.5
+        return self.module(x)
+
+
+INPUTS = ("gray", "lab_dropout")
+
+
 class VideoColorization(VideoMethodBase):
     """Copy the colours of reference frames to a gray target frame by attention over pixels.
 
@@ -65,14 +84,21 @@ class VideoColorization(VideoMethodBase):
         temperature: the attention's T in training (paper: 1).
         dim: per-pixel feature dimension (paper: 64).
         grid_stride: the features' grid is the input's side / ``grid_stride``.
+        input: ``gray`` (paper) or ``lab_dropout`` (MAST's channel dropout, above).
+        seed: seeds the per-step draw of the dropped channel (``lab_dropout``), so a resumed run
+            draws the same.
     """
 
     def __init__(self, backbone: Backbone, *, references: int = 3, stride: int = 1, clusters: int = 16,
-                 temperature: float = 1.0, dim: int = 64, grid_stride: int = 4) -> None:
+                 temperature: float = 1.0, dim: int = 64, grid_stride: int = 4, input: str = "gray",
+                 seed: int = 0) -> None:
         super().__init__()
         if references < 1 or stride < 1 or clusters < 2 or temperature <= 0:
             raise ValueError(f"need references >= 1, stride >= 1, clusters >= 2, temperature > 0; got {references}, "
                              f"{stride}, {clusters}, {temperature}")
+        if input not in INPUTS:
+            raise ValueError(f"input must be one of {', '.join(INPUTS)}, got {input!r}")
+        self.input, self.seed = input, seed
         self.backbone = backbone
         self.net = DescriptorNet(backbone, dim, stride=grid_stride)
         self.references, self.stride, self.temperature = references, stride, temperature
@@ -82,11 +108,20 @@ class VideoColorization(VideoMethodBase):
     def clip_times(self, lengths: Tensor, generator: torch.Generator) -> Tensor:
         return data.video.window_times(self.references + 1, self.stride)(lengths, generator)
 
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        return (LabInput if self.input == "lab_dropout" else GrayInput)(module, self.backbone.in_channels)
+
     def eval_encoder(self) -> nn.Module:
-        return GrayInput(self.backbone, self.backbone.in_channels)
+        return self._wrap(self.backbone)
 
     def dense_encoder(self) -> nn.Module:
-        return GrayInput(self.net, self.backbone.in_channels)
+        return self._wrap(self.net)
+
+    def dropped_channel(self, step: int) -> int:
+        """The Lab channel (1: a, 2: b) ``input: lab_dropout`` sets neutral at ``step``: a fair coin
+        from ``seed`` and the step, the same on every rank and after a resume."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return 1 + int(torch.randint(2, (), generator=generator))
 
     @torch.no_grad()
     def fit_clusters(self, ab: Tensor, iterations: int = 20) -> None:
@@ -118,7 +153,10 @@ class VideoColorization(VideoMethodBase):
         b, k = clips.shape[:2]
         if clips.shape[2] != 3:
             raise ValueError(f"video colorization needs colour frames, got {clips.shape[2]} channel(s)")
-        features = self.dense_encoder()(clips.flatten(0, 1)).float()  # (B * k, D, h, w)
+        encoder = self.dense_encoder()
+        frames = clips.flatten(0, 1)
+        features = (encoder(frames, drop=self.dropped_channel(progress.step)) if self.input == "lab_dropout"
+                    else encoder(frames)).float()  # (B * k, D, h, w)
         grid = tuple(features.shape[-2:])
         with torch.no_grad():
             colours = self.quantise(clips.flatten(0, 1), grid).view(b, k, -1)  # (B, k, hw)
