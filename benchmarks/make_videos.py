@@ -4,6 +4,7 @@
     python benchmarks/make_videos.py DIR --videos 20 --sprites digits     # small, without Fashion-MNIST
     python benchmarks/make_videos.py DIR --shared-colour                  # a video's sprites in one colour
     python benchmarks/make_videos.py DIR --views 2                        # two synchronised cameras per scene
+    python benchmarks/make_videos.py DIR --task                           # demonstrations of one task (tasks.csv)
 
 See selfsup.data.synthetic_video for what the videos show.
 """
@@ -27,11 +28,15 @@ def main() -> None:
                         help="the sprites of a video share one colour (colour alone cannot tell them apart)")
     parser.add_argument("--views", type=int, default=1,
                         help="synchronised cameras per scene (sequences <name>_view0, _view1, ...: multi-view TCN)")
+    parser.add_argument("--task", action="store_true",
+                        help="every video demonstrates one task: its first sprite carried left to right at its own "
+                             "pace (tasks.csv; the temporal evaluation aligns the demonstrations)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
     root = write_synthetic_videos(args.root, videos=args.videos, frames=args.frames, size=args.size,
-                                  sprites=args.sprites, shared_colour=args.shared_colour, views=args.views, seed=args.seed,
+                                  sprites=args.sprites, shared_colour=args.shared_colour, views=args.views,
+                                  task=args.task, seed=args.seed,
                                   progress=True)
     print(f"wrote {args.videos} videos of {args.frames} frames ({args.size}x{args.size}) to {root} in "
           f"{time.perf_counter() - started:.1f} s")

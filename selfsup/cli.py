@@ -170,6 +170,8 @@ def _summary(key: str, entry: dict) -> str:
     if "tau" in entry:
         views = (f", cross-view alignment tau {entry['alignment_tau']:.4f} (error {entry['alignment_error']:.4f})"
                  if "alignment_tau" in entry else "")
+        views += (f", task alignment tau {entry['task_alignment_tau']:.4f} (error {entry['task_alignment_error']:.4f})"
+                  if "task_alignment_tau" in entry else "")
         return f"temporal-order tau {entry['tau']:.4f}, same-video@1 {_percent(entry['same_video@1'])}{views}{floor}"
     scores = {k: v for k, v in entry.items() if k in ("accuracy", "linear", "knn", "held_out_accuracy") or "@" in k}
     return ", ".join(f"{'' if k == 'accuracy' else k + ' '}{_percent(v)}" for k, v in scores.items()) + floor
@@ -348,7 +350,8 @@ def _video(args: argparse.Namespace) -> int:
     def measure(m) -> dict:
         if args.protocol == "temporal":
             features = evaluate.extract_features(m.eval_encoder().to(device), test.images, device=device)
-            return {"temporal": video.temporal_entry(features, test.video, test.time, data=data, scenes=test.scenes)}
+            return {"temporal": video.temporal_entry(features, test.video, test.time, data=data, scenes=test.scenes,
+                                                     tasks=test.tasks)}
         encoder = dense(m)
         return {"propagation": video.propagation_entry(
             test, lambda frames: video.dense_features(encoder, frames, device=device), data=data, topk=args.topk,

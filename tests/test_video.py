@@ -499,6 +499,44 @@ def test_cross_view_alignment_matches_each_frame_to_the_other_views_nearest_and_
     assert video.cross_view_alignment(features, vid, time, torch.tensor([0, 1, 2]))[2] == 0
 
 
+def test_demonstrations_of_a_task_are_aligned_with_one_another_by_hand():
+    # Videos 0 and 1 demonstrate task 0: video 1 shows video 0's frames in reverse, so each frame t of one
+    # matches frame 7 - t of the other: tau -1, |t - (7 - t)| = 7, 5, 3, 1, 1, 3, 5, 7 -> mean 4 over 8 frames.
+    # Video 2 is another task's only demonstration: no pair. Scenes: every video its own.
+    eye = torch.eye(8, dtype=torch.float64)
+    features = torch.cat([eye, eye.flip(0), torch.randn(5, 8, dtype=torch.float64)])
+    vid = torch.tensor([0] * 8 + [1] * 8 + [2] * 5)
+    time = torch.cat([torch.arange(8), torch.arange(8), torch.arange(5)])
+    entry = video.temporal_entry(features, vid, time, data="toy", scenes=torch.tensor([0, 1, 2]),
+                                 tasks=torch.tensor([0, 0, 1]))
+    assert entry["task_alignment_tau"] == pytest.approx(-1.0) and entry["task_alignment_error"] == pytest.approx(0.5)
+    assert entry["task_pairs"] == 2 and "alignment_tau" not in entry and "tasks.csv" in entry["protocol"]
+    assert "task_alignment_tau" not in video.temporal_entry(features, vid, time, data="toy")
+
+
+def test_task_videos_carry_the_first_sprite_left_to_right_each_at_its_own_pace(tmp_path):
+    root = write_synthetic_videos(tmp_path / "task", videos=6, frames=8, size=32, sprites="digits", task=True, seed=0)
+    rows = (root / "tasks.csv").read_text().splitlines()
+    names = sorted(p.name for p in (root / "JPEGImages" / "480p").iterdir())
+    assert rows[0] == "sequence,task" and sorted(r.split(",")[0] for r in rows[1:]) == names
+    assert {r.split(",")[1] for r in rows[1:]} == {"carry to the right"}
+    middles = []
+    for name in names:
+        points = json.loads((root / "Keypoints" / "480p" / f"{name}.json").read_text())
+        centre = np.array(points["keypoints"])[:, 0, :2]  # the first sprite's centre, (x, y) per frame
+        side = points["scale"][0]
+        assert centre[0, 0] == pytest.approx(side / 2, abs=1e-3) and centre[-1, 0] == pytest.approx(32 - side / 2, abs=1e-3)
+        assert bool((np.diff(centre[:, 0]) > 0).all()) and np.ptp(centre[:, 1]) < 1e-3
+        middles.append((centre[4, 0] - side / 2) / (32 - side))  # the fraction of the way at frame 4
+    assert np.ptp(middles) > 0.1  # paces differ
+    test = load_video_split(root, "test", size=32)
+    assert test.tasks is not None and test.tasks.tolist() == [0] * len(test.names)
+    (root / "tasks.csv").write_text("sequence,task\n" + "".join(f"{n},carry\n" for n in names[:-1]))
+    with pytest.raises(DataError, match=f"tasks.csv has no task for video '{names[-1]}'"):
+        load_video_split(root, "test", size=32)
+    assert load_video_split(tmp_path / "task", "train", size=32).tasks is not None  # the others still read
+
+
 # ----------------------------------------------------------------------------- methods
 
 

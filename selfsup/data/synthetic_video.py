@@ -103,7 +103,7 @@ def _backgrounds() -> list[np.ndarray]:
 
 def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: list[np.ndarray], *, frames: int,
                  size: int, objects: int, shared_colour: bool = False,
-                 classes: list[str] | None = None, labels: np.ndarray | None = None,
+                 classes: list[str] | None = None, labels: np.ndarray | None = None, task: bool = False,
                  ) -> tuple[np.ndarray, np.ndarray, list[int], dict, str]:
     """One video: uint8 RGB frames ``(T, size, size, 3)``, instance ids ``(T, size, size)``, the
     sprite indices it shows (first, largest, at the back), its keypoints (:data:`KEYPOINTS` of
@@ -112,7 +112,10 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
     (:func:`caption`; the first sprite's class ``classes[labels[index]]``, "sprite" without them; no
     random draw of its own, so the frames are those of a run without captions). ``shared_colour``: every
     sprite takes the first one's colour (the random draws are the same, so the motions are those of
-    the other setting)."""
+    the other setting). ``task``: the video is a demonstration of one task, the first sprite carried
+    from the left edge to the right edge at its own pace (its x at time t is the span's fraction
+    (t / (T - 1)) ** g, g drawn from 0.5-2 per video, at a height drawn as before); the other sprites
+    and the camera move as in the other setting."""
     photo = backgrounds[rng.integers(len(backgrounds))]
     pan = rng.uniform(-1.5, 1.5, 2)  # pixels per frame at the output size
     zoom = rng.uniform(1.0, 2.0)  # photo pixels per output pixel
@@ -140,12 +143,18 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
         if shared_colour and k == 0:
             first_tint = tint
         tint = first_tint if shared_colour else tint
+        carried = task and k == 0
+        if carried:
+            pace = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+            velocity = np.array([0.0, 1.0])  # what the caption says: it moves right
         if k == 0:
             name = "sprite" if classes is None or labels is None else classes[int(labels[index])]
             narration = caption(tint, name, velocity, pan)
         sprite = torch.from_numpy(sprites[index]).float()[None, None] / 255
         for t in range(frames):
             centre = position + velocity * t
+            if carried:
+                centre = np.array([position[0], side / 2 + (size - side) * (t / max(1, frames - 1)) ** pace])
             for axis in range(2):  # bounce: reflect the straight path into [side/2, size - side/2]
                 low, high = side / 2, size - side / 2
                 period = 2 * (high - low)
@@ -212,14 +221,17 @@ def second_camera(rng: np.random.Generator, clip: np.ndarray, masks: np.ndarray,
 
 def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 24, size: int = 64,
                            val_fraction: float = 0.25, max_objects: int = 3, sprites: str = "fashion_mnist",
-                           shared_colour: bool = False, views: int = 1, seed: int = 0, progress: bool = False) -> Path:
+                           shared_colour: bool = False, views: int = 1, task: bool = False, seed: int = 0,
+                           progress: bool = False) -> Path:
     """Write ``videos`` synthetic videos of ``frames`` frames at ``size`` x ``size`` under ``root`` in
     the DAVIS layout (see the module docstring); the last ``val_fraction`` of them are the ``val``
     split. ``shared_colour``: the sprites of a video share one colour, so that colour alone cannot tell
     them apart (the same videos otherwise). ``views`` > 1: each video is a scene seen by ``views``
     synchronised cameras, written as sequences ``<name>_view0``, ``<name>_view1``, ... (the first the
     camera of ``views=1``, the others :func:`second_camera`s; the views of a scene share a split and a
-    label). Returns ``root``."""
+    label). ``task``: every video demonstrates one task (:func:`render_video`'s ``task``: the first
+    sprite carried left to right, each video at its own pace), written in ``tasks.csv`` so that the
+    temporal evaluation aligns the held-out demonstrations with one another. Returns ``root``."""
     if videos < 2 or frames < 2 or size < 16 or not 0 < val_fraction < 1 or max_objects < 1 or views < 1:
         raise ValueError(f"need videos >= 2, frames >= 2, size >= 16, 0 < val_fraction < 1, max_objects >= 1 and "
                          f"views >= 1; got {videos}, {frames}, {size}, {val_fraction}, {max_objects}, {views}")
@@ -235,7 +247,7 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
         scene = f"video{v:04d}"
         clip, masks, chosen, keypoints, narration = render_video(
             rng, images, backgrounds, frames=frames, size=size, objects=int(rng.integers(1, max_objects + 1)),
-            shared_colour=shared_colour, classes=classes, labels=labels)
+            shared_colour=shared_colour, classes=classes, labels=labels, task=task)
         shots = [(clip, masks, keypoints)]
         if views > 1:
             camera = np.random.default_rng([seed, v])  # its own stream: the first view stays that of views=1
@@ -263,6 +275,11 @@ def write_synthetic_videos(root: str | Path, *, videos: int = 60, frames: int = 
         writer = csv.writer(f)
         writer.writerow(["sequence", "caption"])
         writer.writerows(narrations)
+    if task:
+        with open(root / "tasks.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["sequence", "task"])
+            writer.writerows((name, "carry to the right") for name, _ in rows)
     return root
 
 

@@ -13,7 +13,10 @@ Layouts ``root`` may have (looked for in this order):
 
 Videos named ``<scene>_view0``, ``<scene>_view1``, ... are synchronised views of one scene (frame
 t of each shows the same moment; multi-view TCN pairs them). ``root/labels.csv`` (``sequence,label`` rows) gives each video a class, which its frames inherit
-(the linear probe and kNN of frames then run as for images). ``root/captions.csv`` (``sequence,caption``
+(the linear probe and kNN of frames then run as for images). ``root/tasks.csv`` (``sequence,task`` rows,
+one per video) says which videos demonstrate the same task (not synchronised: each at its own pace);
+the temporal evaluation then aligns the held-out demonstrations of a task with one another (XIRL's
+measure). ``root/captions.csv`` (``sequence,caption``
 rows; several rows per video allowed, each visit of a clip draws one) gives videos captions, for R3M's
 language term; a video with no row has none. Frames are resized like a folder's
 images (the centred square, ``size`` x ``size``; masks with nearest neighbours). A video or frame
@@ -72,6 +75,8 @@ class VideoSet(ImageDataset):
         skipped: unreadable files and why.
         captions: per video, its captions from ``captions.csv`` (an empty tuple: none); None when the
             root has no captions file.
+        tasks: ``(V,)`` int64, each video's task (index into the sorted task names of ``tasks.csv``);
+            None when the root has no tasks file.
     """
 
     video: Tensor = None  # type: ignore[assignment]  (required: dataclass fields after defaults)
@@ -81,6 +86,7 @@ class VideoSet(ImageDataset):
     keypoints: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     captions: list[tuple[str, ...]] | None = None
+    tasks: Tensor | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +95,9 @@ class VideoSet(ImageDataset):
             raise DataError(f"VideoSet {self.name!r}: video and time must be (N,) = ({n},) int64 tensors")
         if self.masks is not None and self.masks.shape != (n, *self.images.shape[-2:]):
             raise DataError(f"VideoSet {self.name!r}: masks must be (N, H, W), got {tuple(self.masks.shape)}")
+        if self.tasks is not None and self.tasks.shape != (len(self.names),):
+            raise DataError(f"VideoSet {self.name!r}: tasks must be (V,) = ({len(self.names)},), "
+                            f"got {tuple(self.tasks.shape)}")
         if self.captions is not None and len(self.captions) != len(self.names):
             raise DataError(f"VideoSet {self.name!r}: captions must hold one tuple per video ({len(self.names)}), "
                             f"got {len(self.captions)}")
@@ -286,6 +295,11 @@ def _read_labels(root: Path) -> dict[str, str]:
     return dict(_sequence_rows(path, "label")) if path.is_file() else {}
 
 
+def _read_tasks(root: Path) -> dict[str, str] | None:
+    path = root / "tasks.csv"
+    return dict(_sequence_rows(path, "task")) if path.is_file() else None
+
+
 def _read_captions(root: Path) -> dict[str, list[str]] | None:
     path = root / "captions.csv"
     if not path.is_file():
@@ -304,6 +318,7 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
     entries = scan_videos(root, split)
     named = _read_labels(root)
     captioned = _read_captions(root)
+    tasked = _read_tasks(root)
     all_classes = sorted(set(named.values())) or None
     images, videos, times, masks, names, labels = [], [], [], [], [], []
     keypoints: dict[int, tuple[Tensor, Tensor]] = {}
@@ -320,6 +335,8 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
         mask = _decode_masks(mask_dir, len(clip), size) if mask_dir is not None else None
         if named and name not in named:
             raise DataError(f"{root / 'labels.csv'} has no label for video {name!r}")
+        if tasked is not None and name not in tasked:
+            raise DataError(f"{root / 'tasks.csv'} has no task for video {name!r}")
         v = len(names)
         names.append(name)
         images.append(torch.from_numpy(clip))
@@ -341,7 +358,13 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
                     f"video_{root.name}", video=torch.cat(videos), time=torch.cat(times), names=names,
                     masks=torch.cat(masks) if all(m is not None for m in masks) else None, keypoints=keypoints,
                     skipped=skipped,
-                    captions=None if captioned is None else [tuple(captioned.get(name, ())) for name in names])
+                    captions=None if captioned is None else [tuple(captioned.get(name, ())) for name in names],
+                    tasks=None if tasked is None else _task_index([tasked[name] for name in names]))
+
+
+def _task_index(tasks: list[str]) -> Tensor:
+    order = sorted(set(tasks))
+    return torch.tensor([order.index(task) for task in tasks], dtype=torch.int64)
 
 
 def window_times(length: int, stride: int = 1) -> Callable[[Tensor, torch.Generator], Tensor]:

@@ -571,7 +571,8 @@ def headline_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         elif "propagation" in evaluations or "temporal" in evaluations:
             parts = []
             for name, keys in (("propagation", (("j_and_f", "J&F"), ("pck@0.1", "PCK@0.1"))),
-                               ("temporal", (("tau", "tau"), ("alignment_tau", "alignment tau")))):
+                               ("temporal", (("tau", "tau"), ("alignment_tau", "alignment tau"),
+                                             ("task_alignment_tau", "task alignment tau")))):
                 entry = evaluations.get(name) or {}
                 parts += [f"{label} " + _video_text(entry, key, f"{run_dir}: evaluation {name!r}")
                           for key, label in keys if key in entry]

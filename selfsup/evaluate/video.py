@@ -53,6 +53,10 @@ ALIGNMENT_PROTOCOL = ("synchronised views of a scene (videos <scene>_view<k>): e
                       "alignment_tau is Kendall's tau-b between the frames' times and their matches' times (as XIRL "
                       "reports alignment), alignment_error the mean |time - matched time| over the view's length "
                       "(TCN's alignment error), both averaged over every ordered pair of views of every scene")
+TASK_ALIGNMENT_PROTOCOL = ("demonstrations of a task (tasks.csv; not synchronised, each at its own pace): the same "
+                           "matching between every ordered pair of held-out videos of a task; task_alignment_tau is "
+                           "Kendall's tau-b of the frames' times and their matches' times (XIRL's alignment measure), "
+                           "task_alignment_error the mean |time - matched time| over the video's length")
 
 
 # ----------------------------------------------------------------------------- DAVIS-2017 J and F
@@ -474,9 +478,12 @@ def cross_view_alignment(features: Tensor, video: Tensor, time: Tensor, scenes: 
 
 
 def temporal_entry(features: Tensor, video: Tensor, time: Tensor, *, data: str,
-                   scenes: Tensor | None = None) -> dict[str, Any]:
+                   scenes: Tensor | None = None, tasks: Tensor | None = None) -> dict[str, Any]:
     """:func:`temporal_order_tau` and :func:`same_video_retrieval` as the results.json ``temporal`` entry,
-    with :func:`cross_view_alignment` when ``scenes`` (each video's scene) holds synchronised views."""
+    with :func:`cross_view_alignment` when ``scenes`` (each video's scene) holds synchronised views, and
+    the same alignment between the demonstrations of a task (``task_alignment_tau``, ``_error``,
+    ``task_pairs``: XIRL's measure, every ordered pair of held-out videos of a task) when ``tasks``
+    (each video's task) is given."""
     share, gap = same_video_retrieval(features, video, time)
     entry = {"tau": temporal_order_tau(features, video, time), "same_video@1": share, "mean_gap": gap,
              "data": data, "protocol": TEMPORAL_PROTOCOL}
@@ -485,10 +492,15 @@ def temporal_entry(features: Tensor, video: Tensor, time: Tensor, *, data: str,
         if pairs:
             entry.update(alignment_tau=tau, alignment_error=error, view_pairs=pairs,
                          protocol=f"{TEMPORAL_PROTOCOL}; {ALIGNMENT_PROTOCOL}")
+    if tasks is not None:
+        tau, error, pairs = cross_view_alignment(features, video, time, tasks)
+        if pairs:
+            entry.update(task_alignment_tau=tau, task_alignment_error=error, task_pairs=pairs,
+                         protocol=f"{entry['protocol']}; {TASK_ALIGNMENT_PROTOCOL}")
     return entry
 
 
-__all__ = ["ALIGNMENT_PROTOCOL", "PROPAGATION_PROTOCOL", "TEMPORAL_PROTOCOL", "boundary_map", "contour_accuracy",
+__all__ = ["ALIGNMENT_PROTOCOL", "PROPAGATION_PROTOCOL", "TASK_ALIGNMENT_PROTOCOL", "TEMPORAL_PROTOCOL", "boundary_map", "contour_accuracy",
            "cross_view_alignment", "davis_scores",
            "dense_features", "keypoint_maps", "lab_features", "pck", "plot_propagation", "propagate_keypoints",
            "propagate_labels", "propagate_masks", "propagation_entry",

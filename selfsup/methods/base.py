@@ -263,7 +263,8 @@ class VideoMethodBase(MethodBase):
 
         features = evaluate.extract_features(self.eval_encoder(), test.images, device=device)
         entries = {"temporal": video.temporal_entry(features, test.video, test.time, data=data,
-                                                    scenes=getattr(test, "scenes", None))}
+                                                    scenes=getattr(test, "scenes", None),
+                                                    tasks=getattr(test, "tasks", None))}
         if getattr(test, "masks", None) is not None or getattr(test, "keypoints", None):
             dense = self.dense_encoder()
             entry = video.propagation_entry(test, lambda frames: video.dense_features(dense, frames, device=device),
