@@ -363,7 +363,8 @@ def _video(args: argparse.Namespace) -> int:
         mean, std = (getattr(backbone, key).flatten().tolist() for key in ("mean", "std"))
         fresh = seeded_build(lambda: build(mean, std), cfg.train.seed)
         settings = {"protocol": args.protocol, "topk": args.topk, "radius": args.radius, "context": args.context,
-                    "temperature": args.propagation_temperature}
+                    "temperature": args.propagation_temperature, "method": cfg.method,
+                    "method_args": dict(cfg.method_args)}
         with torch.no_grad():
             floor = random_init_floor(fresh, measure, data={"test": test}, settings=settings)
         with_floor(entries, floor)

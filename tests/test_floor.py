@@ -93,3 +93,33 @@ def test_the_key_reads_every_weight_and_the_architecture():
                                                            torch.nn.ReLU()), 0)
     keys = {floor_key(net, {}, {}) for net in (base, nudged, other_shape)}
     assert len(keys) == 3 and floor_key(copy.deepcopy(base), {}, {}) == floor_key(base, {}, {})
+
+
+class _ReadsItsArgs(torch.nn.Module):
+    """A method whose own evaluation depends on an argument that leaves its modules and weights alike
+    (as colorization's ``input``)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode, self.layer = mode, torch.nn.Linear(2, 2)
+
+    def extra_evaluations(self, test, *, data, device=None):
+        return {"own": {"accuracy": 0.25 if self.mode == "gray" else 0.75}}
+
+
+def test_a_methods_own_floor_is_not_served_to_a_method_with_other_arguments():
+    from types import SimpleNamespace
+
+    from selfsup.engine.finish import random_init_scores
+
+    def trainer(mode):
+        cfg = load_config(None, TINY)
+        cfg.method_args = {"input": mode}
+        return SimpleNamespace(cfg=cfg, build_method=lambda: _ReadsItsArgs(mode), test_set=None,
+                               source=SimpleNamespace(kind="image", dataset=None),
+                               fabric=SimpleNamespace(device=torch.device("cpu")))
+
+    # the same seed builds the same weights for both; a cache keyed on the weights alone served the first's floor
+    assert random_init_scores(trainer("gray"), labelled=False, own=True) == {"own": {"accuracy": 0.25}}
+    assert random_init_scores(trainer("lab_dropout"), labelled=False, own=True) == {"own": {"accuracy": 0.75}}
+    assert random_init_scores(trainer("gray"), labelled=False, own=True) == {"own": {"accuracy": 0.25}}

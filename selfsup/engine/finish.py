@@ -98,7 +98,9 @@ def random_init_scores(trainer: Trainer, labelled: bool, own: bool) -> dict[str,
     if own:
         floor.update(random_init_floor(fresh, lambda method: method.to(trainer.fabric.device).extra_evaluations(
             trainer.test_set, data=cfg.data.name, device=trainer.fabric.device), data=data,
-            settings={**settings, "extra_evaluations": cfg.method}))
+            # the method's arguments too: some change what its evaluations read (colorization's input) while
+            # leaving its modules, and so its weights and repr, as they were
+            settings={**settings, "extra_evaluations": cfg.method, "method_args": dict(cfg.method_args)}))
     return floor
 
 

@@ -105,6 +105,9 @@ class VideoColorization(VideoMethodBase):
         self.register_buffer("centres", torch.zeros(clusters, 2))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
+    def extra_repr(self) -> str:
+        return f"input={self.input!r}, references={self.references}, temperature={self.temperature}"
+
     def clip_times(self, lengths: Tensor, generator: torch.Generator) -> Tensor:
         return data.video.window_times(self.references + 1, self.stride)(lengths, generator)
 
