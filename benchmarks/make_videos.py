@@ -29,8 +29,9 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=1,
                         help="synchronised cameras per scene (sequences <name>_view0, _view1, ...: multi-view TCN)")
     parser.add_argument("--task", action="store_true",
-                        help="every video demonstrates one task: its first sprite carried left to right at its own "
-                             "pace (tasks.csv; the temporal evaluation aligns the demonstrations)")
+                        help="every video demonstrates one task in one scene: its first sprite carried left to right at "
+                             "its own pace over the same still background (tasks.csv; the temporal evaluation "
+                             "aligns the demonstrations)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()

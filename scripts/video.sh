@@ -28,6 +28,7 @@ run() {  # name recipe overrides...
   cp "runs/video/$name/propagation.png" "docs/results/img/$name-propagation.png"
 }
 run video_colorization video_colorization_synthetic_videos
+run video_colorization_lab_dropout video_colorization_synthetic_videos method_args.input=lab_dropout
 run tcn tcn_synthetic_videos
 run r3m r3m_synthetic_videos
 run video_colorization_shared video_colorization_synthetic_videos data.root=$SHARED

@@ -123,3 +123,17 @@ def test_a_methods_own_floor_is_not_served_to_a_method_with_other_arguments():
     assert random_init_scores(trainer("gray"), labelled=False, own=True) == {"own": {"accuracy": 0.25}}
     assert random_init_scores(trainer("lab_dropout"), labelled=False, own=True) == {"own": {"accuracy": 0.75}}
     assert random_init_scores(trainer("gray"), labelled=False, own=True) == {"own": {"accuracy": 0.25}}
+
+
+def test_the_floor_keeps_every_number_a_sweep_compares_with_it():
+    """Each measure a sweep reads beside its floor (``sweep.VALUE_METRICS`` under ``evaluations``, but the
+    baselines, which have none) survives the floor's filter: a key missing there leaves a verdict
+    "incomplete" (the task alignment's did)."""
+    from selfsup import sweep
+    from selfsup.engine.floor import scores
+
+    for metric, where in sweep.VALUE_METRICS.items():
+        if where[0] != "evaluations" or "baselines" in where:
+            continue
+        entry = {where[-1]: 0.5, "protocol": "p", "data": "d"}
+        assert scores({where[1]: entry}) == {where[1]: {where[-1]: 0.5}}, metric

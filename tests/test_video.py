@@ -529,6 +529,14 @@ def test_task_videos_carry_the_first_sprite_left_to_right_each_at_its_own_pace(t
         assert bool((np.diff(centre[:, 0]) > 0).all()) and np.ptp(centre[:, 1]) < 1e-3
         middles.append((centre[4, 0] - side / 2) / (32 - side))  # the fraction of the way at frame 4
     assert np.ptp(middles) > 0.1  # paces differ
+    # one scene: the same still background in every demonstration (raw frames, before JPEG)
+    from selfsup.data.synthetic_video import _backgrounds, _sprites, render_video
+
+    sprites, backgrounds = _sprites("digits")[0], _backgrounds()
+    (a, mask_a, *_), (b, mask_b, *_) = (render_video(np.random.default_rng(k), sprites, backgrounds, frames=4,
+                                                     size=32, objects=2, task=True) for k in (1, 2))
+    free = (mask_a == 0) & (mask_b == 0) & (mask_a[:1] == 0) & (mask_b[:1] == 0)  # background in all of them
+    assert free.sum() > 1000 and np.array_equal(a[free], b[free]) and np.array_equal(a[free], np.broadcast_to(a[:1], a.shape)[free])
     test = load_video_split(root, "test", size=32)
     assert test.tasks is not None and test.tasks.tolist() == [0] * len(test.names)
     (root / "tasks.csv").write_text("sequence,task\n" + "".join(f"{n},carry\n" for n in names[:-1]))

@@ -112,16 +112,19 @@ def render_video(rng: np.random.Generator, sprites: np.ndarray, backgrounds: lis
     (:func:`caption`; the first sprite's class ``classes[labels[index]]``, "sprite" without them; no
     random draw of its own, so the frames are those of a run without captions). ``shared_colour``: every
     sprite takes the first one's colour (the random draws are the same, so the motions are those of
-    the other setting). ``task``: the video is a demonstration of one task, the first sprite carried
-    from the left edge to the right edge at its own pace (its x at time t is the span's fraction
-    (t / (T - 1)) ** g, g drawn from 0.5-2 per video, at a height drawn as before); the other sprites
-    and the camera move as in the other setting."""
+    the other setting). ``task``: the video is a demonstration of one task in one scene, the first
+    sprite carried from the left edge to the right edge at its own pace (its x at time t is the span's
+    fraction (t / (T - 1)) ** g, g drawn from 0.5-2 per video, at a height drawn as before) over the
+    same still view of the first photo in every video; the other sprites move as in the other setting."""
     photo = backgrounds[rng.integers(len(backgrounds))]
     pan = rng.uniform(-1.5, 1.5, 2)  # pixels per frame at the output size
     zoom = rng.uniform(1.0, 2.0)  # photo pixels per output pixel
     span = size * zoom + np.abs(pan) * zoom * frames
     top = rng.uniform(0, max(1, photo.shape[0] - span[0]))
     left = rng.uniform(0, max(1, photo.shape[1] - span[1]))
+    if task:  # every demonstration in one scene: the first photo's centre, a still camera (the draws above kept)
+        photo, pan, zoom = backgrounds[0], np.zeros(2), 1.5
+        top, left = (photo.shape[0] - size * zoom) / 2, (photo.shape[1] - size * zoom) / 2
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     video = np.empty((frames, size, size, 3), np.float64)
     start = np.array([top, left]) + np.where(pan < 0, -pan * zoom * frames, 0)

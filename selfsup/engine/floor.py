@@ -32,7 +32,7 @@ FLOOR_VERSION = 4
 """Raised when what a floor means changes in a way the protocols' texts do not show."""
 
 SCORE_KEYS = ("accuracy", "ci95", "linear", "knn", "feature_std", "effective_rank", "tau", "mean_gap", "alignment_tau",
-              "alignment_error", "j_and_f", "j", "f", "pck@0.1", "pck@0.2")
+              "alignment_error", "task_alignment_tau", "task_alignment_error", "j_and_f", "j", "f", "pck@0.1", "pck@0.2")
 """The keys of an evaluation entry that are scores (besides ``recall@k``); the floor keeps these."""
 
 
