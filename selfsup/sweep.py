@@ -567,7 +567,8 @@ def _scale(metric: str) -> float:
 
 
 def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
-    """One PNG per metric: each point's mean with its 95% interval, the floor as a dashed line."""
+    """One PNG per metric: each point's mean with its 95% interval, the floor as a dashed line (one
+    across the plot when every point has the same floor, else a short one at each point)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -586,8 +587,13 @@ def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
         errors = [scale * (s["ci95"] or 0) for s in stats_of]
         ax.errorbar(range(len(names)), means, yerr=errors, fmt="o", capsize=4, color="#1f6feb")
         floors = [s["floor"] for s in stats_of if s["floor"] is not None]
-        if floors:
-            ax.axhline(scale * sum(floors) / len(floors), color="#888", linestyle="--", label="random init (floor)")
+        if floors and max(floors) - min(floors) <= 1e-9 * max(1.0, abs(max(floors))):
+            ax.axhline(scale * floors[0], color="#888", linestyle="--", label="random init (floor)")
+            ax.legend(loc="best", fontsize=8)
+        elif floors:  # points of other networks or data: each its own floor, beside it
+            xs = [x for x, s in enumerate(stats_of) if s["floor"] is not None]
+            ax.hlines([scale * stats_of[x]["floor"] for x in xs], [x - 0.3 for x in xs], [x + 0.3 for x in xs],
+                      color="#888", linestyle="--", label="random init (each point's floor)")
             ax.legend(loc="best", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(metric if metric in VALUE_METRICS else f"{metric} (%)")

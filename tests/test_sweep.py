@@ -182,3 +182,22 @@ def test_video_measures_are_read_with_their_floors():
     assert sweep._scores(results, "pck_lab") == (0.13, None)
     assert sweep._scores(results, "j_and_f_copy") == (0.2, None)
     assert sweep._scores({"evaluations": {}}, "tau") == (None, None)
+
+
+def test_points_with_other_floors_are_drawn_each_beside_its_own(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["knn"], verdict={}))
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    summary = _summary(**{"k=a": (0.9, 0.01), "k=b": (0.8, 0.01)})
+    summary["points"]["k=a"]["knn"]["floor"], summary["points"]["k=b"]["knn"]["floor"] = 0.5, 0.7
+    sweep.plot(study, summary, tmp_path / "img")
+    ax, = kept[-1].axes
+    segments = [s for c in ax.collections for s in c.get_segments()] if ax.collections else []
+    floors = sorted((float(s[0][1]), float(s[0][0] + s[1][0]) / 2) for s in segments if s[0][1] == s[1][1])
+    assert floors == [(pytest.approx(50.0), pytest.approx(0.0)), (pytest.approx(70.0), pytest.approx(1.0))]
+    summary["points"]["k=b"]["knn"]["floor"] = 0.5  # one floor: one line across
+    sweep.plot(study, summary, tmp_path / "img")
+    ax, = kept[-1].axes
+    assert [float(y) for line in ax.lines if line.get_linestyle() == "--" for y in line.get_ydata()] == [50.0, 50.0]
