@@ -241,7 +241,8 @@ def test_window_times_stay_inside_short_videos():
 # ----------------------------------------------------------------------------- losses
 
 
-def test_time_contrastive_triplet_equals_a_double_loop():
+@pytest.mark.parametrize("across", [True, False])
+def test_time_contrastive_triplet_equals_a_double_loop(across):
     torch.manual_seed(0)
     e = torch.nn.functional.normalize(torch.randn(10, 4, dtype=torch.float64), dim=1)
     times = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
@@ -254,14 +255,23 @@ def test_time_contrastive_triplet_equals_a_double_loop():
                 continue
             d_ap = float(((e[i] - e[j]) ** 2).sum())
             negatives = [float(((e[i] - e[k]) ** 2).sum()) for k in range(10)
-                         if seqs[k] != seqs[i] or abs(times[i] - times[k]) > neg_radius]
+                         if (across and seqs[k] != seqs[i])
+                         or (seqs[k] == seqs[i] and abs(times[i] - times[k]) > neg_radius)]
+            if not negatives:  # within one sequence, frames 1-2 of the 4-frame one have no negative
+                continue
             farther = [d for d in negatives if d > d_ap]
             d_an = min(farther) if farther else max(negatives)
             total += max(0.0, margin + d_ap - d_an)
             count += 1
     expected = total / count
-    got = losses.time_contrastive_triplet(e, times, seqs, pos_radius=pos_radius, neg_radius=neg_radius, margin=margin)
+    got = losses.time_contrastive_triplet(e, times, seqs, pos_radius=pos_radius, neg_radius=neg_radius, margin=margin,
+                                          across_sequences=across)
     assert float(got) == pytest.approx(expected, rel=1e-9)
+    if not across:  # the official default's batch is one sequence: the same as each sequence alone,
+        # weighted by its anchored positive pairs (10 in the first; in the second, frames 1 and 2 have no negative)
+        alone = [float(losses.time_contrastive_triplet(e[m], times[m], seqs[m], pos_radius=pos_radius,
+                                                       neg_radius=neg_radius, margin=margin)) for m in (seqs == 0, seqs == 1)]
+        assert count == 12 and float(got) == pytest.approx((10 * alone[0] + 2 * alone[1]) / 12, rel=1e-9)
     with pytest.raises(ValueError, match="pos_radius < neg_radius"):
         losses.time_contrastive_triplet(e, times, seqs, pos_radius=3, neg_radius=3)
 

@@ -11,7 +11,8 @@ from selfsup.losses.metric import _margin, semi_hard_from_masks
 
 @float32_loss
 def time_contrastive_triplet(embeddings: Tensor, times: Tensor, sequences: Tensor, *, pos_radius: float = 6,
-                             neg_radius: float = 12, margin: float = 0.2) -> Tensor:
+                             neg_radius: float = 12, margin: float = 0.2,
+                             across_sequences: bool = True) -> Tensor:
     """Single-view time-contrastive loss: semi-hard triplets whose positives are near in time.
 
     Sermanet et al., "Time-Contrastive Networks: Self-Supervised Learning from Video", ICRA 2018;
@@ -32,6 +33,10 @@ def time_contrastive_triplet(embeddings: Tensor, times: Tensor, sequences: Tenso
         sequences: ``(N,)`` each frame's sequence id.
         pos_radius, neg_radius: the two radii in frames (official 6 and 12; ``neg_radius > pos_radius``).
         margin: the hinge margin on squared distances (official 0.2).
+        across_sequences: frames of different sequences are negatives (the official ``multiseq=True``);
+            ``False`` keeps only the same sequence's frames beyond ``neg_radius`` as negatives, the official
+            default (``multiseq=False``), whose batch is one sequence. An anchor without a negative adds
+            nothing.
 
     Examples:
         >>> e = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
@@ -48,7 +53,7 @@ def time_contrastive_triplet(embeddings: Tensor, times: Tensor, sequences: Tenso
     same = sequences[:, None] == sequences[None, :]
     itself = torch.eye(len(times), dtype=torch.bool, device=times.device)
     positive = same & (gap <= pos_radius) & ~itself
-    negative = ~same | (gap > neg_radius)
+    negative = (~same | (gap > neg_radius)) if across_sequences else same & (gap > neg_radius)
     distances = torch.cdist(embeddings, embeddings).square()
     return semi_hard_from_masks(distances, positive, negative, margin)
 

@@ -55,12 +55,16 @@ class TCN(VideoMethodBase):
             class), on embeddings that are not normalised (the official config's ``npairs.embedding_l2:
             false``), plus TF ``npairs_loss``'s norm penalty ``0.25 * l2_reg * (mean |a|^2 + mean |p|^2)``.
         l2_reg: λ of that penalty (TF's default 0.002).
+        across_videos: single-view only: frames of the batch's other videos are negatives (the official
+            ``multiseq`` rule, our default since a batch here holds 32 videos); ``False`` keeps the
+            official default's negatives, the same video's frames beyond ``neg_radius`` only (its batch is
+            one sequence), so that the loss spends itself on time within a video alone.
     """
 
     def __init__(self, backbone: Backbone, *, dim: int = 32, frames: int = 8, stride: int = 1,
                  pos_radius: float = 6, neg_radius: float = 12, margin: float = 0.2,
                  crop_scale: tuple[float, float] | None = (0.6, 1.0), multi_view: bool = False,
-                 loss: str = "triplet", l2_reg: float = 0.002) -> None:
+                 loss: str = "triplet", l2_reg: float = 0.002, across_videos: bool = True) -> None:
         super().__init__()
         if loss not in ("triplet", "npairs"):
             raise ValueError(f"loss must be 'triplet' or 'npairs', got {loss!r}")
@@ -70,6 +74,10 @@ class TCN(VideoMethodBase):
         if not l2_reg >= 0:
             raise ValueError(f"l2_reg must be >= 0, got {l2_reg}")
         self.loss, self.l2_reg = loss, l2_reg
+        if not across_videos and multi_view:
+            raise ValueError("across_videos=False is a single-view option (the multi-view loss's negatives are "
+                             "the other moments and scenes, as the official mvtcn_estimator)")
+        self.across_videos = across_videos
         if frames < 2 or stride < 1 or not 0 <= pos_radius < neg_radius:
             raise ValueError(f"need frames >= 2, stride >= 1 and 0 <= pos_radius < neg_radius; got {frames}, "
                              f"{stride}, {pos_radius}, {neg_radius}")
@@ -104,5 +112,6 @@ class TCN(VideoMethodBase):
             return {"loss": losses.multi_view_time_contrastive(embeddings, times, scenes, margin=self.margin)}
         videos = batch.extra["video"].repeat_interleave(k)
         loss = losses.time_contrastive_triplet(embeddings, times, videos, pos_radius=self.pos_radius,
-                                               neg_radius=self.neg_radius, margin=self.margin)
+                                               neg_radius=self.neg_radius, margin=self.margin,
+                                               across_sequences=self.across_videos)
         return {"loss": loss}
