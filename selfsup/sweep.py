@@ -35,7 +35,8 @@ The study file::
     runs: other_study                                        # optional: share that study's run folders
 
 A point may name its own ``recipe`` (``{name: rotation, recipe: recipes/rotation_fashion_mnist.yaml}``),
-for studies that compare methods each at its own recipe. ``runs`` lets two studies read (and finish)
+for studies that compare methods each at its own recipe, and its own ``seeds`` (``{name: a, seeds: 8}``:
+more seeds where a claim's intervals need them, without rerunning the other points). ``runs`` lets two studies read (and finish)
 the same runs, e.g. one summarising the frozen evaluations and one adding fine-tuning to them.
 """
 
@@ -94,6 +95,8 @@ class Point:
     overrides: tuple[str, ...]
     recipe: str | None = None
     """The point's own recipe (else the study's)."""
+    seeds: tuple[int, ...] | None = None
+    """The point's own seeds (else the study's)."""
 
     @property
     def slug(self) -> str:
@@ -131,6 +134,15 @@ class Study:
     def runs_folder(self) -> Path:
         """Where the runs are: ``<out>/<runs or name>``."""
         return self.out / (self.runs or self.name)
+
+    def seeds_of(self, point: Point) -> list[int]:
+        """The seeds ``point`` runs: its own, else the study's."""
+        return list(point.seeds) if point.seeds is not None else self.seeds
+
+    @property
+    def uniform_seeds(self) -> bool:
+        """Whether every point runs the study's seeds."""
+        return all(self.seeds_of(p) == self.seeds for p in self.points)
 
     @property
     def verdicts(self) -> list[dict[str, Any]]:
@@ -218,11 +230,12 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
         points = []
         for k, item in enumerate(spec["points"] or []):
             if (not isinstance(item, dict) or not isinstance(item.get("name"), str)
-                    or set(item) - {"name", "overrides", "recipe"}):
+                    or set(item) - {"name", "overrides", "recipe", "seeds"}):
                 raise ConfigError(f"{path}: points[{k}] must be {{name: ..., overrides: [key=value, ...]}} (and an "
-                                  f"optional recipe), got {item!r}")
+                                  f"optional recipe and seeds), got {item!r}")
+            seeds = tuple(_seeds(item["seeds"], f"{path}: points[{k}]")) if "seeds" in item else None
             points.append(Point(item["name"], tuple(_overrides(item.get("overrides") or [], f"{path}: points[{k}]")),
-                                recipe=item.get("recipe")))
+                                recipe=item.get("recipe"), seeds=seeds))
         if not points:
             raise ConfigError(f"{path}: points is empty")
     if len({p.slug for p in points}) != len(points):
@@ -306,7 +319,7 @@ def expand(study: Study) -> list[Run]:
     """Every (point, seed) of the study as a :class:`Run`, points first."""
     runs = []
     for point in study.points:
-        for seed in study.seeds:
+        for seed in study.seeds_of(point):
             folder = study.runs_folder / point.slug / f"seed{seed}"
             overrides = (*study.overrides, *point.overrides, f"train.seed={seed}",
                          f"name={study.runs or study.name}-{point.slug}-seed{seed}", f"train.out_dir={folder}",
@@ -360,7 +373,10 @@ def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict
     runs = expand(study)
     todo = [run for run in runs if commands(study, run)]
     counts = {status: sum(r.status() == status for r in todo) for status in ("resume", "new")}
-    say(f"sweep {study.name}: {len(runs)} runs ({len(study.points)} points x {len(study.seeds)} seeds) in "
+    shape = (f"{len(study.points)} points x {len(study.seeds)} seeds" if study.uniform_seeds else
+             f"{len(study.points)} points, " + ", ".join(f"{p.name} {len(study.seeds_of(p))}" for p in study.points)
+             + " seeds")
+    say(f"sweep {study.name}: {len(runs)} runs ({shape}) in "
         f"{study.folder}; {len(runs) - len(todo)} done, {counts['resume']} to resume, {counts['new']} to start")
     results: dict[str, int] = {}
     if not todo:
@@ -597,7 +613,9 @@ def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
             ax.legend(loc="best", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(metric if metric in VALUE_METRICS else f"{metric} (%)")
-        ax.set_title(f"{study.name}: {metric}\nmean and 95% interval over {len(study.seeds)} seeds", fontsize=9)
+        over = (f"{len(study.seeds)} seeds" if study.uniform_seeds
+                else "each point's seeds (" + ", ".join(str(len(study.seeds_of(p))) for p in study.points) + ")")
+        ax.set_title(f"{study.name}: {metric}\nmean and 95% interval over {over}", fontsize=9)
         fig.tight_layout()
         path = folder / f"{study.name}_{metric}.png"
         fig.savefig(path, dpi=110)
@@ -619,8 +637,11 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
         lines.append("")
     common = " ".join(f"`{o}`" for o in study.overrides) or "none"
     recipe = f"Recipe `{study.recipe}`" if study.recipe else "No recipe (the defaults)"
-    lines += [f"{recipe}, overrides {common}; {len(study.points)} points x {len(study.seeds)} seeds "
-              f"({', '.join(map(str, study.seeds))}). Each cell: mean ± sample std [95% interval of the mean], "
+    own = [p for p in study.points if not study.uniform_seeds and study.seeds_of(p) != study.seeds]
+    shape = (f"{len(study.points)} points x {len(study.seeds)} seeds ({', '.join(map(str, study.seeds))})"
+             + "".join(f"; {p.name}: {len(study.seeds_of(p))} seeds ({', '.join(map(str, study.seeds_of(p)))})"
+                       for p in own))
+    lines += [f"{recipe}, overrides {common}; {shape}. Each cell: mean ± sample std [95% interval of the mean], "
               f"accuracies in percent; *floor*: the same evaluation of the same encoder at random initialisation (for "
               f"fine-tuning: the same network trained from scratch on the same labels).", ""]
     head = ["point", "overrides"] + [f"{m}" for m in study.metrics] + [f"{m} floor" for m in study.metrics[:1]]
@@ -661,7 +682,7 @@ def study_list(folder: str | Path) -> str:
     for path in sorted(Path(folder).glob("*.json")):
         summary = json.loads(path.read_text())
         claim = " ".join(str(summary.get("claim", "")).split()).replace("|", "\\|")
-        runs = len(summary.get("points", {})) * len(summary.get("seeds", []))
+        runs = summary.get("runs") or len(summary.get("points", {})) * len(summary.get("seeds", []))
         rows.append(f"| [{summary['name']}]({path.stem}.md) | {claim} | **{summary['verdict']}** | {runs} |")
     if not rows:
         return "No study has run yet.\n"
@@ -677,7 +698,8 @@ def summarise(study: Study, page_path: Path | None = None, commit: str | None = 
     word, sentence = verdict(study, summary)
     summary.update({"name": study.name, "claim": study.claim, "verdict": word, "verdict_text": sentence,
                     "verdicts": [{"claim": c, "verdict": w, "text": t} for c, w, t in verdicts(study, summary)],
-                    "seeds": study.seeds, "metrics": study.metrics, "recipe": study.recipe,
+                    "seeds": study.seeds, "runs": len(expand(study)),
+                    "point_seeds": {p.name: study.seeds_of(p) for p in study.points}, "metrics": study.metrics, "recipe": study.recipe,
                     "overrides": study.overrides, "generated": time.strftime("%Y-%m-%d %H:%M:%S")})
     study.folder.mkdir(parents=True, exist_ok=True)
     (study.folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

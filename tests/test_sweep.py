@@ -28,7 +28,7 @@ def write_study(tmp_path: Path, **changes) -> Path:
             "metrics": ["knn", "linear"], "verdict": {"best": "method_args.temperature=0.2"},
             "out": str(tmp_path / "sweeps"), **changes}
     path = tmp_path / "toy.yaml"
-    path.write_text(json.dumps(spec))  # JSON is YAML
+    path.write_text(json.dumps({k: v for k, v in spec.items() if v is not None}))  # JSON is YAML; None: key left out
     return path
 
 
@@ -64,10 +64,35 @@ def test_a_command_line_sweep_makes_axes_of_comma_lists(tmp_path):
     ({"verdict": {"winner": "x"}}, "verdict is"),
     ({"verdict": {"better": "method_args.temperature=0.2", "than": "method_args.temperature=0.5"}}, "must be a list"),
     ({"colour": "red"}, "unknown keys"),
+    ({"points": [{"name": "a", "seeds": [1, 1]}], "grid": None}, "seeds repeat"),
 ])
 def test_bad_studies_are_named_in_one_line(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         sweep.load_study(write_study(tmp_path, **change))
+
+
+def test_a_point_with_its_own_seeds_runs_and_is_summarised_over_them(tmp_path):
+    study_path = write_study(tmp_path, grid=None, metrics=["knn"], seeds=2,
+                             points=[{"name": "a"}, {"name": "b", "seeds": 4, "overrides": ["x=1"]}],
+                             verdict={"better": "b", "than": ["a"]})
+    study = sweep.load_study(study_path)
+    runs = sweep.expand(study)
+    assert [(r.point.name, r.seed) for r in runs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2), ("b", 3)]
+    knn = {("a", 0): 0.70, ("a", 1): 0.74, ("b", 0): 0.80, ("b", 1): 0.84, ("b", 2): 0.82, ("b", 3): 0.78}
+    for run in runs:  # results written by hand, as a finished run writes them
+        run.folder.mkdir(parents=True)
+        (run.folder / "results.json").write_text(json.dumps(
+            {"evaluations": {"knn": {"accuracy": knn[run.point.name, run.seed], "random_init": {"accuracy": 0.6}}}}))
+    summary = sweep.summarise(study, page_path=tmp_path / "page" / "toy.md")
+    b = summary["points"]["b"]["knn"]
+    assert b["n"] == 4 and b["mean"] == pytest.approx(0.81)
+    std = math.sqrt((0.01 ** 2 + 0.03 ** 2 + 0.01 ** 2 + 0.03 ** 2) / 3)
+    assert b["ci95"] == pytest.approx(3.182446305284263 * std / 2)  # t(0.975, 3) from the tables, over 4 seeds
+    assert summary["points"]["a"]["knn"]["n"] == 2 and summary["runs"] == 6
+    assert summary["point_seeds"] == {"a": [0, 1], "b": [0, 1, 2, 3]}
+    text = (tmp_path / "page" / "toy.md").read_text()
+    assert "2 points x 2 seeds (0, 1); b: 4 seeds (0, 1, 2, 3)" in text
+    assert (tmp_path / "page" / "list.md").read_text().rstrip().endswith("| 6 |")  # the study list counts 6 runs
 
 
 def test_statistics_by_hand():
