@@ -707,6 +707,27 @@ def test_multi_view_tcn_npairs_is_the_official_npairs_loss_between_the_two_views
         TCN(backbone, multi_view=True, loss="lifted")
 
 
+def test_single_view_tcn_takes_negatives_from_its_own_video_as_the_official_estimator(videos):
+    from selfsup.methods.base import Batch
+
+    backbone = build_backbone("convnet", in_channels=3, image_size=32, width=8)
+    method = TCN(backbone, dim=4, frames=4, pos_radius=1, neg_radius=2, crop_scale=None).eval()
+    batch, progress = _clip_batch(videos, method)
+    assert method.across_videos is False and TCN(backbone, multi_view=True).across_videos is True
+    # Two copies of one batch under different video ids: with negatives from their own video only,
+    # the loss is the one batch's (each copy alone); with other videos' frames as negatives it is not.
+    twice = Batch([torch.cat([batch.views[0], batch.views[0]])], torch.cat([batch.index, batch.index]),
+                  None, {"video": torch.cat([batch.extra["video"], batch.extra["video"] + 1000]),
+                         "times": torch.cat([batch.extra["times"], batch.extra["times"]])})
+    with torch.no_grad():
+        one, two = (float(method.training_step(b, progress)["loss"]) for b in (batch, twice))
+        method.across_videos = True
+        across = float(method.training_step(twice, progress)["loss"])
+    assert two == pytest.approx(one, rel=1e-5) and across != pytest.approx(one, rel=1e-3)
+    with pytest.raises(ValueError, match="single-view only"):
+        TCN(backbone, multi_view=True, across_videos=False)
+
+
 def test_multi_view_tcn_trains_on_paired_views_through_the_engine(two_camera_videos, tmp_path):
     from selfsup.config import load_config
     from selfsup.engine import Trainer

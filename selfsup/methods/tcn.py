@@ -13,19 +13,21 @@ from selfsup.nn import Backbone
 
 
 class TCN(VideoMethodBase):
-    """Single-view TCN: frames near in time attract, frames far in time (or of other videos) repel.
+    """Single-view TCN: frames near in time attract, frames far in time in the same video repel.
 
     Per batch of B clips of ``frames`` consecutive frames (``stride`` apart)::
 
         e = normalize(W f(x))                           # (B * frames, D) frame embeddings
         loss = time_contrastive_triplet(e, t, video,    # positives: same video, |Δt| <= pos_radius
-                                        pos_radius, neg_radius, margin)   # negatives: |Δt| > neg_radius
-                                                                          # or another video
+                                        pos_radius, neg_radius, margin,   # negatives: same video,
+                                        across_sequences=False)           # |Δt| > neg_radius
 
-    As the official ``svtcn_loss.py`` with ``multiseq`` (the official single-view batch is one
-    sequence of consecutive frames; here a batch holds several clips, each from its own video, and
-    frames of different videos are negatives, the official's multi-sequence rule). Semi-hard
-    triplets on squared distances of L2-normalised embeddings, margin 0.2. The embedder is a linear
+    As the official ``SVTCNTripletEstimator`` (``svtcn_estimator.py``), which calls
+    ``singleview_tcn_loss`` without ``multiseq``: its batch is one sequence, so time alone decides the
+    negatives. Here a batch holds clips of several videos; each frame's negatives are its own video's
+    frames beyond ``neg_radius``, and other videos' frames are neither (``across_videos`` makes them
+    negatives, the loss's ``multiseq`` rule). Semi-hard triplets on squared distances of
+    L2-normalised embeddings, margin 0.2. The embedder is a linear
     layer to ``dim`` on the backbone's pooled features, where the official adds two conv layers and a
     spatial softmax to an Inception trunk.
 
@@ -55,16 +57,19 @@ class TCN(VideoMethodBase):
             class), on embeddings that are not normalised (the official config's ``npairs.embedding_l2:
             false``), plus TF ``npairs_loss``'s norm penalty ``0.25 * l2_reg * (mean |a|^2 + mean |p|^2)``.
         l2_reg: λ of that penalty (TF's default 0.002).
-        across_videos: single-view only: frames of the batch's other videos are negatives (the official
-            ``multiseq`` rule, our default since a batch here holds 32 videos); ``False`` keeps the
-            official default's negatives, the same video's frames beyond ``neg_radius`` only (its batch is
-            one sequence), so that the loss spends itself on time within a video alone.
+        across_videos: whether the batch's other videos' frames are negatives. ``None`` (default): the
+            official single-view estimator's ``False`` (above); multi-view ``True``, every other scene
+            of the batch a negative (:func:`selfsup.losses.multi_view_time_contrastive`). Single-view
+            ``True`` is ``singleview_tcn_loss``'s ``multiseq=True``, this class's default until
+            2026-12-06: on demonstrations of one task it does not align them beyond the random network,
+            where the official ``False`` does (``studies/tcn_task.yaml``: other demonstrations' frames at
+            the same stage of the task, which alignment asks to be near, are pushed away).
     """
 
     def __init__(self, backbone: Backbone, *, dim: int = 32, frames: int = 8, stride: int = 1,
                  pos_radius: float = 6, neg_radius: float = 12, margin: float = 0.2,
                  crop_scale: tuple[float, float] | None = (0.6, 1.0), multi_view: bool = False,
-                 loss: str = "triplet", l2_reg: float = 0.002, across_videos: bool = True) -> None:
+                 loss: str = "triplet", l2_reg: float = 0.002, across_videos: bool | None = None) -> None:
         super().__init__()
         if loss not in ("triplet", "npairs"):
             raise ValueError(f"loss must be 'triplet' or 'npairs', got {loss!r}")
@@ -74,10 +79,10 @@ class TCN(VideoMethodBase):
         if not l2_reg >= 0:
             raise ValueError(f"l2_reg must be >= 0, got {l2_reg}")
         self.loss, self.l2_reg = loss, l2_reg
-        if not across_videos and multi_view:
-            raise ValueError("across_videos=False is a single-view option (the multi-view loss's negatives are "
-                             "the other moments and scenes, as the official mvtcn_estimator)")
-        self.across_videos = across_videos
+        if multi_view and across_videos is False:
+            raise ValueError("across_videos=False is single-view only: the multi-view losses here take every other "
+                             "scene of the batch as a negative")
+        self.across_videos = multi_view if across_videos is None else bool(across_videos)
         if frames < 2 or stride < 1 or not 0 <= pos_radius < neg_radius:
             raise ValueError(f"need frames >= 2, stride >= 1 and 0 <= pos_radius < neg_radius; got {frames}, "
                              f"{stride}, {pos_radius}, {neg_radius}")
