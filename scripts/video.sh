@@ -2,7 +2,7 @@
 # The figures of docs/results/video.md: TCN, R3M and video colorization on the synthetic videos of
 # benchmarks/make_videos.py (120 videos of 24 frames, 64x64: 90 to train, 30 held out with their masks),
 # once with a colour per sprite and once (the same videos) with a video's sprites in one colour,
-# and multi-view TCN on the same scenes seen by two cameras,
+# multi-view TCN on the same scenes seen by two cameras, and single-view TCN on demonstrations of one task,
 # each then evaluated by `selfsup evaluate propagate` (J&F beside the random network, raw Lab colours and
 # copying the first mask; propagation.png). Resumable: a run whose results.json is in docs/runs/video is
 # skipped. Then the table: selfsup report --table docs/runs/video/* --out docs/results/video_runs.md.
@@ -16,6 +16,8 @@ SHARED=runs/data/synthetic_videos_shared
 [ -f $SHARED/labels.csv ] || $PY benchmarks/make_videos.py $SHARED --shared-colour
 TWO_CAMERAS=runs/data/synthetic_videos_2cam
 [ -f $TWO_CAMERAS/labels.csv ] || $PY benchmarks/make_videos.py $TWO_CAMERAS --views 2
+TASK=runs/data/synthetic_videos_task
+[ -f $TASK/labels.csv ] || $PY benchmarks/make_videos.py $TASK --task
 run() {  # name recipe overrides...
   local name=$1 recipe=$2; shift 2
   [ -f "$OUT/$name/results.json" ] && return
@@ -35,4 +37,5 @@ run video_colorization_shared video_colorization_synthetic_videos data.root=$SHA
 run tcn_shared tcn_synthetic_videos data.root=$SHARED
 run r3m_shared r3m_synthetic_videos data.root=$SHARED
 run tcn_multiview tcn_multiview_synthetic_videos
+run tcn_task tcn_synthetic_videos data.root=$TASK
 $PY -m selfsup report --table "$OUT"/* --out docs/results/video_runs.md
