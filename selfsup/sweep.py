@@ -78,7 +78,11 @@ VALUE_METRICS = {"feature_std": ("evaluations", "collapse", "feature_std"),
                  "j_and_f_lab": ("evaluations", "propagation", "baselines", "lab", "j_and_f"),
                  "j_and_f_copy": ("evaluations", "propagation", "baselines", "copy", "j_and_f"),
                  "pck": ("evaluations", "propagation", "pck@0.1"),
-                 "pck_lab": ("evaluations", "propagation", "baselines", "lab", "pck@0.1")}
+                 "pck_lab": ("evaluations", "propagation", "baselines", "lab", "pck@0.1"),
+                 "pck1": ("evaluations", "correspondence", "pck@1"),
+                 "pck3": ("evaluations", "correspondence", "pck@3"),
+                 "pck5": ("evaluations", "correspondence", "pck@5"),
+                 "pck3_raw": ("evaluations", "correspondence", "raw_pixels", "pck@3")}
 """Other numbers a sweep can summarise, where they are in ``results.json``: not fractions, shown as
 they are. A verdict on a metric where lower is better says ``lower: true``."""
 STUDY_KEYS = {"name", "claim", "recipe", "overrides", "grid", "points", "seeds", "metrics", "finetune", "verdict",

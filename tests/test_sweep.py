@@ -209,6 +209,15 @@ def test_video_measures_are_read_with_their_floors():
     assert sweep._scores({"evaluations": {}}, "tau") == (None, None)
 
 
+def test_correspondence_is_read_with_its_floor_and_raw_patches_without():
+    results = {"evaluations": {"correspondence": {"pck@1": 0.07, "pck@3": 0.50, "pck@5": 0.83,
+                                                  "raw_pixels": {"pck@3": 0.40},
+                                                  "random_init": {"pck@1": 0.06, "pck@3": 0.46, "pck@5": 0.80}}}}
+    assert sweep._scores(results, "pck3") == (0.50, 0.46)
+    assert sweep._scores(results, "pck1") == (0.07, 0.06) and sweep._scores(results, "pck5") == (0.83, 0.80)
+    assert sweep._scores(results, "pck3_raw") == (0.40, None)  # raw patches do not depend on the network
+
+
 def test_points_with_other_floors_are_drawn_each_beside_its_own(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
