@@ -255,7 +255,7 @@ def test_a_short_dense_object_net_run_beats_its_random_network_and_the_command_a
     pretrain(cfg)
     monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
     entry = json.loads((tmp_path / "results.json").read_text())["evaluations"]["correspondence"]
-    # Measured: PCK@3 0.72 against 0.49 at random initialisation (raw 3x3x3 patches: 0.70).
+    # Measured: PCK@3 0.72 against 0.49 at random initialisation (raw 5x5 patches: 0.70).
     assert entry["pck@3"] > entry["random_init"]["pck@3"] + 0.15, entry
     assert (tmp_path / "correspondence.png").is_file()
     assert main(["evaluate", "correspondence", str(tmp_path / "checkpoints" / "last.ckpt"), "--images", "50"]) == 0
