@@ -20,7 +20,7 @@ import torch
 from selfsup import evaluate
 from selfsup.config import load_config
 from selfsup.engine import build_method
-from selfsup.engine.setup import load_datasets
+from selfsup.engine.sources import load_datasets
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 from _baseline import recipe_from_command_line, report
 
 from selfsup.engine import build_method
-from selfsup.engine.setup import load_image_text
+from selfsup.engine.sources import load_image_text
 
 
 def main() -> None:

@@ -51,15 +51,16 @@ done
 part 90 "plain PyTorch peer loop vs the engine, $BACKBONE 3x32x32" \
     $PY benchmarks/peer.py --batch $B --steps $STEPS --workers $WORK --backbone $BACKBONE
 MODES="eager compile"
-[ "$DEV" = cuda ] && MODES="eager compile draws"  # draws: train.fused_views and train.fused_draws
+# draws: train.fused_views and train.fused_draws; auto: train.compile unset (compiled if the run repays it)
+[ "$DEV" = cuda ] && MODES="eager compile auto draws"
 for mode in $MODES; do
     part 120 "engine epoch at CIFAR shape (Fashion-MNIST as 3x32x32), $mode" \
         $PY -m selfsup pretrain recipes/simclr_fashion_mnist.yaml backbone.name=$BACKBONE data.size=32 data.channels=3 \
         train.batch_size=$B train.epochs=$EPOCHS train.knn_every=0 train.progress=false eval.plots=false \
-        eval.floor=false train.compile=$([ $mode = compile ] && echo true || echo false) \
+        eval.floor=false $([ $mode = auto ] || echo train.compile=$([ $mode = compile ] && echo true || echo false)) \
         train.fused_views=$([ $mode = fused ] || [ $mode = draws ] && echo true || echo false) \
         train.fused_draws=$([ $mode = draws ] && echo true || echo false) name=gpu_epoch_$mode train.out_dir=/tmp/gpu_epoch_$mode
-    $PY -c "import json; r = json.load(open('/tmp/gpu_epoch_$mode/results.json')); print('pretraining', r['pretrain_time_s'], 's,', r['images_per_s'], 'images/s, linear', r.get('linear_accuracy'), 'wall', r['wall_time_s'], 's')" 2>/dev/null
+    $PY -c "import json; r = json.load(open('/tmp/gpu_epoch_$mode/results.json')); print('pretraining', r['pretrain_time_s'], 's,', r['images_per_s'], 'images/s, linear', r.get('linear_accuracy'), 'wall', r['wall_time_s'], 's', r.get('compile_plan', ''))" 2>/dev/null
 done
 part 90 "every recipe's step against SimCLR's" $PY benchmarks/methods.py $METHODS --device "$DEV"
 part 90 "gradient caching: peak memory against the batch" \

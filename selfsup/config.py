@@ -151,11 +151,13 @@ class TrainConfig:
     sync_batchnorm: bool | None = None
     """Global BatchNorm across devices; None: as the method's paper (SimCLR, BYOL yes; MoCo no)."""
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | None = None
     """``torch.compile`` the backbone's network and the augmentation's arithmetic (its crop, jitter,
     grayscale, blur and solarize fused into a few kernels, the parameters drawn as without it;
     ``selfsup.augment.augment_view``; RGB views on a CPU keep the faster C kernel). Compilation costs
-    tens of seconds at the start."""
+    tens of seconds at the start. Unset (null, the default): on a CUDA GPU, compiled when the run is
+    long enough to repay it (a few eager steps timed and undone; ``selfsup.engine.monitor.plan_compile``,
+    the decision in results.json's ``compile_plan``), on a CPU never; ``true`` or ``false`` decide."""
     fused_views: bool = False
     """On a CUDA GPU, make each view's pixels in one Triton kernel (crop, jitter, grayscale, blur and
     solarize; ``selfsup.augment._triton``) for images and views up to 64 pixels a side, instead of

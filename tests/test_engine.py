@@ -471,3 +471,17 @@ def test_train_compile_compiles_the_views_too(tmp_path):
     reference = eager.make_batch(0, 0)
     for got, want in zip(batch.views, reference.views, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_engine_stays_in_rooms_a_reader_can_find():
+    """DESIGN.md: set-up (data, method, optimiser), the step, state and checkpoints, finish and evaluation,
+    each under ~300 lines."""
+    from pathlib import Path
+
+    import selfsup.engine
+
+    folder = Path(selfsup.engine.__file__).parent
+    sizes = {path.name: len(path.read_text().splitlines()) for path in folder.glob("*.py")}
+    assert {"setup.py", "sources.py", "optim.py", "trainer.py", "grad_cache.py", "state.py", "checkpoint.py",
+            "finish.py", "floor.py", "run.py"} <= set(sizes)
+    assert max(sizes.values()) <= 310, sizes

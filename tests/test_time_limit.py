@@ -48,3 +48,60 @@ def test_time_limited_run_equals_a_run_of_that_many_steps_and_resumes_with_the_p
     resumed = Trainer(load_config(None, [*BASE, "train.time_limit=2s", f"train.out_dir={tmp_path / 'limited'}"]),
                       state)
     assert resumed.max_steps == steps and resumed.start_step == steps   # no new calibration, the same plan
+
+
+# ----------------------------------------------------------------------------- train.compile unset
+
+
+def test_compile_pays_when_the_saving_exceeds_the_cost():
+    from selfsup.engine.monitor import COMPILE_COST_S, COMPILE_SAVING, compile_pays
+
+    # The issue's H200 figures: the step at 0.63 of bare eager, 0.80 compiled, so compiled takes 0.7875 of it.
+    assert COMPILE_SAVING == pytest.approx(1 - 0.63 / 0.80, abs=0.005) and COMPILE_COST_S == 60
+    assert not compile_pays(351 * 0.026)          # 3 epochs of CIFAR at 26 ms: 0.21 * 9.1 s = 1.9 s
+    assert not compile_pays(285.0)                # 59.85 s saved
+    assert compile_pays(286.0)                    # 60.06 s saved
+    assert compile_pays(100.0, saving=0.5, cost_s=49.0) and not compile_pays(100.0, saving=0.5, cost_s=50.0)
+
+
+def test_an_unset_compile_stays_eager_on_a_cpu_and_on_a_gpu_follows_the_runs_length(tmp_path, monkeypatch):
+    from selfsup.engine import monitor, trainer as trainer_module
+
+    run = [*BASE, "train.epochs=0.2"]
+    cpu = Trainer(load_config(None, [*run, f"train.out_dir={tmp_path / 'cpu'}"]))
+    assert load_config(None, []).train.compile is None and cpu.compile_plan == {}
+    assert cpu.method.backbone.net._compiled_call_impl is None and not cpu.augment.compiled
+    eager = Trainer(load_config(None, [*run, "train.compile=false", f"train.out_dir={tmp_path / 'eager'}"]))
+    after_eager = torch.get_rng_state()
+
+    # The GPU's rule, exercised on this CPU: the decision from the timed eager steps, compiling recorded by a spy.
+    monkeypatch.setattr(monitor, "AUTO_COMPILE_DEVICES", ("cpu",))
+    compiled = []
+    monkeypatch.setattr(trainer_module, "compile_for_speed", lambda method, views: compiled.append(method))
+    for cost, pays in ((1e9, False), (0.0, True)):
+        monkeypatch.setattr(monitor, "COMPILE_COST_S", cost)
+        compiled.clear()
+        auto = Trainer(load_config(None, [*run, f"train.out_dir={tmp_path / f'auto{cost:g}'}"]))
+        plan = auto.compile_plan
+        assert plan["compile"] is pays and len(compiled) == pays and plan["cost_s"] == cost
+        assert plan["eager_run_s"] == pytest.approx(plan["step_s"] * auto.max_steps, abs=0.01)
+        assert ("compiled" if pays else "eager") in plan["reason"]
+        # The timed steps left no trace: the weights and the RNG as a run that never timed them.
+        assert torch.equal(torch.get_rng_state(), after_eager)
+        for key, value in eager.method.state_dict().items():
+            assert torch.equal(auto.method.state_dict()[key], value), key
+
+    auto.fit()   # the run that compiled: its checkpoint keeps the decision, and a resume follows it untimed
+    state = load_checkpoint(tmp_path / "auto0" / "checkpoints" / "last.ckpt")
+    assert state["run"]["compile_plan"] == plan
+    monkeypatch.setattr(monitor, "timed_steps", lambda trainer: pytest.fail("a resume timed steps again"))
+    compiled.clear()
+    resumed = Trainer(load_config(None, [*run, f"train.out_dir={tmp_path / 'auto0'}"]), state)
+    assert resumed.compile_plan == plan and len(compiled) == 1
+
+    # Under train.time_limit the limit is the run's length: nothing timed for the decision.
+    monkeypatch.setattr(monitor, "COMPILE_COST_S", 0.21 * 100 - 0.01)
+    monkeypatch.setattr(monitor, "plan_time_limit", lambda trainer, limit_s: None)
+    limited = Trainer(load_config(None, [*run, "train.time_limit=100s", f"train.out_dir={tmp_path / 'limited'}"]))
+    assert limited.compile_plan["compile"] and limited.compile_plan["eager_run_s"] == 100
+    assert "step_s" not in limited.compile_plan

@@ -197,7 +197,7 @@ def test_the_speech_recipe_trains_through_the_engine(tmp_path):
 
 def test_the_speech_viewmakers_learned_views_are_drawn_as_waveforms(tmp_path, monkeypatch):
     from selfsup import evaluate
-    from selfsup.engine import Trainer
+    from selfsup.engine import Trainer, finish
     from tests.test_sequences import tone, write_wav
 
     root = tmp_path / "speech"
@@ -216,7 +216,7 @@ def test_the_speech_viewmakers_learned_views_are_drawn_as_waveforms(tmp_path, mo
         return real(signals, views, path, **kwargs)
 
     monkeypatch.setattr(evaluate, "plot_signal_views", spy)
-    trainer.draw_views()
+    finish.draw_views(trainer)
     assert (tmp_path / "run" / "views.png").is_file() and drawn["names"] == ["learned 1", "learned 2"]
     signals = drawn["signals"]
     assert signals.shape == (4, 1, 1600) and torch.equal(signals, trainer.source.inputs[:4])

@@ -4,6 +4,7 @@
 on the test split (``evaluate.frozen_evaluations``), the paper's bank kNN for a memory-bank method,
 the method's own evaluations (CLIP: zero-shot), the curves, the embedding map, the retrieval grid,
 the embeddings, ``results.json`` (schema in :mod:`selfsup.evaluate.report`) and ``report.html``.
+:func:`draw_views` draws the views a run trains on (``views.png``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from selfsup import data, evaluate
 from selfsup.engine import monitor
 from selfsup.engine.floor import random_init_floor, seeded_build, with_floor
 from selfsup.engine.setup import say
+from selfsup.nn import eval_mode
 
 if TYPE_CHECKING:
     from selfsup.engine.trainer import Trainer
@@ -119,6 +121,40 @@ def kept_checkpoints(trainer: Trainer) -> dict[str, Any]:
     return kept
 
 
+def draw_views(trainer: Trainer, count: int = 8) -> None:
+    """``views.png``, drawn when a run starts (and when it ends, for a method that learns its views): a
+    few training images (or signal windows) and the views the method gets from them (hand-made, and
+    a viewmaker's learned ones)."""
+    learned = getattr(trainer.method, "learned_views", None)  # a method that makes views (Viewmaker)
+    signals = trainer.source.kind == "sequences"
+    if not (trainer.cfg.eval.plots and (trainer.augment is not None or (signals and learned is not None))):
+        return
+
+    def draw() -> None:
+        images = (trainer.source.inputs[:4] if signals else trainer.source.images[:count]).to(trainer.fabric.device)
+        if trainer.augment is not None:
+            generator = torch.Generator(images.device).manual_seed(trainer.cfg.train.seed)
+            compiled, trainer.augment.compiled = trainer.augment.compiled, False  # 8 images: no compile per view
+            try:
+                views = trainer.augment(images, generator=generator)  # its own generator: training RNG untouched
+            finally:
+                trainer.augment.compiled = compiled
+            n_global = len(trainer.augment.views)
+            names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
+        else:
+            views, names = [images], ["signal"]
+        if learned is not None:
+            with eval_mode(trainer.method), torch.random.fork_rng(devices=[] if images.device.type == "cpu"
+                                                               else [images.device]):
+                torch.manual_seed(trainer.cfg.train.seed)
+                views, names = learned(views)
+        plot = evaluate.plot_signal_views if signals else evaluate.plot_views
+        plot(images, views, trainer.out_dir / "views.png", names=names,
+             title=f"{trainer.cfg.method} views of {trainer.cfg.data.name}")
+
+    trainer.on_rank_zero("drawing views.png", draw)
+
+
 def finish(trainer: Trainer) -> dict[str, float]:
     """Final evaluation and pictures on rank 0, on the test split (read here only): linear probe,
     kNN, few-shot episodes, retrieval (``evaluate.frozen_evaluations``), each with its floor (the same
@@ -187,6 +223,7 @@ def finish(trainer: Trainer) -> dict[str, float]:
                "epochs": round(trainer.max_steps / trainer.steps_per_epoch, 4) if trainer.time_plan else cfg.train.epochs,
                "batch_size": cfg.train.batch_size, "steps": trainer.max_steps,
                **({"time_plan": trainer.time_plan} if trainer.time_plan else {}),
+               **({"compile_plan": trainer.compile_plan} if trainer.compile_plan else {}),
                "precision": trainer.precision, "device": trainer.fabric.device.type,
                "devices": trainer.fabric.world_size, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "command": trainer.command, "commit": commit(),

@@ -1,7 +1,8 @@
 """What a run measures about itself while it trains: the time plan, the kNN monitor, spikes.
 
 :func:`plan_time_limit` turns ``train.time_limit`` into a number of steps (timed calibration steps,
-undone); :func:`knn_monitor` measures the weighted kNN accuracy of the evaluation encoder on
+undone); :func:`plan_compile` decides whether an unset ``train.compile`` compiles (on a CUDA GPU, when
+the run repays it); :func:`knn_monitor` measures the weighted kNN accuracy of the evaluation encoder on
 held-out training images (:func:`monitor_split`) at the end of an epoch; :func:`training_summary`
 counts the spikes of the logged loss and gradient norm (MoCo v3's instability, section 4).
 """
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from selfsup import data, evaluate
+from selfsup.config import parse_duration
 from selfsup.engine import state
 from selfsup.engine.optim import Schedule
 from selfsup.evaluate._common import stratified_sample
@@ -66,9 +68,9 @@ CALIBRATION_STEPS, CALIBRATION_WARMUP = 12, 3
 """``train.time_limit``: steps timed before the run (undone), of which the first few warm up."""
 
 
-def plan_time_limit(trainer: Trainer, limit_s: float) -> None:
-    """Fix ``max_steps`` from ``train.time_limit``: time a few steps, undo them, and keep as many
-    steps as fit in what is left of the limit. Every rank takes rank 0's measurement."""
+def timed_steps(trainer: Trainer) -> tuple[float, int]:
+    """Seconds per step over a few training steps, undone (weights, optimiser, RNG), and how many were
+    run. Every rank takes rank 0's measurement, so every rank plans the same."""
     started = time.perf_counter()
     weights = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
@@ -85,6 +87,14 @@ def plan_time_limit(trainer: Trainer, limit_s: float) -> None:
     trainer.method.load_state_dict(weights)
     trainer.optimizer.load_state_dict(optimizer_state)
     state.set_rng_state(rng, trainer.fabric.device)
+    return per_step, calibration
+
+
+def plan_time_limit(trainer: Trainer, limit_s: float) -> None:
+    """Fix ``max_steps`` from ``train.time_limit``: time a few steps, undo them, and keep as many
+    steps as fit in what is left of the limit."""
+    started = time.perf_counter()
+    per_step, calibration = timed_steps(trainer)
     left = limit_s - (time.perf_counter() - started)
     trainer.max_steps = max(1, int(left // per_step))
     trainer.schedule = Schedule.build(trainer.cfg.optim, trainer.schedule.base_lr, trainer.max_steps,
@@ -93,6 +103,57 @@ def plan_time_limit(trainer: Trainer, limit_s: float) -> None:
     trainer.say(f"train.time_limit={trainer.cfg.train.time_limit}: {1000 * per_step:.1f} ms per step over "
                 f"{calibration} calibration steps (undone) -> {trainer.max_steps:,} steps "
                 f"({trainer.max_steps / trainer.steps_per_epoch:.2f} epochs)")
+
+
+AUTO_COMPILE_DEVICES = ("cuda",)
+"""Where an unset ``train.compile`` compiles when it pays. Not CPUs: there the C view kernel makes RGB
+views 2x faster than compiled ones (benchmarks/README.md), so an unset ``train.compile`` stays eager."""
+COMPILE_SAVING = 0.21
+"""The share of an eager step's time that compiling saves, as measured on an H200 (issue 21: the
+ResNet-18 SimCLR step at 3x32x32, batch 512, bf16, ran at 0.63 of the bare backbone's forward and
+backward eager and 0.80 compiled: the compiled step takes 0.63 / 0.80 = 0.79 of the eager one)."""
+COMPILE_COST_S = 60.0
+"""What compiling is taken to cost at the start of a run, in seconds (the backbone and each view shape;
+tens of seconds on the GPUs it was tried on): an estimate on the safe side, since a run that compiles
+for nothing loses this much, one that does not loses only the saving."""
+
+
+def compile_pays(eager_s: float, *, saving: float = COMPILE_SAVING, cost_s: float = COMPILE_COST_S) -> bool:
+    """Whether compiling saves more than it costs over a run of ``eager_s`` seconds of eager steps.
+
+    Examples:
+        >>> compile_pays(351 * 0.026)  # 3 epochs of CIFAR at batch 512, 26 ms a step: saves 1.9 s for 60
+        False
+        >>> compile_pays(100 * 98 * 0.026)  # 100 epochs: saves 53.5 s, still not 60
+        False
+        >>> compile_pays(200 * 98 * 0.026)  # 200 epochs: saves 107 s
+        True
+    """
+    return saving * eager_s > cost_s
+
+
+def plan_compile(trainer: Trainer) -> bool:
+    """``train.compile`` unset: on a CUDA GPU, compile when the run is long enough to repay it (its eager
+    step timed over a few steps, undone; under ``train.time_limit`` the limit is the run's length);
+    elsewhere never. On a GPU the decision and its figures are ``trainer.compile_plan``, kept by the
+    checkpoint (a resume does as the first start did) and written to results.json."""
+    device = trainer.fabric.device.type
+    if device not in AUTO_COMPILE_DEVICES:
+        return False
+    limit = trainer.cfg.train.time_limit
+    if limit is not None:
+        step_s, planned_s = None, parse_duration(limit)
+    else:
+        step_s, _ = timed_steps(trainer)
+        planned_s = step_s * trainer.max_steps
+    pays = compile_pays(planned_s, saving=COMPILE_SAVING, cost_s=COMPILE_COST_S)
+    trainer.compile_plan = {"compile": pays, "eager_run_s": round(planned_s, 2), "saving": COMPILE_SAVING,
+                            "cost_s": COMPILE_COST_S, **({"step_s": step_s} if step_s is not None else {}),
+                            "reason": (f"train.compile unset on {device}: about {planned_s:,.0f} s of eager steps, "
+                                       f"{COMPILE_SAVING:.0%} of which is {COMPILE_SAVING * planned_s:,.0f} s against "
+                                       f"{COMPILE_COST_S:.0f} s to compile: {'compiled' if pays else 'eager'}")}
+    trainer.say(trainer.compile_plan["reason"] + " (train.compile=true or false decides instead)")
+    return pays
 
 
 def monitor_split(trainer: Trainer) -> tuple[Tensor, Tensor | None]:

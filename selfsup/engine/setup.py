@@ -1,7 +1,7 @@
 """Setting up a run, in the order :class:`~selfsup.engine.trainer.Trainer` does it.
 
-:func:`start_fabric` (devices, precision, DDP), :func:`load_data` (the data source and the
-labelled split for monitoring and evaluation), :func:`build_method`, :func:`prepare_method`
+:func:`start_fabric` (devices, precision, DDP), :func:`selfsup.engine.sources.load_data` (the data
+source and the labelled split for monitoring and evaluation), :func:`build_method`, :func:`prepare_method`
 (global BN, memory format), :func:`build_augmentation` (the method's views with the recipe's
 overrides) and :func:`check_view_sizes`. Each is usable alone (the benchmarks and the command
 line rebuild methods and data with them).
@@ -21,12 +21,13 @@ from lightning_fabric import Fabric
 from lightning_fabric.strategies import DDPStrategy
 from torch import nn
 
-from selfsup import augment, data
+from selfsup import augment
+from selfsup.augment import _triton
 from selfsup.config import AugmentConfig, Config, TrainConfig
 from selfsup.engine.logs import build_loggers
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import ConfigError
 from selfsup.methods import METHODS
-from selfsup.methods.base import view_count_problem
+from selfsup.methods.base import splits_into_embeddings, view_count_problem
 from selfsup.nn import build_backbone, convert_sync_batchnorm, eval_mode
 
 
@@ -115,184 +116,6 @@ def join_restarted_torchrun(accelerator: str) -> None:
                                             store)
     backend = "nccl" if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "gloo"
     torch.distributed.init_process_group(backend, store=attempt, rank=int(os.environ["RANK"]), world_size=world)
-
-
-def load_datasets(cfg: Config, progress: bool) -> tuple[data.ImageDataset, data.ImageDataset | None]:
-    """Train split (a seeded subset of ``data.max_samples`` if set), and the labelled test split
-    used for monitoring and evaluation (None if absent)."""
-    if data.is_streamed(cfg.data):  # nothing decoded here: the files are scanned, the pack's index read
-        def read(split: str):
-            return data.streamed_split(cfg.data, split, progress=progress)
-    else:
-        def read(split: str):
-            return data.load(cfg.data.name, split, root=cfg.data.root, size=cfg.data.size,
-                             channels=cfg.data.channels, download=cfg.data.download, progress=progress)
-    train = read("train")
-    if cfg.data.max_samples is not None and cfg.data.max_samples < len(train):
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        train = train.subset(torch.randperm(len(train), generator=generator)[: cfg.data.max_samples].sort().values)
-    try:
-        test = read("test")
-    except FileNotFoundError:
-        if cfg.data.name not in ("folder", "packed", "webdataset"):
-            raise
-        test = None  # a plain folder of unlabelled images, or training shards alone, has no test split
-    if test is not None and (test.labels is None or train.labels is None):
-        test = None
-    return train, test
-
-
-def load_sequences(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.WavFolder, data.SignalSet | None]:
-    """A WAV folder's training windows (streamed) and its test split's evaluation windows."""
-    d, t = cfg.data, cfg.train
-    if d.root is None:
-        raise ConfigError(f"data.root: dataset {d.name!r} needs the folder of <label>/*.wav files")
-    try:
-        train = data.WavFolder.from_config(d, "train", batch_size=t.batch_size, world_size=fabric.world_size,
-                                           device=fabric.device, seed=t.seed, progress=progress)
-        try:
-            test = data.WavFolder.from_config(d, "test", seed=t.seed, progress=progress).dataset
-        except FileNotFoundError:
-            test = None
-    except DataError as error:
-        raise ConfigError(f"data: {error}") from None
-    if train.skipped and fabric.global_rank == 0:
-        shown = "; ".join(f"{path} ({why})" for path, why in train.skipped[:5])
-        say(f"skipped {len(train.skipped)} unreadable WAV file(s) of the training split: {shown}"
-             + (" ..." if len(train.skipped) > 5 else ""))
-    if len(train) < t.batch_size:
-        raise ConfigError(f"train.batch_size: {d.root} gives {len(train)} training windows of {d.window} samples, "
-                          f"fewer than train.batch_size={t.batch_size}; lower the batch size or data.window")
-    return train, test
-
-
-def load_video(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.VideoClips, data.VideoSet | None]:
-    """A video folder's training clips (every frame decoded onto the device, or with ``data.stream``
-    decoded batch by batch in workers) and its test videos (in memory)."""
-    d, t = cfg.data, cfg.train
-    if d.root is None:
-        raise ConfigError("data.root: dataset 'video' needs a folder of videos, of frame folders, or a DAVIS root")
-
-    size, channels = d.size or data.folder.DEFAULT_SIZE, d.channels or 3
-
-    def read(split: str) -> data.VideoSet:
-        return data.load_video_split(d.root, split, size=size, channels=channels, max_frames=d.max_frames,
-                                     progress=progress)
-    try:
-        if d.stream:  # counted now, decoded clip by clip in workers
-            train = data.streamed_video_split(d.root, "train", size=size, channels=channels, max_frames=d.max_frames,
-                                              workers=d.workers)
-        else:
-            train = read("train")
-        try:
-            test = read("test")
-        except DataError:
-            test = None  # a folder with too few videos for a test split
-        if d.stream:
-            source = data.StreamedVideoClips(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
-                                             clips_per_video=d.clips_per_video, workers=d.workers,
-                                             rank=fabric.global_rank)
-        else:
-            source = data.VideoClips(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
-                                     clips_per_video=d.clips_per_video)
-    except (DataError, ValueError) as error:
-        raise ConfigError(f"data: {error}") from None
-    if train.skipped and fabric.global_rank == 0:
-        shown = "; ".join(f"{path} ({why})" for path, why in list(train.skipped.items())[:5])
-        say(f"skipped {len(train.skipped)} unreadable video(s) of the training split: {shown}"
-            + (" ..." if len(train.skipped) > 5 else ""))
-    if source.steps_per_epoch() < 1:
-        raise ConfigError(f"train.batch_size: {d.root} gives {len(source)} clips per epoch ({len(train.names)} videos "
-                          f"x data.clips_per_video={d.clips_per_video}), fewer than train.batch_size={t.batch_size}")
-    return source, test
-
-
-def load_pairs(cfg: Config, fabric: Fabric) -> tuple[data.PairSource, data.ImagePairs | None]:
-    """Image pairs with given correspondences: the training file's and the held-out file's."""
-    d, t = cfg.data, cfg.train
-    if not d.correspondences:
-        raise ConfigError("data.correspondences: data.name=pairs needs the JSON-lines file of image pairs and their "
-                          "matches (see selfsup.data.pairs)")
-    try:
-        def read(file: str) -> data.ImagePairs:
-            return data.read_pairs(file, root=d.root, size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3)
-        train = read(d.correspondences)
-        test = read(d.test_correspondences) if d.test_correspondences else None
-    except DataError as error:
-        raise ConfigError(f"data: {error}") from None
-    if train.skipped and fabric.global_rank == 0:
-        shown = "; ".join(f"{where} ({why})" for where, why in list(train.skipped.items())[:5])
-        say(f"skipped {len(train.skipped)} pair(s) of {d.correspondences}: {shown}" + (" ..." if len(train.skipped) > 5 else ""))
-    if len(train) < t.batch_size:
-        raise ConfigError(f"train.batch_size: {d.correspondences} gives {len(train)} pairs, fewer than "
-                          f"train.batch_size={t.batch_size}; lower the batch size")
-    return data.PairSource(train, t.batch_size, fabric.world_size, t.seed, fabric.device), test
-
-
-def load_image_text(cfg: Config, progress: bool) -> tuple[data.CaptionedImages, data.CaptionedImages | None]:
-    """Captioned train and test splits: a captions file's (``data.name: captions``) or a labelled
-    dataset's with template captions (``data.captions: templates``)."""
-    d = cfg.data
-    try:
-        if d.name == "captions":
-            if not d.captions or d.captions == "templates":
-                raise ConfigError("data.captions: data.name=captions needs the captions file (.csv or .jsonl) of "
-                                  "your images; data.captions=templates fills prompts with class names of a "
-                                  "labelled dataset instead (e.g. data.name=fashion_mnist)")
-            return data.read_captions_splits(d.captions, d.test_captions, root=d.root,
-                                             size=d.size or data.folder.DEFAULT_SIZE, channels=d.channels or 3,
-                                             held_out=d.held_out_classes, progress=progress)
-        if d.captions != "templates":
-            raise ConfigError(f"data.captions: {d.captions!r} with data.name={d.name}: a captions file goes with "
-                              f"data.name=captions (and data.root, the folder of its images); for {d.name} use "
-                              f"data.captions=templates")
-        images, labelled_test = load_datasets(cfg, progress)
-        train = data.from_templates(images, "train", held_out=d.held_out_classes)
-        test = None if labelled_test is None else data.from_templates(labelled_test, "test", held_out=d.held_out_classes)
-        return train, test
-    except DataError as error:
-        raise ConfigError(f"data: {error}") from None
-
-
-def load_data(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.DataSource, Any]:
-    """The training data source and the labelled test split (rank 0 downloads first)."""
-    t = cfg.train
-    if t.batch_size % fabric.world_size:
-        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by devices x nodes = "
-                          f"{fabric.world_size}")
-    kind = data.kind_of(cfg.data)
-    if kind == "sequences":
-        return load_sequences(cfg, fabric, progress)
-    if kind == "video":
-        with fabric.rank_zero_first():
-            return load_video(cfg, fabric, progress)
-    if kind == "image_pairs":
-        return load_pairs(cfg, fabric)
-    if kind == "image_text":
-        with fabric.rank_zero_first():
-            train, test = load_image_text(cfg, progress)
-        source = data.ImageTextPairs(train, t.batch_size, fabric.world_size, t.seed, fabric.device)
-        if len(source) < t.batch_size:
-            raise ConfigError(f"train.batch_size: {len(source)} captioned training images (held-out classes left "
-                              f"out), fewer than train.batch_size={t.batch_size}; lower the batch size")
-        return source, test
-    if kind == "graph":
-        with fabric.rank_zero_first():
-            try:
-                graph = data.graph_from_config(cfg.data)
-            except DataError as error:
-                raise ConfigError(f"data: {error}") from None
-        source = data.GraphSource(graph, fabric.device)
-        return source, data.NodeSet(graph, graph.test_mask, graph.name)
-    with fabric.rank_zero_first():
-        train, test = load_datasets(cfg, progress)
-    if len(train) < t.batch_size:
-        raise ConfigError(f"train.batch_size: dataset {cfg.data.name!r} has {len(train)} training images, fewer "
-                          f"than train.batch_size={t.batch_size}; lower the batch size")
-    if data.is_streamed(cfg.data):
-        return data.StreamedImages(train, t.batch_size, fabric.world_size, t.seed, fabric.device,
-                                   workers=cfg.data.workers, rank=fabric.global_rank), test
-    return data.InMemoryImages(train, t.batch_size, fabric.world_size, t.seed, fabric.device), test
 
 
 def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
@@ -389,3 +212,57 @@ def check_view_sizes(backbone: nn.Module, views: augment.Augmentation | None, ch
                 raise ConfigError(f"augment: the backbone cannot take {size[0]}x{size[1]} views "
                                   f"({str(error).splitlines()[0]}); make the views larger (augment.local.size for "
                                   f"local crops)") from None
+
+
+def check_data_kind(cfg: Config, source) -> None:
+    """Refuse a method whose kind of data (images, sequences, a graph, ...) the data source does not give."""
+    cls = METHODS.get(cfg.method)
+    kinds = getattr(cls, "data_kinds", (cls.data_kind,)) if cls is not None else (source.kind,)
+    kind = kinds[0]
+    if source.kind not in kinds:
+        hint = ("; pair images with captions: data.captions=templates (class-name prompts) or "
+                "data.name=captions with data.captions=<file>") if kind == "image_text" else ""
+        raise ConfigError(f"method {cfg.method} learns from {kind}, but data.name={cfg.data.name} "
+                          f"gives {source.kind}{hint}")
+
+
+def check_method(cfg: Config, method: nn.Module, train_set) -> None:
+    """Refuse a built method the run cannot train: one that needs labels the data lacks, or gradient
+    caching (``train.micro_batch_size``) for a method whose loss does not split that way."""
+    if getattr(method, "needs_labels", False) and train_set.labels is None:
+        raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
+                          f"none; give it labelled data (a folder with one subfolder per class) or choose a "
+                          f"self-supervised method")
+    if cfg.train.micro_batch_size and not splits_into_embeddings(method):
+        raise ConfigError(f"train.micro_batch_size: {cfg.method} does not split into per-image embeddings and a "
+                          f"batch loss, which gradient caching needs; methods that do: "
+                          f"{', '.join(name for name, cls in METHODS.items() if splits_into_embeddings(cls))}")
+
+
+def configure_speed(t: TrainConfig, fabric: Fabric, method: nn.Module, views: augment.Augmentation | None,
+                    side: int) -> None:
+    """``train.fused_views`` / ``fused_draws`` (the Triton view kernel, CUDA only) and ``train.compile=true``
+    (:func:`compile_for_speed`; unset, :func:`selfsup.engine.monitor.plan_compile` decides), after :func:`check_view_sizes`, which would
+    otherwise compile for each view size."""
+    if t.fused_views and views is not None:
+        if not _triton.available() or not (fabric.device.type == "cuda" or _triton.interpreted()):
+            raise ConfigError("train.fused_views: needs a CUDA GPU and Triton (torch's CUDA wheels bring it); "
+                              f"this run is on {fabric.device.type} with Triton "
+                              f"{'available' if _triton.available() else 'missing'}")
+        views.fused = True
+        views.fused_draws = t.fused_draws
+        large = sorted({view.size for view in views.output_views if not _triton.fits(side, side, view.size)})
+        if large and fabric.global_rank == 0:
+            say(f"train.fused_views: images of {side}x{side} or views of {', '.join(f'{h}x{w}' for h, w in large)} "
+                f"exceed the kernel's {_triton.MAX_SIDE} pixels a side; those views take the unfused path")
+    elif t.fused_draws:
+        raise ConfigError("train.fused_draws: draws in the fused kernel, which needs train.fused_views=true")
+    if t.compile:
+        compile_for_speed(method, views)
+
+
+def compile_for_speed(method: nn.Module, views: augment.Augmentation | None) -> None:
+    """``torch.compile`` the backbone's network and the views' arithmetic (compiled at their first call)."""
+    method.backbone.net.compile()
+    if views is not None:  # RGB views on a CPU keep the C kernel, the faster there
+        views.compiled = True

@@ -70,6 +70,7 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
         trainer.fabric.strategy.precision.load_state_dict(state["precision"])
     trainer.start_step = step
     trainer.time_plan = dict(saved.get("time_plan", {}))
+    trainer.compile_plan = dict(saved.get("compile_plan", {}))
     trainer.best = saved.get("best")
     trainer.history = {"images_per_s": [], **state["history"]}
     trainer.train_seconds = float(saved.get("train_seconds", 0.0))
@@ -99,7 +100,7 @@ def save(trainer: Trainer, step: int) -> None:
         run = {"max_steps": trainer.max_steps, "precision": trainer.precision, "device": trainer.fabric.device.type,
                "train_seconds": trainer.train_seconds + time.perf_counter() - trainer.fit_started,
                "loss_window": [float(trainer.window_loss), trainer.window_steps], "loss_windows": windows,
-               "time_plan": trainer.time_plan, "best": trainer.best,
+               "time_plan": trainer.time_plan, "compile_plan": trainer.compile_plan, "best": trainer.best,
                # The W&B / MLflow runs a resumed run goes on logging into.
                "loggers": {lg.name: str(lg.version) for lg in trainer.fabric.loggers if lg.name in ("wandb", "mlflow")}}
         state = {"model": trainer.method.state_dict(), "optimizer": trainer.optimizer.state_dict(),

@@ -1,7 +1,7 @@
 """The pretraining loop, written out plainly on Lightning Fabric.
 
-A :class:`Trainer` is put together from the steps of :mod:`selfsup.engine.setup`, read top to
-bottom: Fabric (devices, precision, DDP), the data source and the labelled test split, the
+A :class:`Trainer` is put together from the steps of :mod:`selfsup.engine.setup` and
+:mod:`selfsup.engine.sources`, read top to bottom: Fabric (devices, precision, DDP), the data source and the labelled test split, the
 method, global BN and memory format, the augmentation, the optimiser and its
 :class:`~selfsup.engine.optim.Schedule`, then a resume from a checkpoint
 (:mod:`selfsup.engine.state`) or a time plan (:mod:`selfsup.engine.monitor`).
@@ -10,20 +10,18 @@ One step of :meth:`Trainer.fit`: the data source's batch of (epoch, position, ra
 from one batched augmentation call, ``training_step`` under autocast, a NaN/Inf check that
 every rank takes together, backward, ``after_backward``, optional clipping, the optimiser
 step, ``on_step_end``. Around it: atomic checkpoints, the kNN monitor, CSV/TensorBoard logs and
-a progress bar; :func:`pretrain` ends with :func:`selfsup.engine.finish.finish` (evaluations,
-pictures, results.json, the report page).
+a progress bar. :func:`selfsup.engine.run.pretrain` builds it, fits it and ends with
+:func:`selfsup.engine.finish.finish` (evaluations, pictures, results.json, the report page).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,35 +30,21 @@ from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfsup import augment, data, distributed, evaluate, losses
-from selfsup.augment import _triton
-from selfsup.config import Config, check_resume, from_dict, parse_duration, to_dict
-from selfsup.engine import checkpoint, grad_cache, monitor, state
-from selfsup.engine.finish import finish
+from selfsup import augment, data, distributed, losses
+from selfsup.config import Config, parse_duration, to_dict
+from selfsup.engine import grad_cache, monitor, state
 from selfsup.engine.logs import MetricsCSV
 from selfsup.engine.optim import Schedule, build_optimizer
-from selfsup.engine.setup import (build_augmentation, build_method, check_view_sizes, load_data, prepare_method, say,
-                                  start_fabric)
+from selfsup.engine.finish import draw_views
+from selfsup.engine.setup import (build_augmentation, build_method, check_data_kind, check_method, check_view_sizes,
+                                  compile_for_speed, configure_speed, prepare_method, say, start_fabric)
+from selfsup.engine.sources import load_data
 from selfsup.errors import ConfigError, NonFiniteLossError, Preempted
-from selfsup.methods import METHODS, Batch, Progress
-from selfsup.methods.base import splits_into_embeddings
-from selfsup.nn import eval_mode
-
-
-@dataclass
-class RunResult:
-    """What a finished run leaves behind."""
-
-    out_dir: Path
-    checkpoint: Path
-    history: dict[str, list[tuple[int, float]]]
-    metrics: dict[str, float] = field(default_factory=dict)
-    main: bool = True
-    """Whether this process is rank 0 (the one that evaluated and wrote the files)."""
+from selfsup.methods import Batch, Progress
 
 
 class Trainer:
-    """Runs one pretraining job described by a :class:`Config`. Use :func:`pretrain`."""
+    """Runs one pretraining job described by a :class:`Config`. Use :func:`selfsup.engine.run.pretrain`."""
 
     def __init__(self, cfg: Config, resume_state: dict[str, Any] | None = None, command: str | None = None) -> None:
         self.started = time.perf_counter()
@@ -86,14 +70,7 @@ class Trainer:
         if t.time_limit is not None and resume_state is not None:  # the plan of the first start, not a new one
             self.max_steps = int(resume_state.get("run", {}).get("max_steps", self.max_steps))
 
-        cls = METHODS.get(cfg.method)
-        kinds = getattr(cls, "data_kinds", (cls.data_kind,)) if cls is not None else (self.source.kind,)
-        kind = kinds[0]
-        if self.source.kind not in kinds:
-            hint = ("; pair images with captions: data.captions=templates (class-name prompts) or "
-                    "data.name=captions with data.captions=<file>") if kind == "image_text" else ""
-            raise ConfigError(f"method {cfg.method} learns from {kind}, but data.name={cfg.data.name} "
-                              f"gives {self.source.kind}{hint}")
+        check_data_kind(cfg, self.source)
         # A fresh method as this run builds it; under the run's seed (set here) it has the run's initial
         # weights, which the final evaluation's floor rebuilds (selfsup.engine.floor).
         self.build_method = functools.partial(
@@ -102,14 +79,7 @@ class Trainer:
             graph=getattr(self.source, "graph", None), captions=getattr(self.source, "captions", None))
         torch.manual_seed(t.seed)
         method = self.build_method()
-        if getattr(method, "needs_labels", False) and self.train_set.labels is None:
-            raise ConfigError(f"method {cfg.method} learns from class labels, but data.name={cfg.data.name} has "
-                              f"none; give it labelled data (a folder with one subfolder per class) or choose a "
-                              f"self-supervised method")
-        if t.micro_batch_size and not splits_into_embeddings(method):
-            raise ConfigError(f"train.micro_batch_size: {cfg.method} does not split into per-image embeddings and a "
-                              f"batch loss, which gradient caching needs; methods that do: "
-                              f"{', '.join(name for name, cls in METHODS.items() if splits_into_embeddings(cls))}")
+        check_method(cfg, method, self.train_set)
         if self.source.kind == "video":  # which frames of a video a clip holds is the method's choice
             self.source.clip_times = method.clip_times
             self.source.clip_views = getattr(method, "clip_views", 1)  # synchronised views per clip
@@ -120,24 +90,7 @@ class Trainer:
         self.center_first = isinstance(self.source, data.StreamedImages) and (
             self.augment is None or all(view.scale is None for view in self.augment.output_views))
         check_view_sizes(self.method.backbone, self.augment, self.train_set.channels)
-        if t.fused_views and self.augment is not None:
-            if not _triton.available() or not (fabric.device.type == "cuda" or _triton.interpreted()):
-                raise ConfigError("train.fused_views: needs a CUDA GPU and Triton (torch's CUDA wheels bring it); "
-                                  f"this run is on {fabric.device.type} with Triton "
-                                  f"{'available' if _triton.available() else 'missing'}")
-            self.augment.fused = True
-            self.augment.fused_draws = t.fused_draws
-            side = self.train_set.size
-            large = sorted({view.size for view in self.augment.output_views if not _triton.fits(side, side, view.size)})
-            if large and fabric.global_rank == 0:
-                say(f"train.fused_views: images of {side}x{side} or views of {', '.join(f'{h}x{w}' for h, w in large)} "
-                    f"exceed the kernel's {_triton.MAX_SIDE} pixels a side; those views take the unfused path")
-        elif t.fused_draws:
-            raise ConfigError("train.fused_draws: draws in the fused kernel, which needs train.fused_views=true")
-        if t.compile:  # after the size check, which would otherwise compile for each view size
-            self.method.backbone.net.compile()
-            if self.augment is not None:  # RGB views on a CPU keep the C kernel, the faster there
-                self.augment.compiled = True
+        configure_speed(t, fabric, self.method, self.augment, self.train_set.size)
 
         base_lr = cfg.optim.lr * t.batch_size / 256
         optimizer = build_optimizer(self.method, cfg.optim, base_lr)
@@ -155,10 +108,15 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # train.save_best: {"metric", "value", "step"} of best.ckpt
         if t.save_best == "knn" and not t.knn_every:
             raise ConfigError("train.save_best=knn keeps the checkpoint of the best kNN monitor: set train.knn_every")
+        self.compile_plan: dict[str, Any] = {}  # train.compile unset: whether this run compiles, and why
         if resume_state is not None:
             state.restore(self, resume_state)
+            if self.compile_plan.get("compile"):  # as the first start decided
+                compile_for_speed(self.method, self.augment)
         else:
             torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # different views on every rank
+            if t.compile is None and monitor.plan_compile(self):  # before the time plan, which then times it
+                compile_for_speed(self.method, self.augment)
             if t.time_limit is not None:
                 monitor.plan_time_limit(self, parse_duration(t.time_limit))
         self.metrics_log = None
@@ -230,38 +188,6 @@ class Trainer:
             raise NonFiniteLossError(f"{self.cfg.method}: {where} at step {progress.step} (epoch "
                                      f"{progress.epoch:.2f}); {state.kept(self)}. {state.hint(self)}")
 
-    def draw_views(self, count: int = 8) -> None:
-        """``views.png``: a few training images (or signal windows) and the views the method gets from
-        them (hand-made, and a viewmaker's learned ones)."""
-        learned = getattr(self.method, "learned_views", None)  # a method that makes views (Viewmaker)
-        signals = self.source.kind == "sequences"
-        if not (self.cfg.eval.plots and (self.augment is not None or (signals and learned is not None))):
-            return
-
-        def draw() -> None:
-            images = (self.source.inputs[:4] if signals else self.source.images[:count]).to(self.fabric.device)
-            if self.augment is not None:
-                generator = torch.Generator(images.device).manual_seed(self.cfg.train.seed)
-                compiled, self.augment.compiled = self.augment.compiled, False  # 8 images: no compile per view
-                try:
-                    views = self.augment(images, generator=generator)  # its own generator: training RNG untouched
-                finally:
-                    self.augment.compiled = compiled
-                n_global = len(self.augment.views)
-                names = [f"view {i + 1}" if i < n_global else f"local {i - n_global + 1}" for i in range(len(views))]
-            else:
-                views, names = [images], ["signal"]
-            if learned is not None:
-                with eval_mode(self.method), torch.random.fork_rng(devices=[] if images.device.type == "cpu"
-                                                                   else [images.device]):
-                    torch.manual_seed(self.cfg.train.seed)
-                    views, names = learned(views)
-            draw_views = evaluate.plot_signal_views if signals else evaluate.plot_views
-            draw_views(images, views, self.out_dir / "views.png", names=names,
-                       title=f"{self.cfg.method} views of {self.cfg.data.name}")
-
-        self.on_rank_zero("drawing views.png", draw)
-
     def fit(self) -> None:
         """Train from ``start_step`` to ``max_steps``: log, monitor and checkpoint along the way."""
         cfg, t, fabric = self.cfg, self.cfg.train, self.fabric
@@ -269,7 +195,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(cfg)))
         if self.start_step == 0:
-            self.draw_views()
+            draw_views(self)
             for logger in fabric.loggers:
                 if logger.name == "mlflow":  # W&B took the configuration when its run started
                     logger.log_hyperparams(to_dict(cfg))
@@ -323,7 +249,7 @@ class Trainer:
                                     f"{self.ckpt_path} holds it: continue with --resume")
             state.gather_skipped(self)
             if getattr(self.method, "learned_views", None) is not None:
-                self.draw_views()  # the views it learned, at the end as at the start
+                draw_views(self)  # the views it learned, at the end as at the start
             status = "success"
         finally:
             if previous is not None:
@@ -376,69 +302,3 @@ class Trainer:
         self.fabric.log_dict(metrics, step=step)
         if self.metrics_log is not None:
             self.metrics_log.log(metrics, step)
-
-
-RUN_FILES = ("results.json", "report.html", "config.yaml", "checkpoints", "evaluations", "logs", "tensorboard",
-             "curves.png", "views.png", "umap.png", "tsne.png", "retrieval.png", "correspondence.png",
-             "test_embeddings.npy", "test_embeddings_labels.npy", "embeddings", "export")
-"""What a run writes in its folder (what ``overwrite`` replaces)."""
-
-
-def _holds_a_run(folder: Path) -> str | None:
-    """What shows that ``folder`` holds a run (None: nothing)."""
-    if (folder / "checkpoints" / "last.ckpt").is_file():
-        return "a checkpoint"
-    if (folder / "results.json").is_file():
-        return "a finished run's results.json"
-    return None
-
-
-def pretrain(cfg: Config, *, resume: str | Path | bool = False, overwrite: bool = False,
-             command: str | None = None) -> RunResult:
-    """Pretrain ``cfg.method`` on ``cfg.data``, evaluate, and return where everything went.
-
-    Args:
-        cfg: the run configuration (see :mod:`selfsup.config`).
-        resume: ``True`` to continue from ``<out_dir>/checkpoints/last.ckpt``, or a checkpoint
-            path. The run continues exactly as if it had never stopped (same data order, same
-            random views, same weights). ``cfg`` must equal the checkpoint's configuration except
-            for the keys in ``selfsup.config.RESUMABLE`` (``train.epochs`` extends or shortens the
-            run; the schedules are then recomputed over the new length). ``"auto"``: continue
-            when that checkpoint exists, else start (a requeued cluster job).
-        overwrite: start over in an ``out_dir`` that holds another run, replacing its files;
-            without it (and without ``resume``) such a folder is refused.
-        command: the command line that started the run, recorded in ``results.json``.
-
-    Raises:
-        ConfigError: ``cfg`` changes a setting a resumed run cannot change, or ``out_dir`` holds a run.
-        NonFiniteLossError: the loss or the weights became NaN/Inf (all ranks stop together).
-        Preempted: SIGTERM stopped the run after a checkpoint (see ``train.stop_on_sigterm``).
-    """
-    out = Path(cfg.train.out_dir)
-    main_process = distributed.launch_rank() == 0  # the process group may not have started yet
-    if resume == "auto":
-        resume = (out / "checkpoints" / "last.ckpt").is_file()
-        if main_process:
-            say(f"--resume auto: {'continuing the checkpoint in' if resume else 'no checkpoint yet in'} {out}")
-    found = _holds_a_run(out)
-    if not resume and found:
-        if not overwrite:
-            raise ConfigError(f"train.out_dir: {out} holds another run ({found}); continue it with --resume, start "
-                              f"it over with --overwrite, or give this run another name (name=... or "
-                              f"train.out_dir=...)")
-        if main_process:  # the other ranks never read these files
-            say(f"--overwrite: replacing the run in {out}")
-            for name in RUN_FILES:
-                target = out / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    state = None
-    if resume:
-        path = Path(cfg.train.out_dir) / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
-        state = checkpoint.load(path)
-        for key, before, after in check_resume(from_dict(state["config"]), cfg):
-            if distributed.rank() == 0:
-                say(f"resume changes {key}: {before!r} -> {after!r}")
-    trainer = Trainer(cfg, state, command)
-    trainer.fit()
-    metrics = finish(trainer)
-    return RunResult(trainer.out_dir, trainer.ckpt_path, trainer.history, metrics, main=trainer.is_main)
