@@ -1,12 +1,12 @@
 #!/bin/bash
-# Every study at its CPU setting, one run at a time, pages into docs/studies/ (about four and a half hours on 2 cores).
+# Every study at its CPU setting, one run at a time, pages into docs/studies/ (about five hours on 2 cores).
 # Each sweep is resumable: run this again after an interruption and only what is missing runs.
 set -e
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -f docs/studies/infonce_bound.json ] || $PY studies/infonce_bound.py
 for study in projection_head loss_functions collapse augmentation batch_size pretext_vs_contrastive few_labels \
-             vit_patch_projection densecl_match; do
+             vit_patch_projection densecl_match densecl_photos; do
   $PY -m selfsup sweep studies/$study.yaml --page docs/studies/$study.md
 done
 # The R3M study learns from the synthetic videos (with their captions).
