@@ -445,9 +445,12 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(_one_line(error)) from None
 
 
-# Keys a resumed run may change: how long it runs, how it logs, and how it is evaluated. Anything
-# else (data, method, optimiser, batch, seed) would make the continuation a different run.
+# Keys a resumed run may change: how long it runs, how it logs, how it is evaluated, and whether it is
+# compiled (which moves float rounding, not the arithmetic; checkpoints from before train.compile's default
+# became unset hold false). Anything else (data, method, optimiser, batch, seed) would make the
+# continuation a different run.
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.keep_last", "train.knn_every", "train.knn_train_samples",
+             "train.compile",
              "train.knn_val_fraction", "train.log_every", "train.log_grad_norm", "train.progress", "train.loggers", "train.stop_on_sigterm",
              "data.workers", "eval.")
 

@@ -98,6 +98,9 @@ def test_an_unset_compile_stays_eager_on_a_cpu_and_on_a_gpu_follows_the_runs_len
     compiled.clear()
     resumed = Trainer(load_config(None, [*run, f"train.out_dir={tmp_path / 'auto0'}"]), state)
     assert resumed.compile_plan == plan and len(compiled) == 1
+    compiled.clear()  # an explicit choice on resuming wins over the plan
+    Trainer(load_config(None, [*run, "train.compile=false", f"train.out_dir={tmp_path / 'auto0'}"]), state)
+    assert compiled == []
 
     # Under train.time_limit the limit is the run's length: nothing timed for the decision.
     monkeypatch.setattr(monitor, "COMPILE_COST_S", 0.21 * 100 - 0.01)
@@ -105,3 +108,12 @@ def test_an_unset_compile_stays_eager_on_a_cpu_and_on_a_gpu_follows_the_runs_len
     limited = Trainer(load_config(None, [*run, "train.time_limit=100s", f"train.out_dir={tmp_path / 'limited'}"]))
     assert limited.compile_plan["compile"] and limited.compile_plan["eager_run_s"] == 100
     assert "step_s" not in limited.compile_plan
+
+
+def test_a_checkpoint_from_before_compile_was_unset_resumes_under_the_new_default():
+    from selfsup.config import check_resume
+
+    old = load_config(None, [*BASE, "train.compile=false"])   # what every checkpoint before the change holds
+    assert check_resume(old, load_config(None, BASE)) == [("train.compile", False, None)]
+    with pytest.raises(ConfigError, match="train.seed"):
+        check_resume(old, load_config(None, [*BASE, "train.compile=false", "train.seed=1"]))

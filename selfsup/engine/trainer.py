@@ -111,7 +111,7 @@ class Trainer:
         self.compile_plan: dict[str, Any] = {}  # train.compile unset: whether this run compiles, and why
         if resume_state is not None:
             state.restore(self, resume_state)
-            if self.compile_plan.get("compile"):  # as the first start decided
+            if t.compile is None and self.compile_plan.get("compile"):  # as the first start decided
                 compile_for_speed(self.method, self.augment)
         else:
             torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # different views on every rank
