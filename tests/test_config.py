@@ -132,6 +132,13 @@ def test_every_recipe_takes_two_steps_through_the_trainer(recipe, tmp_path):
         assert torch.isfinite(outputs["loss"]), (step, outputs["loss"])
     after = encoder.state_dict()
     assert any(not torch.equal(after[k], value) for k, value in before.items()), "no weight moved"
+    # train.compile (true, or unset on a GPU when it pays) can wrap this recipe's backbone (compiled lazily: no
+    # call follows here). The graph encoder, which has no inner network, once failed here.
+    from selfsup.engine.setup import compile_for_speed
+
+    compiled = compile_for_speed(trainer.method, None)
+    assert compiled._compiled_call_impl is not None
+    assert any(module is compiled for module in trainer.method.backbone.modules())
 
 
 def test_tensor_cores_are_used_on_gpus_that_have_them_and_nothing_changes_elsewhere(monkeypatch):

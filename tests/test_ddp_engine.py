@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,10 @@ JOBS = {
     # in the queue's all-gather while the other has left (and then run the next job together).
     "nan_on_rank1": ["method=moco_nan_on_rank1", "method_args.queue_size=96", "method_args.proj_hidden_dim=32",
                      "method_args.proj_dim=16"],
+    # Rank 1 starts planning train.time_limit half a second after rank 0 (about 50 steps here): both must
+    # run rank 0's number of steps, not each its own, which would leave one waiting for the other.
+    "time_limit": ["--rank1-plans-late", "train.time_limit=4s", "method_args.proj_hidden_dim=16",
+                   "method_args.proj_dim=8"],
     "after_nan": ["method=simsiam", "method_args.proj_hidden_dim=16", "method_args.proj_dim=8",
                   "method_args.pred_hidden_dim=8", "train.epochs=0.2"],
     # CLIP on a ViT (no BatchNorm) gathers captions and images as negatives: with micro-batches of 8 the
@@ -94,8 +99,21 @@ def jobs(tmp_path_factory):
              "data.clips_per_video=4", "train.batch_size=8", "method_args.dim=8", "method_args.references=2",
              "eval.plots=false", "eval.linear=false"]
     video_streamed = [*video, "data.stream=true", "data.workers=1"]  # clips decoded by each rank's workers
+    speech = out / "speech"  # 2 speakers x 5 tones (every fifth file is the test split) and one unreadable file
+    for s, freq in enumerate((220.0, 330.0)):
+        (speech / f"spk{s}").mkdir(parents=True)
+        for i in range(5):
+            tone = np.round(8000 * np.sin(2 * np.pi * freq * (1 + 0.05 * i) * np.arange(4000) / 8000)).astype("<i2")
+            with wave.open(str(speech / f"spk{s}" / f"{i}.wav"), "wb") as f:
+                f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000)
+                f.writeframes(tone.tobytes())
+    (speech / "spk0" / "broken.wav").write_bytes(b"not a RIFF file")
+    wav = ["--finish", "method=cpc_sequence", "data.name=wav", f"data.root={speech}", "data.sample_rate=8000",
+           "data.window=1600", "data.eval_windows=2", "backbone.name=cpc_audio", "backbone.width=2",
+           "method_args.hidden=8", "method_args.prediction_steps=[1,2]", "train.batch_size=4", "eval.plots=false",
+           "eval.linear=false", "optim.name=adamw", "optim.lr=1e-3"]
     (out / "jobs.json").write_text(json.dumps({**JOBS, "streamed": streamed, "video": video,
-                                               "video_streamed": video_streamed}))
+                                               "video_streamed": video_streamed, "wav": wav}))
     result = _train_ranks(out, "--jobs", str(out / "jobs.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -135,6 +153,14 @@ def test_a_divergence_stops_both_ranks_together(jobs):
     assert all(message.startswith("simclr: ") and " at step " in message for message in messages)
     steps = [int(re.search(r" at step (\d+) ", message).group(1)) for message in messages]
     assert steps[0] == steps[1], messages  # the same step on both ranks, not one rank a step later
+
+
+def test_a_time_limit_plans_the_same_steps_on_every_rank(jobs):
+    state = load_checkpoint(jobs / "time_limit" / "run" / "checkpoints" / "last.ckpt")
+    assert state["run"]["time_plan"]["time_limit_s"] == 4 and state["step"] == state["run"]["max_steps"]
+    first, second = _ranks(jobs / "time_limit")  # both ranks finished (had one planned more, it would hang)
+    for name, value in first["params"].items():
+        torch.testing.assert_close(second["params"][name], value, msg=name)
 
 
 def test_nan_on_one_rank_stops_both_without_hanging(jobs):
@@ -196,6 +222,17 @@ def test_a_streamed_folder_trains_under_torchrun_on_equal_global_batches(jobs, r
     assert results["devices"] == 2
     reported, by_hand = recheck_knn(jobs / "streamed" / "run")  # rank 0 streamed the evaluation of the checkpoint
     assert reported == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_a_wav_folder_with_an_unreadable_file_trains_under_torchrun_and_reports_it_once(jobs):
+    """Every rank's unreadable files are gathered into rank 0's report at the end of training (a WAV
+    folder's, too: its skipped files were once a list, which the gathering could not merge)."""
+    results = json.loads((jobs / "wav" / "run" / "results.json").read_text())
+    assert results["devices"] == 2 and results["steps"] == 4  # 8 training files x 2 windows, global batch 4
+    assert [Path(s["path"]).name for s in results["skipped_files"]] == ["broken.wav"]
+    first, second = _ranks(jobs / "wav")
+    for name, value in first["params"].items():
+        torch.testing.assert_close(second["params"][name], value, msg=name)
 
 
 def test_video_clips_split_over_ranks_and_both_ranks_share_one_colour_clustering(jobs):

@@ -3,6 +3,7 @@ resume after a kill, resume with a longer schedule, precision and allocator choi
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,6 +285,20 @@ def test_resume_refuses_to_change_what_would_make_another_run(tmp_path, override
         pretrain(tiny_config(tmp_path, "train.epochs=1", override), resume=True)
 
 
+def test_a_checkpoint_whose_settings_no_longer_read_is_named(tmp_path):
+    """A checkpoint written by another selfsup (a key since removed) is refused naming the file, so that
+    the error is not taken for a mistake on the command line."""
+    from selfsup.engine.checkpoint import save_atomic
+
+    cfg = tiny_config(tmp_path, "train.epochs=0.2", "eval.linear=false", "eval.knn=false")
+    result = pretrain(cfg)
+    saved = load_checkpoint(result.checkpoint)
+    saved["config"]["train"]["retired_key"] = 1
+    save_atomic({k: v for k, v in saved.items() if k != "integrity"}, result.checkpoint)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(result.checkpoint))}: .*train.retired_key"):
+        pretrain(cfg, resume=True)
+
+
 def test_resume_refuses_an_end_before_the_checkpoint(tmp_path):
     pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false", "eval.knn=false"))
     with pytest.raises(ConfigError, match="ends at step 11, before the checkpoint's step 22"):
@@ -313,6 +328,18 @@ def test_precision_auto_says_why():
     assert precision == ("bf16-mixed" if native else "32-true")
     assert torch.backends.cpu.get_cpu_capability() in reason
     assert resolve_precision("bf16-mixed", "cpu") == ("bf16-mixed", "set by train.precision")
+
+
+@pytest.mark.parametrize("gpu, capability, expected", [("Tesla T4", (7, 5), "16-mixed"), ("NVIDIA H200", (9, 0), "bf16-mixed")])
+def test_precision_auto_on_a_gpu_takes_bf16_only_where_it_is_native(monkeypatch, gpu, capability, expected):
+    """torch.cuda.is_bf16_supported() says yes on a T4 or V100 too (bf16 emulated, by default); "auto" must
+    take fp16 with a gradient scaler there. The fake follows torch's rule: native bf16 from sm 8.0 on."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or capability >= (8, 0))
+    precision, reason = resolve_precision("auto", "cuda")
+    assert precision == expected and gpu in reason
 
 
 def test_the_library_leaves_the_allocator_alone(tmp_path, capsys):

@@ -77,8 +77,8 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path, speech):
     (speech / "spk0" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     (speech / "spk1" / "notes.wav").write_text("not audio")
     source = WavFolder(speech, sample_rate=8000, window=1000, batch_size=2)
-    assert sorted(p.name for p, _ in source.skipped) == ["broken.wav", "notes.wav"]
-    assert all(reason for _, reason in source.skipped)
+    assert sorted(Path(p).name for p in source.skipped) == ["broken.wav", "notes.wav"]
+    assert all(source.skipped.values())
     empty = tmp_path / "empty" / "x"
     empty.mkdir(parents=True)
     (empty / "bad.wav").write_text("nope")

@@ -99,8 +99,9 @@ def test_an_unset_compile_stays_eager_on_a_cpu_and_on_a_gpu_follows_the_runs_len
     resumed = Trainer(load_config(None, [*run, f"train.out_dir={tmp_path / 'auto0'}"]), state)
     assert resumed.compile_plan == plan and len(compiled) == 1
     compiled.clear()  # an explicit choice on resuming wins over the plan
-    Trainer(load_config(None, [*run, "train.compile=false", f"train.out_dir={tmp_path / 'auto0'}"]), state)
+    explicit = Trainer(load_config(None, [*run, "train.compile=false", f"train.out_dir={tmp_path / 'auto0'}"]), state)
     assert compiled == []
+    assert explicit.compile_plan["compile"] is False and "resumed with train.compile=false" in explicit.compile_plan["reason"]
 
     # Under train.time_limit the limit is the run's length: nothing timed for the decision.
     monkeypatch.setattr(monitor, "COMPILE_COST_S", 0.21 * 100 - 0.01)
@@ -117,3 +118,22 @@ def test_a_checkpoint_from_before_compile_was_unset_resumes_under_the_new_defaul
     assert check_resume(old, load_config(None, BASE)) == [("train.compile", False, None)]
     with pytest.raises(ConfigError, match="train.seed"):
         check_resume(old, load_config(None, [*BASE, "train.compile=false", "train.seed=1"]))
+
+
+def test_the_timed_steps_leave_the_optimiser_and_the_fp16_scaler_as_they_found_them(tmp_path):
+    """Under fp16 every step moves the gradient scaler (its growth count; its scale on an overflow): the
+    timed steps must give back the scaler and the optimiser's state as well as the weights."""
+    from lightning_fabric.plugins.precision import MixedPrecision
+
+    from selfsup.engine import monitor
+
+    trainer = Trainer(load_config(None, [*BASE, f"train.out_dir={tmp_path}"]))
+    # Fabric runs fp16 only on GPUs; the scaler's bookkeeping is the same on the CPU, so put one in place.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40, growth_interval=1000)
+    trainer.fabric.strategy.precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    before = dict(scaler.state_dict())
+    optimizer_before = trainer.optimizer.state_dict()["state"]
+    assert not optimizer_before  # no step taken yet: no momentum buffers
+    monitor.timed_steps(trainer)
+    assert scaler.state_dict() == before
+    assert trainer.optimizer.state_dict()["state"] == optimizer_before

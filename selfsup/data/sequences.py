@@ -89,10 +89,10 @@ def read_window(info: WavInfo, start: int, length: int, rate: int) -> np.ndarray
 
 
 def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool = True,
-                    progress: bool = False) -> tuple[list[WavInfo], list[str], list[tuple[Path, str]]]:
+                    progress: bool = False) -> tuple[list[WavInfo], list[str], dict[str, str]]:
     """The readable WAV files of ``split`` under ``root``, the label names, and the skipped files
-    with the reason. Raises :class:`DataError` for a missing folder, no readable file, or (with
-    ``resample=False``) a file at another rate than ``rate``."""
+    (``{path: reason}``, as every source's ``skipped``). Raises :class:`DataError` for a missing
+    folder, no readable file, or (with ``resample=False``) a file at another rate than ``rate``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"sequence folder {root} does not exist; data.root must be a folder of <label>/*.wav files")
@@ -106,7 +106,8 @@ def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool =
     if not classes:
         raise DataError(f"{base} has no label folders; put each speaker's (or class's) WAV files in its own "
                         f"folder: {base}/<label>/*.wav")
-    files, skipped = [], []
+    files: list[WavInfo] = []
+    skipped: dict[str, str] = {}
     paths = [(label, path) for label, name in enumerate(classes) if (base / name).is_dir()
              for path in sorted((base / name).rglob("*.wav"))]
     if base == root:  # no train/test folders: every fifth file of each label is the test split
@@ -122,18 +123,19 @@ def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool =
         try:
             frames, file_rate, channels, width = read_header(path)
         except (wave.Error, EOFError, OSError, ValueError) as error:
-            skipped.append((path, str(error) or type(error).__name__))
+            skipped[str(path)] = str(error) or type(error).__name__
             continue
         if file_rate != rate and not resample:
             raise DataError(f"{path} is sampled at {file_rate} Hz, not data.sample_rate={rate}; resample it, set "
                             f"data.sample_rate={file_rate}, or let selfsup resample (data.resample=true)")
         if frames == 0:
-            skipped.append((path, "no samples"))
+            skipped[str(path)] = "no samples"
             continue
         files.append(WavInfo(path, label, frames, file_rate, channels, width))
     if not files:
+        example = next(iter(skipped.items()), None)
         raise DataError(f"no readable WAV file in {base} for split {split!r}"
-                        + (f" ({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
+                        + (f" ({len(skipped)} skipped, e.g. {example[0]}: {example[1]})" if example else ""))
     return files, classes, skipped
 
 

@@ -443,6 +443,8 @@ class StreamedImages:
     """
 
     kind = "images"
+    skip_note = "each slot filled by the next readable file"
+    """What the end-of-run report says became of a skipped file's place in the batches."""
 
     def __init__(self, dataset: StreamedDataset, batch_size: int, world_size: int = 1, seed: int = 0,
                  device: torch.device | str = "cpu", workers: int = 2, rank: int = 0) -> None:

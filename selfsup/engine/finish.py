@@ -216,8 +216,9 @@ def finish(trainer: Trainer) -> dict[str, float]:
         skipped.update(getattr(test, "skipped", {}) or {})
     if skipped:
         shown = "; ".join(f"{path} ({why})" for path, why in list(skipped.items())[:5])
-        say(f"skipped {len(skipped)} unreadable image file(s), each slot filled by the next readable file: {shown}"
-             + (" ..." if len(skipped) > 5 else ""))
+        note = getattr(trainer.source, "skip_note", "")  # what became of a skipped file's place
+        say(f"skipped {len(skipped)} unreadable file(s){', ' + note if note else ''}: {shown}"
+            + (" ..." if len(skipped) > 5 else ""))
     rates = [rate for _, rate in trainer.history.get("images_per_s", [])[1:]]  # the first window warms up
     results = {"name": cfg.name, "method": cfg.method, "data": cfg.data.name, "backbone": cfg.backbone.name,
                "epochs": round(trainer.max_steps / trainer.steps_per_epoch, 4) if trainer.time_plan else cfg.train.epochs,

@@ -69,11 +69,13 @@ CALIBRATION_STEPS, CALIBRATION_WARMUP = 12, 3
 
 
 def timed_steps(trainer: Trainer) -> tuple[float, int]:
-    """Seconds per step over a few training steps, undone (weights, optimiser, RNG), and how many were
-    run. Every rank takes rank 0's measurement, so every rank plans the same."""
+    """Seconds per step over a few training steps, undone (weights, optimiser, the fp16 gradient scaler,
+    RNG), and how many were run. Every rank takes rank 0's measurement, so every rank plans the same."""
     started = time.perf_counter()
     weights = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+    precision = trainer.fabric.strategy.precision
+    scaler_state = copy.deepcopy(precision.state_dict())  # empty but under fp16, whose scale the steps move
     rng = state.rng_state(trainer.fabric.device)
     calibration = min(CALIBRATION_STEPS, trainer.max_steps)
     marks = []
@@ -86,6 +88,8 @@ def timed_steps(trainer: Trainer) -> tuple[float, int]:
     per_step = float(trainer.fabric.broadcast(torch.tensor(per_step, device=trainer.fabric.device), src=0))
     trainer.method.load_state_dict(weights)
     trainer.optimizer.load_state_dict(optimizer_state)
+    if scaler_state:
+        precision.load_state_dict(scaler_state)
     state.set_rng_state(rng, trainer.fabric.device)
     return per_step, calibration
 
@@ -96,7 +100,10 @@ def plan_time_limit(trainer: Trainer, limit_s: float) -> None:
     started = time.perf_counter()
     per_step, calibration = timed_steps(trainer)
     left = limit_s - (time.perf_counter() - started)
-    trainer.max_steps = max(1, int(left // per_step))
+    # Rank 0's count on every rank: each rank's clock started on its own, and ranks that planned different
+    # counts would wait for each other's collectives after the shortest one stopped.
+    steps = torch.tensor(max(1, int(left // per_step)), device=trainer.fabric.device)
+    trainer.max_steps = int(trainer.fabric.broadcast(steps, src=0))
     trainer.schedule = Schedule.build(trainer.cfg.optim, trainer.schedule.base_lr, trainer.max_steps,
                                       trainer.steps_per_epoch)
     trainer.time_plan = {"time_limit_s": limit_s, "step_s": per_step, "calibration_steps": calibration}

@@ -88,8 +88,12 @@ def pretrain(cfg: Config, *, resume: str | Path | bool = False, overwrite: bool 
     if resume:
         path = Path(cfg.train.out_dir) / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
         state = checkpoint.load(path)
-        for key, before, after in check_resume(from_dict(state["config"]), cfg):
-            if distributed.rank() == 0:
+        try:
+            saved = from_dict(state["config"])
+        except ConfigError as error:
+            raise ConfigError(f"{path}: the run configuration this checkpoint holds does not read: {error}") from None
+        for key, before, after in check_resume(saved, cfg):
+            if main_process:  # every rank of a torchrun job: the process group has not started
                 say(f"resume changes {key}: {before!r} -> {after!r}")
     trainer = Trainer(cfg, state, command)
     trainer.fit()

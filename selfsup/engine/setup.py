@@ -47,7 +47,7 @@ def resolve_precision(precision: str, accelerator: str) -> tuple[str, str]:
     if precision != "auto":
         return precision, "set by train.precision"
     if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):  # emulated (sm 7.x) is no use: fp16 there
             return "bf16-mixed", f"{torch.cuda.get_device_name()} runs bf16 natively"
         return "16-mixed", f"{torch.cuda.get_device_name()} has no bf16; fp16 with a gradient scaler"
     capability = torch.backends.cpu.get_cpu_capability()
@@ -261,8 +261,12 @@ def configure_speed(t: TrainConfig, fabric: Fabric, method: nn.Module, views: au
         compile_for_speed(method, views)
 
 
-def compile_for_speed(method: nn.Module, views: augment.Augmentation | None) -> None:
-    """``torch.compile`` the backbone's network and the views' arithmetic (compiled at their first call)."""
-    method.backbone.net.compile()
+def compile_for_speed(method: nn.Module, views: augment.Augmentation | None) -> nn.Module:
+    """``torch.compile`` the backbone's network (a wrapped image network's ``net``; the backbone itself
+    for the others: the graph and signal encoders) and the views' arithmetic, compiled at their first
+    call. Returns the module compiled."""
+    target = getattr(method.backbone, "net", None) or method.backbone
+    target.compile()
     if views is not None:  # RGB views on a CPU keep the C kernel, the faster there
         views.compiled = True
+    return target

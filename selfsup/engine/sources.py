@@ -57,7 +57,7 @@ def load_sequences(cfg: Config, fabric: Fabric, progress: bool) -> tuple[data.Wa
     except DataError as error:
         raise ConfigError(f"data: {error}") from None
     if train.skipped and fabric.global_rank == 0:
-        shown = "; ".join(f"{path} ({why})" for path, why in train.skipped[:5])
+        shown = "; ".join(f"{path} ({why})" for path, why in list(train.skipped.items())[:5])
         say(f"skipped {len(train.skipped)} unreadable WAV file(s) of the training split: {shown}"
              + (" ..." if len(train.skipped) > 5 else ""))
     if len(train) < t.batch_size:

@@ -113,6 +113,9 @@ class Trainer:
             state.restore(self, resume_state)
             if t.compile is None and self.compile_plan.get("compile"):  # as the first start decided
                 compile_for_speed(self.method, self.augment)
+            elif t.compile is not None and self.compile_plan:  # an explicit choice on resuming wins: say so
+                self.compile_plan = {**self.compile_plan, "compile": t.compile, "reason": (
+                    f"{self.compile_plan['reason']}; resumed with train.compile={str(t.compile).lower()}, which decided")}
         else:
             torch.manual_seed(t.seed + 7919 * fabric.global_rank)  # different views on every rank
             if t.compile is None and monitor.plan_compile(self):  # before the time plan, which then times it

@@ -11,12 +11,13 @@ ranks go on together).
 Writes OUT_DIR/rank<r>.pt with every floating buffer of the method (BatchNorm statistics,
 queues, centres) and the class name of each normalisation layer, or OUT_DIR/rank<r>.diverged
 with the error message (exit status 3) when training diverges. --finish also runs the final
-evaluation (results.json). method=moco_nan_on_rank1 is MoCo
-whose queries turn NaN on rank 1 only, from step 2 on.
+evaluation (results.json); --rank1-plans-late delays rank 1's ``train.time_limit`` plan by half a
+second. method=moco_nan_on_rank1 is MoCo whose queries turn NaN on rank 1 only, from step 2 on.
 """
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from selfsup import distributed
 from selfsup.config import load_config
-from selfsup.engine import NonFiniteLossError, Trainer
+from selfsup.engine import NonFiniteLossError, Trainer, monitor
 from selfsup.engine.finish import finish
 from selfsup.methods import METHODS, MoCo
 
@@ -42,7 +43,11 @@ METHODS["moco_nan_on_rank1"] = MoCoNaNOnRank1
 def job(out_dir: Path, overrides: list[str]) -> bool:
     """Run one job; False when it diverged."""
     run_finish = "--finish" in overrides
-    overrides = [o for o in overrides if o != "--finish"]
+    late = "--rank1-plans-late" in overrides  # rank 1 starts its train.time_limit plan half a second after rank 0
+    overrides = [o for o in overrides if o not in ("--finish", "--rank1-plans-late")]
+    plan = monitor.plan_time_limit
+    if late and distributed.launch_rank() == 1:
+        monitor.plan_time_limit = lambda trainer, limit_s: (time.sleep(0.5), plan(trainer, limit_s))
     base = ["name=digits_ranks", "data.name=digits", "data.size=16", "backbone.width=8", "train.batch_size=64",
             "train.epochs=1", "train.progress=false", "train.knn_every=0", "train.accelerator=cpu", "train.devices=2",
             "train.out_dir=" + str(out_dir / "run")]
@@ -55,12 +60,14 @@ def job(out_dir: Path, overrides: list[str]) -> bool:
     except NonFiniteLossError as error:
         (out_dir / f"rank{rank}.diverged").write_text(str(error))
         return False
+    finally:
+        monitor.plan_time_limit = plan
     norms = {name: type(module).__name__ for name, module in trainer.method.named_modules()
              if isinstance(module, nn.modules.batchnorm._NormBase)}
     buffers = {name: value.clone() for name, value in trainer.method.named_buffers() if value.is_floating_point()}
     params = {name: value.detach().clone() for name, value in trainer.method.named_parameters()}
     saved = {"norms": norms, "buffers": buffers, "params": params}
-    if hasattr(trainer.source, "skipped"):  # a streamed source: the sample ids of this rank's share of batch 0
+    if hasattr(trainer.source, "close"):  # a streamed source: the sample ids of this rank's share of batch 0
         saved["first_batch"] = trainer.source.batch(0, 0, rank).index.cpu()
         trainer.source.close()
     torch.save(saved, out_dir / f"rank{rank}.pt")
