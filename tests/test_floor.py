@@ -137,3 +137,30 @@ def test_the_floor_keeps_every_number_a_sweep_compares_with_it():
             continue
         entry = {where[-1]: 0.5, "protocol": "p", "data": "d"}
         assert scores({where[1]: entry}) == {where[1]: {where[-1]: 0.5}}, metric
+
+
+def test_the_cache_key_follows_every_annotation_a_floor_is_scored_on():
+    """A video's masks and its grouping of frames into videos, a pair's matches: the propagation, temporal and
+    correspondence floors depend on them, so changing any of them must not return a cached floor."""
+    import dataclasses
+
+    from selfsup.data.pairs import ImagePairs
+    from selfsup.data.video import VideoSet
+
+    net = torch.nn.Conv2d(1, 2, 3)
+    frames = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    videos = VideoSet(frames, None, None, "clips", video=torch.tensor([0, 0, 1, 1]), time=torch.tensor([0, 1, 0, 1]),
+                      names=["a", "b"], masks=torch.zeros(4, 8, 8, dtype=torch.uint8))
+    marked = videos.masks.clone()
+    marked[:, 2:5, 2:5] = 1
+    changed = [dataclasses.replace(videos, masks=marked),                            # an object drawn in
+               dataclasses.replace(videos, video=torch.zeros(4, dtype=torch.int64),  # one video, not two
+                                   time=torch.arange(4), names=["ab"])]
+    key = floor_key(net, {"test": videos}, {})
+    assert key == floor_key(net, {"test": dataclasses.replace(videos)}, {})       # the same content, the same key
+    assert all(floor_key(net, {"test": other}, {}) != key for other in changed)
+    matches = torch.tensor([[[1.0, 1.0, 2.0, 2.0]]]).repeat(4, 1, 1)
+    pairs = ImagePairs(frames, None, None, "pairs", images_b=frames.clone(), matches=matches,
+                       counts=torch.ones(4, dtype=torch.int64))
+    moved = dataclasses.replace(pairs, matches=matches + 1)
+    assert floor_key(net, {"test": pairs}, {}) != floor_key(net, {"test": moved}, {})

@@ -15,6 +15,7 @@ them computes it anew.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,6 +43,14 @@ def cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "selfsup") / "floors"
 
 
+def _fields(split: Any) -> list[str]:
+    """The fields of an in-memory split a floor depends on: a dataclass's (every split of selfsup.data is
+    one), or its labels; not the report of skipped files, which says how the split was read."""
+    if dataclasses.is_dataclass(split):
+        return sorted(f.name for f in dataclasses.fields(split) if f.name not in ("skipped", "images"))
+    return ["labels"] if getattr(split, "labels", None) is not None else []
+
+
 def _update(digest, value: Any) -> None:
     """Feed a tensor (dtype, shape and bytes), a split (its files or its tensors) or plain data."""
     if isinstance(value, Tensor):
@@ -52,10 +61,13 @@ def _update(digest, value: Any) -> None:
     elif hasattr(value, "graph"):  # a graph's node set: the whole graph and which nodes
         for part in (value.graph.x, value.graph.edge_index, value.graph.labels, value.inputs):
             _update(digest, part)
-    elif hasattr(value, "inputs"):  # an in-memory split: its images (or windows) and labels
+    elif hasattr(value, "inputs"):  # an in-memory split: its images (or windows) and everything beside them
         _update(digest, value.inputs)
-        if getattr(value, "labels", None) is not None:
-            _update(digest, value.labels)
+        # Labels, and the annotations some evaluations score (a video's masks, keypoints, times and videos; a
+        # pair's second images and matches): a floor must be computed anew when any of them changes.
+        for name in _fields(value):
+            digest.update(f"field:{name}".encode())
+            _update(digest, getattr(value, name))
     elif isinstance(value, Mapping):
         for key in sorted(value, key=str):
             digest.update(f"key:{key}".encode())
