@@ -345,7 +345,7 @@ def commands(study: Study, run: Run) -> list[list[str]]:
     if study.finetune and not (run.folder / "evaluations" / "finetune.json").is_file():
         labels = ",".join(f"{100 * f:g}%" for f in study.finetune)
         steps.append([*python, "evaluate", "finetune", str(run.folder / "checkpoints" / "last.ckpt"),
-                      "--labels", labels, "--seeds", "0",
+                      "--labels", labels, "--seeds", str(run.seed),  # each run its own subset and scratch network
                       *(["--steps", str(study.finetune_steps)] if study.finetune_steps else [])])
     return steps
 
@@ -481,7 +481,10 @@ def collect(study: Study) -> dict[str, Any]:
             pairs = [_scores(r, metric) for r in results]
             scores = [s for s, _ in pairs if s is not None]
             floors = [f for _, f in pairs if f is not None]
-            per_metric[metric] = {**statistics(scores), "values": scores, "floor": statistics(floors)["mean"]}
+            # Each run over its own floor (its own random network, its own scratch run): the paired gain.
+            gains = [s - f for s, f in pairs if s is not None and f is not None]
+            per_metric[metric] = {**statistics(scores), "values": scores, "floor": statistics(floors)["mean"],
+                                  "floors": floors, "gain": statistics(gains)}
         points[point.name] = per_metric
     return {"points": points, "missing": missing}
 
@@ -518,9 +521,12 @@ def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> t
     point's; partly when it has the highest mean but the intervals overlap; does not otherwise.
     ``order: [P, Q, ...]``: the means in that order (partly), each interval above the next (reproduces).
     ``better: P, than: [Q, ...]``: P above each (partly), with separated intervals (reproduces).
-    ``above_floor: P``: P's mean above its floor (partly), its whole interval above it (reproduces).
+    ``above_floor: P``: paired, each seed's run over its own floor (the same evaluation of its own
+    network at random initialisation, or its own scratch run on the same labels): the mean gain above
+    zero (partly), the gain's whole 95% interval above zero (reproduces).
     ``point: P, beats: M2``: P's mean on the verdict's metric above its mean on M2 (partly), with
     separated intervals (reproduces).
+    A point with one run has no interval: its claims reproduce at most partly.
     """
     if not spec:
         return "no verdict", "The study states no claim to test."
@@ -528,8 +534,15 @@ def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> t
     points = summary["points"]
     if "above_floor" in spec:
         name = spec["above_floor"]
-        floor = points[name][metric]["floor"]
-        stats_of = {name: points[name][metric], f"{name}'s floor": {"mean": floor, "ci95": 0.0}}
+        entry = points[name][metric]
+        gain = entry.get("gain")
+        if gain is None:  # a summary written before the paired gains: the mean floor, its spread unknown
+            gain = {"mean": None if entry["mean"] is None or entry["floor"] is None else entry["mean"] - entry["floor"],
+                    "ci95": None}
+        # The paired comparison: each seed's score over its own floor, the gain's interval above zero.
+        stats_of = {name: {"mean": gain["mean"], "ci95": gain["ci95"], "shown": entry["mean"]},
+                    f"{name}'s floor": {"mean": 0.0 if gain["mean"] is not None else None, "ci95": 0.0,
+                                        "shown": entry["floor"]}}
         pairs = [(name, f"{name}'s floor")]
     elif "beats" in spec:
         name, other = spec["point"], spec["beats"]
@@ -549,18 +562,25 @@ def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> t
     sign = -1.0 if spec.get("lower") else 1.0  # lower is better: compare the negated values
 
     def above(a: str, b: str) -> tuple[bool, bool]:
-        """(mean better, interval beyond) of a over b."""
+        """(mean better, interval beyond) of a over b. One run has no interval: never separated."""
         sa, sb = stats_of[a], stats_of[b]
-        low = sign * sa["mean"] - (sa["ci95"] or 0.0)
-        high = sign * sb["mean"] + (sb["ci95"] or 0.0)
+        if sa["ci95"] is None or sb["ci95"] is None:
+            return sign * sa["mean"] > sign * sb["mean"], False
+        low = sign * sa["mean"] - sa["ci95"]
+        high = sign * sb["mean"] + sb["ci95"]
         return sign * sa["mean"] > sign * sb["mean"], low > high
 
     checks = [above(a, b) for a, b in pairs]
     means = all(m for m, _ in checks)
     separated = all(s for _, s in checks)
     unit = "" if metric in VALUE_METRICS else "%"
-    described = "; ".join(f"{a} {_shown(metric, stats_of[a]['mean'])}{unit} vs {b} {_shown(metric, stats_of[b]['mean'])}{unit}"
-                          for a, b in pairs)
+    described = "; ".join(f"{a} {_shown(metric, stats_of[a].get('shown', stats_of[a]['mean']))}{unit} vs {b} "
+                          f"{_shown(metric, stats_of[b].get('shown', stats_of[b]['mean']))}{unit}" for a, b in pairs)
+    if "above_floor" in spec:
+        gain = stats_of[spec["above_floor"]]
+        described += (f"; gain over each seed's own floor {_shown(metric, gain['mean'])}"
+                      + (f" ± {_shown(metric, gain['ci95'])}{unit}" if gain["ci95"] is not None
+                         else f"{unit}, one run: no interval"))
     if means and separated:
         return "reproduces", f"On {metric}, every comparison the claim makes holds with separated 95% intervals ({described})."
     if means:

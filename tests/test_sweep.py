@@ -157,6 +157,49 @@ def test_a_sweep_runs_summarises_and_writes_its_page(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in study.folder.rglob("results.json")} == mtimes
 
 
+def test_one_run_per_point_never_reads_as_separated_intervals(tmp_path):
+    """A single run has no interval: two points a hundredth of a point apart are not "separated"."""
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["knn"], verdict={"best": "k=a"}))
+    one = {name: {"knn": {**sweep.statistics([value]), "floor": None}} for name, value in (("k=a", 0.8101),
+                                                                                            ("k=b", 0.8100))}
+    assert sweep.verdict(study, {"points": one, "missing": []})[0] == "partly reproduces"
+
+
+def _runs_with_floors(tmp_path, scores, floors):
+    tmp_path.mkdir()
+    study = sweep.load_study(write_study(tmp_path, grid=None, metrics=["knn"], seeds=len(scores),
+                                         points=[{"name": "a"}], verdict={"above_floor": "a"}))
+    for run, score, floor in zip(sweep.expand(study), scores, floors):
+        run.folder.mkdir(parents=True)
+        (run.folder / "results.json").write_text(json.dumps(
+            {"evaluations": {"knn": {"accuracy": score, "random_init": {"accuracy": floor}}}}))
+    return study, sweep.collect(study)
+
+
+def test_above_floor_compares_each_seed_with_its_own_floor(tmp_path):
+    """Scores that follow their own random networks up and down by a steady two points reproduce (the
+    paired gains 2.0, 2.1, 1.9: interval 2.0 +- 0.25 by hand), though the scores' and floors' own intervals
+    overlap; a gain as large on average but of either sign does not clear zero."""
+    study, summary = _runs_with_floors(tmp_path / "steady", [0.72, 0.781, 0.679], [0.70, 0.76, 0.66])
+    gain = summary["points"]["a"]["knn"]["gain"]
+    assert gain["mean"] == pytest.approx(0.02) and gain["ci95"] == pytest.approx(4.302652729911275 * 0.001 / math.sqrt(3))
+    word, sentence = sweep.verdict(study, summary)
+    assert word == "reproduces" and "gain over each seed's own floor 2.00 ± 0.25%" in sentence
+    study, summary = _runs_with_floors(tmp_path / "either", [0.74, 0.66, 0.76], [0.70, 0.70, 0.70])
+    assert summary["points"]["a"]["knn"]["gain"]["mean"] == pytest.approx(0.02)
+    assert sweep.verdict(study, summary)[0] == "partly reproduces"
+
+
+def test_the_fine_tuning_of_each_run_takes_the_runs_seed(tmp_path):
+    """Each run fine-tunes on its own label subset against its own scratch network (the floor), so the
+    floors vary over seeds as the scores do."""
+    study = sweep.load_study(write_study(tmp_path, grid=None, points=[{"name": "a"}], seeds=2, verdict={},
+                                         finetune=[0.1], metrics=["finetune_0.1"]))
+    for run in sweep.expand(study):
+        finetune = sweep.commands(study, run)[-1]
+        assert finetune[3:5] == ["evaluate", "finetune"] and finetune[finetune.index("--seeds") + 1] == str(run.seed)
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_keeps_finished_runs_and_resumes_the_cut_one(tmp_path):
     study_path = write_study(tmp_path, grid={"method_args.temperature": [0.5]}, seeds=2, verdict={},

@@ -1,7 +1,7 @@
 """Few-label fine-tuning: a copy of the encoder and a linear head trained end to end on a labelled subset.
 
 The semi-supervised protocol of SimCLR (Chen et al., 2020, "A Simple Framework for Contrastive
-Learning of Visual Representations", section 7.2 and appendix B.5): keep a class-balanced 1% or
+Learning of Visual Representations", section 7.2 and appendix B.5): keep a class-stratified 1% or
 10% of the training labels, fine-tune the whole pretrained network on them, report test top-1,
 and compare with the same architecture trained from random initialisation on the same subsets.
 """
@@ -36,13 +36,13 @@ BASE_LR = 0.05
 
 
 def label_subset(labels, fraction: float, *, seed: int = 0) -> Tensor:
-    """Sorted row indices of a class-balanced ``fraction`` of the labelled rows.
+    """Sorted row indices of a class-stratified ``fraction`` of the labelled rows.
 
     The subset has ``round(fraction * N)`` rows, each class in proportion to its size (per-class
     quotas rounded down, the rows left over to the largest remainders, see
     :func:`selfsup.evaluate._common.stratified_sample`), drawn without replacement with
     ``numpy.random.default_rng(seed)``. SimCLR's 1% and 10% ImageNet subsets are drawn the same
-    way, class-balanced. Every class keeps at least one row, or the call fails.
+    way (stratified: balanced where the classes are). Every class keeps at least one row, or the call fails.
 
     Args:
         labels: ``(N,)`` integer class of each row.
@@ -267,7 +267,7 @@ def few_label_finetune(pretrained: nn.Module, make_scratch: Callable[[], nn.Modu
                        **finetune_kwargs) -> dict[float, dict]:
     """SimCLR's semi-supervised table: fine-tuned accuracy with few labels, pretrained vs from scratch.
 
-    For each ``fraction`` and each ``seed``: draw the class-balanced subset
+    For each ``fraction`` and each ``seed``: draw the class-stratified subset
     ``label_subset(train_labels, fraction, seed=seed)``, :func:`finetune` ``pretrained`` on it
     with ``seed=seed``, and train a fresh ``make_scratch()`` network (built with the global RNG
     seeded by ``seed``, so it is reproducible too) the same way on the same subset. Each subset

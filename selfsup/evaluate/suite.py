@@ -33,7 +33,7 @@ COLLAPSE_PROTOCOL = ("frozen features of the test split: feature_std is the stan
                      "features spread over the sphere, 0 for a collapsed encoder); effective_rank is exp of the "
                      "entropy of the normalised singular values of the centred features (Roy and Vetterli 2007): "
                      "between 1 and d, 0 when every image has the same features")
-FINETUNE_PROTOCOL = ("the whole encoder and a linear head trained end to end on a class-balanced {percent} of the "
+FINETUNE_PROTOCOL = ("the whole encoder and a linear head trained end to end on a class-stratified {percent} of the "
                      "training labels (seeded subsets), crop + flip augmentation, Nesterov SGD, lr {lr} per 256 "
                      "images with a cosine schedule, {steps} steps of batch {batch}; test top-1, mean ± std over "
                      "subset seeds {seeds}, beside the same network trained from random initialisation on the "
