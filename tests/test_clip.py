@@ -192,6 +192,20 @@ def test_captions_files_csv_and_jsonl(tmp_path):
     assert test.labels is None and test.captions == ["bright", "grey"]
 
 
+def test_a_caption_holding_a_unicode_line_separator_stays_one_caption(tmp_path):
+    _image_files(tmp_path)
+    # U+2028, U+2029 and U+0085 are whitespace inside a caption, not line ends: the CSV field is quoted,
+    # the JSON string holds them raw (valid JSON).
+    (tmp_path / "c.csv").write_text('image,caption\nim0.png,"a dark\u2028square, wide"\nim1.png,"grey\u2029one"\n'
+                                    'im2.png,light\n', encoding="utf-8")
+    pairs = read_captions_file(tmp_path / "c.csv", size=8)
+    assert pairs.captions == ["a dark square, wide", "grey one", "light"]
+    lines = [{"image": "im0.png", "caption": "dark\u2028square"}, {"image": "im1.png", "caption": "grey\x85one"}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines),
+                                      encoding="utf-8")
+    assert read_captions_file(tmp_path / "c.jsonl", size=8).captions == ["dark square", "grey one"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("image,text\nim0.png,x\n", "must name the columns image and caption"),
     ("image,caption\nim9.png,x\n", "line 2: image im9.png not found"),

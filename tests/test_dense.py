@@ -320,6 +320,65 @@ def test_pairs_are_read_with_their_matches_moved_to_the_resized_square(tmp_path)
         read_pairs(tmp_path / "bad.jsonl")
 
 
+def test_matches_of_another_width_and_undecodable_images_skip_their_line_only(tmp_path, monkeypatch):
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data import read_pairs
+
+    rng = np.random.default_rng(2)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / name)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "huge.png")  # over the limit set below
+    png = (tmp_path / "a.png").read_bytes()  # a zTXt chunk of unknown compression after the pixels: SyntaxError
+    body = b"Comment\x00\x01xx"
+    chunk = len(body).to_bytes(4, "big") + b"zTXt" + body + zlib.crc32(b"zTXt" + body).to_bytes(4, "big")
+    end = png.rindex(b"IEND") - 4
+    (tmp_path / "corrupt.png").write_bytes(png[:end] + chunk + png[end:])
+    good = [[5, 5, 6, 6], [9, 9, 10, 10]]
+    file = _write_jsonl(tmp_path / "pairs.jsonl", [
+        {"a": "a.png", "b": "b.png", "matches": [[5, 5, 6], [7, 7, 8], [9, 9, 10], [11, 11, 12]]},  # x, y, x
+        {"a": "a.png", "b": "b.png", "matches": [1, 2, 3, 4]},
+        {"a": "huge.png", "b": "b.png", "matches": good},
+        {"a": "a.png", "b": "corrupt.png", "matches": good},
+        {"a": "a.png", "b": "b.png", "matches": good},
+    ])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # 40 x 40 is over twice the limit: refused as a bomb
+    pairs = read_pairs(file, size=20)
+    assert len(pairs) == 1 and pairs.counts.tolist() == [2]
+    assert pairs.matches[0].tolist() == [[x + 0.5 for x in row] for row in good]
+    assert sorted(pairs.skipped) == [f"{file}, line {k}" for k in (1, 2, 3, 4)]
+    assert "matches must be rows of 4 numbers" in pairs.skipped[f"{file}, line 1"]
+    assert "(4, 3)" in pairs.skipped[f"{file}, line 1"] and "(4,)" in pairs.skipped[f"{file}, line 2"]
+    assert pairs.skipped[f"{file}, line 3"].startswith("DecompressionBombError")
+    assert pairs.skipped[f"{file}, line 4"].startswith("SyntaxError")
+
+
+def test_a_line_holding_a_raw_line_separator_is_one_line_and_images_are_read_upright(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data import read_pairs
+
+    rng = np.random.default_rng(3)
+    upright = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)  # as displayed: 20 wide, 30 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the file stores the picture turned left
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright))).save(tmp_path / "a.png", exif=exif)
+    Image.fromarray(upright[5:25]).save(tmp_path / "b.png")
+    row = {"a": "a.png", "b": "b.png", "matches": [[3, 12, 3, 7]], "note": "left\u2028right\u2029\x85end"}
+    file = tmp_path / "pairs.jsonl"
+    file.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")  # the separators raw
+    pairs = read_pairs(file, size=20)
+    assert not pairs.skipped and len(pairs) == 1
+    # a: the upright picture's centred 20 x 20 square (rows 5..24), scale 1; the match moves up 5 rows.
+    assert torch.equal(pairs.images[0], torch.from_numpy(upright[5:25]).permute(2, 0, 1))
+    assert torch.equal(pairs.images[0], pairs.images_b[0])
+    assert pairs.matches[0, 0].tolist() == [3.5, 7.5, 3.5, 7.5]
+
+
 def test_given_matches_point_at_the_same_pixel_in_both_images_and_raw_patches_find_them(tmp_path):
     from selfsup.data import read_pairs
     from selfsup.evaluate.correspondence import pairs_pck

@@ -86,6 +86,18 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path, speech):
         WavFolder(tmp_path / "empty", sample_rate=8000)
 
 
+def test_a_file_cut_short_of_its_header_is_skipped_naming_both_counts(tmp_path):
+    write_wav(tmp_path / "a" / "whole.wav", tone(220.0, 2.0, 8000), 8000)
+    write_wav(tmp_path / "a" / "cut.wav", tone(330.0, 2.0, 8000), 8000)          # header: 16,000 frames
+    cut = tmp_path / "a" / "cut.wav"
+    cut.write_bytes(cut.read_bytes()[:44 + 2 * 2000])                             # 44-byte header, 2,000 frames
+    files, _, skipped = scan_wav_folder(tmp_path, "train", 8000)
+    assert [f.path.name for f in files] == ["whole.wav"] and files[0].frames == 16000
+    assert skipped == {str(cut): "truncated: header says 16000 frames, file holds 2000"}
+    source = WavFolder(tmp_path, sample_rate=8000, window=4000, batch_size=1)
+    assert all(window.abs().amax() > 0.1 for window in source.dataset.inputs)   # no window of padding
+
+
 def test_split_and_labels(speech):
     train = WavFolder(speech, "train", sample_rate=8000, window=1000, batch_size=2)
     test = WavFolder(speech, "test", sample_rate=8000, window=1000, batch_size=2)

@@ -158,6 +158,24 @@ def test_video_files_and_frame_folders_are_read_and_bad_ones_named_and_skipped(t
     assert load_video_split(root, "test", size=16).images.shape == (3, 3, 16, 16)
 
 
+def test_frames_are_read_upright_by_their_exif_orientation_and_keypoints_follow(tmp_path):
+    rng = np.random.default_rng(4)
+    upright = rng.integers(0, 256, (2, 30, 20, 3), dtype=np.uint8)  # as displayed: 20 wide, 30 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the files store the frames turned left
+    frames = tmp_path / "JPEGImages" / "480p" / "seq"
+    frames.mkdir(parents=True)
+    for t in range(2):
+        Image.fromarray(np.ascontiguousarray(np.rot90(upright[t]))).save(frames / f"{t:05d}.png", exif=exif)
+    (tmp_path / "Keypoints" / "480p").mkdir(parents=True)
+    (tmp_path / "Keypoints" / "480p" / "seq.json").write_text(json.dumps({"keypoints": [[[3, 12, 1]]] * 2}))
+    clips = load_video_split(tmp_path, "train", size=20)
+    # The upright frames' centred 20 x 20 squares (rows 5..24), scale 1; the point moves up 5 rows.
+    assert torch.equal(clips.images, torch.from_numpy(upright[:, 5:25]).permute(0, 3, 1, 2))
+    points, scale = clips.keypoints[0]
+    assert points[0].tolist() == [[3.0, 7.0, 1.0]] and scale.tolist() == [20.0]
+
+
 def test_without_a_split_every_fifth_video_is_held_out(tmp_path):
     for v in range(10):
         (tmp_path / f"v{v}").mkdir()

@@ -4,8 +4,11 @@ broken sample named and replaced, and a run trained from them."""
 
 import io
 import json
+import os
+import sys
 import tarfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data.folder import SkippedImageWarning
-from selfsup.data.stream import StreamedImages, folder_split
+from selfsup.data.folder import SkippedImageWarning, decode
+from selfsup.data.stream import ImageStream, StreamedImages, folder_split
 from selfsup.data.webdataset import expand, shard_urls, webdataset_split
 from selfsup.errors import DataError
 
@@ -22,6 +25,12 @@ from selfsup.errors import DataError
 def _picture(k: int) -> np.ndarray:
     rng = np.random.default_rng(k)
     return rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+
+
+def _png(k: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_picture(k)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_shards(root: Path, split: str, count: int, per_shard: int, *, broken: int | None = None,
@@ -34,16 +43,15 @@ def write_shards(root: Path, split: str, count: int, per_shard: int, *, broken: 
         path = root / f"{split}-{first // per_shard:05d}.tar"
         with tarfile.open(path, "w") as tar:
             for k in range(first, min(first + per_shard, count)):
-                buffer = io.BytesIO()
-                Image.fromarray(_picture(k)).save(buffer, format="PNG")
-                data = b"garbage" if k == broken else buffer.getvalue()
+                png = _png(k)
+                data = b"garbage" if k == broken else png
                 for name, payload in ((f"sample{k:05d}.png", data), (f"sample{k:05d}.cls", str(k % 3).encode())):
                     info = tarfile.TarInfo(name)
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
                 if images is not None and k != broken:
                     (images / f"class{k % 3}").mkdir(parents=True, exist_ok=True)
-                    (images / f"class{k % 3}" / f"{k:05d}.png").write_bytes(buffer.getvalue())
+                    (images / f"class{k % 3}" / f"{k:05d}.png").write_bytes(png)
         shards.append(path)
     return shards
 
@@ -130,3 +138,83 @@ def test_a_run_trains_and_evaluates_from_shards(tmp_path):
     result = pretrain(cfg)
     results = json.loads((result.out_dir / "results.json").read_text())
     assert results["steps"] == 4 and results["data"] == "webdataset" and "knn" in results["evaluations"]
+
+
+def test_threads_read_the_bytes_one_reader_reads_in_turn(tmp_path):
+    # Many small samples, so that the threads' reads of one shard overlap often; a shared handle's
+    # seek-then-read let a thread read at another's offset (a good sample reported unreadable).
+    write_shards(tmp_path / "shards", "train", 600, 300)
+    reader = webdataset_split(str(tmp_path / "shards"), "train", 16, 3, ratio=1.15, workers=0).images.reader
+    serial = np.stack([reader.read(k) for k in range(600)])
+    expected = np.stack([decode(io.BytesIO(_png(k)), reader.side, 3, draft=True) for k in range(600)])
+    assert np.array_equal(serial, expected)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL between threads as often as possible
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            threaded = np.stack(list(pool.map(reader.read, [k for _ in range(3) for k in range(600)])))
+        fresh = webdataset_split(str(tmp_path / "shards"), "train", 16, 3, ratio=1.15, workers=0).images.reader
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SkippedImageWarning)  # no good sample may be called unreadable
+            streamed = ImageStream(fresh)[torch.arange(600)].numpy()  # the thread pool of every streamed read
+    finally:
+        sys.setswitchinterval(interval)
+    assert np.array_equal(threaded, np.concatenate([expected] * 3))
+    assert np.array_equal(streamed, expected)
+
+
+def test_more_shards_than_open_files_allowed_are_read_without_holding_them_open(tmp_path):
+    resource = pytest.importorskip("resource")
+    write_shards(tmp_path / "shards", "train", 40, 1)  # 40 shards of one sample
+    split = webdataset_split(str(tmp_path / "shards"), "train", 16, 3, ratio=1.15, workers=0)
+    reader = split.images.reader
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    listing = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
+    if listing is None:
+        pytest.skip("no listing of this process's open files")
+    in_use = len(os.listdir(listing))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 16, hard))  # fewer files than shards may open
+    try:
+        images = [reader.read(k) for k in range(40)]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    for k in (0, 17, 39):
+        assert np.array_equal(images[k], decode(io.BytesIO(_png(k)), reader.side, 3, draft=True))
+
+
+def _write_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def test_metadata_json_without_a_label_leaves_samples_unlabelled_and_a_mixed_set_is_refused(tmp_path):
+    root = tmp_path / "shards"
+    root.mkdir()
+    laion = {f"{k:03d}.{ext}": payload for k in range(3) for ext, payload in
+             (("png", _png(k)), ("json", json.dumps({"url": f"https://x/{k}.png", "caption": "a cat"}).encode()),
+              ("txt", b"a cat"))}
+    _write_tar(root / "train-0.tar", laion)
+    split = webdataset_split(str(root / "train-0.tar"), "train", 16, 3, ratio=1.15, workers=0)
+    assert len(split) == 3 and split.labels is None and split.classes is None
+    assert np.array_equal(split.images.reader.read(1), decode(io.BytesIO(_png(1)), 18, 3, draft=True))
+    _write_tar(root / "train-1.tar", {"004.png": _png(4), "004.json": b'{"label": 2, "caption": "a dog"}'})
+    with pytest.raises(DataError, match=r"train-0.tar:000 has no label .* but .*train-1.tar:004 has one"):
+        webdataset_split(str(root / "train-{0..1}.tar"), "train", 16, 3, ratio=1.15, workers=0)
+
+
+def test_shards_at_another_fsspec_url_read_by_byte_range_as_local_ones(tmp_path):
+    import fsspec
+
+    write_shards(tmp_path / "shards", "train", 12, 6)
+    memory = fsspec.filesystem("memory")
+    for k in range(2):
+        memory.pipe(f"/wds-{tmp_path.name}/train-{k}.tar", (tmp_path / "shards" / f"train-0000{k}.tar").read_bytes())
+    remote = webdataset_split(f"memory:///wds-{tmp_path.name}/train-{{0..1}}.tar", "train", 16, 3, ratio=1.15,
+                              workers=0)
+    local = webdataset_split(str(tmp_path / "shards"), "train", 16, 3, ratio=1.15, workers=0)
+    assert remote.labels.tolist() == local.labels.tolist()
+    assert torch.equal(remote.images[torch.arange(12)], local.images[torch.arange(12)])
+    memory.rm(f"/wds-{tmp_path.name}", recursive=True)

@@ -175,17 +175,19 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"captions file {path} does not exist")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+2029, U+0085 ..., which a
+    # caption may hold (a quoted CSV field, a raw character in a JSON string).
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        missing = {"image", "caption"} - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{path}: the header must name the columns image and caption (and optionally label); "
-                            f"missing {', '.join(sorted(missing))}, found {reader.fieldnames}")
-        return [(line + 2, row) for line, row in enumerate(reader)]
+        with path.open(encoding="utf-8-sig", newline="") as stream:  # newline="": the csv module's own quoting
+            reader = csv.DictReader(stream)
+            missing = {"image", "caption"} - set(reader.fieldnames or ())
+            if missing:
+                raise DataError(f"{path}: the header must name the columns image and caption (and optionally "
+                                f"label); missing {', '.join(sorted(missing))}, found {reader.fieldnames}")
+            return [(reader.line_num, row) for row in reader]  # the line a row ends on
     if suffix in (".jsonl", ".json"):
         rows = []
-        for line, raw in enumerate(text.splitlines(), start=1):
+        for line, raw in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):
             if not raw.strip():
                 continue
             try:

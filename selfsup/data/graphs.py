@@ -108,7 +108,12 @@ def sbm(blocks: int = 4, block_size: int = 100, p_in: float = 0.05, p_out: float
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only what the Planetoid files hold: numpy arrays, scipy sparse matrices and plain
-    containers. Anything else (a function, a class that runs code) raises, naming it."""
+    containers. Anything else (a function, a class that runs code) raises, naming it.
+
+    Every allowed name is matched exactly: from pickle protocol 4 on a name may be a dotted path
+    (``_csr.np.lib.format.read_array`` from ``scipy.sparse`` is numpy's ``read_array``), so a
+    pattern such as "ends with ``_array``" would let any function reachable from those modules in.
+    """
 
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
@@ -117,9 +122,10 @@ class _ArrayUnpickler(pickle.Unpickler):
                ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor")}
     SPARSE = ("scipy.sparse", "scipy.sparse.csr", "scipy.sparse._csr", "scipy.sparse.csc", "scipy.sparse._csc",
               "scipy.sparse.lil", "scipy.sparse._lil", "scipy.sparse._arrays")
+    SPARSE_TYPES = ("csr_matrix", "csc_matrix", "lil_matrix", "csr_array", "csc_array", "lil_array")
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED or (module in self.SPARSE and name.endswith(("_matrix", "_array"))):
+        if (module, name) in self.ALLOWED or (module in self.SPARSE and name in self.SPARSE_TYPES):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not an array type of the Planetoid format")
 

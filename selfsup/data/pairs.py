@@ -6,10 +6,12 @@ One line per pair::
     {"a": "scene1/000.png", "b": "scene1/007.png", "matches": [[xa, ya, xb, yb], ...]}
 
 Paths are relative to ``data.root`` (or the file's folder). A match is a pixel of image a and the
-same point in image b, as (column x, row y) positions in the original images, pixel (0, 0) the top-left
-one (fractions allowed). Images are read as a folder's are — the centred square resized to
-``data.size`` — and the matches moved with them; a match outside the square is dropped, and a pair
-left without matches is reported and skipped, as is a line that cannot be read (file and line named).
+same point in image b, as (column x, row y) positions in the original images as displayed (their EXIF
+orientation applied), pixel (0, 0) the top-left one (fractions allowed). Images are read as a folder's
+are — upright, the centred square resized to ``data.size`` — and the matches moved with them; a match
+outside the square is dropped, and a pair left without matches is reported and skipped, as is a line
+that cannot be read: bad JSON, matches that are not rows of four numbers, an image that cannot be
+decoded (file and line named).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from selfsup.data.dataset import ImageDataset
@@ -62,6 +64,7 @@ def _read(path: Path, size: int, channels: int) -> tuple[np.ndarray, tuple[float
     """The resized square and how it maps points: (offset x, offset y, scale)."""
     with Image.open(path) as image:
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # the pixels a viewer shows, where the matches were placed
         image = _to_8bit(image)
     width, height = image.size
     side = min(width, height)
@@ -76,16 +79,21 @@ def read_pairs(file: str | Path, *, root: str | Path | None = None, size: int = 
         raise DataError(f"correspondences file {file} does not exist")
     base = Path(root) if root is not None else file.parent
     images_a, images_b, matches, skipped = [], [], [], {}
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
+    # "\n" only: str.splitlines() also breaks at U+2028, U+0085 ..., which JSON strings may hold raw.
+    for number, line in enumerate(file.read_text().split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{file}, line {number}"
         try:
             row = json.loads(line)
-            points = np.asarray(row["matches"], dtype=np.float64).reshape(-1, 4)
+            points = np.asarray(row["matches"], dtype=np.float64)
+            if points.ndim != 2 or points.shape[1] != 4:  # reshaping would regroup other widths into made-up matches
+                raise ValueError(f"matches must be rows of 4 numbers [xa, ya, xb, yb], got shape {points.shape}")
             a, (ax, ay, a_scale) = _read(base / row["a"], size, channels)
             b, (bx, by, b_scale) = _read(base / row["b"], size, channels)
-        except (ValueError, KeyError, TypeError, OSError) as error:  # bad JSON, keys, numbers or images
+        # Bad JSON, keys, numbers or images (PIL raises SyntaxError for some corrupt files, and
+        # DecompressionBombError for one over Image.MAX_IMAGE_PIXELS).
+        except (ValueError, KeyError, TypeError, OSError, SyntaxError, Image.DecompressionBombError) as error:
             skipped[where] = f"{type(error).__name__}: {error}"
             continue
         moved = np.stack([(points[:, 0] + 0.5 - ax) * a_scale, (points[:, 1] + 0.5 - ay) * a_scale,

@@ -5,14 +5,15 @@ optional ``root/train`` and ``root/test`` above that; without them a fixed fifth
 files (every fifth in sorted order) is the test split. Files are read with the standard library's
 ``wave`` (PCM, 8 to 32 bits, any number of channels, averaged to mono). Only the header is read
 when scanning; training reads each window by seeking, so files and folders may be far larger than
-memory. A file that ``wave`` cannot read is reported and skipped; a file at another rate is
-resampled (``scipy.signal.resample_poly``, a polyphase low-pass filter) or, with
-``resample=False``, refused in one line naming it.
+memory. A file that ``wave`` cannot read, or that holds fewer frames than its header says (cut
+short), is reported and skipped; a file at another rate is resampled (``scipy.signal.resample_poly``,
+a polyphase low-pass filter) or, with ``resample=False``, refused in one line naming it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -58,11 +59,20 @@ def _decode(raw: bytes, width: int, channels: int) -> np.ndarray:
 
 
 def read_header(path: Path) -> tuple[int, int, int, int]:
-    """(frames, rate, channels, sample width in bytes) of a WAV file; raises ``wave.Error``/``EOFError``."""
-    with wave.open(str(path), "rb") as f:
-        if f.getsampwidth() not in (1, 2, 3, 4):
-            raise wave.Error(f"{8 * f.getsampwidth()}-bit samples are not supported")
-        return f.getnframes(), f.getframerate(), f.getnchannels(), f.getsampwidth()
+    """(frames, rate, channels, sample width in bytes) of a WAV file; raises ``wave.Error``/``EOFError``.
+
+    A file that holds fewer frames than its header says (a copy cut short) raises too: its windows
+    past the real data would be read as zeros (:func:`read_window` pads) and labelled all the same.
+    """
+    with open(path, "rb") as raw, wave.open(raw, "rb") as f:
+        width, channels = f.getsampwidth(), f.getnchannels()
+        if width not in (1, 2, 3, 4):
+            raise wave.Error(f"{8 * width}-bit samples are not supported")
+        f.readframes(0)  # puts the file at the data chunk's first frame
+        held = (os.fstat(raw.fileno()).st_size - raw.tell()) // (width * channels)
+        if held < f.getnframes():
+            raise wave.Error(f"truncated: header says {f.getnframes()} frames, file holds {held}")
+        return f.getnframes(), f.getframerate(), channels, width
 
 
 def read_window(info: WavInfo, start: int, length: int, rate: int) -> np.ndarray:

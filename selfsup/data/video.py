@@ -18,13 +18,13 @@ one per video) says which videos demonstrate the same task (not synchronised: ea
 the temporal evaluation then aligns the held-out demonstrations of a task with one another (XIRL's
 measure). ``root/captions.csv`` (``sequence,caption``
 rows; several rows per video allowed, each visit of a clip draws one) gives videos captions, for R3M's
-language term; a video with no row has none. Frames are resized like a folder's
-images (the centred square, ``size`` x ``size``; masks with nearest neighbours). A video or frame
+language term; a video with no row has none. Frames are read like a folder's images (turned upright
+by their EXIF orientation, the centred square, ``size`` x ``size``; masks with nearest neighbours). A video or frame
 that cannot be decoded is named once and skipped (a video with an unreadable frame is dropped
 whole, so that clip times stay true).
 
 A keypoint file holds ``{"keypoints": [[[x, y, visible], ...] for each frame], "scale": [s, ...]}``:
-per frame, the same K points in the frame's pixels (x right, y down, from the top-left corner;
+per frame, the same K points in the upright frame's pixels (x right, y down, from the top-left corner;
 ``visible`` 0 or 1), and per point the size in pixels its PCK is measured against (JHMDB: the
 larger side of the person's box; default the frame's shorter side). They move with the frames'
 square crop and resize. A malformed file is refused naming the file and what is wrong.
@@ -44,12 +44,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from selfsup.data.dataset import ImageDataset
-from selfsup.data.folder import IMAGE_EXTENSIONS, _to_8bit, square
+from selfsup.data.folder import IMAGE_EXTENSIONS, decode, square
 from selfsup.data.sources import EpochOrdered, ImageBatch
 from selfsup.errors import DataError
 
@@ -213,12 +213,7 @@ def _decode_frames(folder: Path, size: int, channels: int, max_frames: int | Non
     files = _frame_files(folder)[:max_frames]
     if not files:
         raise ValueError("no frame images")
-    frames = []
-    for path in files:
-        with Image.open(path) as image:
-            image.load()
-            frames.append(square(_to_8bit(image), size, channels))
-    return np.stack(frames)
+    return np.stack([decode(path, size, channels) for path in files])  # as a folder's images: upright (EXIF)
 
 
 def _decode_masks(folder: Path, count: int, size: int) -> np.ndarray | None:
@@ -347,7 +342,7 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
         if points is not None:
             first = _frame_files(path)[0]
             with Image.open(first) as image:
-                width, height = image.size
+                width, height = ImageOps.exif_transpose(image).size  # the upright frame's, as decoded
             keypoints[v] = read_keypoints(points, len(clip), width, height, size)
         if all_classes is not None:
             labels.append(torch.full((len(clip),), all_classes.index(named[name]), dtype=torch.int64))

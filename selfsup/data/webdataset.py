@@ -4,8 +4,10 @@
 ``https://...``, ``s3://...`` with its fsspec package). A sample is the tar members that share a
 key (the member's path up to the first dot of its file name, webdataset's convention): an image
 (``.jpg``, ``.jpeg``, ``.png``, ``.webp``) and, optionally, its class as ``.cls`` (an integer) or
-``.json`` (``{"label": 3}``). ``{split}`` in the pattern names the split (``shards/{split}-{00..09}.tar``
-gives the test split too); otherwise the shards are the training split.
+``.json`` (``{"label": 3}``; a ``.json`` without ``"label"``, such as img2dataset's ``{"url": ..,
+"caption": ..}``, leaves the sample unlabelled); every sample has a class or none does. ``{split}``
+in the pattern names the split (``shards/{split}-{00..09}.tar`` gives the test split too);
+otherwise the shards are the training split.
 
 Each shard is indexed once (the tar headers: where every member's bytes are) and a sample is then
 one ranged read and a decode, so the batch of ``(epoch, position, rank)`` is read directly, as
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from tqdm.auto import tqdm
 
 from selfsup.errors import DataError
@@ -86,13 +90,19 @@ class Sample:
     label: int | None
 
 
-def _label(data: bytes, extension: str, where: str) -> int:
+def _label(data: bytes, extension: str, where: str) -> int | None:
+    """The class a ``.cls`` or ``.json`` member gives; None for a ``.json`` object without ``"label"``
+    (img2dataset's and LAION's metadata: ``url``, ``caption``, ... describe a sample, not its class)."""
     try:
         if extension == "cls":
             return int(data.decode().strip())
         value = json.loads(data)
-        return int(value["label"] if isinstance(value, dict) else value)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        if isinstance(value, dict):
+            if "label" not in value:
+                return None
+            value = value["label"]
+        return int(value)
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
         raise DataError(f"webdataset: {where}: the label must be an integer (.cls) or {{\"label\": N}} (.json), "
                         f"got {data[:40]!r} ({error})") from None
 
@@ -114,7 +124,9 @@ def index_shard(url: str, shard: int) -> tuple[list[Sample], list[str]]:
                 extension = extension.lower()
                 groups.setdefault(key, {})[extension] = (member.offset_data, member.size)
                 if extension in ("cls", "json"):
-                    labels[key] = _label(tar.extractfile(member).read(), extension, f"{url}:{member.name}")
+                    label = _label(tar.extractfile(member).read(), extension, f"{url}:{member.name}")
+                    if label is not None:
+                        labels[key] = label
     except (OSError, tarfile.TarError) as error:
         raise DataError(f"webdataset: cannot read shard {url}: {error}") from None
     samples, missing = [], []
@@ -128,14 +140,24 @@ def index_shard(url: str, shard: int) -> tuple[list[Sample], list[str]]:
 
 
 class TarReader:
-    """Images of webdataset shards by index (picklable: each process opens the shards it reads)."""
+    """Images of webdataset shards by index.
+
+    A sample is one positional read of its bytes: ``os.pread`` on a local shard, a ranged
+    ``cat_file`` (one request) on any other fsspec filesystem. Neither moves a shared file position,
+    so the threads of :class:`selfsup.data.stream.ImageStream` read side by side (a seek then a read
+    on one shared handle let another thread's seek land in between: a good sample read as garbage
+    and reported unreadable). No shard stays open between reads: a local read opens and closes its
+    shard (microseconds against a decode, as :class:`selfsup.data.stream.PackedReader`), so more
+    shards than the open-file limit (``ulimit -n``) read as well as a few. Picklable: each process
+    finds the shards' filesystems anew.
+    """
 
     def __init__(self, urls: list[str], samples: list[Sample], side: int, channels: int) -> None:
         self.urls, self.samples, self.side, self.channels = urls, samples, side, channels
-        self._open: dict[int, object] = {}
+        self._where: dict[int, tuple[fsspec.AbstractFileSystem, str]] = {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": {}}  # open files stay with the process that opened them
+        return {**self.__dict__, "_where": {}}  # filesystems (their sessions) stay with the process that made them
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -144,15 +166,25 @@ class TarReader:
         sample = self.samples[index]
         return f"{self.urls[sample.shard]}:{sample.key}"
 
+    def _bytes(self, sample: Sample) -> bytes:
+        where = self._where.get(sample.shard)
+        if where is None:
+            where = self._where[sample.shard] = fsspec.core.url_to_fs(self.urls[sample.shard])
+        filesystem, path = where
+        if isinstance(filesystem, LocalFileSystem):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                return os.pread(fd, sample.size, sample.offset)
+            finally:
+                os.close(fd)
+        return filesystem.cat_file(path, start=sample.offset, end=sample.offset + sample.size)
+
     def read(self, index: int) -> np.ndarray:
         sample = self.samples[index]
-        stream = self._open.get(sample.shard)
-        if stream is None:
-            stream = self._open[sample.shard] = fsspec.open(self.urls[sample.shard], "rb").open()
-        stream.seek(sample.offset)
-        data = stream.read(sample.size)
+        data = self._bytes(sample)
         if len(data) != sample.size:
-            raise OSError(f"{self.name(index)}: the shard ends inside this sample")
+            raise OSError(f"{self.name(index)}: read {len(data)} of the sample's {sample.size} bytes (the shard ends "
+                          f"inside it, or its server ignores byte ranges)")
         return decode(io.BytesIO(data), self.side, self.channels, draft=True)
 
 
@@ -178,7 +210,13 @@ def webdataset_split(root: str, split: str, size: int, channels: int, *, ratio: 
         raise DataError(f"webdataset: no sample with an image ({', '.join(IMAGE_EXTENSIONS)}) in {root} ({split})")
     labelled = [s.label for s in samples if s.label is not None]
     labels = classes = None
-    if len(labelled) == len(samples):
+    if labelled and len(labelled) < len(samples):
+        bare = next(s for s in samples if s.label is None)
+        named = next(s for s in samples if s.label is not None)
+        raise DataError(f"webdataset: {urls[bare.shard]}:{bare.key} has no label (no .cls, no \"label\" in its "
+                        f".json) but {urls[named.shard]}:{named.key} has one; label every sample or none "
+                        f"({len(samples) - len(labelled)} of {len(samples)} in {root} ({split}) have none)")
+    if labelled:
         if min(labelled) < 0:
             raise DataError(f"webdataset: {root}: labels must be >= 0, found {min(labelled)}")
         labels = torch.tensor(labelled, dtype=torch.int64)
