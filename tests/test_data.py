@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import hashlib
 import io
@@ -460,6 +461,43 @@ def test_folder_modes_labels_and_skipped_files(tmp_path):
         tolerance = 1 if name.endswith(".jpg") else 0
         for c in range(3):
             assert (got[c].int() - expected[c]).abs().max().item() <= tolerance, (name, c, got[c].tolist(), expected)
+
+
+def test_folder_float_and_32_bit_tiffs_are_scaled_or_refused_by_name(tmp_path):
+    root = tmp_path / "tiffs"
+    save(Image.fromarray(np.full((6, 6), 0.6, np.float32)), root / "float_unit.tif")  # mode F in [0, 1]
+    save(Image.fromarray(np.full((6, 6), 200.0, np.float32)), root / "float_255.tif")
+    save(Image.fromarray(np.full((6, 6), 200, np.int32)), root / "int32.tif")  # mode I, 32 bits a sample
+    (root / "sixteen.pgm").write_bytes(b"P5 6 6 65535\n" + np.full(36, 40000, ">u2").tobytes())  # PIL: mode I
+    assert Image.open(root / "float_unit.tif").mode == "F" and Image.open(root / "int32.tif").mode == "I"
+    assert Image.open(root / "sixteen.pgm").mode == "I"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load("folder", root=root, size=4, progress=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, SkippedImageWarning)]
+    assert ds.files == ["float_unit.tif", "sixteen.pgm"]
+    assert ds.images[0].flatten().tolist() == [153] * 48  # 0.6 * 255
+    assert ds.images[1].flatten().tolist() == [156] * 48  # 40000 * 255 / 65535, as 16-bit PNGs
+    assert any("float_255.tif" in m and "[200, 200]" in m and "[0, 1]" in m for m in messages)
+    assert any("int32.tif" in m and "32-bit integer" in m for m in messages)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EMFILE, "Too many open files"), MemoryError()])
+def test_folder_raises_resource_errors_rather_than_skip_the_file(tmp_path, monkeypatch, error):
+    from selfsup.data import folder
+
+    for k in range(3):
+        save(solid("L", (4, 4), 9 * k), tmp_path / f"{k}.png")
+    real = folder.decode
+
+    def starved(path, *args, **kwargs):
+        if path.name == "1.png":
+            raise error
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder, "decode", starved)
+    with pytest.raises(type(error)):  # a file skipped now and read later would change the split
+        load("folder", root=tmp_path, size=4, progress=False)
 
 
 def test_folder_geometry_is_center_square_resize(tmp_path):

@@ -1,6 +1,7 @@
 """Streamed images (selfsup.data.stream) and packs (selfsup.data.pack): order, decoding, corrupt files,
 resume after SIGKILL with DataLoader workers, a memory cap, and the pack's checksums and resume."""
 
+import errno
 import hashlib
 import json
 import os
@@ -115,10 +116,47 @@ def test_corrupt_files_are_reported_once_and_replaced_by_the_next_readable_file(
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedImageWarning)]
     assert len(messages) == 1 and str(broken) in messages[0]  # reported once, naming the file
     assert list(source.skipped) == [str(broken)]
-    slot = int((first.index == position).nonzero())
+    slot = int((source.order(0)[:13] == position).nonzero())  # where the plan put the broken file
+    assert first.index[slot] == position + 1  # the substitute, which also has a slot of its own
     assert np.array_equal(first.images[slot].numpy(), pil_reference(files[position + 1], 16))
-    assert torch.equal(again.images[int((again.index == position).nonzero())], first.images[slot])
+    again_slot = int((source.order(1)[:13] == position).nonzero())
+    assert again.index[again_slot] == position + 1 and torch.equal(again.images[again_slot], first.images[slot])
     source.close()
+
+
+def _black_corrupt_white(root: Path) -> Path:
+    """a/0.png black, a/1.png unreadable, b/0.png and b/1.png white: two classes, a known picture each."""
+    for name, value in (("a/0.png", 0), ("b/0.png", 255), ("b/1.png", 255)):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(root / name)
+    (root / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n corrupt")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore::selfsup.data.folder.SkippedImageWarning")
+def test_a_substituted_slot_carries_the_substitutes_index_label_and_name(tmp_path):
+    root = _black_corrupt_white(tmp_path / "imgs")
+    written = {"a/0.png": (0, 0), "b/0.png": (1, 255), "b/1.png": (1, 255)}  # label, pixel of each readable file
+    streamed = folder_split(root, "train", 8, 3, ratio=1.0, workers=0)
+    relative = [Path(f).relative_to(root).as_posix() for f in streamed.reader.files]
+    assert relative == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
+    batch = StreamedImages(streamed, batch_size=4, workers=0).batch(0, 0, 0)
+    planned = StreamedImages(streamed, batch_size=4).order(0).tolist()
+    read = [relative[i] for i in batch.index.tolist()]
+    # Slot of a/1.png: b/0.png, the next readable file, and everything the slot says is b/0.png's.
+    assert read == ["b/0.png" if relative[i] == "a/1.png" else relative[i] for i in planned]
+    assert batch.labels.tolist() == [written[name][0] for name in read]
+    assert batch.images[:, 0, 0, 0].tolist() == [written[name][1] for name in read]
+    halves = [StreamedImages(streamed, batch_size=4, world_size=2, workers=0, rank=r).batch(0, 0, r) for r in (0, 1)]
+    assert torch.equal(torch.cat([h.index for h in halves]), batch.index)  # ranks agree on the substitute
+    memory = streamed.in_memory()
+    names = [Path(f).relative_to(root).as_posix() for f in memory.files]
+    assert names == ["a/0.png", "b/0.png", "b/0.png", "b/1.png"]
+    assert memory.labels.tolist() == [written[n][0] for n in names]
+    assert memory.images[:, 0, 0, 0].tolist() == [written[n][1] for n in names]
+    # Evaluation reads the stream and then the split's labels and files: the same, once the file was met.
+    assert streamed.labels.tolist() == memory.labels.tolist() and streamed.files == memory.files
+    assert folder_split(root, "train", 8, 3, ratio=1.0).labels.tolist() == [0, 0, 1, 1]  # nothing read yet
 
 
 def test_stream_indexing_gives_the_shapes_tensors_do(tmp_path):
@@ -212,6 +250,45 @@ def test_pack_rows_labels_and_checksums(tmp_path):
     assert np.array_equal(streamed.images[7].numpy(), pil_reference(root / "train" / names[7], 18, crop=16))
     test = data.load("packed", "test", tmp_path / "pack")
     assert test.images.shape == (4, 3, 16, 16) and test.classes == streamed.classes
+
+
+def test_file_names_that_are_not_utf8_pack_stream_and_fingerprint(tmp_path):
+    root = make_folder(tmp_path / "imgs", 3, classes=1)
+    plain = folder_split(root, "train", 8, 3, workers=0)
+    # The fingerprint of UTF-8 names is what checkpoints already hold: sha256 of each name and a newline.
+    assert plain.fingerprint() == hashlib.sha256(b"".join(f.encode() + b"\n" for f in plain.reader.files)).hexdigest()
+    odd = os.path.join(os.fsencode(root / "class0"), b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    try:
+        with open(odd, "wb") as file:
+            Image.fromarray(np.full((8, 8, 3), 77, np.uint8)).save(file, "PNG")
+    except OSError:
+        pytest.skip("this filesystem refuses file names that are not UTF-8")
+    streamed = folder_split(root, "train", 8, 3, ratio=1.0, workers=0)
+    assert os.fsencode(streamed.reader.files[-1]) == odd
+    assert len(streamed.fingerprint()) == 64 and streamed.fingerprint() != plain.fingerprint()
+    assert streamed.images[3].flatten().tolist() == [77] * 3 * 8 * 8
+    index = packing.pack_folder(root, tmp_path / "pack", size=8, ratio=1.0, progress=False)["train"]
+    assert index["count"] == 4 and not index["skipped"]
+    packed = packed_split(tmp_path / "pack", "train", None, workers=0)
+    assert os.fsencode(root / packed.reader.names[-1]) == odd
+    assert packed.images[3].flatten().tolist() == [77] * 3 * 8 * 8 and len(packed.fingerprint()) == 64
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EMFILE, "Too many open files"), MemoryError()])
+def test_running_out_of_memory_or_descriptors_stops_a_pack_rather_than_skip_the_file(tmp_path, monkeypatch, error):
+    root = make_folder(tmp_path / "imgs", 4)
+    real = folder.decode
+
+    def starved(path, *args, **kwargs):
+        if path.name == "0002.png":
+            raise error
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder, "decode", starved)
+    with pytest.raises(type(error)):
+        packing.pack_folder(root, tmp_path / "pack", size=8, progress=False)
+    monkeypatch.setattr(folder, "decode", real)  # memory back: the pack resumes and holds every file
+    assert packing.pack_folder(root, tmp_path / "pack", size=8, progress=False)["train"]["count"] == 4
 
 
 def test_reading_a_pack_holds_no_file_descriptors(tmp_path):

@@ -112,20 +112,62 @@ def test_an_unreadable_clip_names_its_video_once_and_takes_the_next_videos_frame
         named = [w for w in caught if issubclass(w.category, SkippedImageWarning)]
         assert len(named) == 1 and str(frames) in str(named[0].message) and list(source.skipped) == [str(frames)]
         kinds = set()
-        for batch in batches:
-            for row, video in enumerate(batch.extra["video"].tolist()):
-                times = batch.extra["times"][row]
+        for position, batch in enumerate(batches):
+            plan = source.plan(0, position)
+            for row, video in enumerate(plan.videos.tolist()):
+                times = plan.times[row]
                 damaged = video == 1 and 3 in times.tolist()
                 kinds.add(damaged)
-                # A clip with the bad frame holds the next video's frames at the same times; any other, its own.
-                expected = reference.images[reference.frames(2 if damaged else video)][times]
-                assert torch.equal(batch.images[row], expected)
+                # A clip with the bad frame holds the next video's frames at the same times, and is that
+                # video's clip in all the batch says of it; any other, its own.
+                read = 2 if damaged else video
+                assert batch.extra["video"][row] == read and batch.index[row] % len(train.names) == read
+                assert torch.equal(batch.extra["times"][row], times)
+                assert torch.equal(batch.images[row], reference.images[reference.frames(read)][times])
         assert kinds == {True, False}
     for f in (root / "JPEGImages" / "480p" / train.names[0]).iterdir():
         f.unlink()
     scanned = streamed_video_split(root, "train", size=16)
     assert train.names[0] not in scanned.names  # no frame to count: left out at the scan, and named
     assert str(root / "JPEGImages" / "480p" / train.names[0]) in scanned.skipped
+
+
+def test_a_substituted_clip_and_partner_carry_their_own_label_scene_and_caption(tmp_path):
+    root = write_synthetic_videos(tmp_path / "v", videos=5, frames=5, size=16, sprites="digits", views=2, seed=2)
+    reference = load_video_split(root, "train", size=16)  # before the damage
+    train = streamed_video_split(root, "train", size=16, workers=0)
+    assert train.names[:3] == ["video0000_view0", "video0000_view1", "video0001_view0"]
+    written = dict(line.split(",") for line in (root / "labels.csv").read_text().split()[1:])
+    assert written["video0000_view1"] != written["video0001_view0"]  # the substitute's label tells
+    (root / "JPEGImages" / "480p" / train.names[1] / "00003.jpg").write_bytes(b"truncated")
+    source = StreamedVideoClips(train, batch_size=5, seed=0, clips_per_video=6, workers=0)
+    source.clip_times, source.clip_views = window_times(3), 2
+    first_caption = {name: texts[0] for name, texts in zip(train.names, train.captions)}
+    kinds = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)
+        for position in range(source.steps_per_epoch()):
+            batch, plan = source.batch(0, position, 0), source.plan(0, position)
+            for row, (video, partner) in enumerate(zip(plan.videos.tolist(), plan.partners.tolist())):
+                times = plan.times[row]
+                if 3 in times.tolist() and video == 1:
+                    kind, video, partner = "video", 2, 2  # the next video, its own partner
+                elif 3 in times.tolist() and partner == 1:
+                    kind, partner = "partner", video  # the clip's own video stands in for its partner
+                else:
+                    kind = "none"
+                kinds.add(kind)
+                got = {key: int(batch.extra[key][row]) for key in ("video", "partner", "scene")}
+                assert got == {"video": video, "partner": partner, "scene": int(source.scenes[video])}
+                assert source.scenes[partner] == source.scenes[video]  # the two views share a scene
+                assert train.classes[int(batch.labels[row])] == written[train.names[video]]
+                assert batch.index[row] % len(train.names) == video
+                assert torch.equal(batch.images[row, :3], reference.images[reference.frames(video)][times])
+                assert torch.equal(batch.images[row, 3:], reference.images[reference.frames(partner)][times])
+                if kind == "video":
+                    assert source.captions[int(batch.extra["caption_ids"][row])] == first_caption[train.names[2]]
+    source.close()
+    assert kinds == {"video", "partner", "none"}
 
 
 def test_a_streamed_video_run_trains_exactly_as_the_in_memory_run(videos, tmp_path):

@@ -14,16 +14,21 @@ Layout:
   otherwise labels are ``None``.
 
 Each image is decoded with PIL (first frame, EXIF orientation applied),
-brought to 8 bits (16-bit gray is scaled by 255/65535; transparent pixels
-are composited over black), converted to ``channels`` (RGB -> gray is ITU-R
+brought to 8 bits (16-bit gray is scaled by 255/65535; float gray, TIFF's
+mode ``F``, must lie in [0, 1] and is scaled by 255; 32-bit integer gray,
+which has no range to scale by, is refused; transparent pixels are
+composited over black), converted to ``channels`` (RGB -> gray is ITU-R
 601-2 luma), then its centred square of side ``min(width, height)`` is
 resized to ``size x size`` (bilinear, antialiased): the shorter side goes to
-``size`` and the longer one is center-cropped. Unreadable files are reported
-one warning each (path and reason), skipped, and counted at the end.
+``size`` and the longer one is center-cropped. Unreadable or refused files
+are reported one warning each (path and reason), skipped, and counted at the
+end. Running out of memory or file descriptors while decoding is raised, not
+taken for an unreadable file.
 """
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sys
@@ -49,6 +54,8 @@ DEFAULT_SIZE = 64
 # Decoding is I/O and C code that releases the GIL; more threads than this rarely help.
 _MAX_THREADS = 8
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+# Errors that say the machine, not the file, is at fault: never a reason to skip an image.
+_FATAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC})
 
 
 class SkippedImageWarning(UserWarning):
@@ -73,8 +80,47 @@ def _class_of(path: Path, base: Path) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
+def _machine_fault(error: BaseException) -> bool:
+    """Whether ``error`` is the machine's (out of memory, of file descriptors, of disk space), not
+    the file's: such an error is raised, never taken as a reason to skip a file, since which files
+    are skipped must not depend on the moment (under DDP every rank must agree on them)."""
+    return isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno in _FATAL_ERRNOS)
+
+
+def _name_bytes(name: str) -> bytes:
+    """A file name as bytes for checksums: UTF-8, with the lone surrogates of a name that is not valid
+    UTF-8 on disk (Python's surrogate escapes on Linux, unpaired UTF-16 on Windows) passed through,
+    so that any name a filesystem holds encodes and a UTF-8 name encodes as ``name.encode()``."""
+    return name.encode("utf-8", "surrogatepass")
+
+
+def _sample_bits(image: Image.Image) -> int:
+    """Bits per sample of a mode ``I`` image: a TIFF's BitsPerSample; 16 for the other formats PIL
+    opens as ``I`` (16-bit PGM and PPM, whose values PIL scales to 0..65535)."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    return max(bits) if isinstance(bits, tuple) and bits else int(bits or 16)
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """Mode L or RGB, whatever the input mode."""
+    """Mode L or RGB, whatever the input mode.
+
+    Integer gray of 16 bits is scaled by 255/65535. A 32-bit integer image has no range to scale by
+    (its values may be counts, ids or 16-bit data), and float gray (mode ``F``) is taken as
+    intensities in [0, 1], so a float image with values outside [0, 1] (or NaN) could only be
+    guessed at: both raise ValueError, which skips the file with a warning naming the reason,
+    rather than come out black or saturated.
+    """
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not 0 <= low <= high <= 1:  # also NaN
+            raise ValueError(f"float image (mode F) with values in [{low:.4g}, {high:.4g}]; float images are read "
+                             f"as intensities in [0, 1]: save it as 8- or 16-bit, or scaled to [0, 1]")
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L")
+    if image.mode == "I" and _sample_bits(image) > 16:
+        raise ValueError(f"{_sample_bits(image)}-bit integer image (mode I) has no range to bring to 8 bits; "
+                         f"save it as 8- or 16-bit, or as float in [0, 1]")
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image).astype(np.int64).clip(0, 65535)
         return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
@@ -122,6 +168,8 @@ def _try_decode(path: Path, size: int, channels: int) -> np.ndarray | str:
     try:
         return decode(path, size, channels)
     except Exception as err:  # PIL's decoders raise many types on corrupt data; each one means "skip this file"
+        if _machine_fault(err):
+            raise
         return f"{type(err).__name__}: {err}"
 
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from selfsup._io import atomic_write
 from selfsup.errors import DataError
 
-from .folder import SkippedImageWarning, decode_files, decode_pool, scan_folder
+from .folder import SkippedImageWarning, _name_bytes, decode_files, decode_pool, scan_folder
 
 FORMAT, VERSION = "selfsup-pack", 1
 SHARD_SIZE = 1024
@@ -69,7 +69,7 @@ def _sha256(path: Path) -> str:
 
 
 def _fingerprint(names: list[str]) -> str:
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return hashlib.sha256(_name_bytes("\n".join(names))).hexdigest()
 
 
 def pack_folder(folder: str | Path, out: str | Path, *, size: int, channels: int = 3, ratio: float = 1.15,
@@ -84,6 +84,10 @@ def pack_folder(folder: str | Path, out: str | Path, *, size: int, channels: int
         ratio: stored side over ``size``.
         shard_size: images per shard.
         progress: tqdm bars while scanning and decoding.
+
+    An unreadable file is left out, named in ``index.json``'s ``skipped``; running out of memory or
+    of file descriptors while decoding is raised instead (the pack resumes from its last shard),
+    since it says nothing about the file.
     """
     from .stream import stored_side
 

@@ -19,7 +19,10 @@ Determinism: the batch of ``(epoch, position, rank)`` is the same permutation sl
 :class:`selfsup.data.sources.InMemoryImages` takes, so it depends on those and the seed only, and
 a resumed run reads exactly the batches it would have read. A file that cannot be decoded is
 reported (path and reason, once) and its slot takes the next readable file in the folder's
-order: which files are unreadable is a property of the folder, so the substitute is too.
+order: which files are unreadable is a property of the folder, so the substitute is too, and
+every process (DataLoader workers, DDP ranks, a resumed run) agrees on it. What a slot reports
+with its image (its index in a training batch, its label, its file name) is the substitute's, so
+nothing is trained or evaluated under the unreadable file's label.
 
 Evaluation reads the *eval view*: the centred ``size x size`` square of the stored image, i.e.
 "resize the short side to 1.15 x size, centre crop size", the ImageNet evaluation protocol
@@ -28,7 +31,6 @@ Evaluation reads the *eval view*: the centred ``size x size`` square of the stor
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import operator
@@ -46,7 +48,7 @@ from torch import Tensor
 from selfsup.errors import DataError
 
 from .dataset import ImageDataset
-from .folder import _MAX_THREADS, SkippedImageWarning, decode, scan_folder
+from .folder import _MAX_THREADS, SkippedImageWarning, _machine_fault, _name_bytes, decode, scan_folder
 from .sources import ImageBatch, epoch_order
 
 STORE_RATIO = 1.15
@@ -135,13 +137,12 @@ class SubsetReader:
         return self.reader.read(self.indices[index])
 
 
-# Errors that say the machine, not the file, is at fault: never a reason to skip an image.
-_FATAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC})
-
-
-def read_batch(reader, indices: Sequence[int], out: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Images ``indices`` of ``reader`` as uint8 ``(B, C, S, S)``, and the ``(index, reason)`` of each
-    unreadable file met; an unreadable file's slot takes the next readable one (wrapping around).
+def read_batch(reader, indices: Sequence[int], out: np.ndarray | None = None
+               ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Images ``indices`` of ``reader`` as uint8 ``(B, C, S, S)``, the index each was read from, and the
+    ``(index, reason)`` of each unreadable file met; an unreadable file's slot takes the next readable
+    one (wrapping around), and its read-from index is that one's (what the slot's label and name must
+    describe).
 
     Files found unreadable are remembered in this process (``reader._bad``) and not decoded again;
     the substitute is the same either way. Out of memory or of file descriptors is raised, not
@@ -151,6 +152,7 @@ def read_batch(reader, indices: Sequence[int], out: np.ndarray | None = None) ->
     if out is None:
         out = np.empty((len(indices), reader.channels, reader.side, reader.side), dtype=np.uint8)
     bad: set[int] = reader.__dict__.setdefault("_bad", set())
+    sources: list[int] = []
     failures: list[tuple[int, str]] = []
     for slot, index in enumerate(indices):
         for attempt in range(n):
@@ -159,21 +161,19 @@ def read_batch(reader, indices: Sequence[int], out: np.ndarray | None = None) ->
                 continue
             try:
                 out[slot] = reader.read(candidate)
+                sources.append(candidate)
                 break
-            except (DataError, MemoryError):
+            except DataError:
                 raise  # a pack that does not match its index is the user's to fix, not a file to skip
-            except OSError as err:
-                if err.errno in _FATAL_ERRNOS:
-                    raise
-                bad.add(candidate)
-                failures.append((candidate, f"{type(err).__name__}: {err}"))
             except Exception as err:  # PIL raises many types on corrupt data; each one means "skip this file"
+                if _machine_fault(err):
+                    raise
                 bad.add(candidate)
                 failures.append((candidate, f"{type(err).__name__}: {err}"))
         else:
             raise DataError(f"none of the {n} images could be read (from {reader.name(int(index))} on); "
                             "see the warnings for why")
-    return out, failures
+    return out, sources, failures
 
 
 class ImageStream:
@@ -220,14 +220,21 @@ class ImageStream:
     def __getitem__(self, key) -> Tensor:
         """Read images now: an int (or 0-d tensor) gives ``(C, H, W)``, a slice, list, bool mask or index
         tensor gives them stacked (an index tensor of any shape: that shape, then ``C, H, W``)."""
+        return self.read(key)[0]
+
+    def read(self, key) -> tuple[Tensor, Tensor]:
+        """``self[key]``, and for each image the reader index it was read from (int64, the shape of
+        the positions): the one asked for, or an unreadable file's substitute."""
         if not isinstance(key, (slice, list, Tensor, np.ndarray)):
-            return self[torch.tensor([operator.index(key)])][0]
+            images, sources = self.read(torch.tensor([operator.index(key)]))
+            return images[0], sources[0]
         if isinstance(key, slice):
             positions = self.indices[key]
         else:
             key = torch.as_tensor(key).cpu()
             if key.ndim == 0:
-                return self[torch.tensor([int(key)])][0]
+                images, sources = self.read(torch.tensor([int(key)]))
+                return images[0], sources[0]
             if key.dtype != torch.bool:
                 key = key.to(torch.int64)
             positions = self.indices[key]
@@ -236,13 +243,14 @@ class ImageStream:
         out = np.empty((len(positions), self.reader.channels, self.reader.side, self.reader.side), dtype=np.uint8)
         chunks = [range(start, min(start + 64, len(positions))) for start in range(0, len(positions), 64)]
 
-        def work(chunk: range) -> list[tuple[int, str]]:
-            return read_batch(self.reader, positions[chunk.start:chunk.stop], out[chunk.start:chunk.stop])[1]
+        def work(chunk: range) -> tuple[list[int], list[tuple[int, str]]]:
+            return read_batch(self.reader, positions[chunk.start:chunk.stop], out[chunk.start:chunk.stop])[1:]
 
         with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, os.cpu_count() or 1)) as pool:
-            failures = [f for found in pool.map(work, chunks) for f in found]
-        images = self._finish(out, failures)
-        return images.reshape(*shape, *images.shape[1:])
+            done = list(pool.map(work, chunks))
+        sources = torch.tensor([s for found, _ in done for s in found], dtype=torch.int64)
+        images = self._finish(out, [f for _, found in done for f in found])
+        return images.reshape(*shape, *images.shape[1:]), sources.reshape(shape)
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
         """The images in order, ``batch_size`` at a time, read by ``workers`` DataLoader workers."""
@@ -282,7 +290,7 @@ class _Chunks(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int):
         chunk = self.indices[k * self.batch_size:(k + 1) * self.batch_size].tolist()
-        images, failures = read_batch(self.reader, chunk)
+        images, _, failures = read_batch(self.reader, chunk)
         return torch.from_numpy(images), failures
 
 
@@ -304,8 +312,8 @@ class _Steps(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         epoch, position = divmod(step, self.steps_per_epoch)
         start = position * self.batch_size + self.rank * self.local_batch
-        index = self.order(epoch)[start:start + self.local_batch]
-        images, failures = read_batch(self.reader, index.tolist())
+        images, sources, failures = read_batch(self.reader, self.order(epoch)[start:start + self.local_batch].tolist())
+        index = torch.tensor(sources, dtype=torch.int64)  # a substitute's slot is the substitute's sample
         labels = None if self.labels is None else self.labels[index]
         return step, torch.from_numpy(images), index, labels, failures
 
@@ -338,7 +346,9 @@ class StreamedDataset:
     """A streamed split with the interface evaluation reads from an :class:`ImageDataset`.
 
     ``images`` and ``inputs`` are :class:`ImageStream` eval views (centre ``size`` squares);
-    ``labels`` and ``classes`` come from the folder names, known without decoding anything.
+    ``labels`` and ``classes`` come from the folder names, known without decoding anything. A row
+    whose file was found unreadable holds the next readable file's image (module docstring), and
+    ``labels`` and ``files`` give that file's label and name for it from then on.
     """
 
     def __init__(self, reader, labels: Tensor | None, classes: list[str] | None, name: str, size: int,
@@ -346,10 +356,11 @@ class StreamedDataset:
         view = view or size  # the centred square evaluation sees, before resizing it to ``size``
         if size > reader.side or view > reader.side:
             raise DataError(f"{name}: data.size={size} is larger than the stored side {reader.side}")
-        self.reader, self.labels, self.classes, self.name = reader, labels, classes, name
+        self.reader, self._labels, self.classes, self.name = reader, labels, classes, name
         self.size, self.workers, self.view = size, workers, view
         self.skipped: dict[str, str] = {}
         """``{path: reason}`` of the unreadable files met so far (each reported once)."""
+        self._unreadable: set[int] = set()  # reader indices of those files (this split's own)
         self._lock = threading.Lock()
         self.images = ImageStream(reader, crop=view, workers=workers, on_failures=self.report, size=size)
         self._moments: tuple[Tensor, Tensor] | None = None
@@ -360,7 +371,7 @@ class StreamedDataset:
         if self._fingerprint is None:
             digest = hashlib.sha256()
             for index in range(len(self.reader)):
-                digest.update(self.reader.name(index).encode() + b"\n")
+                digest.update(_name_bytes(self.reader.name(index)) + b"\n")
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -368,6 +379,7 @@ class StreamedDataset:
         """Warn once for each newly met unreadable file (``(reader index, reason)`` pairs)."""
         with self._lock:
             for index, reason in failures:
+                self._unreadable.add(index)
                 path = self.reader.name(index)
                 if path not in self.skipped:
                     self.skipped[path] = reason
@@ -376,6 +388,29 @@ class StreamedDataset:
 
     def __len__(self) -> int:
         return len(self.reader)
+
+    def sources(self) -> Tensor:
+        """For each row, the reader index of the image it holds: its own, or for a file found
+        unreadable so far, the next readable one's (wrapping around), as :func:`read_batch` fills its
+        slot; every file between the two was found unreadable on the way, so the chain is known."""
+        with self._lock:
+            unreadable = set(self._unreadable)
+        sources = torch.arange(len(self.reader))
+        for index in unreadable:
+            substitute = index
+            for _ in range(len(self.reader)):
+                if substitute not in unreadable:
+                    break
+                substitute = (substitute + 1) % len(self.reader)
+            sources[index] = substitute
+        return sources
+
+    @property
+    def labels(self) -> Tensor | None:
+        """int64 ``(N,)``: the label of the image each row holds (a substitute's for an unreadable file)."""
+        if self._labels is None or not self._unreadable:
+            return self._labels
+        return self._labels[self.sources()]
 
     @property
     def inputs(self) -> ImageStream:
@@ -397,7 +432,7 @@ class StreamedDataset:
         if index.dtype == torch.bool:
             index = index.nonzero().squeeze(1)
         index = index.cpu().to(torch.int64)
-        labels = None if self.labels is None else self.labels[index]
+        labels = None if self._labels is None else self._labels[index]
         subset = StreamedDataset(SubsetReader(self.reader, index.tolist()), labels, self.classes, self.name,
                                  self.size, self.workers, self.view)
         subset.skipped, subset._lock = self.skipped, self._lock  # one report for the split
@@ -419,13 +454,17 @@ class StreamedDataset:
         return self._moments
 
     def in_memory(self) -> ImageDataset:
-        """The split's eval views read whole into an :class:`ImageDataset` (for what needs tensors)."""
-        return ImageDataset(self.images[:], self.labels, self.classes, self.name, self.files)
+        """The split's eval views read whole into an :class:`ImageDataset` (for what needs tensors),
+        each row's label and file those of the image read into it."""
+        images, sources = self.images.read(slice(None))
+        labels = None if self._labels is None else self._labels[sources]
+        return ImageDataset(images, labels, self.classes, self.name, [self.reader.name(int(i)) for i in sources])
 
     @property
     def files(self) -> list[str]:
-        """Each row's file (a folder's relative path, or the name a pack recorded)."""
-        return [self.images.reader.name(int(i)) for i in self.images.indices]
+        """The file of the image each row holds (a folder's path, or the name a pack recorded): its
+        own, or for a file found unreadable so far, its substitute's."""
+        return [self.reader.name(int(i)) for i in self.sources()]
 
 
 class StreamedImages:
@@ -480,7 +519,7 @@ class StreamedImages:
         if self._iterator is None or self._next != step or rank != self.rank:
             self.close()
             self.rank = rank
-            steps = _Steps(self.dataset.reader, self.dataset.labels, self.batch_size, self.local_batch, rank,
+            steps = _Steps(self.dataset.reader, self.dataset._labels, self.batch_size, self.local_batch, rank,
                            self.steps_per_epoch(), self.seed)
             self._iterator = _loader(steps, _From(step), self.workers, pin=self.device.type == "cuda")
         got, images, index, labels, failures = next(self._iterator)

@@ -15,11 +15,16 @@ Frames of a frame folder are decoded one file each; a video file is decoded once
 its start (decoders seek to key frames only, and a clip's frames are usually close together),
 the last decoded video kept per thread. A clip that cannot be read (a truncated file, a corrupt
 frame among its times) is replaced by the next video of the split that reads at the same times
-(clamped to its length), and the video is named once. Whether a clip reads is a property of the
-files and the clip alone, so the substitute is the same in every worker, process and resumed
-run. Videos whose frames cannot even be counted are named and left out before training, as the
-in-memory source leaves them out (it also leaves out a video with any unreadable frame, which a
-stream only finds when a clip needs it).
+(clamped to its length), and the video is named once; a partner view that cannot be read is
+replaced by the clip's own video (as a video without other views is its own partner), and so is
+the partner of a substituted clip, so that the two views of a clip always share a scene. Whether
+a clip reads is a property of the files and the clip alone, so the substitute is the same in
+every worker, process and resumed run. What the batch says of a substituted clip is the
+substitute's: its label, video, partner, scene, clamped times, slot (the same visit of the
+substitute) and caption (the substitute's first, -1 without one). Videos whose frames cannot
+even be counted are named and left out before training, as the in-memory source leaves them out
+(it also leaves out a video with any unreadable frame, which a stream only finds when a clip
+needs it).
 
 The held-out split stays in memory (:func:`selfsup.data.load_video_split`): evaluation reads
 every frame of it. The training split's frames, for the frame probes and the statistics, are a
@@ -39,10 +44,10 @@ from torch import Tensor
 
 from selfsup.errors import DataError
 
-from .folder import SkippedImageWarning, _to_8bit, square
+from .folder import SkippedImageWarning, _machine_fault, _to_8bit, square
 from .sources import ImageBatch
 from .stream import StreamedDataset, _From, _loader
-from .video import ClipPlanner, _frame_files, _read_captions, _read_labels, _require_av, scan_videos
+from .video import ClipPlan, ClipPlanner, _frame_files, _read_captions, _read_labels, _require_av, scan_videos
 
 
 def count_frames(path: Path, max_frames: int | None = None) -> int:
@@ -162,7 +167,9 @@ def streamed_video_split(root: str | Path, split: str, *, size: int, channels: i
             count = count_frames(path, max_frames)
         except DataError:
             raise
-        except Exception as error:  # noqa: BLE001 - decoders raise many types on corrupt data: skip the video
+        except Exception as error:  # decoders raise many types on corrupt data: skip the video
+            if _machine_fault(error):
+                raise
             skipped[str(path)] = f"{type(error).__name__}: {error}"
             continue
         if named and name not in named:
@@ -182,30 +189,54 @@ def streamed_video_split(root: str | Path, split: str, *, size: int, channels: i
 
 
 class _ClipReads(torch.utils.data.Dataset):
-    """Item ``(step, videos, times)``: those clips read, a clip that cannot be read from the next video
-    that reads at those times; returns ``(step, uint8 (b, k, C, S, S), [(video, reason), ...])``."""
+    """Item ``(step, videos, partners, times)`` (``partners``: None without partner views): those clips
+    read, substituted as the module docstring says. Returns ``(step, frames, videos read, partners read
+    or None, [(video, reason), ...])``, the frames uint8 ``(b, k, C, S, S)``, or ``(b, 2k, C, S, S)``
+    with partners (the video's k frames, then the partner's)."""
 
     def __init__(self, reader: VideoFrameReader) -> None:
         self.reader = reader
 
+    def _clip(self, video: int, times: list[int]) -> np.ndarray:
+        last = self.reader.lengths[video] - 1
+        return self.reader.clip(video, [min(t, last) for t in times])
+
     def __getitem__(self, item):
-        step, videos, times = item
+        step, videos, partners, times = item
         count = len(self.reader.lengths)
-        clips, failures = [], []
-        for video, clip_times in zip(videos.tolist(), times.tolist()):
+        clips, read, paired, failures = [], [], [], []
+        for row, (video, clip_times) in enumerate(zip(videos.tolist(), times.tolist())):
             for attempt in range(count):
                 candidate = (video + attempt) % count
-                last = self.reader.lengths[candidate] - 1
                 try:
-                    clips.append(self.reader.clip(candidate, [min(t, last) for t in clip_times]))
+                    clip = self._clip(candidate, clip_times)
                     break
-                except (DataError, MemoryError):
+                except DataError:
                     raise
-                except Exception as error:  # noqa: BLE001 - a corrupt file: name it, take the next video
+                except Exception as error:  # a corrupt file: name it, take the next video
+                    if _machine_fault(error):
+                        raise
                     failures.append((candidate, f"{type(error).__name__}: {error}"))
             else:
                 raise DataError(f"none of the {count} videos could be read; see the warnings for why")
-        return step, torch.from_numpy(np.stack(clips)), failures
+            read.append(candidate)
+            if partners is not None:
+                partner, view = candidate, clip  # a substitute, or a video alone, is its own partner
+                if candidate == video and int(partners[row]) != video:
+                    try:
+                        partner, view = int(partners[row]), self._clip(int(partners[row]), clip_times)
+                    except DataError:
+                        raise
+                    except Exception as error:  # the partner is corrupt: the video is its own
+                        if _machine_fault(error):
+                            raise
+                        failures.append((int(partners[row]), f"{type(error).__name__}: {error}"))
+                        partner, view = candidate, clip
+                paired.append(partner)
+                clip = np.concatenate([clip, view])
+            clips.append(clip)
+        return (step, torch.from_numpy(np.stack(clips)), torch.tensor(read, dtype=torch.int64),
+                None if partners is None else torch.tensor(paired, dtype=torch.int64), failures)
 
 
 class _Plans(torch.utils.data.Sampler):
@@ -218,11 +249,7 @@ class _Plans(torch.utils.data.Sampler):
     def __iter__(self):
         for step in _From(self.start):
             plan = self.source.plan(*divmod(step, self.source.steps_per_epoch())).rank(self.rank, self.source.local_batch)
-            videos, times = plan.videos, plan.times
-            if self.source.clip_views > 1:  # the partner's frames after the video's, as one clip of 2k
-                videos = torch.stack([plan.videos, plan.partners], 1).flatten()
-                times = plan.times.repeat_interleave(2, dim=0)
-            yield step, videos, times
+            yield step, plan.videos, plan.partners if self.source.clip_views > 1 else None, plan.times
 
 
 class StreamedVideoClips(ClipPlanner):
@@ -251,12 +278,29 @@ class StreamedVideoClips(ClipPlanner):
         """``{path: reason}`` of the videos left out or found unreadable so far."""
         return self.dataset.skipped
 
+    def _as_read(self, plan: ClipPlan, videos: Tensor, partners: Tensor | None) -> ClipPlan:
+        """``plan`` with each clip read from a substitute (``videos``, ``partners``: what was read)
+        described as the substitute's: its video, partner, slot, times clamped to its length and
+        caption (module docstring)."""
+        partners = videos if partners is None else partners
+        if torch.equal(videos, plan.videos) and torch.equal(partners, plan.partners):
+            return plan
+        captions = plan.captions
+        if captions is not None:
+            captions = captions.clone()
+            for row in (videos != plan.videos).nonzero().flatten().tolist():
+                rows = self._caption_rows[int(videos[row])]
+                captions[row] = int(rows[0]) if len(rows) else -1
+        return ClipPlan(plan.slots - plan.videos + videos, videos, partners,
+                        torch.minimum(plan.times, self.lengths[videos][:, None] - 1), captions)
+
     def report(self, failures: list[tuple[int, str]]) -> None:
         for video, reason in failures:
             path = self.dataset.reader.paths[video]
             if path not in self.dataset.skipped:
                 self.dataset.skipped[path] = reason
-                warnings.warn(f"skipping video {path}: {reason}; a clip it cannot give takes the next video's",
+                warnings.warn(f"skipping video {path}: {reason}; a clip it cannot give takes the next video's "
+                              "(a partner view it cannot give: the clip's own video)",
                               SkippedImageWarning, stacklevel=2)
 
     def batch(self, epoch: int, position: int, rank: int) -> ImageBatch:
@@ -267,15 +311,13 @@ class StreamedVideoClips(ClipPlanner):
             self.rank = rank
             self._iterator = _loader(_ClipReads(self.dataset.reader), _Plans(self, step, rank), self.workers,
                                      pin=self.device.type == "cuda")
-        got, frames, failures = next(self._iterator)
+        got, frames, videos, partners, failures = next(self._iterator)
         if got != step:
             raise RuntimeError(f"streamed video: asked for step {step}, the loader gave {got}")
         self._next = step + 1
         if failures:
             self.report(failures)
-        plan = self.plan(epoch, position).rank(rank, self.local_batch)
-        if self.clip_views > 1:  # (2b, k, ...) video, partner, video, ... -> (b, 2k, ...)
-            frames = frames.view(len(plan.videos), 2 * frames.shape[1], *frames.shape[2:])
+        plan = self._as_read(self.plan(epoch, position).rank(rank, self.local_batch), videos, partners)
         labels = self.dataset.video_labels
         move = dict(device=self.device, non_blocking=True)
         return ImageBatch(frames.to(**move), plan.slots.to(self.device),
