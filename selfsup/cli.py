@@ -82,13 +82,52 @@ def _load_method(checkpoint_path: str):
     return cfg, method, (channels, size), device, build
 
 
-def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int):
+def _same_folder(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+ROOTED = ("folder", "packed", "webdataset")
+"""Datasets that are their root: another root is other data."""
+
+
+def _data_choice(cfg, name: str | None, root: str | None) -> tuple[str, str | None, str, bool]:
+    """What ``--data`` / ``--root`` ask for: ``(dataset name, root, label, own)``. A folder (``--data DIR``,
+    or ``--root DIR`` alone for a run on a named dataset) is read as labelled images; other data is
+    labelled by its name, a folder (or pack) by the folder's. ``own``: the run's own data, whose
+    results are filed under the plain keys (``linear.json``) that other data's must not overwrite."""
+    d = cfg.data
+    if name is not None and Path(name).is_dir():
+        name, root = "folder", name
+    elif name is None and root is not None and Path(root).is_dir() and d.name not in ROOTED:
+        name = "folder"
+    name = name or d.name
+    root = root if root is not None or name != d.name else d.root
+    own = name == d.name and (name not in ROOTED or _same_folder(root, d.root))
+    return name, root, d.name if own else (Path(root).name if name in ROOTED else name), own
+
+
+def _run_train_split(cfg, root: str | None, channels: int, size: int):
+    """The run's own training split as the run had it: the engine's seeded ``data.max_samples`` subset."""
+    from dataclasses import replace
+
+    from selfsup.engine.sources import load_datasets
+
+    data = replace(cfg.data, root=root, size=size, channels=channels)
+    return load_datasets(replace(cfg, data=data), progress=False)[0]
+
+
+def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int, size: int, *, as_run: bool = False):
     """A split of ``name`` (or a folder), converted to the checkpoint's channels and size; for a
-    sequence checkpoint, the evaluation windows of a WAV folder (the checkpoint's, or ``name``/``root``)."""
+    sequence checkpoint, the evaluation windows of a WAV folder (the checkpoint's, or ``name``/``root``).
+    ``as_run``: the run's own training split is its ``data.max_samples`` subset, as the run's evaluations
+    probed it, so that ``evaluate`` reproduces them."""
     from selfsup import data
 
     kind = data.kind_of(cfg.data)
     if kind == "graph":  # the graph the checkpoint's encoder embeds
+        if (name is not None and name != cfg.data.name) or (root is not None and not _same_folder(root, cfg.data.root)):
+            raise DataError(f"--data/--root: {cfg.method} was trained on the graph {cfg.data.name!r} and its encoder "
+                            f"embeds that graph's nodes only; leave --data and --root out")
         graph = data.graph_from_config(cfg.data)
         return data.NodeSet(graph, graph.train_mask if split == "train" else graph.test_mask, graph.name)
     if kind == "sequences":
@@ -103,17 +142,18 @@ def _dataset(cfg, name: str | None, root: str | None, split: str, channels: int,
                                                     channels=channels, held_out=d.held_out_classes,
                                                     test=split == "test")
             return train if split == "train" else test
-        images = data.load(d.name, split, d.root, size=size, channels=channels)
+        subset = as_run and split == "train" and d.max_samples is not None
+        images = (_run_train_split(cfg, d.root, channels, size) if subset else
+                  data.load(d.name, split, d.root, size=size, channels=channels))
         return data.from_templates(images, split, held_out=d.held_out_classes)
 
-    if name is None and root is None and data.is_streamed(cfg.data):  # the run's own eval view, streamed
-        return data.streamed_split(cfg.data, split)
-    if name is not None and Path(name).is_dir():
-        name, root = "folder", name
-    if name is None and root is not None and Path(root).is_dir() and cfg.data.name != "folder":
-        name = "folder"
-    name = name or cfg.data.name
-    root = root if root is not None or name != cfg.data.name else cfg.data.root
+    name, root, _, own = _data_choice(cfg, name, root)
+    if own and as_run and split == "train" and cfg.data.max_samples is not None:
+        return _run_train_split(cfg, root, channels, size)
+    if own and data.is_streamed(cfg.data):  # the run's own eval view, streamed
+        from dataclasses import replace
+
+        return data.streamed_split(replace(cfg.data, root=root), split)
     return data.load(name, split, root, size=size, channels=channels)
 
 
@@ -144,10 +184,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir(checkpoint: str) -> Path:
+    """``<run>`` for ``<run>/checkpoints/last.ckpt``; for a checkpoint anywhere else, its own folder."""
+    path = Path(checkpoint).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def _evaluations_dir(checkpoint: str) -> Path:
     """``<run>/evaluations`` for ``<run>/checkpoints/last.ckpt``, else a folder beside the checkpoint."""
-    path = Path(checkpoint).resolve()
-    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "evaluations"
+    return _run_dir(checkpoint) / "evaluations"
 
 
 def _percent(value: float) -> str:
@@ -183,6 +228,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from selfsup.errors import ConfigError
 
     _tune_allocator()
+    if args.no_floor and args.protocol in ("finetune", "zeroshot"):
+        raise UsageError(f"--no-floor: evaluate {args.protocol} computes no random-init floor"
+                         + (" (its baseline is the same network trained from scratch)" if args.protocol == "finetune"
+                            else "") + "; leave --no-floor out")
     if args.protocol == "zeroshot":
         return _zero_shot(args)
     if args.protocol == "correspondence":
@@ -192,13 +241,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
     if args.protocol == "transfer" and args.data is None:
         raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
-    train = _dataset(cfg, args.data, args.root, "train", channels, size)
+    train = _dataset(cfg, args.data, args.root, "train", channels, size, as_run=True)
     test = _dataset(cfg, args.data, args.root, "test", channels, size)
     if train.labels is None or test.labels is None:
         raise DataError(f"dataset {train.name!r} has no labels; evaluation needs a labelled train and test split "
                         f"(for a folder: one subfolder per class, in train/ and test/)")
-    data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
-    suffix = "" if data == cfg.data.name and args.protocol != "transfer" else f"_{data}"
+    *_, data, own = _data_choice(cfg, args.data, args.root)
+    suffix = "" if own and args.protocol != "transfer" else f"_{data}"
     if args.protocol == "finetune":
         if kind_of(cfg.data) not in ("images", "image_text"):
             raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
@@ -273,7 +322,7 @@ def _zero_shot(args: argparse.Namespace) -> int:
         # the checkpoint's captions do not apply to another dataset).
         images = _dataset(type(cfg)(), args.data, args.root, "test", channels, size)
         test = datasets.from_templates(images, "test")
-        data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or "folder")
+        data = _data_choice(type(cfg)(), args.data, args.root)[2]
         suffix = f"_{data}"
     entries = {f"{key}{suffix}": entry
                for key, entry in method.to(device).extra_evaluations(test, data=data, device=device).items()}
@@ -296,8 +345,8 @@ def _correspondence(args: argparse.Namespace) -> int:
     test = _dataset(cfg, args.data, args.root, "test", channels, size)
     if not hasattr(test, "images"):
         raise DataError(f"evaluate correspondence needs images; {cfg.method} was trained on {cfg.data.name}")
-    data = Path(args.data).name if args.data and Path(args.data).is_dir() else (args.data or cfg.data.name)
-    suffix = "" if data == cfg.data.name else f"_{data}"
+    *_, data, own = _data_choice(cfg, args.data, args.root)
+    suffix = "" if own else f"_{data}"
     images = test.images[:args.images]
 
     def describe(m):
@@ -404,14 +453,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from selfsup.data import kind_of
 
     _tune_allocator()
-    cfg, backbone, (channels, size), device, _ = _load_encoder(args.checkpoint)
     is_folder = args.data is not None and Path(args.data).is_dir()
-    dataset = _dataset(cfg, None if is_folder else args.data, args.data if is_folder else args.root,
-                       args.split, channels, size)
+    if is_folder and args.root is not None:
+        raise UsageError(f"--root: {args.data} is a folder of images already; --root goes with a dataset name")
+    cfg, backbone, (channels, size), device, _ = _load_encoder(args.checkpoint)
+    dataset = _dataset(cfg, args.data, args.root, args.split, channels, size)
     features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True,
                                          kind=kind_of(cfg.data))
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "embeddings"
-    prefix = f"{dataset.name}_{args.split}"
+    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "embeddings"
+    # Named as evaluate names results: a folder by its own name, so two folders do not share files.
+    images = kind_of(cfg.data) in ("images", "image_text")
+    label = _data_choice(cfg, args.data, args.root)[2] if images else dataset.name
+    prefix = f"{label}_{args.split}"
     files = getattr(dataset, "files", None)
     if args.format == "npy":
         paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=prefix)
@@ -426,20 +479,31 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from selfsup.config import to_dict
     from selfsup.data import kind_of
-    from selfsup.export import export_encoder
+    from selfsup.export import FILES, export_encoder
 
     cfg, encoder, (channels, size), _, _ = _load_encoder(args.checkpoint)
     kind = kind_of(cfg.data)
     if kind not in ("images", "image_text"):
         raise DataError(f"export writes image encoders; {args.checkpoint} encodes {kind} ({cfg.method})")
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "export"
+    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "export"
+    earlier = [name for name in (*FILES.values(), "encoder.json") if (out / name).is_file()]
+    stale = [FILES[key] for key in FILES if key not in args.formats and FILES[key] in earlier]
     paths = export_encoder(encoder, out, in_channels=channels, image_size=size, name=cfg.backbone.name,
                            formats=args.formats, info={"checkpoint": str(Path(args.checkpoint).resolve()),
-                                                       "method": cfg.method})
+                                                       "method": cfg.method}, config=to_dict(cfg))
     card = json.loads(paths["card"].read_text())
+    if earlier:  # one export per folder: the card describes every encoder.* file there
+        print(f"replaced the earlier export in {out}" + (f"; removed its {', '.join(stale)} (not asked for this time)"
+                                                         if stale else ""))
     for key, path in paths.items():
         print(f"{key}: {path}")
+    if "safetensors_max_abs_diff" in card["checks"]:
+        print(f"safetensors loaded as encoder.json says, against PyTorch: largest difference "
+              f"{card['checks']['safetensors_max_abs_diff']:.2g}")
+    if "torchscript_max_abs_diff" in card["checks"]:
+        print(f"TorchScript against PyTorch: largest difference {card['checks']['torchscript_max_abs_diff']:.2g}")
     if "onnx_max_abs_diff" in card["checks"]:
         print(f"onnxruntime against PyTorch: largest difference {card['checks']['onnx_max_abs_diff']:.2g}")
     return 0
@@ -511,10 +575,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from selfsup import evaluate
 
+    if args.table and args.headlines:
+        raise UsageError("--table and --headlines each print one table of the runs: choose one")
     if args.table or args.headlines:
+        from selfsup._io import atomic_write
+
         table = (evaluate.headline_table if args.headlines else evaluate.results_table)(args.runs)
         if args.out:
-            Path(args.out).write_text(table, encoding="utf-8")
+            atomic_write(args.out, lambda file: file.write(table.encode("utf-8")))
             print(args.out)
         else:
             print(table, end="")
@@ -536,19 +604,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     path = Path(args.study)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; give a study (studies/*.yaml) or a recipe with key=a,b,c axes")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    slurm: dict[str, int | str] = {}
+    for item in args.slurm:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--slurm {item!r}: expected KEY=VALUE, e.g. slurm_partition=gpu or timeout_min=60")
+        slurm[key] = int(value) if value.isdigit() else value
+    if slurm and args.executor == "local":
+        raise UsageError(f"--slurm {' '.join(args.slurm)}: submitit parameters need --executor slurm "
+                         f"(or submitit-local); the local executor would ignore them")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if isinstance(spec, dict) and ("points" in spec or "grid" in spec):
         if args.overrides:
             raise UsageError(f"{path} is a study: its grid is in the file, not on the command line "
                              f"({' '.join(args.overrides)})")
         study = sweep.load_study(path, out=args.out)
     else:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds {args.seeds}: a sweep needs at least one seed per grid point")
         study = sweep.study_from_command_line(str(path), args.overrides, args.seeds, out=args.out)
     failed = 0
     if not args.summary_only:
-        slurm = dict(item.split("=", 1) for item in args.slurm)
-        for key, value in slurm.items():
-            slurm[key] = int(value) if value.isdigit() else value
         codes = sweep.execute(study, jobs=args.jobs, executor=args.executor, slurm=slurm)
         failed = sum(code != 0 for code in codes.values())
     summary = sweep.summarise(study, Path(args.page) if args.page else None, commit=commit())
@@ -632,7 +711,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                     help="local processes, or submitit jobs on SLURM (submitit-local: submitit without a cluster)")
     sw.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                    help="a submitit parameter, e.g. slurm_partition=gpu, timeout_min=60, gpus_per_node=1")
+                    help="a submitit parameter, e.g. slurm_partition=gpu, timeout_min=60, gpus_per_node=1 "
+                         "(with --executor slurm or submitit-local)")
     sw.add_argument("--out", help="folder of the sweeps (default runs/sweeps, or the study's out)")
     sw.add_argument("--page", help="where the study's page goes (default <out>/<name>/README.md)")
     sw.add_argument("--summary-only", action="store_true", help="summarise the runs there are; start none")
@@ -660,12 +740,14 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--propagation-temperature", type=float, default=0.05, help="propagate: affinity temperature")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="dataset name or labelled folder (default: the one it was trained on)")
-    ev.add_argument("--root", help="folder holding the dataset's files")
+    ev.add_argument("--root", help="folder holding the dataset's files (alone, for a run on a named dataset: a "
+                                   "labelled folder of images, its results named after the folder)")
     ev.add_argument("--k", type=int, default=200, help="kNN neighbours")
     ev.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
     ev.add_argument("--no-floor", action="store_true",
                     help="leave out the floor (the same evaluation of the encoder at its random initialisation, "
-                         "computed once and cached; on by default beside every frozen-feature result)")
+                         "computed once and cached; on by default beside every frozen-feature result; finetune "
+                         "and zeroshot have none)")
     ev.add_argument("--labels", type=_percents, default=[0.01, 0.1], help="finetune: label shares, e.g. 1%%,10%%")
     ev.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="finetune: label-subset seeds, e.g. 0,1,2")
     ev.add_argument("--steps", type=int, default=200, help="finetune: optimiser steps of batch 256")
@@ -682,20 +764,26 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("data", nargs="?", help="dataset name or a folder of images (default: the checkpoint's own "
                                             "data; a streamed folder or pack is read batch by batch)")
     em.add_argument("--split", default="test", choices=["train", "test"])
-    em.add_argument("--root", help="folder holding the dataset's files")
-    em.add_argument("--out", help="output folder (default: <run>/embeddings)")
+    em.add_argument("--root", help="folder holding the dataset's files (with a dataset name, not a folder)")
+    em.add_argument("--out", help="output folder (default: <run>/embeddings, or embeddings/ beside a checkpoint "
+                                   "outside a run's checkpoints/)")
     em.add_argument("--format", choices=["npy", "csv", "parquet"], default="npy",
                     help="npy: <name>.npy and _labels.npy, with _rows.csv naming each row's file (or index); csv / "
                          "parquet: one table with the file (or index), label, class and embedding of every row")
     em.set_defaults(func=cmd_embed)
 
     ex = sub.add_parser("export", help="write a checkpoint's encoder as safetensors, TorchScript and ONNX",
-                        description="safetensors: the plain network's weights (timm / torchvision load them); "
-                                    "TorchScript and ONNX: the whole encoder, normalisation inside, float images "
-                                    "in [0, 1]; ONNX is checked against PyTorch with onnxruntime. encoder.json "
-                                    "says the input shape, range, mean and std.")
+                        description="safetensors: a timm / torchvision network's weights under the plain model's "
+                                    "keys, with the Python lines that load them in encoder.json (run during the "
+                                    "export against the encoder's features); selfsup's own networks and wrapped "
+                                    "encoders (colorization, CMC, CPC) need selfsup to rebuild them. TorchScript "
+                                    "and ONNX: the whole encoder, normalisation inside, float images in [0, 1], "
+                                    "self-contained; each is checked against PyTorch (ONNX with onnxruntime). "
+                                    "encoder.json says the input shape, range, mean and std.")
     ex.add_argument("checkpoint")
-    ex.add_argument("--out", help="folder (default: <run>/export)")
+    ex.add_argument("--out", help="folder (default: <run>/export, or export/ beside a checkpoint outside a run's "
+                                   "checkpoints/); an earlier export there is replaced, its files of other formats "
+                                   "removed")
     ex.add_argument("--formats", type=_formats, default=["safetensors", "torchscript", "onnx"],
                     help="comma-separated: safetensors,torchscript,onnx (default all)")
     ex.set_defaults(func=cmd_export)
@@ -724,7 +812,7 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--table", action="store_true", help="print the results table of the runs instead")
     rp.add_argument("--headlines", action="store_true",
                     help="print the README's headline table of the runs (linear, kNN, own measure, each beside "
-                         "its floor) instead")
+                         "its floor) instead (not with --table)")
     rp.add_argument("--out", help="output file (default: <run>/report.html; with --table, standard output)")
     rp.set_defaults(func=cmd_report)
 

@@ -2,21 +2,26 @@
 
 What each file holds (``<out>/encoder.*``):
 
-- ``encoder.safetensors``: for a backbone, the weights of its network alone, under the plain
-  model's own keys, so ``timm.create_model(name, num_classes=0)`` (or the torchvision model with its
-  last ``Linear`` set to ``nn.Identity()``) loads them with ``load_state_dict``; that network
-  expects images already normalised as ``(x - mean) / std`` (values in ``encoder.json`` and in the
-  file's metadata). Other evaluation encoders (CMC's two encoders, CPC's patch grid): their whole
-  state dict, which selfsup rebuilds.
+- ``encoder.safetensors``: for a timm or torchvision backbone, the weights of its network alone,
+  under the plain model's own keys; ``encoder.json`` holds the Python lines that build that model
+  as it was trained (``img_size`` of a ViT, a first convolution for other channel counts, the
+  small-image stem, the classifier taken off), load the file and normalise the images. Those lines
+  are run during the export and must reproduce the encoder's features within ``atol``, or the file
+  is not kept. selfsup's own networks and the wrapped evaluation encoders (colorization's lightness
+  path, CMC's two encoders, CPC's patch grid): their state dict, which only selfsup rebuilds (the
+  lines then build it from the configuration recorded in the card); TorchScript and ONNX are the
+  self-contained files.
 - ``encoder.torchscript.pt`` and ``encoder.onnx``: the whole encoder with the normalisation folded
   in: input float32 ``(B, C, H, W)`` in [0, 1] (any batch size; ONNX's batch axis is dynamic), output
-  float32 ``(B, D)`` features. The ONNX file is run with onnxruntime on a fresh batch and compared
+  float32 ``(B, D)`` features. Each is run on a fresh batch (ONNX with onnxruntime) and compared
   with PyTorch (largest absolute difference at most ``atol``, default 1e-4) before it is kept.
 - ``encoder.json``: what the input must be, the mean and std, the feature dimension, the model name,
   the stem, the checks made, and the lines that load each file.
 
 Every file is written to a temporary name and renamed, so an interrupted export leaves no
-half-written file under the final name.
+half-written file under the final name. An export into a folder that holds an earlier one removes
+its ``encoder.json`` first and, once the new files are written, its files of formats not asked for
+this time, so the folder never mixes two exports under one card.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from selfsup.engine.checkpoint import tensor_digest
 from selfsup.errors import ConfigError, DataError
 
 FORMATS = ("safetensors", "torchscript", "onnx")
+FILES = {"safetensors": "encoder.safetensors", "torchscript": "encoder.torchscript.pt", "onnx": "encoder.onnx"}
+"""The file each format is written to, under the export folder."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -103,7 +110,7 @@ def _require_onnx():
 
 def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channels: int, image_size: int,
                    name: str, formats: Sequence[str] = FORMATS, atol: float = 1e-4,
-                   info: dict[str, Any] | None = None) -> dict[str, Path]:
+                   info: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``encoder`` (float images in [0, 1] -> features) in ``formats`` under ``out_dir``.
 
     Args:
@@ -112,15 +119,20 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
         in_channels, image_size: the input it was trained on (the example input of the traces).
         name: the backbone's name (``timm/resnet18``, ``convnet``...), recorded in the card.
         formats: any of :data:`FORMATS`.
-        atol: the largest ONNX-PyTorch difference accepted.
+        atol: the largest difference from PyTorch's features accepted, for each file.
         info: more entries for ``encoder.json`` (the checkpoint, the method).
+        config: the selfsup configuration (:func:`selfsup.config.to_dict`) the encoder was built
+            from, recorded in the card: the safetensors file of a wrapped encoder or of selfsup's own
+            network is rebuilt from it.
 
     Returns:
-        ``{format: path}``, with ``"card"`` for ``encoder.json``.
+        ``{format: path}``, with ``"card"`` for ``encoder.json``. Files of an earlier export in
+        ``out_dir`` of formats not in ``formats`` are removed.
 
     Raises:
         ConfigError: an unknown format, or the ONNX extra missing.
-        DataError: the ONNX file does not reproduce the PyTorch features within ``atol``.
+        DataError: a file (or the safetensors loading lines) does not reproduce the PyTorch features
+            within ``atol``; that file is not kept.
     """
     from selfsup.nn import Backbone
 
@@ -130,6 +142,8 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
     onnxruntime = _require_onnx() if "onnx" in formats else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The earlier export's card goes first: until the new one is written, no card vouches for a mix.
+    (out / "encoder.json").unlink(missing_ok=True)
     encoder = encoder.cpu().eval()
     example = torch.rand(2, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -138,12 +152,15 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
     mean = encoder.mean.flatten().tolist() if hasattr(encoder, "mean") else [0.0] * in_channels
     std = encoder.std.flatten().tolist() if hasattr(encoder, "std") else [1.0] * in_channels
     registry, _, model = name.partition("/") if "/" in name else ("selfsup", "", name)
-    stem = getattr(getattr(encoder, "net", None), "conv1", None)
+    # A wrapped encoder's stem is its (first) backbone's.
+    inner = encoder if is_backbone else next((m for m in encoder.modules() if isinstance(m, Backbone)), None)
+    stem = getattr(getattr(inner, "net", None), "conv1", None)
     small_stem = isinstance(stem, nn.Conv2d) and stem.kernel_size == (3, 3) and stem.stride == (1, 1)
     card: dict[str, Any] = {
         "model": name, "feature_dim": int(reference.shape[1]),
         "input": f"float32 (B, {in_channels}, {image_size}, {image_size}) in [0, 1]; TorchScript and ONNX "
-                 f"normalise inside, the safetensors network expects (x - mean) / std",
+                 f"normalise inside" + (", the safetensors network expects (x - mean) / std" if is_backbone
+                                        else ", and so does the encoder the safetensors file rebuilds"),
         "in_channels": in_channels, "image_size": image_size, "mean": mean, "std": std,
         "small_stem": small_stem, "files": {}, "checks": {}, **(info or {})}
     paths: dict[str, Path] = {}
@@ -151,24 +168,48 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
     if "safetensors" in formats:
         from safetensors.torch import save
 
+        from_registry = registry in ("timm", "torchvision") and is_backbone
         module = encoder.net if is_backbone else encoder
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
         metadata = {"model": name, "mean": json.dumps(mean), "std": json.dumps(std),
                     "input": card["input"], "whole_encoder": str(not is_backbone).lower(),
                     "integrity": json.dumps({k: tensor_digest(v) for k, v in tensors.items()})}
         blob = save(tensors, metadata=metadata)
-        paths["safetensors"] = atomic_write(out / "encoder.safetensors", lambda file: file.write(blob))
-        if registry == "timm":
-            load = f"net = timm.create_model({model!r}, num_classes=0, in_chans={in_channels})"
-        elif registry == "torchvision":
-            load = f"net = torchvision.models.get_model({model!r}); <its last nn.Linear> = nn.Identity()"
+        paths["safetensors"] = atomic_write(out / FILES["safetensors"], lambda file: file.write(blob))
+        if from_registry:
+            load = _registry_load_lines(encoder, registry, model, in_channels, image_size, mean, std)
+            # The lines are run here as a user would run them: they must load every key and give the features.
+            code = "\n".join(load).replace("'encoder.safetensors'", repr(str(paths["safetensors"])))
+            try:
+                namespace = {"images": example}
+                with torch.no_grad():
+                    exec(code, namespace)  # noqa: S102 - the lines written above, run as the card tells users to
+                diff = float((namespace["features"] - reference).abs().max())
+            except Exception as error:  # noqa: BLE001 - any failure means the written lines are wrong
+                diff, why = float("inf"), f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            else:
+                why = f"features differ by {diff:.3g}, more than {atol}"
+            card["checks"]["safetensors_max_abs_diff"] = diff
+            if not diff <= atol:
+                paths.pop("safetensors").unlink()
+                raise DataError(f"safetensors export of {name}: the plain {registry} model does not load it as "
+                                f"written ({why}); the file was not kept: leave safetensors out of the formats "
+                                f"(TorchScript and ONNX hold the whole encoder)")
+            card["files"]["safetensors"] = {"path": paths["safetensors"].name, "load": load}
         else:
-            load = "selfsup's own network: rebuild it with selfsup.nn.build_backbone"
-        stem_note = ("; then net.conv1 = nn.Conv2d(C, 64, 3, 1, 1, bias=False) and net.maxpool = nn.Identity() "
-                     "(the small-image stem)") if small_stem else ""
-        card["files"]["safetensors"] = {"path": paths["safetensors"].name, "load": [
-            load + stem_note, "net.load_state_dict(safetensors.torch.load_file('encoder.safetensors'))",
-            "features = net((images - mean) / std)  # mean, std: encoder.json, per channel"]}
+            card["files"]["safetensors"] = {
+                "path": paths["safetensors"].name, "needs": "selfsup",
+                "note": f"the {'network' if is_backbone else 'whole evaluation encoder'} of {name} as selfsup "
+                        f"builds it ({type(encoder).__name__}), which only selfsup rebuilds; without selfsup use "
+                        f"encoder.torchscript.pt or encoder.onnx, which are self-contained",
+                "load": _selfsup_load_lines(encoder, is_backbone, in_channels, image_size, mean, std,
+                                            recorded=config is not None)}
+        if config is not None:
+            card["config"] = config
+
+    fresh = torch.rand(3, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = encoder(fresh)
 
     if "torchscript" in formats:
         with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export; it still works
@@ -176,10 +217,15 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
             traced = torch.jit.trace(encoder, example)
             buffer = io.BytesIO()
             torch.jit.save(traced, buffer)
-            paths["torchscript"] = atomic_write(out / "encoder.torchscript.pt", lambda file: file.write(buffer.getvalue()))
-            loaded = torch.jit.load(str(paths["torchscript"]))
+            buffer.seek(0)
+            loaded = torch.jit.load(buffer)
         with torch.no_grad():
-            card["checks"]["torchscript_max_abs_diff"] = float((loaded(example) - reference).abs().max())
+            diff = float((loaded(fresh) - expected).abs().max())
+        card["checks"]["torchscript_max_abs_diff"] = diff
+        if not diff <= atol:
+            raise DataError(f"TorchScript export of {name}: the traced encoder's features differ from PyTorch's by "
+                            f"{diff:.3g} (more than {atol}); the TorchScript file was not written")
+        paths["torchscript"] = atomic_write(out / FILES["torchscript"], lambda file: file.write(buffer.getvalue()))
         card["files"]["torchscript"] = {"path": paths["torchscript"].name, "load": [
             "net = torch.jit.load('encoder.torchscript.pt')", "features = net(images)  # images in [0, 1]"]}
 
@@ -191,19 +237,18 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
                                         dynamic_shapes={"images": {0: torch.export.Dim("batch")}})
         blob = program.model_proto.SerializeToString()  # one file, the weights inside (models under 2 GB)
         session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
-        fresh = torch.rand(3, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            expected = encoder(fresh).numpy()
-        diff = float(abs(session.run(None, {"images": fresh.numpy()})[0] - expected).max())
+        diff = float(abs(session.run(None, {"images": fresh.numpy()})[0] - expected.numpy()).max())
         card["checks"]["onnx_max_abs_diff"] = diff
         if not diff <= atol:
             raise DataError(f"ONNX export of {name}: onnxruntime's features differ from PyTorch's by {diff:.3g} "
                             f"(more than {atol}); the ONNX file was not written")
-        paths["onnx"] = atomic_write(out / "encoder.onnx", lambda file: file.write(blob))
+        paths["onnx"] = atomic_write(out / FILES["onnx"], lambda file: file.write(blob))
         card["files"]["onnx"] = {"path": paths["onnx"].name, "load": [
             "session = onnxruntime.InferenceSession('encoder.onnx')",
             "features = session.run(None, {'images': images})[0]  # float32 numpy in [0, 1]"]}
 
+    for stale in set(FORMATS) - set(formats):  # an earlier export's, which this card would not describe
+        (out / FILES[stale]).unlink(missing_ok=True)
     for key, path in paths.items():  # what `selfsup verify` checks the files against
         card["files"][key]["sha256"] = file_sha256(path)
     text = (json.dumps(card, indent=2) + "\n").encode()
@@ -211,4 +256,72 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
     return paths
 
 
-__all__ = ["FORMATS", "export_encoder", "file_sha256", "verify_export"]
+def _registry_load_lines(encoder: nn.Module, registry: str, model: str, in_channels: int, image_size: int,
+                         mean: list[float], std: list[float]) -> list[str]:
+    """The Python lines that build the plain timm / torchvision model as ``encoder.net`` was built,
+    load ``encoder.safetensors`` into it and compute the features of ``images`` in [0, 1]."""
+    if registry == "timm":
+        import timm
+
+        # The same sizes the registry tried: ViT-likes take the image size (and other view sizes), convnets none.
+        for extra in ({"img_size": image_size, "dynamic_img_size": True}, {"img_size": image_size}, {}):
+            kwargs = {"num_classes": 0, "in_chans": in_channels, **extra}
+            try:
+                plain = timm.create_model(model, **kwargs)
+                break
+            except TypeError:
+                continue
+        imports = "import safetensors.torch, timm, torch"
+        build = f"net = timm.create_model({model!r}, {', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    else:
+        import torchvision
+
+        plain = torchvision.models.get_model(model)
+        imports = "import safetensors.torch, torch, torchvision"
+        build = f"net = torchvision.models.get_model({model!r})"
+    return [imports, "from torch import nn", build, *_replacements(plain, encoder.net),
+            "net.load_state_dict(safetensors.torch.load_file('encoder.safetensors'))", "net.eval()",
+            f"mean = torch.tensor({mean}).view(1, -1, 1, 1)", f"std = torch.tensor({std}).view(1, -1, 1, 1)",
+            "features = net((images - mean) / std)  # images: float32 (B, C, H, W) in [0, 1]"]
+
+
+def _replacements(plain: nn.Module, trained: nn.Module) -> list[str]:
+    """``net.<name> = nn.<Layer>(...)`` for each layer of ``trained`` that differs from the registry's
+    ``plain`` model: the classifier taken off, a first convolution for other channels, the small stem."""
+    layers, lines, replaced = dict(trained.named_modules()), [], []
+    for name, layer in plain.named_modules():
+        if not name or any(name.startswith(f"{done}.") for done in replaced):
+            continue
+        other = layers.get(name)
+        if other is None or (type(other) is type(layer) and other.extra_repr() == layer.extra_repr()):
+            continue  # a layer the trained network lacks fails the load, which the export's check reports
+        target = "net" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in name.split("."))
+        lines.append(f"{target} = nn.{type(other).__name__}({other.extra_repr()})")
+        replaced.append(name)
+    return lines
+
+
+def _selfsup_load_lines(encoder: nn.Module, is_backbone: bool, in_channels: int, image_size: int,
+                        mean: list[float], std: list[float], recorded: bool) -> list[str]:
+    """The Python lines that rebuild a wrapped encoder (or selfsup's own network) with selfsup from
+    the configuration in ``encoder.json`` and load ``encoder.safetensors`` into it."""
+    config = ("config = from_dict(json.load(open('encoder.json'))['config'])" if recorded else
+              "config = CONFIG  # the selfsup Config the encoder was built from: this export did not record it")
+    lines = ["import json, safetensors.torch, torch", "from selfsup.config import from_dict",
+             "from selfsup.engine import build_method", config,
+             "config.backbone.pretrained = False  # the weights come from the file",
+             (f"method = build_method(config, in_channels={in_channels}, image_size={image_size}, "
+              f"mean=[0.0] * {in_channels}, std=[1.0] * {in_channels}, num_samples=1)  # placeholders: the "
+              f"statistics come below, a memory bank's size is no part of the encoder"),
+             f"net = method.eval_encoder(){'.net' if is_backbone else ''}",
+             "net.load_state_dict(safetensors.torch.load_file('encoder.safetensors'))", "net.eval()"]
+    if is_backbone:
+        return lines + [f"mean = torch.tensor({mean}).view(1, -1, 1, 1)", f"std = torch.tensor({std}).view(1, -1, 1, 1)",
+                        "features = net((images - mean) / std)  # images: float32 (B, C, H, W) in [0, 1]"]
+    step = " ".join((type(encoder).__doc__ or "").split("\n\n")[0].split())
+    return lines + [(f"features = net(images)  # images: float32 (B, C, H, W) in [0, 1]; the normalisation "
+                     f"(restored from the file) and the encoder's own step are inside "
+                     f"({type(encoder).__name__}: {step})")]
+
+
+__all__ = ["FILES", "FORMATS", "export_encoder", "file_sha256", "verify_export"]

@@ -196,19 +196,25 @@ def test_transfer_fewshot_and_finetune_write_their_entries(digits_run, here):
     assert transfer.returncode == 2 and "needs --data" in transfer.stderr.strip().splitlines()[-1]
 
 
+def labelled_folder(root: Path, count: int = 12, seed: int = 0) -> Path:
+    """train/ and test/ with a dark and a bright class of RGB 24x24 images: trivially separable."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for name, colour in (("dark", 40), ("bright", 210)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(colour + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, "RGB").save(folder / f"{i}.png")
+    return root
+
+
 def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path, here):
     # A user's folder: train/ and test/ with one subfolder per class, RGB and larger than the 16x16
     # gray digits the checkpoint was trained on; transfer converts them to 1x16x16.
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for name, colour in (("dark", 40), ("bright", 210)):
-            folder = tmp_path / "photos" / split / name
-            folder.mkdir(parents=True)
-            for i in range(12):
-                pixels = np.clip(colour + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels, "RGB").save(folder / f"{i}.png")
+    labelled_folder(tmp_path / "photos")
     run, _ = digits_run
     out = here("evaluate", "transfer", str(run / "checkpoints" / "last.ckpt"), "--data", str(tmp_path / "photos"))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -219,7 +225,7 @@ def test_transfer_to_a_labelled_folder_of_rgb_images(digits_run, tmp_path, here)
     out = here("embed", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "photos"), "--split", "train",
                "--format", "parquet", "--out", str(tmp_path / "emb"))
     assert out.returncode == 0, out.stderr[-2000:]
-    table = pyarrow.read_table(tmp_path / "emb" / "folder_train.parquet").to_pydict()
+    table = pyarrow.read_table(tmp_path / "emb" / "photos_train.parquet").to_pydict()
     expected = sorted(f"{name}/{i}.png" for name in ("bright", "dark") for i in range(12))
     assert sorted(table["file"]) == expected and len(table["embedding"][0]) == 64
     assert all(cls == path.split("/")[0] for cls, path in zip(table["class"], table["file"]))
@@ -237,3 +243,97 @@ def test_label_methods_refuse_unlabelled_data_in_one_line(tmp_path):
     assert_one_line_error(["pretrain", f"method={method}", "data.name=folder", f"data.root={folder}", "data.size=12",
                            "train.batch_size=4", f"train.out_dir={tmp_path / 'run'}"],
                           f"method {method} learns from class labels, but data.name=folder has none")
+
+
+def test_evaluate_root_folder_is_filed_under_the_folders_name(digits_run, tmp_path, here):
+    # --root DIR alone is read as a labelled folder: its result must not overwrite the run's own entry.
+    run, _ = digits_run
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    own = run / "evaluations" / "knn.json"
+    if not own.is_file():
+        assert here("evaluate", "knn", ckpt, "--no-floor").returncode == 0
+    before = own.read_bytes()
+    out = here("evaluate", "knn", ckpt, "--root", str(labelled_folder(tmp_path / "shots", count=4)), "--no-floor")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert own.read_bytes() == before and "digits" in json.loads(before)["data"]
+    entry = json.loads((run / "evaluations" / "knn_shots.json").read_text())
+    assert entry["data"] == "shots" and "on shots ->" in out.stdout
+
+
+def test_graph_runs_refuse_other_data_in_one_line(tmp_path, here):
+    # The graph encoder embeds its own graph's nodes: --data asked for another graph cannot be evaluated.
+    run = tmp_path / "dgi"
+    out = here("pretrain", "recipes/dgi_sbm.yaml", "train.epochs=2", "backbone.width=2", "train.knn_every=0",
+               "train.progress=false", "eval.plots=false", "eval.floor=false", f"train.out_dir={run}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert_one_line_error(["evaluate", "linear", str(run / "checkpoints" / "last.ckpt"), "--data", "karate"],
+                          "trained on the graph 'sbm'", here)
+    assert not (run / "evaluations" / "linear_karate.json").exists()
+
+
+def test_evaluate_probes_the_runs_max_samples_subset(tmp_path, here):
+    # The run's own numbers were measured on its seeded data.max_samples subset: evaluate reproduces them.
+    run = tmp_path / "subset"
+    pretrain_digits(run, "data.max_samples=300", "method_args.proj_hidden_dim=16", "eval.plots=false",
+                    "eval.floor=false", "eval.save_embeddings=false", "train.knn_every=0")
+    results = json.loads((run / "results.json").read_text())["evaluations"]
+    for protocol in ("knn", "linear"):
+        out = here("evaluate", protocol, str(run / "checkpoints" / "last.ckpt"), "--no-floor")
+        assert out.returncode == 0, out.stderr[-2000:]
+        entry = json.loads((run / "evaluations" / f"{protocol}.json").read_text())
+        assert entry["accuracy"] == pytest.approx(results[protocol]["accuracy"], abs=1e-3 if protocol == "linear" else 1e-9)
+
+
+def test_embed_folders_keep_their_own_names_and_a_loose_checkpoint_its_own_folder(digits_run, tmp_path, here):
+    import shutil
+
+    run, _ = digits_run
+    loose = tmp_path / "downloads" / "x.ckpt"  # a checkpoint outside any run folder
+    loose.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", loose)
+    for seed, name in enumerate(("cats", "dogs")):
+        out = here("embed", str(loose), str(labelled_folder(tmp_path / name, count=2, seed=seed)))
+        assert out.returncode == 0, out.stderr[-2000:]
+    embeddings = tmp_path / "downloads" / "embeddings"  # beside the checkpoint, not in its grandparent
+    assert not (tmp_path / "embeddings").exists()
+    cats, dogs = (np.load(embeddings / f"{name}_test.npy") for name in ("cats", "dogs"))
+    assert cats.shape == dogs.shape == (4, 64) and not np.allclose(cats, dogs)
+    assert_one_line_error(["embed", str(loose), str(tmp_path / "cats"), "--root", str(tmp_path)], "--root", here)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--slurm", "slurm_partition", "--executor", "submitit-local"], "--slurm 'slurm_partition': expected KEY=VALUE"),
+    (["--slurm", "timeout_min=60", "--summary-only"], "need --executor slurm"),
+    (["--seeds", "0", "--summary-only"], "--seeds 0"),
+])
+def test_sweep_command_line_mistakes_are_one_line(args, message, tmp_path, here):
+    assert_one_line_error(["sweep", "recipes/simclr_fashion_mnist.yaml", "optim.lr=0.1,0.2", "--out", str(tmp_path),
+                           *args], message, here)
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_a_corrupt_study_file_is_one_line(tmp_path, here):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: broken\ngrid: {optim.lr: [0.1, 0.2]\nseeds: 2\n")  # an unclosed mapping
+    assert_one_line_error(["sweep", str(study), "--summary-only", "--out", str(tmp_path)],
+                          f"{study} is not valid YAML", here)
+
+
+def test_report_and_evaluate_options_that_would_be_ignored_are_refused(digits_run, here):
+    run, _ = digits_run
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    assert_one_line_error(["report", str(run), "--table", "--headlines"], "choose one", here)
+    assert_one_line_error(["evaluate", "finetune", ckpt, "--no-floor", "--labels", "10%", "--seeds", "0", "--steps",
+                           "1"], "--no-floor", here)
+    assert_one_line_error(["evaluate", "zeroshot", ckpt, "--no-floor"], "--no-floor", here)
+
+
+def test_report_table_out_keeps_the_earlier_file_when_writing_fails(tmp_path, here, monkeypatch):
+    from selfsup import evaluate
+
+    out = tmp_path / "table.md"
+    out.write_text("the earlier table\n")
+    monkeypatch.setattr(evaluate, "results_table", lambda runs: "| run |\n| \ud800 |\n")  # not encodable
+    with pytest.raises(UnicodeEncodeError):
+        here("report", str(tmp_path), "--table", "--out", str(out))
+    assert out.read_text() == "the earlier table\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]

@@ -64,7 +64,7 @@ def test_the_small_image_stem_is_in_the_card_and_loads_as_it_says(tmp_path):
     paths = export_encoder(encoder, tmp_path, in_channels=3, image_size=32, name="torchvision/resnet18",
                            formats=["safetensors"])
     card = json.loads(paths["card"].read_text())
-    assert card["small_stem"] is True and "net.maxpool = nn.Identity()" in card["files"]["safetensors"]["load"][0]
+    assert card["small_stem"] is True and "net.maxpool = nn.Identity()" in card["files"]["safetensors"]["load"]
     net = torchvision.models.resnet18()
     net.fc, net.maxpool = nn.Identity(), nn.Identity()
     net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -75,6 +75,83 @@ def test_the_small_image_stem_is_in_the_card_and_loads_as_it_says(tmp_path):
     assert set(paths) == {"safetensors", "card"}
 
 
+def run_load_lines(card: dict, folder, images: torch.Tensor) -> torch.Tensor:
+    """Run the safetensors lines of ``encoder.json`` as a user would, in the export folder."""
+    import os
+
+    namespace = {"images": images}
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        with torch.no_grad():
+            exec("\n".join(card["files"]["safetensors"]["load"]), namespace)  # noqa: S102 - the card's own lines
+    finally:
+        os.chdir(here)
+    return namespace["features"]
+
+
+@pytest.mark.parametrize("name,channels,size", [
+    ("timm/resnet18", 3, 64),                   # the plain case
+    ("timm/vit_tiny_patch16_224", 3, 32),       # a ViT built for 32x32: its position embeddings are not 224's
+    ("torchvision/resnet18", 1, 72),            # gray at > 64: the ImageNet stem with a 1-channel conv1
+    ("torchvision/mobilenet_v3_small", 1, 32),  # the first convolution deep inside features[0][0]
+])
+def test_the_written_safetensors_lines_reproduce_the_features(tmp_path, name, channels, size):
+    torch.manual_seed(0)
+    encoder = build_backbone(name, in_channels=channels, image_size=size, mean=[0.3] * channels,
+                             std=[0.2] * channels).eval()
+    paths = export_encoder(encoder, tmp_path, in_channels=channels, image_size=size, name=name,
+                           formats=["safetensors"])
+    card = json.loads(paths["card"].read_text())
+    images = torch.rand(3, channels, size, size)
+    with torch.no_grad():
+        expected = encoder(images)
+    assert torch.allclose(run_load_lines(card, tmp_path, images), expected, atol=1e-5)
+    assert "needs" not in card["files"]["safetensors"] and card["checks"]["safetensors_max_abs_diff"] <= 1e-5
+
+
+def test_a_wrapped_registry_encoder_says_it_needs_selfsup_and_its_lines_rebuild_it(tmp_path):
+    # Colorization's encoder is the backbone behind a lightness step: the file holds the wrapper's keys.
+    from selfsup.config import to_dict
+
+    cfg = load_config(None, ["method=colorization", "backbone.name=torchvision/resnet18"])
+    torch.manual_seed(0)
+    encoder = build_method(cfg, in_channels=3, image_size=16, mean=[0.4, 0.5, 0.6],
+                           std=[0.2, 0.25, 0.3]).eval_encoder().eval()
+    paths = export_encoder(encoder, tmp_path, in_channels=3, image_size=16, name="torchvision/resnet18",
+                           formats=["safetensors"], config=to_dict(cfg))
+    card = json.loads(paths["card"].read_text())
+    entry = card["files"]["safetensors"]
+    assert entry["needs"] == "selfsup" and "encoder.onnx" in entry["note"] and "GrayInput" in entry["load"][-1]
+    assert card["small_stem"] is True  # the wrapped ResNet's 3x3 stem at 16x16
+    images = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = encoder(images)
+    assert torch.allclose(run_load_lines(card, tmp_path, images), expected, atol=1e-5)
+
+
+def test_a_torchscript_file_that_disagrees_is_not_kept(tmp_path):
+    class BatchDependent(nn.Module):  # tracing freezes the branch the example batch took
+        def forward(self, x):
+            return x.flatten(1)[:, :3] * (2.0 if x.shape[0] > 2 else 1.0)
+
+    encoder = Backbone(BatchDependent(), 3, 1, [0.5], [0.5])
+    with pytest.raises(DataError, match="TorchScript export of tiny: .* differ from PyTorch's"):
+        export_encoder(encoder, tmp_path, in_channels=1, image_size=4, name="tiny", formats=["torchscript"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_into_an_earlier_ones_folder_leaves_no_stale_file(tmp_path):
+    from selfsup.export import verify_export
+
+    first = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), 3, 1, [0.5], [0.5])
+    export_encoder(first, tmp_path, in_channels=1, image_size=4, name="tiny", formats=["safetensors", "torchscript"])
+    second = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(16, 5)), 5, 1, [0.5], [0.5])
+    export_encoder(second, tmp_path, in_channels=1, image_size=4, name="tiny", formats=["safetensors"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "encoder.safetensors"]
+    assert verify_export(tmp_path) == ["encoder.safetensors"]
+
+
 @pytest.mark.parametrize("method,extra", [
     ("cmc", ["method_args.views=lab", "method_args.proj_dim=8"]),
     ("cpc", ["method_args.patch=10", "method_args.stride=6", "method_args.hidden=16"]),
@@ -82,9 +159,12 @@ def test_the_small_image_stem_is_in_the_card_and_loads_as_it_says(tmp_path):
 ])
 def test_wrapped_evaluation_encoders_come_back_from_every_file(tmp_path, method, extra):
     # CMC's two encoders, CPC's patch grid and context, colorization's lightness path: safetensors holds
-    # the whole evaluation encoder, which selfsup rebuilds; TorchScript and ONNX run it alone.
+    # the whole evaluation encoder, which selfsup rebuilds (as encoder.json's lines say); TorchScript
+    # and ONNX run it alone.
     import onnxruntime
     from safetensors.torch import load_file
+
+    from selfsup.config import to_dict
 
     cfg = load_config(None, [f"method={method}", "backbone.width=4", *extra])
 
@@ -94,7 +174,7 @@ def test_wrapped_evaluation_encoders_come_back_from_every_file(tmp_path, method,
                             num_samples=8).eval_encoder().eval()
 
     encoder = build(0)
-    paths = export_encoder(encoder, tmp_path, in_channels=3, image_size=28, name="convnet")
+    paths = export_encoder(encoder, tmp_path, in_channels=3, image_size=28, name="convnet", config=to_dict(cfg))
     images = torch.rand(3, 3, 28, 28)
     with torch.no_grad():
         expected = encoder(images)
@@ -103,6 +183,9 @@ def test_wrapped_evaluation_encoders_come_back_from_every_file(tmp_path, method,
         rebuilt.load_state_dict(load_file(paths["safetensors"]))
         assert torch.allclose(rebuilt(images), expected, atol=1e-5)
         assert torch.allclose(torch.jit.load(str(paths["torchscript"]))(images), expected, atol=1e-5)
+    card = json.loads(paths["card"].read_text())
+    assert card["files"]["safetensors"]["needs"] == "selfsup"
+    assert torch.allclose(run_load_lines(card, tmp_path, images), expected, atol=1e-5)
     session = onnxruntime.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
     assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected.numpy()).max() <= 1e-4
 
@@ -144,5 +227,36 @@ def test_the_cli_exports_a_checkpoint(tmp_path, monkeypatch):
     _, encoder, *_ = _load_encoder(str(result.checkpoint))
     with torch.no_grad():
         assert torch.allclose(scripted(images), encoder.cpu()(images), atol=1e-5)
+    # selfsup's own convnet: its safetensors lines rebuild it through selfsup, from the recorded configuration
+    assert card["files"]["safetensors"]["needs"] == "selfsup" and card["config"]["method"] == "simclr"
+    assert torch.allclose(run_load_lines(card, folder, images), encoder.cpu()(images), atol=1e-5)
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["export", str(result.checkpoint), "--formats", "zip"])
+
+
+def test_the_cli_replaces_an_earlier_export_and_a_loose_checkpoint_exports_beside_itself(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import shutil
+
+    from selfsup import cli
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+    from selfsup.export import verify_export
+
+    cfg = load_config(None, ["data.name=digits", "data.size=16", "backbone.width=4", "method_args.proj_hidden_dim=16",
+                             "train.batch_size=256", "train.epochs=1", "train.progress=false", "train.knn_every=0",
+                             "eval.plots=false", "eval.linear=false", "eval.knn=false", "eval.floor=false",
+                             f"train.out_dir={tmp_path / 'run'}"])
+    checkpoint = pretrain(cfg).checkpoint
+    loose = tmp_path / "downloads" / "x.ckpt"  # a checkpoint outside any run folder
+    loose.parent.mkdir()
+    shutil.copy(checkpoint, loose)
+    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    assert cli.main(["export", str(loose), "--formats", "safetensors,torchscript"]) == 0
+    folder = tmp_path / "downloads" / "export"
+    assert (folder / "encoder.torchscript.pt").is_file() and not (tmp_path / "export").exists()
+    capsys.readouterr()
+    assert cli.main(["export", str(loose), "--formats", "safetensors"]) == 0
+    assert "removed its encoder.torchscript.pt" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["encoder.json", "encoder.safetensors"]
+    assert verify_export(folder) == ["encoder.safetensors"]
