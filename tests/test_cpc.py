@@ -145,3 +145,36 @@ def test_accuracy_counts_the_predictions_whose_own_code_scores_highest():
     context[0, 0] = codes[1, 3]                         # one of the 8 predictions names another code
     context[1, 2] = 0.5 * codes[1, 3] + 0.4 * codes[0, 2]  # one leans towards its own (z_{1,3}): still a hit
     assert method.cpc_loss(context, codes)["accuracy"].item() == pytest.approx(7 / 8)
+
+
+def test_image_groups_are_whole_images_and_the_loss_is_infonce_over_their_patches_by_hand(monkeypatch):
+    # 4 images of a 6x6 grid (28 pixels, patches of 8 every 4), k = 2: each image gives (6 - 2) · 6 = 24
+    # predictions. group=4 images is one group of 96 codes, 95 negatives per prediction (counting columns
+    # as the group, it was 4 columns: 16 codes, 15 negatives); group=2 is two groups of 48.
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    images = torch.rand(4, 1, 28, 28)
+    shapes, original = [], losses.cpc
+    monkeypatch.setattr(losses, "cpc", lambda p, z: shapes.append(tuple(p.shape)) or original(p, z))
+    for group, count in ((4, 1), (2, 2)):
+        method = CPCImage(backbone, patch=8, stride=4, hidden=5, prediction_steps=(2,), group=group)
+        shapes.clear()
+        loss = method.training_step(Batch([images], torch.arange(4)), Progress(0, 1, 1))["loss"]
+        assert shapes == [(count, 96 // count, 32)]
+        with torch.no_grad():
+            codes = method.grid.codes(images)                             # (B, R, C', D)
+            context = method.context(codes)                               # (B · C', R, H): image b, column x at b·6 + x
+            terms = []
+            for b in range(4):
+                candidates = [codes[b2, r + 2, x] for b2 in range(4) if b2 // group == b // group
+                              for r in range(4) for x in range(6)]
+                assert len(candidates) - 1 == 4 * 24 // count - 1
+                for r in range(4):
+                    for x in range(6):
+                        prediction = method.predictors[0](context[b * 6 + x, r])
+                        scores = torch.stack([prediction @ z for z in candidates]).double()
+                        terms.append(float(torch.logsumexp(scores, 0) - prediction @ codes[b, r + 2, x]))
+        assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    with pytest.raises(ValueError, match="batch of 4 images does not split into groups of method_args.group=3"):
+        CPCImage(backbone, patch=8, stride=4, hidden=5, prediction_steps=(2,), group=3).training_step(
+            Batch([images], torch.arange(4)), Progress(0, 1, 1))

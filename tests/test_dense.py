@@ -142,6 +142,42 @@ def test_densecl_matches_each_query_position_to_the_most_similar_key_position_an
         assert any(torch.allclose(stored[i:i + 3], keys, atol=1e-6) for i in range(len(stored) - 2))
 
 
+def test_densecl_matches_are_those_of_float32_under_bf16_autocast(monkeypatch):
+    # Two key positions whose backbone features score 0.99875 and 0.99920 against the query's: in
+    # float32 the second wins; rounded to bf16 both are 1.0, and the tie would go to the first.
+    method = DenseCL(build_backbone("convnet", in_channels=1, image_size=16, width=4), proj_dim=4, queue_size=8,
+                     warmup_steps=0, shuffle_bn=False)
+    channels = method.channels
+    q_b, k_b = torch.zeros(1, channels, 2), torch.zeros(1, channels, 2)
+    q_b[0, 0] = 1.0
+    k_b[0, :2, 0] = F.normalize(torch.tensor([1.0, 0.05]), dim=0)
+    k_b[0, :2, 1] = F.normalize(torch.tensor([1.0, 0.04]), dim=0)
+    assert (q_b[0, :, 0] @ k_b[0]).argmax() == 1
+    assert (q_b[0, :, 0].bfloat16() @ k_b[0].bfloat16()).float().tolist() == [1.0, 1.0]
+    grid = torch.eye(4)[:, :2].expand(1, 4, 2)                     # key position j's dense code: e_j
+    unit = F.normalize(torch.ones(1, 4), dim=1)
+
+    class Packed(nn.Module):  # stands in for both encoders: these rows for any images
+        grid_shape = (1, 2)
+
+        def __init__(self, fmap):
+            super().__init__()
+            self.row = torch.cat([unit, unit, grid.flatten(1), fmap.flatten(1)], dim=1)
+
+        def forward(self, images):
+            return self.row.expand(len(images), -1)
+
+    method.encoder, method.key_encoder = Packed(q_b), Packed(k_b)
+    keys, original = [], losses.info_nce
+    monkeypatch.setattr(losses, "info_nce", lambda q, k, **kw: keys.append(k) or original(q, k, **kw))
+    batch = Batch([torch.rand(1, 1, 16, 16)] * 2, index=torch.arange(1))
+    for autocast in (False, True):
+        keys.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            method.training_step(batch, Progress(0, 10, 5))
+        assert keys[1].tolist() == [[0.0, 1.0, 0.0, 0.0]] * 2, autocast  # both query positions: key position 1
+
+
 def test_densecl_geometry_matches_the_key_cell_showing_the_same_point_by_hand():
     # Query view: the whole 28x28 image; key view: its left half (columns 0-13) stretched to 28x28.
     # On a 2x2 grid the query cells' centres are at columns 7 and 21 of the image: column 7 is the

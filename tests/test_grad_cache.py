@@ -8,7 +8,9 @@ from torch import nn
 from selfsup.config import ConfigError, load_config
 from selfsup.engine import Trainer
 from selfsup.engine import grad_cache
+from selfsup.methods import METHODS as REGISTRY
 from selfsup.methods import Batch, Progress
+from selfsup.methods.base import splits_into_embeddings
 
 TINY = ["data.name=digits", "data.size=16", "train.batch_size=32", "train.epochs=1", "train.progress=false",
         "train.knn_every=0", "eval.plots=false", "train.precision=32-true", "backbone.name=vit_tiny"]
@@ -113,3 +115,19 @@ def test_methods_that_do_not_split_refuse_the_key_in_one_line(tmp_path):
     assert "\n" not in message
     with pytest.raises(ConfigError, match="train.micro_batch_size: must be > 0"):
         load_config(None, ["train.micro_batch_size=0"])
+
+
+def test_the_methods_said_to_split_are_exactly_those_whose_cached_gradient_is_checked():
+    # InstDisc's and CMC's own `embed` (images -> features) is no embed(batch, progress): counted as a
+    # split, the engine accepted them and the first cached step called it with (batch, progress).
+    assert {name for name, cls in REGISTRY.items() if splits_into_embeddings(cls)} == set(METHODS)
+
+
+@pytest.mark.parametrize("name, extra", [("instdisc", []), ("cmc", ["method_args.views=augment"])])
+def test_bank_methods_with_an_embed_helper_refuse_the_key_in_one_line(tmp_path, name, extra):
+    with pytest.raises(ConfigError) as info:
+        Trainer(load_config(None, [f"method={name}", *TINY, *extra, "train.micro_batch_size=8",
+                                   f"train.out_dir={tmp_path}"]))
+    message = str(info.value)
+    assert message.startswith(f"train.micro_batch_size: {name} does not split") and "\n" not in message
+    assert sorted(message.split("methods that do: ")[1].split(", ")) == sorted(METHODS)

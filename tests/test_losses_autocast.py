@@ -25,6 +25,7 @@ CASES = {
     "triplet": lambda a, b: losses.triplet(a, b, b.flip(0)),
     "batch_hard_triplet": lambda a, b: losses.batch_hard_triplet(torch.cat([a, b]), torch.arange(96) % 5),
     "prototypical": lambda a, b: losses.prototypical(a, torch.arange(48) % 4, b, torch.arange(48) % 4),
+    "local_global_info_nce": lambda a, b: losses.local_global_info_nce(a.view(12, 4, 16), b[:12]),
 }
 
 

@@ -627,6 +627,7 @@ def jsd_mi(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     return F.softplus(-pos_scores).mean() + F.softplus(neg_scores).mean()
 
 
+@float32_loss
 def local_global_info_nce(local: Tensor, global_: Tensor, *, own_score: float = -10.0) -> Tensor:
     """Deep InfoMax's infoNCE between local and global features, as the official code computes it
     (rdevon/DIM, ``cortex_DIM/functions/dim_losses.py``, ``infonce_loss`` with one global vector).

@@ -25,6 +25,7 @@ micro-batch by micro-batch.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -205,9 +206,18 @@ class MethodBase(nn.Module):
 
 
 def splits_into_embeddings(method: type | nn.Module) -> bool:
-    """Whether ``method`` writes :meth:`MethodBase.embed` and :meth:`MethodBase.loss_from`."""
+    """Whether ``method`` writes :meth:`MethodBase.embed`, callable as ``embed(batch, progress)``, and
+    :meth:`MethodBase.loss_from`: the two halves gradient caching calls. An ``embed`` of its own
+    signature (InstDisc's and CMC's map images to features) is a helper, not this split."""
     cls = method if isinstance(method, type) else type(method)
-    return getattr(cls, "embed", MethodBase.embed) is not MethodBase.embed
+    embed = getattr(cls, "embed", MethodBase.embed)
+    if embed is MethodBase.embed or getattr(cls, "loss_from", MethodBase.loss_from) is MethodBase.loss_from:
+        return False
+    try:
+        inspect.signature(embed).bind(None, None, None)  # (self, batch, progress), as forward calls it
+    except TypeError:
+        return False
+    return True
 
 
 def view_count_problem(method: type | nn.Module, count: int) -> str | None:

@@ -106,14 +106,15 @@ class _CPC(MethodBase):
     def _predictors(self, hidden: int, dim: int, steps: Sequence[int], group: int | None) -> None:
         self.prediction_steps = _check_steps(steps)
         if group is not None and group < 1:
-            raise ValueError(f"group must be >= 1 sequences (or null: the whole batch), got {group}")
+            raise ValueError(f"group must be >= 1 (or null: the whole batch), got {group}")
         self.group = group
         self.predictors = nn.ModuleList(nn.Linear(hidden, dim, bias=False) for _ in self.prediction_steps)
 
-    def cpc_loss(self, context: Tensor, codes: Tensor) -> dict[str, Tensor]:
+    def cpc_loss(self, context: Tensor, codes: Tensor, per_item: int = 1) -> dict[str, Tensor]:
         """Mean over the steps k of InfoNCE (eq. 4), and the fraction of predictions whose own
-        code scores highest (``accuracy``, logged)."""
-        group = self.group or codes.shape[0]
+        code scores highest (``accuracy``, logged). ``group`` counts items of ``per_item``
+        consecutive sequences each (an image is its C' columns), so a group is whole items."""
+        group = (self.group or codes.shape[0] // per_item) * per_item
         step_losses, hits, total = [], 0, 0
         for k, predictor in zip(self.prediction_steps, self.predictors):
             predictions, targets = step_pairs(predictor, context, codes, k, group)
@@ -137,10 +138,11 @@ class CPCImage(_CPC):
 
     Each column is a sequence down the rows, so the image path is the sequence path with the
     columns as sequences. The negatives of a prediction are the other ``z_{r'+k, x'}`` of its
-    ``group`` images (all positions: other rows, other columns, other images). Rows one apart
-    overlap by half a patch at stride ``patch / 2``, which a network can match pixel by pixel,
-    so the recipe predicts from two rows on. The representation is the mean of the patch codes
-    over the grid (:class:`PatchGridEncoder`).
+    ``group`` images, ``group · (R - k) · C' - 1`` of them (all positions: other rows, other
+    columns, other images, as CPC v2 draws them from the image and the other images of the batch).
+    Rows one apart overlap by half a patch at stride ``patch / 2``, which a network can match pixel
+    by pixel, so the recipe predicts from two rows on. The representation is the mean of the patch
+    codes over the grid (:class:`PatchGridEncoder`).
 
     Args:
         backbone: the patch encoder (it must take ``patch`` x ``patch`` inputs).
@@ -148,7 +150,8 @@ class CPCImage(_CPC):
         stride: step between patches (4: half-overlapping, as the paper).
         hidden: the context network's width.
         prediction_steps: the k predicted (rows below).
-        group: images whose codes are each other's negatives (None: the whole local batch).
+        group: images whose codes are each other's negatives (None: the whole local batch); the
+            local batch must be a multiple of it.
     """
 
     augment_recipe: ClassVar[str] = "flip"
@@ -169,7 +172,10 @@ class CPCImage(_CPC):
         if max(self.prediction_steps) >= codes.shape[1]:
             raise ValueError(f"the patch grid has {codes.shape[1]} rows: prediction step "
                              f"{max(self.prediction_steps)} has no target; lower method_args.prediction_steps")
-        return self.cpc_loss(self.context(codes), columns(codes))
+        if self.group and codes.shape[0] % self.group:
+            raise ValueError(f"the batch of {codes.shape[0]} images does not split into groups of "
+                             f"method_args.group={self.group}; make the batch a multiple of it")
+        return self.cpc_loss(self.context(codes), columns(codes), per_item=codes.shape[2])
 
     def eval_encoder(self) -> nn.Module:
         """The mean-pooled patch codes."""

@@ -179,7 +179,8 @@ class DenseCL(MethodBase):
                 match, valid = geometric_matches(batch.extra["view_boxes"][:, :2], batch.extra["view_flips"][:, :2],
                                                  (tuple(x_q.shape[-2:]), tuple(x_k.shape[-2:])), grid)
             else:
-                match = torch.bmm(q_b.detach().float().transpose(1, 2), k_b).argmax(dim=2)  # (N, S2)
+                with torch.autocast(q_b.device.type, enabled=False):  # bf16 cosines would tie and flip matches
+                    match = torch.bmm(q_b.detach().float().transpose(1, 2), k_b).argmax(dim=2)  # (N, S2)
                 valid = None
             matched = torch.gather(k_grid, 2, match[:, None].expand(-1, k_grid.shape[1], -1))
         global_loss = losses.info_nce(q, k, negatives=self.queue.keys.clone(), temperature=self.temperature)
