@@ -296,6 +296,38 @@ def test_eval_recipe_is_float_image_resized():
         torch.testing.assert_close(small[i], TF.resize(x[i].float() / 255, [16, 24], antialias=True), atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("path", ["default", "torch", "masked"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_views_neither_change_nor_return_the_callers_float_batch(channels, path, monkeypatch):
+    # A float32 batch is its own to_float; a view without steps ("none", "eval") is that tensor, and the
+    # runner clamps its output in place. Values above 1 make any write to the batch show.
+    if path != "default":  # RGB on the grouped torch path; "masked": the path an eager GPU run takes
+        monkeypatch.setattr(_kernels, "available", lambda: False)
+    if path == "masked":
+        monkeypatch.setattr(runner, "_run_view_grouped", runner._run_view)
+    x = _images(batch=4, channels=channels, height=8, width=8) * 1.5
+    before = x.clone()
+    for name in A.RECIPES:
+        augment = A.recipe(name, 8)
+        views = augment(x, generator=_gen()) + augment.views_and_geometry(x, generator=_gen())[0]
+        for view in views:
+            assert view.untyped_storage().data_ptr() != x.untyped_storage().data_ptr(), name
+            assert view.min() >= 0 and view.max() <= 1, name
+        assert torch.equal(x, before), name
+    (same,) = A.recipe("none", 8)(x)
+    torch.testing.assert_close(same, before.clamp(0, 1), atol=0, rtol=0)
+
+
+def test_lab_round_trip_holds_under_bf16_autocast():
+    # sRGB -> Lab -> sRGB is the identity (to float32 rounding, ~3e-6); autocast must not run either
+    # direction's matrix product in bf16 (8 bits of mantissa: errors of ~5e-2).
+    x = _images(batch=2, height=8, width=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        back = A.lab_to_rgb(A.rgb_to_lab(x))
+    assert back.dtype == torch.float32
+    torch.testing.assert_close(back, x, atol=1e-4, rtol=0)
+
+
 def _simclr_distortion(s: float) -> tuple[float, float, float, float]:
     # SimCLR appendix A: "color distortion" of strength s is ColorJitter(0.8s, 0.8s, 0.8s, 0.2s).
     return (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.nn import (DINOHead, GlobalBatchNorm, KeyQueue, build_backbone, convert_sync_batchnorm, cosine,
-                        frozen_copy, momentum_update, projection_mlp, shuffled_forward, split_batchnorm,
-                        SplitBatchNorm, warmup_cosine)
+                        frozen_copy, momentum_update, projection_mlp, shuffle_bn, shuffled_forward, split_batchnorm,
+                        SplitBatchNorm, warmup_cosine, with_in_channels)
 
 
 @pytest.mark.parametrize("name,channels,size,dim", [("convnet", 1, 28, 256), ("convnet", 3, 32, 256),
@@ -188,6 +188,22 @@ def test_queue_is_checkpointed_with_the_module():
     assert torch.equal(other.keys, queue.keys) and int(other.ptr) == 3
 
 
+def test_with_in_channels_initialises_its_copy_as_the_library_builds_the_network():
+    # torchvision's ResNet draws its convolutions kaiming_normal_(mode="fan_out", nonlinearity="relu"):
+    # std sqrt(2 / (64 * 3 * 3)) = 0.059 in layer1, where PyTorch's default gives 1 / sqrt(3 * fan_in) = 0.024.
+    torch.manual_seed(0)
+    resnet = build_backbone("resnet18", in_channels=3, image_size=32)
+    ab = with_in_channels(resnet, 2, [0.5, 0.5], [0.25, 0.25])
+    assert ab.net.conv1.in_channels == 2 and ab(torch.rand(2, 2, 32, 32)).shape == (2, 512)
+    assert ab.net.layer1[0].conv1.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+    # timm's ViT draws its class token (std 1e-6) and learned position embedding (std 0.02) anew.
+    vit = build_backbone("vit_tiny", in_channels=3, image_size=16)
+    gray = with_in_channels(vit, 1, [0.5], [0.25])
+    assert not torch.equal(gray.net.cls_token, vit.net.cls_token) and 0 < gray.net.cls_token.std().item() < 1e-5
+    assert not torch.equal(gray.net.pos_embed, vit.net.pos_embed)
+    assert gray.net.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
+
+
 def test_shuffled_forward_equals_plain_forward_without_batchnorm():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -224,6 +240,29 @@ def test_split_batchnorm_normalises_interleaved_sub_batches_as_the_official_demo
     assert torch.allclose(split(x), F.batch_norm(x, split.running_mean, split.running_var, bn.weight, bn.bias,
                                                  False, 0.0, 1e-5), atol=1e-6)  # eval: plain BatchNorm
     assert set(split.state_dict()) == set(bn.state_dict())  # checkpoints read it as BatchNorm
+
+
+def test_split_batchnorm_never_normalises_a_split_of_one_sample():
+    # Batches the demo's splits do not divide: equal splits of at least 2 samples, each normalised with
+    # its own statistics (F.batch_norm of the split by hand), or plain BatchNorm where no such split is.
+    torch.manual_seed(0)
+    bn = SplitBatchNorm(4, num_splits=8, affine=False).train()
+    x = torch.randn(7, 4) + torch.arange(7.0).view(7, 1)
+    torch.testing.assert_close(bn(x), F.batch_norm(x, None, None, training=True))  # 7 is prime: one split
+    images = torch.randn(8, 4, 3, 3) + torch.arange(8.0).view(8, 1, 1, 1)
+    out = bn(images)
+    assert bn.splits_for(8) == 4 and bn.splits_for(6) == 3 and bn.splits_for(2) == 1
+    for split in range(4):  # samples split, split + 4
+        torch.testing.assert_close(out[split::4], F.batch_norm(images[split::4], None, None, training=True))
+
+
+def test_shuffled_forward_under_ddp_keeps_each_keys_shape(monkeypatch):
+    # One rank's share (a one-rank world: its gather is the tensor itself; rank 0's permutation needs no
+    # broadcast) comes back in input order with the encoder's output shape, as on one process.
+    monkeypatch.setattr(shuffle_bn.dist, "broadcast", lambda tensor, src: None)
+    net = nn.Conv2d(3, 2, 1)
+    x = torch.randn(6, 3, 4, 4)
+    torch.testing.assert_close(shuffle_bn._shuffled_forward_ddp(net, x), net(x))
 
 
 def test_shuffled_forward_normalises_each_key_within_a_random_group():

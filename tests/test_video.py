@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from selfsup import losses
+from selfsup import augment, losses
 from selfsup.data import VideoClips, load_video_split
 from selfsup.data.sources import epoch_order
 from selfsup.data.synthetic_video import davis_palette, write_synthetic_videos
@@ -254,6 +254,19 @@ def test_window_times_stay_inside_short_videos():
     times = window_times(4, 3)(torch.tensor([20, 5]), torch.Generator().manual_seed(0))
     assert times[0].tolist()[1:] == [t + 3 for t in times[0].tolist()[:-1]] and times[0, -1] < 20
     assert times[1].tolist() == [0, 3, 4, 4]  # a 5-frame video cannot hold the span: its last frame repeats
+
+
+def test_clip_views_jitter_the_brightness_of_one_channel_clips_as_of_rgb_ones():
+    # Whole frames (area 1), no flip, brightness only, no clamping (values <= 0.6, factors <= 1.5): each
+    # view is its clip times one factor per clip, the factor an RGB clip draws under the same seed.
+    gray = 0.1 + 0.5 * torch.rand(3, 4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    options = {"scale": (1.0, 1.0), "flip_p": 0.0, "jitter": (0.5, 0.0, 0.0, 0.0), "jitter_p": 1.0}
+    views = augment.clip_views(gray, **options, generator=torch.Generator().manual_seed(1))
+    rgb = augment.clip_views(gray.expand(-1, -1, 3, -1, -1), **options, generator=torch.Generator().manual_seed(1))
+    factors = (views / gray).flatten(1)
+    torch.testing.assert_close(factors, factors[:, :1].expand_as(factors))
+    torch.testing.assert_close(factors[:, 0], (rgb / gray).flatten(1)[:, 0])
+    assert (factors[:, 0] - 1).abs().min() > 1e-3
 
 
 # ----------------------------------------------------------------------------- losses

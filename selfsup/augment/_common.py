@@ -51,11 +51,12 @@ def _check_p(p: float, name: str = "p") -> float:
     return float(p)
 
 
-def _rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
-    """Uniform [0, 1) floats on ``device``, drawn from ``generator`` when given."""
+def _rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None,
+          dtype: torch.dtype = torch.float32) -> Tensor:
+    """Uniform [0, 1) floats on ``device``, drawn from ``generator`` (on its own device) when given."""
     if generator is None:
-        return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+        return torch.rand(shape, device=device, dtype=dtype)
+    return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
 def _param_device(device: torch.device | str | None, generator: torch.Generator | None) -> torch.device:

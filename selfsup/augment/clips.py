@@ -20,7 +20,7 @@ def clip_views(clips: Tensor, size: int | None = None, *, scale: tuple[float, fl
                jitter_p: float = 0.8, generator: torch.Generator | None = None) -> Tensor:
     """``(B, T, C, H, W)`` clips (uint8 or float in [0, 1]) -> float ``(B, T, C, size, size)`` views,
     each clip with one random resized crop (area ``scale``, torchvision's rule), one flip and one
-    colour jitter (None: none) for all its frames.
+    colour jitter (None: none; on 1-channel clips its brightness and contrast) for all its frames.
 
     Examples:
         >>> clips = torch.randint(0, 256, (2, 4, 3, 16, 16), dtype=torch.uint8)
@@ -38,7 +38,7 @@ def clip_views(clips: Tensor, size: int | None = None, *, scale: tuple[float, fl
     flip = (draw < flip_p).to(device)
     frames = resized_crop(clips.reshape(b * t, c, h, w), boxes.repeat_interleave(t, 0), size or h,
                           flip.repeat_interleave(t, 0))
-    if jitter is not None and c == 3:
+    if jitter is not None:  # 1-channel clips: brightness and contrast only, as the image views
         params = sample_jitter(b, *jitter, p=jitter_p, generator=generator, device=device)
         frames = apply_color_jitter(frames, JitterParams(*(p.repeat_interleave(t, 0) for p in params)))
     return to_float(frames).reshape(b, t, c, *frames.shape[-2:])

@@ -49,6 +49,11 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
     """Float Lab ``(B, 3, H, W)`` back to sRGB in [0, 1] (out-of-gamut colours clipped)."""
     if lab.ndim != 4 or lab.shape[1] != 3 or not lab.is_floating_point():
         raise ValueError(f"lab must be a float tensor of shape (B, 3, H, W), got {tuple(lab.shape)} {lab.dtype}")
+    with torch.autocast(lab.device.type, enabled=False):  # as rgb_to_lab: a bf16 einsum is off by 5e-2
+        return _lab_to_rgb(lab)
+
+
+def _lab_to_rgb(lab: Tensor) -> Tensor:
     lightness, a, b = lab.unbind(1)
     fy = (lightness + 16) / 116
     f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)

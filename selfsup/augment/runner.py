@@ -131,9 +131,10 @@ def augment_view(xf: Tensor, view: View, generator: torch.Generator | None = Non
     return _augment_view(xf, view, generator, compiled, fused, fused_draws)[0]
 
 
-def _augment_view(xf: Tensor, view: View, generator: torch.Generator | None,
-                  compiled: bool, fused: bool = False, fused_draws: bool = False) -> tuple[Tensor, _ViewPlan]:
-    """:func:`augment_view` and the plan it drew (with ``fused_draws``, only its boxes and flips)."""
+def _augment_view(xf: Tensor, view: View, generator: torch.Generator | None, compiled: bool, fused: bool = False,
+                  fused_draws: bool = False, owned: bool = False) -> tuple[Tensor, _ViewPlan]:
+    """:func:`augment_view` and the plan it drew (with ``fused_draws``, only its boxes and flips). ``owned``:
+    ``xf`` is a conversion made for this call (not the caller's tensor), which a view without steps may return."""
     if fused and fused_draws and _triton.usable(xf, view):
         # One int64 seed from the run's RNG per view: the kernel's Philox draws follow from it, so a resumed
         # run (its RNG state restored) draws what an uninterrupted one did.
@@ -159,6 +160,10 @@ def _augment_view(xf: Tensor, view: View, generator: torch.Generator | None,
         out = _run_view_grouped(xf, view, plan) if rgb_cpu else _run_view(xf, view, plan)
     # Interpolation weights sum to 1 only up to rounding, so a saturated pixel can come out as
     # 1 + 1e-7; clamp so the promised range holds exactly (evaluation refuses values outside it).
+    # A view without steps ("none", "eval" at the stored size) is xf itself: clamped in place only
+    # where xf is a conversion of our own, never the caller's float32 batch.
+    if out is xf and not owned:
+        return out.clamp(0.0, 1.0), plan
     return out.clamp_(0.0, 1.0), plan
 
 
@@ -203,7 +208,8 @@ def _plan_view(
         params = sample_jitter(batch, *view.jitter, view.jitter_p, generator=generator, device=device)
         steps, hue, group = _jitter_plan(*params, colour=channels == 3)
     if view.gray_p > 0:
-        # Drawn for 1-channel images too, so that both kinds consume the RNG alike.
+        # Not drawn for 1-channel images (the identity there): under one seed their crops and jitter
+        # match an RGB batch's, every later draw (blur, solarize, the next view) does not.
         gray = _bernoulli(batch, view.gray_p, device, generator) if channels == 3 else None
     if view.blur_p > 0:
         sigma = _draw_sigmas(batch, view.blur_sigma, view.blur_p, device, generator)
@@ -424,8 +430,9 @@ class Augmentation(nn.Module):
             generator: optional RNG for reproducible views.
         """
         xf = to_float(x)
-        return [augment_view(xf, view, generator, compiled=self.compiled, fused=self.fused,
-                             fused_draws=self.fused_draws) for view in self.output_views]
+        # The first view may keep xf where to_float made it (a uint8 batch): no copy for "none" or "eval".
+        return [_augment_view(xf, view, generator, self.compiled, self.fused, self.fused_draws,
+                              owned=i == 0 and xf is not x)[0] for i, view in enumerate(self.output_views)]
 
     def views_and_geometry(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[
             list[Tensor], Tensor, Tensor]:
@@ -441,8 +448,9 @@ class Augmentation(nn.Module):
         xf = to_float(x)
         batch, _, height, width = xf.shape
         views, boxes, flips = [], [], []
-        for view in self.output_views:
-            out, plan = _augment_view(xf, view, generator, self.compiled, self.fused, self.fused_draws)
+        for i, view in enumerate(self.output_views):
+            out, plan = _augment_view(xf, view, generator, self.compiled, self.fused, self.fused_draws,
+                                      owned=i == 0 and xf is not x)
             views.append(out)
             whole = torch.tensor([[0, 0, height, width]], device=xf.device).expand(batch, 4)
             boxes.append(whole if plan.boxes is None else plan.boxes)

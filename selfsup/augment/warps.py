@@ -18,15 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.augment._common import _param_device, _rand
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return low + (high - low) * _rand((n,), device, generator, torch.float64)
 
 
 def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Generator | None = None,
                         rotation: float = 30.0, scale: tuple[float, float] = (0.8, 1.2), shear: float = 10.0,
                         shift: float = 0.1, perspective: float = 0.1, flip_p: float = 0.5,
-                        device: torch.device | str = "cpu") -> Tensor:
+                        device: torch.device | str | None = None) -> Tensor:
     """``(n, 3, 3)`` float64 homographies mapping points of the source image to the warped one.
 
     Args:
@@ -39,7 +41,10 @@ def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Gener
         perspective: the largest projective distortion: the corners move by up to this fraction of
             the side, through the bottom row of H.
         flip_p: probability of a horizontal flip.
+        device: where the homographies go (default: the generator's device, else the CPU); the draws
+            are made on the generator's own device, as every augmentation's.
     """
+    device = _param_device(device, generator)
     height, width = size
     angle = torch.deg2rad(_uniform(n, -rotation, rotation, generator, device))
     s = _uniform(n, *scale, generator, device)
@@ -48,7 +53,7 @@ def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Gener
     ty = _uniform(n, -shift, shift, generator, device) * height
     px = _uniform(n, -perspective, perspective, generator, device) / width
     py = _uniform(n, -perspective, perspective, generator, device) / height
-    flip = torch.rand(n, generator=generator, device=device) < flip_p
+    flip = _rand((n,), device, generator) < flip_p
 
     def matrix(rows: list[list[Tensor | float]]) -> Tensor:
         return torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).expand(n)

@@ -8,6 +8,7 @@ buffers, so a checkpoint is self-contained), and returns features ``(B, out_dim)
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -105,11 +106,21 @@ def with_in_channels(backbone: Backbone, in_channels: int, mean: Sequence[float]
     (CMC's per-view encoders: one for L, one for ab), normalising with ``mean`` and ``std``; with
     the backbone's own channel count, any network (no convolution needed).
 
+    A backbone from :func:`build_backbone` (not pretrained) is built again as it was, for
+    ``in_channels``: its library's own initialisation (torchvision's ResNet init, timm's ViT class
+    token and position embedding), independent of the original's weights; changes made to the
+    network since (:func:`~selfsup.nn.vit.moco_v3_vit`) are not carried over. Any other backbone is
+    deep-copied and each of its layers reset (``reset_parameters``: PyTorch's default init).
+
     Examples:
         >>> rgb = build_backbone("convnet", in_channels=3, image_size=28)
         >>> with_in_channels(rgb, 2, [0.5, 0.5], [0.25, 0.25])(torch.rand(4, 2, 28, 28)).shape
         torch.Size([4, 256])
     """
+    rebuild = getattr(backbone, "rebuild", None)
+    if rebuild is not None:
+        net, out_dim = rebuild(in_channels)
+        return Backbone(net, out_dim, in_channels, mean, std)
     net = copy.deepcopy(backbone.net)
     for module in net.modules():
         if hasattr(module, "reset_parameters") and module is not net:
@@ -334,27 +345,36 @@ def build_backbone(name: str, *, in_channels: int, image_size: int, mean: Sequen
         return SignalEncoder(8 * width, mean=(mean or [0.0])[0], std=(std or [1.0])[0], norm=norm or "batch")
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    if is_registry_name(name):
-        net, out_dim = registry_model(name, in_channels=in_channels, image_size=image_size, pretrained=pretrained,
-                                      small_stem=small_stem)
-        if pretrained:  # the statistics the weights were trained with, not the data's
-            gray = in_channels == 1
-            mean = [sum(IMAGENET_MEAN) / 3] if gray else list(IMAGENET_MEAN)
-            std = [sum(IMAGENET_STD) / 3] if gray else list(IMAGENET_STD)
-    elif pretrained:
+    if pretrained and not is_registry_name(name):
         raise ValueError(f"backbone.pretrained: {name} has no pretrained weights here; use a registry model "
                          f"(torchvision/<model> or timm/<model>)")
-    elif name == "convnet":
-        net, out_dim = convnet(in_channels, width, norm=norm or "batch")
-    elif name.startswith("resnet") and name in BACKBONES:
-        net, out_dim = resnet(name, in_channels, small_stem=image_size <= 64 if small_stem is None else small_stem)
-    elif name.startswith("vit_") and name in BACKBONES:
-        net, out_dim = vit(name, in_channels, image_size, patch_size)
-    else:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, or a registry model "
-                         f"torchvision/<model> or timm/<model>")
+    make = functools.partial(_network, name, image_size=image_size, width=width, small_stem=small_stem, norm=norm,
+                             patch_size=patch_size)
+    net, out_dim = make(in_channels, pretrained=pretrained)
+    if pretrained:  # the statistics the weights were trained with, not the data's
+        gray = in_channels == 1
+        mean = [sum(IMAGENET_MEAN) / 3] if gray else list(IMAGENET_MEAN)
+        std = [sum(IMAGENET_STD) / 3] if gray else list(IMAGENET_STD)
     mean = [0.5] * in_channels if mean is None else list(mean)
     std = [0.5] * in_channels if std is None else list(std)
     backbone = Backbone(net, out_dim, in_channels, mean, std)
     backbone.pretrained = pretrained  # a method never re-initialises pretrained weights (MoCo v3's ViT)
+    backbone.rebuild = None if pretrained else make  # with_in_channels: a fresh network built the same way
     return backbone
+
+
+def _network(name: str, in_channels: int, *, image_size: int, width: int, small_stem: bool | None,
+             norm: str | None, patch_size: int | None, pretrained: bool = False) -> tuple[nn.Module, int]:
+    """``(network, feature dimension)`` of an image backbone of :func:`build_backbone`, which checks its
+    arguments."""
+    if is_registry_name(name):
+        return registry_model(name, in_channels=in_channels, image_size=image_size, pretrained=pretrained,
+                              small_stem=small_stem)
+    if name == "convnet":
+        return convnet(in_channels, width, norm=norm or "batch")
+    if name.startswith("resnet") and name in BACKBONES:
+        return resnet(name, in_channels, small_stem=image_size <= 64 if small_stem is None else small_stem)
+    if name.startswith("vit_") and name in BACKBONES:
+        return vit(name, in_channels, image_size, patch_size)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, or a registry model "
+                     f"torchvision/<model> or timm/<model>")

@@ -28,10 +28,10 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over ``num_splits`` interleaved sub-batches, as MoCo's single-GPU demo emulates devices.
 
     In training on one process, sample ``n`` is normalised with the mean and biased variance of
-    the samples ``m`` with ``m % S == n % S`` (``S`` the largest divisor of the batch size not above
-    ``num_splits``); the running statistics move towards the mean of the splits' statistics
-    (unbiased variances), ``r ← (1 − momentum)·r + momentum·mean_s(stat_s)``, as the demo's
-    average of per-split updates. Under DDP (each rank is a device already), in eval mode, or with
+    the samples ``m`` with ``m % S == n % S`` (``S``: :meth:`splits_for`, at most ``num_splits``);
+    the running statistics move towards the mean of the splits' statistics (unbiased variances),
+    ``r ← (1 − momentum)·r + momentum·mean_s(stat_s)``, as the demo's average of per-split
+    updates. Under DDP (each rank is a device already), in eval mode, or with
     one split, it is plain BatchNorm. Its state dict is BatchNorm's, so checkpoints and exports
     read it as one.
 
@@ -52,8 +52,15 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"SplitBatchNorm expects input of shape (N, C, ...), got {tuple(input.shape)}")
 
     def splits_for(self, batch: int) -> int:
-        """The splits a batch of ``batch`` samples gets: the largest divisor of it up to ``num_splits``."""
-        return max(s for s in range(1, min(self.num_splits, batch) + 1) if batch % s == 0)
+        """The splits a batch of ``batch`` samples gets: the largest divisor of it up to ``num_splits``
+        that leaves at least 2 samples per split, else 1 (plain BatchNorm).
+
+        The demo requires ``batch % num_splits == 0``; here a batch it would refuse (the last of an
+        epoch, a small one) gets fewer, equal splits. Never splits of one sample: BatchNorm can
+        take no statistics from one value per channel, and one image's own would normalise each
+        sample alone, an instance norm rather than a device's batch.
+        """
+        return max((s for s in range(1, min(self.num_splits, batch // 2) + 1) if batch % s == 0), default=1)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -121,4 +128,4 @@ def _shuffled_forward_ddp(encoder: nn.Module, images: Tensor) -> Tensor:
     dist.broadcast(perm, src=0)  # every rank must use rank 0's permutation
     mine = perm.view(world, local)[rank]
     keys = distributed.gather(encoder(everything[mine]))
-    return keys[torch.argsort(perm)].view(world, local, -1)[rank]
+    return keys[torch.argsort(perm)].view(world, local, *keys.shape[1:])[rank]
