@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from selfsup import augment, losses
-from selfsup.data import VideoClips, load_video_split
+from selfsup.data import VideoClips, load_video_split, streamed_video_split
 from selfsup.data.sources import epoch_order
 from selfsup.data.synthetic_video import davis_palette, write_synthetic_videos
 from selfsup.data.video import window_times
@@ -169,11 +169,25 @@ def test_frames_are_read_upright_by_their_exif_orientation_and_keypoints_follow(
         Image.fromarray(np.ascontiguousarray(np.rot90(upright[t]))).save(frames / f"{t:05d}.png", exif=exif)
     (tmp_path / "Keypoints" / "480p").mkdir(parents=True)
     (tmp_path / "Keypoints" / "480p" / "seq.json").write_text(json.dumps({"keypoints": [[[3, 12, 1]]] * 2}))
+    # Masks: frame 0's drawn on the upright frame (30 x 20), frame 1's on the stored pixels (20 x 30).
+    ids = rng.integers(0, 4, (2, 30, 20), dtype=np.uint8)
+    (tmp_path / "Annotations" / "480p" / "seq").mkdir(parents=True)
+    Image.fromarray(ids[0], "L").save(tmp_path / "Annotations" / "480p" / "seq" / "00000.png")
+    Image.fromarray(np.ascontiguousarray(np.rot90(ids[1])), "L").save(tmp_path / "Annotations" / "480p" / "seq"
+                                                                     / "00001.png")
     clips = load_video_split(tmp_path, "train", size=20)
     # The upright frames' centred 20 x 20 squares (rows 5..24), scale 1; the point moves up 5 rows.
     assert torch.equal(clips.images, torch.from_numpy(upright[:, 5:25]).permute(0, 3, 1, 2))
+    assert torch.equal(clips.masks, torch.from_numpy(ids[:, 5:25]))  # both masks stay on their frames
     points, scale = clips.keypoints[0]
     assert points[0].tolist() == [[3.0, 7.0, 1.0]] and scale.tolist() == [20.0]
+    # Streamed, the frames are the same upright squares.
+    streamed = streamed_video_split(tmp_path, "train", size=20)
+    assert np.array_equal(streamed.reader.clip(0, [0, 1]), upright[:, 5:25].transpose(0, 3, 1, 2))
+    # A mask of neither size is refused, naming it.
+    Image.fromarray(np.zeros((30, 30), np.uint8), "L").save(tmp_path / "Annotations" / "480p" / "seq" / "00001.png")
+    with pytest.raises(DataError, match=r"00001.png: a mask must be its frame's size, 20 x 30 .* got 30 x 30"):
+        load_video_split(tmp_path, "train", size=20)
 
 
 def test_without_a_split_every_fifth_video_is_held_out(tmp_path):

@@ -216,19 +216,41 @@ def _decode_frames(folder: Path, size: int, channels: int, max_frames: int | Non
     return np.stack([decode(path, size, channels) for path in files])  # as a folder's images: upright (EXIF)
 
 
-def _decode_masks(folder: Path, count: int, size: int) -> np.ndarray | None:
+def _decode_masks(folder: Path, frames: Path, count: int, size: int) -> np.ndarray | None:
+    """The masks of the first ``count`` frames of the ``frames`` folder, cropped and resized as they are.
+
+    A mask covers its frame as displayed (EXIF orientation applied, like the frames and keypoints):
+    its size must be the upright frame's. A mask of the stored pixels of a frame whose EXIF turns it
+    (the mask's size is the stored frame's, not the upright one's) is turned the same way; a mask of
+    any other size is refused naming the file, so that masks never drift off their frames.
+    """
     files = sorted(folder.glob("*.png"))[:count]
     if len(files) != count:
         return None
     masks = []
-    for path in files:
+    for path, frame in zip(files, _frame_files(frames)):
+        with Image.open(frame) as image:
+            stored = image.size
+            orientation = image.getexif().get(0x0112, 1)
+        upright = stored[::-1] if orientation in (5, 6, 7, 8) else stored
         with Image.open(path) as image:
             image.load()
             if image.mode not in ("P", "L"):
                 raise DataError(f"{path}: instance masks must be palette or gray PNGs of object ids, got mode "
                                 f"{image.mode}")
+            if image.size != upright and image.size == stored:  # drawn on the stored pixels: turn it as the frame
+                image = image.transpose(_TRANSPOSE[orientation])
+            if image.size != upright:
+                raise DataError(f"{path}: a mask must be its frame's size, {upright[0]} x {upright[1]} "
+                                f"(width x height, as {frame.name} is displayed), got {image.size[0]} x "
+                                f"{image.size[1]}")
             masks.append(square(image, size, 1, Image.Resampling.NEAREST)[0])
     return np.stack(masks)
+
+
+# EXIF orientations 5-8 (the ones that swap width and height), as ImageOps.exif_transpose turns them.
+_TRANSPOSE = {5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
 
 
 def _keypoint_file(frames: Path) -> Path | None:
@@ -327,7 +349,7 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
         except Exception as error:  # decoders raise many types on corrupt data; each means "skip this video"
             skipped[str(path)] = f"{type(error).__name__}: {error}"
             continue
-        mask = _decode_masks(mask_dir, len(clip), size) if mask_dir is not None else None
+        mask = _decode_masks(mask_dir, path, len(clip), size) if mask_dir is not None else None
         if named and name not in named:
             raise DataError(f"{root / 'labels.csv'} has no label for video {name!r}")
         if tasked is not None and name not in tasked:

@@ -39,12 +39,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from selfsup.errors import DataError
 
-from .folder import SkippedImageWarning, _machine_fault, _to_8bit, square
+from .folder import SkippedImageWarning, _machine_fault, decode, square
 from .sources import ImageBatch
 from .stream import StreamedDataset, _From, _loader
 from .video import ClipPlan, ClipPlanner, _frame_files, _read_captions, _read_labels, _require_av, scan_videos
@@ -110,9 +109,7 @@ class VideoFrameReader:
             for time in times:
                 if time >= len(files):
                     raise ValueError(f"has {len(files)} frames, not {time + 1}")
-                with Image.open(files[time]) as image:
-                    image.load()
-                    frames.append(square(_to_8bit(image), self.side, self.channels))
+                frames.append(decode(files[time], self.side, self.channels))  # as in memory: upright (EXIF)
             return np.stack(frames)
         cached = getattr(self._local, "video", None)
         if cached is None or cached[0] != video:
