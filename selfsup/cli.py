@@ -241,13 +241,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
     if args.protocol == "transfer" and args.data is None:
         raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
-    train = _dataset(cfg, args.data, args.root, "train", channels, size, as_run=True)
+    whole = args.whole_split and cfg.data.max_samples is not None
+    train = _dataset(cfg, args.data, args.root, "train", channels, size, as_run=not args.whole_split)
     test = _dataset(cfg, args.data, args.root, "test", channels, size)
     if train.labels is None or test.labels is None:
         raise DataError(f"dataset {train.name!r} has no labels; evaluation needs a labelled train and test split "
                         f"(for a folder: one subfolder per class, in train/ and test/)")
     *_, data, own = _data_choice(cfg, args.data, args.root)
-    suffix = "" if own and args.protocol != "transfer" else f"_{data}"
+    # The whole split's numbers are named apart from the run's own (its max_samples subset's), never over them.
+    suffix = ("" if own and args.protocol != "transfer" else f"_{data}") + ("_whole_split" if whole and own else "")
     if args.protocol == "finetune":
         if kind_of(cfg.data) not in ("images", "image_text"):
             raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
@@ -748,7 +750,12 @@ def parser() -> argparse.ArgumentParser:
                     help="leave out the floor (the same evaluation of the encoder at its random initialisation, "
                          "computed once and cached; on by default beside every frozen-feature result; finetune "
                          "and zeroshot have none)")
-    ev.add_argument("--labels", type=_percents, default=[0.01, 0.1], help="finetune: label shares, e.g. 1%%,10%%")
+    ev.add_argument("--labels", type=_percents, default=[0.01, 0.1],
+                    help="finetune: label shares, e.g. 1%%,10%% (of the run's training images: its data.max_samples "
+                         "subset when it had one, else the whole split; see --whole-split)")
+    ev.add_argument("--whole-split", action="store_true",
+                    help="train the probe / fine-tuning on the whole training split, not the run's data.max_samples "
+                         "subset that its own evaluations used (results named '..._whole_split')")
     ev.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="finetune: label-subset seeds, e.g. 0,1,2")
     ev.add_argument("--steps", type=int, default=200, help="finetune: optimiser steps of batch 256")
     ev.add_argument("--way", type=int, default=5, help="fewshot: classes per episode")

@@ -271,7 +271,7 @@ def test_graph_runs_refuse_other_data_in_one_line(tmp_path, here):
     assert not (run / "evaluations" / "linear_karate.json").exists()
 
 
-def test_evaluate_probes_the_runs_max_samples_subset(tmp_path, here):
+def test_evaluate_probes_the_runs_max_samples_subset(tmp_path, here, knn_by_hand):
     # The run's own numbers were measured on its seeded data.max_samples subset: evaluate reproduces them.
     run = tmp_path / "subset"
     pretrain_digits(run, "data.max_samples=300", "method_args.proj_hidden_dim=16", "eval.plots=false",
@@ -282,6 +282,21 @@ def test_evaluate_probes_the_runs_max_samples_subset(tmp_path, here):
         assert out.returncode == 0, out.stderr[-2000:]
         entry = json.loads((run / "evaluations" / f"{protocol}.json").read_text())
         assert entry["accuracy"] == pytest.approx(results[protocol]["accuracy"], abs=1e-3 if protocol == "linear" else 1e-9)
+    # --whole-split: every training image of digits (1,437), named apart, the run's own entry kept.
+    out = here("evaluate", "knn", str(run / "checkpoints" / "last.ckpt"), "--no-floor", "--whole-split")
+    assert out.returncode == 0, out.stderr[-2000:]
+    whole = json.loads((run / "evaluations" / "knn_whole_split.json").read_text())
+    assert json.loads((run / "evaluations" / "knn.json").read_text())["accuracy"] == pytest.approx(
+        results["knn"]["accuracy"], abs=1e-9)
+    from selfsup import cli, evaluate
+    from selfsup.data import load
+
+    cfg, encoder, (channels, size), _, _ = cli._load_encoder(str(run / "checkpoints" / "last.ckpt"))
+    train, test = (load("digits", split, size=size, channels=channels) for split in ("train", "test"))
+    assert len(train) == 1437
+    train_x, test_x = (evaluate.extract_features(encoder, d.inputs) for d in (train, test))
+    predicted = knn_by_hand(train_x.numpy(), train.labels.numpy(), test_x.numpy(), 200, 0.1)
+    assert whole["accuracy"] == pytest.approx(float(np.mean(np.asarray(predicted) == test.labels.numpy())), abs=1e-9)
 
 
 def test_embed_folders_keep_their_own_names_and_a_loose_checkpoint_its_own_folder(digits_run, tmp_path, here):
