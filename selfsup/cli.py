@@ -828,18 +828,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line read as the commands take it (``main`` without running anything)."""
     command_parser = parser()
-    args, extra = command_parser.parse_known_args(argv)
+    # `--resume` takes an optional value (yes, auto): a bare `--resume` followed by an override or a
+    # checkpoint would hand that word to it, so a bare one means yes before anything else is read.
+    words = ["--resume=yes" if word == "--resume" and (i + 1 == len(argv) or argv[i + 1] not in ("yes", "auto"))
+             else word for i, word in enumerate(argv)]
+    args, extra = command_parser.parse_known_args(words)
     # `selfsup pretrain RECIPE --resume train.epochs=20`: overrides may come after the options too.
     if args.command == "pretrain" and all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra
     elif extra:
         command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.command_line = shlex.join(["selfsup", *(sys.argv[1:] if argv is None else argv)])
+    args.command_line = shlex.join(["selfsup", *argv])
     if args.command == "pretrain" and args.recipe and "=" in args.recipe:
         args.overrides.insert(0, args.recipe)  # `selfsup pretrain key=value ...` without a recipe
         args.recipe = None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except USAGE_ERRORS as error:

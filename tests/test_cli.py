@@ -352,3 +352,17 @@ def test_report_table_out_keeps_the_earlier_file_when_writing_fails(tmp_path, he
     with pytest.raises(UnicodeEncodeError):
         here("report", str(tmp_path), "--table", "--out", str(out))
     assert out.read_text() == "the earlier table\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+@pytest.mark.parametrize(("words", "recipe", "overrides", "resume"), [
+    (["r.yaml", "--resume", "train.epochs=20"], "r.yaml", ["train.epochs=20"], "yes"),  # the README's "extend a run"
+    (["--resume", "runs/x/last.ckpt", "train.epochs=3"], "runs/x/last.ckpt", ["train.epochs=3"], "yes"),
+    (["r.yaml", "a=1", "--resume", "auto", "b=2"], "r.yaml", ["a=1", "b=2"], "auto"),
+    (["r.yaml", "--resume"], "r.yaml", [], "yes"),
+    (["r.yaml", "a=1"], "r.yaml", ["a=1"], None),
+])
+def test_resume_never_takes_the_override_or_checkpoint_after_it_as_its_value(words, recipe, overrides, resume):
+    from selfsup.cli import parse_args
+
+    args = parse_args(["pretrain", *words])
+    assert (args.recipe, args.overrides, args.resume) == (recipe, overrides, resume)
