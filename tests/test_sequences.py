@@ -183,3 +183,11 @@ def test_pretrain_cpc_on_a_wav_folder_and_resume_exactly(tmp_path, speech, monke
     assert main(["evaluate", "linear", str(tmp_path / "a" / "checkpoints" / "last.ckpt")]) == 0
     again = json.loads((tmp_path / "a" / "evaluations" / "linear.json").read_text())["accuracy"]
     assert again == pytest.approx(results["linear_accuracy"]) and straight is not None
+
+
+def test_a_root_under_the_home_folder_may_be_written_with_a_tilde(tmp_path, monkeypatch):
+    # A shell leaves `data.root=~/speech` as it is: the folder is the home folder's, not one named "~".
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_wav(tmp_path / "speech" / "a" / "one.wav", tone(440.0, 1.0, 8000), 8000)
+    source = WavFolder("~/speech", sample_rate=8000, window=4000, batch_size=1)
+    assert source.root == tmp_path / "speech" and len(source) == 2

@@ -187,3 +187,13 @@ def test_a_streamed_video_run_trains_exactly_as_the_in_memory_run(videos, tmp_pa
     b = torch.load(tmp_path / "stream" / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["step"] == b["step"] == 8  # 12 videos x 2 clips, batch 6: 4 steps an epoch
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_video_root_under_the_home_folder_may_be_written_with_a_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for v in range(5):
+        (tmp_path / "clips" / f"v{v}").mkdir(parents=True)
+        for t in range(2):
+            Image.fromarray(np.full((8, 8, 3), 10 * v + t, np.uint8)).save(tmp_path / "clips" / f"v{v}" / f"{t}.png")
+    assert load_video_split("~/clips", "train", size=8).names == ["v0", "v1", "v2", "v3"]
+    assert streamed_video_split("~/clips", "test", size=8).reader.clip(0, [1])[0, 0, 0, 0] == 41

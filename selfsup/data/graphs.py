@@ -149,7 +149,7 @@ def row_normalise(x: Tensor) -> Tensor:
 def planetoid(root: str | Path, name: str = "cora", normalise_features: bool = True) -> Graph:
     """Cora / CiteSeer / PubMed from the Planetoid files in ``root`` (public split), read safely;
     the features row-normalised as the official DGI does (``normalise_features``)."""
-    root, prefix = Path(root), name.lower()
+    root, prefix = Path(root).expanduser(), name.lower()
     if prefix not in ("cora", "citeseer", "pubmed"):
         raise DataError(f"planetoid name must be cora, citeseer or pubmed, got {name!r}")
     arrays = {}

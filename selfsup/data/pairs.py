@@ -74,10 +74,10 @@ def _read(path: Path, size: int, channels: int) -> tuple[np.ndarray, tuple[float
 def read_pairs(file: str | Path, *, root: str | Path | None = None, size: int = 64,
                channels: int = 3) -> ImagePairs:
     """The pairs of a correspondences file (format in the module docstring)."""
-    file = Path(file)
+    file = Path(file).expanduser()
     if not file.is_file():
         raise DataError(f"correspondences file {file} does not exist")
-    base = Path(root) if root is not None else file.parent
+    base = Path(root).expanduser() if root is not None else file.parent
     images_a, images_b, matches, skipped = [], [], [], {}
     # "\n" only: str.splitlines() also breaks at U+2028, U+0085 ..., which JSON strings may hold raw.
     for number, line in enumerate(file.read_text().split("\n"), start=1):

@@ -103,7 +103,7 @@ def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool =
     """The readable WAV files of ``split`` under ``root``, the label names, and the skipped files
     (``{path: reason}``, as every source's ``skipped``). Raises :class:`DataError` for a missing
     folder, no readable file, or (with ``resample=False``) a file at another rate than ``rate``."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"sequence folder {root} does not exist; data.root must be a folder of <label>/*.wav files")
     base = root / split if (root / "train").is_dir() and (root / "test").is_dir() else root
@@ -210,7 +210,7 @@ class WavFolder(EpochOrdered):
             raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
         if window < 1 or sample_rate < 1:
             raise ValueError(f"window and sample_rate must be positive, got {window}, {sample_rate}")
-        self.root, self.split, self.rate, self.window = Path(root), split, sample_rate, window
+        self.root, self.split, self.rate, self.window = Path(root).expanduser(), split, sample_rate, window
         self.batch_size, self.local_batch, self.seed = batch_size, batch_size // world_size, seed
         self.device = torch.device(device)
         self.files, self.classes, self.skipped = scan_wav_folder(root, split, sample_rate, resample=resample,

@@ -165,7 +165,7 @@ def _frame_files(folder: Path) -> list[Path]:
 
 def scan_videos(root: str | Path, split: str) -> list[tuple[str, Path, Path | None]]:
     """``(name, frames folder or video file, masks folder or None)`` of each video of ``split``."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"video folder {root} does not exist; data.root must be a folder of videos, of frame "
                         f"folders, or a DAVIS root (JPEGImages/480p/<sequence>/)")
@@ -331,7 +331,7 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
                      max_frames: int | None = None, progress: bool = False) -> VideoSet:
     """Decode every video of ``split`` under ``root`` (layouts in the module docstring) into a
     :class:`VideoSet`; at most ``max_frames`` frames per video."""
-    root = Path(root)
+    root = Path(root).expanduser()
     entries = scan_videos(root, split)
     named = _read_labels(root)
     captioned = _read_captions(root)

@@ -154,7 +154,7 @@ class StreamedVideoSet(StreamedDataset):
 def streamed_video_split(root: str | Path, split: str, *, size: int, channels: int = 3,
                          max_frames: int | None = None, workers: int = 2) -> StreamedVideoSet:
     """``split`` of the videos under ``root`` (the layouts of :mod:`selfsup.data.video`), counted, not decoded."""
-    root = Path(root)
+    root = Path(root).expanduser()
     named = _read_labels(root)
     captioned = _read_captions(root)
     classes = sorted(set(named.values())) or None
