@@ -12,6 +12,9 @@ done
 # The R3M study learns from the synthetic videos (with their captions).
 [ -f runs/data/synthetic_videos/captions.csv ] || $PY benchmarks/make_videos.py runs/data/synthetic_videos
 $PY -m selfsup sweep studies/r3m_language.yaml --page docs/studies/r3m_language.md
+$PY -m selfsup sweep studies/r3m_budget.yaml --page docs/studies/r3m_budget.md
+[ -f runs/data/synthetic_videos_2cam/captions.csv ] || $PY benchmarks/make_videos.py runs/data/synthetic_videos_2cam --views 2
+$PY -m selfsup sweep studies/tcn_multiview.yaml --page docs/studies/tcn_multiview.md
 [ -f runs/data/synthetic_videos_shared/labels.csv ] || $PY benchmarks/make_videos.py runs/data/synthetic_videos_shared --shared-colour
 $PY -m selfsup sweep studies/colorization_input.yaml --page docs/studies/colorization_input.md
 [ -f runs/data/synthetic_videos_task/tasks.csv ] || $PY benchmarks/make_videos.py runs/data/synthetic_videos_task --task

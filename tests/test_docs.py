@@ -2,6 +2,7 @@
 and its result pages equal what the commands they name generate from the committed run files."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,14 @@ def test_the_results_tables_are_the_ones_report_generates_from_the_run_files(run
 
 def test_the_study_list_is_the_one_sweep_generates_from_the_summaries():
     assert (ROOT / "docs" / "studies" / "list.md").read_text() == sweep.study_list(ROOT / "docs" / "studies")
+
+
+def test_run_all_regenerates_every_study_page():
+    # Each page under docs/studies/ is made by studies/run_all.sh, so every page can be remade by one command.
+    script = (ROOT / "studies" / "run_all.sh").read_text()
+    words = set(re.findall(r"\w+", script))
+    for page in sorted((ROOT / "docs" / "studies").glob("*.json")):
+        assert page.stem in words, f"studies/run_all.sh does not make docs/studies/{page.stem}.md"
 
 
 def test_every_relative_link_of_the_readme_and_docs_resolves():
