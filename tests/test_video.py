@@ -324,19 +324,24 @@ def test_time_contrastive_triplet_equals_a_double_loop(across):
 def test_r3m_loss_equals_the_official_formula_written_out():
     torch.manual_seed(1)
     s0, s1, s2 = (torch.randn(5, 3, dtype=torch.float64) for _ in range(3))
-    shuffles = torch.stack([torch.randperm(5) for _ in range(3)])
+    shuffles = torch.stack([torch.randperm(5) for _ in range(6)]).view(3, 2, 5)  # [k, 0] for s0, [k, 1] for s2
+    assert not torch.equal(shuffles[:, 0], shuffles[:, 1])
     eps = 1e-8
     terms = []
     for n in range(5):
         def sim(a, b):
             return -math.sqrt(float(((a - b) ** 2).sum()))
-        neg2 = sum(math.exp(sim(s2[n], s2[shuffles[k, n]])) for k in range(3))
-        neg0 = sum(math.exp(sim(s0[n], s0[shuffles[k, n]])) for k in range(3))
+        neg2 = sum(math.exp(sim(s2[n], s2[shuffles[k, 1, n]])) for k in range(3))
+        neg0 = sum(math.exp(sim(s0[n], s0[shuffles[k, 0, n]])) for k in range(3))
         e12, e02, e01 = math.exp(sim(s2[n], s1[n])), math.exp(sim(s2[n], s0[n])), math.exp(sim(s1[n], s0[n]))
         l1 = -math.log(eps + e12 / (eps + e02 + e12 + neg2))
         l2 = -math.log(eps + e01 / (eps + e01 + e02 + neg0))
         terms.append((l1 + l2) / 2)
     assert float(losses.r3m_time_contrastive(s0, s1, s2, shuffles)) == pytest.approx(sum(terms) / 5, rel=1e-9)
+    # (K, N): one permutation for both anchors.
+    shared = torch.stack([shuffles[:, 0]] * 2, 1)
+    assert float(losses.r3m_time_contrastive(s0, s1, s2, shuffles[:, 0])) == float(
+        losses.r3m_time_contrastive(s0, s1, s2, shared))
 
 
 def test_r3m_language_reward_equals_the_official_formula_written_out():
@@ -407,6 +412,48 @@ def test_r3m_samples_frames_as_the_official_loader():
     assert set(s1.tolist()) == set(range(2, length))
     assert bool((s0 < s1).all() & (s0 >= 1).all() & (s2 >= s1).all() & (s2 <= length).all())
     assert {(int(a), int(b)) for a, b in zip(s0, s1)} == {(a, b) for b in range(2, length) for a in range(1, b)}
+
+
+def test_r3m_training_step_is_the_official_weighted_sum_of_its_terms():
+    """trainer.py with non-default weights: tcnweight * the time-contrastive term of (es0, es1, es2) = alle[:, 2:5]
+    + l1weight * mean ||e||_1 + l2weight * mean ||e||_2 over all five frames' embeddings, by hand from the
+    backbone's embeddings with the method's shuffles replayed: per negative, one permutation for the s0
+    anchor then one for the s2 anchor (es0_shuf, es2_shuf), drawn independently as the official draws them,
+    so that swapping s0 and s2 changes the loss."""
+    from selfsup.methods.base import Progress
+
+    torch.manual_seed(0)
+    method = R3M(build_backbone("convnet", in_channels=3, image_size=16, width=4), crop_scale=None,
+                 tcn_weight=0.7, l1_weight=0.05, l2_weight=0.3)
+    clips = torch.randint(0, 256, (4, 5, 3, 16, 16), dtype=torch.uint8)
+    torch.manual_seed(3)
+    out = method.training_step(Batch([clips], torch.arange(4)), Progress(0, 10, 5))
+    torch.manual_seed(3)
+    shuffles = [(torch.randperm(4).tolist(), torch.randperm(4).tolist()) for _ in range(3)]  # (for s0, for s2)
+    with torch.no_grad():
+        e = method.backbone(clips.flatten(0, 1).float() / 255).double()  # (20, D): the five frames of each clip
+    rows = [[float(v) for v in row] for row in e]
+    l1 = sum(sum(abs(v) for v in row) for row in rows) / 20
+    l2 = sum(math.sqrt(sum(v * v for v in row)) for row in rows) / 20
+
+    def sim(a, b):
+        return -math.sqrt(sum((x - y) ** 2 for x, y in zip(rows[a], rows[b])))
+
+    eps, terms = 1e-8, []
+    for n in range(4):
+        s0, s1, s2 = 5 * n + 2, 5 * n + 3, 5 * n + 4
+        neg2 = sum(math.exp(sim(s2, 5 * p2[n] + 4)) for _, p2 in shuffles)
+        neg0 = sum(math.exp(sim(s0, 5 * p0[n] + 2)) for p0, _ in shuffles)
+        e12, e02, e01 = math.exp(sim(s2, s1)), math.exp(sim(s2, s0)), math.exp(sim(s1, s0))
+        l_2 = -math.log(eps + e12 / (eps + e02 + e12 + neg2))  # anchor s2: s1 nearer than s0
+        l_0 = -math.log(eps + e01 / (eps + e01 + e02 + neg0))  # anchor s0: s1 nearer than s2
+        terms.append((l_2 + l_0) / 2)
+    tcn = sum(terms) / 4
+    assert sum(sum(v * v for v in row) for row in rows) / 20 > l2 + 1  # the squared norms would not pass
+    assert float(out["l1"]) == pytest.approx(l1, rel=1e-5)
+    assert float(out["l2"]) == pytest.approx(l2, rel=1e-5)
+    assert float(out["tcn"]) == pytest.approx(tcn, rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(0.7 * tcn + 0.05 * l1 + 0.3 * l2, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- DAVIS metrics
@@ -487,6 +534,26 @@ def test_propagation_with_ideal_features_recovers_the_masks_and_copies_a_still_v
     assert torch.equal(still, masks[0].expand(4, -1, -1))
 
 
+def test_propagation_looks_for_context_matches_within_the_radius_and_weighs_the_topk_by_softmax_over_temperature():
+    """A 1x3 grid, radius 2: cell 0 sees cells 0 and 1 of the context frames (frame 0 is searched whole).
+    Frame 1 is frame 0 with a shared component e4 (each cell's best match is itself, so it carries frame 0's
+    labels); frame 2's cell 0 is frame 1's cell 2 (cosine 1, outside the radius), 4/5 to its cell 1 and 2/sqrt(10)
+    to its cell 0 (inside), 1/sqrt(5) at most to frame 0."""
+    e = torch.eye(4)
+    frame0 = e[:3]  # cells 0, 1, 2: e1, e2, e3
+    frame1 = torch.stack([e[0] + e[3], e[1] + 2 * e[3], e[2] + 2 * e[3]])
+    frame2 = torch.stack([e[2] + 2 * e[3], e[1] + 2 * e[3], e[2] + 2 * e[3]])
+    features = torch.stack([frame0, frame1, frame2]).permute(0, 2, 1)[:, :, None]  # (3, 4, 1, 3)
+    first = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])[:, None]  # (K=2, 1, 3): cell 1 is object 1
+    nearest = video.propagate_labels(features, first, topk=1, radius=2, temperature=0.1)
+    assert torch.equal(nearest[1], first)
+    assert nearest[2, :, 0, 0].tolist() == [0.0, 1.0]  # frame 1's cell 1, not the perfect match beyond the radius
+    soft = video.propagate_labels(features, first, topk=2, radius=2, temperature=0.1)
+    assert torch.equal(soft[1], first)
+    weights = torch.tensor([4 / 5, 2 / math.sqrt(10)], dtype=torch.float64).div(0.1).softmax(0)  # cell 1, cell 0
+    assert soft[2, :, 0, 0].tolist() == pytest.approx([float(weights[1]), float(weights[0])], abs=1e-6)
+
+
 def _kendall_tau_b(x, y):
     """Kendall's tau-b by its definition: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))."""
     n = len(x)
@@ -529,6 +596,16 @@ def test_temporal_measures_reward_features_that_follow_time():
     assert video.same_video_retrieval(features, vid, time) == (1.0, 1.0)
     shuffled = features[torch.randperm(20, generator=torch.Generator().manual_seed(0))]
     assert video.temporal_order_tau(shuffled, vid, time) < 0.5
+
+
+def test_same_video_retrieval_averages_the_time_gap_over_the_frames_whose_neighbour_is_of_their_video():
+    # Angles 0, 0.2, 0.5 (frame 2 three times as long: cosine): frames 0 and 1 are each other's nearest (same video,
+    # gap 2); frame 2, alone in its video, finds frame 1 (gap 5), which counts against the share but not in the gap.
+    angle = torch.tensor([0.0, 0.2, 0.5])
+    features = torch.stack([angle.cos(), angle.sin()], 1) * torch.tensor([[1.0], [1.0], [3.0]])
+    share, gap = video.same_video_retrieval(features, torch.tensor([0, 0, 1]), torch.tensor([0, 2, 7]))
+    assert share == pytest.approx(2 / 3)
+    assert gap == 2.0
 
 
 def test_cross_view_alignment_matches_each_frame_to_the_other_views_nearest_and_scores_the_matched_order():

@@ -108,11 +108,12 @@ def r3m_time_contrastive(s0: Tensor, s1: Tensor, s2: Tensor, shuffles: Tensor, e
 
     Nair et al., "R3M: A Universal Visual Representation for Robot Manipulation", CoRL 2022;
     official ``facebookresearch/r3m`` ``r3m/trainer.py``. For frames ``s0 < s1 <= s2`` of each video
-    (embeddings unnormalised), with ``sim(a, b) = -||a - b||₂`` and ``K`` shuffles ``π_k`` of the batch
-    (the official draws 3 and does not exclude the frame itself)::
+    (embeddings unnormalised), with ``sim(a, b) = -||a - b||₂`` and ``K`` pairs of shuffles ``(π_k, ρ_k)``
+    of the batch (the official draws 3 pairs, each ``ρ_k`` for the s0 anchor then ``π_k`` for the s2
+    anchor, independently, and does not exclude the frame itself)::
 
         L1 = -log(eps + e^{sim(s2,s1)} / (eps + e^{sim(s2,s0)} + e^{sim(s2,s1)} + Σ_k e^{sim(s2, s2[π_k])}))
-        L2 = -log(eps + e^{sim(s0,s1)} / (eps + e^{sim(s0,s1)} + e^{sim(s0,s2)} + Σ_k e^{sim(s0, s0[π_k])}))
+        L2 = -log(eps + e^{sim(s0,s1)} / (eps + e^{sim(s0,s1)} + e^{sim(s0,s2)} + Σ_k e^{sim(s0, s0[ρ_k])}))
         L  = mean over videos of (L1 + L2) / 2
 
     The frame nearer in time is the positive; the farther frame of the same video and the same
@@ -120,27 +121,31 @@ def r3m_time_contrastive(s0: Tensor, s1: Tensor, s2: Tensor, shuffles: Tensor, e
 
     Args:
         s0, s1, s2: ``(N, D)`` embeddings of the three ordered frames.
-        shuffles: ``(K, N)`` int64 permutations of the batch (the other videos' frames).
+        shuffles: ``(K, 2, N)`` int64 permutations of the batch (the other videos' frames): ``[k, 0]``
+            is ``ρ_k`` (the s0 anchor's negatives), ``[k, 1]`` is ``π_k`` (the s2 anchor's), as the
+            official draws them. ``(K, N)``: one permutation per negative for both anchors.
         eps: the official's 1e-8 inside and outside the ratio.
 
     Examples:
         >>> s = [torch.randn(4, 8) for _ in range(3)]
-        >>> r3m_time_contrastive(*s, torch.stack([torch.randperm(4) for _ in range(3)])).shape
+        >>> r3m_time_contrastive(*s, torch.stack([torch.randperm(4) for _ in range(6)]).view(3, 2, 4)).shape
         torch.Size([])
     """
     s0, s1, s2 = _embeddings("s0", s0), _embeddings("s1", s1), _embeddings("s2", s2)
     _same_shape("s0", s0, "s1", s1)
     _same_shape("s0", s0, "s2", s2)
-    if shuffles.ndim != 2 or shuffles.shape[1] != len(s0) or shuffles.dtype != torch.int64:
-        raise ValueError(f"shuffles must be int64 (K, N={len(s0)}) permutations, got {shuffles.dtype} "
-                         f"{tuple(shuffles.shape)}")
+    if (shuffles.ndim not in (2, 3) or shuffles.shape[-1] != len(s0) or shuffles.dtype != torch.int64
+            or (shuffles.ndim == 3 and shuffles.shape[1] != 2)):
+        raise ValueError(f"shuffles must be int64 (K, 2, N={len(s0)}) or (K, N={len(s0)}) permutations, got "
+                         f"{shuffles.dtype} {tuple(shuffles.shape)}")
+    rho, pi = (shuffles[:, 0], shuffles[:, 1]) if shuffles.ndim == 3 else (shuffles, shuffles)
 
     def sim(a: Tensor, b: Tensor) -> Tensor:
         return -torch.linalg.vector_norm(a - b, dim=-1)
 
     s02, s12, s01 = sim(s2, s0).exp(), sim(s2, s1).exp(), sim(s1, s0).exp()
-    neg2 = sim(s2[None], s2[shuffles]).exp().sum(0)
-    neg0 = sim(s0[None], s0[shuffles]).exp().sum(0)
+    neg2 = sim(s2[None], s2[pi]).exp().sum(0)
+    neg0 = sim(s0[None], s0[rho]).exp().sum(0)
     l1 = -torch.log(eps + s12 / (eps + s02 + s12 + neg2))
     l2 = -torch.log(eps + s01 / (eps + s01 + s02 + neg0))
     return ((l1 + l2) / 2).mean()

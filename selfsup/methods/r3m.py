@@ -24,7 +24,7 @@ class R3M(VideoMethodBase):
 
         start, end, s0 < s1 <= s2  ~ sampled as the official loader   # 5 frames per video
         e = f(crop(x))                                                 # one crop for the 5 frames
-        tcn = r3m_time_contrastive(e_s0, e_s1, e_s2, 3 shuffles)       # InfoNCE, sim = -||a - b||
+        tcn = r3m_time_contrastive(e_s0, e_s1, e_s2, 3 x 2 shuffles)   # InfoNCE, sim = -||a - b||
         lang = r3m_language_reward(G(e_start, e_later), G(e_start, e_earlier), G(other videos))  # captioned
         loss = tcn_weight * tcn + language_weight * lang + l1_weight * mean ||e||_1 + l2_weight * mean ||e||_2
 
@@ -126,8 +126,10 @@ class R3M(VideoMethodBase):
                  else augment.clip_to_float(clips))
         embeddings = self.backbone(views.flatten(0, 1)).float().view(clips.shape[0], 5, -1)
         _, _, s0, s1, s2 = embeddings.unbind(1)
-        shuffles = torch.stack([torch.randperm(len(s0), device=s0.device) for _ in range(self.shuffles)]) \
-            if self.shuffles else torch.empty(0, len(s0), dtype=torch.int64, device=s0.device)
+        # Per negative, one permutation for the s0 anchor then one for the s2 anchor, as the official draws them.
+        draws = [torch.randperm(len(s0), device=s0.device) for _ in range(2 * self.shuffles)]
+        shuffles = (torch.stack(draws) if draws else torch.empty(0, len(s0), dtype=torch.int64, device=s0.device)
+                    ).view(self.shuffles, 2, len(s0))
         tcn = losses.r3m_time_contrastive(s0, s1, s2, shuffles)
         l1 = embeddings.abs().sum(-1).mean()
         l2 = embeddings.norm(dim=-1).mean()
