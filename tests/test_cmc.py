@@ -65,10 +65,12 @@ def test_batch_objective_matches_double_loop(objective):
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_bank_objective_matches_loop_and_banks_move():
+# m = 0.8 as well as the paper's 0.5, where m and 1 - m coincide: the old row keeps weight m.
+@pytest.mark.parametrize("bank_momentum", [0.5, 0.8])
+def test_bank_objective_matches_loop_and_banks_move(bank_momentum):
     torch.manual_seed(0)
     method = CMC(_backbone(), num_samples=12, views="lab", negatives="bank", proj_dim=8, temperature=0.1,
-                 num_negatives=6, bank_momentum=0.5)
+                 num_negatives=6, bank_momentum=bank_momentum)
     images, index = torch.rand(4, 3, 16, 16), torch.tensor([7, 0, 3, 11])
     before = [bank.features.clone().double().numpy() for bank in method.banks]
     loss = method.training_step(Batch([images], index), Progress(3, 10, 5))["loss"]
@@ -80,7 +82,8 @@ def test_bank_objective_matches_loop_and_banks_move():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     method.on_step_end(Progress(3, 10, 5))
     for view, bank in enumerate(method.banks):
-        moved = 0.5 * before[view][index.numpy()] + 0.5 * z[view]
+        # the official NCEAverage: memory * m + feature * (1 - m), renormalised
+        moved = bank_momentum * before[view][index.numpy()] + (1 - bank_momentum) * z[view]
         moved /= np.linalg.norm(moved, axis=1, keepdims=True)
         assert np.allclose(bank.features[index].numpy(), moved, atol=1e-6)
         untouched = np.setdiff1d(np.arange(12), index.numpy())

@@ -142,6 +142,55 @@ def test_densecl_matches_each_query_position_to_the_most_similar_key_position_an
         assert any(torch.allclose(stored[i:i + 3], keys, atol=1e-6) for i in range(len(stored) - 2))
 
 
+def test_densecl_key_encoder_and_both_queues_over_several_steps_match_hand_computation():
+    """Three SGD steps, batch 2, queues of 5: the official ``_momentum_update_key_encoder``
+    (θ_k ← m θ_k + (1 − m) θ_q over backbone, global and dense heads) and both FIFOs by hand."""
+    torch.manual_seed(0)
+    method = DenseCL(build_backbone("convnet", in_channels=1, image_size=16, width=4), proj_dim=4, queue_size=5,
+                     momentum=0.9, warmup_steps=0, shuffle_bn=False).train()
+    trained = [p for p in method.parameters() if p.requires_grad]
+
+    def online() -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{name}": p.detach().clone().double()
+                for prefix, module in (("backbone", method.backbone), ("neck", method.neck))
+                for name, p in module.named_parameters()}
+
+    key_weights = online()
+    first = dict(key_weights)
+    expected_queue, expected_queue2 = method.queue.keys.clone(), method.queue2.keys.clone()
+    slot = 0
+    for step in range(3):
+        generator = torch.Generator().manual_seed(10 + step)
+        x_q, x_k = (torch.rand(2, 1, 16, 16, generator=generator) for _ in range(2))
+        with torch.no_grad():  # the keys of this step, made by the key encoder as it stands
+            key = method.key_encoder
+            fmap = key.backbone.net[:-2]((x_k - key.backbone.mean) / key.backbone.std)  # (2, C, S, S)
+            k = F.normalize(key.neck.mlp(fmap.mean(dim=(2, 3))), dim=1)                 # global
+            k2 = F.normalize(key.neck.mlp2(fmap).mean(dim=(2, 3)), dim=1)               # pooled dense
+        loss = method.training_step(Batch([x_q, x_k], index=torch.arange(2)), Progress(step, 3, 3))["loss"]
+        loss.backward()
+        with torch.no_grad():  # plain SGD, lr 0.5 (torch.optim's first use imports dynamo: seconds)
+            for p in trained:
+                p -= 0.5 * p.grad
+                p.grad = None
+        method.on_step_end(Progress(step, 3, 3))
+        key_weights = {name: 0.9 * key_weights[name] + 0.1 * w for name, w in online().items()}
+        stored = {name: p.double() for name, p in method.key_encoder.named_parameters()}
+        assert stored.keys() == key_weights.keys()
+        for name, w in key_weights.items():
+            assert torch.allclose(stored[name], w, atol=1e-6), (step, name)
+        for g, g2 in zip(k, k2):
+            expected_queue[slot % 5], expected_queue2[slot % 5] = g, g2
+            slot += 1
+        assert torch.allclose(method.queue.keys, expected_queue, atol=1e-6), step
+        assert torch.allclose(method.queue2.keys, expected_queue2, atol=1e-6), step
+    assert int(method.queue.ptr) == int(method.queue2.ptr) == 6 % 5
+    # Every part trained (λ > 0 from step 0), so the key encoder's agreement above is not trivial.
+    for name in ("backbone.net.0.weight", "neck.mlp.0.weight", "neck.mlp2.0.weight"):
+        assert not torch.allclose(key_weights[name], first[name], atol=1e-4), name
+    assert all(p.grad is None for p in method.key_encoder.parameters())
+
+
 def test_densecl_matches_are_those_of_float32_under_bf16_autocast(monkeypatch):
     # Two key positions whose backbone features score 0.99875 and 0.99920 against the query's: in
     # float32 the second wins; rounded to bf16 both are 1.0, and the tie would go to the first.

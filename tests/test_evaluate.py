@@ -188,6 +188,30 @@ def test_probe_matches_sklearn_logistic_regression(C):
     assert result.predict(test_x).tolist() == reference.predict(scaler.transform(test_x)).tolist()
 
 
+def test_probe_chooses_on_the_held_out_rows_then_refits_on_all_rows_as_sklearn():
+    # The protocol by hand with sklearn: each lambda fitted on the 90% of the rows outside the stratified
+    # validation draw (C = 1 / (lambda * 108)), the best validation accuracy chosen, then refitted on all
+    # 120 rows (C = 1 / (lambda * 120)).
+    rng = np.random.default_rng(2)
+    means = rng.normal(size=(3, 6)) * 0.8
+    train_x, train_y = blobs(rng, means, 120, 1.0)
+    test_x, test_y = blobs(rng, means, 50, 1.0)
+    x = StandardScaler().fit_transform(train_x)
+    val = np.zeros(len(x), dtype=bool)
+    val[stratified_sample(train_y, 12, np.random.default_rng(0))] = True
+    split = {lam: LogisticRegression(C=1 / (lam * (~val).sum()), max_iter=10_000, tol=1e-10)
+             .fit(x[~val], train_y[~val]) for lam in (1e-3, 1.0)}
+    val_accuracies = {lam: split[lam].score(x[val], train_y[val]) for lam in split}
+    assert val_accuracies == {1e-3: 10 / 12, 1.0: 7 / 12}  # no tie: the choice is the weak lambda
+    refit = LogisticRegression(C=1 / (1e-3 * len(x)), max_iter=10_000, tol=1e-10).fit(x, train_y)
+    result = linear_probe(torch.tensor(train_x, dtype=torch.float32), torch.tensor(train_y),
+                          torch.tensor(test_x, dtype=torch.float32), torch.tensor(test_y), weight_decays=(1e-3, 1.0))
+    assert result.weight_decay == 1e-3
+    assert result.val_accuracies == pytest.approx(val_accuracies)
+    np.testing.assert_allclose(result.weight.numpy(), refit.coef_, atol=2e-3)
+    assert np.abs(split[1e-3].coef_ - refit.coef_).max() > 0.1  # the 90% fit alone would be far off
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_probe_validation_prefers_strong_regularisation_on_noisy_tiny_set(seed):
     # 200 rows, 150 dimensions, a weak signal spread over every dimension and 30% flipped

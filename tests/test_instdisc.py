@@ -18,11 +18,11 @@ def at(step: int) -> Progress:
     return Progress(step, 100, 10)
 
 
-def make(num_samples: int = 10, num_noise: int = 5, temperature: float = 0.5) -> InstDisc:
+def make(num_samples: int = 10, num_noise: int = 5, temperature: float = 0.5, bank_momentum: float = 0.5) -> InstDisc:
     torch.manual_seed(0)
     backbone = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(12, 6)), 6, in_channels=1, mean=[0.0], std=[1.0])
     return InstDisc(backbone, num_samples=num_samples, proj_dim=4, num_noise=num_noise,
-                    temperature=temperature).train()
+                    temperature=temperature, bank_momentum=bank_momentum).train()
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -42,8 +42,10 @@ def test_instdisc_is_registered_and_follows_the_protocol():
             InstDisc(make().backbone, num_samples=10, **bad)
 
 
-def test_first_step_by_hand_loss_normaliser_and_bank_update():
-    method = make(num_samples=10, num_noise=5, temperature=0.5)
+# m = 0.8 as well as the paper's 0.5, where m and 1 - m coincide: the old row keeps weight m.
+@pytest.mark.parametrize("bank_momentum", [0.5, 0.8])
+def test_first_step_by_hand_loss_normaliser_and_bank_update(bank_momentum):
+    method = make(num_samples=10, num_noise=5, temperature=0.5, bank_momentum=bank_momentum)
     x, index = images(3, 1), torch.tensor([7, 2, 4])
     bank_before = method.bank.features.clone().double().numpy()
     noise = method.noise(0, 3, torch.device("cpu")).numpy()
@@ -63,8 +65,8 @@ def test_first_step_by_hand_loss_normaliser_and_bank_update():
 
     method.on_step_end(at(0))
     bank = method.bank.features.double().numpy()
-    for i, row in enumerate(index.tolist()):
-        moved = 0.5 * bank_before[row] + 0.5 * f[i]
+    for i, row in enumerate(index.tolist()):  # lemniscate's NCEAverage: memory * m + x * (1 - m), renormalised
+        moved = bank_momentum * bank_before[row] + (1 - bank_momentum) * f[i]
         np.testing.assert_allclose(bank[row], moved / np.linalg.norm(moved), atol=1e-6)
     untouched = [r for r in range(10) if r not in index.tolist()]
     np.testing.assert_array_equal(bank[untouched], bank_before[untouched])
