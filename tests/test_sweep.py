@@ -127,6 +127,31 @@ def test_the_verdict_says_reproduces_partly_or_not_by_the_intervals(tmp_path):
         "reproduces"
 
 
+def test_lower_is_better_separates_intervals_on_the_negated_values(tmp_path):
+    """Fewer spikes: 0.5 +- 0.1 against 10 +- 0.1, negated -0.6 at worst against -9.9 at best, are
+    separated; the same means swapped are the wrong way round."""
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["loss_spikes"],
+                                         verdict={"better": "k=a", "than": ["k=b"], "lower": True}))
+
+    def spikes(a, b):
+        return {"points": {name: {"loss_spikes": {"mean": mean, "ci95": 0.1, "std": 0.1, "n": 3, "floor": None}}
+                           for name, mean in (("k=a", a), ("k=b", b))}, "missing": []}
+
+    assert sweep.verdict(study, spikes(0.5, 10.0))[0] == "reproduces"
+    word, sentence = sweep.verdict(study, spikes(10.0, 0.5))
+    assert word == "does not reproduce" and "k=a is not below k=b" in sentence
+
+
+def test_several_claims_of_which_one_holds_partly_reproduce(tmp_path):
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["knn"], verdict={}))
+    study.verdict = [{"claim": "holds", "better": "k=a", "than": ["k=b"]},
+                     {"claim": "reversed", "better": "k=b", "than": ["k=a"]}]
+    summary = _summary(**{"k=a": (0.9, 0.01), "k=b": (0.7, 0.01)})
+    assert [word for _, word, _ in sweep.verdicts(study, summary)] == ["reproduces", "does not reproduce"]
+    assert sweep.verdict(study, summary) == ("partly reproduces",
+                                             "1 of 2 claims reproduce with separated intervals; each is below.")
+
+
 @pytest.mark.slow
 def test_a_sweep_runs_summarises_and_writes_its_page(tmp_path, capsys):
     study_path = write_study(tmp_path)
@@ -251,6 +276,14 @@ def test_video_measures_are_read_with_their_floors():
     assert sweep._scores(results, "j_and_f_copy") == (0.2, None)
     assert sweep._scores({"evaluations": {}}, "tau") == (None, None)
 
+
+def test_a_fine_tuning_score_is_read_with_its_scratch_run_as_the_floor():
+    row = {"mean": 0.8, "std": 0.02, "scratch_mean": 0.7, "scratch_std": 0.01, "seeds": [0]}
+    results = {"evaluations": {"finetune": {"fractions": {"0.01": {**row, "mean": 0.6, "scratch_mean": 0.5},
+                                                          "0.1": row}}}}
+    assert sweep._scores(results, "finetune_0.1") == (0.8, 0.7)
+    assert sweep._scores(results, "finetune_0.01") == (0.6, 0.5)
+    assert sweep._scores(results, "finetune_0.5") == (None, None)
 
 def test_correspondence_is_read_with_its_floor_and_raw_patches_without():
     results = {"evaluations": {"correspondence": {"pck@1": 0.07, "pck@3": 0.50, "pck@5": 0.83,
