@@ -660,29 +660,38 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
         lines += [f"- {claim or 'Claim'}: **{each}.** {text}" for claim, each, text in verdicts(study, summary)]
         lines.append("")
     common = " ".join(f"`{o}`" for o in study.overrides) or "none"
-    recipe = f"Recipe `{study.recipe}`" if study.recipe else "No recipe (the defaults)"
+    own_recipes = any(p.recipe for p in study.points)
+    recipe = ("Each point's recipe in its row" if own_recipes and all(p.recipe for p in study.points)
+              else f"Recipe `{study.recipe}`" + (" unless a row names its own" if own_recipes else "")
+              if study.recipe else "No recipe (the defaults)" + (" unless a row names one" if own_recipes else ""))
     own = [p for p in study.points if not study.uniform_seeds and study.seeds_of(p) != study.seeds]
     shape = (f"{len(study.points)} points x {len(study.seeds)} seeds ({', '.join(map(str, study.seeds))})"
              + "".join(f"; {p.name}: {len(study.seeds_of(p))} seeds ({', '.join(map(str, study.seeds_of(p)))})"
                        for p in own))
     lines += [f"{recipe}, overrides {common}; {shape}. Each cell: mean ± sample std [95% interval of the mean], "
-              f"accuracies in percent; *floor*: the same evaluation of the same encoder at random initialisation (for "
-              f"fine-tuning: the same network trained from scratch on the same labels).", ""]
-    head = ["point", "overrides"] + [f"{m}" for m in study.metrics] + [f"{m} floor" for m in study.metrics[:1]]
-    lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + " |"]
+              f"accuracies in percent; *floor*, after each cell that has one: the mean over the same seeds of the same "
+              f"evaluation of the same encoder at random initialisation (for fine-tuning: the same network trained "
+              f"from scratch on the same labels).", ""]
+    head = ["point"] + (["recipe"] if own_recipes else []) + ["overrides"] + [f"{m}" for m in study.metrics]
+    fixed = 3 if own_recipes else 2
+    lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * fixed + ["---:"] * (len(head) - fixed)) + " |"]
     for point in study.points:
-        cells = [point.name.replace("|", "\\|"), " ".join(f"`{o}`" for o in point.overrides) or "–"]
+        cells = [point.name.replace("|", "\\|")]
+        if own_recipes:
+            cells.append(f"`{point.recipe or study.recipe}`" if point.recipe or study.recipe else "–")
+        cells.append(" ".join(f"`{o}`" for o in point.overrides) or "–")
         for metric in study.metrics:
             s = summary["points"][point.name][metric]
             if s["mean"] is None:
-                cells.append("–")
+                cell = "–"
             elif s["std"] is None:
-                cells.append(f"{_shown(metric, s['mean'])} (n=1)")
+                cell = f"{_shown(metric, s['mean'])} (n=1)"
             else:
-                cells.append(f"{_shown(metric, s['mean'])} ± {_shown(metric, s['std'])} "
-                             f"[{_shown(metric, s['mean'] - s['ci95'])}, {_shown(metric, s['mean'] + s['ci95'])}]")
-        first = study.metrics[0]
-        cells.append(_shown(first, summary["points"][point.name][first]["floor"]))
+                cell = (f"{_shown(metric, s['mean'])} ± {_shown(metric, s['std'])} "
+                        f"[{_shown(metric, s['mean'] - s['ci95'])}, {_shown(metric, s['mean'] + s['ci95'])}]")
+            if s.get("floor") is not None:
+                cell += f"; *floor* {_shown(metric, s['floor'])}"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if summary["missing"]:

@@ -214,6 +214,8 @@ def test_a_study_with_several_claims_points_with_their_own_recipes_and_shared_ru
     assert (word, sentence) == ("reproduces", "2 of 2 claims reproduce with separated intervals; each is below.")
     page = sweep.page(a, summary, [], tmp_path / "page.md")
     assert "- kNN: **reproduces.**" in page and "- linear: **reproduces.**" in page
+    assert "Each point's recipe in its row," in page
+    assert f"| simclr | `{root}/recipes/simclr_fashion_mnist.yaml` | – |" in page
     assert sweep.summarise(b)["verdict"] == "no verdict" and b.folder != a.folder
 
 
@@ -233,6 +235,10 @@ def test_verdicts_against_the_floor_and_between_two_metrics_of_one_point(tmp_pat
     assert learns == "reproduces"
     # z: mean 0.8333, std 0.0306: its interval reaches 0.8333 + 4.303 * 0.0306 / sqrt(3) = 0.909 > h's low 0.875.
     assert beats == "partly reproduces" and "a linear 90.00% vs a linear_projection 83.33%" in text
+    # Every cell with a floor shows it (linear's 85.00%), the others none; no recipe named, none assumed.
+    page = sweep.page(study, summary, [], tmp_path / "page.md")
+    assert "| a | `x=1` | 90.00 ± 1.00 [87.52, 92.48]; *floor* 85.00 | 83.33 ± 3.06 [75.74, 90.92] |" in page
+    assert "No recipe (the defaults)," in page
     spec.write_text(spec.read_text().replace("beats: linear_projection", "beats: knn"))
     with pytest.raises(sweep.ConfigError, match="beats 'knn' is not among the metrics"):
         sweep.load_study(spec)
