@@ -112,6 +112,62 @@ def test_optimizer_types(name, cls):
     assert isinstance(build_optimizer(TwoHeads(), OptimConfig(name=name), lr=0.1), cls)
 
 
+def test_sgd_steps_with_momentum():
+    # torch's SGD with momentum mu: buffer_t = mu * buffer_{t-1} + g_t (buffer_1 = g_1), w_t = w_{t-1} - lr * buffer_t.
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    (g1, gb1), (g2, gb2) = (torch.randn(4, 3), torch.randn(4)), (torch.randn(4, 3), torch.randn(4))
+    opt = build_optimizer(model, OptimConfig(name=Optimizer.sgd, weight_decay=0.0, momentum=0.9), lr=0.1)
+    model.weight.grad, model.bias.grad = g1.clone(), gb1.clone()
+    opt.step()
+    model.weight.grad, model.bias.grad = g2.clone(), gb2.clone()
+    opt.step()
+    torch.testing.assert_close(model.weight.detach(), w0 - 0.1 * g1 - 0.1 * (0.9 * g1 + g2))
+    torch.testing.assert_close(model.bias.detach(), b0 - 0.1 * gb1 - 0.1 * (0.9 * gb1 + gb2))
+
+
+def test_adamw_steps_with_the_configured_betas_and_decoupled_weight_decay():
+    # Loshchilov & Hutter 2019, Algorithm 2: w <- w (1 - lr wd), then the Adam step with bias-corrected
+    # moments m_t = b1 m + (1 - b1) g, v_t = b2 v + (1 - b2) g^2, over sqrt(v_hat) + eps (eps = 1e-8).
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    w = model.weight.detach().clone().double()
+    grads = [torch.randn(4, 3), torch.randn(4, 3)]
+    lr, wd, (b1, b2) = 0.1, 0.05, (0.5, 0.8)  # betas far from torch's default (0.9, 0.999)
+    opt = build_optimizer(model, OptimConfig(name=Optimizer.adamw, weight_decay=wd, betas=[b1, b2]), lr=lr)
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        model.weight.grad, model.bias.grad = g.clone(), torch.zeros(4)
+        opt.step()
+        g = g.double()
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w * (1 - lr * wd) - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + 1e-8)
+    torch.testing.assert_close(model.weight.detach().double(), w, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("clip", [1.0, None], ids=["clipped", "unclipped"])
+def test_a_step_clips_the_gradient_to_grad_clip_and_logs_its_norm_before_clipping(tmp_path, monkeypatch, clip):
+    """A gradient of norm 5 (3 on one tensor, 4 on another): optim.grad_clip=1 scales it by 1/5 before the
+    SGD step, and train.log_grad_norm logs sqrt(3^2 + 4^2) = 5, the norm before clipping, either way."""
+    overrides = ["train.precision=32-true", "optim.warmup_epochs=0", "optim.weight_decay=0", "train.log_grad_norm=true"]
+    trainer = Trainer(tiny_config(tmp_path, *overrides, *([f"optim.grad_clip={clip}"] if clip else [])))
+    params = dict(trainer.method.named_parameters())
+    weight, bias = params["backbone.net.0.weight"], params["backbone.net.1.bias"]
+    torch.manual_seed(0)
+    g_weight, g_bias = torch.randn(weight.shape), torch.randn(bias.shape)
+    g_weight, g_bias = 3 * g_weight / g_weight.norm(), 4 * g_bias / g_bias.norm()
+    monkeypatch.setattr(trainer, "forward", lambda batch, progress: {
+        "loss": (g_weight * weight).sum() + (g_bias * bias).sum()})  # its gradient: g_weight, g_bias, no other
+    w0, b0 = weight.detach().clone(), bias.detach().clone()
+    outputs, lr = trainer.train_step(0)
+    assert lr == pytest.approx(0.3 * 64 / 256)  # optim.lr * batch / 256, no warmup
+    assert float(outputs["grad_norm"]) == pytest.approx(5.0, rel=1e-6)
+    scale = 1 / 5 if clip else 1.0  # SGD's first step: the momentum buffer is the gradient itself
+    torch.testing.assert_close(weight.detach(), w0 - 0.075 * scale * g_weight)
+    torch.testing.assert_close(bias.detach(), b0 - 0.075 * scale * g_bias)
+
+
 def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     save_atomic({"step": 1}, path)

@@ -3,13 +3,14 @@ micro-batch of activations at a time, against the plain full-batch backward of t
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config import ConfigError, load_config
 from selfsup.engine import Trainer
 from selfsup.engine import grad_cache
 from selfsup.methods import METHODS as REGISTRY
-from selfsup.methods import Batch, Progress
+from selfsup.methods import Batch, Progress, SimCLR
 from selfsup.methods.base import splits_into_embeddings
 
 TINY = ["data.name=digits", "data.size=16", "train.batch_size=32", "train.epochs=1", "train.progress=false",
@@ -67,6 +68,44 @@ def test_a_run_with_micro_batches_ends_where_the_full_batch_run_ends(tmp_path):
     plain, cached = run(), run("train.micro_batch_size=8")
     for key, value in plain.items():
         torch.testing.assert_close(cached[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+class DropoutSimCLR(SimCLR):
+    """SimCLR with dropout (p=0.5) on the backbone's features: a gradient path that draws random numbers."""
+
+    def embed(self, batch, progress):
+        features = F.dropout(self.backbone(torch.cat(batch.views)), p=0.5, training=self.training)
+        z1, z2 = self.projector(features).chunk(2)
+        return {"z1": z1, "z2": z2}
+
+
+def test_the_second_pass_draws_the_first_passs_random_numbers(tmp_path, monkeypatch):
+    """With dropout on the embedding path, the cached step's loss is that of the masks its first pass drew,
+    one micro-batch after another from the step's RNG state; its gradient must be that loss's gradient.
+    The reference: the same micro-batches embedded in order from the same RNG state, with their graphs,
+    and one plain backward through the whole batch's loss."""
+    monkeypatch.setitem(REGISTRY, "dropout_simclr", DropoutSimCLR)
+    trainer = Trainer(load_config(None, ["method=dropout_simclr", *TINY[:-1], "backbone.name=convnet", "backbone.width=4",
+                                         *METHODS["simclr"], f"train.out_dir={tmp_path}"]))
+    method = trainer.method  # its BatchNorms normalise each micro-batch alone, in the reference as in the step
+    assert method.training  # so F.dropout draws its masks
+    batch, progress = trainer.make_batch(0, 0), Progress(0, 10, 10)
+    torch.manual_seed(3)
+    pieces = [method.embed(Batch([view[start:start + 8] for view in batch.views], batch.index[start:start + 8]),
+                           progress) for start in range(0, 32, 8)]
+    loss = method.loss_from({key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}, batch, progress)
+    loss["loss"].backward()
+    expected_loss, expected, rng_after = loss["loss"].item(), _gradients(method), torch.get_rng_state()
+    method.zero_grad(set_to_none=True)
+    torch.manual_seed(3)
+    trainer.cfg.train.micro_batch_size = 8
+    cached = grad_cache.cached_step(trainer, batch, progress)
+    got = _gradients(method)
+    assert cached["loss"].item() == pytest.approx(expected_loss, rel=1e-6)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-6, rtol=1e-5, msg=key)
+    assert torch.equal(torch.get_rng_state(), rng_after)  # the RNG goes on from where the first pass left it
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])

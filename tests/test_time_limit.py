@@ -50,6 +50,29 @@ def test_time_limited_run_equals_a_run_of_that_many_steps_and_resumes_with_the_p
     assert resumed.max_steps == steps and resumed.start_step == steps   # no new calibration, the same plan
 
 
+def test_the_plan_times_steps_after_the_warmup_and_spends_what_calibration_left(tmp_path, monkeypatch):
+    """A clock that the calibration moves by hand: the first step takes 0.25 s of start-up and 0.0625 s, every
+    other 0.0625 s. Of the 12 steps the last 9 are timed: their 8 intervals span 0.5 s, so 0.0625 s a step.
+    Calibration ended at 0.25 + 12 * 0.0625 = 1 s, leaving 3 - 1 = 2 s of the limit: 2 / 0.0625 = 32 steps."""
+    from types import SimpleNamespace
+
+    from selfsup.engine import monitor
+
+    trainer = Trainer(load_config(None, [*BASE, f"train.out_dir={tmp_path}"]))
+    assert trainer.max_steps >= 12
+    now = [0.0]
+
+    def step(index):
+        now[0] += (0.25 if index == 0 else 0.0) + 0.0625
+        return {"loss": torch.tensor(1.0)}, 0.0
+
+    monkeypatch.setattr(monitor, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(trainer, "train_step", step)
+    monitor.plan_time_limit(trainer, 3.0)
+    assert trainer.time_plan == {"time_limit_s": 3.0, "step_s": 0.0625, "calibration_steps": 12}
+    assert trainer.max_steps == 32 and len(trainer.schedule.lr) == 32
+
+
 # ----------------------------------------------------------------------------- train.compile unset
 
 
