@@ -594,6 +594,23 @@ def test_subset_to_and_properties():
     assert ds.to(torch.device("cpu")).images.device.type == "cpu"
 
 
+def test_in_memory_batches_take_each_epochs_own_seeded_permutation():
+    # Epoch e of seed s is torch.randperm(n) from a generator seeded with s * 1_000_003 + e
+    # (selfsup.data.sources.epoch_order); batch p is positions [4p, 4p + 4) of it.
+    images = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2).contiguous()
+    source = data.InMemoryImages(ImageDataset(images, torch.arange(12) % 3, ["a", "b", "c"], "toy"),
+                                 batch_size=4, seed=3)
+    orders = []
+    for epoch in (0, 1):
+        expected = torch.randperm(12, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch))
+        batches = [source.batch(epoch, position, 0) for position in range(3)]
+        assert torch.equal(torch.cat([b.index for b in batches]), expected)
+        assert torch.equal(torch.cat([b.images[:, 0, 0, 0] for b in batches]), expected.to(torch.uint8))
+        assert torch.equal(torch.cat([b.labels for b in batches]), expected % 3)
+        orders.append(expected)
+    assert not torch.equal(orders[0], orders[1])
+
+
 def test_mean_std_across_chunks():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (5000, 3, 2, 2), dtype=torch.uint8, generator=generator)
@@ -660,6 +677,20 @@ def test_digits_split_is_stratified_disjoint_and_scaled():
     class_counts = np.bincount(bunch.target)
     assert np.abs(torch.bincount(test.labels).numpy() - 0.2 * class_counts).max() <= 1
     assert torch.equal(load("digits", "test").images, test.images)
+
+
+def test_the_runs_max_samples_subset_is_the_first_rows_of_its_seeded_permutation_in_order():
+    from selfsup.config import load_config
+    from selfsup.engine.sources import load_datasets
+
+    # data.max_samples=300 with train.seed=5: rows randperm(1437)[:300] of a generator seeded with 5,
+    # kept in the split's own order.
+    cfg = load_config(None, ["data.name=digits", "data.max_samples=300", "train.seed=5"])
+    train, test = load_datasets(cfg, progress=False)
+    whole = load("digits", "train")
+    rows = torch.randperm(1437, generator=torch.Generator().manual_seed(5))[:300].sort().values
+    assert torch.equal(train.images, whole.images[rows]) and torch.equal(train.labels, whole.labels[rows])
+    assert torch.equal(test.images, load("digits", "test").images)
 
 
 _LOAD_WITH_WARNINGS_AS_ERRORS = """

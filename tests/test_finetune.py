@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -148,6 +149,43 @@ def test_finetune_reports_divergence():
         finetune(pixel_mlp(), images, labels, images, labels, steps=20, batch_size=16, lr=1e30)
 
 
+def test_finetune_defaults_are_nesterov_sgd_at_the_scaled_lr_on_a_cosine_from_a_zero_head(monkeypatch):
+    # Two full-batch steps written out in float64: the head starts at zero, lr = 0.05 * 16 / 256 at
+    # step 0 and half of it at step 1 (cosine over 2 steps), Nesterov momentum 0.9 (torch's form:
+    # buf = 0.9 buf + g, step g + 0.9 buf), no weight decay; no augmentation.
+    module = sys.modules["selfsup.evaluate.finetune"]  # the package's name `finetune` is the function
+    trained = []
+    monkeypatch.setattr(module, "_accuracy", lambda model, *rest: trained.append(model) or 0.0)
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (16, 1, 2, 2), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(16) % 3
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        encoder[1].weight.copy_(torch.randn(3, 4, generator=generator))
+        encoder[1].bias.copy_(torch.randn(3, generator=generator))
+    plain = Augmentation([View(size=(2, 2), scale=None, flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
+    finetune(encoder, images, labels, images, labels, steps=2, batch_size=16, augmentation=plain)
+
+    x = images.double().flatten(1) / 255
+    params = [encoder[1].weight.detach().double().clone(), encoder[1].bias.detach().double().clone(),
+              torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]
+    buffers = [None] * 4
+    peak = 0.05 * 16 / 256
+    for step, lr in enumerate([peak, peak * (1 + math.cos(math.pi / 2)) / 2]):
+        leaves = [p.requires_grad_() for p in params]
+        weight, bias, head_weight, head_bias = leaves
+        logits = (x @ weight.T + bias) @ head_weight.T + head_bias
+        loss = -torch.log_softmax(logits, dim=1)[torch.arange(16), labels].mean()
+        grads = torch.autograd.grad(loss, leaves)
+        buffers = [g if step == 0 else 0.9 * b + g for b, g in zip(buffers, grads)]
+        params = [(p - lr * (g + 0.9 * b)).detach() for p, g, b in zip(leaves, grads, buffers)]
+
+    (model,) = set(trained)
+    got = [model[0][1].weight, model[0][1].bias, model[1].weight, model[1].bias]
+    for ours, reference in zip(got, params):
+        torch.testing.assert_close(ours.detach().double(), reference, rtol=1e-5, atol=1e-7)
+
+
 # ---------------------------------------------------------------- few_label_finetune
 
 def test_few_label_finetune_summarises_the_individual_runs():
@@ -180,6 +218,37 @@ def test_few_label_finetune_summarises_the_individual_runs():
                                fractions=(0.1, 0.25), seeds=(0, 1, 2), **settings)
     assert again == table
     assert json.loads(json.dumps(table))["0.1"]["scratch"]["mean"] == table[0.1]["scratch"]["mean"]
+
+
+def test_few_label_finetune_scratch_column_trains_make_scratch_seeded_by_the_subset_seed():
+    # Each seed's scratch network is make_scratch() built after torch.manual_seed(seed), fine-tuned on
+    # that seed's subset; the pretrained encoder here is dead (all zeros: no feature, no gradient, so a
+    # fine-tuned copy predicts one class), so its column cannot stand in for the scratch one.
+    train_images, train_labels = brightness_images(80, seed=0)
+    test_images, test_labels = brightness_images(60, seed=1)
+    plain = Augmentation([View(size=(8, 8), scale=None, flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)])
+    settings = dict(steps=30, batch_size=10, lr=0.3, augmentation=plain)
+    dead = pixel_mlp()
+    with torch.no_grad():
+        for parameter in dead.parameters():
+            parameter.zero_()
+
+    def make_scratch():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU())
+
+    def built_by_hand(seed):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return make_scratch()
+
+    table = few_label_finetune(dead, make_scratch, train_images, train_labels, test_images, test_labels,
+                               fractions=(0.25,), seeds=(0, 1, 2), **settings)
+    expected = [finetune(built_by_hand(seed), train_images[rows], train_labels[rows], test_images, test_labels,
+                         seed=seed, **settings).accuracy
+                for seed in (0, 1, 2) for rows in [label_subset(train_labels, 0.25, seed=seed)]]
+    assert table[0.25]["scratch"]["accuracies"] == expected
+    assert table[0.25]["pretrained"]["accuracies"] == [0.25] * 3  # one class of four, 15 of the 60 test images
+    assert min(expected) > 0.5  # the scratch networks learn (0.75 to 0.8 here)
 
 
 def test_few_label_finetune_with_one_seed_has_no_std():

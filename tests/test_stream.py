@@ -362,6 +362,24 @@ def test_pack_resumes_after_an_interruption_to_the_same_shards(tmp_path, monkeyp
         packing.pack_folder(root, tmp_path / "pack", size=20, shard_size=4, progress=False)
 
 
+def test_a_second_pack_rewrites_a_recorded_shard_whose_bytes_changed(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "imgs", 6)
+    packing.pack_folder(root, tmp_path / "fresh", size=12, shard_size=4, progress=False)
+    out = tmp_path / "pack"
+    packing.pack_folder(root, out, size=12, shard_size=4, progress=False)
+    shard = out / "shard-00000.npy"
+    changed = bytearray(shard.read_bytes())
+    changed[-1] ^= 0xFF  # a pixel of the shard's last image: same length, same header
+    shard.write_bytes(bytes(changed))
+    real, decoded = folder._try_decode, []
+    monkeypatch.setattr(folder, "_try_decode", lambda *a: decoded.append(1) or real(*a))
+    packing.pack_folder(root, out, size=12, shard_size=4, progress=False)
+    assert len(decoded) == 6  # the changed shard and every later one are written again
+    for name in ("shard-00000.npy", "shard-00001.npy"):
+        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+    assert len(packing.open_pack(out, verify=True)) == 6
+
+
 def test_a_pack_resumed_after_a_kill_mid_index_write_leaves_no_temporary(tmp_path):
     """A SIGKILL while atomic_write replaces the index (or writes a shard) leaves its temporary: the
     resumed pack removes it (seen once as a leftover in CI's real-kill test, whose timing rarely hits it)."""
