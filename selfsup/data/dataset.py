@@ -112,7 +112,10 @@ class ImageDataset:
         """The samples selected by ``index``: int64 positions ``(K,)`` or a bool mask ``(N,)``.
 
         Examples:
-            >>> ds.subset(ds.labels == 3)  # one class
+            >>> from selfsup.data import load
+            >>> threes = load("digits", "test").subset(load("digits", "test").labels == 3)  # one class
+            >>> len(threes), threes.labels.unique().tolist()
+            (37, [3])
         """
         if not isinstance(index, Tensor) or index.dim() != 1:
             raise DataError(f"subset: index must be a 1-D tensor of positions or a bool mask, got {index!r}")
@@ -163,7 +166,9 @@ class ImageDataset:
         ``convert("L")``.
 
         Examples:
-            >>> load("fashion_mnist").convert(size=32, channels=3)  # for an ImageNet-style ResNet
+            >>> from selfsup.data import load
+            >>> load("digits").convert(size=32, channels=3).images.shape  # for an ImageNet-style ResNet
+            torch.Size([1437, 3, 32, 32])
         """
         images = self.images
         if size is not None:

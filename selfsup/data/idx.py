@@ -84,8 +84,11 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     ValueError naming the file and what is wrong.
 
     Examples:
-        >>> read_idx(Path("train-labels-idx1-ubyte.gz"), ndim=1).shape
-        (60000,)
+        >>> import gzip, struct, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "labels-idx1-ubyte.gz"
+        >>> _ = path.write_bytes(gzip.compress(struct.pack(">BBBBi", 0, 0, 8, 1, 3) + bytes([7, 2, 1])))
+        >>> read_idx(path, ndim=1)
+        array([7, 2, 1], dtype=uint8)
     """
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
