@@ -135,6 +135,20 @@ def test_blur_matches_torchvision(kernel_size):
         torch.testing.assert_close(out[i], expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_view_blur_kernel_follows_each_sides_length_on_a_non_square_view(channels):
+    # A 40x12 (HxW) view blurred and nothing else: blur_kernel_size(40) = 5 taps down the columns,
+    # blur_kernel_size(12) = 3 along the rows; torchvision takes the kernel size as [x, y] = [3, 5].
+    view = A.View(size=(40, 12), scale=None, blur_p=1.0, jitter_p=0.0, gray_p=0.0, flip_p=0.0)
+    x = _images(batch=4, channels=channels, height=40, width=12)
+    out = A.augment_view(x, view, _gen(3))
+    sigma = runner._plan_view(view, x.shape, x.device, _gen(3)).sigma  # the same draws
+    assert (sigma > 0).all()
+    for i in range(4):
+        s = sigma[i].item()
+        torch.testing.assert_close(out[i], TF.gaussian_blur(x[i], [3, 5], [s, s]), atol=TOL, rtol=0)
+
+
 def test_solarize_matches_torchvision():
     x = _images(batch=4)
     mask = torch.tensor([True, True, False, True])
@@ -142,6 +156,14 @@ def test_solarize_matches_torchvision():
     for i in range(4):
         expected = TF.solarize(x[i], 0.5) if mask[i] else x[i]
         torch.testing.assert_close(out[i], expected, atol=0, rtol=0)
+
+
+def test_solarize_inverts_pixels_equal_to_the_threshold():
+    # torchvision: torch.where(img >= threshold, 1 - img, img); 0.25 and 0.75 are exact in float32.
+    x = torch.tensor([0.0, 0.2, 0.25, 0.3, 0.75, 1.0]).view(1, 1, 2, 3)
+    out = A.apply_solarize(x, torch.tensor([True]), threshold=0.25)
+    torch.testing.assert_close(out, TF.solarize(x, 0.25), atol=0, rtol=0)
+    assert out[0, 0, 0, 2].item() == 0.75
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -203,6 +225,14 @@ def test_crop_falls_back_to_central_crop():
     boxes = A.sample_crop_boxes(5, 1, 100, generator=_gen())
     expected_w = round(1 * 4 / 3)
     assert boxes.tolist() == [[0, (100 - expected_w) // 2, 1, expected_w]] * 5
+
+
+def test_crop_of_a_tall_image_falls_back_as_torchvision():
+    # A 200x10 (HxW) image holds no crop of ratio in [3/4, 4/3] and area >= 8% (width >= 11 pixels), so every
+    # draw falls back: the full width, the height clamped to the smallest ratio, round(10 / (3/4)) = 13, centred.
+    expected = list(T.RandomResizedCrop.get_params(torch.zeros(1, 200, 10), [0.08, 1.0], [3 / 4, 4 / 3]))
+    assert expected == [93, 0, 13, 10]
+    assert A.sample_crop_boxes(4, 200, 10, generator=_gen()).tolist() == [expected] * 4
 
 
 def _rate_ok(rate, p, n):

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.nn import (DINOHead, GlobalBatchNorm, KeyQueue, build_backbone, convert_sync_batchnorm, cosine,
-                        frozen_copy, momentum_update, projection_mlp, shuffle_bn, shuffled_forward, split_batchnorm,
-                        SplitBatchNorm, warmup_cosine, with_in_channels)
+                        feature_map, frozen_copy, momentum_update, projection_mlp, shuffle_bn, shuffled_forward,
+                        split_batchnorm, split_features, SplitBatchNorm, warmup_cosine, with_in_channels)
 
 
 @pytest.mark.parametrize("name,channels,size,dim", [("convnet", 1, 28, 256), ("convnet", 3, 32, 256),
@@ -40,6 +40,86 @@ def test_resnet_small_stem_keeps_resolution():
     net = build_backbone("resnet18", in_channels=3, image_size=32).net
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
     assert isinstance(net.maxpool, nn.Identity)
+
+
+@pytest.mark.vision
+def test_small_stem_convolution_pads_so_a_32_pixel_image_stays_32_pixels():
+    # SimCLR's CIFAR stem: conv 3x3, stride 1, padding 1 (no max-pool), so conv1 keeps the 32x32 grid.
+    net = build_backbone("resnet18", in_channels=3, image_size=32).net
+    assert net.conv1(torch.rand(1, 3, 32, 32)).shape == (1, 64, 32, 32)
+
+
+@pytest.mark.vision
+def test_resnet_gets_the_small_stem_up_to_64_pixels_and_torchvisions_above():
+    # resnet()'s docstring: the small stem "for images of 64 pixels or less".
+    small = build_backbone("resnet18", in_channels=3, image_size=64).net
+    assert small.conv1.kernel_size == (3, 3) and isinstance(small.maxpool, nn.Identity)
+    large = build_backbone("resnet18", in_channels=3, image_size=65).net
+    assert large.conv1.kernel_size == (7, 7) and large.conv1.stride == (2, 2)
+    assert isinstance(large.maxpool, nn.MaxPool2d)
+
+
+MEAN3, STD3 = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+"""Statistics unlike the default 0.5, so that a comparison sees the backbone's normalisation."""
+
+
+def _normalised(x):
+    """What a backbone built with MEAN3 and STD3 feeds its network: (x - mean) / std per channel."""
+    return (x - torch.tensor(MEAN3).view(1, 3, 1, 1)) / torch.tensor(STD3).view(1, 3, 1, 1)
+
+
+@pytest.mark.vision
+def test_resnet_feature_maps_are_torchvisions_layer3_and_layer4():
+    # torchvision's own graph of the same network (conv1 -> bn1 -> relu -> maxpool -> layer1..4) on the
+    # input the backbone normalises.
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", in_channels=3, image_size=16, mean=MEAN3, std=STD3).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        reference = create_feature_extractor(backbone.net, {"layer3": "layer3", "layer4": "layer4"})(_normalised(x))
+        fmap = feature_map(backbone, x)
+        local, pooled = split_features(backbone, x)
+        whole = backbone(x)
+    torch.testing.assert_close(fmap, reference["layer4"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(local, reference["layer3"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vit16():
+    """A vit_tiny on 16-pixel images (4x4 patches of 4 pixels), built once: timm's init takes over a second."""
+    torch.manual_seed(0)
+    return build_backbone("vit_tiny", in_channels=3, image_size=16, mean=MEAN3, std=STD3).eval()
+
+
+def _vit_tokens(backbone, x):
+    """timm's forward_features on the input the backbone normalises."""
+    with torch.no_grad():
+        return backbone.net.forward_features(_normalised(x))
+
+
+@pytest.mark.vision
+def test_vit_feature_map_lays_the_patch_tokens_out_on_their_grid(vit16):
+    # Token num_prefix_tokens + i * side + j is the patch in row i, column j (timm's row-major patch order).
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    tokens = _vit_tokens(vit16, x)
+    with torch.no_grad():
+        fmap = feature_map(vit16, x)
+    prefix, side = vit16.net.num_prefix_tokens, 4
+    assert fmap.shape == (2, 192, side, side)
+    for i in range(side):
+        for j in range(side):
+            torch.testing.assert_close(fmap[:, :, i, j], tokens[:, prefix + i * side + j], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.vision
+def test_vit_backbone_returns_the_class_token(vit16):
+    # vit()'s docstring: the CLS token of the final (normed) tokens, not an average of the tokens.
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(vit16(x), _vit_tokens(vit16, x)[:, 0], atol=1e-6, rtol=1e-6)
 
 
 def test_wrong_channel_count_is_a_clear_error():
@@ -133,6 +213,41 @@ def test_dino_head_fixes_the_last_layers_norm_and_normalises_the_bottleneck():
     assert torch.allclose(head(x), expected, atol=1e-6)
     assert head(x).abs().max() <= 1 + 1e-6
     assert DINOHead(16, 32, 24, 8, norm_last_layer=False).last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_dino_head_forward_by_hand_is_the_official_linear_gelu_stack():
+    # facebookresearch/dino DINOHead: Linear-GELU-Linear-GELU-Linear, l2-normalised, then the weight-normed
+    # last layer without bias, g = 1: rows of v / |v|. Weights and biases drawn at scale 1, so that the
+    # GELU is far from linear and every bias counts.
+    torch.manual_seed(0)
+    head = DINOHead(6, out_dim=7, hidden_dim=10, bottleneck_dim=5)
+    linears = [m for m in head.mlp if isinstance(m, nn.Linear)]
+    assert len(linears) == 3
+    with torch.no_grad():
+        for linear in linears:
+            linear.weight.normal_()
+            linear.bias.normal_()
+    (w1, b1), (w2, b2), (w3, b3) = [(m.weight.detach().double(), m.bias.detach().double()) for m in linears]
+    direction = head.last_layer.parametrizations.weight.original1.detach().double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    hidden = F.gelu(F.gelu(x @ w1.T + b1) @ w2.T + b2)
+    bottleneck = hidden @ w3.T + b3
+    bottleneck = bottleneck / bottleneck.norm(dim=1, keepdim=True)
+    expected = bottleneck @ (direction / direction.norm(dim=1, keepdim=True)).T
+    with torch.no_grad():
+        torch.testing.assert_close(head(x.float()).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dino_head_initialises_its_mlp_as_the_official_init_weights():
+    # facebookresearch/dino DINOHead._init_weights: trunc_normal_(std=.02) on every Linear weight, bias 0.
+    torch.manual_seed(0)
+    head = DINOHead(128, out_dim=8, hidden_dim=256, bottleneck_dim=128)
+    linears = [m for m in head.mlp if isinstance(m, nn.Linear)]
+    assert len(linears) == 3
+    for linear in linears:  # 32768 to 65536 draws each: the sample std is off by about 0.4%
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert abs(linear.weight.mean().item()) < 2e-3
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
 
 
 def test_global_batchnorm_is_plain_batchnorm_on_one_process():
@@ -240,6 +355,24 @@ def test_split_batchnorm_normalises_interleaved_sub_batches_as_the_official_demo
     assert torch.allclose(split(x), F.batch_norm(x, split.running_mean, split.running_var, bn.weight, bn.bias,
                                                  False, 0.0, 1e-5), atol=1e-6)  # eval: plain BatchNorm
     assert set(split.state_dict()) == set(bn.state_dict())  # checkpoints read it as BatchNorm
+
+
+def test_split_batchnorm_without_momentum_keeps_the_cumulative_average():
+    # torch BatchNorm's momentum=None: the running statistics are the plain average of every batch's so far,
+    # r_n = r_{n-1} + (s_n - r_{n-1}) / n. A batch's statistics here, as the class documents: the mean over the
+    # splits (sample n in split n % S) of each split's mean and unbiased variance.
+    torch.manual_seed(0)
+    bn = SplitBatchNorm(3, num_splits=2, momentum=None, affine=False).train()
+    stats = []
+    for offset in (0.0, 5.0):
+        x = torch.randn(8, 3) * torch.tensor([1.0, 2.0, 0.5]) + offset + torch.arange(8.0).view(8, 1)
+        bn(x)
+        splits = (x[0::2], x[1::2])
+        stats.append((torch.stack([rows.mean(0) for rows in splits]).mean(0),
+                      torch.stack([rows.var(0, unbiased=True) for rows in splits]).mean(0)))
+    assert int(bn.num_batches_tracked) == 2
+    torch.testing.assert_close(bn.running_mean, (stats[0][0] + stats[1][0]) / 2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var, (stats[0][1] + stats[1][1]) / 2, atol=1e-5, rtol=1e-5)
 
 
 def test_split_batchnorm_never_normalises_a_split_of_one_sample():

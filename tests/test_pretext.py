@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +55,24 @@ def test_patches_sit_inside_their_cells_with_the_gap():
                 assert corners[cell + 3][0] - (top + 3) >= 1
     with pytest.raises(ValueError, match="do not fit"):
         pretext.grid_patches(x, cells, patch=4, gap=2)
+
+
+def test_patch_offsets_in_their_cells_are_uniform_over_the_jitter_range():
+    # grid_geometry's range: offsets in [gap // 2, gap // 2 + jitter], jitter = cell - patch - gap. A 21x24
+    # image in a 3x3 grid: cells 7 high and 8 wide; patch 2, gap 2: rows 1..4, columns 1..5 of each cell.
+    n, height, width = 300, 21, 24
+    x = torch.arange(height * width, dtype=torch.float32).view(1, 1, height, width).expand(n, 1, height, width)
+    cells = torch.arange(9).repeat(n, 1)
+    patches = pretext.grid_patches(x, cells, patch=2, gap=2, generator=torch.Generator().manual_seed(0))
+    corner = patches[:, :, 0, 0, 0].long()  # each pixel's value is its index, row * width + column
+    top, left = corner // width, corner % width
+    row_offset = top - (cells // 3) * 7
+    col_offset = left - (cells % 3) * 8
+    for offsets, low, high in ((row_offset, 1, 4), (col_offset, 1, 5)):
+        for cell in range(9):  # every cell reaches every offset of the range, and no other
+            assert sorted(set(offsets[:, cell].tolist())) == list(range(low, high + 1))
+        counts = torch.bincount(offsets.flatten() - low, minlength=high - low + 1)
+        assert scipy.stats.chisquare(counts.numpy()).pvalue > 1e-3  # 2700 draws, uniform
 
 
 def test_reassembling_the_tiles_by_the_permutation_gives_the_image_back():
