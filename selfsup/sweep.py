@@ -708,15 +708,28 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
     return "\n".join(lines)
 
 
+def _floor_rule_predates_pairing(summary: dict[str, Any]) -> bool:
+    """Whether a summary judged claims against a floor before each seed was compared with its own
+    floor: its entries have floors but no paired gains, and a verdict names a floor."""
+    entries = [entry for metrics in summary.get("points", {}).values() for entry in metrics.values()
+               if isinstance(entry, dict)]
+    unpaired = any(entry.get("floor") is not None and "gain" not in entry for entry in entries)
+    return unpaired and any("'s floor" in str(v.get("text", "")) for v in summary.get("verdicts", []))
+
+
 def study_list(folder: str | Path) -> str:
     """The list of studies (markdown) from the ``<name>.json`` summaries in ``folder``: each study's
-    page, claim and verdict."""
+    page, claim and verdict; a summary whose floor verdicts predate the paired rule says so."""
     rows = []
     for path in sorted(Path(folder).glob("*.json")):
         summary = json.loads(path.read_text())
         claim = " ".join(str(summary.get("claim", "")).split()).replace("|", "\\|")
         runs = summary.get("runs") or len(summary.get("points", {})) * len(summary.get("seeds", []))
-        rows.append(f"| [{summary['name']}]({path.stem}.md) | {claim} | **{summary['verdict']}** | {runs} |")
+        verdict = f"**{summary['verdict']}**"
+        if _floor_rule_predates_pairing(summary):
+            verdict += (" (its claims over the floor were judged by the scores' interval against the mean floor, "
+                        "before each seed was paired with its own floor: to be rerun)")
+        rows.append(f"| [{summary['name']}]({path.stem}.md) | {claim} | {verdict} | {runs} |")
     if not rows:
         return "No study has run yet.\n"
     return "\n".join(["| study | claim | verdict | runs |", "| --- | --- | --- | ---: |", *rows]) + "\n"

@@ -311,3 +311,19 @@ def test_points_with_other_floors_are_drawn_each_beside_its_own(tmp_path, monkey
     sweep.plot(study, summary, tmp_path / "img")
     ax, = kept[-1].axes
     assert [float(y) for line in ax.lines if line.get_linestyle() == "--" for y in line.get_ydata()] == [50.0, 50.0]
+
+
+def test_the_study_list_says_which_floor_verdicts_predate_the_paired_rule(tmp_path):
+    # Summaries written before each seed was compared with its own floor have floors but no paired gains.
+    entry = {"mean": 0.75, "std": 0.01, "ci95": 0.02, "n": 3, "values": [0.74, 0.75, 0.76], "floor": 0.72}
+    old = {"name": "old", "claim": "learns", "verdict": "reproduces", "runs": 3, "points": {"a": {"knn": entry}},
+           "verdicts": [{"claim": "learns", "verdict": "reproduces", "text": "(a 75.00% vs a's floor 72.00%)."}]}
+    new = {**old, "name": "new", "points": {"a": {"knn": {**entry, "floors": [0.72] * 3,
+                                                          "gain": {"mean": 0.03, "ci95": 0.01}}}}}
+    unrelated = {**old, "name": "plain", "verdicts": [{"claim": "a beats b", "verdict": "reproduces",
+                                                       "text": "(a 75.00% vs b 70.00%)."}]}
+    for summary in (old, new, unrelated):
+        (tmp_path / f"{summary['name']}.json").write_text(json.dumps(summary))
+    rows = {line.split("|")[1].strip(): line for line in sweep.study_list(tmp_path).splitlines()[2:]}
+    assert "to be rerun" in rows["[old](old.md)"]
+    assert "to be rerun" not in rows["[new](new.md)"] and "to be rerun" not in rows["[plain](plain.md)"]
