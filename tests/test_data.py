@@ -611,6 +611,26 @@ def test_in_memory_batches_take_each_epochs_own_seeded_permutation():
     assert not torch.equal(orders[0], orders[1])
 
 
+def test_in_memory_ranks_split_each_global_batch_into_consecutive_slices():
+    # world_size 2: rank r takes positions [4p + 2r, 4p + 2r + 2) of epoch e's order, so ranks 0 and 1
+    # together are global batch p of one process, in order, with nothing shared or left out.
+    images = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2).contiguous()
+    dataset = ImageDataset(images, torch.arange(12) % 3, ["a", "b", "c"], "toy")
+    one = data.InMemoryImages(dataset, batch_size=4, seed=3)
+    two = data.InMemoryImages(dataset, batch_size=4, world_size=2, seed=3)
+    for epoch in (0, 1):
+        expected = torch.randperm(12, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch))
+        for position in range(3):
+            ranks = [two.batch(epoch, position, rank) for rank in (0, 1)]
+            start = 4 * position
+            assert [b.index.tolist() for b in ranks] == [expected[start:start + 2].tolist(),
+                                                         expected[start + 2:start + 4].tolist()]
+            assert torch.equal(torch.cat([b.index for b in ranks]), one.batch(epoch, position, 0).index)
+            pixels = torch.cat([b.images[:, 0, 0, 0] for b in ranks])
+            assert torch.equal(pixels, expected[start:start + 4].to(torch.uint8))
+            assert torch.equal(torch.cat([b.labels for b in ranks]), expected[start:start + 4] % 3)
+
+
 def test_mean_std_across_chunks():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (5000, 3, 2, 2), dtype=torch.uint8, generator=generator)

@@ -76,6 +76,17 @@ def test_schedule_sets_each_groups_lr_and_weight_decay_per_step():
         assert body_norms["weight_decay"] == head["weight_decay"] == head_bias["weight_decay"] == 0.0
 
 
+def test_schedule_warms_up_over_a_fractional_number_of_epochs_rounded_to_the_nearest_step():
+    # 1.8 epochs of 7 steps = 12.6 -> 13 warmup steps (int would give 12); 1.2 x 7 = 8.4 -> 8 (ceil: 9).
+    # Warmup step s has peak * (s + 1) / W, then the cosine runs over the remaining 30 - W steps.
+    for warmup_epochs, warmup in ((1.8, 13), (1.2, 8)):
+        lr = Schedule.build(OptimConfig(warmup_epochs=warmup_epochs), base_lr=0.6, max_steps=30, steps_per_epoch=7).lr
+        assert lr[0] == pytest.approx(0.6 / warmup)
+        assert lr[warmup - 2] == pytest.approx(0.6 * (warmup - 1) / warmup)
+        assert lr[warmup - 1] == pytest.approx(0.6) and lr[warmup] == pytest.approx(0.6)
+        assert lr[warmup + 3] == pytest.approx(0.6 * (1 + math.cos(math.pi * 3 / (30 - warmup))) / 2)
+
+
 def test_lars_step_is_the_papers_local_lr():
     # You et al. 2017, Algorithm 1: local LR = eta * |w| / (|g| + beta |w|), applied to (g + beta w);
     # groups without weight decay (biases, norms) get plain SGD with momentum.

@@ -243,6 +243,15 @@ def test_dino_teacher_temperature_warms_up_as_np_linspace_by_epoch():
     assert np.allclose([dino.teacher_temperature(epoch) for epoch in range(100)], reference)
 
 
+@pytest.mark.parametrize("warmup_epochs", [1, 0])
+def test_dino_teacher_temperature_with_a_one_or_zero_epoch_warmup_is_main_dinos_schedule(warmup_epochs):
+    # main_dino.py's DINOLoss: np.linspace(warmup, teacher, n) is [warmup] for n = 1 and empty for n = 0.
+    dino = make_dino(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=warmup_epochs)
+    official = np.concatenate((np.linspace(0.04, 0.07, warmup_epochs), np.ones(5 - warmup_epochs) * 0.07))
+    assert [dino.teacher_temperature(epoch) for epoch in range(5)] == pytest.approx(official.tolist())
+    assert dino.teacher_temperature(0) == (0.04 if warmup_epochs else 0.07)
+
+
 def test_dino_loss_pairs_every_teacher_view_with_every_other_student_view():
     # In the teacher's warm-up: epoch 3 of 10 from 0.02 to 0.07 (np.linspace(0.02, 0.07, 10)[3]).
     dino = make_dino(student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.02, warmup_teacher_temp_epochs=10)

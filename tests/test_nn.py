@@ -59,6 +59,26 @@ def test_resnet_gets_the_small_stem_up_to_64_pixels_and_torchvisions_above():
     assert isinstance(large.maxpool, nn.MaxPool2d)
 
 
+@pytest.mark.vision
+def test_resnet_large_stem_for_one_channel_is_torchvisions_stem_with_one_input_channel():
+    # Above 64 pixels a grey image gets torchvision's stem (7x7 stride-2 conv, padding 3, no bias, then
+    # the 3x3 stride-2 max-pool) with a 1-channel first convolution: 96 px -> 48 -> 24, as for RGB.
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    net = build_backbone("resnet18", in_channels=1, image_size=96).net
+    assert net.conv1.weight.shape == (64, 1, 7, 7) and net.conv1.bias is None
+    assert net.conv1.stride == reference.conv1.stride == (2, 2)
+    assert net.conv1.padding == reference.conv1.padding == (3, 3)
+    assert isinstance(net.maxpool, nn.MaxPool2d)
+    assert ((net.maxpool.kernel_size, net.maxpool.stride, net.maxpool.padding)
+            == (reference.maxpool.kernel_size, reference.maxpool.stride, reference.maxpool.padding))
+    with torch.no_grad():
+        grey = net.maxpool(net.conv1(torch.rand(1, 1, 96, 96)))
+        rgb = reference.maxpool(reference.conv1(torch.rand(1, 3, 96, 96)))
+    assert grey.shape == rgb.shape == (1, 64, 24, 24)
+
+
 MEAN3, STD3 = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 """Statistics unlike the default 0.5, so that a comparison sees the backbone's normalisation."""
 

@@ -87,6 +87,23 @@ def test_reassembling_the_tiles_by_the_permutation_gives_the_image_back():
         assert torch.equal(torch.cat(rows, dim=-2), x[b])
 
 
+def test_resize_patches_shrinks_with_antialiased_bilinear_per_patch():
+    # Shrinking 12 -> 5 px is torch's antialiased bilinear (align_corners=False), which is PIL's
+    # BILINEAR reduction; plain bilinear would skip pixels (aliasing). Leading dims are kept, output float.
+    from PIL import Image
+
+    tiles = images(2 * 9, 12).view(2, 9, 3, 12, 12)
+    got = pretext.resize_patches(tiles, 5)
+    assert got.dtype == torch.float32 and got.shape == (2, 9, 3, 5, 5)
+    flat = tiles.flatten(0, 1).float()
+    reference = F.interpolate(flat, size=(5, 5), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(got.flatten(0, 1), reference)
+    pil = np.asarray(Image.fromarray(flat[4, 1].numpy()).resize((5, 5), Image.BILINEAR))
+    np.testing.assert_allclose(got[0, 4, 1].numpy(), pil, atol=1e-3)
+    aliased = F.interpolate(flat, size=(5, 5), mode="bilinear", antialias=False, align_corners=False)
+    assert (reference - aliased).abs().max() > 10  # the two filters differ here by far more than the tolerance
+
+
 def test_relative_patch_labels_name_the_neighbours_cell():
     x = images(16, 9)
     centre, neighbour, labels = pretext.relative_patches(x, patch=3, gap=0, generator=torch.Generator().manual_seed(3))

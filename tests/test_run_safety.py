@@ -256,3 +256,26 @@ def test_keep_last_and_save_best_keep_the_checkpoints_they_name(tmp_path):
     assert listed["steps"] == [str(folder / f"step-{s}.ckpt") for s in saved[-2:]]
     with pytest.raises(Exception, match="train.save_best=knn keeps the checkpoint of the best kNN monitor"):
         pretrain(load_config(None, [*TINY, "train.save_best=knn", f"train.out_dir={tmp_path / 'other'}"]))
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_it_had(tmp_path):
+    # train.save_best=loss with a loss logged and a checkpoint written every step: best.ckpt is the step of
+    # the lowest loss over the whole run, the part before the resume included. Here (digits, the first steps
+    # of the 22-step warmup) the lowest is step 2, before the resume at step 5, and step 6 is worse by 0.1:
+    # the resumed run must not take step 6 for its best because it forgot the score it had.
+    from selfsup.config import load_config
+    from selfsup.engine import pretrain
+
+    out, folder = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    settings = [*TINY, "eval.knn=false", "train.save_best=loss", "train.log_every=1", "train.checkpoint_every=1",
+                f"train.out_dir={out}"]
+    pretrain(load_config(None, [*settings, "train.epochs=0.2"]))  # steps 1..5
+    before = load_checkpoint(folder / "best.ckpt")["step"]
+    pretrain(load_config(None, [*settings, "train.epochs=0.25"]), resume=True)  # step 6
+    losses = load_checkpoint(folder / "last.ckpt")["history"]["loss"]
+    assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]
+    best_step, best_loss = min(losses, key=lambda point: (point[1], point[0]))
+    assert best_step == before < 6  # what this test needs: the best score comes from before the resume
+    assert load_checkpoint(folder / "best.ckpt")["step"] == best_step
+    listed = json.loads((out / "results.json").read_text())["checkpoints"]["best"]
+    assert listed == {"path": str(folder / "best.ckpt"), "metric": "loss", "value": best_loss, "step": best_step}

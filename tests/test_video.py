@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -469,11 +470,12 @@ def test_boundary_map_is_davis_seg2bmap():
 
 
 def _f_measure_reference(fg, gt, bound_th=0.008):
-    """DAVIS's f_measure with scikit-image's disk and scipy's binary dilation."""
+    """DAVIS's f_measure with scikit-image's disk and scipy's binary dilation: the tolerance is
+    ``bound_th`` pixels when it is >= 1, else ceil(bound_th x the image diagonal)."""
     from scipy.ndimage import binary_dilation
     from skimage.morphology import disk
 
-    radius = math.ceil(bound_th * math.hypot(*fg.shape))
+    radius = bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*fg.shape))
     fg_b, gt_b = video.boundary_map(torch.from_numpy(fg)).numpy(), video.boundary_map(torch.from_numpy(gt)).numpy()
     fg_d, gt_d = binary_dilation(fg_b, disk(radius)), binary_dilation(gt_b, disk(radius))
     n_fg, n_gt = fg_b.sum(), gt_b.sum()
@@ -505,6 +507,56 @@ def test_contour_accuracy_and_region_similarity_match_references():
     some[0, 2:5, 2:5] = True
     assert float(video.contour_accuracy(some, empty)) == 0.0 and float(video.contour_accuracy(empty, some)) == 0.0
     assert float(video.contour_accuracy(some, some)) == 1.0 and float(video.region_similarity(full, some)) == 9 / 64
+
+
+def test_contour_accuracy_takes_a_bound_th_of_one_or_more_as_pixels():
+    # Vertical stripes on 10x10: the truth's boundary (seg2bmap) is columns 1 and 5, the prediction's
+    # (columns 3..7) columns 2 and 7. Within 1 px, column 1 <-> 2 match and 5 and 7 do not: P = R = 1/2,
+    # F = 1/2; within 2 px all match. 0.008 x diagonal rounds up to 1 px here; bound_th=1 is 1 px, not
+    # ceil(1 x diagonal) = 15 px.
+    truth = torch.zeros(1, 10, 10, dtype=torch.bool)
+    truth[0, :, 2:6] = True
+    predicted = torch.zeros(1, 10, 10, dtype=torch.bool)
+    predicted[0, :, 3:8] = True
+    assert [float(video.contour_accuracy(truth, predicted, th)[0]) for th in (0.008, 1, 2)] == [0.5, 0.5, 1.0]
+    rng = np.random.default_rng(1)
+    for bound_th in (1, 2, 3):  # DAVIS's f_measure on shifted rectangles
+        gt = np.zeros((40, 30), bool)
+        fg = np.zeros((40, 30), bool)
+        y, x = rng.integers(5, 15, 2)
+        gt[y:y + 20, x:x + 10] = True
+        dy, dx = rng.integers(-4, 5, 2)
+        fg[y + dy:y + dy + 18, x + dx:x + dx + 12] = True
+        got = float(video.contour_accuracy(torch.from_numpy(gt)[None], torch.from_numpy(fg)[None], bound_th)[0])
+        assert got == pytest.approx(_f_measure_reference(fg, gt, bound_th), abs=1e-6)
+
+
+def _two_stripes(left: int, right: int, n: int = 10) -> torch.Tensor:
+    """An (n, n) id map: object 1 in columns [0, left), object 2 in columns [right, n)."""
+    ids = torch.zeros(n, n, dtype=torch.long)
+    ids[:, :left] = 1
+    ids[:, right:] = 2
+    return ids
+
+
+def test_davis_scores_and_the_propagation_entry_average_over_objects_as_davis_does():
+    # Object 1 (columns 0..2, boundary column 2) is always right. Object 2 is truly columns 6..9 (boundary
+    # column 5); predicted as columns 8..9 (boundary column 7, 2 px away: outside the 1 px tolerance) it has
+    # J = 20/40 and F = 0. DAVIS-2017 averages J and F over objects (all sequences' objects together).
+    truth = torch.stack([_two_stripes(3, 6)] * 4)
+    predicted = torch.stack([_two_stripes(0, 10), _two_stripes(3, 8), _two_stripes(3, 6), _two_stripes(0, 10)])
+    assert video.davis_scores(truth, predicted) == {1: (1.0, 1.0), 2: (0.75, 0.5)}  # frames 1 and 2 only
+    # The copy baseline: video "a" starts with object 2 at columns 8..9 and then shows it at 6..9 (its two
+    # objects score (1, 1) and (0.5, 0)); video "b" is still, its one object scores (1, 1).
+    masks = torch.cat([_two_stripes(3, 8)[None], truth[1:], torch.stack([_two_stripes(3, 10)] * 3)])
+    rows = [torch.arange(4), torch.arange(4, 7)]
+    videos = SimpleNamespace(names=["a", "b"], frames=lambda v: rows[v], masks=masks, keypoints=None,
+                             images=torch.zeros(7, 3, 10, 10, dtype=torch.uint8))
+    entry = video.propagation_entry(videos, None, data="x", baseline="copy")
+    assert (entry["objects"], entry["videos"]) == (3, 2)
+    assert entry["j"] == pytest.approx((1 + 0.5 + 1) / 3) and entry["f"] == pytest.approx((1 + 0 + 1) / 3)
+    assert entry["j_and_f"] == pytest.approx(0.75)  # per-video means first: ((0.75 + 1) / 2 + (0.5 + 1) / 2) / 2
+    assert entry["per_video"] == {"a": {"j": 0.75, "f": 0.5}, "b": {"j": 1.0, "f": 1.0}}
 
 
 def test_davis_scores_leave_out_the_first_and_last_frames():
