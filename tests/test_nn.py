@@ -465,3 +465,16 @@ def test_global_batchnorm_on_two_processes_is_batchnorm_of_the_whole_batch(tmp_p
     # Each rank's loss is its share of the whole sum, so the ranks' weight gradients add up to the whole batch's.
     torch.testing.assert_close(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], reference.weight.grad,
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.vision
+@pytest.mark.parametrize(("in_channels", "image_size", "kernel"), [(3, 32, 3), (1, 28, 3), (1, 96, 7)])
+def test_a_replaced_resnet_stem_is_initialised_as_torchvision_initialises_its_convolutions(in_channels, image_size,
+                                                                                             kernel):
+    # torchvision's ResNet: kaiming_normal_(mode="fan_out", nonlinearity="relu") on every Conv2d, std sqrt(2 / fan_out)
+    # with fan_out = 64 * k * k; nn.Conv2d's default would give std 1 / sqrt(3 * fan_in), about twice that for 3x3 RGB.
+    torch.manual_seed(0)
+    weight = build_backbone("resnet18", in_channels=in_channels, image_size=image_size).net.conv1.weight
+    assert weight.shape == (64, in_channels, kernel, kernel)
+    assert float(weight.std()) == pytest.approx(math.sqrt(2 / (64 * kernel * kernel)), rel=0.1)
+    assert abs(float(weight.mean())) < 0.1 * math.sqrt(2 / (64 * kernel * kernel))
