@@ -239,6 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.protocol in ("propagate", "temporal"):
         return _video(args)
     cfg, encoder, (channels, size), device, make_scratch = _load_encoder(args.checkpoint)
+    if args.stage is not None:
+        encoder, make_scratch = _stage_encoder(args, cfg, encoder, make_scratch, channels, size, device)
     if args.protocol == "transfer" and args.data is None:
         raise ConfigError("evaluate transfer needs --data NAME or a folder (the dataset to transfer to)")
     whole = args.whole_split and cfg.data.max_samples is not None
@@ -250,6 +252,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     *_, data, own = _data_choice(cfg, args.data, args.root)
     # The whole split's numbers are named apart from the run's own (its max_samples subset's), never over them.
     suffix = ("" if own and args.protocol != "transfer" else f"_{data}") + ("_whole_split" if whole and own else "")
+    suffix += "" if args.stage is None else f"_stage{args.stage}"
     if args.protocol == "finetune":
         if kind_of(cfg.data) not in ("images", "image_text"):
             raise DataError(f"evaluate finetune works on images; {cfg.method} was trained on "
@@ -271,11 +274,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         entries = measure(encoder, progress=True)
         if not args.no_floor:  # beside every number, the same evaluation at random initialisation
             settings = {key: getattr(args, key) for key in ("protocol", "k", "temperature", "recall_k", "way",
-                                                            "shots", "query", "episodes", "classes")}
+                                                            "shots", "query", "episodes", "classes", "stage")}
             with_floor(entries, random_init_floor(seeded_build(make_scratch, cfg.train.seed), measure,
                                                   data={"train": train, "test": test}, settings=settings))
     _write_entries(args.checkpoint, entries, data)
     return 0
+
+
+def _stage_encoder(args: argparse.Namespace, cfg, encoder, make_scratch, channels: int, size: int, device):
+    """``--stage N``: the encoder and its random-init factory read at the backbone's stage N, averaged over
+    positions (:class:`selfsup.nn.dense.PooledStage`); refused in one line where there is no such stage."""
+    import torch
+
+    from selfsup.data import kind_of
+    from selfsup.nn.dense import PooledStage, stage_features
+
+    if args.protocol == "finetune":
+        raise UsageError("--stage: evaluate finetune trains the whole encoder; --stage is for the frozen protocols "
+                         "(linear, knn, fewshot, retrieval, transfer)")
+    if kind_of(cfg.data) not in ("images", "image_text"):
+        raise UsageError(f"--stage reads an image backbone's feature maps; {cfg.method} was trained on "
+                         f"{kind_of(cfg.data)}")
+    try:
+        with torch.no_grad():
+            count = len(stage_features(encoder, torch.zeros(1, channels, size, size, device=device)))
+    except (ValueError, AttributeError):
+        raise UsageError(f"--stage: {cfg.method}'s evaluation encoder ({type(encoder).__name__}"
+                         f"{'' if not hasattr(encoder, 'net') else ' of ' + type(encoder.net).__name__}) has no stages "
+                         f"selfsup can read (the ConvNet's four, a torchvision ResNet's stem and layer1-4)") from None
+    if not 0 <= args.stage < count:
+        raise UsageError(f"--stage {args.stage}: {cfg.backbone.name} has stages 0 to {count - 1} (0 the finest)")
+    return PooledStage(encoder, args.stage).eval(), lambda: PooledStage(make_scratch(), args.stage)
 
 
 def _frozen_entries(args: argparse.Namespace, encoder, train, test, *, kind: str, device, data: str, suffix: str,
@@ -756,6 +785,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--whole-split", action="store_true",
                     help="train the probe / fine-tuning on the whole training split, not the run's data.max_samples "
                          "subset that its own evaluations used (results named '..._whole_split')")
+    ev.add_argument("--stage", type=int,
+                    help="linear/knn/fewshot/retrieval/transfer: the backbone's stage N (0 the finest: the ConvNet's "
+                         "four, a ResNet's stem and layer1-4) averaged over positions, instead of its output; the "
+                         "layer-wise probe of Goyal et al. 2019, with its own floor (results named '..._stageN')")
     ev.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="finetune: label-subset seeds, e.g. 0,1,2")
     ev.add_argument("--steps", type=int, default=200, help="finetune: optimiser steps of batch 256")
     ev.add_argument("--way", type=int, default=5, help="fewshot: classes per episode")

@@ -366,3 +366,47 @@ def test_resume_never_takes_the_override_or_checkpoint_after_it_as_its_value(wor
 
     args = parse_args(["pretrain", *words])
     assert (args.recipe, args.overrides, args.resume) == (recipe, overrides, resume)
+
+
+def test_evaluate_stage_probes_a_pooled_stage_with_its_own_floor(digits_run, here, knn_by_hand, tmp_path, monkeypatch):
+    # --stage N: kNN on the backbone's stage-N map averaged over positions (Goyal et al. 2019's layer-wise
+    # probe), read here by hand through a forward hook on the ConvNet's second max-pooling (its input is stage 1).
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    run, _ = digits_run
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    out = here("evaluate", "knn", ckpt, "--stage", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    entry = json.loads((run / "evaluations" / "knn_stage1.json").read_text())
+    import torch
+
+    from selfsup import cli
+    from selfsup.data import load
+
+    cfg, encoder, (channels, size), _, make_scratch = cli._load_encoder(ckpt)
+    train, test = (load("digits", split, size=size, channels=channels) for split in ("train", "test"))
+
+    def by_hand(net, images):
+        seen, pools = [], [m for m in net.net.modules() if isinstance(m, torch.nn.MaxPool2d)]
+        handle = pools[1].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].mean(dim=(2, 3))))
+        with torch.no_grad():
+            net.eval()(images.float() / 255)
+        handle.remove()
+        return seen[0].numpy()
+
+    train_x, test_x = by_hand(encoder, train.images), by_hand(encoder, test.images)
+    assert train_x.shape[1] == 16  # backbone.width=8: the second stage is 16 channels wide
+    predicted = knn_by_hand(train_x, train.labels.numpy(), test_x, 200, 0.1)
+    assert entry["accuracy"] == pytest.approx(float(np.mean(np.asarray(predicted) == test.labels.numpy())), abs=1e-6)
+    # Its floor is the same stage of the run's random initialisation (torch.manual_seed(train.seed) before the build).
+    torch.manual_seed(cfg.train.seed)
+    scratch = make_scratch()
+    predicted = knn_by_hand(by_hand(scratch, train.images), train.labels.numpy(), by_hand(scratch, test.images), 200, 0.1)
+    assert entry["random_init"]["accuracy"] == pytest.approx(float(np.mean(np.asarray(predicted) == test.labels.numpy())),
+                                                             abs=1e-6)
+    # (1e-6: one test image of 360 moves an accuracy by 2.8e-3; the entries hold float32.)
+    # The last stage averaged is the backbone's own output: the run's plain kNN.
+    assert here("evaluate", "knn", ckpt, "--stage", "3", "--no-floor").returncode == 0
+    assert json.loads((run / "evaluations" / "knn_stage3.json").read_text())["accuracy"] == pytest.approx(
+        json.loads((run / "results.json").read_text())["evaluations"]["knn"]["accuracy"], abs=1e-6)
+    assert_one_line_error(["evaluate", "knn", ckpt, "--stage", "4"], "convnet has stages 0 to 3", here)
+    assert_one_line_error(["evaluate", "finetune", ckpt, "--stage", "1"], "--stage is for the frozen protocols", here)

@@ -45,6 +45,36 @@ def stage_features(backbone: Backbone, images: Tensor) -> list[Tensor]:
                      f"not {type(net).__name__}")
 
 
+class PooledStage(nn.Module):
+    """The global average of one stage's feature map (:func:`stage_features`, 0 the finest) as an image's
+    features: the layer-wise frozen evaluation of Goyal et al. 2019 ("Scaling and Benchmarking
+    Self-Supervised Visual Representation Learning", section 3; VISSL's ``res4``/``res5`` probes), which found
+    that a pretext task's last stage specialises to its task and an earlier one transfers better. Works for
+    the backbones :func:`stage_features` reads; ``index`` is checked on the first call.
+
+    Examples:
+        >>> from selfsup.nn.backbones import build_backbone
+        >>> net = build_backbone("convnet", in_channels=1, image_size=28)
+        >>> PooledStage(net, 2)(torch.rand(4, 1, 28, 28)).shape  # the 7x7x128 stage, averaged
+        torch.Size([4, 128])
+    """
+
+    def __init__(self, backbone: Backbone, index: int) -> None:
+        super().__init__()
+        if index < 0:
+            raise ValueError(f"stage index must be 0 (the finest) or more, got {index}")
+        self.backbone, self.index = backbone, index
+
+    def extra_repr(self) -> str:  # the floor's cache key reads repr: one key per stage
+        return f"index={self.index}"
+
+    def forward(self, images: Tensor) -> Tensor:
+        stages = stage_features(self.backbone, images)
+        if self.index >= len(stages):
+            raise ValueError(f"stage {self.index} asked of a backbone with {len(stages)} stages (0-{len(stages) - 1})")
+        return stages[self.index].float().mean(dim=(-2, -1))
+
+
 class DescriptorNet(nn.Module):
     """``(B, C, H, W)`` images to ``(B, dim, H, W)`` per-pixel descriptors from the backbone's stages.
 
