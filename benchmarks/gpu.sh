@@ -54,6 +54,7 @@ MODES="eager compile"
 # draws: train.fused_views and train.fused_draws; auto: train.compile unset (compiled if the run repays it)
 [ "$DEV" = cuda ] && MODES="eager compile auto draws"
 for mode in $MODES; do
+    rm -rf /tmp/gpu_epoch_$mode  # a rerun on a warm machine: not refused as another run, nor its old figures printed
     part 120 "engine epoch at CIFAR shape (Fashion-MNIST as 3x32x32), $mode" \
         $PY -m selfsup pretrain recipes/simclr_fashion_mnist.yaml backbone.name=$BACKBONE data.size=32 data.channels=3 \
         train.batch_size=$B train.epochs=$EPOCHS train.knn_every=0 train.progress=false eval.plots=false \
