@@ -18,11 +18,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 if [ "${SMOKE:-0}" = 1 ]; then
-    B=32; B64=16; STEPS=2; WORK=2; REP=2; EPOCHS=0.02; GC="64 128"; GCM=32; DEC=200; STREAM="--images 128 --steps 2 --rounds 1"
+    B=32; B64=16; STEPS=2; WORK=2; REP=2; EPOCHS=0.02; GC="64 128"; GCM=32; DEC=200; STREAM="--images 256 --batch 32 --steps 2 --rounds 1"
     METHODS="--batch 32 --rounds 1 --block 1"; BACKBONE=convnet
 else
     B=512; B64=256; STEPS=40; WORK=16; REP=9; EPOCHS=1; GC="512 2048 8192"; GCM=512; DEC=20000
-    STREAM="--images 8192 --workers 16 --batch 256 --size 96 --backbone resnet18"; METHODS="--batch 256 --rounds 3"
+    STREAM="--images 12288 --workers 16 --batch 256 --size 96 --backbone resnet18"; METHODS="--batch 256 --rounds 3"
     BACKBONE=resnet18
 fi
 part() {  # part SECONDS TITLE COMMAND...: a titled part under its own limit
