@@ -277,6 +277,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                                             "shots", "query", "episodes", "classes", "stage")}
             with_floor(entries, random_init_floor(seeded_build(make_scratch, cfg.train.seed), measure,
                                                   data={"train": train, "test": test}, settings=settings))
+    if args.stage is not None:  # said in the entry, so that a report shows which features were probed
+        for entry in entries.values():
+            entry["stage"] = args.stage
+            entry["protocol"] = (f"features: the backbone's stage {args.stage} (0 the finest) averaged over positions "
+                                 f"(Goyal et al. 2019's layer-wise probe); {entry.get('protocol', '')}")
     _write_entries(args.checkpoint, entries, data)
     return 0
 

@@ -377,6 +377,7 @@ def test_evaluate_stage_probes_a_pooled_stage_with_its_own_floor(digits_run, her
     out = here("evaluate", "knn", ckpt, "--stage", "1")
     assert out.returncode == 0, out.stderr[-2000:]
     entry = json.loads((run / "evaluations" / "knn_stage1.json").read_text())
+    assert entry["stage"] == 1 and entry["protocol"].startswith("features: the backbone's stage 1 ")
     import torch
 
     from selfsup import cli
