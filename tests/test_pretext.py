@@ -335,6 +335,45 @@ def test_jigsaw_feeds_the_network_tiles_normalised_by_their_own_statistics():
     assert not torch.allclose(seen[0].flatten(-2).std(-1), torch.ones(36, 3), atol=1e-2)
 
 
+def test_jigsaw_plus_plus_replaces_up_to_k_tiles_by_tiles_of_another_image():
+    # Jigsaw++ (Noroozi et al. 2018, section 4): 0 to 2 tiles of a puzzle, at random positions, come from
+    # another image. Each tile here carries its image and its tile index as its two pixel values.
+    batch = 600
+    tiles = torch.stack([torch.arange(batch).view(-1, 1).expand(batch, 9).float(),
+                         torch.arange(9).view(1, -1).expand(batch, 9).float()], dim=-1).view(batch, 9, 1, 1, 2)
+    out, mask = pretext.replace_with_foreign_tiles(tiles, 2, generator=torch.Generator().manual_seed(0))
+    image, tile = out[..., 0, 0, 0], out[..., 0, 0, 1]
+    own = image == torch.arange(batch).view(-1, 1).float()
+    assert torch.equal(~own, mask)                                   # replaced exactly where the mask says
+    assert torch.equal(out[~mask], tiles[~mask])                     # the rest untouched
+    counts = torch.bincount(mask.sum(1), minlength=3)
+    assert counts.sum() == batch and len(counts) == 3                # never more than 2
+    assert (counts - batch / 3).abs().max() < 4 * (batch * (1 / 3) * (2 / 3)) ** 0.5  # 0, 1, 2 equally often
+    per_position = mask.sum(0).float()                               # every position as likely: 600 / 9 each
+    assert (per_position - per_position.mean()).abs().max() < 4 * per_position.mean().sqrt()
+    foreign = image[mask].long()
+    assert len(foreign.sub(torch.nonzero(mask)[:, 0]).remainder(batch).unique()) == 1  # one other image per call
+    assert torch.equal(tile[mask], tiles[..., 0, 0, 1][mask])        # at the same position of that image's puzzle
+    unchanged, none = pretext.replace_with_foreign_tiles(tiles, 0)
+    assert unchanged is tiles and not none.any()
+    with pytest.raises(ValueError, match="most"):
+        pretext.replace_with_foreign_tiles(tiles, 10)
+    # The method: the option reaches the puzzles, labels stay the permutations, and 0 is the 2016 puzzle.
+    torch.manual_seed(0)
+    method = Jigsaw(linear_backbone(4), num_permutations=12, patch=3, gap=1, input_size=4, foreign_tiles=2,
+                    tile_norm=False)
+    seen = []
+    method.backbone.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    x = torch.linspace(0, 1, 64).view(64, 1, 1, 1).expand(64, 3, 15, 15)  # image i: one grey level
+    out = method.training_step(Batch([x], torch.arange(64)), Progress(0, 10, 5))
+    assert torch.isfinite(out["loss"])
+    level = seen[0].view(64, 9, -1)[..., 0]                         # the level each tile reached the network with
+    strangers = (level - level.median(dim=1, keepdim=True).values).abs().gt(1e-4).sum(1)
+    assert strangers.max() == 2 and strangers.min() == 0
+    with pytest.raises(ValueError, match="foreign_tiles"):
+        Jigsaw(linear_backbone(4), foreign_tiles=9)
+
+
 def test_tile_colour_jitter_shifts_each_channel_of_each_tile_by_at_most_two_levels():
     tiles = torch.full((500, 3, 4, 4), 0.5)
     shifted = pretext.jitter_tile_colours(tiles, generator=torch.Generator().manual_seed(0))

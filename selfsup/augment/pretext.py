@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.augment._common import _check_images, _randint
+from selfsup.augment._common import _check_images, _rand, _randint
 
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
 """Cells of a 3x3 grid around the centre (4), in row-major order: label k is cell NEIGHBOURS[k]."""
@@ -167,6 +167,38 @@ def jigsaw(x: Tensor, permutations: Tensor, *, patch: int, gap: int = 0,
     return grid_patches(x, order, patch=patch, gap=gap, generator=generator), labels
 
 
+def replace_with_foreign_tiles(puzzles: Tensor, most: int, *,
+                                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Jigsaw++ (Noroozi, Vinjimoor, Favaro & Pirsiavash 2018, "Boosting Self-Supervised Learning via
+    Knowledge Transfer", section 4): in each puzzle ``(B, 9, C, p, p)`` a random number of tiles, 0 to
+    ``most`` (uniform), at random positions, replaced by tiles of another image of the batch, so the
+    puzzle can only be solved by telling which tiles belong together. The other image is one batch
+    shift away (one shift per call, from 1 to B - 1, so never the image itself); a replaced position
+    takes whatever tile that image shows there, itself shuffled. The permutation labels are unchanged.
+
+    Returns the puzzles and the ``(B, 9)`` bool mask of replaced positions.
+
+    Examples:
+        >>> tiles = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 9, 1, 2, 2)
+        >>> out, mask = replace_with_foreign_tiles(tiles, 2, generator=torch.Generator().manual_seed(0))
+        >>> bool((mask.sum(1) <= 2).all()), bool((out[mask] != tiles[mask]).all())
+        (True, True)
+    """
+    if puzzles.ndim != 5 or puzzles.shape[1] != 9:
+        raise ValueError(f"puzzles must have shape (B, 9, C, p, p), got {tuple(puzzles.shape)}")
+    if not 0 <= most <= 9:
+        raise ValueError(f"most must be between 0 and 9 tiles, got {most}")
+    batch = puzzles.shape[0]
+    if most == 0 or batch < 2:
+        return puzzles, torch.zeros(batch, 9, dtype=torch.bool, device=puzzles.device)
+    count = _randint(most + 1, (batch,), puzzles.device, generator)            # tiles to replace, 0..most
+    rank = _rand((batch, 9), puzzles.device, generator).argsort(dim=1).argsort(dim=1)
+    mask = rank < count[:, None]                                               # ``count`` random positions
+    shift = 1 + int(_randint(batch - 1, (1,), puzzles.device, generator))
+    other = puzzles.roll(shift, dims=0)
+    return torch.where(mask[:, :, None, None, None], other, puzzles), mask
+
+
 def resize_patches(patches: Tensor, size: int) -> Tensor:
     """``(..., C, p, p)`` patches resized to ``size`` (bilinear, antialiased when shrinking), as
     float; the identity when they already have that size."""
@@ -225,4 +257,5 @@ def jitter_tile_colours(tiles: Tensor, *, generator: torch.Generator | None = No
 
 
 __all__ = ["NEIGHBOURS", "grid_geometry", "grid_patches", "hamming_permutations", "jigsaw", "jitter_tile_colours",
-           "relative_patches", "resize_patches", "rotations", "standardise_patches", "standardise_tiles"]
+           "relative_patches", "replace_with_foreign_tiles", "resize_patches", "rotations", "standardise_patches",
+           "standardise_tiles"]

@@ -53,6 +53,11 @@ class Jigsaw(MethodBase):
         tile_norm: normalise each tile by its own statistics (the reference loader's; False: as the
             encoder normalises whole images).
         colour_jitter: the reference loader's per-tile channel shifts and per-image grayscale (p 0.3).
+        foreign_tiles: Jigsaw++ (Noroozi et al. 2018, section 4): up to this many tiles of each puzzle
+            (0 to ``foreign_tiles``, uniform, at random positions) replaced by tiles of another image of the
+            batch, the label still the permutation, so the head must tell which tiles belong together. The
+            paper replaces up to 2 (its occluding tiles may also be rotated, which is left out here). 0 (the
+            default) is the 2016 puzzle.
     """
 
     augment_recipe: ClassVar[str] = "none"  # the reference loader centre-crops and never flips
@@ -62,10 +67,12 @@ class Jigsaw(MethodBase):
     def __init__(self, backbone: Backbone, *, num_permutations: int = 100, patch: int | None = None,
                  gap: int | None = None, input_size: int | None = None, hidden_dim: int = 1024,
                  tile_norm: bool = True, colour_jitter: bool = False, head: str = "paper",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, foreign_tiles: int = 0) -> None:
         super().__init__()
         if num_permutations < 2:
             raise ValueError(f"num_permutations must be >= 2, got {num_permutations}")
+        if not 0 <= foreign_tiles <= 8:
+            raise ValueError(f"foreign_tiles must be between 0 and 8, got {foreign_tiles}")
         if head not in ("paper", "small"):
             raise ValueError(f"head must be 'paper' or 'small', got {head!r}")
         self.backbone = backbone
@@ -82,7 +89,7 @@ class Jigsaw(MethodBase):
             self.fc6 = nn.Identity()
             self.head = nn.Sequential(nn.Linear(9 * backbone.out_dim, hidden_dim), nn.ReLU(inplace=True), *drop,
                                       nn.Linear(hidden_dim, num_permutations))
-        self.tile_norm, self.colour_jitter = tile_norm, colour_jitter
+        self.tile_norm, self.colour_jitter, self.foreign_tiles = tile_norm, colour_jitter, foreign_tiles
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
@@ -91,6 +98,8 @@ class Jigsaw(MethodBase):
             x = augment.grayscale(x, p=0.3)
         patch, gap, size = self.grid.resolve(x.shape[-1])
         tiles, labels = pretext.jigsaw(x, self.permutations, patch=patch, gap=gap)
+        if self.foreign_tiles:
+            tiles, _ = pretext.replace_with_foreign_tiles(tiles, self.foreign_tiles)
         flat = pretext.resize_patches(tiles.flatten(0, 1), size)       # (9B, C, s, s), image-major
         if self.colour_jitter:
             flat = pretext.jitter_tile_colours(flat)
