@@ -91,9 +91,9 @@ def recheck_knn():
         run = Path(run)
         results = json.loads((run / "results.json").read_text())
         entry = results["evaluations"]["knn"]
-        cfg, encoder, (channels, size), device, _ = cli._load_encoder(str(run / "checkpoints" / "last.ckpt"))
+        cfg, encoder, (channels, size), device, _ = cli.common.load_encoder(str(run / "checkpoints" / "last.ckpt"))
         kind = data.kind_of(cfg.data)
-        train, test = (cli._dataset(cfg, None, None, split, channels, size) for split in ("train", "test"))
+        train, test = (cli.common.dataset(cfg, None, None, split, channels, size) for split in ("train", "test"))
         train_x, test_x = (evaluate.extract_features(encoder, d.inputs, kind=kind) for d in (train, test))
         saved = np.load(run / "test_embeddings.npy")
         np.testing.assert_allclose(saved, test_x.numpy(), rtol=1e-4, atol=1e-5)

@@ -191,7 +191,7 @@ def test_every_command_that_takes_a_checkpoint_answers_a_bad_file_in_one_line(re
                                                                                monkeypatch):
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)
     files = fuzz_files(real_checkpoint, tmp_path / "fuzz", count=4)
     chosen = [f for f in files if not f.name.startswith("prefix") or f.stem in ("prefix0", "prefix13", "prefix70")]
     commands = [["evaluate", "linear"], ["evaluate", "knn", "--no-floor"], ["evaluate", "finetune"], ["embed"],
@@ -238,7 +238,7 @@ def test_a_flipped_byte_in_a_weight_is_named(real_checkpoint, tmp_path, capsys):
 def test_an_export_records_and_verifies_its_files(real_checkpoint, tmp_path, capsys, monkeypatch):
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)
     out = tmp_path / "export"
     assert main(["export", str(real_checkpoint), "--out", str(out), "--formats", "safetensors,torchscript"]) == 0
     capsys.readouterr()

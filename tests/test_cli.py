@@ -23,7 +23,7 @@ def here(monkeypatch, capsys):
     command's time), as ``here(*args)`` -> an object with returncode, stdout and stderr."""
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
 
     def run(*args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()
@@ -291,7 +291,7 @@ def test_evaluate_probes_the_runs_max_samples_subset(tmp_path, here, knn_by_hand
     from selfsup import cli, evaluate
     from selfsup.data import load
 
-    cfg, encoder, (channels, size), _, _ = cli._load_encoder(str(run / "checkpoints" / "last.ckpt"))
+    cfg, encoder, (channels, size), _, _ = cli.common.load_encoder(str(run / "checkpoints" / "last.ckpt"))
     train, test = (load("digits", split, size=size, channels=channels) for split in ("train", "test"))
     assert len(train) == 1437
     train_x, test_x = (evaluate.extract_features(encoder, d.inputs) for d in (train, test))
@@ -383,7 +383,7 @@ def test_evaluate_stage_probes_a_pooled_stage_with_its_own_floor(digits_run, her
     from selfsup import cli
     from selfsup.data import load
 
-    cfg, encoder, (channels, size), _, make_scratch = cli._load_encoder(ckpt)
+    cfg, encoder, (channels, size), _, make_scratch = cli.common.load_encoder(ckpt)
     train, test = (load("digits", split, size=size, channels=channels) for split in ("train", "test"))
 
     def by_hand(net, images):

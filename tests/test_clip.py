@@ -271,7 +271,7 @@ def test_clip_trains_through_the_engine_and_the_cli_evaluates_zero_shot(tmp_path
     # classes' prompt means (CLIP's ensembling), among those three only.
     from selfsup.data.captions import prompt_name
 
-    _, method, (channels, size), _, _ = cli._load_method(str(out / "checkpoints" / "last.ckpt"))
+    _, method, (channels, size), _, _ = cli.common.load_method(str(out / "checkpoints" / "last.ckpt"))
     test = data.load("digits", "test", size=size, channels=channels)
     keep = test.labels >= 7
     with torch.no_grad():
@@ -288,7 +288,7 @@ def test_clip_trains_through_the_engine_and_the_cli_evaluates_zero_shot(tmp_path
     seen = int((data.load("digits").labels < 7).sum())
     assert results["steps"] == seen // 64
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
     checkpoint = str(out / "checkpoints" / "last.ckpt")
     assert cli.main(["evaluate", "zeroshot", checkpoint]) == 0    # rebuilt from the checkpoint: the same numbers
     again = json.loads((out / "evaluations" / "zero_shot.json").read_text())
@@ -322,7 +322,7 @@ def test_clip_from_a_captions_folder_through_the_engine(tmp_path, monkeypatch):
     assert results["evaluations"]["zero_shot"]["classes"] == 2
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)
     assert cli.main(["evaluate", "zeroshot", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]) == 0
     again = json.loads((tmp_path / "run" / "evaluations" / "text_retrieval.json").read_text())
     assert again["captions"] == 4 and again["image_to_text_recall@1"] == pytest.approx(

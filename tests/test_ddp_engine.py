@@ -189,7 +189,7 @@ def test_instdisc_bank_is_equal_on_every_rank_and_evaluated(jobs, recheck_knn, k
     results = json.loads((run / "results.json").read_text())
     # The paper's kNN by hand: the ranks' bank (one row per training digit, in dataset order) against the
     # checkpoint's 128-d normalised features of the test digits.
-    _, method, (channels, size), _, _ = cli._load_method(str(run / "checkpoints" / "last.ckpt"))
+    _, method, (channels, size), _, _ = cli.common.load_method(str(run / "checkpoints" / "last.ckpt"))
     torch.testing.assert_close(method.bank.features, first["buffers"]["bank.features"], atol=0, rtol=0)
     train, test = (data.load("digits", split, size=size, channels=channels) for split in ("train", "test"))
     with torch.no_grad():

@@ -165,7 +165,7 @@ def test_dgi_trains_through_the_engine_on_karate(tmp_path, monkeypatch, recheck_
     assert embeddings.shape == (int(data.graphs.karate().test_mask.sum()), 32)
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
     main = cli.main  # the command line rebuilds the encoder on the same graph: the same probe
 
     assert main(["evaluate", "linear", str(tmp_path / "checkpoints" / "last.ckpt")]) == 0

@@ -215,7 +215,7 @@ def test_the_cli_exports_a_checkpoint(tmp_path, monkeypatch):
                              "train.batch_size=256", "train.epochs=1", "train.progress=false", "train.knn_every=0",
                              "eval.plots=false", "eval.linear=false", f"train.out_dir={tmp_path / 'run'}"])
     result = pretrain(cfg)
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)
     assert cli.main(["export", str(result.checkpoint), "--formats", "safetensors,torchscript"]) == 0
     folder = tmp_path / "run" / "export"
     card = json.loads((folder / "encoder.json").read_text())
@@ -251,7 +251,7 @@ def test_the_cli_replaces_an_earlier_export_and_a_loose_checkpoint_exports_besid
     loose = tmp_path / "downloads" / "x.ckpt"  # a checkpoint outside any run folder
     loose.parent.mkdir()
     shutil.copy(checkpoint, loose)
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)
     assert cli.main(["export", str(loose), "--formats", "safetensors,torchscript"]) == 0
     folder = tmp_path / "downloads" / "export"
     assert (folder / "encoder.torchscript.pt").is_file() and not (tmp_path / "export").exists()

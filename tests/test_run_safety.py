@@ -52,7 +52,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_a_folder_that_holds_another_run_is_refused_unless_told(tmp_path, capsys, monkeypatch):
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)
     out = tmp_path / "run"
     assert main(["pretrain", *TINY, "train.epochs=0.2", f"train.out_dir={out}"]) == 0
     capsys.readouterr()

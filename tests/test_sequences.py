@@ -177,7 +177,7 @@ def test_pretrain_cpc_on_a_wav_folder_and_resume_exactly(tmp_path, speech, monke
     # The command line re-evaluates a sequence checkpoint on the same windows: the same probe accuracy.
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
     main = cli.main
 
     assert main(["evaluate", "linear", str(tmp_path / "a" / "checkpoints" / "last.ckpt")]) == 0

@@ -480,7 +480,7 @@ def test_a_shard_that_does_not_match_its_index_is_named(tmp_path):
 def test_cli_pack_then_pretrain_on_the_pack(tmp_path, monkeypatch):
     from selfsup import cli
 
-    monkeypatch.setattr(cli, "_tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)  # process-wide malloc settings: the CLI's, not a test's
 
     root = make_folder(tmp_path / "imgs", 48, test=12)
     assert cli.main(["pack", str(root), str(tmp_path / "pack"), "--size", "16", "--shard-size", "20"]) == 0

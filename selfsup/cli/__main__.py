@@ -1,0 +1,7 @@
+"""``python -m selfsup.cli ...``: the command line."""
+
+import sys
+
+from selfsup.cli import main
+
+sys.exit(main())
