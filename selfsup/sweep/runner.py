@@ -1,0 +1,99 @@
+"""A study's runs started, one at a time, in parallel or through submitit, each resumable."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from selfsup.errors import ConfigError
+from selfsup.sweep.study import Run, Study, expand
+
+
+def commands(study: Study, run: Run) -> list[list[str]]:
+    """The commands that bring ``run`` to done: pretrain (resumed when it was cut), then the study's
+    fine-tuning where it is not written yet."""
+    python = [sys.executable, "-m", "selfsup"]
+    steps = []
+    status = run.status()
+    if status != "done":
+        recipe = run.point.recipe or study.recipe
+        steps.append([*python, "pretrain", *([recipe] if recipe else []), *run.overrides,
+                      *(["--resume"] if status == "resume" else [])])
+    if study.finetune and not (run.folder / "evaluations" / "finetune.json").is_file():
+        labels = ",".join(f"{100 * f:g}%" for f in study.finetune)
+        steps.append([*python, "evaluate", "finetune", str(run.folder / "checkpoints" / "last.ckpt"),
+                      "--labels", labels, "--seeds", str(run.seed),  # each run its own subset and scratch network
+                      *(["--steps", str(study.finetune_steps)] if study.finetune_steps else [])])
+    return steps
+
+
+def _execute_one(steps: list[list[str]], log: str) -> int:
+    """Run the commands in order, appending their output to ``log``; the first failing status."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as out:
+        for command in steps:
+            out.write(f"$ {shlex.join(command)}\n")
+            out.flush()
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                return code
+    return 0
+
+
+def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict[str, Any] | None = None,
+            progress: bool = True, say: Callable[[str], None] = print) -> dict[str, int]:
+    """Bring every run of ``study`` to done; returns ``{run folder: exit status}`` of those run now.
+
+    ``executor="local"``: ``jobs`` processes at a time on this machine. ``"slurm"``: each run a
+    submitit job (``slurm`` holds submitit's parameters, e.g. ``{"slurm_partition": "gpu",
+    "timeout_min": 60, "gpus_per_node": 1}``); ``"submitit-local"``: submitit's local executor (the
+    same path without a cluster, what the tests use).
+    """
+    from tqdm.auto import tqdm
+
+    runs = expand(study)
+    todo = [run for run in runs if commands(study, run)]
+    counts = {status: sum(r.status() == status for r in todo) for status in ("resume", "new")}
+    shape = (f"{len(study.points)} points x {len(study.seeds)} seeds" if study.uniform_seeds else
+             f"{len(study.points)} points, " + ", ".join(f"{p.name} {len(study.seeds_of(p))}" for p in study.points)
+             + " seeds")
+    say(f"sweep {study.name}: {len(runs)} runs ({shape}) in "
+        f"{study.folder}; {len(runs) - len(todo)} done, {counts['resume']} to resume, {counts['new']} to start")
+    results: dict[str, int] = {}
+    if not todo:
+        return results
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=study.name, disable=not progress)
+    if executor == "local":
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(_execute_one, commands(study, run), str(run.folder / "sweep.log")): run
+                       for run in todo}
+            for future, run in futures.items():
+                results[str(run.folder)] = future.result()
+                bar.update()
+    elif executor in ("slurm", "submitit-local"):
+        import submitit  # the cluster extra
+
+        folder = study.folder / "submitit"
+        pool = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else "slurm")
+        pool.update_parameters(**(slurm or {}))
+        submitted = [(pool.submit(_execute_one, commands(study, run), str(run.folder / "sweep.log")), run)
+                     for run in todo]
+        for job, run in submitted:
+            results[str(run.folder)] = job.result()
+            bar.update()
+    else:
+        raise ConfigError(f"--executor: {executor!r}; choose local, slurm or submitit-local")
+    bar.close()
+    failed = [folder for folder, code in results.items() if code != 0]
+    if failed:
+        say(f"sweep {study.name}: {len(failed)} run(s) failed; their output is in <run>/sweep.log: "
+            + ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
+    return results
+
+
+# -- the summary ------------------------------------------------------------------------------
