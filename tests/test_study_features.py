@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from selfsup import losses, sweep
 from selfsup.config import load_config
+from selfsup.errors import ConfigError
 from selfsup.engine import monitor, pretrain
 from selfsup.evaluate import collapse_entry
 from selfsup.methods import BYOL, SimCLR
@@ -190,7 +192,7 @@ def test_a_run_evaluates_the_projection_and_counts_spikes(tmp_path):
 
 
 def test_a_study_with_several_claims_points_with_their_own_recipes_and_shared_runs(tmp_path):
-    root = sweep.Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
     points = (f"points:\n  - {{name: rotation, recipe: {root}/recipes/rotation_fashion_mnist.yaml}}\n"
               f"  - {{name: simclr, recipe: {root}/recipes/simclr_fashion_mnist.yaml}}\n")
@@ -240,5 +242,5 @@ def test_verdicts_against_the_floor_and_between_two_metrics_of_one_point(tmp_pat
     assert "| a | `x=1` | 90.00 ± 1.00 [87.52, 92.48]; *floor* 85.00 | 83.33 ± 3.06 [75.74, 90.92] |" in page
     assert "No recipe (the defaults)," in page
     spec.write_text(spec.read_text().replace("beats: linear_projection", "beats: knn"))
-    with pytest.raises(sweep.ConfigError, match="beats 'knn' is not among the metrics"):
+    with pytest.raises(ConfigError, match="beats 'knn' is not among the metrics"):
         sweep.load_study(spec)
