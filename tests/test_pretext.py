@@ -367,7 +367,7 @@ def test_jigsaw_plus_plus_replaces_up_to_k_tiles_by_tiles_of_another_image():
     x = torch.linspace(0, 1, 64).view(64, 1, 1, 1).expand(64, 3, 15, 15)  # image i: one grey level
     out = method.training_step(Batch([x], torch.arange(64)), Progress(0, 10, 5))
     assert torch.isfinite(out["loss"])
-    level = seen[0].view(64, 9, -1)[..., 0]                         # the level each tile reached the network with
+    level = seen[0].reshape(64, 9, -1)[..., 0]                         # the level each tile reached the network with
     strangers = (level - level.median(dim=1, keepdim=True).values).abs().gt(1e-4).sum(1)
     assert strangers.max() == 2 and strangers.min() == 0
     with pytest.raises(ValueError, match="foreign_tiles"):
