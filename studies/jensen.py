@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _page  # noqa: E402
 
 from selfsup import data, losses  # noqa: E402
-from selfsup.cli import _load_method  # noqa: E402  (the checkpoint loader the command line uses)
+from selfsup.cli.common import load_method  # noqa: E402  (the checkpoint loader the command line uses)
 from selfsup.config import load_config  # noqa: E402
 from selfsup.engine.setup import build_method  # noqa: E402
 
@@ -106,7 +106,7 @@ def main() -> None:
     encoders["random init (recipes/simclr_fashion_mnist.yaml)"] = (build_method(
         cfg, in_channels=1, image_size=28, mean=[mean], std=[std]), cfg.method_args.get("temperature", 0.5))
     if args.checkpoint:
-        ckpt_cfg, method, _, _, _ = _load_method(args.checkpoint)
+        ckpt_cfg, method, _, _, _ = load_method(args.checkpoint)
         encoders[f"trained ({args.checkpoint})"] = (method, ckpt_cfg.method_args.get("temperature", 0.5))
     found = {}
     for name, (method, tau) in encoders.items():

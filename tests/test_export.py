@@ -222,9 +222,9 @@ def test_the_cli_exports_a_checkpoint(tmp_path, monkeypatch):
     assert card["method"] == "simclr" and card["feature_dim"] == 32 and card["image_size"] == 16
     scripted = torch.jit.load(str(folder / "encoder.torchscript.pt"))
     images = torch.rand(3, 1, 16, 16)
-    from selfsup.cli import _load_encoder
+    from selfsup.cli.common import load_encoder
 
-    _, encoder, *_ = _load_encoder(str(result.checkpoint))
+    _, encoder, *_ = load_encoder(str(result.checkpoint))
     with torch.no_grad():
         assert torch.allclose(scripted(images), encoder.cpu()(images), atol=1e-5)
     # selfsup's own convnet: its safetensors lines rebuild it through selfsup, from the recorded configuration

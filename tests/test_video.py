@@ -1115,7 +1115,7 @@ def test_an_image_method_cannot_train_on_videos(videos, tmp_path):
 
 def test_a_video_run_resumed_ends_where_the_straight_run_ends(videos, tmp_path):
     """R3M with its language term (the fixture's videos have captions.csv): its shuffles resume too."""
-    from selfsup.cli import _load_method
+    from selfsup.cli.common import load_method
     from selfsup.config import load_config
     from selfsup.engine import pretrain
 
@@ -1136,5 +1136,5 @@ def test_a_video_run_resumed_ends_where_the_straight_run_ends(videos, tmp_path):
     assert a["step"] == b["step"] == 6  # 9 videos x 2 clips, batch 6: 3 steps an epoch
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert any(k.startswith("reward.") for k in a["model"]) and any(k.startswith("text.") for k in a["model"])
-    _, method, *_ = _load_method(str(tmp_path / "a" / "checkpoints" / "last.ckpt"))  # rebuilt without captions
+    _, method, *_ = load_method(str(tmp_path / "a" / "checkpoints" / "last.ckpt"))  # rebuilt without captions
     assert torch.equal(method.reward[0].weight, a["model"]["reward.0.weight"])
