@@ -25,9 +25,9 @@ the global batch.)
 """
 
 from selfsup.losses._common import finite_checks
-from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, jsd_mi, local_global_info_nce,
-                                        margin_triplet, n_pair, nce,
-                                        nce_log_normalizer, nt_logistic, nt_xent, one_sided_nt_xent, supcon)
+from selfsup.losses.contrastive import (clip, cpc, info_nce, invaspread, margin_triplet, n_pair, nt_logistic,
+                                        nt_xent, one_sided_nt_xent, supcon)
+from selfsup.losses.estimators import jsd_mi, local_global_info_nce, nce, nce_log_normalizer
 from selfsup.losses.distillation import DINOLoss, dino, negative_cosine
 from selfsup.losses.metric import (batch_hard_triplet, pixelwise_contrastive, prototypical, semi_hard_triplet,
                                   triplet)
