@@ -13,9 +13,10 @@ Everything here takes an encoder and tensors (never a checkpoint path or a confi
     few_label_finetune(encoder, make_scratch, train_images, train_y, test_images, test_y)  # 1%, 10%
 
 ``frozen_evaluations`` and ``finetune_entry`` make these as the JSON entries of a run's
-``results.json``, each with its protocol in words. The report is the one exception to "tensors
-only": it reads a finished run's folder. ``write_report(run_dir)`` writes the run's HTML page and
-``results_table(run_dirs)`` the README's results table.
+``results.json``, each with its protocol in words. The report and the tables are the exception to
+"tensors only": they read finished runs' folders. ``write_report(run_dir)`` writes the run's HTML page
+(``selfsup.evaluate.report``) and ``results_table(run_dirs)`` the README's results table
+(``selfsup.evaluate.tables``).
 """
 
 from selfsup.evaluate.features import TABLE_FORMATS, extract_features, save_embedding_table, save_embeddings
@@ -24,8 +25,9 @@ from selfsup.evaluate.finetune import FinetuneResult, few_label_finetune, finetu
 from selfsup.evaluate.knn import KNN_PROTOCOL, knn_accuracy, knn_predict
 from selfsup.evaluate.plots import plot_curves, plot_embedding, plot_signal_views, plot_views
 from selfsup.evaluate.probe import LINEAR_PROTOCOL, ProbeResult, linear_probe
-from selfsup.evaluate.report import headline_table, load_run, results_table, write_report
+from selfsup.evaluate.report import load_run, write_report
 from selfsup.evaluate.retrieval import nearest_neighbours, plot_retrieval, recall_at_k
+from selfsup.evaluate.tables import headline_table, results_table
 from selfsup.evaluate.zeroshot import (TEXT_RETRIEVAL_PROTOCOL, ZERO_SHOT_PROTOCOL, text_retrieval_entry,
                                        text_retrieval_recall, zero_shot_accuracy, zero_shot_entry, zero_shot_predict)
 from selfsup.evaluate.suite import (COLLAPSE_PROTOCOL, FEWSHOT_PROTOCOL, FINETUNE_PROTOCOL, RETRIEVAL_PROTOCOL,
