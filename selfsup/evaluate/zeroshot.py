@@ -37,8 +37,8 @@ def zero_shot_accuracy(image_emb: Tensor, labels: Tensor, class_weights: Tensor,
         if not keep.any():
             raise ValueError(f"no test image has a class in {classes.tolist()}")
         picked = classes[zero_shot_predict(image_emb[keep], class_weights[classes])]
-        return float((picked == labels[keep]).float().mean())
-    return float((zero_shot_predict(image_emb, class_weights).cpu() == labels).float().mean())
+        return int((picked == labels[keep]).sum()) / len(picked)
+    return int((zero_shot_predict(image_emb, class_weights).cpu() == labels).sum()) / len(labels)
 
 
 def zero_shot_entry(image_emb: Tensor, labels: Tensor, class_weights: Tensor, *, data: str,
