@@ -53,6 +53,18 @@ def test_list_names_every_method_and_recipe():
     assert "[images | image_pairs]" in lines["dense_object_net"] and "[video]" in lines["tcn"]
 
 
+def test_version_names_selfsup_and_the_torch_it_runs_on(here):
+    # What a bug report needs first: the package's version and the installed torch pair, as pip sees them.
+    from importlib.metadata import version
+
+    import selfsup as package
+
+    out = here("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (f"selfsup {package.__version__} (torch {version('torch')}, "
+                                  f"torchvision {version('torchvision')})")
+
+
 def assert_one_line_error(args, message, run=selfsup):
     out = run(*args)
     assert out.returncode == 2, out.stderr[-2000:]

@@ -38,8 +38,25 @@ def _percents(text: str) -> list[float]:
     return shares
 
 
+def version_text() -> str:
+    """``selfsup --version``: this package's version and the installed torch and torchvision (read from their
+    metadata, so that asking does not import torch), what a bug report needs first."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import selfsup
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"selfsup {selfsup.__version__} (torch {installed('torch')}, torchvision {installed('torchvision')})"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised representation learning.")
+    p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", required=True)
 
     pre = sub.add_parser("pretrain", help="pretrain an encoder from a YAML recipe")
