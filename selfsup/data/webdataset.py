@@ -147,7 +147,7 @@ class TarReader:
     so the threads of :class:`selfsup.data.stream.ImageStream` read side by side (a seek then a read
     on one shared handle let another thread's seek land in between: a good sample read as garbage
     and reported unreadable). No shard stays open between reads: a local read opens and closes its
-    shard (microseconds against a decode, as :class:`selfsup.data.stream.PackedReader`), so more
+    shard (microseconds against a decode, as :class:`selfsup.data.readers.PackedReader`), so more
     shards than the open-file limit (``ulimit -n``) read as well as a few. Picklable: each process
     finds the shards' filesystems anew.
     """
