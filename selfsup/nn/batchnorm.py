@@ -23,7 +23,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     all-reduce's backward sums the gradients of all ranks, so DDP's average of the per-rank
     gradients equals the gradient of the single-process loss on the concatenated batch; the
     running statistics are updated from the global batch (unbiased variance), hence equal on
-    every rank. Otherwise (eval mode, one process) it is plain BatchNorm.
+    every rank. Otherwise (eval mode, one process) it is plain BatchNorm. The statistics are computed
+    in float32 for half-precision input and in float64 for float64 input (as plain BatchNorm keeps it).
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -36,7 +37,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)
-        x = input.float()
+        x = input if input.dtype == torch.float64 else input.float()  # statistics in float32 at least
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
         sums = distributed.all_reduce_with_gradients(torch.cat([x.sum(dim=dims), count]))
         total = sums[-1]
