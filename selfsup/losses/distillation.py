@@ -139,7 +139,9 @@ class DINOLoss(nn.Module):
         temp = self.teacher_temp if teacher_temp is None else teacher_temp
         loss = dino(student_logits, teacher_logits, self.center, self.student_temp, temp)
         with torch.no_grad():
-            total = distributed.all_reduce_sum(teacher_logits.detach().float().sum(dim=(0, 1)))
+            logits = teacher_logits.detach()
+            logits = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
+            total = distributed.all_reduce_sum(logits.sum(dim=(0, 1)))
             count = teacher_logits.shape[0] * teacher_logits.shape[1] * distributed.world_size()
             self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
         return loss

@@ -158,8 +158,8 @@ class CMC(MethodBase):
 
     def embed(self, view_inputs: list[Tensor]) -> list[Tensor]:
         """The unit vectors ``z_m`` of each view's inputs."""
-        return [F.normalize(head(encoder(x)).float(), dim=1)
-                for encoder, head, x in zip(self.backbone.encoders, self.heads, view_inputs)]
+        outputs = [head(encoder(x)) for encoder, head, x in zip(self.backbone.encoders, self.heads, view_inputs)]
+        return [F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1) for z in outputs]  # float32 at least
 
     def noise(self, step: int, device: torch.device) -> Tensor:
         """The ``num_negatives`` bank rows of global step ``step`` (the same on every rank)."""
