@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.augment._common import _check_images, _rand, _randint
+from selfsup.nn.dtypes import at_least_float32
 
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
 """Cells of a 3x3 grid around the centre (4), in row-major order: label k is cell NEIGHBOURS[k]."""
@@ -205,7 +206,7 @@ def resize_patches(patches: Tensor, size: int) -> Tensor:
     if patches.shape[-1] == size and patches.shape[-2] == size:
         return patches
     lead = patches.shape[:-3]
-    flat = patches.reshape(-1, *patches.shape[-3:]).float()
+    flat = at_least_float32(patches.reshape(-1, *patches.shape[-3:]))
     resized = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False,
                             antialias=size < patches.shape[-1])
     return resized.reshape(*lead, *resized.shape[-3:])
@@ -222,7 +223,7 @@ def standardise_tiles(tiles: Tensor) -> Tensor:
         >>> bool(t.mean(dim=(-2, -1)).abs().max() < 1e-5)
         True
     """
-    flat = tiles.float().flatten(-2)
+    flat = at_least_float32(tiles).flatten(-2)
     mean, std = flat.mean(dim=-1, keepdim=True), flat.std(dim=-1, keepdim=True)
     std = torch.where(std == 0, torch.ones_like(std), std)
     return ((flat - mean) / std).view(tiles.shape)
@@ -241,7 +242,7 @@ def standardise_patches(patches: Tensor) -> Tensor:
         >>> bool(p.pow(2).mean(dim=(-3, -2, -1)).sub(1).abs().max() < 1e-5)
         True
     """
-    flat = patches.float().flatten(-2)
+    flat = at_least_float32(patches).flatten(-2)
     centred = flat - flat.mean(dim=-1, keepdim=True)
     rms = centred.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
     rms = torch.where(rms == 0, torch.ones_like(rms), rms)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from selfsup import distributed
 from selfsup.losses._common import _embeddings, _float_tensor, _positive, _same_shape, float32_loss
+from selfsup.nn.dtypes import at_least_float32
 
 
 @float32_loss
@@ -140,7 +141,7 @@ class DINOLoss(nn.Module):
         loss = dino(student_logits, teacher_logits, self.center, self.student_temp, temp)
         with torch.no_grad():
             logits = teacher_logits.detach()
-            logits = logits if logits.dtype == torch.float64 else logits.float()  # float32 at least
+            logits = at_least_float32(logits)
             total = distributed.all_reduce_sum(logits.sum(dim=(0, 1)))
             count = teacher_logits.shape[0] * teacher_logits.shape[1] * distributed.world_size()
             self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)

@@ -12,6 +12,7 @@ from selfsup import augment, distributed, losses
 from selfsup.augment import lab_to_rgb, rgb_to_lab
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, MemoryBank, with_in_channels
+from selfsup.nn.dtypes import at_least_float32
 
 # L / 100 and (ab + 128) / 255 put both parts of Lab in [0, 1], the range backbones take.
 _AB_OFFSET, _AB_SCALE = 128.0, 255.0
@@ -159,7 +160,7 @@ class CMC(MethodBase):
     def embed(self, view_inputs: list[Tensor]) -> list[Tensor]:
         """The unit vectors ``z_m`` of each view's inputs."""
         outputs = [head(encoder(x)) for encoder, head, x in zip(self.backbone.encoders, self.heads, view_inputs)]
-        return [F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1) for z in outputs]  # float32 at least
+        return [F.normalize(at_least_float32(z), dim=1) for z in outputs]
 
     def noise(self, step: int, device: torch.device) -> Tensor:
         """The ``num_negatives`` bank rows of global step ``step`` (the same on every rank)."""

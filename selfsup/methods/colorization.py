@@ -13,17 +13,19 @@ from selfsup.augment import rgb_to_lab
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.methods.rotation import task_accuracy
 from selfsup.nn import Backbone, WrappedEncoder, eval_mode, feature_map
+from selfsup.nn.dtypes import at_least_float32
 
 
 def ab_bins(grid: int = 10, samples: int = 64) -> Tensor:
     """Centres ``(Q, 2)`` of the ``grid``-sized ab cells that some sRGB colour falls in (the paper's
     in-gamut quantisation: 313 cells at grid 10 on ImageNet's colours; here every sRGB colour of a
-    ``samples``-per-channel cube decides, which keeps the bins a pure function of ``grid``)."""
+    ``samples``-per-channel cube decides, which keeps the bins a pure function of ``grid``). In the
+    default floating-point type, as the method's other buffers."""
     axis = torch.linspace(0, 1, samples, dtype=torch.float64)
     cube = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")).reshape(1, 3, -1, 1)
     ab = rgb_to_lab(cube)[0, 1:, :, 0].T                                     # (samples³, 2)
     cells = torch.unique(torch.floor(ab / grid), dim=0)
-    return ((cells + 0.5) * grid).float()
+    return ((cells + 0.5) * grid).to(torch.get_default_dtype())
 
 
 def soft_encode(ab: Tensor, centres: Tensor, neighbours: int = 5, sigma: float = 5.0) -> Tensor:
@@ -134,7 +136,7 @@ class Colorization(MethodBase):
         lab = rgb_to_lab(x)
         logits = self.head(feature_map(self.backbone, _gray(lab)))
         size = (max(1, x.shape[-2] // 4), max(1, x.shape[-1] // 4))
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).float()
+        logits = at_least_float32(F.interpolate(logits, size=size, mode="bilinear", align_corners=False))
         ab = F.adaptive_avg_pool2d(lab[:, 1:], size)                             # targets at a quarter
         targets = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.centres, self.neighbours, self.sigma)
         nearest = targets.argmax(dim=1)

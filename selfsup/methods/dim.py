@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from selfsup import losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, eval_mode, feature_map, split_features
+from selfsup.nn.dtypes import at_least_float32
 
 # The global discriminator reads the feature map pooled to this grid, so its size does not depend on the image's.
 _GLOBAL_GRID = 3
@@ -75,7 +76,7 @@ def prior_matching_losses(discriminator: nn.Module, codes: Tensor, *, gradient_p
     loss the two train their own side only: the first never reaches the codes, the second never
     D's parameters, so the method weighs the encoder's term by γ alone, as the official code.
     """
-    fake = torch.sigmoid(codes.float())
+    fake = torch.sigmoid(at_least_float32(codes))
     real = torch.rand(fake.shape, device=fake.device, generator=generator)
     logits_real, logits_fake = discriminator(real), discriminator(fake.detach())
     disc_loss = F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
@@ -179,8 +180,8 @@ class DeepInfoMax(MethodBase):
         outputs: dict[str, Tensor] = {}
         loss = torch.zeros((), device=y.device)
         if beta:
-            local = self.local_embed(maps).flatten(2).transpose(1, 2).float()       # (B, hw, D)
-            global_ = self.global_embed(y).float()
+            local = at_least_float32(self.local_embed(maps).flatten(2).transpose(1, 2))  # (B, hw, D)
+            global_ = at_least_float32(self.global_embed(y))
             if self.estimator == "jsd":
                 outputs["local_mi"] = losses.jsd_mi(*local_global_scores(local, global_))
             else:
@@ -188,7 +189,8 @@ class DeepInfoMax(MethodBase):
             loss = loss + beta * outputs["local_mi"]
         if alpha:
             flat = F.adaptive_avg_pool2d(maps, _GLOBAL_GRID).flatten(1)
-            scores = self.global_disc(torch.cat([torch.cat([flat, y], 1), torch.cat([flat, y.roll(1, 0)], 1)])).float()
+            pairs = torch.cat([torch.cat([flat, y], 1), torch.cat([flat, y.roll(1, 0)], 1)])
+            scores = at_least_float32(self.global_disc(pairs))
             positives, negatives = scores.chunk(2)
             outputs["global_mi"] = losses.jsd_mi(positives, negatives)
             loss = loss + alpha * outputs["global_mi"]

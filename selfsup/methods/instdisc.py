@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from selfsup import distributed, losses
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.nn import Backbone, MemoryBank
+from selfsup.nn.dtypes import at_least_float32
 
 
 class InstDisc(MethodBase):
@@ -140,13 +141,13 @@ class InstDisc(MethodBase):
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
-        f = self.embed(batch.views[0]).float()
+        f = at_least_float32(self.embed(batch.views[0]))
         index = batch.index.to(f.device)
         if self.num_noise == 0:                                           # exact softmax over the bank
             if self.bank_init == "first_visit":
                 self.visit(f.detach(), index)
             with torch.autocast(f.device.type, enabled=False):  # scores / 0.07 need float32
-                logits = f @ self.bank.features.float().T / self.temperature
+                logits = f @ self.bank.features.to(f.dtype).T / self.temperature
             if self.bank_init == "first_visit":
                 logits = logits.masked_fill(~self.visited, float("-inf"))
             loss = F.cross_entropy(logits, index)
@@ -161,7 +162,7 @@ class InstDisc(MethodBase):
             loss = losses.nce(scores, self.noise_prob, self.temperature, log_normalizer=self.log_z)
             outputs = {"log_z": self.log_z.clone()}
         if self.proximal:
-            outputs["proximal"] = (f - self.bank.features[index].float()).square().sum(dim=1).mean()
+            outputs["proximal"] = (f - self.bank.features[index].to(f.dtype)).square().sum(dim=1).mean()
             loss = loss + self.proximal * outputs["proximal"]
             outputs["proximal"] = outputs["proximal"].detach()
         self._pending = (distributed.gather(f.detach()), distributed.gather(index))

@@ -13,6 +13,7 @@ from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.methods.relative_location import PatchGrid
 from selfsup.methods.rotation import task_accuracy
 from selfsup.nn import Backbone
+from selfsup.nn.dtypes import at_least_float32
 
 
 class Jigsaw(MethodBase):
@@ -107,7 +108,7 @@ class Jigsaw(MethodBase):
             flat = pretext.standardise_tiles(flat) * self.backbone.std + self.backbone.mean
         features = self.fc6(self.backbone(flat)).view(x.shape[0], -1)  # (B, 9 d), tiles in puzzle order
         logits = self.head(features)
-        return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
+        return {"loss": F.cross_entropy(at_least_float32(logits), labels), "task_accuracy": task_accuracy(logits, labels)}
 
 
 __all__ = ["Jigsaw"]

@@ -12,6 +12,7 @@ from selfsup.augment import pretext
 from selfsup.methods.base import Batch, MethodBase, Progress, check_views
 from selfsup.methods.rotation import task_accuracy
 from selfsup.nn import Backbone
+from selfsup.nn.dtypes import at_least_float32
 
 
 class PatchGrid:
@@ -114,7 +115,7 @@ class RelativeLocation(MethodBase):
         pair = self._prepare(pretext.resize_patches(torch.cat([centre, neighbour]), size))
         features = self.fc6(self.backbone(pair)).chunk(2)
         logits = self.head(torch.cat(features, dim=1))
-        return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
+        return {"loss": F.cross_entropy(at_least_float32(logits), labels), "task_accuracy": task_accuracy(logits, labels)}
 
     def _all_pairs(self, x: Tensor, patch: int, gap: int, size: int) -> dict[str, Tensor]:
         b = x.shape[0]
@@ -125,7 +126,7 @@ class RelativeLocation(MethodBase):
         pairs = torch.cat([features[:, :1].expand(-1, 8, -1), features[:, 1:]], dim=2).flatten(0, 1)
         logits = self.head(pairs)                                                # (B * 8, 8)
         labels = torch.arange(8, device=x.device).repeat(b)
-        return {"loss": F.cross_entropy(logits.float(), labels), "task_accuracy": task_accuracy(logits, labels)}
+        return {"loss": F.cross_entropy(at_least_float32(logits), labels), "task_accuracy": task_accuracy(logits, labels)}
 
     def _prepare(self, patches: Tensor) -> Tensor:
         """Patches as the encoder receives them: with ``patch_norm`` exactly the normalised patches (the

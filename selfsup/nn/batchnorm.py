@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import distributed
+from selfsup.nn.dtypes import at_least_float32
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -37,7 +38,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)
-        x = input if input.dtype == torch.float64 else input.float()  # statistics in float32 at least
+        x = at_least_float32(input)  # statistics in float32 at least
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
         sums = distributed.all_reduce_with_gradients(torch.cat([x.sum(dim=dims), count]))
         total = sums[-1]

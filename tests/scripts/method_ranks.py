@@ -16,10 +16,10 @@ batch and averages the losses before the backward, which is what DDP's gradient 
 rank's draws (and each emulated rank's) come from the seed of (step, rank). So a method that
 gathered where it should not, or forgot to, ends in another state than the emulation.
 
-The methods run in float64 where they can (FLOAT32 lists those whose banks, tiles or normalised inputs are
-float32 by construction), so that the comparison's tolerance measures the method, not float32 rounding: MoCo v3's
-BatchNorm over 4-row batches amplified the summation order's rounding to 1.3 times the test's 1e-5 in 3 steps on
-an AMX CPU (2026-12-07), every other method staying under a quarter of it.
+Every method runs in float64 (the methods keep float64 where they upcast half precision: see
+``selfsup.nn.at_least_float32``), so that the comparison's tolerance measures the method, not float32 rounding:
+MoCo v3's BatchNorm over 4-row batches amplified the summation order's rounding to 1.3 times the former 1e-5 in 3
+steps on an AMX CPU (2026-12-07); in float64 one process and two differ by about 1e-15.
 
 Every rank writes OUT_DIR/<METHOD>_w<world size>_r<rank>.pt with the method's state_dict after the
 steps and the loss of every step (mean over ranks). Several methods run one after the other in the
@@ -72,7 +72,6 @@ CONV = ("rotation", "colorization", "dim", "cpc", "jigsaw", "relative_location",
 RANK_VIEWS = ("viewmaker",)
 LOCAL = ("triplet", "npair", "dim", "cpc", "jigsaw", "relative_location", "dense_object_net")
 GLOBAL_BATCH, STEPS = 8, 3
-FLOAT32 = ("instdisc", "instdisc_every_batch", "cmc", "colorization", "dim", "jigsaw", "relative_location")
 
 distributed = "WORLD_SIZE" in os.environ
 if distributed:
@@ -90,7 +89,7 @@ def backbone_for(name: str) -> Backbone:
 
 
 def run(name: str) -> None:
-    torch.set_default_dtype(torch.float32 if name in FLOAT32 else torch.float64)
+    torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
     backbone = backbone_for(name)
     method = METHODS[VARIANT_OF.get(name, name)](backbone, **ARGS[name]).train()
