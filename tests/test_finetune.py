@@ -220,6 +220,19 @@ def test_few_label_finetune_summarises_the_individual_runs():
     assert json.loads(json.dumps(table))["0.1"]["scratch"]["mean"] == table[0.1]["scratch"]["mean"]
 
 
+def test_finetune_entry_states_the_batch_each_fraction_ran():
+    # finetune() caps the batch at the subset's size: 10% of 80 images is 8 labels, one batch of 8, while 50%
+    # (40 labels) runs the asked 16. The protocol must say 8 / 16, not "batch 16" for both.
+    from selfsup.evaluate import finetune_entry
+    train_images, train_labels = brightness_images(80, seed=0)
+    test_images, test_labels = brightness_images(20, seed=1)
+    entry = finetune_entry(pixel_mlp(), pixel_mlp, train_images, train_labels, test_images, test_labels,
+                           data="toy", fractions=(0.1, 0.5), seeds=(0,), steps=1, batch_size=16)
+    assert [row["labels"] for row in entry["fractions"].values()] == [8, 40]
+    assert [row["batch"] for row in entry["fractions"].values()] == [8, 16]
+    assert "1 steps of batch 8 / 16 (a subset smaller than 16 labels" in entry["protocol"]
+
+
 def test_few_label_finetune_scratch_column_trains_make_scratch_seeded_by_the_subset_seed():
     # Each seed's scratch network is make_scratch() built after torch.manual_seed(seed), fine-tuned on
     # that seed's subset; the pretrained encoder here is dead (all zeros: no feature, no gradient, so a

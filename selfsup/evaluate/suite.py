@@ -35,7 +35,8 @@ COLLAPSE_PROTOCOL = ("frozen features of the test split: feature_std is the stan
                      "between 1 and d, 0 when every image has the same features")
 FINETUNE_PROTOCOL = ("the whole encoder and a linear head trained end to end on a class-stratified {percent} of the "
                      "training labels (seeded subsets), crop + flip augmentation, Nesterov SGD, lr {lr} per 256 "
-                     "images with a cosine schedule, {steps} steps of batch {batch}; test top-1, mean ± std over "
+                     "images with a cosine schedule, {steps} steps of batch {batch} (a subset smaller than {batch_size} "
+                     "labels is one whole batch, its lr scaled to its size); test top-1, mean ± std over "
                      "subset seeds {seeds}, beside the same network trained from random initialisation on the "
                      "same labels (SimCLR section 7.2)")
 
@@ -145,11 +146,14 @@ def finetune_entry(pretrained: nn.Module, make_scratch: Callable[[], nn.Module],
     table = few_label_finetune(pretrained, make_scratch, train_images, train_labels, test_images, test_labels,
                                fractions=fractions, seeds=seeds, steps=steps, batch_size=batch_size,
                                device=device, progress=progress)
+    # finetune() caps the batch at the subset's size (and scales the lr from the batch it uses): say so per
+    # fraction, so that a 1% subset of 82 labels is not described as "batch 256".
     rows = {str(fraction): {"mean": row["pretrained"]["mean"], "std": row["pretrained"]["std"],
                             "scratch_mean": row["scratch"]["mean"], "scratch_std": row["scratch"]["std"],
-                            "labels": row["labels"], "seeds": row["seeds"]}
+                            "labels": row["labels"], "batch": min(batch_size, row["labels"]), "seeds": row["seeds"]}
             for fraction, row in table.items()}
     percent = " / ".join(f"{100 * f:g}%" for f in fractions)
+    batches = " / ".join(str(row["batch"]) for row in rows.values())
     return {"data": data, "fractions": rows, "steps": steps, "batch_size": batch_size,
-            "protocol": FINETUNE_PROTOCOL.format(percent=percent, lr=BASE_LR, steps=steps, batch=batch_size,
-                                                 seeds=list(seeds))}
+            "protocol": FINETUNE_PROTOCOL.format(percent=percent, lr=BASE_LR, steps=steps, batch=batches,
+                                                 batch_size=batch_size, seeds=list(seeds))}
