@@ -26,6 +26,7 @@ import torchvision.transforms.v2 as T
 
 from selfsup import augment as A
 from selfsup.augment import _triton, runner
+from selfsup.augment._common import full_float32_products
 
 # Views that between them take every step and both channel counts, and few enough kernel specialisations
 # (each compiled once, some seconds) to keep gpu.sh short: BYOL's two views (every step, solarize), DINO's
@@ -45,6 +46,9 @@ def main() -> int:
         print("fused views: not usable here (needs Triton and a CUDA GPU, or TRITON_INTERPRET=1)")
         return 0
     torch.manual_seed(0)
+    # As a training run on a tensor-core GPU: TF32 products for the network (train.matmul_precision), which the
+    # reference path lifts to full float32 for its crop (full_float32_products, as _augment_view calls it).
+    torch.set_float32_matmul_precision("high")
     worst, ok = 0.0, True
     for channels, side in ((3, 32), (1, 28)):
         x = torch.randint(0, 256, (args.images, channels, side, side), dtype=torch.uint8, device=device)
@@ -52,11 +56,14 @@ def main() -> int:
         for name, index in VIEWS[channels]:
             view = A.recipe(name, side).output_views[index]
             plan = runner._plan_view(view, xf.shape, device, None)
-            given = (_triton.run_view(x, view, plan)[0] - runner._run_view(xf, view, plan).clamp(0, 1)).abs().max()
+            with full_float32_products(device):
+                reference = runner._run_view(xf, view, plan).clamp(0, 1)
+            given = (_triton.run_view(x, view, plan)[0] - reference).abs().max()
             seed = torch.randint(0, 2**31 - 1, (1,), device=device)
             drawn, _ = _triton.run_view(x, view, seed=seed)
             record = _triton.draw_parameters(seed, view, channels, side, side, args.images)
-            reference = runner._run_view(xf, view, _triton.plan_from_draws(record, view, channels)).clamp(0, 1)
+            with full_float32_products(device):
+                reference = runner._run_view(xf, view, _triton.plan_from_draws(record, view, channels)).clamp(0, 1)
             own = (drawn - reference).abs().max()
             worst = max(worst, float(given), float(own))
             passed = float(given) < 1e-5 and float(own) < 1e-5

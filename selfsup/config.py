@@ -171,7 +171,8 @@ class TrainConfig:
     matmul_precision: str = "high"
     """float32 matrix products on a CUDA GPU with tensor cores (``torch.set_float32_matmul_precision``):
     ``high`` (TF32, Lightning's advice on such GPUs; the default), ``medium`` or ``highest`` (full
-    float32). Nothing changes on CPUs or GPUs without tensor cores."""
+    float32). Nothing changes on CPUs or GPUs without tensor cores. The augmentation's crop products and the
+    Lab conversion run in full float32 whatever it says (``selfsup.augment._common.full_float32_products``)."""
     time_limit: str | None = None
     """Train for about this long instead of ``epochs``: ``"10m"``, ``"90s"``, ``"1h30m"`` (pretraining
     steps; the final evaluation comes after). The number of steps is fixed before the first step

@@ -305,16 +305,42 @@ def test_samples_get_independent_parameters():
 
 @pytest.mark.parametrize("name, n_views", [("simclr", 2), ("moco_v1", 2), ("moco_v2", 2), ("byol", 2), ("dino", 10), ("none", 1)])
 @pytest.mark.parametrize("channels, side", [(3, 32), (1, 28)])
-def test_recipe_outputs(name, n_views, channels, side):
-    x = torch.randint(0, 256, (8, channels, side, side), dtype=torch.uint8, generator=_gen())
+@pytest.mark.parametrize("batch", [8, 0])  # an empty batch (a rank's empty shard) gives empty views, not a crash
+def test_recipe_outputs(name, n_views, channels, side, batch):
+    x = torch.randint(0, 256, (batch, channels, side, side), dtype=torch.uint8, generator=_gen())
     views = A.recipe(name, side)(x, generator=_gen(1))
     assert isinstance(views, list) and len(views) == n_views
     local = round(side * 96 / 224)
     for i, view in enumerate(views):
         expected_side = side if i < 2 or name != "dino" else local
-        assert view.shape == (8, channels, expected_side, expected_side)
+        assert view.shape == (batch, channels, expected_side, expected_side)
         assert view.dtype == torch.float32 and view.device == x.device
-        assert view.min() >= 0.0 and view.max() <= 1.0
+        assert batch == 0 or (view.min() >= 0.0 and view.max() <= 1.0)
+
+
+def test_full_float32_products_lifts_tf32_on_cuda_only_and_restores_it():
+    # The crop's products on a GPU run under the run's matmul precision ("high" = TF32 for the network):
+    # inside the block they are full float32 on a CUDA device, and the run's setting comes back after,
+    # also after an error. Elsewhere nothing changes. (The devices are only named: no GPU is needed.)
+    from selfsup.augment._common import full_float32_products
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with full_float32_products(torch.device("cuda", 0)):
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+        with pytest.raises(RuntimeError, match="inside"):
+            with full_float32_products(torch.device("cuda")):
+                raise RuntimeError("inside")
+        assert torch.get_float32_matmul_precision() == "high"
+        with full_float32_products(torch.device("cpu")):
+            assert torch.get_float32_matmul_precision() == "high"
+        torch.set_float32_matmul_precision("medium")
+        with full_float32_products(torch.device("cuda")):
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_eval_recipe_is_float_image_resized():

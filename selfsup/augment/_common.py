@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale uses them.
 _LUMA = (0.2989, 0.587, 0.114)
+
+
+@contextlib.contextmanager
+def full_float32_products(device: torch.device) -> Iterator[None]:
+    """Full float32 matrix products on a CUDA device inside the block, whatever precision the run set.
+
+    A run on a tensor-core GPU sets ``torch.set_float32_matmul_precision("high")`` (TF32; Lightning's advice,
+    ``train.matmul_precision``), which is right for the network but not for pixels: the crop's interpolation
+    products in TF32 move a view by up to 5e-4 (0.12 of a grey level) and the identity view is no longer
+    exact, against the 1e-5 the fused kernel and the tests hold the paths to. On other devices, and where
+    the precision is already "highest", nothing changes. Call it around eager code, or around the call of a
+    compiled function (the products it launches read the setting when they run), not inside one.
+    """
+    before = torch.get_float32_matmul_precision()
+    if device.type != "cuda" or before == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _check_images(x: Tensor, name: str = "x") -> None:

@@ -243,8 +243,8 @@ def _jitter_plan(
     batch = factors.shape[0]
     hue_position = (order == 3).to(torch.int64).argmax(dim=1)
     # Each row holds exactly one 3 (hue) and one 2 (saturation), so the others keep
-    # their order in (B, 3) and (B, 2).
-    ops = order[order != 3 if colour else order < 2].view(batch, -1)
+    # their order in (B, 3) and (B, 2) (sized, not -1: an empty batch has no size to infer).
+    ops = order[order != 3 if colour else order < 2].view(batch, 3 if colour else 2)
     factor = factors[:, :3].gather(1, ops)
     is_contrast = ops == 1
     is_saturation = ops == 2

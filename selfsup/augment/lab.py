@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from selfsup.augment._common import _check_images, to_float
+from selfsup.augment._common import _check_images, full_float32_products, to_float
 
 _RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 _WHITE_D65 = (0.95047, 1.0, 1.08883)
@@ -32,7 +32,9 @@ def rgb_to_lab(x: Tensor) -> Tensor:
     if x.shape[1] != 3:
         raise ValueError(f"Lab needs RGB images (3 channels), got {x.shape[1]} channel(s)")
     rgb = x if x.dtype == torch.float64 else to_float(x)  # float64 stays float64 (for precise checks)
-    with torch.autocast(rgb.device.type, enabled=False):  # L in [0, 100] needs float32, not bf16
+    # L in [0, 100] needs float32, not bf16, nor TF32 on a GPU (its einsum, emulated on a CPU, moves L, a and b
+    # by up to 0.02, 0.06 and 0.04)
+    with torch.autocast(rgb.device.type, enabled=False), full_float32_products(rgb.device):
         return _rgb_to_lab(rgb)
 
 
@@ -49,7 +51,8 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
     """Float Lab ``(B, 3, H, W)`` back to sRGB in [0, 1] (out-of-gamut colours clipped)."""
     if lab.ndim != 4 or lab.shape[1] != 3 or not lab.is_floating_point():
         raise ValueError(f"lab must be a float tensor of shape (B, 3, H, W), got {tuple(lab.shape)} {lab.dtype}")
-    with torch.autocast(lab.device.type, enabled=False):  # as rgb_to_lab: a bf16 einsum is off by 5e-2
+    # As rgb_to_lab: a bf16 einsum is off by 5e-2, and a TF32 one (emulated) by up to 1e-2
+    with torch.autocast(lab.device.type, enabled=False), full_float32_products(lab.device):
         return _lab_to_rgb(lab)
 
 

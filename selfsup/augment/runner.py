@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from selfsup import _kernels
 from selfsup.augment import _triton
-from selfsup.augment._common import _bernoulli, _check_p, _check_range, _gray, _pair, _randint, to_float
+from selfsup.augment._common import (_bernoulli, _check_p, _check_range, _gray, _pair, _randint, full_float32_products,
+                                     to_float)
 from selfsup.augment.blur import _blur_taps, _draw_sigmas, _separable_blur, blur_kernel_size
 from selfsup.augment.colour import (
     _blend,
@@ -153,11 +154,12 @@ def _augment_view(xf: Tensor, view: View, generator: torch.Generator | None, com
     # passes: there the masked path is 10-20% faster than grouping at 28x28, the kernel measured no
     # gain, and the compiled path is 1.3x the masked one. benchmarks/augment.py measures both shapes.
     rgb_cpu = xf.device.type == "cpu" and xf.shape[1] == 3
-    if compiled and not (rgb_cpu and _kernels.available()):
-        return _run_view_compiled(xf, view, plan), plan
-    out = _run_view_fused(xf, view, plan) if rgb_cpu else None
-    if out is None:
-        out = _run_view_grouped(xf, view, plan) if rgb_cpu else _run_view(xf, view, plan)
+    with full_float32_products(xf.device):  # the crop's products in float32 on a GPU, not TF32
+        if compiled and not (rgb_cpu and _kernels.available()):
+            return _run_view_compiled(xf, view, plan), plan
+        out = _run_view_fused(xf, view, plan) if rgb_cpu else None
+        if out is None:
+            out = _run_view_grouped(xf, view, plan) if rgb_cpu else _run_view(xf, view, plan)
     # Interpolation weights sum to 1 only up to rounding, so a saturated pixel can come out as
     # 1 + 1e-7; clamp so the promised range holds exactly (evaluation refuses values outside it).
     # A view without steps ("none", "eval" at the stored size) is xf itself: clamped in place only
