@@ -542,6 +542,27 @@ def test_folder_loose_files_mean_no_labels_and_train_test_layout(tmp_path):
     assert train.labels.tolist() == [0, 1, 2] and test.labels.tolist() == [0, 2]
 
 
+def test_folder_takes_imagenets_val_as_the_test_split_and_warns_of_split_named_classes(tmp_path):
+    # ImageNet's layout, train/ + val/: val/ is the held-out split (its images never trained on), not a class.
+    imagenet = tmp_path / "imagenet"
+    for name, value in (("train/n01/a.png", 1), ("train/n02/b.png", 2), ("val/n01/c.png", 3), ("val/n02/d.png", 4)):
+        save(solid("L", (4, 4), value), imagenet / name)
+    train = load("folder", "train", root=imagenet, size=4, progress=False)
+    test = load("folder", "test", root=imagenet, size=4, progress=False)
+    assert train.classes == test.classes == ["n01", "n02"]
+    assert train.images[:, 0, 0, 0].tolist() == [1, 2] and test.images[:, 0, 0, 0].tolist() == [3, 4]
+    # Beside test/, a val/ is a validation split, left out of both.
+    save(solid("L", (4, 4), 5), imagenet / "test" / "n01" / "e.png")
+    assert load("folder", "test", root=imagenet, size=4, progress=False).images[:, 0, 0, 0].tolist() == [5]
+    assert len(load("folder", "train", root=imagenet, size=4, progress=False)) == 2
+    # A lone train/ beside classes is not a split layout: its name becomes a class, which is said.
+    lone = tmp_path / "lone"
+    save(solid("L", (4, 4), 1), lone / "train" / "a.png")
+    save(solid("L", (4, 4), 2), lone / "cat" / "b.png")
+    with pytest.warns(UserWarning, match=r"first-level folders train are read as classes"):
+        assert load("folder", root=lone, size=4, progress=False).classes == ["cat", "train"]
+
+
 def test_folder_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         load("folder", root=tmp_path / "missing")

@@ -274,6 +274,18 @@ def test_file_names_that_are_not_utf8_pack_stream_and_fingerprint(tmp_path):
     assert packed.images[3].flatten().tolist() == [77] * 3 * 8 * 8 and len(packed.fingerprint()) == 64
 
 
+def test_pack_takes_imagenets_val_as_the_test_split(tmp_path):
+    # train/ + val/ (no test/) packs as train/ and test/, val's images in test, with the folder's classes.
+    root = tmp_path / "imagenet"
+    for name, value in (("train/n01/a.png", 10), ("train/n02/b.png", 20), ("val/n02/c.png", 30)):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(root / name)
+    indexes = packing.pack_folder(root, tmp_path / "pack", size=8, ratio=1.0, progress=False)
+    assert sorted(indexes) == ["test", "train"] and indexes["test"]["count"] == 1
+    test = packed_split(tmp_path / "pack", "test", None, workers=0)
+    assert test.images[0].flatten().tolist() == [30] * 3 * 8 * 8 and test.labels.tolist() == [1]
+
+
 @pytest.mark.parametrize("error", [OSError(errno.EMFILE, "Too many open files"), MemoryError()])
 def test_running_out_of_memory_or_descriptors_stops_a_pack_rather_than_skip_the_file(tmp_path, monkeypatch, error):
     root = make_folder(tmp_path / "imgs", 4)

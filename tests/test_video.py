@@ -200,6 +200,20 @@ def test_without_a_split_every_fifth_video_is_held_out(tmp_path):
     assert len(load_video_split(tmp_path, "train", size=8).names) == 8
 
 
+def test_without_a_split_the_views_of_a_held_out_scene_are_held_out_together(tmp_path):
+    # 10 scenes seen by 2 cameras each (<scene>_view<k>), plus one plain video: every fifth scene in sorted
+    # order is held out with both its views (scenes s04 and s09), so no held-out moment is trained on from
+    # the other camera, and the test split keeps its pairs.
+    names = [f"s{s:02d}_view{k}" for s in range(10) for k in (0, 1)] + ["zz_plain"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name / "00000.png")
+    test = load_video_split(tmp_path, "test", size=8).names
+    train = load_video_split(tmp_path, "train", size=8).names
+    assert test == ["s04_view0", "s04_view1", "s09_view0", "s09_view1"]
+    assert sorted(train + test) == sorted(names) and not set(train) & set(test)
+
+
 def test_bad_labels_and_missing_folders_are_named(tmp_path, videos):
     with pytest.raises(DataError, match="does not exist"):
         load_video_split(tmp_path / "nowhere", "train")

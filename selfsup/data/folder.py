@@ -6,9 +6,10 @@ Layout:
   count (case-insensitive), other files are ignored, and so are hidden files
   and folders (names starting with ``.``, e.g. macOS ``._x.jpg``). Symbolic
   links to folders are not followed.
-- If ``<root>/train`` and ``<root>/test`` both exist, ``split`` picks one of
-  them; otherwise ``split="train"`` is the whole of ``root`` and
-  ``split="test"`` is an error.
+- If ``<root>/train`` exists beside ``<root>/test`` (or, without ``test``, ImageNet's ``<root>/val``
+  or ``<root>/validation``), ``split`` picks one of them; otherwise ``split="train"`` is the whole of
+  ``root`` and ``split="test"`` is an error (with a warning where first-level folders named like splits
+  would become classes).
 - If every image of the split lies inside a first-level subfolder, the
   subfolder names (sorted, and shared by train and test) are the classes;
   otherwise labels are ``None``.
@@ -204,6 +205,20 @@ def decode_files(pool: Executor, files: list[Path], size: int, channels: int) ->
         yield result
 
 
+TEST_FOLDERS = ("test", "val", "validation")
+"""The names a held-out split's folder may have beside ``train/``, in order of preference."""
+
+
+def split_folders(root: Path) -> dict[str, Path] | None:
+    """``{"train": <root>/train, "test": ...}`` where ``root`` is laid out in splits: ``train/`` beside
+    ``test/``, or without it ``val/`` or ``validation/`` (ImageNet's layout; a ``val/`` beside ``test/`` is a
+    validation split and left out); else None."""
+    if not (root / "train").is_dir():
+        return None
+    held_out = next((root / name for name in TEST_FOLDERS if (root / name).is_dir()), None)
+    return None if held_out is None else {"train": root / "train", "test": held_out}
+
+
 def scan_folder(root: str | Path, split: str, progress: bool = False
                 ) -> tuple[list[Path], torch.Tensor | None, list[str] | None, Path]:
     """The image files of ``split`` under ``root``, their labels and class names (or None), and the
@@ -211,21 +226,26 @@ def scan_folder(root: str | Path, split: str, progress: bool = False
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"folder: {root} is not a folder; expected a folder of image files ({_KINDS})")
-    split_layout = (root / "train").is_dir() and (root / "test").is_dir()
-    if not split_layout and split == "test":
+    splits = split_folders(root)
+    if splits is None and split == "test":
         raise FileNotFoundError(
-            f"folder: {root} has no train/ and test/ subfolders; "
+            f"folder: {root} has no train/ and test/ (or val/) subfolders; "
             "split='test' needs the layout <root>/train/... and <root>/test/..."
         )
-    base = root / split if split_layout else root
+    base = splits[split] if splits is not None else root
     files = _image_files(base, progress)
     if not files:
         raise FileNotFoundError(f"folder: no image files ({_KINDS}) under {base}")
     names = [_class_of(path, base) for path in files]
     classes = labels = None
     if None not in names:
-        bases = [root / "train", root / "test"] if split_layout else [base]
+        bases = list(splits.values()) if splits is not None else [base]
         classes = sorted({_class_of(path, b) for b in bases for path in _image_files(b)} - {None})
+        like_splits = sorted(set(classes) & {"train", *TEST_FOLDERS})
+        if splits is None and like_splits:
+            warnings.warn(f"folder: {root}'s first-level folders {', '.join(like_splits)} are read as classes, "
+                          f"and every image as training data: a split layout needs {root}/train beside "
+                          f"{root}/test (or val)", UserWarning, stacklevel=3)
         index = {name: k for k, name in enumerate(classes)}
         labels = torch.tensor([index[name] for name in names], dtype=torch.int64)
     return files, labels, classes, base

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from selfsup._io import atomic_write
 from selfsup.errors import DataError
 
-from .folder import SkippedImageWarning, _name_bytes, decode_files, decode_pool, scan_folder
+from .folder import SkippedImageWarning, _name_bytes, decode_files, decode_pool, scan_folder, split_folders
 
 FORMAT, VERSION = "selfsup-pack", 1
 SHARD_SIZE = 1024
@@ -96,7 +96,7 @@ def pack_folder(folder: str | Path, out: str | Path, *, size: int, channels: int
         raise DataError(f"pack: channels must be 1 or 3, got {channels}")
     if size < 1 or shard_size < 1 or ratio < 1:
         raise DataError(f"pack: size and shard_size must be >= 1 and ratio >= 1, got {size}, {shard_size}, {ratio}")
-    split_layout = (folder / "train").is_dir() and (folder / "test").is_dir()
+    split_layout = split_folders(folder) is not None  # train/ beside test/ (or val/): packed as train/ and test/
     splits = {"train": out / "train", "test": out / "test"} if split_layout else {"train": out}
     return {split: _pack_split(folder, split, target, size, stored_side(size, ratio), channels, shard_size, progress)
             for split, target in splits.items()}

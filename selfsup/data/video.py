@@ -7,7 +7,8 @@ Layouts ``root`` may have (looked for in this order):
   ``root/ImageSets/<year>/train.txt`` / ``val.txt`` (``test`` reads ``val``), and keypoints in
   ``root/Keypoints/<resolution>/<seq>.json`` when present (below);
 - **a folder of videos**: ``root/train/`` and ``root/test/``, or ``root`` itself (then every fifth
-  video in sorted order is the test split), each holding video files (``.mp4 .webm .avi .mkv .mov
+  video in sorted order is the test split; every fifth scene, all its views, where videos are views of
+  scenes: below), each holding video files (``.mp4 .webm .avi .mkv .mov
   .m4v``, decoded by PyAV, which bundles FFmpeg: ``pip install 'selfsup[video]'``) or folders of
   frames (``<video>/00000.jpg ...``, any image format, in sorted order).
 
@@ -156,7 +157,13 @@ def _davis_split(root: Path, names: list[str], split: str) -> list[str]:
 
 
 def _every_fifth(names: list[str], split: str) -> list[str]:
-    return [n for i, n in enumerate(names) if (i % _TEST_EVERY == _TEST_EVERY - 1) == (split == "test")]
+    """The names of ``split`` when every fifth scene in sorted order is held out: the views
+    ``<scene>_view<k>`` of one scene stay on one side (a held-out scene seen by another camera in training
+    would leak its moments, and leave the test split no pairs to align); any other video is its own scene,
+    so plain folders hold out every fifth video."""
+    scenes = _scenes([Path(n).stem if Path(n).suffix.lower() in VIDEO_EXTENSIONS else n for n in names])
+    return [n for n, scene in zip(names, scenes.tolist())
+            if (scene % _TEST_EVERY == _TEST_EVERY - 1) == (split == "test")]
 
 
 def _frame_files(folder: Path) -> list[Path]:
