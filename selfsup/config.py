@@ -46,7 +46,9 @@ class DataConfig:
     """Convert to 1 or 3 channels; None keeps the dataset's."""
     download: bool = True
     max_samples: int | None = None
-    """Pretrain on a seeded random subset of this many training images (None: all of them)."""
+    """Pretrain on a random subset of this many training images (None: all of them), drawn with
+    ``train.seed``: runs of one seed share it, and a sweep's spread over seeds includes the spread over
+    subsets. The test split is always read whole."""
     sample_rate: int = 16000
     """Sequences ("wav"): the rate windows are read at, in Hz."""
     window: int = 20480
@@ -95,7 +97,9 @@ class BackboneConfig:
     sequence encoder cpc_audio has 8 x width channels too (the paper's 512: width 64)."""
     pretrained: bool = False
     """``torchvision/<model>`` / ``timm/<model>``: start from the registry's weights (downloaded where the
-    network allows) and normalise with their ImageNet statistics."""
+    network allows) and normalise with their ImageNet statistics. The floor beside each result is then
+    still the same backbone with random weights (normalised the same way), not the downloaded network;
+    reading the checkpoint back downloads nothing."""
     small_stem: bool | None = None
     """ResNets: a 3x3 stride-1 first convolution and no max-pool; None: for images of side <= 64
     (registry models: only when not pretrained)."""

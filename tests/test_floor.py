@@ -95,6 +95,23 @@ def test_the_key_reads_every_weight_and_the_architecture():
     assert len(keys) == 3 and floor_key(copy.deepcopy(base), {}, {}) == floor_key(base, {}, {})
 
 
+def test_the_key_reads_settings_a_module_keeps_as_plain_attributes():
+    # CPC's evaluation encoder keeps its patch grid (patch, stride) as plain attributes: the same weights and
+    # repr, other features. Two strides must not share a floor; the same settings must.
+    from selfsup.methods.cpc import PatchGridEncoder
+    from selfsup.nn import build_backbone
+
+    def grid(stride):
+        return seeded_build(lambda: PatchGridEncoder(build_backbone("convnet", in_channels=1, image_size=8, width=8), 8, stride), 0)
+
+    images = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        assert not torch.equal(grid(4).eval()(images), grid(8).eval()(images))
+    assert repr(grid(4)) == repr(grid(8))
+    assert floor_key(grid(4), {}, {}) != floor_key(grid(8), {}, {})
+    assert floor_key(grid(4), {}, {}) == floor_key(grid(4), {}, {})
+
+
 class _ReadsItsArgs(torch.nn.Module):
     """A method whose own evaluation depends on an argument that leaves its modules and weights alike
     (as colorization's ``input``)."""
@@ -164,3 +181,66 @@ def test_the_cache_key_follows_every_annotation_a_floor_is_scored_on():
                        counts=torch.ones(4, dtype=torch.int64))
     moved = dataclasses.replace(pairs, matches=matches + 1)
     assert floor_key(net, {"test": pairs}, {}) != floor_key(net, {"test": moved}, {})
+
+
+def test_the_key_of_a_streamed_split_follows_how_its_files_are_read(tmp_path):
+    # The same files read at another size (or stored side) are other images: their floors differ.
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data.stream import folder_split
+    for index in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * index, np.uint8)).save(tmp_path / f"{index}.png")
+    encoder = _encoder(0)
+
+    def key(size, ratio):
+        return floor_key(encoder, {"train": folder_split(tmp_path, "train", size, 3, ratio=ratio, workers=0)}, {})
+
+    assert key(24, 1.0) == key(24, 1.0)
+    assert len({key(24, 1.0), key(32, 1.0), key(24, 1.5)}) == 3
+
+
+def test_a_pretrained_runs_floor_is_the_backbone_with_random_weights_and_its_checkpoint_needs_no_download(
+        tmp_path, monkeypatch):
+    # Stand-in "pretrained" weights (every parameter 0.0123), served only when torchvision is asked for weights;
+    # the floor is labelled "random init", so it must be the same architecture with random weights, and reading
+    # the checkpoint back (evaluate) must not fetch the weights again, which a machine without a network cannot.
+    import torchvision
+    import selfsup.engine.finish as finishing
+    real, asked = torchvision.models.get_model, []
+
+    def get_model(name, weights=None, **kwargs):
+        net = real(name, weights=None, **kwargs)
+        if weights is not None:
+            asked.append(weights)
+            with torch.no_grad():
+                for parameter in net.parameters():
+                    parameter.fill_(0.0123)
+        return net
+
+    monkeypatch.setattr(torchvision.models, "get_model", get_model)
+    floors = []
+    real_floor = finishing.random_init_floor
+    monkeypatch.setattr(finishing, "random_init_floor",
+                        lambda encoder, *args, **kwargs: floors.append(copy.deepcopy(encoder)) or real_floor(
+                            encoder, *args, **kwargs))
+    run = tmp_path / "run"
+    trainer = Trainer(load_config(None, [*TINY, "backbone.name=torchvision/resnet18", "backbone.pretrained=true",
+                                         "train.epochs=1", "data.max_samples=256", "eval.linear=false",
+                                         f"train.out_dir={run}"]))
+    def share_of_standin(net):
+        weights = torch.cat([p.detach().flatten() for p in net.parameters()])
+        return float((weights == torch.tensor(0.0123)).float().mean())
+
+    assert share_of_standin(trainer.method.backbone) > 0.9  # the 1-channel stem sums the RGB filters
+    trainer.fit()
+    finish(trainer)
+    assert len(asked) == 1 and floors
+    trained = trainer.method.eval_encoder()
+    for floor in floors:
+        shapes = {name: tuple(p.shape) for name, p in floor.named_parameters()}
+        assert shapes == {name: tuple(p.shape) for name, p in trained.named_parameters()}  # the same stem
+        assert share_of_standin(floor) < 0.1  # random, not the pretrained stand-in
+        torch.testing.assert_close(floor.mean, trained.mean)  # normalised as the run (the weights' statistics)
+    assert main(["evaluate", "knn", str(run / "checkpoints" / "last.ckpt")]) == 0
+    assert len(asked) == 1

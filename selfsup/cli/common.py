@@ -46,6 +46,7 @@ def load_method(checkpoint_path: str):
     from selfsup.config import from_dict
     from selfsup.data import graph_from_config, kind_of
     from selfsup.engine import build_method, load_checkpoint
+    from selfsup.engine.setup import with_random_weights
 
     state = load_checkpoint(checkpoint_path)
     cfg = from_dict(state["config"])
@@ -53,8 +54,13 @@ def load_method(checkpoint_path: str):
 
     graph = graph_from_config(cfg.data) if kind_of(cfg.data) == "graph" else None
 
+    # Built without downloading pretrained weights (the checkpoint's replace them; a machine without a network
+    # can read it), and so ``build`` is the same architecture at random initialisation: the floor, and the
+    # fine-tuning's "scratch" network.
+    frame = with_random_weights(cfg)
+
     def build(mean, std):
-        return build_method(cfg, in_channels=channels, image_size=size, mean=mean, std=std,
+        return build_method(frame, in_channels=channels, image_size=size, mean=mean, std=std,
                             num_samples=state["data"].get("num_train"), graph=graph)
 
     # mean/std are placeholders: the real statistics are buffers restored by load_state_dict.

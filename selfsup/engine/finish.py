@@ -9,6 +9,7 @@ the embeddings, ``results.json`` (schema in :mod:`selfsup.evaluate.report`) and 
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from selfsup import data, evaluate
 from selfsup.engine import monitor
 from selfsup.engine.floor import random_init_floor, seeded_build, with_floor
-from selfsup.engine.setup import say
+from selfsup.engine.setup import build_method, say, with_random_weights
 from selfsup.nn import eval_mode
 
 if TYPE_CHECKING:
@@ -86,7 +87,14 @@ def random_init_scores(trainer: Trainer, labelled: bool, own: bool) -> dict[str,
     """The floor of every evaluation :func:`finish` makes: the same evaluations of the method as the
     run's seed initialised it, before training (cached, see :mod:`selfsup.engine.floor`)."""
     cfg = trainer.cfg
-    fresh = seeded_build(trainer.build_method, cfg.train.seed)
+    build = trainer.build_method
+    if cfg.backbone.pretrained:
+        # The floor is what the tables call it, the same backbone with random weights, not the downloaded
+        # network the run started from; it normalises by the run's statistics (the weights' ImageNet ones).
+        encoder = trainer.method.eval_encoder()
+        build = functools.partial(build_method, with_random_weights(cfg), **{
+            **build.keywords, "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist()})
+    fresh = seeded_build(build, cfg.train.seed)
     settings = {"linear": cfg.eval.linear, "knn": cfg.eval.knn, "knn_k": cfg.eval.knn_k,
                 "knn_temperature": cfg.eval.knn_temperature, "kind": trainer.source.kind, "data": cfg.data.name}
     data = {"train": trainer.source.dataset, "test": trainer.test_set}

@@ -4,7 +4,9 @@ On Fashion-MNIST a ConvNet with random weights already reaches about 84.5% under
 probe, so "85% linear" says little until it is read against that. Every evaluation a run or
 ``selfsup evaluate`` writes carries, in its entry, ``random_init``: the same scores of the same
 evaluation encoder (architecture, input normalisation and seed) before any training, on the same
-data, by the same protocol.
+data, by the same protocol. A run from pretrained weights (``backbone.pretrained``) gets the same backbone
+with random weights, as the name says. The memory-bank kNN (``bank_knn``) has none: a bank at
+initialisation holds no features to vote with.
 
 The floor is computed once and cached in ``$SELFSUP_CACHE/floors`` (default
 ``~/.cache/selfsup/floors``), keyed by a digest of the encoder's initial weights and
@@ -56,8 +58,11 @@ def _update(digest, value: Any) -> None:
     if isinstance(value, Tensor):
         digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
         digest.update(tensor_bytes(value))
-    elif hasattr(value, "fingerprint"):  # a streamed split: the sha256 of its file names
-        digest.update(f"files:{value.fingerprint()}:{len(value)}".encode())
+    elif hasattr(value, "fingerprint"):  # a streamed split: the sha256 of its file names, and how they are read
+        reader = getattr(value, "reader", None)
+        how = [getattr(value, name, None) for name in ("size", "view")] + [
+            getattr(reader, name, None) for name in ("side", "channels")]
+        digest.update(f"files:{value.fingerprint()}:{len(value)}:{how}".encode())
     elif hasattr(value, "graph"):  # a graph's node set: the whole graph and which nodes
         for part in (value.graph.x, value.graph.edge_index, value.graph.labels, value.inputs):
             _update(digest, part)
@@ -80,12 +85,26 @@ def _update(digest, value: Any) -> None:
         digest.update(json.dumps(value, sort_keys=True, default=str).encode())
 
 
+def _plain(value: Any) -> bool:
+    """A setting the key can read: None, a number, a string, a tensor, or a tuple or list of them."""
+    if isinstance(value, (tuple, list)):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str, Tensor))
+
+
 def floor_key(encoder: nn.Module, data: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
-    """The cache key: sha256 of the encoder (its modules and every weight and buffer), of each data
+    """The cache key: sha256 of the encoder (its modules, their plain attributes and every weight and buffer), of each data
     split in ``data`` and of the evaluation ``settings``, with the protocols' texts and
     :data:`FLOOR_VERSION`."""
     digest = hashlib.sha256(f"floor v{FLOOR_VERSION}".encode())
     digest.update(repr(encoder).encode())
+    # Settings a module keeps as plain attributes change its features without showing in its repr or its
+    # weights (CPC's patch grid: patch and stride): every module's public attributes are read too.
+    for path, module in encoder.named_modules():
+        for name, value in sorted(vars(module).items()):
+            if not name.startswith("_") and name != "training" and _plain(value):
+                digest.update(f"attr:{path}.{name}".encode())
+                _update(digest, value)
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         _update(digest, tensor)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,17 @@ def build_method(cfg: Config, *, in_channels: int, image_size: int, mean, std,
         return cls(backbone, **cfg.method_args, **extra)
     except ValueError as error:
         raise ConfigError(f"method_args: {cfg.method}: {error}") from None
+
+
+def with_random_weights(cfg: Config) -> Config:
+    """``cfg`` with ``backbone.pretrained`` off and the architecture kept: the floor's network (the same
+    backbone with random weights, not the downloaded ones) and the frame a checkpoint's weights are loaded
+    into (which needs no download). The automatic small stem follows ``pretrained`` (a pretrained network
+    keeps its ImageNet stem), so it is pinned to what the pretrained build chose."""
+    if not cfg.backbone.pretrained:
+        return cfg
+    stem = False if cfg.backbone.small_stem is None else cfg.backbone.small_stem
+    return replace(cfg, backbone=replace(cfg.backbone, pretrained=False, small_stem=stem))
 
 
 def prepare_method(method: nn.Module, t: TrainConfig, fabric: Fabric) -> nn.Module:
