@@ -310,6 +310,24 @@ def test_extract_features_autocast_is_close_to_float32():
     torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.bfloat16, 0.05)])
+def test_extract_features_of_an_encoder_in_another_dtype(dtype, tolerance):
+    # A train.precision=64-true or bf16-true run keeps its weights in that dtype: the pixels go in as it, the
+    # features come out in float32, close to the float32 encoder's (the final evaluation crashed before).
+    encoder = small_encoder().eval()
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    exact = extract_features(encoder, images)
+    other = extract_features(_copy_as(encoder, dtype), images)
+    assert other.dtype == torch.float32
+    torch.testing.assert_close(other, exact, rtol=tolerance, atol=tolerance)
+
+
+def _copy_as(encoder, dtype):
+    copy = small_encoder().eval()
+    copy.load_state_dict(encoder.state_dict())
+    return copy.to(dtype)
+
+
 @pytest.mark.parametrize("images, match", [
     (torch.rand(3, 8, 8), "(N, C, H, W)"),
     (torch.rand(2, 3, 8, 8) * 2 - 0.5, r"\[0, 1\]"),

@@ -103,11 +103,13 @@ def _encode(encoder: nn.Module, batches, count: int, device, autocast: bool, pro
     try:
         if moved:
             encoder.to(target)
+        dtype = next((p.dtype for p in encoder.parameters() if p.is_floating_point()), torch.float32)
         with eval_mode(encoder):
             for batch in tqdm(batches, total=count, desc="features", unit="batch", disable=not progress):
                 batch = batch.to(target, non_blocking=True)
-                if not nodes:  # node ids stay ids
+                if not nodes:  # node ids stay ids; pixels in the weights' dtype (a bf16-true or 64-true run's)
                     batch = batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
+                    batch = batch.to(dtype)
                 with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast):
                     features = encoder(batch)
                 if not isinstance(features, Tensor) or features.ndim != 2 or len(features) != len(batch):
