@@ -53,6 +53,10 @@ def test_a_command_line_sweep_makes_axes_of_comma_lists(tmp_path):
     assert [p.overrides for p in study.points] == [("optim.lr=0.1",), ("optim.lr=0.3",)]
     assert study.overrides == ["train.epochs=2", "augment.view.scale=[0.2,1.0]"] and study.seeds == [0, 1, 2]
     assert study.name == "simclr_fashion_mnist_lr"
+    # Two values that would share one run folder (0.5 and +0.5) are refused, as in a study file.
+    with pytest.raises(ConfigError, match="two points share a folder name"):
+        sweep.study_from_command_line(str(ROOT / "recipes/simclr_fashion_mnist.yaml"),
+                                      ["method_args.temperature=0.5,+0.5"], seeds=1, out=tmp_path)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -327,3 +331,27 @@ def test_the_study_list_says_which_floor_verdicts_predate_the_paired_rule(tmp_pa
     rows = {line.split("|")[1].strip(): line for line in sweep.study_list(tmp_path).splitlines()[2:]}
     assert "to be rerun" in rows["[old](old.md)"]
     assert "to be rerun" not in rows["[new](new.md)"] and "to be rerun" not in rows["[plain](plain.md)"]
+
+
+def test_runs_made_with_other_settings_than_the_study_now_gives_are_refused(tmp_path):
+    # A finished run records its command; after the study's overrides change, reusing it would put its
+    # numbers under settings it was not made with: the sweep and its summary refuse, naming the run.
+    study = sweep.load_study(write_study(tmp_path, grid={"method_args.temperature": [0.5]}, seeds=1, verdict={}))
+    (run,) = sweep.expand(study)
+    run.folder.mkdir(parents=True)
+
+    def finished(overrides):
+        command = " ".join(["selfsup", "pretrain", study.recipe, *overrides])
+        (run.folder / "results.json").write_text(json.dumps(
+            {"command": command, "evaluations": {"knn": {"accuracy": 0.7, "random_init": {"accuracy": 0.6}}}}))
+
+    finished(run.overrides)
+    assert run.made_otherwise(study.recipe) is None
+    sweep.summarise(study)  # as made: read
+    finished([w.replace("train.epochs=1", "train.epochs=3") for w in run.overrides])
+    assert "made with train.epochs=3; now train.epochs=1" in run.made_otherwise(study.recipe)
+    for call in (lambda: sweep.summarise(study), lambda: sweep.execute(study)):
+        with pytest.raises(ConfigError, match=r"1 finished run\(s\) were made with other settings .*seed0"):
+            call()
+    finished([*run.overrides[1:], run.overrides[0]])  # the same overrides in another order: the same run
+    assert run.made_otherwise(study.recipe) is None

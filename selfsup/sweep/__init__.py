@@ -7,7 +7,9 @@ A study is a YAML file (``studies/*.yaml``) or a command line::
 
 Each grid point x seed is an ordinary ``selfsup pretrain`` run in ``<out>/<point>/seed<k>`` (its own
 ``results.json``, checkpoint and page), so a sweep is resumable for free: a finished run is skipped,
-a killed one is continued with ``--resume`` (exactly, as any run), a new one started. Runs go one at
+a killed one is continued with ``--resume`` (exactly, as any run), a new one started; a finished run
+made by another command than the study now gives it (its overrides or recipe edited since) is refused,
+by the sweep and by its summary, naming the run, rather than read as if it were. Runs go one at
 a time by default (``--jobs N`` for more), or to a cluster through submitit (``--executor slurm``),
 the scheduler library the DINO and MoCo v3 code bases use. The summary reads the runs' files only:
 per point and metric the mean, the sample standard deviation and the 95% interval of the mean

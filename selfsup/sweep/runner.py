@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.errors import ConfigError
-from selfsup.sweep.study import Run, Study, expand
+from selfsup.sweep.study import Run, Study, check_runs_match, expand
 
 
 def commands(study: Study, run: Run) -> list[list[str]]:
@@ -56,6 +56,7 @@ def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict
     """
     from tqdm.auto import tqdm
 
+    check_runs_match(study)
     runs = expand(study)
     todo = [run for run in runs if commands(study, run)]
     counts = {status: sum(r.status() == status for r in todo) for status in ("resume", "new")}

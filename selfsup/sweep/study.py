@@ -132,6 +132,27 @@ class Run:
             return "done"
         return "resume" if (self.folder / "checkpoints" / "last.ckpt").is_file() else "new"
 
+    def made_otherwise(self, recipe: str | None) -> str | None:
+        """Where a done run was made by another command than the study now gives it (its overrides or its
+        recipe edited since), a sentence saying how; else None. The command is results.json's
+        ``command``; a run that recorded none is taken as it is."""
+        try:
+            recorded = json.loads((self.folder / "results.json").read_text(encoding="utf-8")).get("command")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(recorded, str):
+            return None
+        words = [w for w in shlex.split(recorded)[2:] if not w.startswith("--")]  # past "selfsup pretrain"
+        made_recipe = words[0] if words and "=" not in words[0] else None
+        made = [w for w in words if "=" in w]
+        if sorted(made) == sorted(self.overrides) and made_recipe == recipe:
+            return None
+        gone = [w for w in made if w not in self.overrides]
+        new = [w for w in self.overrides if w not in made]
+        parts = ([f"recipe {made_recipe} -> {recipe}"] if made_recipe != recipe else []) + (
+            [f"made with {' '.join(gone)}"] if gone else []) + ([f"now {' '.join(new)}"] if new else [])
+        return f"{self.folder}: {'; '.join(parts)}"
+
 
 def _seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, bool) or value is None:
@@ -205,8 +226,6 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
                                 recipe=item.get("recipe"), seeds=seeds))
         if not points:
             raise ConfigError(f"{path}: points is empty")
-    if len({p.slug for p in points}) != len(points):
-        raise ConfigError(f"{path}: two points share a folder name: {[p.name for p in points]}")
     verdict = spec.get("verdict") or {}
     if not isinstance(verdict, (dict, list)) or (isinstance(verdict, list) and not all(isinstance(v, dict) for v in verdict)):
         raise ConfigError(f"{path}: verdict must be a mapping or a list of mappings, got {verdict!r}")
@@ -251,6 +270,8 @@ def study_from_command_line(recipe: str, items: Sequence[str], seeds: int, out: 
 
 
 def _check(study: Study, where: str) -> None:
+    if len({p.slug for p in study.points}) != len(study.points):  # e.g. key=0.5,+0.5 on a command line
+        raise ConfigError(f"{where}: two points share a folder name: {[p.name for p in study.points]}")
     allowed = set(METRICS) | set(VALUE_METRICS) | {f"finetune_{f:g}" for f in study.finetune}
     bad = [m for m in study.metrics if m not in allowed]
     if bad:
@@ -280,6 +301,17 @@ def _check(study: Study, where: str) -> None:
     for recipe in {study.recipe, *(p.recipe for p in study.points)} - {None}:
         if not Path(recipe).is_file():
             raise FileNotFoundError(f"{where}: recipe {recipe} does not exist")
+
+
+def check_runs_match(study: Study) -> None:
+    """Refuse a study whose finished runs were made by other commands than it now gives them (its overrides or
+    recipe edited after they ran): reusing them would put numbers under settings they were not made with."""
+    otherwise = [m for run in expand(study) if run.status() == "done"
+                 and (m := run.made_otherwise(run.point.recipe or study.recipe))]
+    if otherwise:
+        raise ConfigError(f"sweep {study.name}: {len(otherwise)} finished run(s) were made with other settings than "
+                          f"the study gives them now ({'; '.join(otherwise[:3])}{' ...' if len(otherwise) > 3 else ''}); "
+                          f"delete those run folders to run them again, or restore the study's settings")
 
 
 def expand(study: Study) -> list[Run]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.sweep.scores import _scale, _shown, collect, verdict, verdicts
-from selfsup.sweep.study import VALUE_METRICS, Study, expand
+from selfsup.sweep.study import VALUE_METRICS, Study, check_runs_match, expand
 
 
 def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
@@ -146,6 +146,7 @@ def summarise(study: Study, page_path: Path | None = None, commit: str | None = 
     (``page_path``, default ``<study folder>/README.md``) with its pictures beside it. With a
     ``page_path``, the summary is also copied beside the page (``<name>.json``) and the folder's
     study list (``list.md``, :func:`study_list`) written again."""
+    check_runs_match(study)
     summary = collect(study)
     word, sentence = verdict(study, summary)
     summary.update({"name": study.name, "claim": study.claim, "verdict": word, "verdict_text": sentence,
