@@ -34,7 +34,7 @@ def _batch(ids):
     return Batch([torch.rand(len(ids), 1, 16, 16)], torch.arange(len(ids)), None, {"caption_ids": torch.tensor(ids)})
 
 
-def test_logit_scale_starts_at_1_over_0_07_is_learned_and_clipped_at_100():
+def test_logit_scale_starts_at_1_over_0_07_is_learned_and_clamped_at_100_after_each_step():
     method = _clip()
     assert method.scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
     out = method.training_step(_batch([0, 1, 2]), Progress(0, 10, 10))
@@ -42,9 +42,18 @@ def test_logit_scale_starts_at_1_over_0_07_is_learned_and_clipped_at_100():
     assert method.logit_scale.grad is not None and method.logit_scale.grad.abs().item() > 0
     with torch.no_grad():
         method.logit_scale.fill_(math.log(1000.0))
-    assert method.scale().item() == pytest.approx(100.0)                  # the loss never sees more than 100
     method.on_step_end(Progress(0, 10, 10))
-    assert method.logit_scale.item() == pytest.approx(math.log(100.0))     # and t itself is clamped
+    assert method.logit_scale.item() == pytest.approx(math.log(100.0))     # t is clamped after each step
+    assert method.scale().item() == pytest.approx(100.0)
+    # At the cap the scale still learns (the official forward has no clamp): on untrained embeddings a lower
+    # scale lowers the loss, so a step takes t below log 100 (a clamp in the forward pass gave it no gradient).
+    method.zero_grad()
+    method.training_step(_batch([0, 1, 2]), Progress(0, 10, 10))["loss"].backward()
+    assert method.logit_scale.grad.item() > 0
+    with torch.no_grad():
+        method.logit_scale -= 0.1 * method.logit_scale.grad
+    method.on_step_end(Progress(0, 10, 10))
+    assert method.scale().item() < 100.0
     fixed = _clip(learn_temperature=False)
     assert not fixed.logit_scale.requires_grad
 

@@ -53,7 +53,7 @@ class CLIP(MethodBase):
         embed_dim: dimension of the joint space.
         text_width, text_layers, text_heads, context_length: the transformer tower's size.
         temperature: initial temperature (paper: 0.07, i.e. a logit scale of 1/0.07).
-        max_logit_scale: the clip on ``exp(t)`` (paper: 100).
+        max_logit_scale: the cap on ``exp(t)`` (paper: 100), applied to ``t`` after each step.
         learn_temperature: learn ``t`` (the paper) or keep it fixed.
     """
 
@@ -93,8 +93,11 @@ class CLIP(MethodBase):
         self.register_buffer("caption_table", table, persistent=False)
 
     def scale(self) -> Tensor:
-        """The logit scale the loss uses: ``min(exp(t), max_logit_scale)``."""
-        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+        """The logit scale the loss uses: ``exp(t)``, unclamped as in the official forward pass; ``t`` is
+        clamped after each step (:meth:`on_step_end`). A clamp here would stop the gradient at the cap for
+        good: ``exp(float32(log 100))`` is 100.0000076, so a scale clamped to 100 after a step would stay
+        there whatever the loss asked."""
+        return self.logit_scale.exp()
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Normalised joint-space embeddings of float images ``(B, C, H, W)`` in [0, 1]."""
