@@ -330,6 +330,16 @@ def test_semi_hard_triplet_matches_loop(squared):
                                     (x.requires_grad_(),))
 
 
+def test_semi_hard_triplet_without_any_negative_costs_each_pair_its_distance_plus_the_margin():
+    # One label: no anchor has a negative. TF's triplet_semihard_loss takes masked_maximum over the empty mask,
+    # the row's smallest distance (the anchor's own, 0), and counts every positive pair: mean(d_ap) + margin.
+    x, y = _rand(4, 3, seed=57), torch.zeros(4, dtype=torch.long)
+    for squared in (False, True):
+        pairs = [_dist(x, a, p, squared) for a in range(4) for p in range(4) if p != a]
+        got = losses.semi_hard_triplet(x, y, 0.3, squared=squared).item()
+        assert got == pytest.approx(sum(pairs) / len(pairs) + 0.3, rel=1e-6)
+
+
 def test_prototypical_matches_loop_with_arbitrary_labels():
     support, query = _rand(6, 3, seed=55), _rand(4, 3, seed=56)
     s_labels, q_labels = torch.tensor([7, 2, 7, 9, 2, 9]), torch.tensor([9, 2, 7, 9])

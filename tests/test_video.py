@@ -317,10 +317,12 @@ def test_time_contrastive_triplet_equals_a_double_loop(across):
             negatives = [float(((e[i] - e[k]) ** 2).sum()) for k in range(10)
                          if (across and seqs[k] != seqs[i])
                          or (seqs[k] == seqs[i] and abs(times[i] - times[k]) > neg_radius)]
-            if not negatives:  # within one sequence, frames 1-2 of the 4-frame one have no negative
-                continue
-            farther = [d for d in negatives if d > d_ap]
-            d_an = min(farther) if farther else max(negatives)
+            if not negatives:  # within one sequence, frames 1-2 of the 4-frame one have no negative: the official
+                # masked_maximum of an empty mask is the row's smallest distance, the anchor's own 0
+                d_an = min(float(((e[i] - e[k]) ** 2).sum()) for k in range(10))
+            else:
+                farther = [d for d in negatives if d > d_ap]
+                d_an = min(farther) if farther else max(negatives)
             total += max(0.0, margin + d_ap - d_an)
             count += 1
     expected = total / count
@@ -328,10 +330,10 @@ def test_time_contrastive_triplet_equals_a_double_loop(across):
                                           across_sequences=across)
     assert float(got) == pytest.approx(expected, rel=1e-9)
     if not across:  # the official default's batch is one sequence: the same as each sequence alone,
-        # weighted by its anchored positive pairs (10 in the first; in the second, frames 1 and 2 have no negative)
+        # weighted by its positive pairs (10 in the first, 6 in the second)
         alone = [float(losses.time_contrastive_triplet(e[m], times[m], seqs[m], pos_radius=pos_radius,
                                                        neg_radius=neg_radius, margin=margin)) for m in (seqs == 0, seqs == 1)]
-        assert count == 12 and float(got) == pytest.approx((10 * alone[0] + 2 * alone[1]) / 12, rel=1e-9)
+        assert count == 16 and float(got) == pytest.approx((10 * alone[0] + 6 * alone[1]) / 16, rel=1e-9)
     with pytest.raises(ValueError, match="pos_radius < neg_radius"):
         losses.time_contrastive_triplet(e, times, seqs, pos_radius=3, neg_radius=3)
 
@@ -893,6 +895,11 @@ def test_multi_view_tcn_npairs_is_the_official_npairs_loss_between_the_two_views
         TCN(backbone, loss="npairs")
     with pytest.raises(ValueError, match="'triplet' or 'npairs'"):
         TCN(backbone, multi_view=True, loss="lifted")
+    # Within one video, a clip of 8 frames cannot reach beyond neg_radius 12: no frame would have a negative.
+    with pytest.raises(ValueError, match="spans 7 frames, not more than neg_radius=12"):
+        TCN(backbone, frames=8, pos_radius=6, neg_radius=12)
+    assert TCN(backbone, frames=8, pos_radius=6, neg_radius=12, across_videos=True).across_videos
+    assert TCN(backbone).across_videos is False  # the defaults (36 frames, radii 6 and 12) are consistent
 
 
 def test_single_view_tcn_takes_negatives_from_its_own_video_as_the_official_estimator(videos):

@@ -94,7 +94,10 @@ def semi_hard_triplet(embeddings: Tensor, labels: Tensor, margin: float = 0.2, s
 
         l_ap = max(0, d_ap - d_an + margin),  mean over pairs a ≠ p, y_a = y_p
 
-    Pairs whose anchor has no negative are left out (0 if no pair remains).
+    An anchor with no negative at all takes the smallest distance of its row (its own, 0) as
+    the negative, so its pairs cost `d_ap + margin`, and every positive pair counts in the
+    mean: TensorFlow's `masked_maximum` over an empty mask, as `triplet_semihard_loss` and
+    TCN's `singleview_tcn_loss` compute it (0 when the batch has no positive pair).
     With `squared=True` distances are squared (FaceNet's eq. 1, and
     `tf.contrib`'s `triplet_semihard_loss`).
 
@@ -125,10 +128,11 @@ def semi_hard_from_masks(distances: Tensor, positive_mask: Tensor, negative_mask
     negative_count = negative_mask.sum(dim=1, keepdim=True)
     first_farther = torch.searchsorted(negative_sorted.detach(), distances.detach(), right=True)
     chosen = torch.where(first_farther < negative_count, first_farther, negative_count - 1).clamp(min=0)
-    negative_distance = negative_sorted.gather(1, chosen)
-    valid = positive_mask & (negative_count > 0)
+    # An anchor without any negative: its row's smallest distance (TF's masked_maximum of an empty mask).
+    negative_distance = torch.where(negative_count > 0, negative_sorted.gather(1, chosen),
+                                    distances.min(dim=1, keepdim=True).values)
     hinge = F.relu(distances - negative_distance + margin)
-    return torch.where(valid, hinge, 0.0).sum() / valid.sum().clamp(min=1)
+    return torch.where(positive_mask, hinge, 0.0).sum() / positive_mask.sum().clamp(min=1)
 
 
 def _margin(margin: float) -> None:

@@ -35,8 +35,8 @@ def time_contrastive_triplet(embeddings: Tensor, times: Tensor, sequences: Tenso
         margin: the hinge margin on squared distances (official 0.2).
         across_sequences: frames of different sequences are negatives (the official ``multiseq=True``);
             ``False`` keeps only the same sequence's frames beyond ``neg_radius`` as negatives, the official
-            default (``multiseq=False``), whose batch is one sequence. An anchor without a negative adds
-            nothing.
+            default (``multiseq=False``), whose batch is one sequence. An anchor without a negative counts
+            its pairs at ``D_ij + margin``, as the official loss (:func:`semi_hard_triplet`).
 
     Examples:
         >>> e = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)

@@ -42,12 +42,15 @@ class TCN(VideoMethodBase):
     Args:
         backbone: the frame encoder.
         dim: embedding size (official 32).
-        frames: frames per clip.
+        frames: frames per clip (default 36, the official single-view batch: one window of 36 frames).
+            Within one video a frame has negatives only where the clip spans more than ``neg_radius``:
+            a clip too short for its radii is refused.
         stride: frames between a clip's frames.
         pos_radius, neg_radius: in frames of the video (official 6 and 12 at about 30 fps).
         margin: triplet margin on squared distances (official 0.2).
-        crop_scale: clip-consistent random resized crop area range (None: no augmentation; our choice,
-            the official trains on its frames as they are).
+        crop_scale: clip-consistent random resized crop area range (None: no augmentation). Our choice: the
+            official ``tcn_default.yml`` distorts each frame's colour (brightness, saturation) and its pouring
+            config adds scale augmentation; a clip-consistent crop keeps a clip's frames comparable.
         multi_view: the multi-view objective on pairs of synchronised views (``pos_radius`` and
             ``neg_radius`` are then unused: the official multi-view loss has no radii).
         loss: the multi-view loss, as the official ``mvtcn_estimator`` offers it: ``triplet``
@@ -66,7 +69,7 @@ class TCN(VideoMethodBase):
             the same stage of the task, which alignment asks to be near, are pushed away).
     """
 
-    def __init__(self, backbone: Backbone, *, dim: int = 32, frames: int = 8, stride: int = 1,
+    def __init__(self, backbone: Backbone, *, dim: int = 32, frames: int = 36, stride: int = 1,
                  pos_radius: float = 6, neg_radius: float = 12, margin: float = 0.2,
                  crop_scale: tuple[float, float] | None = (0.6, 1.0), multi_view: bool = False,
                  loss: str = "triplet", l2_reg: float = 0.002, across_videos: bool | None = None) -> None:
@@ -86,6 +89,10 @@ class TCN(VideoMethodBase):
         if frames < 2 or stride < 1 or not 0 <= pos_radius < neg_radius:
             raise ValueError(f"need frames >= 2, stride >= 1 and 0 <= pos_radius < neg_radius; got {frames}, "
                              f"{stride}, {pos_radius}, {neg_radius}")
+        if not multi_view and not self.across_videos and (frames - 1) * stride <= neg_radius:
+            raise ValueError(f"a clip of {frames} frames {stride} apart spans {(frames - 1) * stride} frames, not more "
+                             f"than neg_radius={neg_radius}: no frame would have a negative (its loss only pulls "
+                             f"positives together); take more frames, a smaller neg_radius or across_videos=True")
         self.backbone = backbone
         self.embedder = nn.Linear(backbone.out_dim, dim)
         self.frames, self.stride = frames, stride
