@@ -157,6 +157,23 @@ def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
     assert (tmp_path / "views.png").is_file()
 
 
+def test_views_are_clamped_to_the_pixels_range_unless_clamp_views_is_off():
+    # Black images: clamped, the half of the perturbation below 0 is cut away; unclamped (the official CIFAR
+    # run), each view changes by exactly the budget and goes below 0.
+    torch.manual_seed(0)
+    black = torch.zeros(4, 1, 12, 12)
+    for clamp in (True, False):
+        torch.manual_seed(1)
+        method = Viewmaker(build_backbone("convnet", in_channels=1, image_size=12, width=2), budget=0.05,
+                           proj_dim=8, proj_hidden_dim=8, viewmaker_width=4, clamp_views=clamp)
+        (v1, _), distortion = method.make_views(Batch([black], torch.arange(4)))
+        if clamp:
+            assert v1.min() >= 0 and float(distortion) < 0.05 - 1e-3
+        else:
+            assert v1.min() < 0 and float(distortion) == pytest.approx(0.05, abs=1e-5)
+            torch.testing.assert_close(v1.abs().mean(dim=(1, 2, 3)), torch.full((4,), 0.05), atol=1e-5, rtol=0)
+
+
 def test_speech_views_are_1d_perturbations_of_the_budget_within_the_sample_range():
     from selfsup.methods import ViewmakerSequence
 

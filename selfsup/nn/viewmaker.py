@@ -9,7 +9,8 @@ uniform noise, two nearest-upsampling 3x3 convolutions and a 9x9 convolution bac
 channels. One extra noise channel enters with the input, so two calls on the same image give two
 different views. The output ``y`` becomes the perturbation ``δ = tanh(y) * ε / mean|tanh(y)|``
 (per image), so every image's mean absolute perturbation is exactly the budget ε, and the view is
-``clamp(x + δ, 0, 1)``.
+``x + δ``, which :class:`selfsup.methods.Viewmaker` clamps to the data's range unless ``clamp_views=false``
+(the official CIFAR run's setting).
 
 ``dims=1`` builds the same network with 1-D convolutions, for signals ``(B, C, T)`` (raw speech
 windows); the budget is per input either way.
