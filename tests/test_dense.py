@@ -500,3 +500,17 @@ def test_dense_object_net_learns_from_given_pairs_through_the_engine(tmp_path):
     # Measured: PCK@3 0.98 against 0.74 at random initialisation (raw 5x5 patches: 1.0 on this noisy texture).
     assert entry["pck@3"] > entry["random_init"]["pck@3"] + 0.15, entry
     assert "linear" not in results["evaluations"]  # pairs carry no labels
+
+
+def test_densecl_neck_is_initialised_as_the_official_kaiming_linears():
+    # The official neck: init_weights(init_linear='kaiming') -> mmcv kaiming_init (normal, fan in, ReLU gain,
+    # bias 0) on the Linears only; the 1x1 convolutions keep PyTorch's default (uniform, bound 1/sqrt(fan in)).
+    from selfsup.methods.densecl import DenseCLNeck
+    torch.manual_seed(0)
+    neck = DenseCLNeck(512, 512, 128)
+    for layer in (neck.mlp[0], neck.mlp[2]):
+        fan_in = layer.weight.shape[1]
+        assert float(layer.weight.std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.02)
+        assert float(layer.bias.abs().max()) == 0.0
+    conv = neck.mlp2[0]
+    assert float(conv.weight.abs().max()) <= 1 / math.sqrt(512) and float(conv.bias.abs().max()) > 0

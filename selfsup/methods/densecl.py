@@ -19,13 +19,19 @@ from selfsup.nn.dense import UpsampledFeatures
 
 class DenseCLNeck(nn.Module):
     """The official ``DenseCLNeck``: a global MLP (fc-ReLU-fc) on the pooled feature map and a dense
-    one (1x1 conv-ReLU-1x1 conv) on every position, plus the pooled dense output."""
+    one (1x1 conv-ReLU-1x1 conv) on every position, plus the pooled dense output. Initialised as the
+    official ``init_weights(init_linear='kaiming')``: the Linears Kaiming-normal (fan in, ReLU) with zero
+    biases, the convolutions PyTorch's default."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
         self.mlp2 = nn.Sequential(nn.Conv2d(in_dim, hidden_dim, 1), nn.ReLU(inplace=True),
                                   nn.Conv2d(hidden_dim, out_dim, 1))
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
 
     def forward(self, fmap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(global (N, D), dense grid (N, D, S*S), pooled dense (N, D))``."""
@@ -106,7 +112,9 @@ class DenseCL(MethodBase):
         enqueue k -> queue, k2 -> queue2          # every rank's
 
     Defaults are the official ImageNet config's: queue 65536, momentum 0.999, τ 0.2, λ 0.5 after
-    1000 steps (``DenseCLWarmupHook``), the neck's hidden width the backbone's channels, output 128,
+    10,000 steps of λ = 0 (the paper's warm-up as ``DenseCLWarmupHook``, whose own default is 1,000; the
+    released configs leave the hook off, and the maintainer gives ``start_iters=10000``, 1% of the
+    ImageNet run, in WXinlong/DenseCL issue 16), the neck's hidden width the backbone's channels, output 128,
     MoCo v2's augmentation, shuffle-BN. The key encoder's momentum update follows
     :class:`~selfsup.methods.MoCo` (after each optimiser step, the official's before each key pass:
     the same sequence of updates).
@@ -117,7 +125,7 @@ class DenseCL(MethodBase):
         proj_dim: D (128).
         queue_size, momentum, temperature: as MoCo v2 (65536, 0.999, 0.2).
         loss_lambda: λ, the dense loss's weight (0.5).
-        warmup_steps: steps with λ = 0 (1000).
+        warmup_steps: steps with λ = 0 (10,000; 0 is the released configs' λ 0.5 from the start).
         shuffle_bn, shuffle_splits: as :class:`~selfsup.methods.MoCo`.
         match: how a query position finds its key position. ``"features"`` (the official): the key
             position most similar in backbone features. ``"geometry"``: the key position showing the
@@ -135,7 +143,7 @@ class DenseCL(MethodBase):
 
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int | None = None, proj_dim: int = 128,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
-                 loss_lambda: float = 0.5, warmup_steps: int = 1000, shuffle_bn: bool = True,
+                 loss_lambda: float = 0.5, warmup_steps: int = 10_000, shuffle_bn: bool = True,
                  shuffle_splits: int = 8, match: str = "features") -> None:
         super().__init__()
         check_momentum("momentum", momentum)
