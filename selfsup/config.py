@@ -147,7 +147,9 @@ class TrainConfig:
     as gradient accumulation does; networks without BatchNorm (ViTs) get the very same gradient."""
     seed: int = 0
     precision: str = "auto"
-    """"auto" (bf16-mixed where the device runs it natively, else 32-true) or a Lightning Fabric precision."""
+    """"auto" (bf16-mixed where the device runs it natively, else 32-true) or a Lightning Fabric precision.
+    ``bf16-true`` / ``16-true`` keep every weight in 16 bits: refused by the methods with a momentum encoder
+    (MoCo, MoCo v3, BYOL, DINO, DenseCL), whose update would round away, at their first step."""
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1

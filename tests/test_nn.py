@@ -196,6 +196,24 @@ def test_momentum_update_over_several_modules_and_bad_momentum():
         momentum_update(ema, (a, b), 1.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_momentum_encoder_in_16_bits_is_refused_since_its_update_rounds_away(dtype):
+    # Why: bf16 weights at m = 0.996, 100 updates towards a target 10% away, move not one weight (the lerp's
+    # step is under half an ulp). A train.precision=bf16-true run would train its key encoder not at all.
+    online = nn.Linear(64, 64).to(dtype)
+    ema = frozen_copy(online)
+    with torch.no_grad():
+        online.weight.mul_(1.1)
+    if dtype == torch.bfloat16:
+        before = ema.weight.clone()
+        with torch.no_grad():
+            for _ in range(100):
+                torch._foreach_lerp_(list(ema.parameters()), list(online.parameters()), 1 - 0.996)
+        assert torch.equal(ema.weight, before)
+    with pytest.raises(ValueError, match=r"rounds away; keep them in float32 \(train.precision=bf16-mixed"):
+        momentum_update(ema, online, 0.996)
+
+
 def test_cosine_is_byols_momentum_schedule():
     # BYOL section 3.2: tau = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2.
     for k in (0, 1, 17, 50, 99, 100):

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from selfsup.errors import ConfigError
+
 
 def check_momentum(name: str, value: float) -> None:
     """Raise a ValueError naming ``name`` unless the EMA momentum ``value`` lies in [0, 1]."""
@@ -34,6 +36,13 @@ def momentum_update(ema: nn.Module, online: nn.Module | Iterable[nn.Module], mom
     """
     check_momentum("momentum", momentum)
     ema_params = list(ema.parameters())
+    half = {p.dtype for p in ema_params} & {torch.bfloat16, torch.float16}
+    if half and momentum > 0:
+        # (1 - m)(θ_online - θ_ema) is below half a unit in the last place of a 16-bit weight unless the two
+        # differ by about as much as the weight itself: the update rounds away (bf16, m = 0.996: 100 updates
+        # towards a target 10% away moved no weight at all).
+        raise ConfigError(f"the momentum encoder's weights are {half.pop()}, where its update rounds away; keep them "
+                          f"in float32 (train.precision=bf16-mixed or 16-mixed, not bf16-true or 16-true)")
     modules = [online] if isinstance(online, nn.Module) else list(online)
     online_params = [p for module in modules for p in module.parameters()]
     if len(ema_params) != len(online_params):
