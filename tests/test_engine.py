@@ -87,6 +87,15 @@ def test_schedule_warms_up_over_a_fractional_number_of_epochs_rounded_to_the_nea
         assert lr[warmup + 3] == pytest.approx(0.6 * (1 + math.cos(math.pi * 3 / (30 - warmup))) / 2)
 
 
+def test_a_warm_up_that_covers_the_whole_run_is_said():
+    # 2 epochs of 7 steps against a 10-step run: the LR climbs to 10/14 of its peak and never decays.
+    short = Schedule.build(OptimConfig(warmup_epochs=2), base_lr=0.6, max_steps=10, steps_per_epoch=7)
+    assert short.warmup_steps == 14 and short.lr[-1] == pytest.approx(0.6 * 10 / 14)
+    assert "14 steps and the run 10: the learning rate never reaches its peak (71% of it" in short.warmup_note()
+    assert Schedule.build(OptimConfig(warmup_epochs=1), base_lr=0.6, max_steps=10, steps_per_epoch=7).warmup_note() \
+        is None
+
+
 def test_lars_step_is_the_papers_local_lr():
     # You et al. 2017, Algorithm 1: local LR = eta * |w| / (|g| + beta |w|), applied to (g + beta w);
     # groups without weight decay (biases, norms) get plain SGD with momentum.
@@ -157,12 +166,19 @@ def test_adamw_steps_with_the_configured_betas_and_decoupled_weight_decay():
     torch.testing.assert_close(model.weight.detach().double(), w, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("clip", [1.0, None], ids=["clipped", "unclipped"])
+@pytest.mark.parametrize("clip", [1.0, None, "method"], ids=["clipped", "unclipped", "by_the_method"])
 def test_a_step_clips_the_gradient_to_grad_clip_and_logs_its_norm_before_clipping(tmp_path, monkeypatch, clip):
     """A gradient of norm 5 (3 on one tensor, 4 on another): optim.grad_clip=1 scales it by 1/5 before the
-    SGD step, and train.log_grad_norm logs sqrt(3^2 + 4^2) = 5, the norm before clipping, either way."""
+    SGD step, and train.log_grad_norm logs sqrt(3^2 + 4^2) = 5, the norm before clipping, either way; also
+    when the method clips its own gradients in after_backward (DINO's per-parameter clip), here to 1/5."""
     overrides = ["train.precision=32-true", "optim.warmup_epochs=0", "optim.weight_decay=0", "train.log_grad_norm=true"]
-    trainer = Trainer(tiny_config(tmp_path, *overrides, *([f"optim.grad_clip={clip}"] if clip else [])))
+    trainer = Trainer(tiny_config(tmp_path, *overrides, *([f"optim.grad_clip={clip}"] if clip == 1.0 else [])))
+    if clip == "method":
+        def clips_its_own(progress):
+            for p in trainer.method.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(1 / 5)
+        monkeypatch.setattr(trainer.method, "after_backward", clips_its_own)
     params = dict(trainer.method.named_parameters())
     weight, bias = params["backbone.net.0.weight"], params["backbone.net.1.bias"]
     torch.manual_seed(0)

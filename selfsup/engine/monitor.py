@@ -106,6 +106,8 @@ def plan_time_limit(trainer: Trainer, limit_s: float) -> None:
     trainer.max_steps = int(trainer.fabric.broadcast(steps, src=0))
     trainer.schedule = Schedule.build(trainer.cfg.optim, trainer.schedule.base_lr, trainer.max_steps,
                                       trainer.steps_per_epoch)
+    if note := trainer.schedule.warmup_note():
+        trainer.say(note)
     trainer.time_plan = {"time_limit_s": limit_s, "step_s": per_step, "calibration_steps": calibration}
     trainer.say(f"train.time_limit={trainer.cfg.train.time_limit}: {1000 * per_step:.1f} ms per step over "
                 f"{calibration} calibration steps (undone) -> {trainer.max_steps:,} steps "

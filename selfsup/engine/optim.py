@@ -172,6 +172,17 @@ class Schedule:
     base_lr: float
     lr: list[float]
     weight_decay: list[float]
+    warmup_steps: int = 0
+
+    def warmup_note(self) -> str | None:
+        """A sentence where the warm-up covers the whole run (the LR never reaches its peak, nor decays),
+        else None."""
+        steps = len(self.lr)
+        if self.warmup_steps < steps or not steps:
+            return None
+        return (f"optim.warmup_epochs is {self.warmup_steps:,} steps and the run {steps:,}: the learning rate "
+                f"never reaches its peak ({self.lr[-1] / self.base_lr:.0%} of it at the last step) nor decays; "
+                f"shorten the warm-up")
 
     @classmethod
     def build(cls, cfg: OptimConfig, base_lr: float, max_steps: int, steps_per_epoch: int) -> Schedule:
@@ -181,7 +192,7 @@ class Schedule:
         end_wd = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
         lr = [warmup_cosine(step, max_steps, warmup, base_lr, end_lr) for step in range(max_steps)]
         wd = [cosine(step, max_steps, cfg.weight_decay, end_wd) for step in range(max_steps)]
-        return cls(base_lr, lr, wd)
+        return cls(base_lr, lr, wd, warmup)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set every group's LR and weight decay for ``step``; returns the scheduled LR."""

@@ -95,6 +95,8 @@ class Trainer:
         base_lr = cfg.optim.lr * t.batch_size / 256
         optimizer = build_optimizer(self.method, cfg.optim, base_lr)
         self.schedule = Schedule.build(cfg.optim, base_lr, self.max_steps, self.steps_per_epoch)
+        if t.time_limit is None and (note := self.schedule.warmup_note()):  # a time limit plans it anew
+            self.say(note)
         self.model, self.optimizer = fabric.setup(self.method, optimizer)
 
         self.start_step = 0
@@ -288,13 +290,12 @@ class Trainer:
             outputs = self.forward(batch, progress)
             self.fabric.backward(outputs["loss"])
         self.fabric.strategy.precision.unscale_gradients(self.optimizer.optimizer)  # a no-op without fp16
+        if self.cfg.train.log_grad_norm:  # before any clipping (the method's own, DINO's, or optim.grad_clip)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.method.parameters() if p.grad is not None])
+            outputs = {**outputs, "grad_norm": norm.detach()}
         self.method.after_backward(progress)
         if self.cfg.optim.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
-        elif self.cfg.train.log_grad_norm:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.method.parameters() if p.grad is not None])
-        if self.cfg.train.log_grad_norm:  # before clipping: what the step would have been
-            outputs = {**outputs, "grad_norm": norm.detach()}
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.on_step_end(progress)
