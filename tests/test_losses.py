@@ -220,6 +220,26 @@ def test_n_pair_matches_sohn_formula():
     assert torch.autograd.gradcheck(losses.n_pair, (a.requires_grad_(), p.requires_grad_()))
 
 
+def test_n_pair_with_shared_classes_masks_them_or_spreads_targets_as_tf_npairs_loss():
+    a, p = _rand(5, 3, seed=45), _rand(5, 3, seed=46)
+    y = torch.tensor([0, 1, 0, 2, 1])
+    logits = [[float(a[i] @ p[j]) for j in range(5)] for i in range(5)]
+    masked = soft = 0.0
+    for i in range(5):
+        kept = [logits[i][j] for j in range(5) if j == i or y[j] != y[i]]
+        masked += math.log(sum(math.exp(v) for v in kept)) - logits[i][i]
+        log_z = math.log(sum(math.exp(v) for v in logits[i]))
+        same = [j for j in range(5) if y[j] == y[i]]  # TF: targets 1/|same| on the class's columns
+        soft += sum(log_z - logits[i][j] for j in same) / len(same)
+    assert losses.n_pair(a, p, labels=y).item() == pytest.approx(masked / 5, rel=1e-10)
+    assert losses.n_pair(a, p, labels=y, same_class="soft").item() == pytest.approx(soft / 5, rel=1e-10)
+    distinct = torch.arange(5)  # every class once: both are the paper's loss
+    assert losses.n_pair(a, p, labels=distinct, same_class="soft").item() == pytest.approx(
+        losses.n_pair(a, p).item(), rel=1e-10)
+    with pytest.raises(ValueError, match="same_class"):
+        losses.n_pair(a, p, labels=y, same_class="hard")
+
+
 def test_cpc_matches_cross_entropy_per_group():
     pred, codes = _rand(3, 4, 5, seed=42), _rand(3, 4, 5, seed=43)
     per_group = [F.cross_entropy(pred[s] @ codes[s].T / 0.5, torch.arange(4)) for s in range(3)]

@@ -415,7 +415,7 @@ def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather
 
 
 @float32_loss
-def n_pair(anchor: Tensor, positive: Tensor, *, labels: Tensor | None = None) -> Tensor:
+def n_pair(anchor: Tensor, positive: Tensor, *, labels: Tensor | None = None, same_class: str = "mask") -> Tensor:
     """Sohn's multi-class N-pair loss: each anchor against the positives of all other pairs.
 
     Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss
@@ -427,15 +427,21 @@ def n_pair(anchor: Tensor, positive: Tensor, *, labels: Tensor | None = None) ->
     diagonal. The paper keeps embedding norms in check with an L2 penalty
     (λ = 0.002 on the mean squared norm); add it yourself if you need it.
 
-    With `labels`, several pairs may share a class: the positives of the
-    anchor's own class are left out of its sum (`j` runs over `y_j ≠ y_i`),
-    which is the formula above whenever the labels are distinct.
+    With `labels`, several pairs may share a class. `same_class="mask"`
+    (our default): the positives of the anchor's own class are left out of
+    its sum (`j` runs over `y_j ≠ y_i`), the paper's formula over the other
+    classes, and its formula exactly whenever the labels are distinct.
+    `same_class="soft"`: TensorFlow's `npairs_loss`, the cross-entropy of
+    each row of `a p^T` against targets spread evenly over the positives of
+    the anchor's class (its own included). The two agree when every class
+    appears once.
 
     Args:
         anchor: `(N, D)` anchors, N >= 2.
         positive: `(N, D)` positives, row i from the class of `anchor[i]`, all classes distinct
             unless `labels` is given.
         labels: optional `(N,)` class of each pair.
+        same_class: `"mask"` or `"soft"`, how a shared class counts (above).
 
     Returns:
         0-d tensor, mean over the N anchors.
@@ -447,12 +453,17 @@ def n_pair(anchor: Tensor, positive: Tensor, *, labels: Tensor | None = None) ->
     """
     anchor, positive = _embeddings("anchor", anchor), _embeddings("positive", positive)
     _same_shape("anchor", anchor, "positive", positive)
+    if same_class not in ("mask", "soft"):
+        raise ValueError(f"same_class must be 'mask' or 'soft', got {same_class!r}")
     logits = anchor @ positive.T
     if labels is not None:
         labels = _labels("labels", labels, anchor.shape[0], "anchor")
-        same_class = labels[:, None] == labels[None, :]
-        same_class.fill_diagonal_(False)
-        logits = logits.masked_fill(same_class, float("-inf"))
+        shared = labels[:, None] == labels[None, :]
+        if same_class == "soft":  # tf npairs_loss: targets spread over the class's positives, its own included
+            targets = shared.to(logits.dtype) / shared.sum(dim=1, keepdim=True)
+            return -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
+        shared.fill_diagonal_(False)
+        logits = logits.masked_fill(shared, float("-inf"))
     return _diagonal_cross_entropy(logits)
 
 

@@ -52,16 +52,23 @@ class NPair(MethodBase):
         backbone: encoder producing ``backbone.out_dim`` features.
         embed_dim: embedding dimension (128).
         l2_reg: λ of the embedding-norm penalty (0.002).
+        same_class: how pairs of the anchor's own class count: ``"mask"`` (left out, above; our default, the
+            paper's loss over the other classes, the recipe's measured setting) or ``"soft"`` (TensorFlow's
+            ``npairs_loss``: targets spread over the class's positives). :func:`selfsup.losses.n_pair`.
     """
 
     augment_recipe: ClassVar[str] = "instdisc"
     views_needed: ClassVar[tuple[int, int | None]] = (1, None)
     needs_labels: ClassVar[bool] = True
 
-    def __init__(self, backbone: Backbone, *, embed_dim: int = 128, l2_reg: float = 0.002) -> None:
+    def __init__(self, backbone: Backbone, *, embed_dim: int = 128, l2_reg: float = 0.002,
+                 same_class: str = "mask") -> None:
         super().__init__()
         if not l2_reg >= 0:
             raise ValueError(f"l2_reg must be >= 0, got {l2_reg}")
+        if same_class not in ("mask", "soft"):
+            raise ValueError(f"same_class must be 'mask' or 'soft', got {same_class!r}")
+        self.same_class = same_class
         self.backbone = backbone
         self.embedding = nn.Linear(backbone.out_dim, embed_dim)
         self.l2_reg = l2_reg
@@ -75,7 +82,7 @@ class NPair(MethodBase):
             raise ValueError(f"NPair needs at least two same-class pairs per batch, got {anchor.numel()}; "
                              f"use a larger batch")
         a, p = e[anchor], e[positive]
-        loss = losses.n_pair(a, p, labels=labels[anchor])
+        loss = losses.n_pair(a, p, labels=labels[anchor], same_class=self.same_class)
         penalty = 0.25 * (a.pow(2).sum(dim=1).mean() + p.pow(2).sum(dim=1).mean())
         return {"loss": loss + self.l2_reg * penalty, "pairs": torch.tensor(float(anchor.numel()))}
 
