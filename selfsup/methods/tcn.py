@@ -52,7 +52,10 @@ class TCN(VideoMethodBase):
             official ``tcn_default.yml`` distorts each frame's colour (brightness, saturation) and its pouring
             config adds scale augmentation; a clip-consistent crop keeps a clip's frames comparable.
         multi_view: the multi-view objective on pairs of synchronised views (``pos_radius`` and
-            ``neg_radius`` are then unused: the official multi-view loss has no radii).
+            ``neg_radius`` are then unused: the official multi-view loss has no radii). Batches differ from
+            the official's: here clips of consecutive frames from several scenes, each other scene's frames
+            negatives too; the official pouring config fills a batch from one sequence (16 random timesteps
+            of a 580-frame window).
         loss: the multi-view loss, as the official ``mvtcn_estimator`` offers it: ``triplet``
             (``MVTCNTripletEstimator``, above) or ``npairs`` (``MVTCNNpairsEstimator``): each frame of the
             first view an anchor whose positive is the same moment in the other view, the other pairs'
