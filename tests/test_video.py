@@ -181,7 +181,7 @@ def test_frames_are_read_upright_by_their_exif_orientation_and_keypoints_follow(
     assert torch.equal(clips.images, torch.from_numpy(upright[:, 5:25]).permute(0, 3, 1, 2))
     assert torch.equal(clips.masks, torch.from_numpy(ids[:, 5:25]))  # both masks stay on their frames
     points, scale = clips.keypoints[0]
-    assert points[0].tolist() == [[3.0, 7.0, 1.0]] and scale.tolist() == [20.0]
+    assert points[0].tolist() == [[3.0, 7.0, 1.0]] and scale is None  # no scale in the file: CRW's person box
     # Streamed, the frames are the same upright squares.
     streamed = streamed_video_split(tmp_path, "train", size=20)
     assert np.array_equal(streamed.reader.clip(0, [0, 1]), upright[:, 5:25].transpose(0, 3, 1, 2))
@@ -571,7 +571,7 @@ def test_davis_scores_and_the_propagation_entry_average_over_objects_as_davis_do
     entry = video.propagation_entry(videos, None, data="x", baseline="copy")
     assert (entry["objects"], entry["videos"]) == (3, 2)
     assert entry["j"] == pytest.approx((1 + 0.5 + 1) / 3) and entry["f"] == pytest.approx((1 + 0 + 1) / 3)
-    assert entry["j_and_f"] == pytest.approx(0.75)  # per-video means first: ((0.75 + 1) / 2 + (0.5 + 1) / 2) / 2
+    assert entry["j_and_f"] == pytest.approx(0.75)  # pooled over the 3 objects: (J 2.5 / 3 + F 2 / 3) / 2
     assert entry["per_video"] == {"a": {"j": 0.75, "f": 0.5}, "b": {"j": 1.0, "f": 1.0}}
 
 
@@ -1050,6 +1050,42 @@ def test_pck_counts_visible_later_points_within_alpha_times_their_scale_by_hand(
     # frame 1: point 0 off by 2 (<= 0.1 * 20), point 1 invisible; frame 2: point 0 off by 3, point 1 by 5 (> 4)
     assert video.pck(predicted, truth, scale, 0.1) == (1, 3)
     assert video.pck(predicted, truth, scale, 0.2) == (3, 3)
+
+
+def test_davis_void_pixels_are_no_object_and_are_left_out_and_short_videos_give_no_score():
+    # DAVIS-2017's get_all_masks reads 255 as void: no object (background), and db_eval_iou / f_measure leave
+    # its pixels out. Object 1 fills rows 0-3, cols 0-3; a void band covers cols 4-5; the prediction spills
+    # onto the band: with the band left out J = F = 1 (counted, J would be 16/24).
+    truth = torch.zeros(4, 8, 8, dtype=torch.long)
+    truth[:, 0:4, 0:4] = 1
+    truth[:, 0:4, 4:6] = 255
+    prediction = torch.zeros(4, 8, 8, dtype=torch.long)
+    prediction[:, 0:4, 0:6] = 1
+    scores = video.davis_scores(truth, prediction)
+    assert list(scores) == [1]  # 255 is not an object
+    assert scores[1] == pytest.approx((1.0, 1.0))
+    counted = truth.masked_fill(truth == 255, 0)
+    assert video.davis_scores(counted, prediction)[1][0] == pytest.approx(16 / 24)
+    # Frames 1 .. T-2 are scored: a video of 2 frames has none (DAVIS: an empty set), so no score at all.
+    assert video.davis_scores(truth[:2], prediction[:2]) == {}
+
+
+def test_without_a_scale_pck_uses_crws_per_frame_person_box_by_hand():
+    # CRW's / UVC's eval_pck.py: per frame, 0.6 x the diagonal of the box around the visible true joints.
+    # Frame 1: joints at (0, 0), (30, 40) and an invisible one far away: box diagonal 50, scale 30, threshold
+    # 3 at alpha 0.1; frame 2: joints at (0, 0), (60, 80): scale 60, threshold 6.
+    truth = torch.tensor([[[0.0, 0, 1], [30, 40, 1], [500, 500, 1]],
+                          [[0, 0, 1], [30, 40, 1], [500, 500, 0]],
+                          [[0, 0, 1], [60, 80, 1], [0, 0, 0]]])
+    predicted = truth[:, :, :2] + torch.tensor([[0.0, 0], [0, 0], [0, 0]]).expand(3, -1, -1)
+    predicted = predicted.clone()
+    predicted[1, 0] += torch.tensor([2.9, 0.0])   # within 3
+    predicted[1, 1] += torch.tensor([0.0, 3.1])   # beyond 3
+    predicted[2, 0] += torch.tensor([5.9, 0.0])   # within 6
+    predicted[2, 1] += torch.tensor([0.0, 6.1])   # beyond 6
+    assert video.person_scale(truth)[1:].flatten().tolist() == pytest.approx([30.0, 60.0])
+    assert video.pck(predicted, truth, None, 0.1) == (2, 4)
+    assert video.pck(predicted, truth, None, 0.2) == (4, 4)
 
 
 def test_keypoints_propagate_with_features_that_move_with_the_scene():

@@ -26,9 +26,9 @@ whole, so that clip times stay true).
 
 A keypoint file holds ``{"keypoints": [[[x, y, visible], ...] for each frame], "scale": [s, ...]}``:
 per frame, the same K points in the upright frame's pixels (x right, y down, from the top-left corner;
-``visible`` 0 or 1), and per point the size in pixels its PCK is measured against (JHMDB: the
-larger side of the person's box; default the frame's shorter side). They move with the frames'
-square crop and resize. A malformed file is refused naming the file and what is wrong.
+``visible`` 0 or 1), and, optionally, per point the size in pixels its PCK is measured against; without
+it, each frame's 0.6 x the diagonal of the box around its visible points, as CRW's and UVC's JHMDB
+evaluation (:func:`selfsup.evaluate.video.person_scale`). They move with the frames' square crop and resize. A malformed file is refused naming the file and what is wrong.
 
 Why PyAV: it is the one video decoder on the package registries that installs everywhere with its
 own FFmpeg (torchcodec needs a system FFmpeg and is not available for every platform;
@@ -72,7 +72,8 @@ class VideoSet(ImageDataset):
         names: the videos' names (sequence folder or file stem).
         masks: uint8 ``(N, H, W)`` instance ids (0 background) when every video has them, else None.
         keypoints: per video index that has them, ``(points, scale)``: ``(T, K, 3)`` float32 ``(x, y,
-            visible)`` in pixels of the stored frames, and ``(K,)`` each point's PCK scale in those pixels.
+            visible)`` in pixels of the stored frames, and ``(K,)`` each point's PCK scale in those pixels
+            (None where the file gives none: the evaluation's per-frame person box).
         skipped: unreadable files and why.
         captions: per video, its captions from ``captions.csv`` (an empty tuple: none); None when the
             root has no captions file.
@@ -290,15 +291,17 @@ def read_keypoints(path: Path, count: int, width: int, height: int, size: int) -
         raise DataError(f"{path}: every frame must hold the same K [x, y, visible] points, got shape "
                         f"{tuple(track.shape)}")
     side = min(width, height)
-    scale = torch.tensor(data.get("scale", [side] * track.shape[1]), dtype=torch.float32)
-    if scale.shape != (track.shape[1],) or not bool((scale > 0).all()):
-        raise DataError(f"{path}: 'scale' must give each of the {track.shape[1]} points a positive size")
+    scale = None
+    if "scale" in data:
+        scale = torch.tensor(data["scale"], dtype=torch.float32)
+        if scale.shape != (track.shape[1],) or not bool((scale > 0).all()):
+            raise DataError(f"{path}: 'scale' must give each of the {track.shape[1]} points a positive size")
     factor = size / side  # the centred square's crop, then the resize
     track[:, :, 0] = (track[:, :, 0] - (width - side) / 2) * factor
     track[:, :, 1] = (track[:, :, 1] - (height - side) / 2) * factor
     inside = (track[:, :, :2] >= 0).all(dim=2) & (track[:, :, :2] < size).all(dim=2)
     track[:, :, 2] = ((track[:, :, 2] > 0) & inside).float()  # cropped away: not visible
-    return track, scale * factor
+    return track, None if scale is None else scale * factor
 
 
 def _sequence_rows(path: Path, column: str) -> list[tuple[str, str]]:

@@ -42,8 +42,9 @@ PROPAGATION_PROTOCOL = ("the first frame's instance masks propagated through eac
                         "(Jabri et al. 2020's protocol: top-{topk} key pixels, temperature {temperature}, the first "
                         "frame plus the {context} previous predicted frames within a radius of {radius} grid cells); "
                         "J (IoU) and F (boundary F-measure, tolerance ceil(0.008 x diagonal) px) per object and frame "
-                        "as DAVIS-2017 computes them, first and last frames left out, averaged per object then over "
-                        "all objects; J&F their mean")
+                        "as DAVIS-2017 computes them (void pixels left out), first and last frames left out, averaged "
+                        "per object then over all objects; J&F their mean. On the centred square of each frame at "
+                        "data.size, not DAVIS's full frames: not comparable with published J&F")
 TEMPORAL_PROTOCOL = ("held-out videos: temporal-order tau is, per video, Kendall's tau-b between the time gap and the "
                      "cosine distance of frozen features over every pair of frames, averaged over videos (1: the "
                      "features order frames as time does); same_video@1 is the share of frames whose nearest other "
@@ -62,8 +63,13 @@ TASK_ALIGNMENT_PROTOCOL = ("demonstrations of a task (tasks.csv; not synchronise
 # ----------------------------------------------------------------------------- DAVIS-2017 J and F
 
 
-def region_similarity(truth: Tensor, prediction: Tensor) -> Tensor:
-    """J per frame: IoU of boolean masks ``(..., H, W)``; 1 where both are empty (DAVIS ``db_eval_iou``).
+VOID = 255
+"""DAVIS's void label: its pixels count for no object (read as background) and are left out of J and F."""
+
+
+def region_similarity(truth: Tensor, prediction: Tensor, void: Tensor | None = None) -> Tensor:
+    """J per frame: IoU of boolean masks ``(..., H, W)``; 1 where both are empty (DAVIS ``db_eval_iou``);
+    ``void`` pixels (a boolean mask of the same shape) are left out of both.
 
     Examples:
         >>> a = torch.zeros(1, 4, 4, dtype=torch.bool); a[0, :2] = True
@@ -72,6 +78,8 @@ def region_similarity(truth: Tensor, prediction: Tensor) -> Tensor:
         [0.3333333432674408]
     """
     truth, prediction = truth.bool(), prediction.bool()
+    if void is not None:
+        truth, prediction = truth & ~void, prediction & ~void
     inter = (truth & prediction).sum(dim=(-2, -1)).float()
     union = (truth | prediction).sum(dim=(-2, -1)).float()
     return torch.where(union == 0, torch.ones_like(union), inter / union.clamp(min=1))
@@ -99,11 +107,14 @@ def _dilate(bmap: Tensor, radius: int) -> Tensor:
     return F.conv2d(bmap.float()[:, None], disk, padding=radius)[:, 0] > 0
 
 
-def contour_accuracy(truth: Tensor, prediction: Tensor, bound_th: float = 0.008) -> Tensor:
+def contour_accuracy(truth: Tensor, prediction: Tensor, bound_th: float = 0.008, void: Tensor | None = None) -> Tensor:
     """F per frame of boolean masks ``(N, H, W)`` (DAVIS ``f_measure``): boundary precision and recall
     within ``ceil(bound_th * diagonal)`` pixels (or ``bound_th`` pixels if >= 1), F = 2PR / (P + R);
-    1 when neither mask has a boundary, 0 when only one has."""
+    1 when neither mask has a boundary, 0 when only one has. ``void`` pixels are cleared from both masks
+    first, as DAVIS does."""
     truth, prediction = truth.bool(), prediction.bool()
+    if void is not None:
+        truth, prediction = truth & ~void, prediction & ~void
     h, w = truth.shape[-2:]
     radius = int(bound_th) if bound_th >= 1 else math.ceil(bound_th * math.hypot(h, w))
     fg, gt = boundary_map(prediction), boundary_map(truth)
@@ -119,16 +130,24 @@ def contour_accuracy(truth: Tensor, prediction: Tensor, bound_th: float = 0.008)
 
 
 def davis_scores(truth: Tensor, prediction: Tensor) -> dict[int, tuple[float, float]]:
-    """Per object id (1 .. the largest id of the first ground-truth frame): (J mean, F mean) over the
-    frames of one sequence, first and last left out; ``truth`` and ``prediction`` are ``(T, H, W)`` ids."""
+    """Per object of the first ground-truth frame: (J mean, F mean) over the frames of one sequence,
+    first and last left out (DAVIS-2017's semi-supervised rule; a sequence of 2 frames or fewer has none
+    and gives no score); ``truth`` and ``prediction`` are ``(T, H, W)`` ids, the truth's :data:`VOID`
+    pixels left out of both. The objects are the ids the first frame shows, which is DAVIS's 1 .. its
+    largest id wherever the ids run without a gap; on frames cropped to their centred square (as selfsup
+    reads them) an object cropped out of the first frame was never given, and is not scored."""
     if truth.shape != prediction.shape or truth.ndim != 3:
         raise ValueError(f"truth and prediction must be (T, H, W) of one shape, got {tuple(truth.shape)} and "
                          f"{tuple(prediction.shape)}")
-    frames = slice(1, -1) if truth.shape[0] > 2 else slice(None)
+    if truth.shape[0] <= 2:
+        return {}
+    void = truth[1:-1] == VOID
+    shown = sorted(int(i) for i in truth[0].unique() if 0 < int(i) != VOID)
     scores = {}
-    for obj in range(1, int(truth[0].max()) + 1):
-        gt, pred = truth[frames] == obj, prediction[frames] == obj
-        scores[obj] = (float(region_similarity(gt, pred).mean()), float(contour_accuracy(gt, pred).mean()))
+    for obj in shown:
+        gt, pred = truth[1:-1] == obj, prediction[1:-1] == obj
+        scores[obj] = (float(region_similarity(gt, pred, void).mean()),
+                       float(contour_accuracy(gt, pred, void=void).mean()))
     return scores
 
 
@@ -227,12 +246,25 @@ def propagate_keypoints(features: Tensor, first_points: Tensor, image_size: tupl
     return torch.cat([first_points[None, :, :2].float(), later])
 
 
-def pck(predicted: Tensor, truth: Tensor, scale: Tensor, alpha: float) -> tuple[int, int]:
+def person_scale(truth: Tensor) -> Tensor:
+    """``(T, 1)`` the JHMDB normaliser of CRW's and UVC's ``eval_pck.py``: per frame, 0.6 x the diagonal of
+    the box around its visible true points (``truth`` ``(T, K, 3)``; inf for a frame with none)."""
+    visible = truth[:, :, 2:3] > 0
+    low = torch.where(visible, truth[:, :, :2], torch.inf).amin(dim=1)
+    high = torch.where(visible, truth[:, :, :2], -torch.inf).amax(dim=1)
+    diagonal = (high - low).norm(dim=1, keepdim=True)
+    return torch.where(visible.any(dim=1), 0.6 * diagonal, torch.inf)
+
+
+def pck(predicted: Tensor, truth: Tensor, scale: Tensor | None, alpha: float) -> tuple[int, int]:
     """(hits, counted): visible true points (``truth[..., 2] > 0``) of frames 1.. whose prediction lies
-    within ``alpha`` x their ``scale`` (pixels, per point) of them, as JHMDB's PCK counts."""
+    within ``alpha`` x their scale of them, as JHMDB's PCK counts. ``scale``: ``(K,)`` pixels per point (a
+    keypoint file's own), ``(T, K)`` or ``(T, 1)`` per frame, or None for :func:`person_scale`, CRW's."""
+    scale = person_scale(truth) if scale is None else scale
+    scale = scale[None] if scale.ndim == 1 else scale[1:]
     visible = truth[1:, :, 2] > 0
     distance = (predicted[1:, :, :2] - truth[1:, :, :2]).norm(dim=2)
-    hits = (distance <= alpha * scale[None]) & visible
+    hits = (distance <= alpha * scale) & visible
     return int(hits.sum()), int(visible.sum())
 
 
@@ -249,8 +281,10 @@ def lab_features(frames: Tensor, grid: tuple[int, int]) -> Tensor:
 PCK_ALPHAS = (0.1, 0.2)
 KEYPOINT_PROTOCOL = ("the first frame's visible keypoints propagated the same way as Gaussian heat maps (sigma "
                      "{sigma} grid cells), each then at its map's peak; PCK@alpha: the share of later frames' "
-                     "visible true keypoints within alpha x the keypoint's scale (its object's size) of the "
-                     "prediction, as JHMDB's PCK")
+                     "visible true keypoints within alpha x the scale of the prediction: the keypoint file's "
+                     "scale, else per frame 0.6 x the diagonal of the box around its visible true keypoints, as "
+                     "CRW's and UVC's JHMDB evaluation; pooled over every keypoint (the same as their mean over "
+                     "joints when every joint is counted as often)")
 
 
 def propagation_entry(video_set, dense: Callable[[Tensor], Tensor] | None, *, data: str, topk: int = 10,
@@ -284,8 +318,9 @@ def propagation_entry(video_set, dense: Callable[[Tensor], Tensor] | None, *, da
         elif baseline is None:
             feats = dense(frames).cpu()
         if truth is not None:
-            predicted = (truth[:1].expand_as(truth) if feats is None else
-                         propagate_masks(feats, truth[0].cpu(), topk=topk, radius=radius, context=context,
+            first = truth[0].masked_fill(truth[0] == VOID, 0)  # void is no object to propagate
+            predicted = (first[None].expand_as(truth) if feats is None else
+                         propagate_masks(feats, first.cpu(), topk=topk, radius=radius, context=context,
                                          temperature=temperature))
             scores = davis_scores(truth.cpu(), predicted.cpu())
             j_all += [j for j, _ in scores.values()]
@@ -303,8 +338,10 @@ def propagation_entry(video_set, dense: Callable[[Tensor], Tensor] | None, *, da
                 moved = propagate_keypoints(feats, track[0, :, :2], tuple(frames.shape[-2:]), sigma=sigma, topk=topk,
                                             radius=radius, context=context, temperature=temperature)
             seen = track[0, :, 2] > 0  # only what the first frame shows can be propagated
+            # No scale in the file: CRW's per-frame person box, from every visible point of the frame
+            scale = person_scale(track) if scale is None else scale[seen]
             for alpha in PCK_ALPHAS:
-                hit, counted = pck(moved[:, seen], track[:, seen], scale[seen], alpha)
+                hit, counted = pck(moved[:, seen], track[:, seen], scale, alpha)
                 hits[alpha][0] += hit
                 hits[alpha][1] += counted
     settings = {"topk": topk, "temperature": temperature, "context": context, "radius": radius}
@@ -454,6 +491,13 @@ def cross_view_alignment(features: Tensor, video: Tensor, time: Tensor, scenes: 
         Kendall's τ-b between the times of a's frames and the times of their nearest frames of b
         (cosine), and the mean ``|t - t_match| / len(a)``, each averaged over the ``pairs``; ``(nan,
         nan, 0)`` when no scene has two views.
+
+    Where this differs from the official code, by choice: a pair whose matches all fall on one frame
+    (τ undefined) counts τ = 0, where XIRL's ``nanmean`` leaves it out (a collapsed encoder recovers no
+    order, and would otherwise be scored on its other pairs alone); both directions of a pair count,
+    where TCN's ``compute_average_alignment`` takes each unordered pair once, one way (nearest-neighbour
+    matching is not symmetric); the distance is cosine, where XIRL's default is squared Euclidean on
+    unnormalised embeddings.
     """
     from scipy.stats import kendalltau
 
