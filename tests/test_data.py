@@ -563,6 +563,20 @@ def test_folder_takes_imagenets_val_as_the_test_split_and_warns_of_split_named_c
         assert load("folder", root=lone, size=4, progress=False).classes == ["cat", "train"]
 
 
+def test_a_file_of_another_kind_never_reaches_its_decoder_whatever_its_name(tmp_path, monkeypatch):
+    # Pillow picks a decoder from the content: an EPS file called .png would go to the EPS plugin, which
+    # runs Ghostscript on it. Only the listed image formats may decode; the file is skipped, named.
+    from PIL import EpsImagePlugin
+    reached = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: reached.append(self) or 1 / 0)
+    save(solid("L", (4, 4), 9), tmp_path / "imgs" / "cat" / "fine.png")
+    (tmp_path / "imgs" / "cat" / "evil.png").write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n")
+    with pytest.warns(UserWarning, match="evil.png"):
+        loaded = load("folder", root=tmp_path / "imgs", size=4, progress=False)
+    assert len(loaded) == 1 and reached == []
+
+
 def test_folder_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         load("folder", root=tmp_path / "missing")

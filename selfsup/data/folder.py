@@ -51,6 +51,17 @@ IMAGE_EXTENSIONS = frozenset(
     {".bmp", ".gif", ".jpeg", ".jpg", ".pbm", ".pgm", ".png", ".pnm", ".ppm", ".tga", ".tif", ".tiff", ".webp"}
 )
 _KINDS = ", ".join(sorted(IMAGE_EXTENSIONS))
+IMAGE_FORMATS = ("BMP", "GIF", "JPEG", "MPO", "PNG", "PPM", "TGA", "TIFF", "WEBP")
+"""The Pillow decoders behind ``IMAGE_EXTENSIONS`` (MPO: cameras' multi-picture JPEGs). Pillow picks a
+decoder from a file's content, not its name, and some run programs (EPS hands the file to Ghostscript):
+a file is only ever decoded by one of these, whatever it is called."""
+
+
+def open_image(path) -> Image.Image:
+    """``Image.open`` restricted to :data:`IMAGE_FORMATS`: a file of any other kind, whatever its name,
+    is refused as unidentified instead of reaching another decoder."""
+    Image.init()  # every plugin registered (once), so that each listed format has its decoder
+    return Image.open(path, formats=[kind for kind in IMAGE_FORMATS if kind in Image.OPEN])
 DEFAULT_SIZE = 64
 # Decoding is I/O and C code that releases the GIL; more threads than this rarely help.
 _MAX_THREADS = 8
@@ -140,7 +151,7 @@ def decode(path: Path, size: int, channels: int, draft: bool = False) -> np.ndar
     sides at least ``size`` (``Image.draft``; several times faster on photos much larger than
     ``size``, and slightly different pixels from a full decode).
     """
-    with Image.open(path) as image:
+    with open_image(path) as image:
         if draft and image.format == "JPEG":
             image.draft(image.mode, (size, size))
         image.load()

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from selfsup.data.dataset import ImageDataset
-from selfsup.data.folder import _to_8bit, square
+from selfsup.data.folder import _to_8bit, open_image, square
 from selfsup.data.sources import ImageBatch, InMemoryImages
 from selfsup.errors import DataError
 
@@ -62,7 +62,7 @@ class ImagePairs(ImageDataset):
 
 def _read(path: Path, size: int, channels: int) -> tuple[np.ndarray, tuple[float, float, float]]:
     """The resized square and how it maps points: (offset x, offset y, scale)."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # the pixels a viewer shows, where the matches were placed
         image = _to_8bit(image)

@@ -50,7 +50,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from selfsup.data.dataset import ImageDataset
-from selfsup.data.folder import IMAGE_EXTENSIONS, decode, square
+from selfsup.data.folder import IMAGE_EXTENSIONS, decode, open_image, square
 from selfsup.data.sources import EpochOrdered, ImageBatch
 from selfsup.errors import DataError
 
@@ -237,11 +237,11 @@ def _decode_masks(folder: Path, frames: Path, count: int, size: int) -> np.ndarr
         return None
     masks = []
     for path, frame in zip(files, _frame_files(frames)):
-        with Image.open(frame) as image:
+        with open_image(frame) as image:
             stored = image.size
             orientation = image.getexif().get(0x0112, 1)
         upright = stored[::-1] if orientation in (5, 6, 7, 8) else stored
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             if image.mode not in ("P", "L"):
                 raise DataError(f"{path}: instance masks must be palette or gray PNGs of object ids, got mode "
@@ -373,7 +373,7 @@ def load_video_split(root: str | Path, split: str, *, size: int = 64, channels: 
         points = _keypoint_file(path)
         if points is not None:
             first = _frame_files(path)[0]
-            with Image.open(first) as image:
+            with open_image(first) as image:
                 width, height = ImageOps.exif_transpose(image).size  # the upright frame's, as decoded
             keypoints[v] = read_keypoints(points, len(clip), width, height, size)
         if all_classes is not None:
