@@ -459,7 +459,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 RESUMABLE = ("train.epochs", "train.checkpoint_every", "train.keep_last", "train.knn_every", "train.knn_train_samples",
              "train.compile",
              "train.knn_val_fraction", "train.log_every", "train.log_grad_norm", "train.progress", "train.loggers", "train.stop_on_sigterm",
-             "data.workers", "eval.")
+             "data.workers", "eval.", "train.out_dir", "name")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -66,6 +66,19 @@ def test_a_folder_that_holds_another_run_is_refused_unless_told(tmp_path, capsys
     assert main(["pretrain", *TINY, "train.epochs=0.2", f"train.out_dir={out}", "--overwrite"]) == 0
     assert not (out / "evaluations").exists()  # the old run's files went with it
     assert main(["pretrain", *TINY, f"train.out_dir={out}", "--resume", "--overwrite"]) == 2
+    # A checkpoint from elsewhere (a colleague's, whose out_dir is this same folder) continues into that folder:
+    # the run there is another one, refused; the checkpoint continues in a folder of its own.
+    colleague = tmp_path / "colleague.ckpt"
+    colleague.write_bytes((out / "checkpoints" / "last.ckpt").read_bytes())
+    assert main(["pretrain", *TINY, "train.epochs=0.3", f"train.out_dir={out}", "--overwrite"]) == 0
+    before = (out / "checkpoints" / "last.ckpt").read_bytes()
+    capsys.readouterr()
+    assert main(["pretrain", str(colleague), "--resume"]) == 2
+    assert f"holds another run (a checkpoint) than the checkpoint {colleague} continues" in capsys.readouterr().err
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == before  # nothing of that run lost
+    assert main(["pretrain", str(colleague), "--resume", f"train.out_dir={tmp_path / 'mine'}"]) == 0
+    # Its own checkpoints resume in place as before.
+    assert main(["pretrain", str(out / "checkpoints" / "last.ckpt"), "--resume", "train.epochs=0.4"]) == 0
 
 
 def test_resume_auto_starts_or_continues(tmp_path, uninterrupted):

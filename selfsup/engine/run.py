@@ -74,7 +74,14 @@ def pretrain(cfg: Config, *, resume: str | Path | bool = False, overwrite: bool 
         if main_process:
             say(f"--resume auto: {'continuing the checkpoint in' if resume else 'no checkpoint yet in'} {out}")
     found = _holds_a_run(out)
-    if not resume and found:
+    # Resuming a checkpoint from elsewhere writes into the out_dir it recorded: a run already there is another
+    # run's (a colleague's checkpoint, whose out_dir is the same runs/<name>), refused as a fresh start is.
+    foreign = resume not in (True, False) and found and not Path(resume).resolve().is_relative_to(
+        (out / "checkpoints").resolve())
+    if foreign and not overwrite:
+        raise ConfigError(f"train.out_dir: {out} holds another run ({found}) than the checkpoint {resume} "
+                          f"continues; continue it in another folder (train.out_dir=...)")
+    if (not resume or foreign) and found:
         if not overwrite:
             raise ConfigError(f"train.out_dir: {out} holds another run ({found}); continue it with --resume, start "
                               f"it over with --overwrite, or give this run another name (name=... or "
