@@ -55,6 +55,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def card_digest(card: dict) -> str:
+    """sha256 of an export card's content without its own ``card_sha256`` (keys sorted, compact JSON)."""
+    body = {key: value for key, value in card.items() if key != "card_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def verify_export(folder: str | os.PathLike) -> list[str]:
     """Check an export folder against its ``encoder.json``: every file's sha256, and each
     safetensors tensor against the digest in the file's metadata. Returns what was checked.
@@ -70,16 +76,26 @@ def verify_export(folder: str | os.PathLike) -> list[str]:
     if not card_path.is_file():
         raise FileNotFoundError(f"{folder} is not a selfsup export: it has no encoder.json")
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
         files = card["files"]
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{card_path} is not a valid export card ({error})") from None
+    if not isinstance(files, dict) or not files:
+        raise DataError(f"{card_path}: 'files' must name the exported files, got {files!r:.80}")
+    for key, entry in files.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)):
+            raise DataError(f"{card_path}: files.{key} must give the file's path and sha256, got {entry!r:.80}")
+        if Path(entry["path"]).name != entry["path"] or entry["path"] in (".", ".."):
+            raise DataError(f"{card_path}: files.{key} names {entry['path']!r}, not a file of the export folder")
+    if "card_sha256" in card and card_digest(card) != card["card_sha256"]:  # cards before 2026-12-07 have none
+        raise DataError(f"export {folder}: encoder.json does not match its card_sha256 (its load lines or "
+                        f"statistics changed); export the checkpoint again")
     checked = []
     for key, entry in files.items():
         path = folder / entry["path"]
         if not path.is_file():
             raise DataError(f"export {folder}: {entry['path']} ({key}) is missing")
-        if "sha256" in entry and file_sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             detail = ""
             if key == "safetensors":
                 try:
@@ -251,6 +267,7 @@ def export_encoder(encoder: nn.Module, out_dir: str | os.PathLike, *, in_channel
         (out / FILES[stale]).unlink(missing_ok=True)
     for key, path in paths.items():  # what `selfsup verify` checks the files against
         card["files"][key]["sha256"] = file_sha256(path)
+    card["card_sha256"] = card_digest(card)  # the card's own lines too (its load lines, its statistics)
     text = (json.dumps(card, indent=2) + "\n").encode()
     paths["card"] = atomic_write(out / "encoder.json", lambda file: file.write(text))
     return paths

@@ -152,6 +152,33 @@ def test_an_export_into_an_earlier_ones_folder_leaves_no_stale_file(tmp_path):
     assert verify_export(tmp_path) == ["encoder.safetensors"]
 
 
+def test_verify_checks_the_card_itself_and_refuses_cards_that_check_nothing(tmp_path):
+    # A changed load line or statistic in encoder.json changes what its reader computes: the card carries a
+    # digest of itself. A card without digests, or naming files outside the folder, checks nothing: refused.
+    from selfsup.errors import DataError
+    from selfsup.export import card_digest, verify_export
+
+    encoder = Backbone(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), 3, 1, [0.5], [0.5])
+    export_encoder(encoder, tmp_path, in_channels=1, image_size=4, name="tiny", formats=["safetensors"])
+    good = json.loads((tmp_path / "encoder.json").read_text())
+    assert good["card_sha256"] == card_digest(good) and verify_export(tmp_path) == ["encoder.safetensors"]
+
+    def card(change):
+        bad = json.loads(json.dumps(good))
+        change(bad)
+        (tmp_path / "encoder.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError) as caught:
+            verify_export(tmp_path)
+        return str(caught.value)
+
+    assert "does not match its card_sha256" in card(lambda c: c.update(name="other"))
+    assert "must give the file's path and sha256" in card(lambda c: c["files"]["safetensors"].pop("sha256"))
+    assert "must name the exported files" in card(lambda c: c.update(files={}))
+    assert "must give the file's path and sha256" in card(lambda c: c.update(files={"x": "encoder.onnx"}))
+    outside = dict(good["files"]["safetensors"], path="../../etc/hostname")
+    assert "not a file of the export folder" in card(lambda c: c["files"].update(safetensors=outside))
+
+
 @pytest.mark.parametrize("method,extra", [
     ("cmc", ["method_args.views=lab", "method_args.proj_dim=8"]),
     ("cpc", ["method_args.patch=10", "method_args.stride=6", "method_args.hidden=16"]),
