@@ -90,6 +90,11 @@ class Sample:
     label: int | None
 
 
+MAX_CLASSES = 1_000_000
+"""The most classes a labelled webdataset may have (ImageNet-21k has 21,841): a larger label is refused
+rather than listed as that many class names."""
+
+
 def _label(data: bytes, extension: str, where: str) -> int | None:
     """The class a ``.cls`` or ``.json`` member gives; None for a ``.json`` object without ``"label"``
     (img2dataset's and LAION's metadata: ``url``, ``caption``, ... describe a sample, not its class)."""
@@ -219,6 +224,10 @@ def webdataset_split(root: str, split: str, size: int, channels: int, *, ratio: 
     if labelled:
         if min(labelled) < 0:
             raise DataError(f"webdataset: {root}: labels must be >= 0, found {min(labelled)}")
+        if max(labelled) >= MAX_CLASSES:  # the classes are 0 .. the largest label: one class name each
+            worst = max(samples, key=lambda s: -1 if s.label is None else s.label)
+            raise DataError(f"webdataset: {urls[worst.shard]}:{worst.key} has label {worst.label}; labels are class "
+                            f"indices 0 .. {MAX_CLASSES - 1:,} at most")
         labels = torch.tensor(labelled, dtype=torch.int64)
         classes = [str(k) for k in range(max(labelled) + 1)]
     reader = TarReader(urls, samples, stored_side(size, ratio), channels)
