@@ -233,6 +233,18 @@ def test_a_flipped_byte_in_a_weight_is_named(real_checkpoint, tmp_path, capsys):
     torch.save(state, tmp_path / "other_config.ckpt")  # the integrity record kept from the real file
     with pytest.raises(DataError, match="configuration does not match"):
         checkpoint.load(tmp_path / "other_config.ckpt")
+    # So are the other contents the model is rebuilt from: a data.size changed from 28 to 30 was read as 30.
+    for change in (lambda st: st["data"].update(size=st["data"]["size"] + 2), lambda st: st.update(step=st["step"] + 1)):
+        state = checkpoint.load(real_checkpoint)
+        change(state)
+        torch.save(state, tmp_path / "other_rest.ckpt")
+        with pytest.raises(DataError, match=r"its other contents \(data, step, history\) do not match"):
+            checkpoint.load(tmp_path / "other_rest.ckpt")
+    # A record written before "rest" existed still loads.
+    state = checkpoint.load(real_checkpoint)
+    del state["integrity"]["rest"]
+    torch.save(state, tmp_path / "earlier.ckpt")
+    assert checkpoint.load(tmp_path / "earlier.ckpt")["step"] == state["step"]
 
 
 def test_an_export_records_and_verifies_its_files(real_checkpoint, tmp_path, capsys, monkeypatch):

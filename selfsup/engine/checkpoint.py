@@ -70,11 +70,24 @@ def config_digest(config: Any, algorithm: str = DIGEST) -> str:
     return hashlib.sha256(text).hexdigest() if algorithm == "sha256" else f"{zlib.crc32(text):08x}"
 
 
+def _without_tensors(value: Any) -> Any:
+    """``value`` with every tensor replaced by a placeholder and every key a string: the rest of a state."""
+    if isinstance(value, torch.Tensor):
+        return "<tensor>"
+    if isinstance(value, dict):
+        return {str(key): _without_tensors(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_tensors(item) for item in value]
+    return value
+
+
 def digests(state: dict[str, Any]) -> dict[str, Any]:
-    """The ``integrity`` record of a checkpoint's state (everything but ``integrity`` itself)."""
+    """The ``integrity`` record of a checkpoint's state (everything but ``integrity`` itself): each tensor's
+    digest, the configuration's, and ``rest``: that of everything else (the data's shape, the step, the
+    history, the run's plan), which the model is rebuilt and resumed from."""
     body = {key: value for key, value in state.items() if key != "integrity"}
     return {"algorithm": DIGEST, "tensors": {path: tensor_digest(t) for path, t in tensors_of(body)},
-            "config": config_digest(state.get("config"))}
+            "config": config_digest(state.get("config")), "rest": config_digest(_without_tensors(body))}
 
 
 def verify(state: dict[str, Any], path: str | Path) -> int:
@@ -106,6 +119,10 @@ def verify(state: dict[str, Any], path: str | Path) -> int:
                             f"changed or damaged after it was written; use an earlier checkpoint or retrain")
     if record.get("config") != config_digest(state.get("config"), algorithm):
         raise DataError(f"checkpoint {path}: its configuration does not match its recorded {algorithm}")
+    # Written since 2026-12-07 (earlier records have no "rest"): the data's shape, step, history, plan.
+    if "rest" in record and record["rest"] != config_digest(_without_tensors(body), algorithm):
+        raise DataError(f"checkpoint {path}: its other contents (data, step, history) do not match its recorded "
+                        f"{algorithm}: the file was changed or damaged after it was written")
     return len(found)
 
 
