@@ -187,6 +187,13 @@ def _image_files(tmp_path, n=4):
         Image.fromarray(np.full((10, 12, 3), 40 * k, np.uint8)).save(tmp_path / f"im{k}.png")
 
 
+def test_a_captions_file_that_is_not_utf8_is_named(tmp_path):
+    # A spreadsheet's cp1252 CSV ("café" as one byte 0xe9) raised a bare UnicodeDecodeError.
+    (tmp_path / "latin1.csv").write_bytes("image,caption\na.png,un café\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"latin1.csv: not UTF-8 text \(byte 26"):
+        read_captions_file(tmp_path / "latin1.csv", size=8)
+
+
 def test_captions_files_csv_and_jsonl(tmp_path):
     _image_files(tmp_path)
     (tmp_path / "train.csv").write_text("image,caption,label\nim0.png,a dark square,dark\nim1.png,a grey square,"

@@ -15,7 +15,7 @@ import pytest
 
 from selfsup import sweep
 from selfsup.cli import main
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.name=digits", "data.size=16", "backbone.width=4", "train.batch_size=128", "train.knn_every=0",
@@ -355,3 +355,8 @@ def test_runs_made_with_other_settings_than_the_study_now_gives_are_refused(tmp_
             call()
     finished([*run.overrides[1:], run.overrides[0]])  # the same overrides in another order: the same run
     assert run.made_otherwise(study.recipe) is None
+    # A later evaluation's file cut short is named, not a traceback.
+    (run.folder / "evaluations").mkdir()
+    (run.folder / "evaluations" / "knn.json").write_text('{"accuracy": 0.')
+    with pytest.raises(DataError, match=r"evaluations/knn.json is not valid JSON"):
+        sweep.summarise(study)

@@ -68,8 +68,10 @@ def load_method(checkpoint_path: str):
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
         raise DataError(f"checkpoint {checkpoint_path} does not fit {cfg.method} as this selfsup builds it "
-                        f"({str(error).splitlines()[0]}); was it written by another version?") from None
+                        f"({detail}); was it written by another version?") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return cfg, method, (channels, size), device, build
 

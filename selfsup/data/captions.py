@@ -175,6 +175,11 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"captions file {path} does not exist")
     suffix = path.suffix.lower()
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 "
+                        f"(a spreadsheet's \"CSV UTF-8\")") from None
     # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+2029, U+0085 ..., which a
     # caption may hold (a quoted CSV field, a raw character in a JSON string).
     if suffix == ".csv":

@@ -237,6 +237,8 @@ def open_pack(root: str | Path, split: str = "train", *, verify: bool = False, p
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"packed: {where / INDEX} is missing or mangles a key ({type(error).__name__}: {error}); "
                         f"run selfsup pack again into a new folder") from None
+    if classes is not None and not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+        raise DataError(f"packed: {where / INDEX} has labels that are not class indices (integers)")
     if classes is not None and labels and not 0 <= min(labels) <= max(labels) < len(classes):
         raise DataError(f"packed: {where / INDEX} has labels outside its {len(classes)} classes")
     return Pack(where, shards, names, None if classes is None else np.asarray(labels, dtype=np.int64),

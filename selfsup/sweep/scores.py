@@ -70,7 +70,11 @@ def collect(study: Study) -> dict[str, Any]:
                 raise DataError(f"{path} is not valid JSON ({error}); rerun that run (delete its folder)") from None
             evaluations_dir = run.folder / "evaluations"
             for extra in sorted(evaluations_dir.glob("*.json")) if evaluations_dir.is_dir() else []:
-                results[-1].setdefault("evaluations", {})[extra.stem] = json.loads(extra.read_text())
+                try:
+                    results[-1].setdefault("evaluations", {})[extra.stem] = json.loads(extra.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                    raise DataError(f"{extra} is not valid JSON ({error}); run that evaluation again (delete the "
+                                    f"file)") from None
         for metric in study.metrics:
             pairs = [_scores(r, metric) for r in results]
             scores = [s for s, _ in pairs if s is not None]
