@@ -286,3 +286,18 @@ def test_a_checkpoint_with_the_earlier_sha256_record_still_loads_and_is_checked(
     damaged = {**state, "model": {"w": state["model"]["w"] + 1}, "integrity": record}
     with pytest.raises(DataError, match="tensor model/w does not match its recorded sha256"):
         checkpoint.verify(damaged, "old.ckpt")
+
+
+def test_a_checkpoint_whose_run_does_not_read_is_one_line_naming_it(real_checkpoint, tmp_path, capsys):
+    # Digests intact (recomputed), contents not selfsup's: no data shape, an unknown method.
+    for name, change in (("no_data", lambda st: st.update(data={})),
+                         ("no_method", lambda st: st["config"].update(method="nosuch"))):
+        state = checkpoint.load(real_checkpoint)
+        state.pop("integrity")
+        change(state)
+        checkpoint.save_atomic(state, tmp_path / f"{name}.ckpt")
+        capsys.readouterr()
+        assert main(["export", str(tmp_path / f"{name}.ckpt"), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"selfsup: error: checkpoint {tmp_path / f'{name}.ckpt'}: the run it records does "
+                              f"not read") and "\n" not in err

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 
 
 def tune_allocator() -> None:
@@ -43,14 +43,24 @@ def load_method(checkpoint_path: str):
     shape, the best device, and ``build(mean, std)`` of a fresh method of the same architecture."""
     import torch
 
-    from selfsup.config import from_dict
+    from selfsup.config import from_dict, validate
     from selfsup.data import graph_from_config, kind_of
     from selfsup.engine import build_method, load_checkpoint
     from selfsup.engine.setup import with_random_weights
+    from selfsup.methods import METHODS
 
     state = load_checkpoint(checkpoint_path)
-    cfg = from_dict(state["config"])
-    channels, size = state["data"]["channels"], state["data"]["size"]
+    try:
+        cfg = from_dict(state["config"])
+        validate(cfg)
+        if cfg.method not in METHODS:
+            raise ConfigError(f"method {cfg.method!r} is not one this selfsup knows")
+        channels, size = state["data"]["channels"], state["data"]["size"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (channels, size)):
+            raise ConfigError(f"data channels and size must be whole numbers > 0, got {channels!r}, {size!r}")
+    except (ConfigError, KeyError, TypeError) as error:
+        raise DataError(f"checkpoint {checkpoint_path}: the run it records does not read "
+                        f"({type(error).__name__}: {error}); was it written by another version?") from None
 
     graph = graph_from_config(cfg.data) if kind_of(cfg.data) == "graph" else None
 
