@@ -442,6 +442,18 @@ def test_a_pack_never_reads_outside_its_folder(tmp_path, name):
         packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
 
 
+def test_a_pack_never_follows_a_shard_link_out_of_its_folder(tmp_path):
+    root = make_folder(tmp_path / "imgs", 4)
+    packing.pack_folder(root, tmp_path / "pack", size=12, shard_size=4, progress=False)
+    shard = tmp_path / "pack" / json.loads((tmp_path / "pack" / "index.json").read_text())["shards"][0]["file"]
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(outside)  # a plain name in the index, a link on disk
+    with pytest.raises(DataError, match="is a symbolic link"):
+        packing.open_pack(tmp_path / "pack")
+
+
 @pytest.mark.slow
 def test_selfsup_pack_killed_mid_shard_resumes_to_the_same_bytes(tmp_path, kill_after_checkpoint):
     root = make_folder(tmp_path / "imgs", 300, size=(64, 48))

@@ -249,6 +249,9 @@ def _check_shard(path: Path, shard: dict, shape: tuple[int, int, int], row: int,
     expected = f"{shard['count']} images of {'x'.join(map(str, shape))} uint8"
     if not path.is_file():
         raise DataError(f"packed: {path} is missing; index.json lists it with {expected}")
+    if path.is_symlink():  # a pack is read from its own folder only: a link could point anywhere
+        raise DataError(f"packed: {path} is a symbolic link; a pack's shards are plain files in its folder, and "
+                        f"this one is refused")
     with open(path, "rb") as file:
         try:
             version = np.lib.format.read_magic(file)
