@@ -64,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 optim.lr=0.5")
     pre.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], metavar="auto",
                      help="continue <out_dir>/checkpoints/last.ckpt exactly where it stopped; overrides may "
-                          "change train.epochs (the schedules are recomputed) and logging/evaluation keys. "
+                          "change train.epochs (the schedules are recomputed), logging/evaluation keys and train.out_dir "
+                          "(a checkpoint from elsewhere continues in a folder of its own). "
                           "--resume auto: continue if there is a checkpoint, else start (what a requeued job runs)")
     pre.add_argument("--overwrite", action="store_true",
                      help="start over in a train.out_dir that holds another run (its files are replaced); "
