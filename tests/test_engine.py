@@ -94,6 +94,9 @@ def test_a_warm_up_that_covers_the_whole_run_is_said():
     assert "14 steps and the run 10: the learning rate never reaches its peak (71% of it" in short.warmup_note()
     assert Schedule.build(OptimConfig(warmup_epochs=1), base_lr=0.6, max_steps=10, steps_per_epoch=7).warmup_note() \
         is None
+    # A warm-up exactly as long as the run (a 1-epoch run of a 1-epoch warm-up) reaches the peak: not said.
+    assert Schedule.build(OptimConfig(warmup_epochs=1), base_lr=0.6, max_steps=7, steps_per_epoch=7).warmup_note() \
+        is None
 
 
 def test_lars_step_is_the_papers_local_lr():

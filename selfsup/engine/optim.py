@@ -177,10 +177,10 @@ class Schedule:
     warmup_steps: int = 0
 
     def warmup_note(self) -> str | None:
-        """A sentence where the warm-up covers the whole run (the LR never reaches its peak, nor decays),
+        """A sentence where the warm-up is longer than the run (the LR never reaches its peak, nor decays),
         else None."""
         steps = len(self.lr)
-        if self.warmup_steps < steps or not steps:
+        if self.warmup_steps <= steps or not steps:  # equal: the peak at the last step, as a 1-epoch run's
             return None
         return (f"optim.warmup_epochs is {self.warmup_steps:,} steps and the run {steps:,}: the learning rate "
                 f"never reaches its peak ({self.lr[-1] / self.base_lr:.0%} of it at the last step) nor decays; "
