@@ -40,7 +40,9 @@ class Viewmaker(MethodBase):
     last layer is a Linear to 128: ``proj_layers=1``), τ = 0.07, SGD lr 0.03, momentum 0.9, weight
     decay 1e-4, no hand augmentation. The loss is the official ``SimCLRObjective`` (first views as
     anchors, every view a candidate, the anchor itself included); ``objective="nt_xent"`` uses
-    SimCLR's symmetric NT-Xent instead.
+    SimCLR's symmetric NT-Xent instead. Under DDP every rank's views are candidates (as SimCLR's
+    gathered negatives), where the official Lightning code computes the loss per device: the same
+    on one device.
 
     Args:
         backbone: the encoder f.
