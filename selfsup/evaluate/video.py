@@ -280,7 +280,8 @@ def lab_features(frames: Tensor, grid: tuple[int, int]) -> Tensor:
 
 PCK_ALPHAS = (0.1, 0.2)
 KEYPOINT_PROTOCOL = ("the first frame's visible keypoints propagated the same way as Gaussian heat maps (sigma "
-                     "{sigma} grid cells), each then at its map's peak; PCK@alpha: the share of later frames' "
+                     "{sigma} grid cells), each then at the peak of its map upsampled to the frame (CRW takes a top-3 "
+                     "weighted mean of grid cells instead); PCK@alpha: the share of later frames' "
                      "visible true keypoints within alpha x the scale of the prediction: the keypoint file's "
                      "scale, else per frame 0.6 x the diagonal of the box around its visible true keypoints, as "
                      "CRW's and UVC's JHMDB evaluation; pooled over every keypoint (the same as their mean over "
