@@ -70,6 +70,23 @@ def test_a_run_with_micro_batches_ends_where_the_full_batch_run_ends(tmp_path):
         torch.testing.assert_close(cached[key], value, atol=1e-5, rtol=1e-4, msg=key)
 
 
+def test_one_micro_batch_as_large_as_the_batch_is_the_plain_step_batchnorm_statistics_included(tmp_path):
+    """The first pass (no graph) must leave BatchNorm's running statistics alone: each micro-batch moves
+    them once, in the pass that back-propagates, as gradient accumulation would."""
+    def run(*extra):
+        trainer = Trainer(load_config(None, ["method=simclr", *TINY[:-1], "backbone.name=convnet", "backbone.width=4",
+                                             *METHODS["simclr"], f"train.out_dir={tmp_path / str(len(extra))}", *extra]))
+        for step in range(2):
+            trainer.train_step(step)
+        return trainer.method.state_dict()
+
+    plain, cached = run(), run("train.micro_batch_size=32")
+    tracked = [key for key in plain if key.endswith("num_batches_tracked")]
+    assert tracked and all(int(cached[key]) == int(plain[key]) == 2 for key in tracked)
+    for key, value in plain.items():
+        torch.testing.assert_close(cached[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
 class DropoutSimCLR(SimCLR):
     """SimCLR with dropout (p=0.5) on the backbone's features: a gradient path that draws random numbers."""
 

@@ -15,7 +15,10 @@ Step 3 gives every parameter the gradient of the full-batch loss: the chain rule
 embeddings, one micro-batch at a time, so the memory of activations is that of one micro-batch.
 Exact for networks without BatchNorm (a ViT, say); with BatchNorm each micro-batch is normalised
 with its own statistics, as under gradient accumulation, so the function differs from the one of
-the whole batch. Under DDP each rank caches its own rows; the gradient is averaged over the ranks
+the whole batch. The running statistics move once per micro-batch, as under accumulation (the
+first pass's updates are undone; the official GradCache runs both passes in training mode and
+counts each micro-batch twice), so one micro-batch as large as the batch is the plain step, buffers
+included. Under DDP each rank caches its own rows; the gradient is averaged over the ranks
 once, after the last micro-batch, as DDP would.
 """
 
@@ -57,11 +60,17 @@ def cached_step(trainer: Trainer, batch: Batch, progress: Progress) -> dict[str,
     parts = split_batch(batch, trainer.cfg.train.micro_batch_size)
     device = fabric.device
     starts, pieces = [], []
+    norms = [m for m in method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.training and m.track_running_stats]
+    statistics = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
     with torch.no_grad(), losses.finite_checks(False):
         for part in parts:
             starts.append(state.rng_state(device))
             pieces.append(model(part, progress, embed=True))
-    after = state.rng_state(device)
+        for m, (mean, var, count) in zip(norms, statistics):  # BatchNorm's running statistics move in the
+            m.running_mean.copy_(mean)                        # second pass only, once per micro-batch
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
     cache = {key: torch.cat([piece[key] for piece in pieces]).detach().float() for key in pieces[0]}
     for value in cache.values():
         value.requires_grad_(True)
@@ -69,6 +78,7 @@ def cached_step(trainer: Trainer, batch: Batch, progress: Progress) -> dict[str,
         outputs = method.loss_from(cache, batch, progress)
     trainer.check_finite(outputs["loss"], progress)
     fabric.backward(outputs["loss"])  # the cache's gradient (and of parameters only the loss uses)
+    after = state.rng_state(device)  # what the first pass and the loss drew: the next step goes on from here
     start = 0
     with fabric.no_backward_sync(model, enabled=fabric.world_size > 1):
         for part, rng in zip(parts, starts):
