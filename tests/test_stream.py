@@ -78,6 +78,23 @@ def test_batches_follow_the_in_memory_order_and_split_across_ranks(tmp_path):
     one.close()
 
 
+class _WorkerSigterm(torch.utils.data.Dataset):
+    def __getitem__(self, step):
+        import signal
+        return signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+    def __len__(self):
+        return 4
+
+
+def test_loader_workers_outlive_a_sigterm_to_the_whole_job():
+    """Preemption signals every process of the job; the workers must leave the stop to the main process."""
+    from selfsup.data.stream import _loader
+
+    iterator = _loader(_WorkerSigterm(), [0, 1], workers=1, pin=False)
+    assert list(iterator) == [True, True]
+
+
 def test_stored_side_and_eval_view_match_pil(tmp_path):
     root = make_folder(tmp_path / "imgs", 6, size=(50, 34))
     streamed = folder_split(root, "train", 20, 3, workers=0)

@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import operator
 import os
+import signal
 import threading
 import warnings
 from collections.abc import Iterator
@@ -208,11 +209,19 @@ def _loader(dataset, sampler, workers: int, pin: bool):
     return iter(torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin,
         generator=torch.Generator().manual_seed(0),
-        collate_fn=_as_is, prefetch_factor=2 if workers else None, persistent_workers=False))
+        collate_fn=_as_is, prefetch_factor=2 if workers else None, persistent_workers=False,
+        worker_init_fn=_ignore_sigterm if workers else None))
 
 
 def _as_is(item):
     return item
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """A worker outlives a SIGTERM sent to the whole job (a scheduler's preemption notice reaches every
+    process): the main process finishes its step, checkpoints and shuts its workers down itself
+    (``train.stop_on_sigterm``); a worker that died of it would end the run with a traceback instead."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StreamedDataset:
