@@ -97,7 +97,11 @@ def test_eval_encoder_embeds_nodes_by_id():
 
 
 def test_sbm_is_seeded_and_has_its_blocks():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     one, two = sbm(seed=3), sbm(seed=3)
+    assert torch.equal(torch.rand(3), expected)  # the caller's global generator is left as it was
     assert torch.equal(one.edge_index, two.edge_index) and torch.equal(one.x, two.x)
     assert not torch.equal(sbm(seed=4).edge_index, one.edge_index)
     same_block = (one.labels[one.edge_index[0]] == one.labels[one.edge_index[1]]).float().mean().item()
@@ -116,6 +120,20 @@ def _write_planetoid(root, payload=None):
     for name, value in files.items():
         (root / f"ind.cora.{name}").write_bytes(pickle.dumps(value))
     (root / "ind.cora.test.index").write_text("2\n")
+
+
+def test_planetoid_edges_are_the_official_undirected_graph():
+    """PetarV-/DGI builds ``nx.adjacency_matrix(nx.from_dict_of_lists(graph))``: one undirected edge per
+    pair however the file lists it. Here a pair listed twice, one listed from one side only and a self-loop
+    (left to the GCN's own, one per node)."""
+    nx = pytest.importorskip("networkx")
+    lists = {0: [1, 1], 1: [0, 2], 2: [2], 3: [0]}
+    edges = data.graphs._undirected_edges(lists)
+    ours = torch.zeros(4, 4)
+    ours[edges[0], edges[1]] += 1
+    official = torch.tensor(nx.to_numpy_array(nx.from_dict_of_lists(lists), nodelist=range(4)), dtype=torch.float32)
+    assert torch.equal(ours, official.fill_diagonal_(0)) and torch.equal(ours, ours.T)
+    assert edges.shape == (2, 6)  # {0,1}, {1,2}, {0,3}, each both ways
 
 
 def test_planetoid_files_are_read_without_running_code(tmp_path):

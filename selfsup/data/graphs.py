@@ -95,10 +95,9 @@ def sbm(blocks: int = 4, block_size: int = 100, p_in: float = 0.05, p_out: float
 
     generator = torch.Generator().manual_seed(seed)
     probs = torch.full((blocks, blocks), p_out).fill_diagonal_(p_in)
-    torch.manual_seed(seed)  # stochastic_blockmodel_graph draws from the global generator
-    state = torch.get_rng_state()
-    edge_index = stochastic_blockmodel_graph([block_size] * blocks, probs)
-    torch.set_rng_state(state)
+    with torch.random.fork_rng(devices=[]):  # it draws from the global generator: the caller's stays as it was
+        torch.manual_seed(seed)
+        edge_index = stochastic_blockmodel_graph([block_size] * blocks, probs)
     labels = torch.arange(blocks).repeat_interleave(block_size)
     means = torch.randn(blocks, features, generator=generator)
     x = means[labels] + feature_noise * torch.randn(len(labels), features, generator=generator)
@@ -146,6 +145,22 @@ def row_normalise(x: Tensor) -> Tensor:
     return torch.where(sums == 0, torch.zeros_like(x), x / torch.where(sums == 0, torch.ones_like(sums), sums))
 
 
+def _undirected_edges(graph: dict) -> Tensor:
+    """The edges of a Planetoid adjacency dict as the official DGI builds its graph
+    (``nx.adjacency_matrix(nx.from_dict_of_lists(graph))``, PetarV-/DGI ``utils/process.py``): undirected, each
+    pair once, whichever side lists it and however often (the files repeat some); both directions, sorted.
+    Self-loops the file lists are left out: the GCN adds one per node (PyG's reader does the same; the
+    official ``A + I`` would count a listed one twice)."""
+    pairs = {(min(node, other), max(node, other)) for node, neighbours in graph.items() for other in neighbours
+             if node != other}
+    if not pairs:
+        return torch.zeros(2, 0, dtype=torch.int64)
+    one_way = torch.tensor(sorted(pairs), dtype=torch.int64)
+    both = torch.cat([one_way, one_way.flip(1)])
+    order = torch.argsort(both[:, 0] * (int(both.max()) + 1) + both[:, 1])
+    return both[order].T.contiguous()
+
+
 def planetoid(root: str | Path, name: str = "cora", normalise_features: bool = True) -> Graph:
     """Cora / CiteSeer / PubMed from the Planetoid files in ``root`` (public split), read safely;
     the features row-normalised as the official DGI does (``normalise_features``)."""
@@ -171,8 +186,7 @@ def planetoid(root: str | Path, name: str = "cora", normalise_features: bool = T
     x[test_index], y[test_index] = x[order], y[order]
     if x.shape[0] != n_all:
         raise DataError(f"{root}: the graph has {n_all} nodes but the features {x.shape[0]} rows")
-    rows = [(node, other) for node, neighbours in graph.items() for other in neighbours]
-    edge_index = torch.tensor(rows, dtype=torch.int64).T.contiguous() if rows else torch.zeros(2, 0, dtype=torch.int64)
+    edge_index = _undirected_edges(graph)
     labels = torch.from_numpy(y.argmax(axis=1)).long()
     train_mask = torch.zeros(n_all, dtype=torch.bool)
     train_mask[:len(arrays["y"])] = True
