@@ -48,10 +48,12 @@ def test_ab_bins_are_the_cells_that_srgb_colours_reach():
     axis = np.linspace(0, 1, 64)
     cube = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(1, -1, 3)
     ab = skimage_color.rgb2lab(cube)[0, :, 1:]
-    reached = {tuple(cell) for cell in np.floor(ab / 10).astype(int)}
-    assert {tuple(cell) for cell in np.floor(bins.numpy() / 10).astype(int)} == reached
-    assert (bins == torch.tensor([5.0, 5.0])).all(dim=1).any()  # the gray cell's centre
-    assert not (bins == torch.tensor([-95.0, -95.0])).all(dim=1).any()  # a saturated cyan-blue no sRGB colour has
+    # richzhang/colorization's pts_in_hull.npy: centres on multiples of 10, each the middle of a 10x10 cell.
+    reached = {tuple(cell) for cell in np.round(ab / 10).astype(int)}
+    assert {tuple(cell) for cell in (bins.numpy() / 10).astype(int)} == reached
+    assert torch.equal(bins, bins.round(decimals=-1))
+    assert (bins == torch.tensor([0.0, 0.0])).all(dim=1).any()  # neutral gray is a centre
+    assert not (bins == torch.tensor([-90.0, -90.0])).all(dim=1).any()  # a saturated cyan-blue no sRGB colour has
 
 
 def test_soft_encoding_spreads_each_pixel_over_its_five_nearest_bins():

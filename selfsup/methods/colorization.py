@@ -19,13 +19,15 @@ from selfsup.nn.dtypes import at_least_float32
 def ab_bins(grid: int = 10, samples: int = 64) -> Tensor:
     """Centres ``(Q, 2)`` of the ``grid``-sized ab cells that some sRGB colour falls in (the paper's
     in-gamut quantisation: 313 cells at grid 10 on ImageNet's colours; here every sRGB colour of a
-    ``samples``-per-channel cube decides, which keeps the bins a pure function of ``grid``). In the
-    default floating-point type, as the method's other buffers."""
+    ``samples``-per-channel cube decides, which keeps the bins a pure function of ``grid``: 261 at
+    grid 10). The centres lie on multiples of ``grid`` as the official ``pts_in_hull.npy``'s do, so
+    neutral gray (0, 0) is a bin's centre. In the default floating-point type, as the method's other
+    buffers."""
     axis = torch.linspace(0, 1, samples, dtype=torch.float64)
     cube = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")).reshape(1, 3, -1, 1)
     ab = rgb_to_lab(cube)[0, 1:, :, 0].T                                     # (samples³, 2)
-    cells = torch.unique(torch.floor(ab / grid), dim=0)
-    return ((cells + 0.5) * grid).to(torch.get_default_dtype())
+    cells = torch.unique(torch.round(ab / grid), dim=0)
+    return (cells * grid).to(torch.get_default_dtype())
 
 
 def soft_encode(ab: Tensor, centres: Tensor, neighbours: int = 5, sigma: float = 5.0) -> Tensor:
