@@ -125,8 +125,11 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     """The cosine schedule ends at lr * min_lr_ratio."""
-    exclude_bias_norm: bool = True
-    """No weight decay (and so no LARS adaptation) for biases and normalisation parameters (1-D tensors)."""
+    exclude_bias_norm: bool | None = None
+    """No weight decay (and so no LARS adaptation) for biases and normalisation parameters (1-D tensors).
+    None: what the method's official code does (``Method.exclude_bias_norm``: SimCLR, BYOL, DINO, CLIP and
+    MoCo v3's LARS leave them out; MoCo v1/v2, SimSiam, SupCon, InstDisc, CMC, InvaSpread, rotation and
+    jigsaw decay every parameter)."""
     grad_clip: float | None = None
 
 

@@ -48,6 +48,35 @@ def test_param_groups_split_off_biases_and_norms_and_keep_the_methods_settings()
     assert len(param_groups(model, OptimConfig(exclude_bias_norm=False))) == 2
 
 
+def test_weight_decay_of_biases_and_norms_follows_each_methods_official_code():
+    """SimCLR, BYOL, DINO and MoCo v3's LARS keep biases and norms out of weight decay; MoCo v1/v2
+    (facebookresearch/moco main_moco.py), SimSiam, SupCon, InstDisc, CMC, InvaSpread, rotation and
+    jigsaw build ``SGD(model.parameters(), weight_decay=...)``: every tensor decayed."""
+    from selfsup.methods import METHODS
+    from selfsup.nn import build_backbone
+
+    def decayed_scalars(name: str, **optim) -> tuple[int, int]:
+        backbone = build_backbone("convnet", in_channels=3, image_size=28, width=8)
+        small = {"simsiam": dict(proj_hidden_dim=16, proj_dim=16), "byol": dict(proj_hidden_dim=16, pred_hidden_dim=16),
+                 "dino": dict(out_dim=32, hidden_dim=16, bottleneck_dim=8), "mocov3": dict(hidden_dim=16),
+                 "simclr": dict(proj_hidden_dim=16)}.get(name, {})
+        if METHODS[name].needs_num_samples:
+            small["num_samples"] = 16
+        method = METHODS[name](backbone, **small)
+        groups = param_groups(method, OptimConfig(**optim))
+        one_d = [g["weight_decay_scale"] for g in groups for p in g["params"] if p.ndim <= 1]
+        return sum(scale > 0 for scale in one_d), len(one_d)
+
+    for name in ("moco", "simsiam", "supcon", "instdisc", "cmc", "invaspread", "rotation", "jigsaw"):
+        decayed, total = decayed_scalars(name)
+        assert total > 0 and decayed == total, name
+    for name in ("simclr", "byol", "dino", "mocov3"):
+        decayed, total = decayed_scalars(name)
+        assert total > 0 and decayed == 0, name
+    assert decayed_scalars("moco", exclude_bias_norm=True)[0] == 0  # the key overrides the method
+    assert decayed_scalars("simclr", exclude_bias_norm=False)[0] > 0
+
+
 def test_param_groups_refuse_a_forgotten_or_repeated_parameter():
     model = TwoHeads()
     model.param_groups = lambda: [{"params": list(model.body.parameters())}]

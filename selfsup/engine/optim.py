@@ -70,7 +70,8 @@ class ComposedOptimizer(torch.optim.Optimizer):
 def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
     """The optimiser groups of ``method``: its ``param_groups()`` (or one group of all trainable
     parameters), each split into weights (decayed) and 1-D tensors, i.e. biases and norm scales
-    (no weight decay, hence no LARS adaptation) when ``cfg.exclude_bias_norm``.
+    (no weight decay, hence no LARS adaptation) when ``cfg.exclude_bias_norm`` (None: the method's
+    ``exclude_bias_norm``, what its official code does; True where a method says nothing).
 
     Raises:
         ValueError: a group with an unknown key, a parameter in two groups, or a trainable
@@ -78,6 +79,9 @@ def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
     """
     declared = method.param_groups() if hasattr(method, "param_groups") else [{"params": list(method.parameters())}]
     groups, seen = [], set()
+    exclude = cfg.exclude_bias_norm
+    if exclude is None:
+        exclude = bool(getattr(method, "exclude_bias_norm", True))
     for index, group in enumerate(declared):
         unknown = set(group) - GROUP_KEYS
         if unknown:
@@ -90,7 +94,7 @@ def param_groups(method: nn.Module, cfg: OptimConfig) -> list[dict]:
         if "optimizer" in group:
             meta["own"] = _own_optimizer(group["optimizer"], index)
         scale = float(group.get("weight_decay_scale", 1.0))
-        if cfg.exclude_bias_norm:
+        if exclude:
             parts = [([p for p in params if p.ndim > 1], scale), ([p for p in params if p.ndim <= 1], 0.0)]
         else:
             parts = [(params, scale)]

@@ -90,6 +90,8 @@ class Method(Protocol):
             a run is configured.
         sync_batchnorm: whether the paper uses BatchNorm statistics of the global batch under DDP.
         sync_batchnorm_exclude: names of submodules kept out of SyncBN (MoCo's key encoder).
+        exclude_bias_norm: whether the official code keeps biases and normalisation parameters out of
+            weight decay (``optim.exclude_bias_norm`` overrides).
     """
 
     data_kind: str
@@ -139,6 +141,9 @@ class MethodBase(nn.Module):
     views_needed: ClassVar[tuple[int, int | None]] = (2, 2)
     sync_batchnorm: ClassVar[bool] = False
     sync_batchnorm_exclude: ClassVar[tuple[str, ...]] = ()
+    exclude_bias_norm: ClassVar[bool] = True
+    """No weight decay for biases and norms unless ``optim.exclude_bias_norm`` says otherwise. A method
+    whose official code decays every parameter (``SGD(model.parameters(), weight_decay=...)``) says False."""
     curves: ClassVar[tuple[str, ...]] = ()
     """Outputs of ``training_step`` besides the loss that ``curves.png`` draws (all are logged)."""
     needs_labels: ClassVar[bool] = False

@@ -108,6 +108,8 @@ class CMC(MethodBase):
         noise_seed: seeds the bank draws (a function of the global step only).
     """
 
+    exclude_bias_norm = False  # HobbitLong/CMC train_CMC.py: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe: ClassVar[str] = "cmc"
     views_needed: tuple[int, int | None] = (1, 1)
     needs_num_samples: ClassVar[bool] = True

@@ -83,6 +83,8 @@ class InstDisc(MethodBase):
             The scores are the same either way.
     """
 
+    exclude_bias_norm = False  # zhirongw/lemniscate.pytorch main.py: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe: ClassVar[str] = "instdisc"
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
     needs_num_samples: ClassVar[bool] = True

@@ -31,6 +31,8 @@ class InvaSpread(MethodBase):
         temperature: τ (0.1).
     """
 
+    exclude_bias_norm = False  # mangye16/Unsupervised_Embedding_Learning demo_seen.py: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe: ClassVar[str] = "moco_v1"  # the official code's views: InstDisc's augmentation
 
     def __init__(self, backbone: Backbone, *, proj_dim: int = 128, temperature: float = 0.1) -> None:

@@ -61,6 +61,8 @@ class Jigsaw(MethodBase):
             default) is the 2016 puzzle.
     """
 
+    exclude_bias_norm = False  # bbrattoli/JigsawPuzzlePytorch JigsawTrain.py: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe: ClassVar[str] = "none"  # the reference loader centre-crops and never flips
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)

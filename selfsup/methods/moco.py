@@ -48,6 +48,8 @@ class MoCo(MethodBase):
         shuffle_splits: sub-batches that emulate devices on one process (the demo's ``bn_splits``, 8).
     """
 
+    exclude_bias_norm = False  # facebookresearch/moco main_moco.py: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe = "moco_v2"
     sync_batchnorm_exclude = ("key_encoder",)
 

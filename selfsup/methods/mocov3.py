@@ -37,7 +37,9 @@ class MoCoV3(MethodBase):
     sin-cos position embedding and its initialisation (:func:`selfsup.nn.vit.moco_v3_vit`); its
     patch projection stays at its random initialisation (``freeze_patch_embed``, the paper's fix
     of training instability, section 4.2, ``--stop-grad-conv1``). The recipes pick the optimiser per family as the paper:
-    LARS for ResNets, AdamW for ViTs. The momentum update follows the official order: the update
+    LARS for ResNets, AdamW for ViTs; the official LARS leaves biases and norms out of weight decay
+    (the default here), its AdamW decays every parameter (the ViT recipe sets
+    ``optim.exclude_bias_norm: false``). The momentum update follows the official order: the update
     before step k+1's keys uses step k+1's momentum.
 
     Args:

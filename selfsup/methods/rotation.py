@@ -36,6 +36,8 @@ class Rotation(MethodBase):
         backbone: encoder producing ``backbone.out_dim`` features.
     """
 
+    exclude_bias_norm = False  # gidariss/FeatureLearningRotNet algorithms/Algorithm.py: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe: ClassVar[str] = "shift_flip"  # the official CIFAR loader's shift (padding 4) and flip
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)

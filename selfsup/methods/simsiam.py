@@ -46,6 +46,8 @@ class SimSiam(MethodBase):
         stop_gradient: the paper's stop-gradient; False only to show the collapse.
     """
 
+    exclude_bias_norm = False  # facebookresearch/simsiam main_simsiam.py: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe: ClassVar[str] = "moco_v2"  # the official code's augmentation: MoCo v2's
     sync_batchnorm: ClassVar[bool] = True      # "SyncBN" in the paper's ImageNet runs
     curves: ClassVar[tuple[str, ...]] = ("output_std",)

@@ -42,6 +42,8 @@ class SupCon(MethodBase):
         temperature: τ (0.1, the paper's; its code's CIFAR default is 0.07).
     """
 
+    exclude_bias_norm = False  # HobbitLong/SupContrast util.set_optimizer: SGD(model.parameters(), weight_decay=...) decays every parameter
+
     augment_recipe: ClassVar[str] = "simclr"
     views_needed: ClassVar[tuple[int, int | None]] = (1, None)
     needs_labels: ClassVar[bool] = True
