@@ -41,7 +41,11 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, decoupled: bool
 
         l_i = -s_{i,p(i)} + log Σ_{k ≠ i} exp(s_ik)
 
-    and the loss is the mean of l_i over the 2N anchors. `decoupled=True` is the
+    and the loss is the mean of l_i over the 2N anchors, the paper's Algorithm 1
+    (its 1/2N). The official code (google-research/simclr ``add_contrastive_loss``)
+    returns the sum of the two directions' means, twice this value: its learning
+    rates were tuned on gradients twice these (LARS's trust ratio cancels the factor
+    for the weights it adapts, not for biases and norms). `decoupled=True` is the
     decoupled contrastive loss (Yeh et al., "Decoupled Contrastive Learning",
     ECCV 2022), which also drops the positive from the denominator:
     `log Σ_{k ∉ {i, p(i)}} exp(s_ik)`; this is the N-pair form in the CS 330
@@ -372,7 +376,11 @@ def supcon(features: Tensor, labels: Tensor, temperature: float = 0.1, *, gather
 
     averaged over the anchors that have at least one positive (an anchor alone
     in its class has no defined loss and is left out; if no anchor has a
-    positive the loss is 0). Unlike the paper's code there is no extra
+    positive the loss is 0). The official code (HobbitLong/SupContrast
+    ``SupConLoss``) gives such an anchor a loss of 0 and still counts it in the
+    mean, so with one view per image and singleton classes its loss is smaller by
+    the share of anchors without a positive; with two or more views every anchor
+    has one and the two agree. Unlike the paper's code there is no extra
     `τ / base_τ` factor. Several views per image: concatenate the views and
     repeat the labels (`labels.repeat(V)`). With `gather=True` under
     torch.distributed, positives and negatives come from all ranks.
