@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,11 @@ def test_spikes_are_counted_against_the_median_before_them():
     assert summary["loss_spikes"] == 1  # 1.3 > 1.25 x 1.0; 1.2 is not
     assert summary["grad_norm_spikes"] == 2  # 7 and 50 > 3 x 2
     assert summary["grad_norm_peak"] == pytest.approx(25.0)
+    # A negative loss (SimSiam's -cos): flat is no spike, noise is none, one jump upwards is one.
+    rng = np.random.default_rng(0)
+    assert monitor.count_spikes([-0.9] * 40, 1.25) == 0
+    assert monitor.count_spikes(list(-0.9 + 0.01 * rng.standard_normal(60)), 1.25) == 0
+    assert monitor.count_spikes([-0.9] * 30 + [-0.2] + [-0.9] * 9, 1.25) == 1  # -0.2 is 0.7 above, > 0.25 x 0.9
 
 
 def _results(tmp, point, seed, *, std, spikes):

@@ -34,17 +34,22 @@ LOSS_SPIKE, GRAD_NORM_SPIKE = 1.25, 3.0
 
 def count_spikes(values: list[float], factor: float, window: int = SPIKE_WINDOW) -> int:
     """How many values exceed ``factor`` times the median of the ``window`` values before them (the
-    first ``window`` values have too little history and are not counted).
+    first ``window`` values have too little history and are not counted). A value rises above its
+    median by more than ``factor - 1`` times the median's size, so a negative loss (SimSiam's −cos)
+    spikes upwards too, and a flat one never.
 
     Examples:
         >>> count_spikes([1.0] * 30 + [5.0] + [1.0] * 10, factor=3.0)
         1
         >>> count_spikes([1.0 + 0.01 * k for k in range(50)], factor=1.25)  # a slow rise is no spike
         0
+        >>> count_spikes([-0.9] * 30 + [-0.2] + [-0.9] * 9, factor=1.25)
+        1
     """
     spikes = 0
     for k in range(window, len(values)):
-        if values[k] > factor * float(np.median(values[k - window:k])):
+        median = float(np.median(values[k - window:k]))
+        if values[k] - median > (factor - 1) * abs(median):
             spikes += 1
     return spikes
 
