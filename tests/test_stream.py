@@ -5,9 +5,11 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -78,21 +80,40 @@ def test_batches_follow_the_in_memory_order_and_split_across_ranks(tmp_path):
     one.close()
 
 
-class _WorkerSigterm(torch.utils.data.Dataset):
+class _WorkerPid(torch.utils.data.Dataset):
     def __getitem__(self, step):
-        import signal
-        return signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        return os.getpid()
 
     def __len__(self):
-        return 4
+        return 64
 
 
-def test_loader_workers_outlive_a_sigterm_to_the_whole_job():
-    """Preemption signals every process of the job; the workers must leave the stop to the main process."""
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="the sender of a signal is known on Linux only")
+def test_loader_workers_outlive_a_sigterm_from_outside_but_not_their_parents():
+    """Preemption signals every process of the job; the workers must leave the stop to the main process,
+    and still end when the main process ends them (else a run's exit would wait on them for ever)."""
     from selfsup.data.stream import _loader
 
-    iterator = _loader(_WorkerSigterm(), [0, 1], workers=1, pin=False)
-    assert list(iterator) == [True, True]
+    iterator = _loader(_WorkerPid(), list(range(64)), workers=1, pin=False)
+    worker = next(iterator)
+    subprocess.run(["kill", "-TERM", str(worker)], check=True)  # a sender that is not the parent
+    time.sleep(0.3)
+    assert _alive(worker) and all(pid == worker for pid in iterator)  # it served the remaining steps
+    iterator = _loader(_WorkerPid(), list(range(64)), workers=1, pin=False)
+    worker = next(iterator)
+    os.kill(worker, signal.SIGTERM)  # from its parent
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)
+    del iterator
 
 
 def test_stored_side_and_eval_view_match_pil(tmp_path):

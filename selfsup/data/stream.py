@@ -218,10 +218,24 @@ def _as_is(item):
 
 
 def _ignore_sigterm(worker_id: int) -> None:
-    """A worker outlives a SIGTERM sent to the whole job (a scheduler's preemption notice reaches every
-    process): the main process finishes its step, checkpoints and shuts its workers down itself
-    (``train.stop_on_sigterm``); a worker that died of it would end the run with a traceback instead."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A worker outlives a SIGTERM from anyone but its parent (a scheduler's preemption notice reaches
+    every process of the job): the main process finishes its step, checkpoints and shuts its workers
+    down itself (``train.stop_on_sigterm``); a worker that died of it would end the run with a traceback.
+    Its parent's SIGTERM (the loader's last resort at shutdown, multiprocessing's at exit) still ends it
+    at once, as PyTorch's own worker handler does. Linux (``sigwaitinfo`` names the sender); elsewhere
+    PyTorch's handler stays."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here inherit it
+
+    def watch() -> None:
+        while True:
+            sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+            if sender == parent or os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="selfsup-sigterm", daemon=True).start()
 
 
 class StreamedDataset:
