@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from selfsup.cli import main
 from selfsup.errors import DataError
-from selfsup.evaluate import load_run, results_table, write_report
+from selfsup.evaluate import headline_table, load_run, results_table, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "simclr <script>alert('x')</script> & co"
@@ -284,7 +284,7 @@ def test_results_table_has_a_row_per_run_with_the_files_numbers(tmp_path):
              for key, f in FINETUNE["fractions"].items()}
     shots = RESULTS["evaluations"]
     assert rows[0] == [
-        NAME, "simclr", "10", "256", percent(0.8712), percent(0.8301), f"{1003.2 / 60:.1f}", "12,346",
+        html.escape(NAME, quote=False), "simclr", "10", "256", percent(0.8712), percent(0.8301), f"{1003.2 / 60:.1f}", "12,346",
         f"`{RESULTS['command']}`", tuned["0.01"], tuned["0.1"],
         spread(shots["fewshot_5way_1shot"]["accuracy"], shots["fewshot_5way_1shot"]["ci95"]),
         spread(shots["fewshot_5way_5shot"]["accuracy"], shots["fewshot_5way_5shot"]["ci95"]),
@@ -294,6 +294,25 @@ def test_results_table_has_a_row_per_run_with_the_files_numbers(tmp_path):
 
     only_old = table_rows(results_table([old]))
     assert len(only_old[0]) == 9 and "transfer" not in only_old[0] and len(only_old) == 3
+
+
+def test_tables_show_what_a_sent_results_json_holds_and_run_none_of_it(tmp_path):
+    """Rendered by Python-Markdown (MkDocs' engine): no element, handler or link a run's strings did not
+    have as text, and each string shown as it was written."""
+    markdown = pytest.importorskip("markdown")
+    hostile = {**RESULTS, "name": "<script>alert(1)</script>", "method": "<img src=x onerror=alert(2)>",
+               "epochs": "[click](javascript:alert(3))", "data": "*_bold_* `code`",
+               "command": "selfsup pretrain a.yaml ``x`` <iframe src=//evil>"}
+    folder = make_run(tmp_path / "hostile", hostile, finetune=None)
+    for table in (results_table([folder]), headline_table([folder])):
+        rendered = markdown.markdown(table, extensions=["tables"])
+        assert "<script" not in rendered and "<img" not in rendered and "<iframe" not in rendered
+        assert "href=" not in rendered and "<em>" not in rendered and "<strong>" not in rendered
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered and "[click](javascript:alert(3))" in rendered
+    rendered = markdown.markdown(results_table([folder]), extensions=["tables"])
+    assert "<code>selfsup pretrain a.yaml ``x`` &lt;iframe src=//evil&gt;</code>" in rendered  # the whole command
+    assert "&lt;img src=x onerror=alert(2)&gt;" in rendered
+    assert "*_bold_* `code`" in markdown.markdown(headline_table([folder]), extensions=["tables"])
 
 
 def test_results_table_shows_the_bank_knn_of_a_memory_bank_run(tmp_path):

@@ -4,7 +4,9 @@ docstring gives the files' schema; like that module this one reads plain files o
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,24 @@ from selfsup.evaluate.report import (MISSING, _FEWSHOT, _finetune_text, _fractio
 def _markdown_cell(text: str) -> str:
     # A pipe would end the cell; a newline would end the row.
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _text(value: Any) -> str:
+    """A string from a run's files as Markdown text that shows it and nothing more: HTML escaped (a results.json
+    someone sent may hold ``<script>``), and the characters that would start emphasis, a link or code
+    backslash-escaped (an underscore inside a word, as in ``fashion_mnist``, is no emphasis and stays)."""
+    text = html.escape(_plain(value), quote=False)
+    text = re.sub(r"([\\`*\[\]])", r"\\\1", text)
+    return re.sub(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])", r"\\_", text)
+
+
+def _code(value: Any) -> str:
+    """A string as a Markdown code span, whose content is shown as it is (HTML included): fenced by one more
+    backtick than its longest run of backticks, so none can close it early."""
+    text = _plain(value)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
@@ -73,8 +93,8 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
         evaluations = results["evaluations"]
         seconds = _number(results, "wall_time_s", where)
         rate = _number(results, "images_per_s", where)
-        row = [_plain(results["name"]), _plain(results.get("method")), _plain(results.get("epochs")),
-               _plain(results.get("batch_size")), _accuracy(results, "linear", run_dir),
+        row = [_text(results["name"]), _text(results.get("method")), _text(results.get("epochs")),
+               _text(results.get("batch_size")), _accuracy(results, "linear", run_dir),
                _accuracy(results, "knn", run_dir),
                *([_accuracy(results, "bank_knn", run_dir) if "bank_knn" in evaluations else MISSING] if bank else []),
                *([_pck_text(evaluations.get("correspondence"), f"{run_dir}: evaluation 'correspondence'")]
@@ -86,7 +106,7 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
                   if "pck@0.1" in (evaluations.get("propagation") or {}) else MISSING] if keypoints else []),
                MISSING if seconds is None else f"{seconds / 60:.1f}",
                MISSING if rate is None else f"{round(rate):,}",
-               MISSING if results.get("command") is None else f"`{_plain(results['command'])}`"]
+               MISSING if results.get("command") is None else _code(results["command"])]
         where = f"{run_dir}: evaluation 'finetune'"
         finetunes = {value: (key, result) for value, key, result in _fractions(evaluations.get("finetune", {}), where)}
         row += [_finetune_text(finetunes[value][1], f"{where} fraction {finetunes[value][0]}")
@@ -96,7 +116,7 @@ def results_table(run_dirs: Iterable[str | os.PathLike]) -> str:
             entry, where = evaluations.get(name), f"{run_dir}: evaluation {name!r}"
             row.append(MISSING if entry is None else _accuracy(results, name, run_dir))
         if transfer:
-            row.append("; ".join(f"{_plain(entry.get('data', key.removeprefix('transfer_')))}: "
+            row.append("; ".join(f"{_text(entry.get('data', key.removeprefix('transfer_')))}: "
                                  f"{_scores_text(entry, f'{run_dir}: evaluation {key!r}')}"
                                  for key, entry in evaluations.items() if key.startswith("transfer_")) or MISSING)
         lines.append("| " + " | ".join(map(_markdown_cell, row)) + " |")
@@ -140,8 +160,8 @@ def headline_table(run_dirs: Iterable[str | os.PathLike]) -> str:
                 parts += [f"{label} " + _video_text(entry, key, f"{run_dir}: evaluation {name!r}")
                           for key, label in keys if key in entry]
             own = "; ".join(parts) or MISSING
-        data = _plain(results.get("data"))
-        row = [_plain(results["name"]), data, _plain(results.get("epochs")),
+        data = _text(results.get("data"))
+        row = [_text(results["name"]), data, _text(results.get("epochs")),
                _accuracy(results, "linear", run_dir) if "linear" in evaluations else MISSING,
                _accuracy(results, "knn", run_dir) if "knn" in evaluations else MISSING, " / ".join(gains), own]
         lines.append("| " + " | ".join(map(_markdown_cell, row)) + " |")
