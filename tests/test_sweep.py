@@ -255,6 +255,49 @@ def test_a_killed_sweep_keeps_finished_runs_and_resumes_the_cut_one(tmp_path):
     assert json.loads((study.folder / "summary.json").read_text())["missing"] == []
 
 
+def test_a_misspelt_key_stops_the_sweep_before_any_run_starts(tmp_path, capsys):
+    study_path = write_study(tmp_path, grid={"optim.lrr": [0.1, 0.2]}, seeds=1, verdict={})
+    assert main(["sweep", str(study_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "point optim.lrr=0.1" in err and "'lrr'" in err and "lr" in err
+    assert not (tmp_path / "sweeps" / "toy").exists() or not any((tmp_path / "sweeps" / "toy").rglob("sweep.log"))
+
+
+_INTERRUPTED = """
+import pathlib, sys
+from selfsup.cli import main
+from selfsup.sweep import runner
+marks = pathlib.Path(sys.argv[2])
+
+def commands(study, run):  # each run: mark that it started, then work for a minute
+    return [[sys.executable, "-c", "import pathlib, sys, time; "
+             f"pathlib.Path({str(marks)!r}, str(len(list(pathlib.Path({str(marks)!r}).iterdir())))).touch(); "
+             "time.sleep(60)"]]
+
+runner.commands = commands
+sys.exit(main(["sweep", sys.argv[1]]))
+"""
+
+
+def test_ctrl_c_stops_a_sweep_its_running_run_and_every_queued_one(tmp_path):
+    study_path = write_study(tmp_path, seeds=2, verdict={})  # 4 runs, one at a time
+    marks = tmp_path / "started"
+    marks.mkdir()
+    script = tmp_path / "interrupted.py"
+    script.write_text(_INTERRUPTED)
+    sweeping = subprocess.Popen([sys.executable, str(script), str(study_path), str(marks)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not any(marks.iterdir()) and time.time() < deadline:
+        time.sleep(0.05)
+    started = time.time()
+    sweeping.send_signal(signal.SIGINT)  # to the sweep alone: it must stop its child itself
+    out, err = sweeping.communicate(timeout=60)
+    assert sweeping.returncode == 130 and "selfsup: interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert time.time() - started < 30  # the running child was stopped, not waited out
+    assert len(list(marks.iterdir())) == 1  # no queued run started after the interrupt
+
+
 def test_submitit_local_executor_runs_the_same_commands(tmp_path):
     pytest.importorskip("submitit")
     study_path = write_study(tmp_path, grid={"method_args.temperature": [0.5]}, seeds=1, verdict={})

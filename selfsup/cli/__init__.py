@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"selfsup: training diverged: {error}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        if os.environ.get("SELFSUP_DEBUG"):
+            raise
+        print("selfsup: interrupted; what was written is whole (a checkpoint is replaced only once the next one is "
+              "complete): `pretrain ... --resume` continues a run, the same `sweep` command its cut runs",
+              file=sys.stderr)
+        return 130
     except Preempted as error:
         print(f"selfsup: {error} (exit status {Preempted.EXIT_STATUS}: requeue me)", file=sys.stderr)
         return Preempted.EXIT_STATUS

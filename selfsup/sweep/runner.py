@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,17 +34,66 @@ def commands(study: Study, run: Run) -> list[list[str]]:
     return steps
 
 
+_STOPPING = threading.Event()
+"""Set when the sweep is interrupted: no further command starts (local executor)."""
+_RUNNING: set[subprocess.Popen] = set()
+_LOCK = threading.Lock()
+
+
 def _execute_one(steps: list[list[str]], log: str) -> int:
-    """Run the commands in order, appending their output to ``log``; the first failing status."""
+    """Run the commands in order, appending their output to ``log``; the first failing status
+    (130 for a command the interrupted sweep never started)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as out:
         for command in steps:
-            out.write(f"$ {shlex.join(command)}\n")
-            out.flush()
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+            with _LOCK:
+                if _STOPPING.is_set():
+                    return 130
+                out.write(f"$ {shlex.join(command)}\n")
+                out.flush()
+                child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+                _RUNNING.add(child)
+            try:
+                code = child.wait()
+            finally:
+                with _LOCK:
+                    _RUNNING.discard(child)
             if code != 0:
                 return code
     return 0
+
+
+def _check_configs(study: Study, runs: list[Run]) -> None:
+    """Each point's config read as its runs will read it, before any starts: a misspelt key or a bad value stops
+    the sweep in one line instead of failing every run (or every cluster job) later."""
+    from selfsup.config import load_config
+
+    seen = set()
+    for run in runs:
+        if run.point.name in seen or run.status() == "done":
+            continue
+        seen.add(run.point.name)
+        try:
+            load_config(run.point.recipe or study.recipe, list(run.overrides))
+        except ConfigError as error:
+            raise ConfigError(f"sweep {study.name}, point {run.point.name}: {error}") from None
+
+
+def _stop_local_runs(pool: ThreadPoolExecutor) -> None:
+    """Ctrl-C: the queued runs never start, the running ones get SIGINT (as from the terminal: each writes its
+    checkpoint's last whole state and stops) and are waited for, so rerunning the sweep resumes them."""
+    with _LOCK:
+        _STOPPING.set()
+        running = list(_RUNNING)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in running:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    for child in running:
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict[str, Any] | None = None,
@@ -59,6 +110,7 @@ def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict
     check_runs_match(study)
     runs = expand(study)
     todo = [run for run in runs if commands(study, run)]
+    _check_configs(study, todo)
     counts = {status: sum(r.status() == status for r in todo) for status in ("resume", "new")}
     shape = (f"{len(study.points)} points x {len(study.seeds)} seeds" if study.uniform_seeds else
              f"{len(study.points)} points, " + ", ".join(f"{p.name} {len(study.seeds_of(p))}" for p in study.points)
@@ -70,12 +122,19 @@ def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict
         return results
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=study.name, disable=not progress)
     if executor == "local":
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        _STOPPING.clear()
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+        try:
             futures = {pool.submit(_execute_one, commands(study, run), str(run.folder / "sweep.log")): run
                        for run in todo}
             for future, run in futures.items():
                 results[str(run.folder)] = future.result()
                 bar.update()
+        except KeyboardInterrupt:
+            bar.close()
+            _stop_local_runs(pool)
+            raise
+        pool.shutdown()
     elif executor in ("slurm", "submitit-local"):
         import submitit  # the cluster extra
 
