@@ -186,7 +186,8 @@ class TrainConfig:
     """Train for about this long instead of ``epochs``: ``"10m"``, ``"90s"``, ``"1h30m"`` (pretraining
     steps; the final evaluation comes after). The number of steps is fixed before the first step
     from the step time of a few calibration steps (whose effects are undone), recorded in the
-    checkpoint, and kept by a resume."""
+    checkpoint, and kept by a resume. Only the steps are budgeted: the kNN monitor (``knn_every``) and the
+    checkpoints run on top of the limit (about 15% more on a 15 s run of digits; less the longer the steps)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (also written at the end of every epoch and of the run)."""
     keep_last: int = 0

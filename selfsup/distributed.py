@@ -169,8 +169,17 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 
 
 def launch_rank() -> int:
-    """This process's rank, also before the process group starts (torchrun's ``RANK``); 0 alone."""
-    return rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+    """This process's rank, also before the process group starts: torchrun's ``RANK``, or, where Fabric
+    started the processes itself (it sets ``LOCAL_RANK``, ``NODE_RANK`` and ``WORLD_SIZE`` but not
+    ``RANK``), ``NODE_RANK x processes per node + LOCAL_RANK``; 0 alone."""
+    if is_distributed():
+        return rank()
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    local, node = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("NODE_RANK", "0"))
+    nodes = int(os.environ.get("NUM_NODES", os.environ.get("SLURM_NNODES", "1")) or 1)
+    per_node = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, nodes))
+    return node * per_node + local
 
 
 def any_of(flags: list[bool], device: torch.device | str = "cpu") -> list[bool]:

@@ -627,3 +627,42 @@ def test_the_engine_stays_in_rooms_a_reader_can_find():
     assert {"setup.py", "sources.py", "optim.py", "trainer.py", "grad_cache.py", "state.py", "checkpoint.py",
             "finish.py", "floor.py", "run.py"} <= set(sizes)
     assert max(sizes.values()) <= 310, sizes
+
+
+def test_launch_rank_without_torchruns_rank_reads_fabrics_local_and_node_rank(monkeypatch):
+    from selfsup import distributed
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "NUM_NODES", "SLURM_NNODES"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.launch_rank() == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # Fabric's own launcher: no RANK (a review saw both print as rank 0)
+    assert distributed.launch_rank() == 1
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("NUM_NODES", "2")
+    assert distributed.launch_rank() == 3  # node 1 of 2 nodes x 2 processes, local 1
+    monkeypatch.setenv("RANK", "2")
+    assert distributed.launch_rank() == 2  # torchrun's word wins
+
+
+def test_unsupported_strategies_accelerators_and_a_knn_best_without_labels_are_one_line(tmp_path):
+    base = ["data.name=digits", "data.size=16", "backbone.width=4", "train.progress=false", "eval.plots=false",
+            f"train.out_dir={tmp_path / 'run'}"]
+    for extra, words in ((["train.strategy=ddp_spawn", "train.devices=2"], "train.strategy: 'ddp_spawn' is not supported"),
+                         (["train.strategy=fsdp"], "train.strategy: 'fsdp' is not supported")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            Trainer(load_config(None, [*base, *extra]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.accelerator=gpu"):
+            Trainer(load_config(None, [*base, "train.accelerator=gpu"]))
+    flat = tmp_path / "flat"  # images without class folders: no labels
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    from PIL import Image
+    for k in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(flat / f"{k}.png")
+    with pytest.raises(ConfigError, match="no labels"):
+        Trainer(load_config(None, ["data.name=folder", f"data.root={flat}", "data.size=16", "backbone.width=4",
+                                   "train.progress=false", "eval.plots=false", "train.batch_size=4",
+                                   "train.save_best=knn", "train.knn_every=1", f"train.out_dir={tmp_path / 'flat_run'}"]))

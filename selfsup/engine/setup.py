@@ -60,8 +60,10 @@ def resolve_precision(precision: str, accelerator: str) -> tuple[str, str]:
 
 
 # Fabric's DDP strategy names, as DDPStrategy arguments, so that each keeps buffers per rank.
-_DDP_STRATEGIES = {"auto": {}, "ddp": {}, "ddp_spawn": {"start_method": "spawn"},
-                   "ddp_find_unused_parameters_true": {"find_unused_parameters": True}}
+_DDP_STRATEGIES = {"auto": {}, "ddp": {}, "ddp_find_unused_parameters_true": {"find_unused_parameters": True}}
+# Not offered: ddp_spawn / ddp_notebook (Fabric would start the processes from a function, where selfsup's
+# launcher or torchrun starts whole commands) and fsdp / deepspeed (sharded parameters, which the
+# checkpoint and the gradient-caching all-reduce do not gather).
 
 
 def start_fabric(t: TrainConfig, out_dir: Path, run_name: str = "selfsup", config: dict | None = None,
@@ -70,6 +72,9 @@ def start_fabric(t: TrainConfig, out_dir: Path, run_name: str = "selfsup", confi
     the W&B / MLflow runs a resumed run continues). DDP does not broadcast buffers: queues, banks,
     centres and global-BN statistics stay equal by construction, and per-device BN statistics
     (MoCo) are each rank's own, rank 0's being the ones saved."""
+    if t.strategy not in _DDP_STRATEGIES:
+        raise ConfigError(f"train.strategy: {t.strategy!r} is not supported; choose one of {', '.join(_DDP_STRATEGIES)} "
+                          "(several devices run DDP, launched by selfsup or torchrun)")
     precision, why = resolve_precision(t.precision, t.accelerator)
     strategy: Any = t.strategy
     if t.devices * t.num_nodes > 1 and strategy in _DDP_STRATEGIES:
@@ -80,6 +85,8 @@ def start_fabric(t: TrainConfig, out_dir: Path, run_name: str = "selfsup", confi
                         precision=precision, loggers=loggers)
     except ValueError as error:  # Fabric checks accelerator, devices, strategy and precision names
         raise ConfigError(f"train: {error}") from None
+    except RuntimeError as error:  # an accelerator this machine lacks ("No supported gpu backend found!")
+        raise ConfigError(f"train.accelerator={t.accelerator}: {str(error).splitlines()[0]}") from None
     if t.devices * t.num_nodes > 1:
         join_restarted_torchrun(t.accelerator)
     fabric.launch()
