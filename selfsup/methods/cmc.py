@@ -87,7 +87,10 @@ class CMC(MethodBase):
     is the bank entry of image n and the negatives ``num_negatives`` entries drawn uniformly per
     global step (the same draw for the whole batch, as InstDisc here; the official code draws per
     image); each view's bank moves to its new features with momentum 0.5 after the step. The pairs
-    are the core view's or the full graph's (:func:`view_pairs`).
+    are the core view's or the full graph's (:func:`view_pairs`). This is the official code's
+    ``--softmax`` criterion (``NCESoftmaxLoss``); its default, with which the released weights were
+    trained, is NCE (``NCEAverage`` + ``NCECriterion``, as InstDisc's :func:`selfsup.losses.nce`), which
+    its README expects the softmax to improve on.
 
     Views: ``"lab"`` (the paper's) splits each augmented RGB image into L and ab (grayscale
     data is refused in one line); ``"augment"`` gives every encoder its own augmentation of the

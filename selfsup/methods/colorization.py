@@ -95,7 +95,9 @@ class Colorization(MethodBase):
 
     The backbone reads ``L`` repeated on its three input channels; a 1x1 convolution of its last
     feature map gives the Q logits, upsampled to a quarter of the input side (the paper predicts
-    at a quarter of the resolution). The rebalancing prior is the ab histogram of the first
+    at a quarter of the resolution; the targets are each 4x4 cell's mean ab, where the official
+    prototxt takes every fourth pixel, and a gray image's pixels count as the others, where the
+    official ``NonGrayMaskLayer`` gives images without colour (no |ab| > 5) zero weight). The rebalancing prior is the ab histogram of the first
     training batch, over all ranks (``prior``, a checkpointed buffer; the paper took ImageNet's). Evaluation and
     export use :class:`GrayInput`: the frozen backbone on the lightness of RGB images. Colour
     images only: grayscale data is refused in one line.

@@ -117,6 +117,15 @@ class DeepInfoMax(MethodBase):
     image, the image itself: the paper trains without augmentation (the method's views are ``none``;
     with flips the learning bar read the same, 1 of 3 seeds either way).
 
+    Where this follows the paper's text and the official code (rdevon/DIM) differs:
+    the embeddings φ_L, φ_G are the paper's 2-layer nets beside a linear shortcut, where the code's
+    ``MI1x1ConvNet`` adds a BatchNorm after the first layer, a shortcut initialised near the identity
+    and a LayerNorm over the sum; the global term scores the pooled intermediate map against the code,
+    one rolled negative per image, where the paper flattens the last convolutional map and the code's
+    ``GlobalDIM`` uses a dot-product critic over every other image; and the prior's gradient penalty
+    is the mean over the batch, where the code's ``contrastive_gradient_penalty`` takes ``[-1]`` of the
+    discriminator's ``(B, 1)`` output, the last sample alone (an effective weight about 1/B of ours).
+
     Args:
         backbone: an encoder with spatial features (``selfsup.nn.feature_map``).
         code_dim: size of ``y`` (paper: 64).
