@@ -206,6 +206,33 @@ def test_transfer_fewshot_and_finetune_write_their_entries(digits_run, here):
     assert bad.returncode == 2 and "percentages in (0, 100]" in bad.stderr
     transfer = here("evaluate", "transfer", ckpt)
     assert transfer.returncode == 2 and "needs --data" in transfer.stderr.strip().splitlines()[-1]
+    # digits has 1,437 training images: 0.5% keeps 7 rows for 10 classes; classes 50 and 60 do not exist.
+    tiny = here("evaluate", "finetune", ckpt, "--labels", "0.5%", "--steps", "1")
+    assert tiny.returncode == 2 and "fewer than the 10 classes" in tiny.stderr and "Traceback" not in tiny.stderr
+    absent = here("evaluate", "fewshot", ckpt, "--way", "2", "--classes", "50,60", "--episodes", "5", "--no-floor")
+    assert absent.returncode == 2 and "[50, 60] do not occur" in absent.stderr and "Traceback" not in absent.stderr
+
+
+@pytest.mark.parametrize("flags,words", [(["knn", "--k", "0"], "--k: expected a whole number >= 1"),
+                                         (["knn", "--temperature", "nan"], "--temperature: expected a number > 0"),
+                                         (["fewshot", "--way", "1"], "at least 2 classes"),
+                                         (["fewshot", "--classes", "5,6,7"], "fewer than --way 5"),
+                                         (["fewshot", "--shots", "0"], "--shots: expected whole numbers >= 1"),
+                                         (["correspondence", "--images", "0"], "--images: expected a whole number"),
+                                         (["retrieval", "--recall-k", "0"], "--recall-k: expected a whole number")])
+def test_evaluate_refuses_impossible_settings_before_loading_anything(flags, words, capsys):
+    from selfsup.cli import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["evaluate", flags[0], "nowhere.ckpt", *flags[1:]])
+    assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_sweep_takes_settings_after_its_options_as_pretrain_does():
+    from selfsup.cli import parse_args
+
+    args = parse_args(["sweep", "recipe.yaml", "--seeds", "1", "method_args.temperature=0.1,0.2", "train.epochs=1"])
+    assert args.seeds == 1 and args.overrides == ["method_args.temperature=0.1,0.2", "train.epochs=1"]
 
 
 def labelled_folder(root: Path, count: int = 12, seed: int = 0) -> Path:

@@ -27,6 +27,40 @@ def _integers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 0,1,2; got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _way(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"an episode tells at least 2 classes apart, got {text!r}")
+    return value
+
+
+def _positive_integers(text: str) -> list[int]:
+    values = _integers(text)
+    if not all(value >= 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got {text!r}")
+    return values
+
+
 def _percents(text: str) -> list[float]:
     try:
         shares = [float(item.strip().rstrip("%")) / 100 for item in text.split(",")]
@@ -83,8 +117,8 @@ def parser() -> argparse.ArgumentParser:
                                     "key=value settings. Finished runs are skipped, killed ones resumed exactly.")
     sw.add_argument("study", help="a study YAML, or a recipe")
     sw.add_argument("overrides", nargs="*", help="with a recipe: key=a,b,c (a grid axis) or key=value (every run)")
-    sw.add_argument("--seeds", type=int, default=3, help="with a recipe: seeds per grid point (a study says its own)")
-    sw.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine")
+    sw.add_argument("--seeds", type=_positive_int, default=3, help="with a recipe: seeds per grid point (a study says its own)")
+    sw.add_argument("--jobs", type=_positive_int, default=1, help="runs at a time on this machine")
     sw.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                     help="local processes, or submitit jobs on SLURM (submitit-local: submitit without a cluster)")
     sw.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
@@ -109,18 +143,18 @@ def parser() -> argparse.ArgumentParser:
                                     "of held-out videos' frames.")
     ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune", "zeroshot",
                                          "correspondence", "propagate", "temporal"])
-    ev.add_argument("--images", type=int, default=500, help="correspondence: test images (default 500)")
-    ev.add_argument("--points", type=int, default=64, help="correspondence: sampled pixels per image (default 64)")
-    ev.add_argument("--topk", type=int, default=10, help="propagate: key pixels each pixel's labels come from")
-    ev.add_argument("--radius", type=float, default=12, help="propagate: neighbourhood in grid cells (context frames)")
-    ev.add_argument("--context", type=int, default=20, help="propagate: previous frames used as keys")
-    ev.add_argument("--propagation-temperature", type=float, default=0.05, help="propagate: affinity temperature")
+    ev.add_argument("--images", type=_positive_int, default=500, help="correspondence: test images (default 500)")
+    ev.add_argument("--points", type=_positive_int, default=64, help="correspondence: sampled pixels per image (default 64)")
+    ev.add_argument("--topk", type=_positive_int, default=10, help="propagate: key pixels each pixel's labels come from")
+    ev.add_argument("--radius", type=_positive_float, default=12, help="propagate: neighbourhood in grid cells (context frames)")
+    ev.add_argument("--context", type=_positive_int, default=20, help="propagate: previous frames used as keys")
+    ev.add_argument("--propagation-temperature", type=_positive_float, default=0.05, help="propagate: affinity temperature")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", help="dataset name or labelled folder (default: the one it was trained on)")
     ev.add_argument("--root", help="folder holding the dataset's files (alone, for a run on a named dataset: a "
                                    "labelled folder of images, its results named after the folder)")
-    ev.add_argument("--k", type=int, default=200, help="kNN neighbours")
-    ev.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
+    ev.add_argument("--k", type=_positive_int, default=200, help="kNN neighbours")
+    ev.add_argument("--temperature", type=_positive_float, default=0.1, help="kNN vote temperature")
     ev.add_argument("--no-floor", action="store_true",
                     help="leave out the floor (the same evaluation of the encoder at its random initialisation, "
                          "computed once and cached; on by default beside every frozen-feature result; finetune "
@@ -136,13 +170,13 @@ def parser() -> argparse.ArgumentParser:
                          "four, a ResNet's stem and layer1-4) averaged over positions, instead of its output; the "
                          "layer-wise probe of Goyal et al. 2019, with its own floor (results named '..._stageN')")
     ev.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="finetune: label-subset seeds, e.g. 0,1,2")
-    ev.add_argument("--steps", type=int, default=200, help="finetune: optimiser steps of batch 256")
-    ev.add_argument("--way", type=int, default=5, help="fewshot: classes per episode")
-    ev.add_argument("--shots", type=_integers, default=[1, 5], help="fewshot: support images per class, e.g. 1,5")
-    ev.add_argument("--query", type=int, default=15, help="fewshot: query images per class")
-    ev.add_argument("--episodes", type=int, default=600, help="fewshot: episodes")
+    ev.add_argument("--steps", type=_positive_int, default=200, help="finetune: optimiser steps of batch 256")
+    ev.add_argument("--way", type=_way, default=5, help="fewshot: classes per episode")
+    ev.add_argument("--shots", type=_positive_integers, default=[1, 5], help="fewshot: support images per class, e.g. 1,5")
+    ev.add_argument("--query", type=_positive_int, default=15, help="fewshot: query images per class")
+    ev.add_argument("--episodes", type=_positive_int, default=600, help="fewshot: episodes")
     ev.add_argument("--classes", type=_integers, help="fewshot: only these class indices, e.g. 5,6,7,8,9")
-    ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="retrieval: cut-offs")
+    ev.add_argument("--recall-k", type=_positive_int, nargs="+", default=[1, 5, 10], help="retrieval: cut-offs")
     ev.set_defaults(func=cmd_evaluate)
 
     em = sub.add_parser("embed", help="write backbone embeddings (.npy) and labels of a dataset")
@@ -216,10 +250,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
              else word for i, word in enumerate(argv)]
     args, extra = command_parser.parse_known_args(words)
     # `selfsup pretrain RECIPE --resume train.epochs=20`: overrides may come after the options too.
-    if args.command == "pretrain" and all("=" in item and not item.startswith("-") for item in extra):
+    if args.command in ("pretrain", "sweep") and all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra
     elif extra:
         command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "evaluate" and args.classes is not None and len(set(args.classes)) < args.way:
+        command_parser.error(f"--classes lists {len(set(args.classes))} classes, fewer than --way {args.way}")
     args.command_line = shlex.join(["selfsup", *argv])
     if args.command == "pretrain" and args.recipe and "=" in args.recipe:
         args.overrides.insert(0, args.recipe)  # `selfsup pretrain key=value ...` without a recipe

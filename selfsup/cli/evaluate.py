@@ -48,6 +48,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         # Fine-tuning draws label subsets as tensors: a streamed split is read whole.
         train, test = (s.in_memory() if isinstance(s, StreamedDataset) else s for s in (train, test))
+        for share in args.labels:  # a share too small for every class to keep a row: say so before any training
+            try:
+                evaluate.label_subset(train.labels, share, seed=args.seeds[0])
+            except ValueError as error:
+                raise UsageError(f"--labels {100 * share:g}% of {data}'s {len(train.labels)} training images: "
+                                 f"{error}") from None
         entries = {f"finetune{suffix}": evaluate.finetune_entry(
             encoder, make_scratch, train.images, train.labels, test.images, test.labels, data=data,
             fractions=args.labels, seeds=args.seeds, steps=args.steps, device=device, progress=True)}
@@ -107,9 +113,12 @@ def _frozen_entries(args: argparse.Namespace, encoder, train, test, *, kind: str
     train_x = evaluate.extract_features(encoder, train.inputs, device=device, progress=progress, kind=kind)
     test_x = evaluate.extract_features(encoder, test.inputs, device=device, kind=kind)
     if args.protocol == "fewshot":
-        entries = {f"fewshot_{args.way}way_{shot}shot{suffix}": evaluate.fewshot_entry(
-            test_x, test.labels, data=data, n_way=args.way, k_shot=shot, n_query=args.query,
-            episodes=args.episodes, classes=args.classes) for shot in args.shots}
+        try:
+            entries = {f"fewshot_{args.way}way_{shot}shot{suffix}": evaluate.fewshot_entry(
+                test_x, test.labels, data=data, n_way=args.way, k_shot=shot, n_query=args.query,
+                episodes=args.episodes, classes=args.classes) for shot in args.shots}
+        except ValueError as error:  # --classes that the test split lacks, or too few rows of them
+            raise UsageError(f"fewshot on {data}: {error}") from None
         if None in entries.values():
             raise DataError(f"{data}: too few classes with enough test images for {args.way}-way episodes "
                             f"with {args.query} queries")
