@@ -9,6 +9,7 @@ constructor signature.
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -320,9 +321,19 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
         if not path.is_file():
             raise FileNotFoundError(f"recipe {path} does not exist (recipes ship in the recipes/ folder)")
         try:
-            layers.append(OmegaConf.load(path))
+            layer = OmegaConf.load(path)
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections (method:, data:, train:, ...), "
+                              f"this file holds a {type(layer).__name__.removesuffix('Config').lower()}")
+        try:
+            OmegaConf.merge(schema, layer)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"{path}: {_one_line(error)}") from None
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+        layers.append(layer)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -334,6 +345,8 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
+    except (TypeError, ValueError) as error:  # a section given a list (train=[1]), which OmegaConf does not wrap
+        raise ConfigError(f"{' '.join(overrides) or 'the configuration'}: {str(error).splitlines()[0]}") from None
     validate(cfg)
     return cfg
 
@@ -368,13 +381,13 @@ def validate(cfg: Config) -> None:
                 "train.num_nodes": cfg.train.num_nodes, "train.checkpoint_every": cfg.train.checkpoint_every,
                 "train.log_every": cfg.train.log_every, "backbone.width": cfg.backbone.width}
     for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
+        if not value > 0 or value == math.inf:  # NaN fails every comparison
+            raise ConfigError(f"{key}: must be > 0 and finite, got {value}")
     for key, value in {"optim.weight_decay": cfg.optim.weight_decay, "optim.warmup_epochs": cfg.optim.warmup_epochs,
                        "optim.momentum": cfg.optim.momentum, "optim.min_lr_ratio": cfg.optim.min_lr_ratio,
                        "train.knn_every": cfg.train.knn_every}.items():
-        if value < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {value}")
+        if not value >= 0 or value == math.inf:
+            raise ConfigError(f"{key}: must be >= 0 and finite, got {value}")
     for key, value in {"optim.grad_clip": cfg.optim.grad_clip, "eval.knn_k": cfg.eval.knn_k,
                        "eval.knn_temperature": cfg.eval.knn_temperature,
                        "train.knn_train_samples": cfg.train.knn_train_samples,

@@ -1,5 +1,6 @@
 """selfsup.config: recipes and overrides validated into typed configs, with one-line errors."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,24 @@ def test_tensor_cores_are_used_on_gpus_that_have_them_and_nothing_changes_elsewh
     assert load_config(None, []).train.matmul_precision == "high"
     with pytest.raises(ConfigError, match="train.matmul_precision: must be one of"):
         load_config(None, ["train.matmul_precision=tf32"])
+
+
+def test_a_recipe_that_is_not_a_mapping_or_merges_badly_names_its_file(tmp_path):
+    cases = {"list.yaml": ("- a\n- b\n", "a recipe is a mapping of sections"),
+             "args.yaml": ("method_args: [1, 2]\n", "args.yaml: "),
+             "typo.yaml": ("trian:\n  epochs: 1\n", "typo.yaml: Key 'trian' not in 'Config'"),
+             "five.yaml": ("train: 5\n", "five.yaml: ")}
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(words)) as error:
+            load_config(tmp_path / name)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError):
+        load_config(None, ["train=[1]"])
+
+
+@pytest.mark.parametrize("override", ["train.epochs=nan", "train.epochs=inf", "optim.lr=inf", "optim.lr=nan",
+                                      "optim.weight_decay=nan", "optim.warmup_epochs=inf"])
+def test_values_that_are_not_finite_numbers_are_refused(override):
+    with pytest.raises(ConfigError, match=re.escape(override.split("=")[0]) + ".*finite"):
+        load_config(None, [override])
