@@ -1,6 +1,7 @@
 """selfsup.engine: schedules and parameter groups, LARS, atomic checkpoints, the NaN guard, exact
 resume after a kill, resume with a longer schedule, precision and allocator choices."""
 
+import inspect
 import math
 import os
 import re
@@ -666,3 +667,20 @@ def test_unsupported_strategies_accelerators_and_a_knn_best_without_labels_are_o
         Trainer(load_config(None, ["data.name=folder", f"data.root={flat}", "data.size=16", "backbone.width=4",
                                    "train.progress=false", "eval.plots=false", "train.batch_size=4",
                                    "train.save_best=knn", "train.knn_every=1", f"train.out_dir={tmp_path / 'flat_run'}"]))
+
+
+def test_resuming_a_checkpoint_another_build_wrote_is_one_line(tmp_path, monkeypatch):
+    """The same config, a method that now has a parameter the checkpoint lacks (as after an upgrade that
+    changed a head): one line naming the missing weights, not load_state_dict's traceback."""
+    from selfsup.errors import DataError
+
+    pretrain(tiny_config(tmp_path, "train.epochs=1", "eval.linear=false", "eval.knn=false"))
+    build = SimCLR.__init__
+
+    def with_a_new_layer(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        self.added = nn.Linear(2, 2)
+    with_a_new_layer.__signature__ = inspect.signature(build)  # the same arguments, checked as before
+    monkeypatch.setattr(SimCLR, "__init__", with_a_new_layer)
+    with pytest.raises(DataError, match=r"--resume: the checkpoint does not fit simclr .*added\.weight.*another version"):
+        pretrain(tiny_config(tmp_path, "train.epochs=2", "eval.linear=false", "eval.knn=false"), resume=True)

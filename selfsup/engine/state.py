@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.config import to_dict
 from selfsup.engine import checkpoint
-from selfsup.errors import ConfigError, NonFiniteLossError
+from selfsup.errors import ConfigError, DataError, NonFiniteLossError
 
 if TYPE_CHECKING:
     from selfsup.engine.trainer import Trainer
@@ -64,8 +64,15 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
                               f"was trained with {key} {saved[key]!r}, this run resolves to {now!r}; an exact "
                               f"resume needs the same (set train.precision / train.accelerator explicitly)")
     check_same_data(trainer, state.get("data", {}))
-    trainer.method.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    try:
+        trainer.method.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:  # weights or optimiser groups of another build
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
+        raise DataError(f"--resume: the checkpoint does not fit {trainer.cfg.method} as this selfsup builds it "
+                        f"({detail[:300]}); was it written by another version? Start a new run, or resume with "
+                        f"the version that wrote it") from None
     if state.get("precision"):  # the fp16 gradient scaler's state; empty for other precisions
         trainer.fabric.strategy.precision.load_state_dict(state["precision"])
     trainer.start_step = step
