@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.methods import BYOL, DINO, METHODS, Batch, Method, MoCo, Progress, SimCLR
-from selfsup.nn import Backbone, SplitBatchNorm, build_backbone
+from selfsup.nn import Backbone, SplitBatchNorm, build_backbone, convert_sync_batchnorm
 
 
 def at(step: int, max_steps: int = 10, steps_per_epoch: int = 5) -> Progress:
@@ -52,6 +52,37 @@ def test_simclr_loss_is_nt_xent_of_its_projections():
         logits = torch.stack([z[i] @ z[j] / 0.5 for j in others])
         total += -(z[i] @ z[pos] / 0.5 - torch.logsumexp(logits, 0))
     assert loss.item() == pytest.approx(total.item() / (2 * n), abs=1e-4)
+
+
+def test_simclr_head_is_the_official_one():
+    """google-research/simclr ``projection_head``: each layer ``linear_layer(use_bn=True)``, a Dense
+    without bias then batch norm (TF ``center=use_bias``): the hidden layer's BN scales and shifts, the
+    last one (``use_bias=False``) only scales. Computed here with plain tensors from the head's weights."""
+    method = SimCLR(linear_backbone(), proj_hidden_dim=8, proj_dim=4).train()
+    head = method.projector
+    assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "ScaleBatchNorm1d"]
+    assert head[0].bias is None and head[3].bias is None and head[4].bias is None
+    with torch.no_grad():
+        for bn in (head[1], head[4]):  # non-trivial affine parameters, so a dropped scale or shift shows
+            bn.weight.uniform_(0.5, 2.0)
+        head[1].bias.uniform_(-1.0, 1.0)
+    h = torch.randn(7, 6, generator=torch.Generator().manual_seed(3)).double()
+
+    def batch_norm(x):  # training mode: the batch's mean and biased variance, eps 1e-5
+        return (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5)
+
+    w1, w2 = head[0].weight.double(), head[3].weight.double()
+    hidden = torch.relu(batch_norm(h @ w1.T) * head[1].weight.double() + head[1].bias.double())
+    expected = batch_norm(hidden @ w2.T) * head[4].weight.double()
+    assert torch.allclose(head.double()(h), expected, atol=1e-9)
+    linear = SimCLR(linear_backbone(), proj_dim=4, proj_layers=1).projector  # the official `linear` mode
+    assert [type(m).__name__ for m in linear] == ["Linear", "ScaleBatchNorm1d"] and linear[0].bias is None
+    plain = SimCLR(linear_backbone(), proj_hidden_dim=8, proj_dim=4, proj_last_bn=False).projector
+    assert isinstance(plain[-1], nn.Linear) and plain[-1].bias is not None
+    for synced in (nn.SyncBatchNorm.convert_sync_batchnorm(SimCLR(linear_backbone(), proj_hidden_dim=8, proj_dim=4).projector),
+                   convert_sync_batchnorm(SimCLR(linear_backbone(), proj_hidden_dim=8, proj_dim=4).projector, "cpu"),
+                   convert_sync_batchnorm(SimCLR(linear_backbone(), proj_hidden_dim=8, proj_dim=4).projector, "cuda")):
+        assert synced[-1].bias is None and synced[-1].weight is not None  # DDP's global BN keeps scale-only
 
 
 def test_simclr_rejects_the_wrong_number_of_views():

@@ -35,6 +35,12 @@ class SimCLR(MethodBase):
             ``nt_logistic`` (:func:`selfsup.losses.nt_logistic`) and ``margin_triplet``
             (:func:`selfsup.losses.margin_triplet`, with ``margin``).
         margin: the margin triplet's margin (paper's best: 0.4).
+        proj_last_bn: BatchNorm after the head's last Linear, with a learned scale and no shift, and
+            that Linear without bias, as the official code builds every head (google-research/simclr
+            ``projection_head``: ``use_bn=True`` on each layer, the last with ``use_bias=False``, so
+            its BN has ``center=False``); also the ``proj_layers=1`` linear head's. False: the last
+            Linear with a bias and no BN, as the paper's text describes g and most
+            reimplementations (lightly, solo-learn) build it.
     """
 
     LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
@@ -43,7 +49,8 @@ class SimCLR(MethodBase):
     sync_batchnorm = True
 
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 128,
-                 temperature: float = 0.5, proj_layers: int = 2, loss: str = "nt_xent", margin: float = 0.4) -> None:
+                 temperature: float = 0.5, proj_layers: int = 2, loss: str = "nt_xent", margin: float = 0.4,
+                 proj_last_bn: bool = True) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -55,7 +62,8 @@ class SimCLR(MethodBase):
             raise ValueError(f"margin must be > 0, got {margin}")
         self.backbone = backbone
         self.projector = (nn.Identity() if proj_layers == 0
-                          else projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers))
+                          else projection_mlp(backbone.out_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers,
+                                              last_batch_norm=proj_last_bn, last_scale=proj_last_bn))
         self.temperature = temperature
         self.loss_name, self.margin = loss, margin
 

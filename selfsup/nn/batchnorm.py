@@ -53,8 +53,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:  # None for a scale-only BatchNorm (SimCLR's last head layer)
+            out = out + self.bias.view(shape)
         return out.to(input.dtype)
 
 
@@ -95,9 +97,13 @@ def _copy_batchnorm(source: nn.modules.batchnorm._BatchNorm, target: type) -> nn
     device = next(iter(state.values())).device if state else None
     new = target(source.num_features, source.eps, source.momentum, source.affine, source.track_running_stats,
                  device=device)
+    if source.affine and source.bias is None:  # a scale without a shift (SimCLR's last head layer)
+        del new.bias
+        new.register_parameter("bias", None)
     new.load_state_dict(state)
     if source.affine:
         new.weight.requires_grad_(source.weight.requires_grad)
-        new.bias.requires_grad_(source.bias.requires_grad)
+        if source.bias is not None:
+            new.bias.requires_grad_(source.bias.requires_grad)
     new.train(source.training)
     return new

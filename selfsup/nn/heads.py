@@ -9,15 +9,16 @@ from torch import Tensor, nn
 
 def projection_mlp(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2,
                    batch_norm: bool = True, last_batch_norm: bool = False,
-                   last_bias: bool | None = None) -> nn.Sequential:
+                   last_bias: bool | None = None, last_scale: bool = False) -> nn.Sequential:
     """MLP head ``Linear -> [BN] -> ReLU -> ... -> Linear [-> BN]``.
 
-    SimCLR uses two layers (hidden 2048, output 128) with BN on the hidden layer, as do BYOL's
-    projector and predictor (hidden 4096, output 256); MoCo v2's head has no BN
-    (``batch_norm=False``); SimSiam and MoCo v3 use three layers with BN after the last one
-    (``last_batch_norm``, affine-free). Linears followed by a BN have no bias; the last Linear has
-    one unless ``last_bias`` says otherwise (None: when no BN follows it). BYOL's and MoCo v3's
-    official last Linears have none.
+    BYOL's projector and predictor use two layers (hidden 4096, output 256) with BN on the hidden
+    layer; MoCo v2's head has no BN (``batch_norm=False``); SimSiam and MoCo v3 use three layers
+    with BN after the last one (``last_batch_norm``, affine-free); SimCLR's official head
+    (google-research/simclr ``projection_head``) has BN after every layer, the last one with a
+    learned scale but no shift (``last_scale``: TF's ``center=False``). Linears followed by a BN
+    have no bias; the last Linear has one unless ``last_bias`` says otherwise (None: when no BN
+    follows it). BYOL's and MoCo v3's official last Linears have none.
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -31,8 +32,21 @@ def projection_mlp(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim, bias=not last_batch_norm if last_bias is None else last_bias))
     if last_batch_norm:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        layers.append(ScaleBatchNorm1d(out_dim) if last_scale else nn.BatchNorm1d(out_dim, affine=False))
+    elif last_scale:
+        raise ValueError("last_scale is the last BatchNorm's scale: it needs last_batch_norm=True")
     return nn.Sequential(*layers)
+
+
+class ScaleBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm with a learned per-channel scale and no shift (TF's ``center=False, scale=True``):
+    SimCLR's last projection layer. A :class:`torch.nn.BatchNorm1d` whose ``bias`` is None, so
+    ``convert_sync_batchnorm`` and exports treat it as any BatchNorm."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features, affine=True)
+        del self.bias
+        self.register_parameter("bias", None)
 
 
 class DINOHead(nn.Module):
