@@ -450,3 +450,21 @@ def test_evaluate_stage_probes_a_pooled_stage_with_its_own_floor(digits_run, her
         json.loads((run / "results.json").read_text())["evaluations"]["knn"]["accuracy"], abs=1e-6)
     assert_one_line_error(["evaluate", "knn", ckpt, "--stage", "4"], "convnet has stages 0 to 3", here)
     assert_one_line_error(["evaluate", "finetune", ckpt, "--stage", "1"], "--stage is for the frozen protocols", here)
+
+
+def test_a_simclr_checkpoint_from_before_the_official_head_still_evaluates(tmp_path, here):
+    """Checkpoints written before method_args.proj_last_bn existed hold the head without its last BatchNorm and
+    no such key: they are read with proj_last_bn=false (SimCLR.legacy_args), said on stderr."""
+    from selfsup.engine import load_checkpoint, save_atomic
+
+    run = tmp_path / "old"
+    pretrain_digits(run, "method_args.proj_hidden_dim=16", "method_args.proj_last_bn=false", "eval.linear=false",
+                    "eval.knn=false", "train.knn_every=0", "eval.plots=false")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = load_checkpoint(ckpt)
+    state["config"]["method_args"].pop("proj_last_bn")  # as the earlier version wrote it
+    state.pop("integrity", None)
+    save_atomic(state, ckpt)
+    knn = here("evaluate", "knn", str(ckpt), "--no-floor")
+    assert knn.returncode == 0, knn.stderr[-2000:]
+    assert "predates method_args.proj_last_bn: read with proj_last_bn=False" in knn.stderr

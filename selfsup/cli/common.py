@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from selfsup.errors import ConfigError, DataError
@@ -64,24 +65,42 @@ def load_method(checkpoint_path: str):
 
     graph = graph_from_config(cfg.data) if kind_of(cfg.data) == "graph" else None
 
-    # Built without downloading pretrained weights (the checkpoint's replace them; a machine without a network
-    # can read it), and so ``build`` is the same architecture at random initialisation: the floor, and the
-    # fine-tuning's "scratch" network.
-    frame = with_random_weights(cfg)
+    def builder(cfg):
+        # Built without downloading pretrained weights (the checkpoint's replace them; a machine without a network
+        # can read it), and so ``build`` is the same architecture at random initialisation: the floor, and the
+        # fine-tuning's "scratch" network.
+        frame = with_random_weights(cfg)
 
-    def build(mean, std):
-        return build_method(frame, in_channels=channels, image_size=size, mean=mean, std=std,
-                            num_samples=state["data"].get("num_train"), graph=graph)
+        def build(mean, std):
+            return build_method(frame, in_channels=channels, image_size=size, mean=mean, std=std,
+                                num_samples=state["data"].get("num_train"), graph=graph)
+        return build
 
-    # mean/std are placeholders: the real statistics are buffers restored by load_state_dict.
-    method = build([0.0] * channels, [1.0] * channels)
-    try:
+    def loaded(cfg):
+        build = builder(cfg)
+        method = build([0.0] * channels, [1.0] * channels)  # placeholders: the statistics are restored buffers
         method.load_state_dict(state["model"])
+        return method, build
+
+    try:
+        method, build = loaded(cfg)
     except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
-        raise DataError(f"checkpoint {checkpoint_path} does not fit {cfg.method} as this selfsup builds it "
-                        f"({detail}); was it written by another version?") from None
+        # A checkpoint from before a method argument existed reads with the value that built it then.
+        legacy = {key: value for key, value in getattr(METHODS[cfg.method], "legacy_args", {}).items()
+                  if key not in cfg.method_args}
+        try:
+            if not legacy:
+                raise error
+            cfg = replace(cfg, method_args={**cfg.method_args, **legacy})
+            method, build = loaded(cfg)
+            say = ", ".join(f"{key}={value}" for key, value in legacy.items())
+            print(f"selfsup: {checkpoint_path} predates method_args.{say.split('=')[0]}: read with {say}",
+                  file=sys.stderr)
+        except RuntimeError:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
+            raise DataError(f"checkpoint {checkpoint_path} does not fit {cfg.method} as this selfsup builds it "
+                            f"({detail}); was it written by another version?") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return cfg, method, (channels, size), device, build
 

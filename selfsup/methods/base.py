@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -141,6 +141,9 @@ class MethodBase(nn.Module):
     views_needed: ClassVar[tuple[int, int | None]] = (2, 2)
     sync_batchnorm: ClassVar[bool] = False
     sync_batchnorm_exclude: ClassVar[tuple[str, ...]] = ()
+    legacy_args: ClassVar[dict[str, Any]] = {}
+    """Arguments added after checkpoints were written, with the value that built those checkpoints: a
+    checkpoint whose config lacks one and whose weights do not fit the default is read with it."""
     exclude_bias_norm: ClassVar[bool] = True
     """No weight decay for biases and norms unless ``optim.exclude_bias_norm`` says otherwise. A method
     whose official code decays every parameter (``SGD(model.parameters(), weight_decay=...)``) says False."""

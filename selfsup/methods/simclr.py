@@ -47,6 +47,7 @@ class SimCLR(MethodBase):
 
     augment_recipe = "simclr"
     sync_batchnorm = True
+    legacy_args = {"proj_last_bn": False}  # checkpoints from before the official head read as they were built
 
     def __init__(self, backbone: Backbone, *, proj_hidden_dim: int = 2048, proj_dim: int = 128,
                  temperature: float = 0.5, proj_layers: int = 2, loss: str = "nt_xent", margin: float = 0.4,
