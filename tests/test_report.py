@@ -372,6 +372,15 @@ def test_cli_prints_or_writes_the_table(run, tmp_path, capsys):
     assert main(["report", "--table", str(run), "--out", str(table)]) == 0
     assert capsys.readouterr().out.strip() == str(table) and table.read_text(encoding="utf-8") == results_table([run])
 
+    # `report --table runs/*` where runs/ also holds a sweep's folder and an unfinished run: those are left out.
+    sweeps, unfinished = tmp_path / "sweeps", tmp_path / "training"
+    sweeps.mkdir()
+    (unfinished / "checkpoints").mkdir(parents=True)
+    assert main(["report", "--table", str(run), str(sweeps), str(unfinished)]) == 0
+    out, err = capsys.readouterr()
+    assert out == results_table([run]) and str(sweeps) in err and str(unfinished) in err
+    assert main(["report", "--table", str(sweeps), str(unfinished)]) == 2
+
 
 def test_cli_says_in_one_line_that_a_folder_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2

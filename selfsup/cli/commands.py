@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from selfsup.cli import common
@@ -159,7 +160,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.table or args.headlines:
         from selfsup._io import atomic_write
 
-        table = (evaluate.headline_table if args.headlines else evaluate.results_table)(args.runs)
+        runs = args.runs
+        if len(runs) > 1:  # `report --table runs/*`: folders that hold no finished run (a sweep's, one still
+            skipped = [run for run in runs if not (Path(run) / "results.json").is_file()]  # training) are left out
+            runs = [run for run in runs if run not in skipped]
+            if skipped:
+                print(f"selfsup: left out of the table, no results.json (not a finished run): {', '.join(map(str, skipped))}",
+                      file=sys.stderr)
+            if not runs:
+                raise DataError(f"none of the {len(args.runs)} folders holds a finished run (results.json)")
+        table = (evaluate.headline_table if args.headlines else evaluate.results_table)(runs)
         if args.out:
             atomic_write(args.out, lambda file: file.write(table.encode("utf-8")))
             print(args.out)
