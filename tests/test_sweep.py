@@ -403,3 +403,13 @@ def test_runs_made_with_other_settings_than_the_study_now_gives_are_refused(tmp_
     (run.folder / "evaluations" / "knn.json").write_text('{"accuracy": 0.')
     with pytest.raises(DataError, match=r"evaluations/knn.json is not valid JSON"):
         sweep.summarise(study)
+
+
+@pytest.mark.parametrize("changes,words", [({"finetune": 0.01}, "finetune must be a list of label shares"),
+                                           ({"finetune": ["abc"]}, "finetune must be a list of label shares"),
+                                           ({"finetune": [1.5]}, "finetune must be a list of label shares"),
+                                           ({"recipe": 5}, "recipe must be a path"),
+                                           ({"metrics": "knn"}, "metrics must be a list of names")])
+def test_a_study_file_with_values_of_the_wrong_kind_is_one_line(tmp_path, changes, words):
+    with pytest.raises(ConfigError, match=words):
+        sweep.load_study(write_study(tmp_path, **changes))

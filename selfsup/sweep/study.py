@@ -229,7 +229,15 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     verdict = spec.get("verdict") or {}
     if not isinstance(verdict, (dict, list)) or (isinstance(verdict, list) and not all(isinstance(v, dict) for v in verdict)):
         raise ConfigError(f"{path}: verdict must be a mapping or a list of mappings, got {verdict!r}")
-    study = Study(name=str(spec.get("name") or path.stem), recipe=spec.get("recipe"), points=points,
+    recipe, metrics, finetune = spec.get("recipe"), spec.get("metrics"), spec.get("finetune")
+    if recipe is not None and not isinstance(recipe, str):
+        raise ConfigError(f"{path}: recipe must be a path to a recipe file, got {recipe!r}")
+    if metrics is not None and (not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)):
+        raise ConfigError(f"{path}: metrics must be a list of names, e.g. [knn, linear], got {metrics!r}")
+    if finetune is not None and (not isinstance(finetune, list) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in finetune)):
+        raise ConfigError(f"{path}: finetune must be a list of label shares in (0, 1], e.g. [0.01, 0.1], got {finetune!r}")
+    study = Study(name=str(spec.get("name") or path.stem), recipe=recipe, points=points,
                   seeds=_seeds(spec.get("seeds", 1), str(path)), claim=str(spec.get("claim", "")).strip(),
                   overrides=_overrides(spec.get("overrides") or [], f"{path}: overrides"),
                   metrics=list(spec.get("metrics") or ["knn", "linear", "fewshot_5way_1shot"]),
