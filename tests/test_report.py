@@ -195,6 +195,21 @@ def test_errors_name_the_folder_or_file(tmp_path):
     (run / "views.png").write_bytes(b"GIF89a not a png at all")
     with pytest.raises(DataError, match=r"views.png is not a PNG image"):
         write_report(run)
+    (run / "views.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00")  # cut inside its size
+    with pytest.raises(DataError, match=r"views.png is not a PNG image"):
+        write_report(run)
+    (run / "views.png").unlink()
+    (run / "config.yaml").write_bytes(b"name: \xff\xfe broken\n")
+    with pytest.raises(DataError, match=r"config.yaml is not UTF-8 text"):
+        load_run(run)
+    (run / "config.yaml").write_text("name: fine\n")
+    (run / "logs" / "metrics.csv").write_bytes(b"step,loss\n1,\xff\n")
+    with pytest.raises(DataError, match=r"metrics.csv is not UTF-8 text"):
+        load_run(run)
+    (run / "logs" / "metrics.csv").unlink()
+    (run / "evaluations" / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DataError, match=r"deep.json is not valid JSON"):
+        load_run(run)
 
 
 def find_chromium() -> str | None:

@@ -131,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint's encoder; writes <run>/evaluations/<key>.json",
                         description="linear / knn / fewshot / retrieval: frozen features; transfer: linear and kNN "
-                                    "on another dataset; finetune: the whole encoder on 1%% / 10%% of the labels "
+                                    "on another dataset; finetune: the whole encoder on 1% / 10% of the labels "
                                     "against the same network from scratch; zeroshot (image-text checkpoints): "
                                     "classification by prompts of the class names, and image<->text recall@k, on "
                                     "the test split or on --data (zero-shot transfer); correspondence: PCK@1/3/5 of "

@@ -129,7 +129,11 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     results["evaluations"] = evaluations
 
     config_path = run / "config.yaml"
-    config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    try:
+        config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{config_path} is not UTF-8 text ({error.reason} at byte {error.start}); restore it from "
+                        f"the recipe or delete it") from None
     config = _parse_yaml(config_path, config_text) if config_text is not None else {}
     for key, place in _FROM_CONFIG.items():
         value = config
@@ -146,7 +150,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise DataError(f"{path} is not valid JSON ({error}); rerun the command that wrote it, "
                         f"or delete it") from None
     if not isinstance(value, dict):
@@ -167,6 +171,14 @@ def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
 def _read_metrics(path: Path) -> list[dict[str, float | None]]:
     if not path.is_file():
         return []
+    try:
+        return _read_metric_rows(path)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); delete it to leave the "
+                        f"curves out") from None
+
+
+def _read_metric_rows(path: Path) -> list[dict[str, float | None]]:
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
         if "step" not in (reader.fieldnames or []):
@@ -341,7 +353,7 @@ def _last_values(rows: list[dict[str, float | None]]) -> list[tuple[str, str, st
 
 def _image(path: Path) -> str:
     data = path.read_bytes()
-    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 24:
         raise DataError(f"{path} is not a PNG image; redraw it (`selfsup plot RUN` redraws the curves "
                         f"and the embedding map) or delete it")
     width, height = struct.unpack(">II", data[16:24])  # IHDR, the first chunk, starts with the size
