@@ -285,8 +285,11 @@ def test_ctrl_c_stops_a_sweep_its_running_run_and_every_queued_one(tmp_path):
     marks.mkdir()
     script = tmp_path / "interrupted.py"
     script.write_text(_INTERRUPTED)
+    # SIGINT as a terminal leaves it (a pytest-xdist worker ignores it, and an ignored signal stays ignored in its
+    # children: Python would then raise no KeyboardInterrupt)
     sweeping = subprocess.Popen([sys.executable, str(script), str(study_path), str(marks)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not any(marks.iterdir()) and time.time() < deadline:
         time.sleep(0.05)

@@ -117,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
                                     "key=value settings. Finished runs are skipped, killed ones resumed exactly.")
     sw.add_argument("study", help="a study YAML, or a recipe")
     sw.add_argument("overrides", nargs="*", help="with a recipe: key=a,b,c (a grid axis) or key=value (every run)")
-    sw.add_argument("--seeds", type=_positive_int, default=3, help="with a recipe: seeds per grid point (a study says its own)")
+    sw.add_argument("--seeds", type=int, default=3, help="with a recipe: seeds per grid point (a study says its own)")
     sw.add_argument("--jobs", type=_positive_int, default=1, help="runs at a time on this machine")
     sw.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                     help="local processes, or submitit jobs on SLURM (submitit-local: submitit without a cluster)")

@@ -108,11 +108,9 @@ class Trainer:
         self.time_plan: dict[str, float] = {}
         self.stop_requested = self.stopping = False  # SIGTERM on this rank / on any rank (see _catch_sigterm)
         self.best: dict[str, Any] | None = None  # train.save_best: {"metric", "value", "step"} of best.ckpt
-        if t.save_best == "knn" and not t.knn_every:
-            raise ConfigError("train.save_best=knn keeps the checkpoint of the best kNN monitor: set train.knn_every")
-        if t.save_best == "knn" and self.train_set.labels is None:
-            raise ConfigError("train.save_best=knn: the data has no labels, so there is no kNN monitor to keep the "
-                              "best of; use train.save_best=loss")
+        if t.save_best == "knn" and (not t.knn_every or self.train_set.labels is None):
+            raise ConfigError("train.save_best=knn keeps the checkpoint of the best kNN monitor: " + (
+                "set train.knn_every" if not t.knn_every else "the data has no labels for one; use train.save_best=loss"))
         self.compile_plan: dict[str, Any] = {}  # train.compile unset: whether this run compiles, and why
         if resume_state is not None:
             state.restore(self, resume_state)
