@@ -176,3 +176,45 @@ def test_local_features_are_an_intermediate_layer():
     assert torch.allclose(features, backbone(images), atol=1e-6)
     maps, features = DeepInfoMax(backbone, local_layer="last").eval().features(images)
     assert maps.shape == (2, 32, 3, 3)
+
+
+def test_the_official_embedding_is_mi1x1convnet_by_hand():
+    """rdevon/DIM cortex_DIM/nn_modules/mi_networks.py MI1x1ConvNet: LayerNorm_channels(block(x) + shortcut(x)),
+    block = conv1x1 (no bias) - BatchNorm - ReLU - conv1x1, the shortcut bias-free with ones on its diagonal and
+    the rest in [-0.01, 0.01]; a (B, C) code read as a 1x1 map. Computed here with plain tensor arithmetic."""
+    from selfsup.methods.dim import OfficialEmbedding
+
+    torch.manual_seed(0)
+    net = OfficialEmbedding(3, 5).train()
+    w = net.shortcut.weight[:, :, 0, 0]
+    assert torch.equal(w[torch.arange(3), torch.arange(3)], torch.ones(3)) and net.shortcut.bias is None
+    off = w.clone()
+    off[torch.arange(3), torch.arange(3)] = 0
+    assert off.abs().max() <= 0.01 and net.block[0].bias is None and net.block[3].bias is not None
+    with torch.no_grad():
+        net.norm.weight.uniform_(0.5, 1.5)
+        net.norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, 2, 2)
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, 3)  # (B*h*w, C): a 1x1 conv is a matrix product per pixel
+    first = pixels @ net.block[0].weight[:, :, 0, 0].T
+    first = (first - first.mean(0)) / torch.sqrt(first.var(0, unbiased=False) + 1e-5)
+    first = torch.relu(first * net.block[1].weight + net.block[1].bias)
+    summed = first @ net.block[3].weight[:, :, 0, 0].T + net.block[3].bias + pixels @ w.T
+    normed = (summed - summed.mean(1, keepdim=True)) / torch.sqrt(summed.var(1, unbiased=False, keepdim=True) + 1e-5)
+    expected = (normed * net.norm.weight + net.norm.bias).reshape(4, 2, 2, 5).permute(0, 3, 1, 2)
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+    code = torch.randn(4, 3)
+    torch.testing.assert_close(net(code), net(code[:, :, None, None])[:, :, 0, 0])
+
+
+def test_the_official_embedding_option_trains_and_a_wide_code_passes_through():
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet", in_channels=1, image_size=16, width=4)
+    method = DeepInfoMax(backbone, code_dim=8, embed_dim=16, embedding="official")
+    out = method.training_step(Batch([torch.rand(4, 1, 16, 16)], torch.arange(4)), Progress(0, 1, 1))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in method.parameters())
+    assert isinstance(DeepInfoMax(backbone, code_dim=16, embed_dim=16, embedding="official").global_embed,
+                      torch.nn.Identity)  # the official NopNet
+    with pytest.raises(ValueError, match="embedding must be"):
+        DeepInfoMax(backbone, embedding="code")

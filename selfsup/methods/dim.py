@@ -36,6 +36,30 @@ def local_embedding(channels: int, dim: int) -> nn.Module:
                      nn.Conv2d(channels, dim, 1))
 
 
+class OfficialEmbedding(nn.Module):
+    """rdevon/DIM's ``MI1x1ConvNet``, its embedding for both the local map and the global code: a 1x1 conv without
+    bias, BatchNorm, ReLU and a 1x1 conv, beside a bias-free 1x1 shortcut initialised near the identity (ones on
+    its diagonal, the rest uniform in ±0.01, when the width does not shrink), the sum LayerNorm-ed over channels.
+    A ``(B, C)`` code is read as a ``(B, C, 1, 1)`` map, as the official code reshapes it."""
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(channels, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
+                                   nn.Conv2d(dim, dim, 1))
+        self.shortcut = nn.Conv2d(channels, dim, 1, bias=False)
+        if dim >= channels:
+            with torch.no_grad():
+                self.shortcut.weight.uniform_(-0.01, 0.01)
+                self.shortcut.weight[torch.arange(channels), torch.arange(channels), 0, 0] = 1.0
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.ndim == 2
+        x = x[:, :, None, None] if flat else x
+        h = self.norm((self.block(x) + self.shortcut(x)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return h.flatten(1) if flat else h
+
+
 def global_embedding(features: int, dim: int) -> nn.Module:
     """φ_G: linear - ReLU - linear beside a linear shortcut, on the global feature."""
     return _Residual(nn.Sequential(nn.Linear(features, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)),
@@ -118,9 +142,10 @@ class DeepInfoMax(MethodBase):
     with flips the learning bar read the same, 1 of 3 seeds either way).
 
     Where this follows the paper's text and the official code (rdevon/DIM) differs:
-    the embeddings φ_L, φ_G are the paper's 2-layer nets beside a linear shortcut, where the code's
-    ``MI1x1ConvNet`` adds a BatchNorm after the first layer, a shortcut initialised near the identity
-    and a LayerNorm over the sum; the global term scores the pooled intermediate map against the code,
+    the embeddings φ_L, φ_G are by default the paper's 2-layer nets beside a linear shortcut, where the
+    code's ``MI1x1ConvNet`` adds a BatchNorm after the first layer, a shortcut initialised near the
+    identity and a LayerNorm over the sum (``embedding="official"``, :class:`OfficialEmbedding`; the
+    paper's stay the default because the recipe's measurements were made with them); the global term scores the pooled intermediate map against the code,
     one rolled negative per image, where the paper flattens the last convolutional map and the code's
     ``GlobalDIM`` uses a dot-product critic over every other image; and the prior's gradient penalty
     is the mean over the batch, where the code's ``contrastive_gradient_penalty`` takes ``[-1]`` of the
@@ -139,6 +164,7 @@ class DeepInfoMax(MethodBase):
             against the batch's other images' positions), which the paper found the best for
             downstream classification (section 4.2) and which on Fashion-MNIST at a short budget
             is the one that learns beyond random weights (see the recipe).
+        embedding: ``"paper"`` (appendix A.2's nets) or ``"official"`` (the code's ``MI1x1ConvNet``).
     """
 
     augment_recipe: ClassVar[str] = "none"  # the paper trains without augmentation
@@ -147,8 +173,10 @@ class DeepInfoMax(MethodBase):
 
     def __init__(self, backbone: Backbone, *, code_dim: int = 64, embed_dim: int = 512, global_weight: float = 0.0,
                  local_weight: float = 1.0, prior_weight: float = 0.1, local_layer: str = "intermediate",
-                 prior_gradient_penalty: float = 1.0, estimator: str = "jsd") -> None:
+                 prior_gradient_penalty: float = 1.0, estimator: str = "jsd", embedding: str = "paper") -> None:
         super().__init__()
+        if embedding not in ("paper", "official"):
+            raise ValueError(f"embedding must be 'paper' or 'official', got {embedding!r}")
         if estimator not in ("jsd", "nce"):
             raise ValueError(f"estimator must be 'jsd' or 'nce', got {estimator!r}")
         self.estimator = estimator
@@ -163,7 +191,10 @@ class DeepInfoMax(MethodBase):
         self.code = nn.Linear(backbone.out_dim, code_dim)
         self.weights = (global_weight, local_weight, prior_weight)
         self.prior_gradient_penalty = prior_gradient_penalty
-        if local_weight:
+        if local_weight and embedding == "official":  # a code already as wide as the embedding: NopNet, as there
+            self.local_embed = OfficialEmbedding(channels, embed_dim)
+            self.global_embed = nn.Identity() if code_dim == embed_dim else OfficialEmbedding(code_dim, embed_dim)
+        elif local_weight:
             self.local_embed = local_embedding(channels, embed_dim)
             self.global_embed = global_embedding(code_dim, embed_dim)
         if global_weight:
@@ -210,4 +241,4 @@ class DeepInfoMax(MethodBase):
         return {"loss": loss, **{k: v.detach() for k, v in outputs.items()}}
 
 
-__all__ = ["DeepInfoMax", "global_embedding", "local_embedding", "local_global_scores", "prior_matching_losses"]
+__all__ = ["DeepInfoMax", "OfficialEmbedding", "global_embedding", "local_embedding", "local_global_scores", "prior_matching_losses"]
