@@ -61,8 +61,29 @@ def test_version_names_selfsup_and_the_torch_it_runs_on(here):
 
     out = here("--version")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == (f"selfsup {package.__version__} (torch {version('torch')}, "
+    source = ""
+    if (ROOT / ".git").exists():  # a checkout: the commit it runs, which an editable install's version does not follow
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=9", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        if commit and (dirty or f"+g{commit}" not in package.__version__):
+            source = f", source at git {commit}" + (" with uncommitted changes" if dirty else "")
+    assert out.stdout.strip() == (f"selfsup {package.__version__}{source} (torch {version('torch')}, "
                                   f"torchvision {version('torchvision')})")
+
+
+def test_version_is_worked_out_only_when_asked(monkeypatch):
+    # Building the parser (every command does) runs no git: only --version does.
+    from selfsup.cli import arguments
+
+    calls = []
+    monkeypatch.setattr(arguments, "version_text", lambda: calls.append(1) or "v")
+    arguments.parse_args(["list"])
+    assert calls == []
+    with pytest.raises(SystemExit):
+        arguments.parse_args(["--version"])
+    assert calls == [1]
 
 
 def assert_one_line_error(args, message, run=selfsup):
@@ -76,6 +97,7 @@ def assert_one_line_error(args, message, run=selfsup):
 @pytest.mark.parametrize("args,message", [
     (["pretrain", "recipes/simclr_fashion_mnist.yaml", "train.epohcs=1"], "train.epohcs: Key 'epohcs' not in 'TrainConfig'"),
     (["pretrain", "recipes/missing.yaml"], "recipe recipes/missing.yaml does not exist"),
+    (["pretrain"], "name a recipe (selfsup pretrain recipes/simclr_fashion_mnist.yaml"),
     (["pretrain", "data.name=fashion_mnist", "data.root=/nonexistent/fm"], "/nonexistent/fm"),
     (["pretrain", "data.name=imagenet"], "unknown dataset 'imagenet'"),
     (["evaluate", "linear", "/nonexistent.ckpt"], "checkpoint /nonexistent.ckpt does not exist"),
@@ -366,6 +388,18 @@ def test_sweep_command_line_mistakes_are_one_line(args, message, tmp_path, here)
     assert not any(tmp_path.iterdir())  # nothing was started
 
 
+def test_sweep_off_a_cluster_and_an_unknown_submitit_parameter_are_one_line(tmp_path, here, monkeypatch):
+    pytest.importorskip("submitit")
+    from selfsup.sweep import runner
+
+    sweep = ["sweep", "recipes/simclr_fashion_mnist.yaml", "optim.lr=0.1,0.2", "--out", str(tmp_path)]
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)  # no srun here (was submitit's traceback)
+    assert_one_line_error([*sweep, "--executor", "slurm"], "--executor slurm: this machine has no `srun`", here)
+    assert_one_line_error([*sweep, "--executor", "submitit-local", "--slurm", "bogus_key=3"],
+                          "--slurm: Unknown executor 'bogus' in parameter 'bogus_key'", here)
+    assert not list(tmp_path.rglob("*.yaml")) and not list(tmp_path.rglob("*.ckpt"))  # no run was started
+
+
 def test_a_corrupt_study_file_is_one_line(tmp_path, here):
     study = tmp_path / "study.yaml"
     study.write_text("name: broken\ngrid: {optim.lr: [0.1, 0.2]\nseeds: 2\n")  # an unclosed mapping
@@ -468,3 +502,20 @@ def test_a_simclr_checkpoint_from_before_the_official_head_still_evaluates(tmp_p
     knn = here("evaluate", "knn", str(ckpt), "--no-floor")
     assert knn.returncode == 0, knn.stderr[-2000:]
     assert "predates method_args.proj_last_bn: read with proj_last_bn=False" in knn.stderr
+
+
+def test_selfsups_own_warnings_are_one_line_each(tmp_path):
+    # A skipped image is a line a user reads: not Python's "file:line: Category: ..." and the source line after it.
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+    (tmp_path / "photos" / "a" / "broken.png").write_bytes(b"not a png")
+    out = selfsup("pack", str(tmp_path / "photos"), str(tmp_path / "packed"), "--size", "8")
+    assert out.returncode == 0, out.stderr
+    lines = [line.split("\r")[-1].strip() for line in out.stderr.splitlines()]
+    assert f"selfsup: warning: skipped 1 of 5 image files under {tmp_path / 'photos'}" in lines, out.stderr
+    assert "SkippedImageWarning" not in out.stderr and "warnings.warn" not in out.stderr
+    assert not any(line.startswith("return ") for line in lines), out.stderr

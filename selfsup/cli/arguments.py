@@ -85,12 +85,50 @@ def version_text() -> str:
         except PackageNotFoundError:
             return "not installed"
 
-    return f"selfsup {selfsup.__version__} (torch {installed('torch')}, torchvision {installed('torchvision')})"
+    return (f"selfsup {selfsup.__version__}{_checkout(selfsup.__version__)} (torch {installed('torch')}, "
+            f"torchvision {installed('torchvision')})")
+
+
+class _Version(argparse.Action):
+    """``--version``, worked out only when asked (it may run git): argparse's own action takes its text when
+    the parser is built, which every command does."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(version_text(), file=sys.stdout)
+        parser.exit()
+
+
+def _checkout(installed_version: str) -> str:
+    """Where selfsup runs from a git checkout (an editable install), the commit it runs: the version recorded at
+    install time (``+g<commit>``) does not move when later commits are pulled. Empty for an installed wheel."""
+    import subprocess
+
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists() or not (root / "pyproject.toml").is_file():
+        return ""
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=9", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    commit = done.stdout.strip()
+    if done.returncode != 0 or not commit:
+        return ""
+    changed = " with uncommitted changes" if dirty.returncode == 0 and dirty.stdout.strip() else ""
+    if f"+g{commit}" in installed_version and not changed:
+        return ""
+    return f", source at git {commit}{changed}"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised representation learning.")
-    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and the torch it runs on, and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     pre = sub.add_parser("pretrain", help="pretrain an encoder from a YAML recipe")

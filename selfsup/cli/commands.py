@@ -16,6 +16,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.engine import pretrain
 
     common.tune_allocator()
+    if not args.recipe and not args.overrides and not args.resume:
+        # A bare `selfsup pretrain` would start a full run of the defaults (SimCLR on Fashion-MNIST) in runs/.
+        raise UsageError("name a recipe (selfsup pretrain recipes/simclr_fashion_mnist.yaml; `selfsup list` shows "
+                         "them) or key=value settings over the defaults (selfsup pretrain method=simclr)")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in train.out_dir and --overwrite starts it over: choose one")
     if args.resume and args.recipe and Path(args.recipe).suffix in (".ckpt", ".pt"):
