@@ -18,8 +18,11 @@ the errors a user can fix into one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
+from pathlib import Path
 
 from selfsup.cli import common
 from selfsup.cli.arguments import parse_args, parser
@@ -31,7 +34,8 @@ USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryE
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        return args.func(args)
+        with _one_line_warnings():
+            return args.func(args)
     except USAGE_ERRORS as error:
         if os.environ.get("SELFSUP_DEBUG"):
             raise
@@ -60,6 +64,29 @@ def main(argv: list[str] | None = None) -> int:
               f"the launcher's report names it. The last checkpoint written is whole: continue with --resume",
               file=sys.stderr)
         return 4
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """selfsup's own warnings (a skipped file, a warm-up longer than the run) as one line each, ``selfsup:
+    warning: ...``, written above a progress bar rather than through it; Python's default adds the warning's
+    file and the source line that raised it, which say nothing to a user. Other libraries' warnings keep
+    their form (a bug report wants it)."""
+    shown = warnings.showwarning
+    package = str(Path(__file__).resolve().parent.parent)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not (category.__module__.startswith("selfsup") or str(filename).startswith(package)):
+            return shown(message, category, filename, lineno, file, line)
+        from tqdm import tqdm
+
+        tqdm.write(f"selfsup: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _peer_failed(error: RuntimeError) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +108,9 @@ def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict
     """
     from tqdm.auto import tqdm
 
+    if executor not in ("local", "slurm", "submitit-local"):
+        raise ConfigError(f"--executor: {executor!r}; choose local, slurm or submitit-local")
+    pool_of_jobs = _submitit_executor(study, executor, slurm) if executor != "local" else None
     check_runs_match(study)
     runs = expand(study)
     todo = [run for run in runs if commands(study, run)]
@@ -135,25 +139,37 @@ def execute(study: Study, *, jobs: int = 1, executor: str = "local", slurm: dict
             _stop_local_runs(pool)
             raise
         pool.shutdown()
-    elif executor in ("slurm", "submitit-local"):
-        import submitit  # the cluster extra
-
-        folder = study.folder / "submitit"
-        pool = submitit.AutoExecutor(folder=folder, cluster="local" if executor == "submitit-local" else "slurm")
-        pool.update_parameters(**(slurm or {}))
-        submitted = [(pool.submit(_execute_one, commands(study, run), str(run.folder / "sweep.log")), run)
+    else:
+        submitted = [(pool_of_jobs.submit(_execute_one, commands(study, run), str(run.folder / "sweep.log")), run)
                      for run in todo]
         for job, run in submitted:
             results[str(run.folder)] = job.result()
             bar.update()
-    else:
-        raise ConfigError(f"--executor: {executor!r}; choose local, slurm or submitit-local")
     bar.close()
     failed = [folder for folder, code in results.items() if code != 0]
     if failed:
         say(f"sweep {study.name}: {len(failed)} run(s) failed; their output is in <run>/sweep.log: "
             + ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
     return results
+
+
+def _submitit_executor(study: Study, executor: str, slurm: dict[str, Any] | None):
+    """submitit's executor for ``--executor slurm`` / ``submitit-local``, checked before any run is touched:
+    the cluster extra missing, a machine without SLURM and a parameter submitit does not know are one line."""
+    try:
+        import submitit  # the cluster extra
+    except ImportError as error:
+        raise ConfigError(f"--executor {executor} needs submitit: pip install 'selfsup[cluster]' ({error})") from None
+    if executor == "slurm" and shutil.which("srun") is None:
+        raise ConfigError("--executor slurm: this machine has no `srun` on its PATH (not a SLURM cluster's node): "
+                          "run the sweep from the cluster's login node, or with --executor local")
+    pool = submitit.AutoExecutor(folder=study.folder / "submitit",
+                                 cluster="local" if executor == "submitit-local" else "slurm")
+    try:
+        pool.update_parameters(**(slurm or {}))
+    except (ValueError, TypeError, NameError) as error:  # submitit names an unknown parameter with a NameError
+        raise ConfigError(f"--slurm: {' '.join(str(error).split())}") from None
+    return pool
 
 
 # -- the summary ------------------------------------------------------------------------------
