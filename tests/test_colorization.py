@@ -134,6 +134,45 @@ def test_loss_is_the_rebalanced_soft_cross_entropy_at_a_quarter_resolution():
     torch.testing.assert_close(restored.prior, prior)  # kept, not re-estimated
 
 
+def test_official_targets_take_every_fourth_pixel_and_gray_images_weigh_nothing():
+    # colorization_train_val_v2.prototxt: data_ab_ss is a stride-4 1x1 convolution of weight 1 (pixels 0, 4, 8, ...),
+    # NNEncLayer soft-encodes it over its nearest bins (here 5, the paper's, by scikit-learn's neighbour search as
+    # NNEncode's), and NonGrayMaskLayer zeroes the rebalancing weight of an image with no |ab| > 5 among them.
+    from sklearn.neighbors import NearestNeighbors
+
+    cfg = load_config(None, ["method=colorization", "data.name=photos", "backbone.width=4",
+                             "method_args.targets=sampled", "method_args.gray_mask=true"])
+    torch.manual_seed(0)
+    method = build_method(cfg, in_channels=3, image_size=16, mean=[0.5] * 3, std=[0.25] * 3).train()
+    assert (method.targets, method.gray_mask) == ("sampled", True)
+    g = torch.Generator().manual_seed(4)
+    gray = torch.rand(1, 1, 16, 16, generator=g).expand(1, 3, 16, 16)        # R = G = B: no colour anywhere
+    x = torch.cat([gray, torch.rand(1, 3, 16, 16, generator=g)])
+    out = method.training_step(Batch([x], torch.arange(2)), Progress(0, 10, 5))
+    lab = rgb_to_lab(x).double()
+    ab = lab[:, 1:, 0:16:4, 0:16:4].permute(0, 2, 3, 1).reshape(-1, 2).numpy()  # 2 images x 4 x 4 pixels
+    centres = method.centres.double().numpy()
+    distances, index = NearestNeighbors(n_neighbors=5).fit(centres).kneighbors(ab)
+    weights = np.exp(-distances ** 2 / (2 * 5.0 ** 2))
+    targets = np.zeros((len(ab), len(centres)))
+    np.put_along_axis(targets, index, weights / weights.sum(1, keepdims=True), axis=1)
+    np.testing.assert_allclose(method.prior.double().numpy(), targets.sum(0) / targets.sum(), atol=1e-6)
+    mask = np.repeat([float(np.abs(image).max() > 5) for image in ab.reshape(2, 16, 2)], 16)
+    assert list(mask[::16]) == [0.0, 1.0]
+    with torch.no_grad():
+        features = method.backbone.net[:-2]((((lab[:, :1] / 100).repeat(1, 3, 1, 1)).float() - method.backbone.mean)
+                                            / method.backbone.std)
+        logits = F.interpolate(method.head(features), size=(4, 4), mode="bilinear", align_corners=False)
+    log_p = F.log_softmax(logits.permute(0, 2, 3, 1).reshape(-1, len(centres)), dim=1).double().numpy()
+    w = rebalancing_weights(method.prior, method.centres).double().numpy()[targets.argmax(1)]
+    expected = np.mean(-(targets * log_p).sum(1) * w * mask)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-4)
+    pooled = make()
+    assert (pooled.targets, pooled.gray_mask) == ("pooled", False)  # the measured defaults
+    with pytest.raises(ValueError, match="targets must be 'pooled' or 'sampled'"):
+        Colorization(build_backbone("convnet", in_channels=3, image_size=16, width=4), targets="strided")
+
+
 def test_evaluation_encoder_is_colour_blind():
     method = make().eval()
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.5 + 0.25

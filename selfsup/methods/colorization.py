@@ -95,9 +95,15 @@ class Colorization(MethodBase):
 
     The backbone reads ``L`` repeated on its three input channels; a 1x1 convolution of its last
     feature map gives the Q logits, upsampled to a quarter of the input side (the paper predicts
-    at a quarter of the resolution; the targets are each 4x4 cell's mean ab, where the official
-    prototxt takes every fourth pixel, and a gray image's pixels count as the others, where the
-    official ``NonGrayMaskLayer`` gives images without colour (no |ab| > 5) zero weight). The rebalancing prior is the ab histogram of the first
+    at a quarter of the resolution). The targets are by default each 4x4 cell's mean ab, and a gray image's
+    pixels count as the others'; ``targets="sampled"`` and ``gray_mask=True`` are the official prototxt's
+    choices (``colorization_train_val_v2.prototxt``: a stride-4 1x1 convolution of fixed weight 1 takes every
+    fourth pixel's ab, and ``NonGrayMaskLayer`` multiplies the rebalancing weight of every pixel of an image
+    that has no |ab| > 5 among those targets by zero, the mean still over all pixels). The defaults stay
+    because the recipes were measured with them: on 32-pixel crops a 4x4 cell's mean is the colour the 8x8
+    prediction stands for, where one pixel of it is aliased. (The official ``ClassRebalanceMultLayer``
+    weighs only the gradient and reports the unweighted loss; here the reported loss is weighted, the
+    gradient the same.) The rebalancing prior is the ab histogram of the first
     training batch, over all ranks (``prior``, a checkpointed buffer; the paper took ImageNet's). Evaluation and
     export use :class:`GrayInput`: the frozen backbone on the lightness of RGB images. Colour
     images only: grayscale data is refused in one line.
@@ -108,6 +114,8 @@ class Colorization(MethodBase):
         mix: λ of the rebalancing (0.5).
         sigma: σ of the soft encoding and the prior's smoothing (5).
         neighbours: bins per soft target (5).
+        targets: ``"pooled"`` (each 4x4 cell's mean ab) or ``"sampled"`` (every fourth pixel's, the official).
+        gray_mask: give images without colour (no |ab| > 5 among the targets) zero weight, as the official.
     """
 
     augment_recipe: ClassVar[str] = "flip"
@@ -115,8 +123,10 @@ class Colorization(MethodBase):
     curves: ClassVar[tuple[str, ...]] = ("task_accuracy",)
 
     def __init__(self, backbone: Backbone, *, grid: int = 10, mix: float = 0.5, sigma: float = 5.0,
-                 neighbours: int = 5) -> None:
+                 neighbours: int = 5, targets: str = "pooled", gray_mask: bool = False) -> None:
         super().__init__()
+        if targets not in ("pooled", "sampled"):
+            raise ValueError(f"targets must be 'pooled' or 'sampled', got {targets!r}")
         if backbone.in_channels != 3:
             raise ValueError(f"colorization needs colour images, but the data has {backbone.in_channels} channel; "
                              f"use RGB data (data.channels=3)")
@@ -132,6 +142,7 @@ class Colorization(MethodBase):
         self.head = nn.Conv2d(channels, q, kernel_size=1)
         self.register_buffer("prior", torch.full((q,), float("nan")))
         self.mix, self.sigma, self.neighbours = mix, sigma, neighbours
+        self.targets, self.gray_mask = targets, gray_mask
         self._weights: Tensor | None = None
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
@@ -141,11 +152,17 @@ class Colorization(MethodBase):
         logits = self.head(feature_map(self.backbone, _gray(lab)))
         size = (max(1, x.shape[-2] // 4), max(1, x.shape[-1] // 4))
         logits = at_least_float32(F.interpolate(logits, size=size, mode="bilinear", align_corners=False))
-        ab = F.adaptive_avg_pool2d(lab[:, 1:], size)                             # targets at a quarter
+        if self.targets == "sampled":                                            # targets at a quarter
+            ab = lab[:, 1:, ::4, ::4][..., :size[0], :size[1]]
+        else:
+            ab = F.adaptive_avg_pool2d(lab[:, 1:], size)
         targets = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.centres, self.neighbours, self.sigma)
         nearest = targets.argmax(dim=1)
         log_p = F.log_softmax(logits.permute(0, 2, 3, 1).reshape(-1, self.centres.shape[0]), dim=1)
         per_pixel = -(targets * log_p).sum(dim=1) * self.class_weights(targets)[nearest]
+        if self.gray_mask:
+            coloured = (ab.abs() > 5).flatten(1).any(dim=1)                       # (B,)
+            per_pixel = per_pixel * coloured.repeat_interleave(size[0] * size[1]).to(per_pixel)
         return {"loss": per_pixel.mean(), "task_accuracy": task_accuracy(log_p, nearest)}
 
     def class_weights(self, targets: Tensor) -> Tensor:
