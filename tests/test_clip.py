@@ -144,6 +144,36 @@ def test_text_retrieval_recall_by_hand():
     assert recall["text_to_image_recall@2"] == pytest.approx(2 / 3)
 
 
+def test_text_retrieval_counts_every_caption_of_an_image():
+    # Flickr30k / COCO (5 captions an image, CLIP's table 13): an image is a hit when any of its captions ranks
+    # first, and every caption is a query for its image. Images 0 and 1 sit on their *second* captions.
+    texts = torch.eye(4)
+    images = torch.tensor([[0.1, 1.0, 0.0, 0.0], [0.0, 0.0, 0.2, 1.0]])
+    ids, offsets = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 4])  # image 0: captions 0, 1; image 1: 2, 3
+    recall = evaluate.text_retrieval_recall(images, ids, texts, ks=(1,), offsets=offsets)
+    assert recall["image_to_text_recall@1"] == 1.0  # each ranks one of its own first (was 0: only the first caption)
+    # text -> image: caption 0 (cosines 0.10 and 0) finds image 0, caption 1 image 0, caption 2 (0, 0.20) image 1,
+    # caption 3 image 1: all four hits.
+    assert recall["text_to_image_recall@1"] == 1.0
+    # A caption that two images share: a hit when either is first. Image 1 owns caption 1 too; image 2 owns 3.
+    images = torch.tensor([[1.0, 0.0, 0.05, 0.0], [0.0, 0.9, 0.01, 0.1], [0.0, 1.0, 0.0, 0.2]])
+    ids, offsets = torch.tensor([0, 1, 2, 1, 3]), torch.tensor([0, 2, 4, 5])
+    recall = evaluate.text_retrieval_recall(images, ids, texts, ks=(1, 2), offsets=offsets)
+    # image -> text at 1: image 0 -> caption 0 (own), image 1 -> caption 1 (own, 0.994), image 2 -> caption 1 (0.981,
+    # not its own): 2/3; at 2 image 2 ranks caption 3 (0.196) second: 3/3.
+    assert recall["image_to_text_recall@1"] == pytest.approx(2 / 3)
+    assert recall["image_to_text_recall@2"] == 1.0
+    # text -> image, queries 0..3: caption 0 -> image 0 (hit); caption 1 -> image 1 (0.994) before image 2 (0.981):
+    # a hit; caption 2 -> image 0 (0.050, not its owner) before image 1 (0.011): a miss at 1, a hit at 2;
+    # caption 3 -> image 2 (0.196) before image 1 (0.110): a hit.
+    assert recall["text_to_image_recall@1"] == pytest.approx(3 / 4)
+    assert recall["text_to_image_recall@2"] == 1.0
+    # One caption an image, the (N,) form, reads as before.
+    single = evaluate.text_retrieval_recall(images, torch.tensor([0, 1, 3]), texts, ks=(1,))
+    assert single == evaluate.text_retrieval_recall(images, torch.tensor([0, 1, 3]), texts, ks=(1,),
+                                                    offsets=torch.tensor([0, 1, 2, 3]))
+
+
 def _toy(n=12, classes=("cat", "dog", "car")):
     labels = torch.arange(n) % len(classes)
     images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -130,7 +130,7 @@ class CaptionedImages:
         return [self.captions[int(k)] for k in self.ids[self.offsets[i]:self.offsets[i + 1]]]
 
     def first_captions(self) -> Tensor:
-        """``(N,)`` the first caption id of every image (what retrieval pairs it with)."""
+        """``(N,)`` the first caption id of every image."""
         return self.ids[self.offsets[:-1]]
 
 

@@ -13,8 +13,8 @@ ZERO_SHOT_PROTOCOL = ("zero-shot: each class's weight is the normalised mean of 
                       "top-1 accuracy over all classes, and among the held-out classes alone on their test images "
                       "(classes pretraining never saw in a caption), each beside chance")
 TEXT_RETRIEVAL_PROTOCOL = ("image->text: every test image ranks the distinct test captions by cosine similarity, a hit "
-                           "when its own caption is among the k first; text->image: every distinct caption ranks the "
-                           "test images, a hit when one of the k first has that caption; recall@k is the share of "
+                           "when one of its own captions is among the k first; text->image: every distinct caption ranks "
+                           "the test images, a hit when one of the k first has that caption; recall@k is the share of "
                            "hits (Radford et al. 2021, table 13)")
 
 
@@ -62,36 +62,51 @@ def zero_shot_entry(image_emb: Tensor, labels: Tensor, class_weights: Tensor, *,
 
 
 def text_retrieval_recall(image_emb: Tensor, image_caption: Tensor, text_emb: Tensor,
-                          ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+                          ks: Sequence[int] = (1, 5, 10), *, offsets: Tensor | None = None) -> dict[str, float]:
     """Recall@k both ways between images and distinct captions (see :data:`TEXT_RETRIEVAL_PROTOCOL`).
 
     Args:
         image_emb: ``(N, D)`` image embeddings.
-        image_caption: ``(N,)`` int64 row of ``text_emb`` that is image ``i``'s caption.
+        image_caption: ``(N,)`` int64 row of ``text_emb`` that is image ``i``'s caption; or, with ``offsets``,
+            the rows of every image's captions one after the other (image ``i`` owns
+            ``image_caption[offsets[i]:offsets[i + 1]]``, as :class:`selfsup.data.CaptionedImages` keeps them).
         text_emb: ``(M, D)`` embeddings of the distinct captions.
         ks: the k's, each at most ``M`` (image->text) and ``N`` (text->image) or left out there.
+        offsets: ``(N + 1,)`` where each image's captions start in ``image_caption``, when an image has several.
+
+    An image is a hit at k when any of its captions is among its k first; every caption some image owns
+    is a query, a hit when any of its images is among the k first (the 5-caption protocol of Flickr30k
+    and COCO).
     """
     images, texts = F.normalize(image_emb.float(), dim=1), F.normalize(text_emb.float(), dim=1)
-    image_caption = image_caption.cpu().long()
-    similarity = images @ texts.T                                     # (N, M)
+    n, m = images.shape[0], texts.shape[0]
+    owned = image_caption.cpu().long()
+    if offsets is None:
+        offsets = torch.arange(n + 1)
+    offsets = offsets.cpu().long()
+    owner = torch.repeat_interleave(torch.arange(n), offsets.diff())       # the image of each owned caption
+    pairs = (owner * m + owned).unique()                                    # (image, caption) pairs, as keys
+    similarity = images @ texts.T                                           # (N, M)
     out: dict[str, float] = {}
     ranked_texts = similarity.argsort(dim=1, descending=True)
     for k in ks:
-        if k <= texts.shape[0]:
-            out[f"image_to_text_recall@{k}"] = float((ranked_texts[:, :k] == image_caption[:, None]).any(1).float().mean())
-    queries = image_caption.unique()                                  # captions some image has
-    ranked_images = similarity[:, queries].T.argsort(dim=1, descending=True)
+        if k <= m:
+            keys = torch.arange(n)[:, None] * m + ranked_texts[:, :k]
+            out[f"image_to_text_recall@{k}"] = float(torch.isin(keys, pairs).any(1).float().mean())
+    queries = owned.unique()                                                # captions some image has
+    ranked_images = similarity[:, queries].T.argsort(dim=1, descending=True)  # (Q, N)
     for k in ks:
-        if k <= images.shape[0]:
-            out[f"text_to_image_recall@{k}"] = float((image_caption[ranked_images[:, :k]] == queries[:, None])
-                                                     .any(1).float().mean())
+        if k <= n:
+            keys = ranked_images[:, :k] * m + queries[:, None]
+            out[f"text_to_image_recall@{k}"] = float(torch.isin(keys, pairs).any(1).float().mean())
     return out
 
 
 def text_retrieval_entry(image_emb: Tensor, image_caption: Tensor, text_emb: Tensor, captions: Sequence[str], *,
-                         data: str, ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+                         data: str, ks: Sequence[int] = (1, 5, 10), offsets: Tensor | None = None) -> dict[str, Any]:
     """:func:`text_retrieval_recall` as a results.json entry."""
-    return {**text_retrieval_recall(image_emb, image_caption, text_emb, ks), "images": int(image_emb.shape[0]),
+    return {**text_retrieval_recall(image_emb, image_caption, text_emb, ks, offsets=offsets),
+            "images": int(image_emb.shape[0]),
             "captions": len(captions), "data": data, "protocol": TEXT_RETRIEVAL_PROTOCOL}
 
 

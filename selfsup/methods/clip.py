@@ -173,8 +173,8 @@ class CLIP(MethodBase):
             with eval_mode(self):
                 texts = torch.cat([self.encode_text(test.captions[i:i + 1024]).cpu()
                                    for i in range(0, len(test.captions), 1024)])
-            entries["text_retrieval"] = evaluate.text_retrieval_entry(images, test.first_captions(), texts,
-                                                                      test.captions, data=data)
+            entries["text_retrieval"] = evaluate.text_retrieval_entry(images, test.ids, texts, test.captions,
+                                                                      data=data, offsets=test.offsets)
         return entries
 
 
