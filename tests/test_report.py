@@ -420,6 +420,12 @@ def test_results_table_shows_a_video_runs_propagation_beside_its_baselines_and_i
     assert video[column] == "0.581 (0.464; Lab 0.683; copy 0.203)" and without[column] == "–"
     assert video[head.index("temporal-order tau (random init)")] == "0.782 (0.684)"
     assert not any("J&F" in name for name in table_rows(results_table([plain]))[0])
+    # The run's page too: each score beside its floor and the baselines, none of them read as a setting.
+    page = html.unescape(write_report(run).read_text(encoding="utf-8"))
+    assert ("J&F 0.5813, J 0.57, F 0.59 (random init: J&F 0.4638, J 0.45, F 0.47) (copy baseline: J&F 0.2028) "
+            "(lab baseline: J&F 0.6834)") in page
+    assert "tau 0.7818, same_video@1 100.00% (random init: tau 0.6838, same_video@1 100.00%)" in page
+    assert "j_and_f=" not in page and "tau=" not in page and "baselines=" not in page
 
 
 def test_headline_table_gives_each_runs_gain_over_its_floor_and_its_own_measure(tmp_path):

@@ -79,12 +79,16 @@ _HEADER_KEYS = ("name", "method", "data", "backbone", "epochs", "batch_size", "s
                 "command", "commit", "linear_accuracy", "knn_accuracy", "evaluations")
 _SCORE_LABELS = {"accuracy": "", "linear": "linear", "knn": "kNN", "chance": "chance",
                  "held_out_accuracy": "held-out", "held_out_chance": "held-out chance", "seen_accuracy": "seen",
-                 "feature_std": "feature std", "effective_rank": "effective rank"}
+                 "feature_std": "feature std", "effective_rank": "effective rank",
+                 "j_and_f": "J&F", "j": "J", "f": "F", "tau": "tau", "mean_gap": "mean gap",
+                 "alignment_tau": "alignment tau", "alignment_error": "alignment error",
+                 "task_alignment_tau": "task alignment tau", "task_alignment_error": "task alignment error"}
 # Scores that are not fractions: shown as numbers, not percentages.
-_PLAIN_SCORES = {"feature_std", "effective_rank"}
-# Shown in their own columns, or as part of a score, rather than as settings.
+_PLAIN_SCORES = {"feature_std", "effective_rank", "j_and_f", "j", "f", "tau", "mean_gap", "alignment_tau", "alignment_error",
+                 "task_alignment_tau", "task_alignment_error"}
+# Shown in their own columns, or as part of a score, rather than as settings (per_video: one score per video).
 _NOT_SETTINGS = {"ci95", "data", "protocol", "fractions", "mean", "std", "scratch_mean", "scratch_std", "random_init",
-                 "raw_pixels"}
+                 "raw_pixels", "baselines", "per_video"}
 _FEWSHOT = re.compile(r"fewshot_(\d+)way_(\d+)shot")
 _PICTURES = (("Training curves", ("curves.png",)), ("Views", ("views.png",)),
              ("Embedding map", ("umap.png", "tsne.png")), ("Retrieval", ("retrieval.png",)),
@@ -287,6 +291,11 @@ def _scores_text(entry: Mapping[str, Any], where: str) -> str:
     raw = entry.get("raw_pixels")
     if isinstance(raw, Mapping) and raw:
         text += f" (raw pixels: {_scores_text(raw, f'{where} raw_pixels')})"
+    baselines = entry.get("baselines")
+    if isinstance(baselines, Mapping):
+        for name, scores in baselines.items():
+            if isinstance(scores, Mapping) and scores:
+                text += f" ({name} baseline: {_scores_text(scores, f'{where} baselines {name}')})"
     return text
 
 
