@@ -714,6 +714,27 @@ def test_demonstrations_of_a_task_are_aligned_with_one_another_by_hand():
     assert "task_alignment_tau" not in video.temporal_entry(features, vid, time, data="toy")
 
 
+def test_demonstrations_of_different_lengths_align_by_phase():
+    # Video 1 shows the task of video 0 (8 frames) at half the pace (16 frames): its frames 2t and 2t + 1 are video
+    # 0's frame t. Perfectly aligned by progress: video 0's frame t (phase t/8) matches frame 2t of video 1 (phase
+    # 2t/16, the same); each of video 1's frames 2t, 2t + 1 (phases 2t/16, (2t + 1)/16) matches video 0's frame t
+    # (t/8): errors 0 and 1/16, mean 1/32 over that direction. Both directions: (0 + 1/32) / 2 = 1/64. By frame
+    # numbers the first direction alone would read mean |t - 2t| / 8 = 3.5 / 8 (the review's 0.375-and-up errors).
+    eye = torch.eye(8, dtype=torch.float64)
+    features = torch.cat([eye, eye.repeat_interleave(2, dim=0)])
+    vid = torch.tensor([0] * 8 + [1] * 16)
+    time = torch.cat([torch.arange(8), torch.arange(16)])
+    # ties: video 0's frame t has cosine 1 with both 2t and 2t + 1 of video 1; argmax takes the first, 2t
+    entry = video.temporal_entry(features, vid, time, data="toy", tasks=torch.tensor([0, 0]))
+    assert entry["task_alignment_error"] == pytest.approx(1 / 64)
+    assert entry["task_alignment_tau"] > 0.9
+    # Synchronised views keep TCN's frame-number error (views of one scene have one length).
+    _, by_frames, _ = video.cross_view_alignment(features, vid, time, torch.tensor([0, 0]))
+    first = (torch.arange(8) - 2 * torch.arange(8)).abs().double().mean() / 8
+    second = (torch.arange(16) - torch.arange(16) // 2).abs().double().mean() / 16
+    assert by_frames == pytest.approx(float(first + second) / 2)
+
+
 def test_task_videos_carry_the_first_sprite_left_to_right_each_at_its_own_pace(tmp_path):
     root = write_synthetic_videos(tmp_path / "task", videos=6, frames=8, size=32, sprites="digits", task=True, seed=0)
     rows = (root / "tasks.csv").read_text().splitlines()

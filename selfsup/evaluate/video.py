@@ -57,7 +57,9 @@ ALIGNMENT_PROTOCOL = ("synchronised views of a scene (videos <scene>_view<k>): e
 TASK_ALIGNMENT_PROTOCOL = ("demonstrations of a task (tasks.csv; not synchronised, each at its own pace): the same "
                            "matching between every ordered pair of held-out videos of a task; task_alignment_tau is "
                            "Kendall's tau-b of the frames' times and their matches' times (XIRL's alignment measure), "
-                           "task_alignment_error the mean |time - matched time| over the video's length")
+                           "task_alignment_error the mean |phase - matched phase|, a frame's phase its time over its "
+                           "own video's length (demonstrations of different lengths compared by progress, not by "
+                           "frame number)")
 
 
 # ----------------------------------------------------------------------------- DAVIS-2017 J and F
@@ -476,7 +478,8 @@ def same_video_retrieval(features: Tensor, video: Tensor, time: Tensor) -> tuple
     return float(same.float().mean()), float(gap[same].mean()) if bool(same.any()) else float("nan")
 
 
-def cross_view_alignment(features: Tensor, video: Tensor, time: Tensor, scenes: Tensor) -> tuple[float, float, int]:
+def cross_view_alignment(features: Tensor, video: Tensor, time: Tensor, scenes: Tensor, *,
+                         by_phase: bool = False) -> tuple[float, float, int]:
     """How well frozen features align synchronised views of one scene (Sermanet et al. 2018, sec. 5.1:
     each frame's nearest neighbour in the other view; Zakka et al. 2021 (XIRL): Kendall's τ of the
     matched times).
@@ -491,7 +494,10 @@ def cross_view_alignment(features: Tensor, video: Tensor, time: Tensor, scenes: 
         ``(alignment_tau, alignment_error, pairs)``: for every ordered pair (a, b) of views of a scene,
         Kendall's τ-b between the times of a's frames and the times of their nearest frames of b
         (cosine), and the mean ``|t - t_match| / len(a)``, each averaged over the ``pairs``; ``(nan,
-        nan, 0)`` when no scene has two views.
+        nan, 0)`` when no scene has two views. With ``by_phase`` (demonstrations of a task, each at its own
+        pace and length) the error is the mean ``|t / len(a) - t_match / len(b)|``: two demonstrations at the
+        same point of the task are at the same phase whatever their lengths (for views of one length, the
+        same number).
 
     Where this differs from the official code, by choice: a pair whose matches all fall on one frame
     (τ undefined) counts τ = 0, where XIRL's ``nanmean`` leaves it out (a collapsed encoder recovers no
@@ -516,7 +522,11 @@ def cross_view_alignment(features: Tensor, video: Tensor, time: Tensor, scenes: 
                 matched = time[rows_b][(x[rows_a] @ x[rows_b].T).argmax(dim=1)]
                 tau = kendalltau(time[rows_a].numpy(), matched.numpy()).statistic
                 taus.append(0.0 if np.isnan(tau) else float(tau))  # every match one frame: no order recovered
-                errors.append(float((time[rows_a] - matched).abs().float().mean()) / len(rows_a))
+                if by_phase:
+                    gap = time[rows_a].double() / len(rows_a) - matched.double() / len(rows_b)
+                    errors.append(float(gap.abs().mean()))
+                else:
+                    errors.append(float((time[rows_a] - matched).abs().float().mean()) / len(rows_a))
     if not taus:
         return float("nan"), float("nan"), 0
     return float(np.mean(taus)), float(np.mean(errors)), len(taus)
@@ -538,7 +548,7 @@ def temporal_entry(features: Tensor, video: Tensor, time: Tensor, *, data: str,
             entry.update(alignment_tau=tau, alignment_error=error, view_pairs=pairs,
                          protocol=f"{TEMPORAL_PROTOCOL}; {ALIGNMENT_PROTOCOL}")
     if tasks is not None:
-        tau, error, pairs = cross_view_alignment(features, video, time, tasks)
+        tau, error, pairs = cross_view_alignment(features, video, time, tasks, by_phase=True)
         if pairs:
             entry.update(task_alignment_tau=tau, task_alignment_error=error, task_pairs=pairs,
                          protocol=f"{entry['protocol']}; {TASK_ALIGNMENT_PROTOCOL}")
