@@ -333,16 +333,20 @@ def test_graph_runs_refuse_other_data_in_one_line(tmp_path, here):
 
 
 def test_evaluate_probes_the_runs_max_samples_subset(tmp_path, here, knn_by_hand):
-    # The run's own numbers were measured on its seeded data.max_samples subset: evaluate reproduces them.
+    # The run's own numbers were measured on its seeded data.max_samples subset, with its own kNN settings:
+    # evaluate reproduces them.
     run = tmp_path / "subset"
     pretrain_digits(run, "data.max_samples=300", "method_args.proj_hidden_dim=16", "eval.plots=false",
-                    "eval.floor=false", "eval.save_embeddings=false", "train.knn_every=0")
+                    "eval.floor=false", "eval.save_embeddings=false", "train.knn_every=0", "eval.knn_k=7",
+                    "eval.knn_temperature=0.5")
     results = json.loads((run / "results.json").read_text())["evaluations"]
     for protocol in ("knn", "linear"):
         out = here("evaluate", protocol, str(run / "checkpoints" / "last.ckpt"), "--no-floor")
         assert out.returncode == 0, out.stderr[-2000:]
         entry = json.loads((run / "evaluations" / f"{protocol}.json").read_text())
         assert entry["accuracy"] == pytest.approx(results[protocol]["accuracy"], abs=1e-3 if protocol == "linear" else 1e-9)
+        if protocol == "knn":
+            assert (entry["k"], entry["temperature"]) == (7, 0.5)  # the run's, not the command line's defaults
     # --whole-split: every training image of digits (1,437), named apart, the run's own entry kept.
     out = here("evaluate", "knn", str(run / "checkpoints" / "last.ckpt"), "--no-floor", "--whole-split")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -356,7 +360,7 @@ def test_evaluate_probes_the_runs_max_samples_subset(tmp_path, here, knn_by_hand
     train, test = (load("digits", split, size=size, channels=channels) for split in ("train", "test"))
     assert len(train) == 1437
     train_x, test_x = (evaluate.extract_features(encoder, d.inputs) for d in (train, test))
-    predicted = knn_by_hand(train_x.numpy(), train.labels.numpy(), test_x.numpy(), 200, 0.1)
+    predicted = knn_by_hand(train_x.numpy(), train.labels.numpy(), test_x.numpy(), 7, 0.5)
     assert whole["accuracy"] == pytest.approx(float(np.mean(np.asarray(predicted) == test.labels.numpy())), abs=1e-9)
 
 

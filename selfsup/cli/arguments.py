@@ -191,8 +191,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset name or labelled folder (default: the one it was trained on)")
     ev.add_argument("--root", help="folder holding the dataset's files (alone, for a run on a named dataset: a "
                                    "labelled folder of images, its results named after the folder)")
-    ev.add_argument("--k", type=_positive_int, default=200, help="kNN neighbours")
-    ev.add_argument("--temperature", type=_positive_float, default=0.1, help="kNN vote temperature")
+    ev.add_argument("--k", type=_positive_int, help="kNN neighbours (default: the run's eval.knn_k, 200 unless "
+                                                     "its recipe set another)")
+    ev.add_argument("--temperature", type=_positive_float,
+                    help="kNN vote temperature (default: the run's eval.knn_temperature, 0.1 unless set)")
     ev.add_argument("--no-floor", action="store_true",
                     help="leave out the floor (the same evaluation of the encoder at its random initialisation, "
                          "computed once and cached; on by default beside every frozen-feature result; finetune "

@@ -26,6 +26,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.protocol in ("propagate", "temporal"):
         return _video(args)
     cfg, encoder, (channels, size), device, make_scratch = common.load_encoder(args.checkpoint)
+    # The run's own kNN settings unless the command line names others: its entry replaces the run's `knn`.
+    args.k = cfg.eval.knn_k if args.k is None else args.k
+    args.temperature = cfg.eval.knn_temperature if args.temperature is None else args.temperature
     if args.stage is not None:
         encoder, make_scratch = _stage_encoder(args, cfg, encoder, make_scratch, channels, size, device)
     if args.protocol == "transfer" and args.data is None:
