@@ -408,6 +408,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.keep_last: must be >= 0, got {cfg.train.keep_last}")
     if cfg.train.save_best not in (None, "knn", "loss"):
         raise ConfigError(f"train.save_best: must be knn or loss (or null), got {cfg.train.save_best!r}")
+    if cfg.train.save_best == "knn" and cfg.train.knn_val_fraction == 0:
+        # The monitor would query the test split: best.ckpt chosen on the images its evaluation then scores.
+        raise ConfigError("train.save_best=knn with train.knn_val_fraction=0 would choose best.ckpt on the test split "
+                          "(the monitor's queries): keep a validation share (train.knn_val_fraction > 0, 0.1 by "
+                          "default) or save_best=loss")
     if cfg.train.time_limit is not None:
         parse_duration(cfg.train.time_limit)
     if cfg.data.max_samples is not None and cfg.data.max_samples <= 0:

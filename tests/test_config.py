@@ -51,6 +51,14 @@ def test_bad_overrides_are_one_line_errors(override, message):
     assert "\n" not in str(info.value)
 
 
+def test_best_checkpoint_is_never_chosen_on_the_test_split():
+    # knn_val_fraction=0 makes the monitor query the test split; best.ckpt by that would be picked on test images.
+    with pytest.raises(ConfigError, match="would choose best.ckpt on the test split"):
+        load_config(None, ["train.save_best=knn", "train.knn_val_fraction=0"])
+    load_config(None, ["train.save_best=knn", "train.knn_val_fraction=0.1"])
+    load_config(None, ["train.save_best=loss", "train.knn_val_fraction=0"])
+
+
 def test_unknown_key_in_a_recipe_file(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: simclr\ntrain:\n  epochs: 1\n  learning_rate: 0.1\n")

@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("protocol", choices=["linear", "knn", "fewshot", "retrieval", "transfer", "finetune", "zeroshot",
                                          "correspondence", "propagate", "temporal"])
     ev.add_argument("--images", type=_positive_int, default=500, help="correspondence: test images (default 500)")
-    ev.add_argument("--points", type=_positive_int, default=64, help="correspondence: sampled pixels per image (default 64)")
+    ev.add_argument("--points", type=_positive_int, default=64, help="correspondence: pixels drawn per image, with replacement (default 64)")
     ev.add_argument("--topk", type=_positive_int, default=10, help="propagate: key pixels each pixel's labels come from")
     ev.add_argument("--radius", type=_positive_float, default=12, help="propagate: neighbourhood in grid cells (context frames)")
     ev.add_argument("--context", type=_positive_int, default=20, help="propagate: previous frames used as keys")

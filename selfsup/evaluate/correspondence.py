@@ -22,8 +22,8 @@ from selfsup.augment import warps
 
 CORRESPONDENCE_PROTOCOL = ("for each test image a random homography (rotation <= {rotation} deg, scale {scale}, shear "
                            "<= {shear} deg, shift <= {shift} of the side, perspective {perspective}, flip p {flip_p}; "
-                           "seed {seed}) gives a second image with every pixel's match known exactly; {points} pixels "
-                           "per image whose match lies inside the second image are each matched to the pixel, among "
+                           "seed {seed}) gives a second image with every pixel's match known exactly; {points} draws (with "
+                           "replacement) per image of the pixels whose match lies inside the second image, each matched to the pixel, among "
                            "the second image's pixels the warp fills, with the nearest descriptor (Euclidean); PCK@k: the share within k pixels "
                            "of the true match (Florence et al. 2018)")
 WARP = {"rotation": 30.0, "scale": (0.8, 1.2), "shear": 10.0, "shift": 0.1, "perspective": 0.1, "flip_p": 0.0}
