@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -315,6 +316,8 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
         2.0
     """
     schema = OmegaConf.structured(Config)
+    if base is not None:
+        _refuse_interpolations(base, "the checkpoint's configuration", references=False)
     layers: list[DictConfig] = [] if base is None else [OmegaConf.create(base)]
     if recipe is not None:
         path = Path(recipe)
@@ -333,10 +336,12 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
             raise ConfigError(f"{path}: {_one_line(error)}") from None
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+        _refuse_interpolations(OmegaConf.to_container(layer, resolve=False), str(path))
         layers.append(layer)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
+        _refuse_interpolations(item, f"override {item!r}")
     try:
         if overrides:
             layers.append(OmegaConf.from_dotlist(list(overrides)))
@@ -351,9 +356,30 @@ def load_config(recipe: str | Path | None = None, overrides: typing.Sequence[str
     return cfg
 
 
+_RESOLVER = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+
+
+def _refuse_interpolations(value: Any, where: str, *, references: bool = True, key: str = "") -> None:
+    """A recipe, an override or a study may refer to another key (``${train.batch_size}``) but not call an
+    OmegaConf resolver (``${oc.env:TOKEN}`` reads this machine's environment into the run's files, which
+    are shared; a recipe someone sent must not). A checkpoint's configuration, saved resolved, holds no
+    ``${`` at all. Either is one line naming the key."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_interpolations(item, where, references=references, key=f"{key}.{name}" if key else str(name))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _refuse_interpolations(item, where, references=references, key=f"{key}[{i}]")
+    elif isinstance(value, str) and "${" in value and (not references or _RESOLVER.search(value)):
+        what = "an interpolation" if not references else "a resolver call"
+        raise ConfigError(f"{where}: {key + ' ' if key else ''}holds {what} ({value[:80]!r}), which selfsup does not "
+                          f"evaluate in {'a saved configuration' if not references else 'recipes and settings'}; "
+                          f"write the value itself (on a command line the shell's $VARIABLE expands before selfsup "
+                          f"reads it)")
+
+
 def parse_duration(text: str | float | int, key: str = "train.time_limit") -> float:
     """Seconds in ``"1h30m"``, ``"10m"``, ``"90s"``, ``"2.5m"`` or a plain number of seconds."""
-    import re
 
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
@@ -467,7 +493,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Inverse of :func:`to_dict` (e.g. to rebuild the model of a checkpoint)."""
+    """Inverse of :func:`to_dict` (e.g. to rebuild the model of a checkpoint). A saved configuration is
+    resolved: one that holds ``${...}`` (a crafted checkpoint reading the environment) is refused."""
+    _refuse_interpolations(data, "the checkpoint's configuration", references=False)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
     except OmegaConfBaseException as error:

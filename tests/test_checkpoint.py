@@ -301,3 +301,25 @@ def test_a_checkpoint_whose_run_does_not_read_is_one_line_naming_it(real_checkpo
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"selfsup: error: checkpoint {tmp_path / f'{name}.ckpt'}: the run it records does "
                               f"not read") and "\n" not in err
+
+
+def test_a_checkpoint_whose_configuration_reads_the_environment_is_refused(real_checkpoint, tmp_path, capsys,
+                                                                              monkeypatch):
+    # A sent checkpoint (digests recomputed) naming its run "${oc.env:...}": resolved, the secret would be written
+    # into the export's encoder.json, the file a user hands on. Saved configurations are resolved: refused.
+    monkeypatch.setenv("SELFSUP_TEST_SECRET", "hunter2-secret")
+    state = checkpoint.load(real_checkpoint)
+    state.pop("integrity")
+    state["config"]["name"] = "${oc.env:SELFSUP_TEST_SECRET}"
+    sent = tmp_path / "sent.ckpt"
+    checkpoint.save_atomic(state, sent)
+    for args in (["export", str(sent), "--out", str(tmp_path / "out")], ["embed", str(sent)],
+                 ["pretrain", str(sent), "--resume", f"train.out_dir={tmp_path / 'resumed'}"]):
+        capsys.readouterr()
+        assert main(args) == 2, args
+        captured = capsys.readouterr()
+        last = captured.err.strip().splitlines()[-1]
+        assert last.startswith("selfsup: error:") and "name holds an interpolation" in last, captured.err
+        assert "hunter2" not in captured.err + captured.out
+    assert not (tmp_path / "out").exists() and not (tmp_path / "resumed").exists()
+    assert not any("hunter2" in p.read_text(errors="replace") for p in tmp_path.rglob("*.json"))

@@ -59,6 +59,22 @@ def test_best_checkpoint_is_never_chosen_on_the_test_split():
     load_config(None, ["train.save_best=loss", "train.knn_val_fraction=0"])
 
 
+def test_recipes_and_settings_may_refer_to_keys_but_not_call_resolvers(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFSUP_TEST_SECRET", "hunter2")
+    recipe = tmp_path / "sent.yaml"
+    recipe.write_text("method: simclr\nname: run_${oc.env:SELFSUP_TEST_SECRET}\n")
+    with pytest.raises(ConfigError, match="sent.yaml: name holds a resolver call") as info:
+        load_config(recipe)
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match="holds a resolver call"):
+        load_config(None, ["name=${oc.env:SELFSUP_TEST_SECRET}"])
+    with pytest.raises(ConfigError, match="optim.betas\\[0\\] holds a resolver call"):
+        recipe.write_text("optim:\n  betas: ['${oc.decode:0.9}', 0.99]\n")
+        load_config(recipe)
+    recipe.write_text("train:\n  batch_size: 64\neval:\n  knn_k: ${train.batch_size}\n")  # a reference: fine
+    assert load_config(recipe).eval.knn_k == 64
+
+
 def test_unknown_key_in_a_recipe_file(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: simclr\ntrain:\n  epochs: 1\n  learning_rate: 0.1\n")
