@@ -159,6 +159,59 @@ def test_video_files_and_frame_folders_are_read_and_bad_ones_named_and_skipped(t
     assert load_video_split(root, "test", size=16).images.shape == (3, 3, 16, 16)
 
 
+def test_a_video_file_is_read_upright_by_its_display_matrix(tmp_path):
+    # A phone's portrait video: the pixels stored turned, the track's display matrix (tkhd) turning them back.
+    av = pytest.importorskip("av")
+    if not hasattr(av.VideoFrame, "rotation"):
+        pytest.skip("this PyAV does not read display matrices")
+    import struct
+
+    ys, xs = np.mgrid[0:48, 0:32]  # as displayed: 32 wide, 48 high; red grows to the right, green downwards
+    shown = np.stack([xs * 7, ys * 5, np.full_like(xs, 128)], -1).astype(np.uint8)
+    stored = np.ascontiguousarray(np.rot90(shown))  # turned a quarter counterclockwise: 48 wide, 32 high
+    root = tmp_path / "clips"
+    root.mkdir()
+    _write_mp4(root / "portrait.mp4", np.stack([stored] * 3))
+    data = bytearray((root / "portrait.mp4").read_bytes())
+    matrix = data.find(b"tkhd") - 4 + 48  # a version-0 track header's 3x3 matrix (16.16 and 2.30 fixed point)
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)  # display: turn clockwise
+    (root / "portrait.mp4").write_bytes(data)
+    with av.open(str(root / "portrait.mp4")) as container:
+        assert next(container.decode(video=0)).rotation == -90  # what ffmpeg reads from that matrix
+    expected = shown[8:40].astype(int)  # the displayed frame's centred square
+    for videos in (load_video_split(root, "train", size=32), streamed_video_split(root, "train", size=32, workers=0)):
+        frame = videos.images[0].permute(1, 2, 0).numpy().astype(int)
+        assert np.abs(frame - expected).mean() < 6, np.abs(frame - expected).mean()
+
+
+def test_hidden_files_and_folders_are_never_frames_masks_or_videos(tmp_path):
+    # A Mac copy's ._ files and a notebook's .ipynb_checkpoints/: as image folders skip them. Before, the ._ frame
+    # made its whole video unreadable, the hidden folder became a video (moving which fifth is held out), and a ._
+    # mask was a traceback.
+    rng = np.random.default_rng(5)
+    root = tmp_path / "plain"
+    for k in range(6):
+        (root / f"clip{k}").mkdir(parents=True)
+        for t in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"clip{k}" / f"{t:05d}.png")
+    clean = {split: load_video_split(root, split, size=8) for split in ("train", "test")}
+    (root / "clip1" / "._00000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / ".ipynb_checkpoints" / "00000.png")
+    for split in ("train", "test"):
+        videos = load_video_split(root, split, size=8)
+        assert videos.names == clean[split].names and not videos.skipped
+        assert torch.equal(videos.images, clean[split].images)
+    assert clean["test"].names == ["clip4"]
+    davis = write_synthetic_videos(tmp_path / "davis", videos=4, frames=3, size=16, sprites="digits", seed=1)
+    before = load_video_split(davis, "train", size=16)
+    for sequence in before.names:
+        (davis / "Annotations" / "480p" / sequence / "._00000.png").write_bytes(b"\x00\x05\x16\x07")
+        (davis / "JPEGImages" / "480p" / sequence / "._00000.jpg").write_bytes(b"\x00\x05\x16\x07")
+    after = load_video_split(davis, "train", size=16)
+    assert after.names == before.names and torch.equal(after.masks, before.masks)
+
+
 def test_frames_are_read_upright_by_their_exif_orientation_and_keypoints_follow(tmp_path):
     rng = np.random.default_rng(4)
     upright = rng.integers(0, 256, (2, 30, 20, 3), dtype=np.uint8)  # as displayed: 20 wide, 30 high

@@ -138,7 +138,7 @@ def _davis_base(root: Path) -> tuple[Path, Path | None] | None:
     frames = root / "JPEGImages"
     if not frames.is_dir():
         return None
-    resolutions = sorted(p.name for p in frames.iterdir() if p.is_dir())
+    resolutions = sorted(p.name for p in frames.iterdir() if p.is_dir() and not _hidden(p))
     if not resolutions:
         return None
     resolution = "480p" if "480p" in resolutions else resolutions[0]
@@ -168,7 +168,13 @@ def _every_fifth(names: list[str], split: str) -> list[str]:
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p))
+
+
+def _hidden(path: Path) -> bool:
+    """A hidden file or folder (``.ipynb_checkpoints/``, a Mac copy's ``._00000.jpg``), never a frame, a mask or a
+    video: as image folders skip them (:func:`selfsup.data.folder.scan_folder`)."""
+    return path.name.startswith(".")
 
 
 def scan_videos(root: str | Path, split: str) -> list[tuple[str, Path, Path | None]]:
@@ -182,13 +188,13 @@ def scan_videos(root: str | Path, split: str) -> list[tuple[str, Path, Path | No
     davis = _davis_base(root)
     if davis is not None:
         frames, masks = davis
-        names = sorted(p.name for p in frames.iterdir() if p.is_dir())
+        names = sorted(p.name for p in frames.iterdir() if p.is_dir() and not _hidden(p))
         return [(n, frames / n, masks / n if masks is not None and (masks / n).is_dir() else None)
                 for n in _davis_split(root, names, split)]
     split_folders = (root / "train").is_dir() and (root / "test").is_dir()
     base = root / split if split_folders else root
-    entries = sorted(p for p in base.iterdir() if (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-                     or (p.is_dir() and p.name not in ("train", "test")))
+    entries = sorted(p for p in base.iterdir() if not _hidden(p) and (
+        (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or (p.is_dir() and p.name not in ("train", "test"))))
     entries = entries if split_folders else [p for p in entries if p.name in _every_fifth([e.name for e in entries], split)]
     if not entries:
         raise DataError(f"no video file ({' '.join(VIDEO_EXTENSIONS)}) or frame folder in {base} for split {split!r}")
@@ -204,12 +210,21 @@ def _require_av(path: Path):
     return av
 
 
+def upright(frame) -> Image.Image:
+    """A decoded video frame as displayed: turned by its display matrix (a phone's portrait video is stored
+    sideways with a rotation to show it upright), as a folder's frames are turned by their EXIF orientation.
+    PyAV's ``VideoFrame.rotation`` is the counterclockwise angle, PIL's ``rotate`` turns counterclockwise."""
+    image = frame.to_image()
+    rotation = int(round(getattr(frame, "rotation", 0) or 0))  # PyAV < 14 does not read it: stored pixels
+    return image.rotate(rotation, expand=True) if rotation % 360 else image
+
+
 def _decode_video_file(path: Path, size: int, channels: int, max_frames: int | None) -> np.ndarray:
     av = _require_av(path)
     frames = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
-            frames.append(square(frame.to_image(), size, channels))
+            frames.append(square(upright(frame), size, channels))
             if max_frames is not None and len(frames) == max_frames:
                 break
     if not frames:
@@ -232,7 +247,7 @@ def _decode_masks(folder: Path, frames: Path, count: int, size: int) -> np.ndarr
     (the mask's size is the stored frame's, not the upright one's) is turned the same way; a mask of
     any other size is refused naming the file, so that masks never drift off their frames.
     """
-    files = sorted(folder.glob("*.png"))[:count]
+    files = sorted(p for p in folder.glob("*.png") if not _hidden(p))[:count]
     if len(files) != count:
         return None
     masks = []

@@ -46,7 +46,7 @@ from selfsup.errors import DataError
 from .folder import SkippedImageWarning, _machine_fault, decode, square
 from .sources import ImageBatch
 from .stream import StreamedDataset, _From, _loader
-from .video import ClipPlan, ClipPlanner, _frame_files, _read_captions, _read_labels, _require_av, scan_videos
+from .video import ClipPlan, ClipPlanner, _frame_files, _read_captions, _read_labels, _require_av, scan_videos, upright
 
 
 def count_frames(path: Path, max_frames: int | None = None) -> int:
@@ -125,7 +125,7 @@ class VideoFrameReader:
         frames = []
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
-                frames.append(square(frame.to_image(), self.side, self.channels))
+                frames.append(square(upright(frame), self.side, self.channels))
                 if len(frames) == length:
                     break
         if not frames:
