@@ -529,7 +529,9 @@ def test_folder_exif_orientation_is_applied(tmp_path):
 def test_folder_loose_files_mean_no_labels_and_train_test_layout(tmp_path):
     save(solid("L", (4, 4), 5), tmp_path / "flat" / "cls" / "x.png")
     save(solid("L", (4, 4), 6), tmp_path / "flat" / "loose.png")
-    assert load("folder", root=tmp_path / "flat", size=4, progress=False).labels is None
+    with pytest.warns(UserWarning, match=r"1 image file\(s\) lie directly in .*flat \(loose.png\) beside the class "
+                                         r"folders, so the images are read without labels"):
+        assert load("folder", root=tmp_path / "flat", size=4, progress=False).labels is None
     with pytest.raises(FileNotFoundError, match="test/"):
         load("folder", "test", root=tmp_path / "flat")
 
@@ -540,6 +542,22 @@ def test_folder_loose_files_mean_no_labels_and_train_test_layout(tmp_path):
     test = load("folder", "test", root=split, size=4, progress=False)
     assert train.classes == test.classes == ["cat", "dog", "eel"]
     assert train.labels.tolist() == [0, 1, 2] and test.labels.tolist() == [0, 2]
+
+
+def test_folder_follows_linked_class_folders_as_imagefolder_and_walks_a_loop_once(tmp_path):
+    datasets = pytest.importorskip("torchvision.datasets")
+    root = tmp_path / "pets"
+    for k in range(3):
+        save(solid("L", (4, 4), 10 + k), root / "cat" / f"{k}.png")
+        save(solid("L", (4, 4), 50 + k), tmp_path / "elsewhere" / "dog" / f"{k}.png")
+    (root / "dog").symlink_to(tmp_path / "elsewhere" / "dog", target_is_directory=True)  # a class folder kept apart
+    reference = datasets.ImageFolder(str(root))
+    folder = load("folder", root=root, size=4, channels=1, progress=False)
+    assert folder.classes == reference.classes == ["cat", "dog"]  # was ["cat"]: the linked folder dropped silently
+    assert folder.labels.tolist() == [label for _, label in reference.samples]
+    assert folder.images[:, 0, 0, 0].tolist() == [10, 11, 12, 50, 51, 52]
+    (root / "cat" / "again").symlink_to(root, target_is_directory=True)  # a loop: each real folder read once
+    assert len(load("folder", root=root, size=4, channels=1, progress=False)) == 6
 
 
 def test_folder_takes_imagenets_val_as_the_test_split_and_warns_of_split_named_classes(tmp_path):

@@ -5,7 +5,8 @@ Layout:
 - Files are found at any depth; only the extensions in ``IMAGE_EXTENSIONS``
   count (case-insensitive), other files are ignored, and so are hidden files
   and folders (names starting with ``.``, e.g. macOS ``._x.jpg``). Symbolic
-  links to folders are not followed.
+  links to folders are followed (as torchvision's ``ImageFolder`` does), each real folder read once, so
+  a link that loops back is not walked again.
 - If ``<root>/train`` exists beside ``<root>/test`` (or, without ``test``, ImageNet's ``<root>/val``
   or ``<root>/validation``), ``split`` picks one of them; otherwise ``split="train"`` is the whole of
   ``root`` and ``split="test"`` is an error (with a warning where first-level folders named like splits
@@ -77,8 +78,15 @@ class SkippedImageWarning(UserWarning):
 def _image_files(base: Path, progress: bool = False) -> list[Path]:
     files = []
     bar = tqdm(desc=f"scanning {base}", unit=" files", disable=not progress)
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    walked = {os.path.realpath(base)}
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in walked:  # a link to a folder already walked (or to an ancestor: a loop) is skipped
+                walked.add(real)
+                kept.append(d)
+        dirnames[:] = kept
         found = [Path(dirpath, name) for name in sorted(filenames)
                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
         files.extend(found)
@@ -249,6 +257,12 @@ def scan_folder(root: str | Path, split: str, progress: bool = False
         raise FileNotFoundError(f"folder: no image files ({_KINDS}) under {base}")
     names = [_class_of(path, base) for path in files]
     classes = labels = None
+    loose = [path.name for path, name in zip(files, names) if name is None]
+    if loose and len(loose) < len(files):  # most images in class folders, a few beside them: say why no labels
+        warnings.warn(f"folder: {len(loose)} image file(s) lie directly in {base} ({', '.join(loose[:3])}"
+                      f"{' ...' if len(loose) > 3 else ''}) beside the class folders, so the images are read "
+                      f"without labels (no linear probe or kNN); move them into a class folder, or out, for labels",
+                      UserWarning, stacklevel=3)
     if None not in names:
         bases = list(splits.values()) if splits is not None else [base]
         classes = sorted({_class_of(path, b) for b in bases for path in _image_files(b)} - {None})
