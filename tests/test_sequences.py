@@ -61,6 +61,46 @@ def test_stereo_and_8_bit_are_decoded(tmp_path):
     assert np.allclose(read_window(by_name["eight.wav"], 0, 3, 8000), [-1.0, 0.0, 127 / 128])
 
 
+def _riff(fmt: bytes, data: bytes, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A RIFF/WAVE file by hand: optional chunks before fmt and after data (odd sizes padded)."""
+    def chunk(name: bytes, body: bytes) -> bytes:
+        return name + len(body).to_bytes(4, "little") + body + b"\0" * (len(body) % 2)
+    body = b"WAVE" + before + chunk(b"fmt ", fmt) + chunk(b"data", data) + after
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+def test_extensible_24_bit_float_and_upper_case_files_read_as_scipy_reads_them(tmp_path):
+    # ffmpeg writes WAVE_FORMAT_EXTENSIBLE for 24-bit audio and above 48 kHz (Python 3.11's wave refuses it);
+    # float WAV (format 3) from soundfile and librosa. scipy.io.wavfile is the reference reader.
+    import struct
+
+    from scipy.io import wavfile
+
+    rng = np.random.default_rng(0)
+    pcm24 = rng.integers(-(1 << 23), 1 << 23, (50, 2))
+    packed = b"".join(int(v).to_bytes(3, "little", signed=True) for v in pcm24.ravel())
+    guid_pcm = struct.pack("<H", 1) + bytes.fromhex("000000001000800000aa00389b71")
+    extensible = struct.pack("<HHIIHHHHI", 0xFFFE, 2, 8000, 8000 * 6, 6, 24, 22, 24, 3) + guid_pcm
+    odd = b"LIST" + (3).to_bytes(4, "little") + b"abc\0"  # an odd-sized chunk before fmt, padded
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "ext24.wav").write_bytes(_riff(extensible, packed, before=odd,
+                                                     after=b"LIST" + (4).to_bytes(4, "little") + b"\x7f" * 4))
+    floats = rng.uniform(-1, 1, 40).astype("<f4")
+    (tmp_path / "a" / "LOUD.WAV").write_bytes(_riff(struct.pack("<HHIIHH", 3, 1, 8000, 32000, 4, 32), floats.tobytes()))
+    (tmp_path / "a" / "zero_rate.wav").write_bytes(_riff(struct.pack("<HHIIHH", 1, 1, 0, 0, 2, 16), b"\0\0" * 8))
+    files, _, skipped = scan_wav_folder(tmp_path, "train", 8000)
+    by_name = {f.path.name: f for f in files}
+    assert sorted(by_name) == ["LOUD.WAV", "ext24.wav"]  # .WAV was neither read nor reported before
+    assert "zero_rate.wav" in next(iter(skipped)) and "0 Hz" in next(iter(skipped.values()))
+    rate, reference = wavfile.read(tmp_path / "a" / "ext24.wav")  # int32, the 24 bits left-justified
+    assert rate == 8000 and np.array_equal(reference >> 8, pcm24)
+    window = read_window(by_name["ext24.wav"], 0, 60, 8000)  # 50 frames, then zeros (the LIST chunk is not data)
+    assert np.allclose(window[:50], (reference.astype(np.float64) / 2 ** 31).mean(1), atol=1e-7)
+    assert not window[50:].any()
+    rate, reference = wavfile.read(tmp_path / "a" / "LOUD.WAV")
+    assert np.array_equal(read_window(by_name["LOUD.WAV"], 5, 10, 8000), reference[5:15])
+
+
 def test_other_rates_are_resampled_or_refused(tmp_path):
     write_wav(tmp_path / "a" / "fast.wav", tone(440.0, 1.0, 22050), 22050)
     (info,), _, _ = scan_wav_folder(tmp_path, "train", 16000)

@@ -2,19 +2,22 @@
 
 Layout: ``root/<label>/**/*.wav`` (the label is the first folder, e.g. the speaker), with
 optional ``root/train`` and ``root/test`` above that; without them a fixed fifth of each label's
-files (every fifth in sorted order) is the test split. Files are read with the standard library's
-``wave`` (PCM, 8 to 32 bits, any number of channels, averaged to mono). Only the header is read
-when scanning; training reads each window by seeking, so files and folders may be far larger than
-memory. A file that ``wave`` cannot read, or that holds fewer frames than its header says (cut
-short), is reported and skipped; a file at another rate is resampled (``scipy.signal.resample_poly``,
-a polyphase low-pass filter) or, with ``resample=False``, refused in one line naming it.
+files (every fifth in sorted order) is the test split; ``.wav`` matches in any case (``.WAV``). Files are
+read by :func:`read_header`'s own RIFF reading: PCM of 8 to 32 bits and IEEE float of 32 or 64 bits, plain
+or ``WAVE_FORMAT_EXTENSIBLE`` (what ffmpeg writes for 24-bit audio and above 48 kHz, which the standard
+library's ``wave`` reads only from Python 3.12), any number of channels, averaged to mono. Only the
+header is read when scanning; training reads each window by seeking, so files and folders may be far
+larger than memory. A file that cannot be read (another encoding, a rate of 0, a broken header), or
+that holds fewer frames than its header says (cut short), is reported and skipped; a file at another
+rate is resampled (``scipy.signal.resample_poly``, a polyphase low-pass filter) or, with
+``resample=False``, refused in one line naming it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import wave
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -42,37 +45,93 @@ class WavInfo:
     rate: int
     channels: int
     width: int
+    offset: int = 44
+    """Where the samples start in the file (the data chunk's first byte)."""
+    is_float: bool = False
+    """IEEE float samples (format 3), else integer PCM."""
 
 
-def _decode(raw: bytes, width: int, channels: int) -> np.ndarray:
-    """PCM bytes to float32 mono in [-1, 1]."""
-    if width == 1:  # 8-bit WAV is unsigned
+class WavError(ValueError):
+    """A WAV file selfsup cannot read (its reason is the message)."""
+
+
+_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
+
+
+def _wav_layout(raw) -> tuple[int, int, int, int, int, bool]:
+    """``(data offset, data bytes, rate, channels, sample width, is_float)`` from a RIFF/WAVE file's
+    chunks (fmt first, then data; other chunks skipped), reading only the header."""
+    head = raw.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise WavError("not a RIFF/WAVE file")
+    layout = None
+    while True:
+        chunk = raw.read(8)
+        if len(chunk) < 8:
+            raise WavError("no data chunk" if layout else "no fmt chunk")
+        name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if name == b"fmt ":
+            body = raw.read(size)
+            if len(body) < 16:
+                raise WavError("fmt chunk too short")
+            tag, channels, rate, _, block, bits = struct.unpack("<HHIIHH", body[:16])
+            if tag == _EXTENSIBLE:
+                if len(body) < 40:
+                    raise WavError("WAVE_FORMAT_EXTENSIBLE fmt chunk too short")
+                tag = struct.unpack("<H", body[24:26])[0]  # the sub-format GUID's first two bytes
+            if channels == 0 or rate == 0:
+                raise WavError(f"{channels} channels at {rate} Hz")
+            width = block // channels if block % channels == 0 else 0
+            if tag == _PCM and width in (1, 2, 3, 4):
+                layout = (rate, channels, width, False)
+            elif tag == _FLOAT and width in (4, 8):
+                layout = (rate, channels, width, True)
+            else:
+                raise WavError(f"format {tag} with {8 * width}-bit samples is not supported (PCM of 8-32 bits, "
+                               f"float of 32 or 64)")
+            raw.seek(size % 2, os.SEEK_CUR)
+        elif name == b"data":
+            if layout is None:
+                raise WavError("data chunk before the fmt chunk")
+            return (raw.tell(), size, *layout)
+        else:
+            raw.seek(size + size % 2, os.SEEK_CUR)
+
+
+def _decode(raw: bytes, width: int, channels: int, is_float: bool = False) -> np.ndarray:
+    """PCM (or float) bytes to float32 mono in [-1, 1]."""
+    if is_float:
+        samples = np.frombuffer(raw, "<f4" if width == 4 else "<f8").astype(np.float32)
+    elif width == 1:  # 8-bit WAV is unsigned
         samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
     elif width == 3:
         bytes3 = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
         value = bytes3[:, 0] | (bytes3[:, 1] << 8) | (bytes3[:, 2] << 16)
         samples = (np.where(value >= 1 << 23, value - (1 << 24), value)).astype(np.float32) / (1 << 23)
     else:
-        dtype = {2: np.int16, 4: np.int32}[width]
+        dtype = {2: "<i2", 4: "<i4"}[width]
         samples = np.frombuffer(raw, dtype).astype(np.float32) / float(2 ** (8 * width - 1))
     return samples.reshape(-1, channels).mean(axis=1) if channels > 1 else samples
 
 
 def read_header(path: Path) -> tuple[int, int, int, int]:
-    """(frames, rate, channels, sample width in bytes) of a WAV file; raises ``wave.Error``/``EOFError``.
+    """(frames, rate, channels, sample width in bytes) of a WAV file; raises :class:`WavError`.
 
     A file that holds fewer frames than its header says (a copy cut short) raises too: its windows
     past the real data would be read as zeros (:func:`read_window` pads) and labelled all the same.
     """
-    with open(path, "rb") as raw, wave.open(raw, "rb") as f:
-        width, channels = f.getsampwidth(), f.getnchannels()
-        if width not in (1, 2, 3, 4):
-            raise wave.Error(f"{8 * width}-bit samples are not supported")
-        f.readframes(0)  # puts the file at the data chunk's first frame
-        held = (os.fstat(raw.fileno()).st_size - raw.tell()) // (width * channels)
-        if held < f.getnframes():
-            raise wave.Error(f"truncated: header says {f.getnframes()} frames, file holds {held}")
-        return f.getnframes(), f.getframerate(), channels, width
+    frames, rate, channels, width, _, _ = _header(path)
+    return frames, rate, channels, width
+
+
+def _header(path: Path) -> tuple[int, int, int, int, int, bool]:
+    with open(path, "rb") as raw:
+        offset, size, rate, channels, width, is_float = _wav_layout(raw)
+        frames = size // (width * channels)
+        held = (os.fstat(raw.fileno()).st_size - offset) // (width * channels)
+    if held < frames:
+        raise WavError(f"truncated: header says {frames} frames, file holds {held}")
+    return frames, rate, channels, width, offset, is_float
 
 
 def read_window(info: WavInfo, start: int, length: int, rate: int) -> np.ndarray:
@@ -83,9 +142,12 @@ def read_window(info: WavInfo, start: int, length: int, rate: int) -> np.ndarray
     else:
         first = max(0, math.floor(start * info.rate / rate) - _RESAMPLE_MARGIN)
         count = math.ceil(length * info.rate / rate) + 2 * _RESAMPLE_MARGIN
-    with wave.open(str(info.path), "rb") as f:
-        f.setpos(min(first, info.frames))
-        samples = _decode(f.readframes(count), info.width, info.channels)
+    first = min(first, info.frames)
+    count = max(0, min(count, info.frames - first))  # never past the data chunk (a LIST chunk may follow)
+    block = info.width * info.channels
+    with open(info.path, "rb") as f:
+        f.seek(info.offset + first * block)
+        samples = _decode(f.read(count * block), info.width, info.channels, info.is_float)
     if info.rate != rate:
         from scipy.signal import resample_poly  # scikit-learn's dependency: always installed
 
@@ -119,7 +181,8 @@ def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool =
     files: list[WavInfo] = []
     skipped: dict[str, str] = {}
     paths = [(label, path) for label, name in enumerate(classes) if (base / name).is_dir()
-             for path in sorted((base / name).rglob("*.wav"))]
+             for path in sorted(p for p in (base / name).rglob("*") if p.suffix.lower() == ".wav"
+                                and not p.name.startswith(".") and p.is_file())]
     if base == root:  # no train/test folders: every fifth file of each label is the test split
         by_label: dict[int, int] = {}
         kept = []
@@ -131,8 +194,8 @@ def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool =
         paths = kept
     for label, path in tqdm(paths, desc=f"scanning {base}", unit="file", disable=not progress):
         try:
-            frames, file_rate, channels, width = read_header(path)
-        except (wave.Error, EOFError, OSError, ValueError) as error:
+            frames, file_rate, channels, width, offset, is_float = _header(path)
+        except (EOFError, OSError, ValueError, struct.error) as error:
             skipped[str(path)] = str(error) or type(error).__name__
             continue
         if file_rate != rate and not resample:
@@ -141,7 +204,7 @@ def scan_wav_folder(root: str | Path, split: str, rate: int, *, resample: bool =
         if frames == 0:
             skipped[str(path)] = "no samples"
             continue
-        files.append(WavInfo(path, label, frames, file_rate, channels, width))
+        files.append(WavInfo(path, label, frames, file_rate, channels, width, offset, is_float))
     if not files:
         example = next(iter(skipped.items()), None)
         raise DataError(f"no readable WAV file in {base} for split {split!r}"
