@@ -125,6 +125,15 @@ def test_bad_labels_and_empty_shards_are_one_line(tmp_path):
                 tar.addfile(info, io.BytesIO(payload))
         with pytest.raises(DataError, match=r"train-0.tar:a has label \d+; labels are class indices 0 .. 999,999"):
             webdataset_split(str(root / "train-0.tar"), "train", 16, 3, ratio=1.15)
+    # int() took 2.7 as class 2 and true as class 1 without a word; Infinity was an OverflowError's traceback.
+    for label in (b'{"label": 2.7}', b'{"label": true}', b'{"label": Infinity}', b'{"label": "2.7"}'):
+        with tarfile.open(root / "train-0.tar", "w") as tar:
+            for name, payload in (("a.png", b"x"), ("a.json", label)):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        with pytest.raises(DataError, match=r"train-0.tar:a.json: the label must be an integer"):
+            webdataset_split(str(root / "train-0.tar"), "train", 16, 3, ratio=1.15)
     (root / "train-0.tar").write_bytes(b"not a tar")
     with pytest.raises(DataError, match="cannot read shard"):
         webdataset_split(str(root / "train-0.tar"), "train", 16, 3, ratio=1.15)

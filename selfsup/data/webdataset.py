@@ -106,8 +106,12 @@ def _label(data: bytes, extension: str, where: str) -> int | None:
             if "label" not in value:
                 return None
             value = value["label"]
+        if isinstance(value, str):
+            value = int(value.strip())  # "4": a number written as text, as a .cls member holds it
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ValueError("not a whole number")  # 2.7 or true is no class: int() took 2 and 1
         return int(value)
-    except (ValueError, TypeError, UnicodeDecodeError) as error:
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as error:
         raise DataError(f"webdataset: {where}: the label must be an integer (.cls) or {{\"label\": N}} (.json), "
                         f"got {data[:40]!r} ({error})") from None
 
