@@ -523,3 +523,26 @@ def test_selfsups_own_warnings_are_one_line_each(tmp_path):
     assert f"selfsup: warning: skipped 1 of 5 image files under {tmp_path / 'photos'}" in lines, out.stderr
     assert "SkippedImageWarning" not in out.stderr and "warnings.warn" not in out.stderr
     assert not any(line.startswith("return ") for line in lines), out.stderr
+
+
+def test_embed_names_a_file_whose_name_is_not_utf8_and_writes_the_rows_first(digits_run, tmp_path, here):
+    # A name from an old Latin-1 disk: its bytes are not UTF-8 (Python holds them as surrogate escapes). It was a
+    # UnicodeEncodeError after the .npy arrays were written, without the file saying which image each row is.
+    import os
+
+    run, _ = digits_run
+    folder = labelled_folder(tmp_path / "latin", count=2)
+    odd = os.fsdecode(b"caf\xe9.png")
+    os.rename(folder / "train" / "dark" / "0.png", folder / "train" / "dark" / odd)
+    for fmt in ("npy", "csv"):
+        out = here("embed", str(run / "checkpoints" / "last.ckpt"), str(folder), "--split", "train",
+                   "--format", fmt, "--out", str(tmp_path / fmt))
+        assert out.returncode == 0, out.stderr[-2000:]
+        table = (tmp_path / fmt / ("latin_train_rows.csv" if fmt == "npy" else "latin_train.csv")).read_bytes()
+        text = table.decode("utf-8")  # valid UTF-8 throughout
+        assert "dark/caf\\xe9.png" in text and text.count("\n") == 5  # a header and one row per image
+    # A folder without train/ and test/ (the README's `selfsup embed CKPT path/to/images/`): its whole self, by
+    # default (the default split, test, was a one-line refusal there).
+    out = here("embed", str(run / "checkpoints" / "last.ckpt"), str(folder / "test"), "--out", str(tmp_path / "plain"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert np.load(tmp_path / "plain" / "test_train.npy").shape == (4, 64)

@@ -223,7 +223,8 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("checkpoint")
     em.add_argument("data", nargs="?", help="dataset name or a folder of images (default: the checkpoint's own "
                                             "data; a streamed folder or pack is read batch by batch)")
-    em.add_argument("--split", default="test", choices=["train", "test"])
+    em.add_argument("--split", choices=["train", "test"],
+                    help="default: test, or train (the whole folder) for a folder without train/ and test/ folders")
     em.add_argument("--root", help="folder holding the dataset's files (with a dataset name, not a folder)")
     em.add_argument("--out", help="output folder (default: <run>/embeddings, or embeddings/ beside a checkpoint "
                                    "outside a run's checkpoints/)")

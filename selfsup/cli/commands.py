@@ -50,6 +50,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     is_folder = args.data is not None and Path(args.data).is_dir()
     if is_folder and args.root is not None:
         raise UsageError(f"--root: {args.data} is a folder of images already; --root goes with a dataset name")
+    if args.split is None:  # a plain folder of images has one split, its whole self: what the user means
+        from selfsup.data.folder import split_folders
+
+        plain = is_folder and split_folders(Path(args.data)) is None
+        args.split = "train" if plain else "test"
     cfg, backbone, (channels, size), device, _ = common.load_encoder(args.checkpoint)
     dataset = common.dataset(cfg, args.data, args.root, args.split, channels, size)
     features = evaluate.extract_features(backbone, dataset.inputs, device=device, progress=True,
@@ -61,10 +66,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     prefix = f"{label}_{args.split}"
     files = getattr(dataset, "files", None)
     if args.format == "npy":
-        paths = evaluate.save_embeddings(out, features, dataset.labels, prefix=prefix)
-        # Which image each row is: the rows of the .npy files in order.
-        paths.append(evaluate.save_embedding_table(out / f"{prefix}_rows.csv", features[:, :0], files=files,
-                                                   labels=dataset.labels, classes=dataset.classes))
+        # Which image each row is (the rows of the .npy files in order), written first: arrays without it
+        # would not say which image each row is.
+        rows = evaluate.save_embedding_table(out / f"{prefix}_rows.csv", features[:, :0], files=files,
+                                             labels=dataset.labels, classes=dataset.classes)
+        paths = [*evaluate.save_embeddings(out, features, dataset.labels, prefix=prefix), rows]
     else:
         paths = [evaluate.save_embedding_table(out / f"{prefix}.{args.format}", features, files=files,
                                                labels=dataset.labels, classes=dataset.classes, fmt=args.format)]

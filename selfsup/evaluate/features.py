@@ -161,6 +161,10 @@ def save_embeddings(directory: str | os.PathLike, features, labels=None, *,
 TABLE_FORMATS = ("npy", "csv", "parquet")
 
 
+def _text(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def save_embedding_table(path: str | os.PathLike, features, *, files: Sequence[str] | None = None,
                          labels=None, classes: Sequence[str] | None = None, fmt: str = "csv") -> Path:
     """One row per embedding that joins back to the data: ``file`` (the image's path) or ``index``
@@ -175,7 +179,9 @@ def save_embedding_table(path: str | os.PathLike, features, *, files: Sequence[s
     count = features.shape[0]
     if files is not None and len(files) != count:
         raise ValueError(f"files has {len(files)} names for {count} embeddings")
-    key, ids = ("file", list(files)) if files is not None else ("index", list(range(count)))
+    # A file name that is not valid UTF-8 on disk (Python holds its bytes as lone surrogates) is written with
+    # those bytes escaped (caf\xe9.png), so the table stays UTF-8 and names its file.
+    key, ids = ("file", [_text(str(name)) for name in files]) if files is not None else ("index", list(range(count)))
     columns: dict[str, list] = {key: ids}
     if labels is not None:
         labels = as_labels(labels, "labels", count, "features").cpu().tolist()
