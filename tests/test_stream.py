@@ -523,14 +523,16 @@ def test_a_shard_that_does_not_match_its_index_is_named(tmp_path):
     shard = tmp_path / "pack" / "shard-00001.npy"
     original = shard.read_bytes()
     shard.write_bytes(original[:-100])  # cut short
-    with pytest.raises(DataError, match="shard-00001.npy.*cut short"):
+    with pytest.raises(DataError, match="shard-00001.npy.*cut short") as info:
         packing.open_pack(tmp_path / "pack")
+    assert "mangles a key" not in str(info.value)  # the shard's own message, not the index's (wrong advice)
     changed = bytearray(original)
     changed[-1] ^= 0xFF  # same length, other pixels
     shard.write_bytes(bytes(changed))
     packing.open_pack(tmp_path / "pack")  # headers and lengths agree ...
-    with pytest.raises(DataError, match="shard-00001.npy does not match its sha256"):
+    with pytest.raises(DataError, match="shard-00001.npy does not match its sha256") as info:
         packing.open_pack(tmp_path / "pack", verify=True)  # ... the checksum does not
+    assert str(info.value).startswith("packed: ") and "mangles a key" not in str(info.value)
     np.save(shard, np.zeros((3, 3, 14, 14), dtype=np.uint8))
     with pytest.raises(DataError, match=r"shard-00001.npy holds uint8 \(3, 3, 14, 14\).*4 images of 3x14x14"):
         packing.open_pack(tmp_path / "pack")

@@ -234,6 +234,8 @@ def open_pack(root: str | Path, split: str = "train", *, verify: bool = False, p
             names.extend(shard["files"])
             if classes is not None:
                 labels.extend(shard["labels"])
+    except DataError:  # a shard's own precise message (cut short, a sha256 mismatch): a ValueError too
+        raise
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"packed: {where / INDEX} is missing or mangles a key ({type(error).__name__}: {error}); "
                         f"run selfsup pack again into a new folder") from None
