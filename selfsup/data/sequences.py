@@ -5,7 +5,8 @@ optional ``root/train`` and ``root/test`` above that; without them a fixed fifth
 files (every fifth in sorted order) is the test split; ``.wav`` matches in any case (``.WAV``). Files are
 read by :func:`read_header`'s own RIFF reading: PCM of 8 to 32 bits and IEEE float of 32 or 64 bits, plain
 or ``WAVE_FORMAT_EXTENSIBLE`` (what ffmpeg writes for 24-bit audio and above 48 kHz, which the standard
-library's ``wave`` reads only from Python 3.12), any number of channels, averaged to mono. Only the
+library's ``wave`` reads only from Python 3.12; ``scipy.io.wavfile`` reads them but memory-maps no 24-bit
+file, where a window must be read by seeking), any number of channels, averaged to mono. Only the
 header is read when scanning; training reads each window by seeking, so files and folders may be far
 larger than memory. A file that cannot be read (another encoding, a rate of 0, a broken header), or
 that holds fewer frames than its header says (cut short), is reported and skipped; a file at another
