@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from selfsup.sweep import statistics, study_list
+from selfsup.sweep import statistics, study_list, study_word
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "studies"
 
@@ -28,11 +28,7 @@ def mean_interval(values: list[float]) -> dict:
 
 def combine(words: list[str]) -> str:
     """The study's word from its claims' words, as ``selfsup sweep`` combines them."""
-    if all(word == "reproduces" for word in words):
-        return "reproduces"
-    if all(word == "does not reproduce" for word in words):
-        return "does not reproduce"
-    return "partly reproduces"
+    return study_word(words)
 
 
 def write(name: str, claim: str, lines: list[str], verdicts: list[tuple[str, str, str]], points: dict, seeds: list[int],

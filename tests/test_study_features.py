@@ -170,10 +170,9 @@ def test_a_sweep_summarises_numbers_that_are_not_accuracies_and_verdicts_where_l
     summary = sweep.collect(study)
     assert summary["points"]["frozen"]["loss_spikes"]["mean"] == pytest.approx(0.5)
     assert summary["points"]["trainable"]["feature_std"]["floor"] == pytest.approx(0.1)
-    # Means 0.5 and 10, each with std 0.7071 or 1.414 over 2 seeds: t(0.975, 1) = 12.706 makes the
-    # intervals 0.5 +- 6.35 and 10 +- 12.7, which overlap: the means are ordered as claimed, no more.
+    # Means 0.5 and 10 over 2 seeds: differences -9 and -10, fewer seeds than a verdict needs (3).
     word, sentence = sweep.verdict(study, summary)
-    assert word == "partly reproduces" and "frozen 0.5 vs trainable 10" in sentence
+    assert word == "inconclusive" and "frozen 0.5 vs trainable 10, difference -9.5 over 2 seeds: too few" in sentence
     page = sweep.page(study, summary, [], tmp_path / "page.md")
     assert "| frozen | `a=1` | 0.5 ± 0.7071" in page  # raw numbers, not percentages
 
@@ -202,10 +201,10 @@ def test_a_study_with_several_claims_points_with_their_own_recipes_and_shared_ru
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
     points = (f"points:\n  - {{name: rotation, recipe: {root}/recipes/rotation_fashion_mnist.yaml}}\n"
               f"  - {{name: simclr, recipe: {root}/recipes/simclr_fashion_mnist.yaml}}\n")
-    first.write_text(f"name: first\n{points}seeds: 2\nmetrics: [knn, linear]\nout: {tmp_path / 'runs'}\n"
+    first.write_text(f"name: first\n{points}seeds: 3\nmetrics: [knn, linear]\nout: {tmp_path / 'runs'}\n"
                      "verdict:\n  - {claim: kNN, better: simclr, than: [rotation]}\n"
                      "  - {claim: linear, better: rotation, than: [simclr], metric: linear}\n")
-    second.write_text(f"name: second\nruns: first\n{points}seeds: 2\nmetrics: [finetune_0.01]\nfinetune: [0.01]\n"
+    second.write_text(f"name: second\nruns: first\n{points}seeds: 3\nmetrics: [finetune_0.01]\nfinetune: [0.01]\n"
                       f"out: {tmp_path / 'runs'}\n")
     a, b = sweep.load_study(first), sweep.load_study(second)
     assert [run.folder for run in sweep.expand(a)] == [run.folder for run in sweep.expand(b)]
@@ -219,7 +218,8 @@ def test_a_study_with_several_claims_points_with_their_own_recipes_and_shared_ru
             "knn": {"accuracy": knn + 0.001 * k}, "linear": {"accuracy": linear + 0.001 * k}}}))
     summary = sweep.collect(a)
     word, sentence = sweep.verdict(a, summary)
-    assert (word, sentence) == ("reproduces", "2 of 2 claims reproduce with separated intervals; each is below.")
+    assert (word, sentence) == ("reproduces", "2 of 2 claims reproduce (the 95% interval of each difference beyond "
+                                              "zero); each is below.")
     page = sweep.page(a, summary, [], tmp_path / "page.md")
     assert "- kNN: **reproduces.**" in page and "- linear: **reproduces.**" in page
     assert "Each point's recipe in its row," in page
@@ -241,8 +241,9 @@ def test_verdicts_against_the_floor_and_between_two_metrics_of_one_point(tmp_pat
     (_, learns, _), (_, beats, text) = sweep.verdicts(study, summary)
     # h: mean 0.90, std 0.01, t(0.975, 2) = 4.303: 0.90 - 4.303 * 0.01 / sqrt(3) = 0.8752 > 0.85.
     assert learns == "reproduces"
-    # z: mean 0.8333, std 0.0306: its interval reaches 0.8333 + 4.303 * 0.0306 / sqrt(3) = 0.909 > h's low 0.875.
-    assert beats == "partly reproduces" and "a linear 90.00% vs a linear_projection 83.33%" in text
+    # h - z per run: 0.10, 0.05, 0.05, mean 0.0667, std 0.0289: 4.303 * 0.0289 / sqrt(3) = 0.0717 reaches below zero
+    # (scipy.stats.ttest_rel's interval: -0.0050 to 0.1384).
+    assert beats == "inconclusive" and "a linear 90.00% vs a linear_projection 83.33%, difference +6.67 ± 7.17%" in text
     # Every cell with a floor shows it (linear's 85.00%), the others none; no recipe named, none assumed.
     page = sweep.page(study, summary, [], tmp_path / "page.md")
     assert "| a | `x=1` | 90.00 ± 1.00 [87.52, 92.48]; *floor* 85.00 | 83.33 ± 3.06 [75.74, 90.92] |" in page

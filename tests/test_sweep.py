@@ -109,51 +109,101 @@ def test_statistics_by_hand():
     assert sweep.statistics([0.7]) == {"mean": 0.7, "std": None, "ci95": None, "n": 1}
 
 
-def _summary(**means_and_errors):
-    return {"points": {name: {"knn": {"mean": mean, "ci95": error, "std": error, "n": 3, "floor": None}}
-                       for name, (mean, error) in means_and_errors.items()}, "missing": []}
+def _summary(metric="knn", **values):
+    """A summary of per-seed values (seeds 0, 1, 2, ...) as collect writes one."""
+    return {"points": {name: {metric: {**sweep.statistics(v), "values": list(v), "seeds": list(range(len(v))),
+                                       "floor": None, "absent": []}}
+                       for name, v in values.items()}, "missing": []}
 
 
-def test_the_verdict_says_reproduces_partly_or_not_by_the_intervals(tmp_path):
+def _paired_interval(a, b):
+    """scipy's paired t interval of mean(a - b), the reference for the verdicts' rule."""
+    from scipy import stats
+
+    return tuple(stats.ttest_rel(a, b).confidence_interval(0.95))
+
+
+A, B, C = [0.90, 0.92, 0.88], [0.80, 0.81, 0.79], [0.70, 0.71, 0.69]
+
+
+def test_the_verdict_judges_each_comparison_by_the_paired_differences_interval(tmp_path):
     study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b", "c"]}, metrics=["knn"],
                                          verdict={"best": "k=a"}))
-    assert sweep.verdict(study, _summary(**{"k=a": (0.9, 0.01), "k=b": (0.8, 0.01), "k=c": (0.7, 0.01)}))[0] == \
-        "reproduces"
-    assert sweep.verdict(study, _summary(**{"k=a": (0.9, 0.06), "k=b": (0.8, 0.06), "k=c": (0.7, 0.01)}))[0] == \
-        "partly reproduces"
-    word, sentence = sweep.verdict(study, _summary(**{"k=a": (0.8, 0.01), "k=b": (0.9, 0.01), "k=c": (0.7, 0.01)}))
-    assert word == "does not reproduce" and "k=a is not above k=b" in sentence
+    assert _paired_interval(A, B)[0] > 0 and _paired_interval(A, C)[0] > 0
+    word, sentence = sweep.verdict(study, _summary(**{"k=a": A, "k=b": B, "k=c": C}))
+    assert word == "reproduces"
+    low, high = _paired_interval(A, B)
+    assert f"k=a 90.00% vs k=b 80.00%, difference +10.00 ± {100 * (high - low) / 2:.2f}% over 3 paired seeds" in sentence
+    # Differences 0.10, 0.22, -0.02: mean 0.10, but the interval reaches below zero: open, the means lean as claimed.
+    wide = [0.90, 0.96, 0.84]
+    b = [0.80, 0.74, 0.86]
+    assert _paired_interval(wide, b)[0] < 0 < _paired_interval(wide, b)[1]
+    word, sentence = sweep.verdict(study, _summary(**{"k=a": wide, "k=b": b, "k=c": C}))
+    assert word == "inconclusive" and "the means lean as claimed" in sentence  # was "partly reproduces"
+    word, sentence = sweep.verdict(study, _summary(**{"k=a": B, "k=b": A, "k=c": C}))
+    assert word == "does not reproduce" and "k=a is below k=b" in sentence
     study.verdict = {"order": ["k=c", "k=b", "k=a"]}
-    assert sweep.verdict(study, _summary(**{"k=a": (0.7, 0.01), "k=b": (0.8, 0.01), "k=c": (0.9, 0.01)}))[0] == \
-        "reproduces"
+    assert sweep.verdict(study, _summary(**{"k=a": C, "k=b": B, "k=c": A}))[0] == "reproduces"
     study.verdict = {"better": "k=b", "than": ["k=a"]}
-    assert sweep.verdict(study, _summary(**{"k=a": (0.7, 0.01), "k=b": (0.8, 0.01), "k=c": (0.1, 0.0)}))[0] == \
-        "reproduces"
+    assert sweep.verdict(study, _summary(**{"k=a": C, "k=b": B, "k=c": [0.1, 0.1, 0.1]}))[0] == "reproduces"
 
 
-def test_lower_is_better_separates_intervals_on_the_negated_values(tmp_path):
-    """Fewer spikes: 0.5 +- 0.1 against 10 +- 0.1, negated -0.6 at worst against -9.9 at best, are
-    separated; the same means swapped are the wrong way round."""
+def test_equal_means_and_a_tie_are_inconclusive_not_refuted(tmp_path):
+    # vit_patch_projection's spike claims: 0 spikes in every run of both arms was read "does not reproduce".
     study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["loss_spikes"],
                                          verdict={"better": "k=a", "than": ["k=b"], "lower": True}))
-
-    def spikes(a, b):
-        return {"points": {name: {"loss_spikes": {"mean": mean, "ci95": 0.1, "std": 0.1, "n": 3, "floor": None}}
-                           for name, mean in (("k=a", a), ("k=b", b))}, "missing": []}
-
-    assert sweep.verdict(study, spikes(0.5, 10.0))[0] == "reproduces"
-    word, sentence = sweep.verdict(study, spikes(10.0, 0.5))
-    assert word == "does not reproduce" and "k=a is not below k=b" in sentence
+    word, sentence = sweep.verdict(study, _summary("loss_spikes", **{"k=a": [0, 0, 0], "k=b": [0, 0, 0]}))
+    assert word == "inconclusive" and "difference +0 ± 0 over 3 paired seeds" in sentence
 
 
-def test_several_claims_of_which_one_holds_partly_reproduce(tmp_path):
-    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["knn"], verdict={}))
+def test_lower_is_better_judges_the_negated_differences(tmp_path):
+    """Fewer spikes: a's 0, 1, 0 against b's 10, 9, 11 (differences -10, -8, -11, all below zero) reproduce;
+    the same values swapped are reversed."""
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["loss_spikes"],
+                                         verdict={"better": "k=a", "than": ["k=b"], "lower": True}))
+    few, many = [0, 1, 0], [10, 9, 11]
+    assert sweep.verdict(study, _summary("loss_spikes", **{"k=a": few, "k=b": many}))[0] == "reproduces"
+    word, sentence = sweep.verdict(study, _summary("loss_spikes", **{"k=a": many, "k=b": few}))
+    assert word == "does not reproduce" and "k=a is above k=b" in sentence
+
+
+def test_a_study_partly_reproduces_only_when_one_of_its_claims_does(tmp_path):
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b", "c"]}, metrics=["knn"], verdict={}))
     study.verdict = [{"claim": "holds", "better": "k=a", "than": ["k=b"]},
                      {"claim": "reversed", "better": "k=b", "than": ["k=a"]}]
-    summary = _summary(**{"k=a": (0.9, 0.01), "k=b": (0.7, 0.01)})
+    summary = _summary(**{"k=a": A, "k=b": B, "k=c": [0.80, 0.74, 0.86]})
     assert [word for _, word, _ in sweep.verdicts(study, summary)] == ["reproduces", "does not reproduce"]
-    assert sweep.verdict(study, summary) == ("partly reproduces",
-                                             "1 of 2 claims reproduce with separated intervals; each is below.")
+    assert sweep.verdict(study, summary) == (
+        "partly reproduces", "1 of 2 claims reproduce (the 95% interval of each difference beyond zero); each is below.")
+    # None reproduces: one open, one reversed -> does not reproduce (collapse's page read "partly, 0 of 4").
+    study.verdict = [{"claim": "open", "better": "k=c", "than": ["k=b"]},
+                     {"claim": "reversed", "better": "k=b", "than": ["k=a"]}]
+    assert [w for _, w, _ in sweep.verdicts(study, summary)] == ["inconclusive", "does not reproduce"]
+    assert sweep.verdict(study, summary)[0] == "does not reproduce"
+    study.verdict = [{"claim": "open", "better": "k=c", "than": ["k=b"]},
+                     {"claim": "open too", "better": "k=b", "than": ["k=c"]}]
+    assert sweep.verdict(study, summary)[0] == "inconclusive"
+
+
+def test_runs_that_failed_or_lack_the_metric_make_the_claim_incomplete(tmp_path):
+    # A run that stopped on a NaN writes no results.json; one whose metric is NaN or absent has no score. Judged on
+    # the others, a verdict would leave out the very runs that failed.
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["knn"], seeds=3,
+                                         verdict={"better": "k=a", "than": ["k=b"]}))
+    runs = sweep.expand(study)
+    for run, value in zip(runs, [0.90, 0.92, 0.88, 0.80, 0.81, 0.79]):
+        run.folder.mkdir(parents=True)
+        (run.folder / "results.json").write_text(json.dumps({"evaluations": {"knn": {"accuracy": value}}}))
+    assert sweep.verdict(study, sweep.collect(study))[0] == "reproduces"
+    for broken in ('{"evaluations": {"knn": {"accuracy": NaN}}}', '{"evaluations": {}}', None):
+        if broken is None:
+            (runs[4].folder / "results.json").unlink()
+        else:
+            (runs[4].folder / "results.json").write_text(broken)
+        summary = sweep.collect(study)
+        assert summary["points"]["k=b"]["knn"]["n"] == 2 and summary["points"]["k=b"]["knn"]["absent"] == [1]
+        word, sentence = sweep.verdict(study, summary)
+        assert word == "incomplete" and "k=b (knn) seed 1" in sentence
 
 
 @pytest.mark.slow
@@ -186,12 +236,11 @@ def test_a_sweep_runs_summarises_and_writes_its_page(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in study.folder.rglob("results.json")} == mtimes
 
 
-def test_one_run_per_point_never_reads_as_separated_intervals(tmp_path):
-    """A single run has no interval: two points a hundredth of a point apart are not "separated"."""
+def test_one_run_per_point_is_too_few_to_judge(tmp_path):
+    """A single run has no interval: two points a hundredth of a point apart are not judged."""
     study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["knn"], verdict={"best": "k=a"}))
-    one = {name: {"knn": {**sweep.statistics([value]), "floor": None}} for name, value in (("k=a", 0.8101),
-                                                                                            ("k=b", 0.8100))}
-    assert sweep.verdict(study, {"points": one, "missing": []})[0] == "partly reproduces"
+    word, sentence = sweep.verdict(study, _summary(**{"k=a": [0.8101], "k=b": [0.8100]}))
+    assert word == "inconclusive" and "over 1 seed: too few to judge (at least 3)" in sentence
 
 
 def _runs_with_floors(tmp_path, scores, floors):
@@ -213,10 +262,10 @@ def test_above_floor_compares_each_seed_with_its_own_floor(tmp_path):
     gain = summary["points"]["a"]["knn"]["gain"]
     assert gain["mean"] == pytest.approx(0.02) and gain["ci95"] == pytest.approx(4.302652729911275 * 0.001 / math.sqrt(3))
     word, sentence = sweep.verdict(study, summary)
-    assert word == "reproduces" and "gain over each seed's own floor 2.00 ± 0.25%" in sentence
+    assert word == "reproduces" and "a 72.67% vs a's floor 70.67%, difference +2.00 ± 0.25% over 3 paired" in sentence
     study, summary = _runs_with_floors(tmp_path / "either", [0.74, 0.66, 0.76], [0.70, 0.70, 0.70])
     assert summary["points"]["a"]["knn"]["gain"]["mean"] == pytest.approx(0.02)
-    assert sweep.verdict(study, summary)[0] == "partly reproduces"
+    assert sweep.verdict(study, summary)[0] == "inconclusive"
 
 
 def test_the_fine_tuning_of_each_run_takes_the_runs_seed(tmp_path):

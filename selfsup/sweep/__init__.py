@@ -14,7 +14,11 @@ a time by default (``--jobs N`` for more), or to a cluster through submitit (``-
 the scheduler library the DINO and MoCo v3 code bases use. The summary reads the runs' files only:
 per point and metric the mean, the sample standard deviation and the 95% interval of the mean
 (Student's t), beside the floor (the same evaluation at random initialisation), one plot per metric
-with the intervals as error bars, and the claim's verdict in words.
+with the intervals as error bars, and the claim's verdict in words. Every claim is judged by one rule
+(:func:`selfsup.sweep.verdict_of`): the differences between the runs that share a seed, and whether the
+95% interval of their mean lies beyond zero: ``reproduces``, ``does not reproduce`` (beyond zero the
+other way), ``inconclusive`` (the interval holds zero, or fewer than 3 seeds) or ``incomplete`` (a
+planned run has no finite score: not run, or failed).
 
 The study file::
 
@@ -30,7 +34,7 @@ The study file::
     finetune: [0.01]                                         # optional: 1%-label fine-tuning of every run
     verdict: {best: nonlinear}                               # or {order: [a, b, c]} or {better: a, than: [b, c]}
                                                              # (+ metric: M, lower: true where lower is better)
-                                                             # or {above_floor: a}: a's interval above its floor
+                                                             # or {above_floor: a}: a over its own floors
                                                              # or {point: a, beats: M2}: a's metric above its M2
                                                              # or a list of them, each with its own claim: text
     finetune_steps: 100                                      # optional: fine-tuning steps (default 200)
@@ -49,11 +53,11 @@ started), ``scores`` (their numbers per point with intervals, and each claim's v
 from __future__ import annotations
 
 from selfsup.sweep.runner import commands, execute
-from selfsup.sweep.scores import _scores, collect, statistics, t_quantile, verdict, verdict_of, verdicts
+from selfsup.sweep.scores import _scores, collect, statistics, study_word, t_quantile, verdict, verdict_of, verdicts
 from selfsup.sweep.study import (METRICS, VALUE_METRICS, Point, Run, Study, expand, grid_points, load_study,
                                  study_from_command_line)
 from selfsup.sweep.summary import page, plot, study_list, summarise
 
 __all__ = ["METRICS", "VALUE_METRICS", "Point", "Run", "Study", "_scores", "collect", "commands", "expand", "execute",
-           "grid_points", "load_study", "page", "plot", "statistics", "study_from_command_line", "study_list",
+           "grid_points", "load_study", "page", "plot", "statistics", "study_from_command_line", "study_list", "study_word",
            "summarise", "t_quantile", "verdict", "verdict_of", "verdicts"]

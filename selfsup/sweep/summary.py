@@ -29,9 +29,10 @@ def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.2))
         scale = _scale(metric)
-        means = [scale * (s["mean"] or 0) for s in stats_of]
-        errors = [scale * (s["ci95"] or 0) for s in stats_of]
-        ax.errorbar(range(len(names)), means, yerr=errors, fmt="o", capsize=4, color="#1f6feb")
+        shown = [x for x, s in enumerate(stats_of) if s["mean"] is not None]  # a point without results: no dot at 0
+        means = [scale * stats_of[x]["mean"] for x in shown]
+        errors = [scale * (stats_of[x]["ci95"] or 0) for x in shown]
+        ax.errorbar(shown, means, yerr=errors, fmt="o", capsize=4, color="#1f6feb")
         floors = [s["floor"] for s in stats_of if s["floor"] is not None]
         if floors and max(floors) - min(floors) <= 1e-9 * max(1.0, abs(max(floors))):
             ax.axhline(scale * floors[0], color="#888", linestyle="--", label="random init (floor)")
@@ -95,13 +96,17 @@ def page(study: Study, summary: dict[str, Any], pictures: Sequence[Path], page_p
             else:
                 cell = (f"{_shown(metric, s['mean'])} ± {_shown(metric, s['std'])} "
                         f"[{_shown(metric, s['mean'] - s['ci95'])}, {_shown(metric, s['mean'] + s['ci95'])}]")
+            planned = len(study.seeds_of(point))
+            if s["mean"] is not None and 1 < s["n"] < planned:  # fewer runs than the header's seeds
+                cell += f" (n={s['n']} of {planned})"
             if s.get("floor") is not None:
                 cell += f"; *floor* {_shown(metric, s['floor'])}"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if summary["missing"]:
-        lines += [f"*{len(summary['missing'])} run(s) have no results yet.*", ""]
+        lines += [f"*{len(summary['missing'])} run(s) have no results (not run yet, or stopped on a failure): the "
+                  f"claims they touch are incomplete.*", ""]
     for picture in pictures:
         relative = picture.relative_to(page_path.parent) if picture.is_relative_to(page_path.parent) else picture
         lines += [f"![{picture.stem}]({relative.as_posix()})", ""]
