@@ -154,6 +154,7 @@ def test_equal_means_and_a_tie_are_inconclusive_not_refuted(tmp_path):
                                          verdict={"better": "k=a", "than": ["k=b"], "lower": True}))
     word, sentence = sweep.verdict(study, _summary("loss_spikes", **{"k=a": [0, 0, 0], "k=b": [0, 0, 0]}))
     assert word == "inconclusive" and "difference +0 ± 0 over 3 paired seeds" in sentence
+    assert "the means are level" in sentence
 
 
 def test_lower_is_better_judges_the_negated_differences(tmp_path):

@@ -203,12 +203,12 @@ def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> t
         shown_b = _shown(metric, statistics([values_b[k] for k in shared])["mean"])
         text = f"{a} {shown_a}{unit} vs {b} {shown_b}{unit}, difference {_signed(metric, stats['mean'])}"
         if len(shared) < MIN_RUNS or stats["ci95"] is None:
-            outcomes.append(("open", sign * (stats["mean"] or 0.0) > 0))
+            outcomes.append(("open", sign * (stats["mean"] or 0.0)))
             described.append(f"{text} over {len(shared)} seed{'s' * (len(shared) != 1)}: too few to judge "
                              f"(at least {MIN_RUNS})")
             continue
         low, high = sign * stats["mean"] - stats["ci95"], sign * stats["mean"] + stats["ci95"]
-        outcomes.append(("holds" if low > 0 else "reversed" if high < 0 else "open", sign * stats["mean"] > 0))
+        outcomes.append(("holds" if low > 0 else "reversed" if high < 0 else "open", sign * stats["mean"]))
         described.append(f"{text} ± {_shown(metric, stats['ci95'])}{unit} over {len(shared)} paired seeds")
     details = "; ".join(described)
     relation = "below" if spec.get("lower") else "above"
@@ -220,9 +220,10 @@ def verdict_of(spec: dict[str, Any], study: Study, summary: dict[str, Any]) -> t
     if reversed_:
         return "does not reproduce", (f"On {metric}, {', '.join(reversed_)}, the 95% interval of the difference "
                                       f"beyond zero the other way ({details}).")
-    lean = "as claimed" if all(lean for _, lean in outcomes) else "not all as claimed"
-    return "inconclusive", (f"On {metric}, some difference's 95% interval contains zero (the means lean {lean}): "
-                            f"{details}.")
+    leans = [lean for _, lean in outcomes]
+    lean = ("the means lean as claimed" if all(x > 0 for x in leans) else
+            "the means lean against the claim" if any(x < 0 for x in leans) else "the means are level")
+    return "inconclusive", f"On {metric}, some difference's 95% interval contains zero ({lean}): {details}."
 
 
 def _signed(metric: str, value: float | None) -> str:
