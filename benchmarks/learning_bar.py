@@ -58,7 +58,9 @@ def verdict(results: dict) -> tuple[str, str]:
         gains.append((key, 100 * (score - floor), 100 * need, score, floor))
     text = ", ".join(f"{key} {100 * score:.2f}% ({gain:+.2f} over {100 * floor:.2f}%)"
                      for key, gain, _, score, floor in gains)
-    return ("pass" if all(gain >= need for _, gain, need, _, _ in gains) else "FAIL"), text
+    # "At least 2 points": a gain of exactly 200 of the 10,000 test images is 0.7494 - 0.7294 = 0.01999999...
+    # in floating point; it clears the bar.
+    return ("pass" if all(gain >= need - 1e-9 for _, gain, need, _, _ in gains) else "FAIL"), text
 
 
 def verdict_table(runs: list[Path]) -> str:

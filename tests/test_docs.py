@@ -161,6 +161,16 @@ def test_the_table_across_seeds_takes_each_seed_over_its_own_floor(tmp_path):
     assert row in table.splitlines() and "| b |" not in table
 
 
+def test_a_gain_of_exactly_the_bar_clears_it():
+    # SimCLR's seed-0 kNN at 2169374: 74.94% over 72.94%, 200 of 10,000 test images, 0.01999... in floating point.
+    assert 0.7494 - 0.7294 < 0.02
+    results = {"evaluations": {"linear": {"accuracy": 0.8462, "random_init": {"accuracy": 0.8201}},
+                               "knn": {"accuracy": 0.7494, "random_init": {"accuracy": 0.7294}}}}
+    assert _learning_bar().verdict(results)[0] == "pass"
+    results["evaluations"]["knn"]["accuracy"] = 0.7493
+    assert _learning_bar().verdict(results)[0] == "FAIL"
+
+
 def test_the_bar_across_seeds_is_the_table_learning_bar_writes_from_the_run_files():
     folders = [ROOT / "docs" / "runs" / "bar", *sorted((ROOT / "docs" / "runs" / "bar_seeds").iterdir())]
     assert len(folders) >= 2
