@@ -308,6 +308,10 @@ def test_a_checkpoint_whose_configuration_reads_the_environment_is_refused(real_
     # A sent checkpoint (digests recomputed) naming its run "${oc.env:...}": resolved, the secret would be written
     # into the export's encoder.json, the file a user hands on. Saved configurations are resolved: refused.
     monkeypatch.setenv("SELFSUP_TEST_SECRET", "hunter2-secret")
+    from selfsup import cli
+
+    # pretrain and embed tune the process's malloc first (the command line's own setting): not this test process's
+    monkeypatch.setattr(cli.common, "tune_allocator", lambda: None)
     state = checkpoint.load(real_checkpoint)
     state.pop("integrity")
     state["config"]["name"] = "${oc.env:SELFSUP_TEST_SECRET}"
