@@ -413,6 +413,29 @@ def test_points_with_other_floors_are_drawn_each_beside_its_own(tmp_path, monkey
     assert [float(y) for line in ax.lines if line.get_linestyle() == "--" for y in line.get_ydata()] == [50.0, 50.0]
 
 
+def test_the_plot_title_counts_the_seeds_that_finished_not_the_planned(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    study = sweep.load_study(write_study(tmp_path, grid={"k": ["a", "b"]}, metrics=["knn"], seeds=3, verdict={}))
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    sweep.plot(study, _summary(**{"k=a": (0.9, 0.91, 0.92), "k=b": (0.8, 0.81)}), tmp_path / "img")  # b's third failed
+    assert kept[-1].axes[0].get_title().endswith("over each point's seeds (3, 2)")
+    sweep.plot(study, _summary(**{"k=a": (0.9, 0.91), "k=b": (0.8, 0.81)}), tmp_path / "img")
+    assert kept[-1].axes[0].get_title().endswith("over 2 seeds")
+
+
+def test_the_study_list_counts_the_runs_with_results(tmp_path):
+    entry = {"mean": 0.75, "std": 0.01, "ci95": 0.02, "n": 2, "values": [0.74, 0.76]}
+    done = {"name": "done", "claim": "learns", "verdict": "reproduces", "runs": 3, "points": {"a": {"knn": entry}},
+            "verdicts": [], "missing": []}
+    short = {**done, "name": "short", "missing": ["runs/sweeps/short/a/seed2"]}
+    for summary in (done, short):
+        (tmp_path / f"{summary['name']}.json").write_text(json.dumps(summary))
+    rows = {line.split("|")[1].strip(): line for line in sweep.study_list(tmp_path).splitlines()[2:]}
+    assert rows["[done](done.md)"].endswith("| 3 |") and rows["[short](short.md)"].endswith("| 2 of 3 |")
+
+
 def test_the_study_list_says_which_floor_verdicts_predate_the_paired_rule(tmp_path):
     # Summaries written before each seed was compared with its own floor have floors but no paired gains.
     entry = {"mean": 0.75, "std": 0.01, "ci95": 0.02, "n": 3, "values": [0.74, 0.75, 0.76], "floor": 0.72}

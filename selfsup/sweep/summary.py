@@ -44,8 +44,9 @@ def plot(study: Study, summary: dict[str, Any], folder: Path) -> list[Path]:
             ax.legend(loc="best", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(metric if metric in VALUE_METRICS else f"{metric} (%)")
-        over = (f"{len(study.seeds)} seeds" if study.uniform_seeds
-                else "each point's seeds (" + ", ".join(str(len(study.seeds_of(p))) for p in study.points) + ")")
+        counts = [stats_of[x]["n"] for x in shown]  # the runs that finished, not the planned seeds
+        over = (f"{counts[0]} seeds" if len(set(counts)) == 1
+                else "each point's seeds (" + ", ".join(str(c) for c in counts) + ")")
         ax.set_title(f"{study.name}: {metric}\nmean and 95% interval over {over}", fontsize=9)
         fig.tight_layout()
         path = folder / f"{study.name}_{metric}.png"
@@ -130,12 +131,15 @@ def _floor_rule_predates_pairing(summary: dict[str, Any]) -> bool:
 
 def study_list(folder: str | Path) -> str:
     """The list of studies (markdown) from the ``<name>.json`` summaries in ``folder``: each study's
-    page, claim and verdict; a summary whose floor verdicts predate the paired rule says so."""
+    page, claim, verdict and runs with results ("9 of 10" where some are missing); a summary whose
+    floor verdicts predate the paired rule says so."""
     rows = []
     for path in sorted(Path(folder).glob("*.json")):
         summary = json.loads(path.read_text())
         claim = " ".join(str(summary.get("claim", "")).split()).replace("|", "\\|")
-        runs = summary.get("runs") or len(summary.get("points", {})) * len(summary.get("seeds", []))
+        planned = summary.get("runs") or len(summary.get("points", {})) * len(summary.get("seeds", []))
+        finished = planned - len(summary.get("missing", []))
+        runs = planned if finished == planned else f"{finished} of {planned}"
         verdict = f"**{summary['verdict']}**"
         if _floor_rule_predates_pairing(summary):
             verdict += (" (its claims over the floor were judged by the scores' interval against the mean floor, "
