@@ -299,6 +299,50 @@ def test_jigsaw_loss_by_hand_with_standardised_tiles(head):
     assert out["loss"].item() == pytest.approx(_cross_entropy(logits, labels), rel=1e-5)
 
 
+def test_jigsaw_image_layout_loss_by_hand():
+    # JiGen (fmcarlucci/JigenDG JigsawLoader.py): the 3x3 cells shuffled and put back together into one
+    # image (make_grid, no padding), class 0 the unshuffled image, one linear layer on its features.
+    method = Jigsaw(linear_backbone(12), num_permutations=12, layout="image", tile_norm=False).train()
+    assert tuple(method.head.weight.shape) == (13, method.backbone.out_dim)  # P + 1 classes
+    assert torch.equal(method.permutations, pretext.hamming_permutations(13))  # row 0 the identity
+    x = augment.to_float(images(5, 13))  # 13 px: cells of 4, the last row and column left out
+    torch.manual_seed(4)
+    out = method.training_step(Batch([x], torch.arange(5)), Progress(0, 10, 5))
+    torch.manual_seed(4)
+    labels = torch.randint(13, (5,))
+    canvas = torch.zeros(5, 3, 12, 12)
+    for i, label in enumerate(labels.tolist()):
+        for j, tile in enumerate(method.permutations[label].tolist()):  # position j shows cell permutations[label][j]
+            row, col = divmod(j, 3)
+            canvas[i, :, 4 * row:4 * row + 4, 4 * col:4 * col + 4] = _cell(x[i:i + 1], tile, 4)[0]
+    with torch.no_grad():
+        logits = method.head(method.backbone(canvas))
+    assert out["loss"].item() == pytest.approx(_cross_entropy(logits, labels), rel=1e-5)
+    # whole_image=1 (JiGen's bias_whole_image): every image shown as it is, class 0.
+    seen = []
+    whole = Jigsaw(linear_backbone(12), num_permutations=12, layout="image", tile_norm=False, whole_image=1.0)
+    whole.backbone.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    whole.training_step(Batch([x], torch.arange(5)), Progress(0, 10, 5))
+    assert torch.allclose(seen[0], (x[:, :, :12, :12] - 0.5) / 0.5)
+    # Tiles smaller than their cells sit in the middle of them with black around: 2 px tiles, gap 2, cells of 4.
+    seen.clear()
+    gapped = Jigsaw(linear_backbone(12), num_permutations=12, layout="image", tile_norm=False, whole_image=1.0,
+                    patch=2, gap=2)
+    gapped.backbone.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    gapped.training_step(Batch([x], torch.arange(5)), Progress(0, 10, 5))
+    raw = seen[0] * 0.5 + 0.5
+    inside = torch.zeros(12, 12, dtype=torch.bool)
+    for row in range(3):
+        for col in range(3):
+            inside[4 * row + 1:4 * row + 3, 4 * col + 1:4 * col + 3] = True
+    assert torch.allclose(raw[..., inside], x[:, :, :12, :12][..., inside], atol=1e-6)  # gap 2: no jitter
+    assert torch.allclose(raw[..., ~inside], torch.zeros(()), atol=1e-6)
+    with pytest.raises(ValueError, match="whole_image is a probability for layout 'image'"):
+        Jigsaw(linear_backbone(4), whole_image=0.5)
+    with pytest.raises(ValueError, match="layout must be"):
+        Jigsaw(linear_backbone(4), layout="grid")
+
+
 def test_jigsaw_keeps_its_permutation_set_and_resolves_the_tile_geometry():
     method = Jigsaw(linear_backbone(4), num_permutations=12, patch=3, gap=1, input_size=4)
     assert torch.equal(method.permutations, pretext.hamming_permutations(12))
