@@ -51,8 +51,9 @@ def test_param_groups_split_off_biases_and_norms_and_keep_the_methods_settings()
 
 def test_weight_decay_of_biases_and_norms_follows_each_methods_official_code():
     """SimCLR, BYOL, DINO and MoCo v3's LARS keep biases and norms out of weight decay; MoCo v1/v2
-    (facebookresearch/moco main_moco.py), SimSiam, SupCon, InstDisc, CMC, InvaSpread, rotation and
-    jigsaw build ``SGD(model.parameters(), weight_decay=...)``: every tensor decayed."""
+    (facebookresearch/moco main_moco.py), SimSiam, SupCon, InstDisc, CMC, InvaSpread, rotation, jigsaw
+    and DenseCL build ``SGD(model.parameters(), weight_decay=...)``: every tensor decayed (the Viewmaker's
+    encoder too: tests/test_viewmaker.py)."""
     from selfsup.methods import METHODS
     from selfsup.nn import build_backbone
 
@@ -60,7 +61,7 @@ def test_weight_decay_of_biases_and_norms_follows_each_methods_official_code():
         backbone = build_backbone("convnet", in_channels=3, image_size=28, width=8)
         small = {"simsiam": dict(proj_hidden_dim=16, proj_dim=16), "byol": dict(proj_hidden_dim=16, pred_hidden_dim=16),
                  "dino": dict(out_dim=32, hidden_dim=16, bottleneck_dim=8), "mocov3": dict(hidden_dim=16),
-                 "simclr": dict(proj_hidden_dim=16)}.get(name, {})
+                 "simclr": dict(proj_hidden_dim=16), "densecl": dict(queue_size=64)}.get(name, {})
         if METHODS[name].needs_num_samples:
             small["num_samples"] = 16
         method = METHODS[name](backbone, **small)
@@ -68,7 +69,7 @@ def test_weight_decay_of_biases_and_norms_follows_each_methods_official_code():
         one_d = [g["weight_decay_scale"] for g in groups for p in g["params"] if p.ndim <= 1]
         return sum(scale > 0 for scale in one_d), len(one_d)
 
-    for name in ("moco", "simsiam", "supcon", "instdisc", "cmc", "invaspread", "rotation", "jigsaw"):
+    for name in ("moco", "simsiam", "supcon", "instdisc", "cmc", "invaspread", "rotation", "jigsaw", "densecl"):
         decayed, total = decayed_scalars(name)
         assert total > 0 and decayed == total, name
     for name in ("simclr", "byol", "dino", "mocov3"):

@@ -104,6 +104,25 @@ def test_the_encoder_minimises_and_the_viewmaker_maximises_the_same_loss():
         torch.testing.assert_close(game[name], expected, msg=name)
 
 
+def test_each_view_is_encoded_on_its_own_as_the_official_forward_and_every_encoder_parameter_decays():
+    # alextamkin/viewmaker image_systems.py: self.model(view1), self.model(view2), each batch of views
+    # normalised by its own BatchNorm statistics; SGD(self.model.parameters(), weight_decay=...).
+    from selfsup.engine.optim import param_groups
+
+    torch.manual_seed(0)
+    method = _method().train()
+    v1, v2 = torch.rand(6, 1, 16, 16), torch.rand(6, 1, 16, 16)
+    z1, z2 = (method.projector(method.backbone(v)) for v in (v1, v2))
+    expected = losses.one_sided_nt_xent(z1, z2, method.temperature)
+    torch.testing.assert_close(method.loss_of_views(v1, v2), expected)
+    method.joint_bn = True  # one pass: the statistics of the two batches together, another loss
+    assert abs(method.loss_of_views(v1, v2).item() - expected.item()) > 1e-4
+    groups = param_groups(method, OptimConfig(weight_decay=1e-4))
+    scales = {id(p): g["weight_decay_scale"] for g in groups for p in g["params"]}
+    encoder = [p for name, p in method.named_parameters() if not name.startswith("viewmaker.") and p.ndim <= 1]
+    assert encoder and all(scales[id(p)] == 1.0 for p in encoder)
+
+
 def test_the_viewmaker_gets_its_own_constant_adam_through_param_groups(tmp_path):
     method = _method(viewmaker_lr=2e-3)
     cfg = OptimConfig(name="sgd", lr=0.1, weight_decay=1e-4)

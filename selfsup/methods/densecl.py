@@ -138,6 +138,7 @@ class DenseCL(MethodBase):
     """
 
     augment_recipe = "moco_v2"
+    exclude_bias_norm = False  # WXinlong/DenseCL openselfsup/apis/train.py build_optimizer: no paramwise_options in the configs, SGD(model.parameters(), weight_decay=...) decays every parameter
     sync_batchnorm_exclude = ("key_encoder",)
     curves = ("loss_global", "loss_dense")
 

@@ -31,8 +31,9 @@ class Viewmaker(MethodBase):
     The game is played in one backward pass: the perturbation goes through a gradient reversal, so
     the encoder receives the gradient of the loss and the viewmaker that of ``-adversary_weight x``
     the loss, what the official code's second optimiser step on ``-encoder_loss`` gives. The official
-    code runs a second forward pass for the viewmaker's step (new noise, the same images); one pass
-    gives the same expected gradient at half the compute. Each side has its own optimiser through
+    code runs a second forward pass for the viewmaker's step (new noise, the same images, and, as its
+    optimisers step one after the other, the encoder already updated by this batch); one pass gives
+    about the same gradient at half the compute. Each side has its own optimiser through
     :meth:`param_groups`: the encoder the run's (``optim.*``, the paper's SGD), the viewmaker Adam at a
     constant ``viewmaker_lr`` (paper: 1e-3), as in the official ``configure_optimizers``.
 
@@ -62,10 +63,15 @@ class Viewmaker(MethodBase):
             unset, which its config reader takes as false, so that run's views were not clamped:
             ``clamp_views=false`` follows it (every view then changes by exactly the budget; clamped,
             dark Fashion-MNIST images lose about 40% of it at black).
+        joint_bn: encode both views in one pass, BatchNorm's statistics over the two together (faster on
+            small batches). False (the default) encodes each view on its own, as the official
+            ``forward`` (``self.model(view1)``, ``self.model(view2)``), each batch of views normalised by
+            its own statistics.
     """
 
     views_needed: ClassVar[tuple[int, int | None]] = (1, 2)
     sync_batchnorm = True
+    exclude_bias_norm = False  # alextamkin/viewmaker image_systems.py configure_optimizers: SGD(self.model.parameters(), weight_decay=...) decays every parameter
     OBJECTIVES = ("official", "nt_xent")
     dims: ClassVar[int] = 2                          # the viewmaker's convolutions: images
     bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)  # where a view is clamped: pixel values
@@ -73,7 +79,8 @@ class Viewmaker(MethodBase):
     def __init__(self, backbone: Backbone, *, budget: float = 0.05, num_res_blocks: int = 3, proj_dim: int = 128,
                  proj_hidden_dim: int = 2048, proj_layers: int = 1, temperature: float = 0.07,
                  viewmaker_lr: float = 1e-3, adversary_weight: float = 1.0, hand_augment: bool = False,
-                 objective: str = "official", viewmaker_width: int = 32, clamp_views: bool = True) -> None:
+                 objective: str = "official", viewmaker_width: int = 32, clamp_views: bool = True,
+                 joint_bn: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -96,6 +103,7 @@ class Viewmaker(MethodBase):
                                       dims=self.dims, width=viewmaker_width)
         self.temperature, self.viewmaker_lr, self.adversary_weight = temperature, viewmaker_lr, adversary_weight
         self.hand_augment, self.objective, self.clamp_views = hand_augment, objective, bool(clamp_views)
+        self.joint_bn = bool(joint_bn)
 
     def augmentation(self, image_size: int) -> augment.Augmentation:
         """The SimCLR views when ``hand_augment``, else the image itself (one view)."""
@@ -120,7 +128,10 @@ class Viewmaker(MethodBase):
 
     def loss_of_views(self, v1: Tensor, v2: Tensor) -> Tensor:
         """The contrastive loss of two batches of views (every rank's projections as candidates)."""
-        z1, z2 = self.projector(self.encode(torch.cat((v1, v2)))).chunk(2)
+        if self.joint_bn:
+            z1, z2 = self.projector(self.encode(torch.cat((v1, v2)))).chunk(2)
+        else:
+            z1, z2 = self.projector(self.encode(v1)), self.projector(self.encode(v2))
         if self.objective == "nt_xent":
             return losses.nt_xent(z1, z2, self.temperature)
         return losses.one_sided_nt_xent(z1, z2, self.temperature)
