@@ -854,6 +854,19 @@ def test_each_video_method_takes_a_step_that_lowers_its_loss(videos, make):
     assert float(method.training_step(batch, progress)["loss"].detach()) < before
 
 
+@pytest.mark.parametrize("make", [lambda b: TCN(b, frames=4, pos_radius=1, neg_radius=2), lambda b: R3M(b)],
+                         ids=["tcn", "r3m"])
+def test_tcn_and_r3m_never_flip_their_clips(videos, make, monkeypatch):
+    # R3M's rctraj (r3m/utils/data_loaders.py) is a RandomResizedCrop alone; TCN's official
+    # preprocess_training_image has no flip either.
+    seen = []
+    original = augment.clip_views
+    monkeypatch.setattr(augment, "clip_views", lambda *a, **k: (seen.append(k), original(*a, **k))[1])
+    method = make(build_backbone("convnet", in_channels=3, image_size=32, width=4))
+    method.training_step(*_clip_batch(videos, method))
+    assert len(seen) == 1 and seen[0]["flip_p"] == 0.0
+
+
 @pytest.fixture(scope="module")
 def two_camera_videos(tmp_path_factory):
     """6 scenes seen by 2 synchronised cameras, 6 frames at 32x32, 2 scenes (4 sequences) held out."""
@@ -940,6 +953,58 @@ def test_multi_view_time_contrastive_is_the_official_semi_hard_triplet_over_time
             farther = [n for n in negatives if n > d[i, j]]
             terms.append(max(0.0, 0.2 + float(d[i, j]) - float(min(farther) if farther else max(negatives))))
     assert near.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_a_video_paired_with_itself_gives_no_positive_only_negatives():
+    # Scene 0 seen by two views (videos 0 and 1), scene 1 by one video (2) paired with itself: its two
+    # halves are the same frames, which the official batch (each moment of each view once) never holds.
+    torch.manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(12, 5), dim=1)
+    times = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    scenes = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    views = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    d = torch.cdist(e, e).square()
+    terms = []
+    for i in range(12):
+        for j in range(12):
+            if views[i] == views[j] or scenes[i] != scenes[j] or times[i] != times[j]:
+                continue
+            negatives = [d[i, k] for k in range(12) if scenes[k] != scenes[i] or times[k] != times[i]]
+            farther = [n for n in negatives if n > d[i, j]]
+            terms.append(max(0.0, 0.2 + float(d[i, j]) - float(min(farther) if farther else max(negatives))))
+    assert len(terms) == 6  # scene 0's three moments, both ways; none of scene 1
+    got = losses.multi_view_time_contrastive(e, times, scenes, views=views)
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    assert losses.multi_view_time_contrastive(e, times, scenes).item() != pytest.approx(got.item(), rel=1e-3)
+
+
+def test_multi_view_tcn_npairs_spreads_a_shared_moment_over_its_positives_as_tf_npairs_loss():
+    # Scene 0's clip drawn twice (video 0 with partner 1, video 1 with partner 0) at the same times: each
+    # moment has two positives, TF npairs_loss's target 1/2 on each; scene 1's lone video (partner itself)
+    # gives no pair.
+    from selfsup.methods.base import Batch, Progress
+
+    torch.manual_seed(0)
+    backbone = Backbone(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 6)), 6, 3, [0.0] * 3,
+                        [1.0] * 3)
+    method = TCN(backbone, dim=4, frames=2, multi_view=True, loss="npairs", crop_scale=None).train()
+    clips = torch.randint(0, 256, (3, 4, 3, 8, 8), dtype=torch.uint8)
+    times = torch.tensor([[3, 4, 3, 4], [3, 4, 3, 4], [0, 1, 0, 1]])
+    extra = {"times": times, "scene": torch.tensor([0, 0, 1]), "video": torch.tensor([0, 1, 2]),
+             "partner": torch.tensor([1, 0, 2])}
+    out = method.training_step(Batch([clips], torch.arange(3), None, extra), Progress(0, 10, 5))
+    with torch.no_grad():
+        e = method.embedder(method.backbone(clips.flatten(0, 1).float() / 255)).double().view(3, 4, 4)
+        a, p = e[:2, :2].reshape(4, 4), e[:2, 2:].reshape(4, 4)
+    moment = [3, 4, 3, 4]
+    expected = 0.0
+    for i in range(4):
+        logits = [float(a[i] @ p[j]) for j in range(4)]
+        lse = math.log(sum(math.exp(v) for v in logits))
+        same = [j for j in range(4) if moment[j] == moment[i]]
+        expected += sum(lse - logits[j] for j in same) / len(same)
+    expected = expected / 4 + 0.25 * 0.002 * (float((a ** 2).sum(1).mean()) + float((p ** 2).sum(1).mean()))
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_multi_view_tcn_npairs_is_the_official_npairs_loss_between_the_two_views():
@@ -1102,6 +1167,41 @@ def test_lab_dropout_input_feeds_lab_frames_with_one_chromatic_channel_neutral_p
     assert [other.dropped_channel(step) for step in range(50)] != coins[:50]
     with pytest.raises(ValueError, match="input must be one of gray, lab_dropout"):
         VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8), input="rgb")
+
+
+def test_lab_dropout_asks_for_the_dropped_channel_alone(videos, monkeypatch):
+    # MAST (zlai0/MAST main.py compute_lphoto): the target is the channel the network cannot see; the
+    # other one is in its input. Here that channel's level: its grid-cell mean (skimage's Lab) nearest
+    # among the levels k-means found for it alone.
+    color = pytest.importorskip("skimage.color")
+    torch.manual_seed(0)
+    method = VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8), references=2,
+                               input="lab_dropout", seed=3)
+    batch, progress = _clip_batch(videos, method, count=2)
+    targets = []
+    original = F.nll_loss
+    monkeypatch.setattr(F, "nll_loss", lambda logp, target, **k: (targets.append(target), original(logp, target, **k))[1])
+    frames = batch.views[0].flatten(0, 1).float() / 255
+    lab = torch.from_numpy(color.rgb2lab(frames.permute(0, 2, 3, 1).double().numpy())).permute(0, 3, 1, 2).float()
+    for step in range(4):
+        progress.step = step
+        method.training_step(batch, progress)
+        drop = method.dropped_channel(step)
+        levels = method.channel_centres[drop - 1]
+        assert len(set(levels.tolist())) > 1 and levels.min() >= lab[:, drop].min() - 1e-3
+        means = F.adaptive_avg_pool2d(lab[:, drop:drop + 1], 8).view(2, 3, -1)[:, -1]  # the target frames' cells
+        expected = (means[..., None] - levels).abs().argmin(dim=-1)
+        agree = (targets[-1] == expected).float().mean()
+        assert agree > 0.97, (step, agree)  # a cell within rounding of two levels' midpoint may go either way
+    assert {method.dropped_channel(step) for step in range(4)} == {1, 2}
+    # A checkpoint of the earlier both-channel target is refused with the way to load it.
+    state = {k: v for k, v in method.state_dict().items() if k != "channel_centres"}
+    with pytest.raises(RuntimeError, match="method_args.dropout_target=ab"):
+        method.load_state_dict(state)
+    earlier = VideoColorization(build_backbone("convnet", in_channels=3, image_size=32, width=8), references=2,
+                                input="lab_dropout", dropout_target="ab")
+    earlier.load_state_dict(state)
+    assert "channel_centres" not in earlier.state_dict()
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -60,7 +60,7 @@ def time_contrastive_triplet(embeddings: Tensor, times: Tensor, sequences: Tenso
 
 @float32_loss
 def multi_view_time_contrastive(embeddings: Tensor, times: Tensor, scenes: Tensor, *, margin: float = 0.2,
-                                neg_radius: float = 0) -> Tensor:
+                                neg_radius: float = 0, views: Tensor | None = None) -> Tensor:
     """Multi-view time-contrastive loss: a moment seen by another camera is the positive.
 
     Sermanet et al. 2018, section III-A; official ``tensorflow/models`` ``research/tcn``
@@ -81,6 +81,10 @@ def multi_view_time_contrastive(embeddings: Tensor, times: Tensor, scenes: Tenso
         margin: the hinge margin on squared distances (official 0.2).
         neg_radius: frames of the same scene at most this far apart in time are neither positive
             nor negative (0: only the same moment is spared).
+        views: ``(N,)`` each frame's view (its video): frames of the same view are never positives of
+            each other (a video without another view, paired with itself, shows the same frame twice;
+            the official batch holds each moment of each view once). None: every other frame of the
+            moment is a positive.
 
     Examples:
         >>> e = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
@@ -98,6 +102,9 @@ def multi_view_time_contrastive(embeddings: Tensor, times: Tensor, scenes: Tenso
     same = scenes[:, None] == scenes[None, :]
     itself = torch.eye(len(times), dtype=torch.bool, device=times.device)
     positive = same & (gap == 0) & ~itself
+    if views is not None:
+        views = _labels("views", views, embeddings.shape[0], "embeddings")
+        positive &= views[:, None] != views[None, :]
     negative = ~same | (gap > neg_radius)
     distances = torch.cdist(embeddings, embeddings).square()
     return semi_hard_from_masks(distances, positive, negative, margin)

@@ -54,7 +54,8 @@ class R3M(VideoMethodBase):
         shuffles: negatives from other videos per anchor (the official's ``num_negatives`` 3).
         tcn_weight, l1_weight, l2_weight: the loss weights (official ``config_rep.yaml``: 1, 1e-5, 1e-5).
         crop_scale: area range of the random resized crop shared by a video's five frames (the
-            official ``rctraj`` augmentation: RandomResizedCrop with scale (0.2, 1.0)); None: none.
+            official ``rctraj`` augmentation: RandomResizedCrop with scale (0.2, 1.0), no flip, no colour
+            change); None: none, the official ``config_rep.yaml``'s default (``doaug: none``).
         captions: the distinct captions of the training videos (the engine passes them; batches give
             rows of this list). None: a model rebuilt for evaluation, which cannot train the language term.
         language_weight: weight of the language term (0: off; the paper's 1 needs captioned videos).
@@ -122,7 +123,7 @@ class R3M(VideoMethodBase):
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         clips = batch.views[0]  # (B, 5, C, H, W)
-        views = (augment.clip_views(clips, scale=self.crop_scale, jitter=None) if self.crop_scale is not None
+        views = (augment.clip_views(clips, scale=self.crop_scale, flip_p=0.0, jitter=None) if self.crop_scale is not None
                  else augment.clip_to_float(clips))
         embeddings = self.backbone(views.flatten(0, 1)).float().view(clips.shape[0], 5, -1)
         _, _, s0, s1, s2 = embeddings.unbind(1)

@@ -37,7 +37,8 @@ class TCN(VideoMethodBase):
     loss is :func:`selfsup.losses.multi_view_time_contrastive` — the same moment in the other view is
     the positive, every other moment of the scene and every other scene a negative (the official
     ``mvtcn_estimator``: semi-hard triplets over timestep labels). A video without another view is
-    paired with itself (its frames then have no positive).
+    paired with itself: its frames are then no one's positive (the same frame twice would be a
+    positive at distance 0), only negatives of the others.
 
     Args:
         backbone: the frame encoder.
@@ -48,9 +49,12 @@ class TCN(VideoMethodBase):
         stride: frames between a clip's frames.
         pos_radius, neg_radius: in frames of the video (official 6 and 12 at about 30 fps).
         margin: triplet margin on squared distances (official 0.2).
-        crop_scale: clip-consistent random resized crop area range (None: no augmentation). Our choice: the
-            official ``tcn_default.yml`` distorts each frame's colour (brightness, saturation) and its pouring
-            config adds scale augmentation; a clip-consistent crop keeps a clip's frames comparable.
+        crop_scale: clip-consistent random resized crop area range, with a colour jitter (brightness,
+            contrast, saturation 0.4, hue 0.1, probability 0.8) the same for every frame of a clip, never
+            flipped (None: no augmentation). Our choice: the official ``preprocess_training_image``
+            distorts each frame's colour on its own (brightness up to 32/255, saturation 0.5-1.5) and its
+            pouring config adds scale augmentation, no flip; one crop and one colour change per clip keep a
+            clip's frames comparable.
         multi_view: the multi-view objective on pairs of synchronised views (``pos_radius`` and
             ``neg_radius`` are then unused: the official multi-view loss has no radii). Batches differ from
             the official's: here clips of consecutive frames from several scenes, each other scene's frames
@@ -59,8 +63,9 @@ class TCN(VideoMethodBase):
         loss: the multi-view loss, as the official ``mvtcn_estimator`` offers it: ``triplet``
             (``MVTCNTripletEstimator``, above) or ``npairs`` (``MVTCNNpairsEstimator``): each frame of the
             first view an anchor whose positive is the same moment in the other view, the other pairs'
-            positives its negatives (:func:`selfsup.losses.n_pair`, pairs of one scene and time sharing a
-            class), on embeddings that are not normalised (the official config's ``npairs.embedding_l2:
+            positives its negatives (:func:`selfsup.losses.n_pair` with ``same_class="soft"``, TF's
+            ``npairs_loss``: pairs of one scene and time share a class, the target spread over them; a
+            video paired with itself gives no pair), on embeddings that are not normalised (the official config's ``npairs.embedding_l2:
             false``), plus TF ``npairs_loss``'s norm penalty ``0.25 * l2_reg * (mean |a|^2 + mean |p|^2)``.
         l2_reg: λ of that penalty (TF's default 0.002).
         across_videos: whether the batch's other videos' frames are negatives. ``None`` (default): the
@@ -110,21 +115,27 @@ class TCN(VideoMethodBase):
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         clips = batch.views[0]
         b, k = clips.shape[:2]
-        views = (augment.clip_views(clips, scale=self.crop_scale) if self.crop_scale is not None
+        views = (augment.clip_views(clips, scale=self.crop_scale, flip_p=0.0) if self.crop_scale is not None
                  else augment.clip_to_float(clips))
         raw = self.embedder(self.backbone(views.flatten(0, 1)))
         times = batch.extra["times"].flatten()
         if self.loss == "npairs":  # frames (b, 2 * half): the first half of each clip one view, the rest the other
             half = k // 2
-            pairs = raw.view(b, 2, half, -1)
+            paired = batch.extra["partner"] != batch.extra["video"]  # a video alone is its own partner: no pair
+            if not bool(paired.any()):
+                return {"loss": raw.sum() * 0.0}
+            pairs = raw.view(b, 2, half, -1)[paired]
             anchor, positive = pairs[:, 0].flatten(0, 1), pairs[:, 1].flatten(0, 1)
-            moments = batch.extra["scene"].repeat_interleave(half) * (int(times.max()) + 1) + times.view(b, 2, half)[:, 0].flatten()
+            moments = (batch.extra["scene"][paired].repeat_interleave(half) * (int(times.max()) + 1)
+                       + times.view(b, 2, half)[paired][:, 0].flatten())
             penalty = 0.25 * self.l2_reg * (anchor.square().sum(1).mean() + positive.square().sum(1).mean())
-            return {"loss": losses.n_pair(anchor, positive, labels=moments) + penalty}
+            return {"loss": losses.n_pair(anchor, positive, labels=moments, same_class="soft") + penalty}
         embeddings = F.normalize(raw, dim=1)
         if self.multi_view:  # the first k // 2 frames of a clip are one view, the rest the other view's
             scenes = batch.extra["scene"].repeat_interleave(k)
-            return {"loss": losses.multi_view_time_contrastive(embeddings, times, scenes, margin=self.margin)}
+            views = torch.stack([batch.extra["video"], batch.extra["partner"]], dim=1).repeat_interleave(k // 2, dim=1)
+            return {"loss": losses.multi_view_time_contrastive(embeddings, times, scenes, margin=self.margin,
+                                                               views=views.flatten())}
         videos = batch.extra["video"].repeat_interleave(k)
         loss = losses.time_contrastive_triplet(embeddings, times, videos, pos_radius=self.pos_radius,
                                                neg_radius=self.neg_radius, margin=self.margin,

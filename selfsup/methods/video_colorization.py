@@ -55,6 +55,23 @@ class LabInput(GrayInput):
 INPUTS = ("gray", "lab_dropout")
 
 
+@torch.no_grad()
+def _kmeans(points: Tensor, count: int, iterations: int) -> Tensor:
+    """``count`` k-means centres of ``(N, d)`` points: 20 Lloyd iterations from a seeded draw of at most
+    20,000 of them; under torch.distributed rank 0's result on every rank."""
+    generator = torch.Generator().manual_seed(0)
+    points = points[torch.randperm(len(points), generator=generator)[:20000].to(points.device)].float()
+    centres = points[torch.randperm(len(points), generator=generator)[:count].to(points.device)]
+    for _ in range(iterations):
+        assign = torch.cdist(points, centres).argmin(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=len(centres)).float()[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(centres, src=0)
+    return centres
+
+
 class VideoColorization(VideoMethodBase):
     """Copy the colours of reference frames to a gray target frame by attention over pixels.
 
@@ -85,14 +102,21 @@ class VideoColorization(VideoMethodBase):
         dim: per-pixel feature dimension (paper: 64).
         grid_stride: the features' grid is the input's side / ``grid_stride``.
         input: ``gray`` (paper) or ``lab_dropout`` (MAST's channel dropout, above).
+        dropout_target: with ``lab_dropout``, what the target frame's pixels are asked: ``dropped`` (the
+            default), the value of the channel dropped at that step, quantised into ``clusters`` levels by
+            k-means of that channel alone (MAST ``main.py`` ``compute_lphoto`` regresses the dropped channel
+            only: the network sees the other one in every frame, which would give part of a both-channel
+            answer away); ``ab``: the clusters of both channels, as with gray input (before 2026-12-07).
         seed: seeds the per-step draw of the dropped channel (``lab_dropout``), so a resumed run
             draws the same.
     """
 
     def __init__(self, backbone: Backbone, *, references: int = 3, stride: int = 1, clusters: int = 16,
                  temperature: float = 1.0, dim: int = 64, grid_stride: int = 4, input: str = "gray",
-                 seed: int = 0) -> None:
+                 seed: int = 0, dropout_target: str = "dropped") -> None:
         super().__init__()
+        if dropout_target not in ("dropped", "ab"):
+            raise ValueError(f"dropout_target must be 'dropped' or 'ab', got {dropout_target!r}")
         if references < 1 or stride < 1 or clusters < 2 or temperature <= 0:
             raise ValueError(f"need references >= 1, stride >= 1, clusters >= 2, temperature > 0; got {references}, "
                              f"{stride}, {clusters}, {temperature}")
@@ -104,6 +128,18 @@ class VideoColorization(VideoMethodBase):
         self.references, self.stride, self.temperature = references, stride, temperature
         self.register_buffer("centres", torch.zeros(clusters, 2))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.by_channel = input == "lab_dropout" and dropout_target == "dropped"
+        if self.by_channel:  # row c - 1: the levels of channel c (a, b), fitted with ``centres``
+            self.register_buffer("channel_centres", torch.zeros(2, clusters))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        if self.by_channel and prefix + "centres" in state_dict and prefix + "channel_centres" not in state_dict:
+            error_msgs.append("this lab_dropout checkpoint was trained to predict both colour channels (before "
+                              "2026-12-07); load it with method_args.dropout_target=ab")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def extra_repr(self) -> str:
         return f"input={self.input!r}, references={self.references}, temperature={self.temperature}"
@@ -128,27 +164,25 @@ class VideoColorization(VideoMethodBase):
 
     @torch.no_grad()
     def fit_clusters(self, ab: Tensor, iterations: int = 20) -> None:
-        """k-means of ``(N, 2)`` ab values into :attr:`centres` (seeded; the same on every rank, whose
+        """k-means of ``(N, 2)`` ab values into :attr:`centres`, and, where the target is the dropped
+        channel, of each channel alone into ``channel_centres`` (seeded; the same on every rank, whose
         rank-0 result is broadcast under torch.distributed)."""
-        generator = torch.Generator().manual_seed(0)
-        points = ab[torch.randperm(len(ab), generator=generator)[:20000].to(ab.device)].float()
-        centres = points[torch.randperm(len(points), generator=generator)[:len(self.centres)].to(ab.device)]
-        for _ in range(iterations):
-            assign = torch.cdist(points, centres).argmin(dim=1)
-            sums = torch.zeros_like(centres).index_add_(0, assign, points)
-            counts = torch.bincount(assign, minlength=len(centres)).float()[:, None]
-            centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(centres, src=0)
-        self.centres.copy_(centres)
+        self.centres.copy_(_kmeans(ab, len(self.centres), iterations))
+        if self.by_channel:
+            for c in range(2):
+                self.channel_centres[c].copy_(_kmeans(ab[:, c:c + 1], len(self.centres), iterations)[:, 0])
         self.fitted.fill_(True)
 
-    def quantise(self, frames: Tensor, grid: tuple[int, int]) -> Tensor:
-        """``(N, h, w)`` cluster of each grid cell's mean ab colour."""
+    def quantise(self, frames: Tensor, grid: tuple[int, int], channel: int | None = None) -> Tensor:
+        """``(N, h, w)`` cluster of each grid cell's mean ab colour, or with ``channel`` (1: a, 2: b)
+        the level of that channel alone."""
         ab = F.adaptive_avg_pool2d(augment.rgb_to_lab(frames)[:, 1:], grid)  # (N, 2, h, w)
         flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
         if not bool(self.fitted):
             self.fit_clusters(flat)
+        if channel is not None:
+            return (flat[:, channel - 1:channel] - self.channel_centres[channel - 1][None]).abs().argmin(dim=1).view(
+                ab.shape[0], *grid)
         return torch.cdist(flat, self.centres).argmin(dim=1).view(ab.shape[0], *grid)
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
@@ -158,11 +192,11 @@ class VideoColorization(VideoMethodBase):
             raise ValueError(f"video colorization needs colour frames, got {clips.shape[2]} channel(s)")
         encoder = self.dense_encoder()
         frames = clips.flatten(0, 1)
-        features = (encoder(frames, drop=self.dropped_channel(progress.step)) if self.input == "lab_dropout"
-                    else encoder(frames)).float()  # (B * k, D, h, w)
+        drop = self.dropped_channel(progress.step) if self.input == "lab_dropout" else None
+        features = (encoder(frames, drop=drop) if drop is not None else encoder(frames)).float()  # (B * k, D, h, w)
         grid = tuple(features.shape[-2:])
         with torch.no_grad():
-            colours = self.quantise(clips.flatten(0, 1), grid).view(b, k, -1)  # (B, k, hw)
+            colours = self.quantise(frames, grid, drop if self.by_channel else None).view(b, k, -1)  # (B, k, hw)
         features = features.view(b, k, features.shape[1], -1)  # (B, k, D, hw)
         refs = features[:, :-1].permute(0, 1, 3, 2).flatten(1, 2)  # (B, R * hw, D)
         target = features[:, -1]  # (B, D, hw)
