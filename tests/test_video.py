@@ -978,24 +978,34 @@ def test_a_video_paired_with_itself_gives_no_positive_only_negatives():
     assert losses.multi_view_time_contrastive(e, times, scenes).item() != pytest.approx(got.item(), rel=1e-3)
 
 
+def _flat_backbone():
+    torch.manual_seed(0)
+    return Backbone(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 6)), 6, 3, [0.0] * 3, [1.0] * 3)
+
+
+def _npairs_tcn_step(times, *, scene, video, partner):
+    """Multi-view TCN's n-pairs loss on random 8-pixel clips at ``times`` ``(b, 2k)`` (each clip's first k
+    frames its video's, the rest its partner's), and the clips' raw embeddings ``(b, 2k, 4)``."""
+    from selfsup.methods.base import Batch, Progress
+
+    frames = times.shape[1] // 2
+    method = TCN(_flat_backbone(), dim=4, frames=frames, multi_view=True, loss="npairs", crop_scale=None).train()
+    clips = torch.randint(0, 256, (len(times), 2 * frames, 3, 8, 8), dtype=torch.uint8)
+    extra = {"times": times, "scene": torch.tensor(scene), "video": torch.tensor(video),
+             "partner": torch.tensor(partner)}
+    out = method.training_step(Batch([clips], torch.arange(len(times)), None, extra), Progress(0, 10, 5))
+    with torch.no_grad():
+        e = method.embedder(method.backbone(clips.flatten(0, 1).float() / 255)).double()
+    return out["loss"].item(), e.view(len(times), 2 * frames, 4)
+
+
 def test_multi_view_tcn_npairs_spreads_a_shared_moment_over_its_positives_as_tf_npairs_loss():
     # Scene 0's clip drawn twice (video 0 with partner 1, video 1 with partner 0) at the same times: each
     # moment has two positives, TF npairs_loss's target 1/2 on each; scene 1's lone video (partner itself)
     # gives no pair.
-    from selfsup.methods.base import Batch, Progress
-
-    torch.manual_seed(0)
-    backbone = Backbone(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 6)), 6, 3, [0.0] * 3,
-                        [1.0] * 3)
-    method = TCN(backbone, dim=4, frames=2, multi_view=True, loss="npairs", crop_scale=None).train()
-    clips = torch.randint(0, 256, (3, 4, 3, 8, 8), dtype=torch.uint8)
     times = torch.tensor([[3, 4, 3, 4], [3, 4, 3, 4], [0, 1, 0, 1]])
-    extra = {"times": times, "scene": torch.tensor([0, 0, 1]), "video": torch.tensor([0, 1, 2]),
-             "partner": torch.tensor([1, 0, 2])}
-    out = method.training_step(Batch([clips], torch.arange(3), None, extra), Progress(0, 10, 5))
-    with torch.no_grad():
-        e = method.embedder(method.backbone(clips.flatten(0, 1).float() / 255)).double().view(3, 4, 4)
-        a, p = e[:2, :2].reshape(4, 4), e[:2, 2:].reshape(4, 4)
+    loss, e = _npairs_tcn_step(times, scene=[0, 0, 1], video=[0, 1, 2], partner=[1, 0, 2])
+    a, p = e[:2, :2].reshape(4, 4), e[:2, 2:].reshape(4, 4)
     moment = [3, 4, 3, 4]
     expected = 0.0
     for i in range(4):
@@ -1004,32 +1014,23 @@ def test_multi_view_tcn_npairs_spreads_a_shared_moment_over_its_positives_as_tf_
         same = [j for j in range(4) if moment[j] == moment[i]]
         expected += sum(lse - logits[j] for j in same) / len(same)
     expected = expected / 4 + 0.25 * 0.002 * (float((a ** 2).sum(1).mean()) + float((p ** 2).sum(1).mean()))
-    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_multi_view_tcn_npairs_is_the_official_npairs_loss_between_the_two_views():
     # Two scenes' clips of 3 frames in each of 2 views (times 4, 5, 6 and 0, 1, 2): 6 anchors (view 0),
     # each with the same moment of view 1 as its positive and the 5 other positives as negatives,
     # on raw embeddings, plus TF npairs_loss's 0.25 * 0.002 * (mean |a|^2 + mean |p|^2).
-    from selfsup.methods.base import Batch, Progress
-
-    torch.manual_seed(0)
-    backbone = Backbone(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 6)), 6, 3, [0.0] * 3,
-                        [1.0] * 3)
-    method = TCN(backbone, dim=4, frames=3, multi_view=True, loss="npairs", crop_scale=None).train()
-    clips = torch.randint(0, 256, (2, 6, 3, 8, 8), dtype=torch.uint8)
     times = torch.tensor([[4, 5, 6, 4, 5, 6], [0, 1, 2, 0, 1, 2]])
-    extra = {"times": times, "scene": torch.tensor([0, 1]), "video": torch.tensor([0, 2]), "partner": torch.tensor([1, 3])}
-    out = method.training_step(Batch([clips], torch.arange(2), None, extra), Progress(0, 10, 5))
-    with torch.no_grad():
-        e = method.embedder(method.backbone(clips.flatten(0, 1).float() / 255)).double().view(2, 6, 4)
-        a, p = e[:, :3].reshape(6, 4), e[:, 3:].reshape(6, 4)
+    loss, e = _npairs_tcn_step(times, scene=[0, 1], video=[0, 2], partner=[1, 3])
+    a, p = e[:, :3].reshape(6, 4), e[:, 3:].reshape(6, 4)
     expected = 0.0
     for i in range(6):
         logits = [float(a[i] @ p[j]) for j in range(6)]
         expected += math.log(sum(math.exp(v) for v in logits)) - logits[i]
     expected = expected / 6 + 0.25 * 0.002 * (float((a ** 2).sum(1).mean()) + float((p ** 2).sum(1).mean()))
-    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    backbone = _flat_backbone()
     with pytest.raises(ValueError, match="multi_view=True"):
         TCN(backbone, loss="npairs")
     with pytest.raises(ValueError, match="'triplet' or 'npairs'"):
