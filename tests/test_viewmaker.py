@@ -151,29 +151,40 @@ def test_the_viewmaker_gets_its_own_constant_adam_through_param_groups(tmp_path)
 
 @pytest.mark.slow
 def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
-    """Digits, 12 epochs (132 steps): the learned views lift kNN over the random-weight floor.
+    """Digits, 12 epochs (132 steps): the encoder learns the game's objective on held-out digits, and the
+    run draws its learned views.
 
-    The viewmaker is a quarter of the official width (8, 16, 32 channels: 1/16 of its work), which makes
-    this check 4.3 times faster and less seed-dependent on an AVX2 CPU (one thread, float32; kNN gain over
-    the floor, 360 test digits): width 8 +2.78, +3.06, +6.39 points at seeds 0, 1, 2 (bf16 autocast, seed
-    0: +3.06), 57 s a run; the official width 32 +2.50 at seed 0 in 245 s, width 16 -5.0. (At 6dd5d59, on
-    the AVX512-BF16 machine, width 32 read +5.28 in bf16 and +4.72 in float32, seed 1 -0.56, seed 2 +3.33.)
+    What is asked is the method's own objective, as tests/test_recipes_learn.py asks of the others: on
+    held-out digits, views made by the trained viewmaker, the trained encoder's one-sided NT-Xent is below
+    that of the same encoder at its initialisation (a harder task than at the start: the viewmaker has
+    learned to make the views differ). Whether the run also lifts kNN over its random-weight floor at this
+    budget depends on the seed: at c2cfc11 (each view encoded on its own, a constant learning rate, as the
+    official code), float32, one thread, an AVX512-BF16 / AMX Intel Xeon: +1.11, +1.11, +3.89, +5.56, -2.22,
+    -1.67 points at seeds 0-5 (360 test digits); before those changes +5.56, -0.56, +2.22 at seeds 0-2. The
+    viewmaker is a quarter of the official width (8, 16, 32 channels: 1/16 of its work), for speed. Float32
+    on every CPU: the adversarial game carries rounding differences far."""
+    from selfsup import augment
+    from selfsup.cli.common import load_method
+    from selfsup.data import load
 
-    Float32 on every CPU: the adversarial game carries rounding differences far, and on an AVX512-BF16 / AMX
-    Intel Xeon (2026-12-07) bf16 autocast read -0.28, -3.61, +6.11 at seeds 0-2 (this check failed there), float32
-    +5.56, -0.56, +2.22 (27 s). On an AVX2 CPU float32 is what ``precision=auto`` picks anyway. The gain at this
-    budget depends on the seed on every machine; 24 epochs (-1.67, +0.83, +5.00 in bf16), batch 64 or an encoder lr
-    ten times the recipe's did not make it steadier."""
     cfg = load_config("recipes/viewmaker_fashion_mnist.yaml", [
         "data.name=digits", "data.size=16", "backbone.width=16", "train.batch_size=128", "train.epochs=12",
         "method_args.viewmaker_width=8", "train.precision=32-true",
         "train.progress=false", "train.knn_every=0", "eval.save_embeddings=false", "eval.embedding_map=tsne",
         f"train.out_dir={tmp_path}"])
-    pretrain(cfg)
-    results = json.loads((tmp_path / "results.json").read_text())
-    knn = results["evaluations"]["knn"]
-    assert knn["accuracy"] > knn["random_init"]["accuracy"] + 0.02, knn
+    result = pretrain(cfg)
     assert (tmp_path / "views.png").is_file()
+    _, trained, _, _, build = load_method(str(result.checkpoint))
+    torch.manual_seed(1)
+    fresh = build(trained.backbone.mean.flatten().tolist(), trained.backbone.std.flatten().tolist())  # random weights
+    x = augment.to_float(load("digits", "test", size=16, progress=False).images)
+    trained.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        (v1, v2), _ = trained.learned_views([x])
+        after = trained.loss_of_views(v1, v2).item()
+        before = fresh.loss_of_views(v1, v2).item()
+    assert after < before - 1.0, (before, after)  # at seed 0: -4.74 against -0.03 (the loss is shifted by -log 2N)
 
 
 def test_views_are_clamped_to_the_pixels_range_unless_clamp_views_is_off():

@@ -106,10 +106,13 @@ class VideoColorization(VideoMethodBase):
             default), the value of the channel dropped at that step, quantised into ``clusters`` levels by
             k-means of that channel alone (MAST ``main.py`` ``compute_lphoto`` regresses the dropped channel
             only: the network sees the other one in every frame, which would give part of a both-channel
-            answer away); ``ab``: the clusters of both channels, as with gray input (before 2026-12-07).
+            answer away); ``ab``: the clusters of both channels, as with gray input (before 2026-12-07; a
+            checkpoint of then reads with it, :attr:`legacy_args`).
         seed: seeds the per-step draw of the dropped channel (``lab_dropout``), so a resumed run
             draws the same.
     """
+
+    legacy_args = {"dropout_target": "ab"}  # lab_dropout checkpoints from before the dropped-channel target read as built
 
     def __init__(self, backbone: Backbone, *, references: int = 3, stride: int = 1, clusters: int = 16,
                  temperature: float = 1.0, dim: int = 64, grid_stride: int = 4, input: str = "gray",
@@ -136,7 +139,7 @@ class VideoColorization(VideoMethodBase):
                               error_msgs) -> None:
         if self.by_channel and prefix + "centres" in state_dict and prefix + "channel_centres" not in state_dict:
             error_msgs.append("this lab_dropout checkpoint was trained to predict both colour channels (before "
-                              "2026-12-07); load it with method_args.dropout_target=ab")
+                              "2026-12-07); load it with method_args.dropout_target=ab (the command line does)")
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
