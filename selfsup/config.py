@@ -33,6 +33,10 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true
 class Optimizer(str, Enum):
     sgd = "sgd"
     adamw = "adamw"
+    adam = "adam"
+    """Adam with weight decay as an L2 term added to the gradient before Adam's scaling (``torch.optim.Adam``),
+    where ``adamw`` decouples it (Loshchilov and Hutter 2019): the optimiser of official code written with
+    ``torch.optim.Adam(..., weight_decay=...)``, such as Dense Object Nets'."""
     lars = "lars"
 
 

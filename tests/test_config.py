@@ -28,7 +28,7 @@ def test_overrides_are_typed_and_resolved():
     ("train.epoch=2", "train.epoch: Key 'epoch' not in 'TrainConfig'"),
     ("bogus=1", "Key 'bogus' not in 'Config'"),
     ("train.batch_size=many", "train.batch_size"),
-    ("optim.name=adam", "Invalid value 'adam'"),
+    ("optim.name=adagrad", "Invalid value 'adagrad'"),
     ("method=simclrr", "unknown method 'simclrr'"),
     ("method_args.temp=0.5", "method_args.temp: simclr has no argument 'temp'"),
     ("method_args.temperature=hot", "method_args.temperature: expected float"),

@@ -161,7 +161,8 @@ def test_lars_adapts_weights_even_without_weight_decay():
     assert torch.allclose(model.weight.detach(), w0 - 0.1 * 0.001 * w0.norm() / g.norm() * g, atol=1e-7)
 
 
-@pytest.mark.parametrize("name,cls", [(Optimizer.sgd, torch.optim.SGD), (Optimizer.adamw, torch.optim.AdamW)])
+@pytest.mark.parametrize("name,cls", [(Optimizer.sgd, torch.optim.SGD), (Optimizer.adamw, torch.optim.AdamW),
+                                      (Optimizer.adam, torch.optim.Adam)])
 def test_optimizer_types(name, cls):
     assert isinstance(build_optimizer(TwoHeads(), OptimConfig(name=name), lr=0.1), cls)
 
@@ -198,6 +199,27 @@ def test_adamw_steps_with_the_configured_betas_and_decoupled_weight_decay():
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         w = w * (1 - lr * wd) - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + 1e-8)
     torch.testing.assert_close(model.weight.detach().double(), w, atol=1e-6, rtol=0)
+
+
+def test_adam_adds_weight_decay_to_the_gradient_before_its_scaling():
+    # Kingma & Ba with L2 regularisation (torch.optim.Adam's weight_decay, Dense Object Nets' optimiser):
+    # g <- g + wd w, then the same moments; the decay is scaled away with the gradient, unlike AdamW's.
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    w, bias = model.weight.detach().clone().double(), model.bias.detach().clone()
+    grads = [torch.randn(4, 3) * 0.01, torch.randn(4, 3) * 0.01]
+    lr, wd, (b1, b2) = 0.1, 0.5, (0.5, 0.8)
+    opt = build_optimizer(model, OptimConfig(name=Optimizer.adam, weight_decay=wd, betas=[b1, b2],
+                                             exclude_bias_norm=True), lr=lr)
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        model.weight.grad, model.bias.grad = g.clone(), torch.zeros(4)
+        opt.step()
+        g = g.double() + wd * w
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + 1e-8)
+    torch.testing.assert_close(model.weight.detach().double(), w, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.bias.detach(), bias, atol=0, rtol=0)  # no gradient, no decay: still
 
 
 @pytest.mark.parametrize("clip", [1.0, None, "method"], ids=["clipped", "unclipped", "by_the_method"])

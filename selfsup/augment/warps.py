@@ -8,8 +8,8 @@ depth, no matching, no approximation (Dense Object Nets learn from such correspo
 come from warps of single images instead of 3-D reconstructions). A pixel of B is ``valid`` when its
 source lies inside A's pixel centres, where bilinear interpolation needs no padding.
 
-Warps compose a rotation, an isotropic scale, a shear, a translation and a horizontal flip about the
-image centre, and a small projective term (:func:`random_homographies`).
+Warps compose a rotation, an isotropic scale, a shear, a translation, a horizontal flip and a half turn
+about the image centre, and a small projective term (:func:`random_homographies`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None,
 def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Generator | None = None,
                         rotation: float = 30.0, scale: tuple[float, float] = (0.8, 1.2), shear: float = 10.0,
                         shift: float = 0.1, perspective: float = 0.1, flip_p: float = 0.5,
-                        device: torch.device | str | None = None) -> Tensor:
+                        half_turn_p: float = 0.0, device: torch.device | str | None = None) -> Tensor:
     """``(n, 3, 3)`` float64 homographies mapping points of the source image to the warped one.
 
     Args:
@@ -40,7 +40,10 @@ def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Gener
         shift: the largest translation as a fraction of each side.
         perspective: the largest projective distortion: the corners move by up to this fraction of
             the side, through the bottom row of H.
-        flip_p: probability of a horizontal flip.
+        flip_p: probability of a horizontal flip (a mirror image: handedness reversed).
+        half_turn_p: probability of a rotation by 180 degrees (Dense Object Nets' only augmentation,
+            ``correspondence_augmentation.py``: a vertical then a horizontal flip, handedness kept), on top
+            of ``rotation``.
         device: where the homographies go (default: the generator's device, else the CPU); the draws
             are made on the generator's own device, as every augmentation's.
     """
@@ -54,6 +57,7 @@ def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Gener
     px = _uniform(n, -perspective, perspective, generator, device) / width
     py = _uniform(n, -perspective, perspective, generator, device) / height
     flip = _rand((n,), device, generator) < flip_p
+    half_turn = _rand((n,), device, generator) < half_turn_p if half_turn_p > 0 else torch.zeros_like(flip)
 
     def matrix(rows: list[list[Tensor | float]]) -> Tensor:
         return torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).expand(n)
@@ -61,7 +65,8 @@ def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Gener
 
     centre = matrix([[1.0, 0.0, -width / 2], [0.0, 1.0, -height / 2], [0.0, 0.0, 1.0]])
     uncentre = matrix([[1.0, 0.0, width / 2], [0.0, 1.0, height / 2], [0.0, 0.0, 1.0]])
-    flipping = matrix([[torch.where(flip, -1.0, 1.0), 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    turn = torch.where(half_turn, -1.0, 1.0)
+    flipping = matrix([[torch.where(flip, -1.0, 1.0) * turn, 0.0, 0.0], [0.0, turn, 0.0], [0.0, 0.0, 1.0]])
     cos, sin = torch.cos(angle), torch.sin(angle)
     linear = matrix([[s * cos, -s * sin, 0.0], [s * sin, s * cos, 0.0], [0.0, 0.0, 1.0]])
     shearing = matrix([[1.0, sh, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])

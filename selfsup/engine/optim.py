@@ -161,6 +161,8 @@ def _optimizer(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.O
         return Lars(groups, lr=lr, momentum=cfg.momentum)
     if cfg.name == Optimizer.sgd:
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == Optimizer.adam:  # weight decay coupled: an L2 term in the gradient, then Adam's scaling
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas))
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
 
 

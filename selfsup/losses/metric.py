@@ -204,7 +204,8 @@ def prototypical(support: Tensor, support_labels: Tensor, query: Tensor, query_l
 
 @float32_loss
 def pixelwise_contrastive(match_a: Tensor, match_b: Tensor, non_match_a: Tensor, non_match_b: Tensor,
-                          margin: float = 0.5) -> Tensor:
+                          margin: float = 0.5, *, match_pair: Tensor | None = None,
+                          non_match_pair: Tensor | None = None) -> Tensor:
     """Dense Object Nets' pixelwise contrastive loss on descriptor pairs (Florence et al. 2018; the
     official ``PixelwiseContrastiveLoss`` with ``scale_by_hard_negatives``):
 
@@ -212,12 +213,17 @@ def pixelwise_contrastive(match_a: Tensor, match_b: Tensor, non_match_a: Tensor,
         non-match = 1 / H  * sum_non-matches max(0, margin - ||d_a - d_b||)^2
 
     the sum of the two, where H is the number of hard negatives (non-matches still inside the margin,
-    at least 1): the non-match term does not fade as most pairs clear the margin.
+    at least 1): the non-match term does not fade as most pairs clear the margin. The official code
+    trains on one image pair at a time; given the image pair each row comes from (``match_pair``,
+    ``non_match_pair``), the loss is that of each pair on its own (its own M and H), averaged over the
+    pairs that have matches. Without them every row is pooled into one M and one H.
 
     Args:
         match_a, match_b: ``(M, D)`` descriptors of corresponding points of the two images.
         non_match_a, non_match_b: ``(K, D)`` descriptors of points that do not correspond.
         margin: the non-match margin M (official: 0.5).
+        match_pair, non_match_pair: ``(M,)`` and ``(K,)`` integer indices of each row's image pair (both
+            or neither).
 
     Examples:
         >>> a = torch.tensor([[0.0, 0.0]])
@@ -229,7 +235,22 @@ def pixelwise_contrastive(match_a: Tensor, match_b: Tensor, non_match_a: Tensor,
     _same_shape("match_a", match_a, "match_b", match_b)
     _same_shape("non_match_a", non_match_a, "non_match_b", non_match_b)
     _margin(margin)
-    match = (match_a - match_b).pow(2).sum(dim=1).mean()
+    squared = (match_a - match_b).pow(2).sum(dim=1)
     hinge = (margin - (non_match_a - non_match_b).norm(dim=1)).clamp_min(0).pow(2)
-    hard = (hinge > 0).sum().clamp_min(1)
-    return match + hinge.sum() / hard
+    if (match_pair is None) != (non_match_pair is None):
+        raise ValueError("give match_pair and non_match_pair together, or neither")
+    if match_pair is None:
+        return squared.mean() + hinge.sum() / (hinge > 0).sum().clamp_min(1)
+    if match_pair.shape != squared.shape or non_match_pair.shape != hinge.shape:
+        raise ValueError(f"match_pair must be ({len(squared)},) and non_match_pair ({len(hinge)},), got "
+                         f"{tuple(match_pair.shape)} and {tuple(non_match_pair.shape)}")
+    pairs = 1 + max((int(index.max()) for index in (match_pair, non_match_pair) if len(index)), default=-1)
+
+    def per_pair(index: Tensor, values: Tensor) -> Tensor:
+        return values.new_zeros(pairs).index_add(0, index, values)
+
+    matches = per_pair(match_pair, torch.ones_like(squared))
+    present = matches > 0
+    match = per_pair(match_pair, squared)[present] / matches[present]
+    hard = per_pair(non_match_pair, (hinge > 0).to(hinge.dtype)).clamp_min(1)
+    return (match + (per_pair(non_match_pair, hinge) / hard)[present]).mean()

@@ -20,24 +20,44 @@ class DenseObjectNet(MethodBase):
 
     Per batch::
 
-        B, valid = warp(A, H)                      # a random homography per image (flip included),
+        B, valid = warp(A, H)                      # a random homography per image (a half turn included),
         B = colour_change(B)                       # then brightness and contrast changed
-        d_A, d_B = net(A), net(B)                  # (N, D, H, W) descriptors
+        d_A, d_B = net(A), net(B)                  # (N, D, H, W) descriptors, each batch on its own
         for `matches` valid pixels p of B:         # their exact match in A: a = H^-1 p
             match pair (d_A(a), d_B(p))            # d_A read bilinearly at a
             `non_matches` pixels q of B more than `min_distance` pixels from p:
                 non-match pair (d_A(a), d_B(q))
-        loss = pixelwise_contrastive(matches, non-matches, margin)
+        loss = mean over pairs of pixelwise_contrastive(its matches, its non-matches, margin)
 
     The official code finds correspondences by 3-D reconstruction of a scene seen from several
     cameras; single images with known warps give exact ones, so the method trains on any image set.
     Image pairs with given correspondences (``data.name: pairs``, :mod:`selfsup.data.pairs`) train on
     those instead: ``matches`` of each pair's given matches are sampled, a read bilinearly in A and p
     in B, the non-matches as above.
-    Its loss is the official one with ``scale_by_hard_negatives``, summed over the batch's image pairs
-    at once (the official normalises per pair). The descriptor network reads every stage of the
-    backbone (:class:`selfsup.nn.dense.DescriptorNet`), where the official one is a ResNet-34 FCN with
-    skip connections.
+    As in the official code (RobotLocomotion/pytorch-dense-correspondence, read for this method):
+
+    - the loss is the official one with ``scale_by_hard_negatives``, each image pair's on its own
+      (the official trains on one pair a step; ``normalise: pooled`` pools the batch's pairs into one
+      match mean and one hard-negative count, this method's behaviour before 2026-12-08);
+    - the only augmentation of the pair is a rotation by 180 degrees with probability 0.5
+      (``correspondence_augmentation.py``; ``half_turn_p``): a mirror flip (``flip_p``, off by default)
+      would ask the descriptor of a point to equal that of its mirror image, which on a left-right
+      symmetric object is the descriptor of the other side;
+    - A and B go through the network separately (``training.py``), so BatchNorm normalises each batch
+      by its own statistics (``joint_bn: true``: one pass, statistics of both together);
+    - the descriptor head starts from N(0, 0.01) with zero biases (``head_std``), and weight decay
+      reaches every parameter (``torch.optim.Adam(dcn.parameters(), weight_decay=...)``).
+
+    Where it differs: the matches come from warps, not from 3-D reconstructions with object masks, so
+    ``matches`` of B's valid pixels are drawn uniformly (the official draws them on the object's mask,
+    thousands per pair) and the non-matches uniformly over B (the official: half on the mask, half on
+    the background, each term with the same margin 0.5 by default, which is one pooled term). Non-matches
+    within ``min_distance`` pixels of the match are left out, as the official sampler means to (its
+    ``correspondence_finder.py`` builds the mask of near pixels from zeros, so it keeps them). The
+    descriptor network reads every stage of the backbone (:class:`selfsup.nn.dense.DescriptorNet`), where
+    the official one is an ImageNet-trained ResNet-34 with output stride 8 and one 1x1 head, upsampled
+    with aligned corners (``upsample_bilinear``; here ``align_corners=False``, the convention of the
+    pixel centres the matches are read at).
 
     Args:
         backbone: the encoder whose stages the descriptors read (its pooled features stay the
@@ -47,9 +67,16 @@ class DenseObjectNet(MethodBase):
         matches: matches sampled per image pair.
         non_matches: non-matches per match (the official samples about 150).
         min_distance: a non-match lies more than this many pixels from the true match.
-        rotation, scale, shear, shift, perspective, flip_p: the warps (:func:`selfsup.augment.warps.random_homographies`).
+        rotation, scale, shear, shift, perspective, flip_p, half_turn_p: the warps
+            (:func:`selfsup.augment.warps.random_homographies`).
         colour: the largest relative brightness and contrast change of the warped image.
+        normalise: ``pair``: each image pair's loss on its own, averaged (official); ``pooled``: one
+            loss over every pair's matches and non-matches.
+        joint_bn: encode A and B in one pass (BatchNorm statistics over both; faster on small batches).
+        head_std: the descriptor heads' initial weight std (official 0.01); None: PyTorch's default.
     """
+
+    exclude_bias_norm = False  # the official Adam(dcn.parameters(), weight_decay=1e-4) decays every parameter
 
     augment_recipe = "none"
     views_needed: ClassVar[tuple[int, int | None]] = (1, 1)
@@ -58,16 +85,20 @@ class DenseObjectNet(MethodBase):
     def __init__(self, backbone: Backbone, *, dim: int = 3, margin: float = 0.5, matches: int = 64,
                  non_matches: int = 150, min_distance: float = 2.0, rotation: float = 30.0,
                  scale: tuple[float, float] = (0.8, 1.2), shear: float = 10.0, shift: float = 0.1,
-                 perspective: float = 0.1, flip_p: float = 0.5, colour: float = 0.3) -> None:
+                 perspective: float = 0.1, flip_p: float = 0.0, half_turn_p: float = 0.5, colour: float = 0.3,
+                 normalise: str = "pair", joint_bn: bool = False, head_std: float | None = 0.01) -> None:
         super().__init__()
         if matches < 1 or non_matches < 1 or margin <= 0 or min_distance < 0 or not 0 <= colour < 1:
             raise ValueError(f"need matches >= 1, non_matches >= 1, margin > 0, min_distance >= 0 and 0 <= colour "
                              f"< 1; got {matches}, {non_matches}, {margin}, {min_distance}, {colour}")
+        if normalise not in ("pair", "pooled"):
+            raise ValueError(f"normalise must be 'pair' or 'pooled', got {normalise!r}")
         self.backbone = backbone
-        self.descriptors = DescriptorNet(backbone, dim)
+        self.descriptors = DescriptorNet(backbone, dim, head_std=head_std)
+        self.normalise, self.joint_bn = normalise, bool(joint_bn)
         self.margin, self.matches, self.non_matches, self.min_distance = margin, matches, non_matches, min_distance
         self.warp_args = {"rotation": rotation, "scale": tuple(scale), "shear": shear, "shift": shift,
-                          "perspective": perspective, "flip_p": flip_p}
+                          "perspective": perspective, "flip_p": flip_p, "half_turn_p": half_turn_p}
         self.colour = colour
 
     def augmentation(self, image_size: int) -> augment.Augmentation:
@@ -108,7 +139,10 @@ class DenseObjectNet(MethodBase):
             p = centres[torch.multinomial(weights, self.matches, replacement=True)]  # (n, M, 2) pixels of B
             a = warps.map_points(torch.linalg.inv(homographies), p.double()).float()
             keep = usable[:, None].expand(-1, self.matches)
-        d_a, d_b = self.descriptors(torch.cat((images, other))).chunk(2)
+        if self.joint_bn:
+            d_a, d_b = self.descriptors(torch.cat((images, other))).chunk(2)
+        else:
+            d_a, d_b = self.descriptors(images), self.descriptors(other)
         flat_b = d_b.flatten(2).transpose(1, 2)  # (n, H*W, D)
         at_a = warps.sample_at(d_a, a)  # (n, M, D), bilinear at the exact matches
         match_a, match_b = at_a[keep], warps.sample_at(d_b, p)[keep]
@@ -118,7 +152,12 @@ class DenseObjectNet(MethodBase):
         non_a = at_a[:, :, None].expand(-1, -1, self.non_matches, -1)[far]
         non_b = torch.gather(flat_b, 1, q.view(n, -1, 1).expand(-1, -1, flat_b.shape[-1])).view(
             n, self.matches, self.non_matches, -1)[far]
-        loss = losses.pixelwise_contrastive(match_a, match_b, non_a, non_b, self.margin)
+        pairs = {}
+        if self.normalise == "pair":
+            index = torch.arange(n, device=images.device)
+            pairs = {"match_pair": index[:, None].expand(-1, self.matches)[keep],
+                     "non_match_pair": index[:, None, None].expand(-1, self.matches, self.non_matches)[far]}
+        loss = losses.pixelwise_contrastive(match_a, match_b, non_a, non_b, self.margin, **pairs)
         with torch.no_grad():
             match_distance = (match_a - match_b).norm(dim=1).mean()
         return {"loss": loss, "match_distance": match_distance}

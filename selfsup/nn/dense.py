@@ -85,6 +85,8 @@ class DescriptorNet(nn.Module):
         probe_size: side of the blank image used once to read the stages' channel counts.
         stride: descriptors on a grid this many times coarser than the input (``ceil(H / stride)``;
             1: one per pixel).
+        head_std: the heads' 1x1 convolutions drawn from N(0, head_std²) with zero biases (Dense Object Nets'
+            official head: ``normal_(0, 0.01)``, as the FCN heads it comes from); None: PyTorch's default.
 
     Examples:
         >>> from selfsup.nn import build_backbone
@@ -93,10 +95,11 @@ class DescriptorNet(nn.Module):
         torch.Size([2, 3, 28, 28])
     """
 
-    def __init__(self, backbone: Backbone, dim: int = 3, probe_size: int = 32, stride: int = 1) -> None:
+    def __init__(self, backbone: Backbone, dim: int = 3, probe_size: int = 32, stride: int = 1,
+                 head_std: float | None = None) -> None:
         super().__init__()
-        if dim < 1 or stride < 1:
-            raise ValueError(f"dim and stride must be >= 1, got {dim} and {stride}")
+        if dim < 1 or stride < 1 or (head_std is not None and head_std <= 0):
+            raise ValueError(f"dim and stride must be >= 1 and head_std positive, got {dim}, {stride} and {head_std}")
         self.stride = stride
         self.backbone = backbone
         with torch.no_grad():
@@ -106,6 +109,11 @@ class DescriptorNet(nn.Module):
                                                                                  probe_size, probe_size))]
             backbone.train(was)
         self.heads = nn.ModuleList(nn.Conv2d(c, dim, 1, bias=k == 0) for k, c in enumerate(channels))
+        if head_std is not None:
+            for head in self.heads:
+                nn.init.normal_(head.weight, 0.0, head_std)
+                if head.bias is not None:
+                    nn.init.zeros_(head.bias)
         self.dim = dim
 
     def forward(self, images: Tensor) -> Tensor:
