@@ -15,6 +15,12 @@ from selfsup.nn import Backbone
 from selfsup.nn.dense import DescriptorNet
 
 
+def _as_float(images: Tensor) -> Tensor:
+    """uint8 images to float32 in [0, 1]; floating ones kept in their own precision (float64 where a test
+    runs the method in it: A and B pass through the network apart, so each must match its weights)."""
+    return images if images.is_floating_point() else augment.clip_to_float(images)
+
+
 class DenseObjectNet(MethodBase):
     """Per-pixel descriptors trained by the pixelwise contrastive loss on known correspondences.
 
@@ -119,11 +125,11 @@ class DenseObjectNet(MethodBase):
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
-        images = augment.clip_to_float(batch.views[0])  # image pairs arrive as uint8, views as float
+        images = _as_float(batch.views[0])  # image pairs arrive as uint8, views as float
         n, _, height, width = images.shape
         centres = warps.pixel_centres((height, width), images.device)
         if batch.extra is not None and "matches" in batch.extra:  # image pairs with given correspondences
-            other = augment.clip_to_float(batch.extra["b"])
+            other = _as_float(batch.extra["b"])
             counts = batch.extra["counts"]
             slots = torch.arange(batch.extra["matches"].shape[1], device=images.device)
             weights = (slots[None] < counts[:, None]).float()
