@@ -134,8 +134,8 @@ class OptimConfig:
     exclude_bias_norm: bool | None = None
     """No weight decay (and so no LARS adaptation) for biases and normalisation parameters (1-D tensors).
     None: what the method's official code does (``Method.exclude_bias_norm``: SimCLR, BYOL, DINO, CLIP and
-    MoCo v3's LARS leave them out; MoCo v1/v2, SimSiam, SupCon, InstDisc, CMC, InvaSpread, rotation and
-    jigsaw decay every parameter)."""
+    MoCo v3's LARS leave them out; MoCo v1/v2, SimSiam, SupCon, InstDisc, CMC, InvaSpread, rotation,
+    jigsaw, Viewmaker's encoder, DenseCL and Dense Object Nets decay every parameter)."""
     grad_clip: float | None = None
 
 

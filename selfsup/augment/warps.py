@@ -41,12 +41,15 @@ def random_homographies(n: int, size: tuple[int, int], *, generator: torch.Gener
         perspective: the largest projective distortion: the corners move by up to this fraction of
             the side, through the bottom row of H.
         flip_p: probability of a horizontal flip (a mirror image: handedness reversed).
-        half_turn_p: probability of a rotation by 180 degrees (Dense Object Nets' only augmentation,
+        half_turn_p: probability of a rotation by 180 degrees (Dense Object Nets' flip,
             ``correspondence_augmentation.py``: a vertical then a horizontal flip, handedness kept), on top
             of ``rotation``.
         device: where the homographies go (default: the generator's device, else the CPU); the draws
             are made on the generator's own device, as every augmentation's.
     """
+    for name, p in (("flip_p", flip_p), ("half_turn_p", half_turn_p)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
     device = _param_device(device, generator)
     height, width = size
     angle = torch.deg2rad(_uniform(n, -rotation, rotation, generator, device))

@@ -1,4 +1,4 @@
-"""Optimisers (torch's SGD and AdamW, timm's LARS) over a method's parameter groups, and their schedules.
+"""Optimisers (torch's SGD, AdamW and Adam, timm's LARS) over a method's parameter groups, and their schedules.
 
 A method's ``param_groups()`` says what each group needs (``lr_scale``, ``fixed_lr``,
 ``weight_decay_scale``, or an ``optimizer`` of its own); here each group is split into decayed

@@ -15,10 +15,10 @@ from selfsup.nn import Backbone
 from selfsup.nn.dense import DescriptorNet
 
 
-def _as_float(images: Tensor) -> Tensor:
-    """uint8 images to float32 in [0, 1]; floating ones kept in their own precision (float64 where a test
-    runs the method in it: A and B pass through the network apart, so each must match its weights)."""
-    return images if images.is_floating_point() else augment.clip_to_float(images)
+def _as_float(images: Tensor, dtype: torch.dtype) -> Tensor:
+    """uint8 images to ``dtype`` (the network's) in [0, 1]; floating ones kept in their own precision (float64
+    where a test runs the method in it: A and B pass through the network apart, so each must match its weights)."""
+    return images if images.is_floating_point() else augment.clip_to_float(images).to(dtype)
 
 
 class DenseObjectNet(MethodBase):
@@ -26,6 +26,7 @@ class DenseObjectNet(MethodBase):
 
     Per batch::
 
+        A = half_turn(A) with probability half_turn_p
         B, valid = warp(A, H)                      # a random homography per image (a half turn included),
         B = colour_change(B)                       # then brightness and contrast changed
         d_A, d_B = net(A), net(B)                  # (N, D, H, W) descriptors, each batch on its own
@@ -45,16 +46,18 @@ class DenseObjectNet(MethodBase):
     - the loss is the official one with ``scale_by_hard_negatives``, each image pair's on its own
       (the official trains on one pair a step; ``normalise: pooled`` pools the batch's pairs into one
       match mean and one hard-negative count, this method's behaviour before 2026-12-08);
-    - the only augmentation of the pair is a rotation by 180 degrees with probability 0.5
-      (``correspondence_augmentation.py``; ``half_turn_p``): a mirror flip (``flip_p``, off by default)
-      would ask the descriptor of a point to equal that of its mirror image, which on a left-right
-      symmetric object is the descriptor of the other side;
+    - the pair's flips are rotations by 180 degrees (``correspondence_augmentation.py``): A and B each
+      turned with probability 0.5, independently (``half_turn_p``: A's turn, and B's relative to A in
+      the warp; single images only, a given pair is read as it is); a mirror flip (``flip_p``, off by
+      default) would ask the descriptor of a point to equal that of its mirror image, which on a
+      left-right symmetric object is the descriptor of the other side;
     - A and B go through the network separately (``training.py``), so BatchNorm normalises each batch
       by its own statistics (``joint_bn: true``: one pass, statistics of both together);
     - the descriptor head starts from N(0, 0.01) with zero biases (``head_std``), and weight decay
       reaches every parameter (``torch.optim.Adam(dcn.parameters(), weight_decay=...)``).
 
-    Where it differs: the matches come from warps, not from 3-D reconstructions with object masks, so
+    Where it differs: the matches come from warps, not from 3-D reconstructions with object masks (nor is
+    the background replaced by random textures, the official ``domain_randomize``, which needs the masks), so
     ``matches`` of B's valid pixels are drawn uniformly (the official draws them on the object's mask,
     thousands per pair) and the non-matches uniformly over B (the official: half on the mask, half on
     the background, each term with the same margin 0.5 by default, which is one pooled term). Non-matches
@@ -125,11 +128,12 @@ class DenseObjectNet(MethodBase):
 
     def training_step(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         check_views(batch, self)
-        images = _as_float(batch.views[0])  # image pairs arrive as uint8, views as float
+        dtype = next(self.backbone.parameters()).dtype
+        images = _as_float(batch.views[0], dtype)  # image pairs arrive as uint8, views as float
         n, _, height, width = images.shape
         centres = warps.pixel_centres((height, width), images.device)
         if batch.extra is not None and "matches" in batch.extra:  # image pairs with given correspondences
-            other = _as_float(batch.extra["b"])
+            other = _as_float(batch.extra["b"], dtype)
             counts = batch.extra["counts"]
             slots = torch.arange(batch.extra["matches"].shape[1], device=images.device)
             weights = (slots[None] < counts[:, None]).float()
@@ -138,6 +142,8 @@ class DenseObjectNet(MethodBase):
             a, p = given[..., :2], given[..., 2:]
             keep = torch.ones(n, self.matches, dtype=torch.bool, device=images.device)
         else:  # single images: a known warp makes the pair, every pixel's match exact
+            turn = torch.rand(n, device=images.device) < self.warp_args["half_turn_p"]  # A upside down too
+            images = torch.where(turn[:, None, None, None], images.flip(-2, -1), images)
             other, valid, homographies = self.pair(images)
             weights = valid.view(n, -1).float()
             usable = weights.sum(dim=1) > 0
