@@ -151,14 +151,14 @@ def test_the_viewmaker_gets_its_own_constant_adam_through_param_groups(tmp_path)
 
 @pytest.mark.slow
 def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
-    """Digits, 12 epochs (132 steps): the encoder learns the game's objective on held-out digits, and the
+    """Digits, 4 epochs (44 steps): the encoder learns the game's objective on held-out digits, and the
     run draws its learned views.
 
     What is asked is the method's own objective, as tests/test_recipes_learn.py asks of the others: on
     held-out digits, views made by the trained viewmaker, the trained encoder's one-sided NT-Xent is below
     that of the same encoder at its initialisation (a harder task than at the start: the viewmaker has
     learned to make the views differ). Whether the run also lifts kNN over its random-weight floor at this
-    budget depends on the seed: at c2cfc11 (each view encoded on its own, a constant learning rate, as the
+    budget depends on the seed (at 12 epochs, 132 steps): at c2cfc11 (each view encoded on its own, a constant learning rate, as the
     official code), float32, one thread, an AVX512-BF16 / AMX Intel Xeon: +1.11, +1.11, +3.89, +5.56, -2.22,
     -1.67 points at seeds 0-5 (360 test digits); before those changes +5.56, -0.56, +2.22 at seeds 0-2. The
     viewmaker is a quarter of the official width (8, 16, 32 channels: 1/16 of its work), for speed. Float32
@@ -168,7 +168,7 @@ def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
     from selfsup.data import load
 
     cfg = load_config("recipes/viewmaker_fashion_mnist.yaml", [
-        "data.name=digits", "data.size=16", "backbone.width=16", "train.batch_size=128", "train.epochs=12",
+        "data.name=digits", "data.size=16", "backbone.width=16", "train.batch_size=128", "train.epochs=4",
         "method_args.viewmaker_width=8", "train.precision=32-true",
         "train.progress=false", "train.knn_every=0", "eval.save_embeddings=false", "eval.embedding_map=tsne",
         f"train.out_dir={tmp_path}"])
@@ -184,7 +184,9 @@ def test_a_short_run_learns_learned_views_and_draws_them(tmp_path):
         (v1, v2), _ = trained.learned_views([x])
         after = trained.loss_of_views(v1, v2).item()
         before = fresh.loss_of_views(v1, v2).item()
-    assert after < before - 1.0, (before, after)  # at seed 0: -4.74 against -0.03 (the loss is shifted by -log 2N)
+    # At seed 0: -4.54 against -0.03 (the loss is shifted by -log 2N); -4.74 after 12 epochs, whose 36 s bought no
+    # margin this check needs (16 s now).
+    assert after < before - 1.0, (before, after)
 
 
 def test_views_are_clamped_to_the_pixels_range_unless_clamp_views_is_off():
