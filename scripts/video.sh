@@ -38,4 +38,9 @@ run tcn_shared tcn_synthetic_videos data.root=$SHARED
 run r3m_shared r3m_synthetic_videos data.root=$SHARED
 run tcn_multiview tcn_multiview_synthetic_videos
 run tcn_task tcn_synthetic_videos data.root=$TASK
+# TCN on the two-camera scenes: multi-view (semi-hard triplets across the cameras) against single-view, with the
+# batch's other videos as negatives and with its own video's only (docs/results/video.md).
+run tcn_2cam_multi tcn_synthetic_videos data.root=$TWO_CAMERAS method_args.multi_view=true
+run tcn_2cam_single tcn_synthetic_videos data.root=$TWO_CAMERAS method_args.across_videos=true
+run tcn_2cam_single_own tcn_synthetic_videos data.root=$TWO_CAMERAS
 $PY -m selfsup report --table "$OUT"/* --out docs/results/video_runs.md
